@@ -1,0 +1,1 @@
+//! Runtime shared by every service: config, telemetry, HTTP skeleton, Postgres, Redis streams, auth primitives

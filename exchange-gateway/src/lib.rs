@@ -1,0 +1,1 @@
+//! Public REST API, auth, admin API, rate limits and private WebSocket push

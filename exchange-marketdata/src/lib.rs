@@ -1,0 +1,1 @@
+//! exchange-marketdata service
