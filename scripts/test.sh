@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine or a developer's: provisions
+# PostgreSQL and Redis (see scripts/lib/local-services.sh), then runs every
+# Rust test (unit, property, integration against the real databases, end-to-end
+# against the real binaries) and the operations checks in tests/ops/.
+#
+# Usage: scripts/test.sh [extra cargo test args]
+# Uses DB_URL / REDIS_URL when both are set; otherwise starts its own.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+# shellcheck source=scripts/lib/local-services.sh
+. scripts/lib/local-services.sh
+
+command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (rustup, Rust >= 1.95)"
+command -v cc >/dev/null 2>&1 || apt_install gcc libc6-dev
+
+started_here=0
+if [ -z "${DB_URL:-}" ] || [ -z "${REDIS_URL:-}" ]; then
+    started_here=1
+    # Durability buys nothing for throwaway test databases.
+    export EXCHANGE_PG_EXTRA_OPTS="${EXCHANGE_PG_EXTRA_OPTS:--c fsync=off -c synchronous_commit=off -c full_page_writes=off}"
+fi
+local_services_up "$root"
+if [ "$started_here" -eq 1 ] && [ "${EXCHANGE_KEEP_SERVICES:-0}" != 1 ]; then
+    trap 'local_services_down "$root"' EXIT
+fi
+log "DB_URL=$DB_URL REDIS_URL=$REDIS_URL"
+
+log "cargo test --workspace"
+# Unit, property, integration, end-to-end and doc tests; benchmarks run
+# separately (cargo bench), as they print figures rather than assert.
+cargo test --workspace "$@"
+
+if [ -f tests/ops/run.sh ]; then
+    log "operations checks (tests/ops/run.sh)"
+    bash tests/ops/run.sh
+fi
+log "all tests passed"
