@@ -1,0 +1,523 @@
+//! Typed configuration from the environment (and an optional env file).
+//!
+//! Every variable is read and checked before anything binds a port; all
+//! problems are collected and reported together so an operator fixes them in
+//! one go. `APP_ENV=prod` refuses development defaults (secrets starting with
+//! `dev-` or shorter than 32 characters). Secrets are wrapped in [`Secret`],
+//! whose `Debug` prints `***`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Exit code for a configuration error (`EX_USAGE` from sysexits.h).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// The minimum length of a production secret.
+pub const PROD_SECRET_LEN_MIN: usize = 32;
+
+/// A value that must never reach a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppEnv {
+    Dev,
+    Prod,
+}
+
+/// Consumer group and consumer name of one service's stream loops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerIdentity {
+    pub group: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub app_env: AppEnv,
+    pub app_version: String,
+    /// Database URL; may carry a password, hence a secret.
+    pub db_url: Secret,
+    pub db_pool_max: u32,
+    pub db_statement_timeout: Duration,
+    pub redis_url: Secret,
+    pub redis_key_prefix: String,
+    pub internal_token: Secret,
+    pub internal_token_previous: Option<Secret>,
+    pub auth_token_secret: Secret,
+    pub auth_token_secret_previous: Option<Secret>,
+    /// Key for API-key secrets at rest; when unset it is derived from
+    /// `AUTH_TOKEN_SECRET` (see the gateway's `keys` module).
+    pub api_key_encryption_key: Option<Secret>,
+    pub access_token_ttl: Duration,
+    pub admin_token: Secret,
+    pub metrics_token: Option<Secret>,
+    pub enable_docs: bool,
+    pub marketdata_ws_allow_origins: Vec<String>,
+    pub log_level: String,
+    pub shutdown_drain: Duration,
+    pub gateway_http_addr: SocketAddr,
+    pub gateway_ws_addr: SocketAddr,
+    pub order_http_addr: SocketAddr,
+    pub matching_http_addr: SocketAddr,
+    pub clearing_http_addr: SocketAddr,
+    pub marketdata_http_addr: SocketAddr,
+    pub order_service_url: String,
+    pub marketdata_url: String,
+    pub order_consumer: ConsumerIdentity,
+    pub matching_consumer: ConsumerIdentity,
+    pub clearing_consumer: ConsumerIdentity,
+    pub marketdata_consumer: ConsumerIdentity,
+    pub gateway_consumer_name: String,
+    /// Markets this matching replica owns; `["*"]` means all.
+    pub matching_markets: Vec<String>,
+    pub rate_limit_login_per_minute: u32,
+    pub rate_limit_orders_per_second: u32,
+    pub rate_limit_ip_per_second: u32,
+    pub trusted_proxies: Vec<String>,
+}
+
+/// Every configuration problem found, one line each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problems):", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reads `KEY=VALUE` lines (optional `export `, `#` comments, optional
+/// surrounding quotes). Variables already in the process environment win.
+pub fn parse_env_file(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(format!("line {}: expected KEY=VALUE", n + 1));
+        };
+        let key = key.trim();
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!("line {}: invalid variable name", n + 1));
+        }
+        let value = value.trim();
+        let value = ["\"", "'"]
+            .iter()
+            .find_map(|q| value.strip_prefix(q).and_then(|v| v.strip_suffix(q)))
+            .unwrap_or(value);
+        out.insert(key.to_owned(), value.to_owned());
+    }
+    Ok(out)
+}
+
+struct Reader<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    errors: Vec<String>,
+    prod: bool,
+}
+
+impl Reader<'_> {
+    fn get(&self, key: &str) -> Option<String> {
+        (self.lookup)(key).filter(|v| !v.is_empty())
+    }
+
+    fn required(&mut self, key: &str, hint: &str) -> String {
+        self.get(key).unwrap_or_else(|| {
+            self.errors.push(format!("{key} is required ({hint})"));
+            String::new()
+        })
+    }
+
+    fn or(&self, key: &str, default: &str) -> String {
+        self.get(key).unwrap_or_else(|| default.to_owned())
+    }
+
+    fn parsed<T: std::str::FromStr>(&mut self, key: &str, default: T, what: &str) -> T {
+        match self.get(key) {
+            None => default,
+            Some(v) => v.parse().unwrap_or_else(|_| {
+                self.errors.push(format!("{key}={v:?} is not {what}"));
+                default
+            }),
+        }
+    }
+
+    fn addr(&mut self, key: &str, default: &str) -> SocketAddr {
+        let fallback = SocketAddr::from(([0, 0, 0, 0], 0));
+        let text = self.or(key, default);
+        text.parse().unwrap_or_else(|_| {
+            self.errors.push(format!(
+                "{key}={text:?} is not a socket address like 0.0.0.0:8080"
+            ));
+            fallback
+        })
+    }
+
+    fn bool(&mut self, key: &str, default: bool) -> bool {
+        match self.get(key).as_deref() {
+            None => default,
+            Some("true" | "1" | "yes") => true,
+            Some("false" | "0" | "no") => false,
+            Some(v) => {
+                self.errors
+                    .push(format!("{key}={v:?} is not true or false"));
+                default
+            }
+        }
+    }
+
+    fn check_secret(&mut self, key: &str, value: &str) {
+        if self.prod && !value.is_empty() {
+            if value.starts_with("dev-") {
+                self.errors.push(format!(
+                    "{key} is a development default, refused with APP_ENV=prod"
+                ));
+            } else if value.chars().count() < PROD_SECRET_LEN_MIN {
+                self.errors.push(format!(
+                    "{key} is shorter than {PROD_SECRET_LEN_MIN} characters, refused with APP_ENV=prod"
+                ));
+            }
+        }
+    }
+
+    fn secret(&mut self, key: &str) -> Secret {
+        let v = self.required(key, "a random secret of at least 32 characters");
+        self.check_secret(key, &v);
+        Secret(v)
+    }
+
+    fn optional_secret(&mut self, key: &str) -> Option<Secret> {
+        let v = self.get(key)?;
+        self.check_secret(key, &v);
+        Some(Secret(v))
+    }
+
+    fn url(&mut self, key: &str, schemes: &[&str], hint: &str) -> Secret {
+        let v = self.required(key, hint);
+        if !v.is_empty() && !schemes.iter().any(|s| v.starts_with(&format!("{s}://"))) {
+            self.errors.push(format!(
+                "{key} must start with {}://",
+                schemes.join("://, ")
+            ));
+        }
+        Secret(v)
+    }
+
+    fn consumer(&mut self, service: &str, hostname: &str) -> ConsumerIdentity {
+        let upper = service.to_ascii_uppercase();
+        ConsumerIdentity {
+            group: self.or(&format!("{upper}_CONSUMER_GROUP"), service),
+            name: self.or(
+                &format!("{upper}_CONSUMER_NAME"),
+                &format!("{service}-{hostname}"),
+            ),
+        }
+    }
+
+    fn list(&self, key: &str, default: &str) -> Vec<String> {
+        self.or(key, default)
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Config {
+    /// Loads from the process environment, overlaid on `ENV_FILE` when set.
+    pub fn from_env() -> Result<Self, ConfigErrors> {
+        let file = match std::env::var("ENV_FILE") {
+            Ok(path) if !path.is_empty() => match std::fs::read_to_string(&path) {
+                Ok(text) => parse_env_file(&text)
+                    .map_err(|e| ConfigErrors(vec![format!("ENV_FILE {path}: {e}")]))?,
+                Err(e) => return Err(ConfigErrors(vec![format!("ENV_FILE {path}: {e}")])),
+            },
+            _ => BTreeMap::new(),
+        };
+        Self::from_lookup(&|key| std::env::var(key).ok().or_else(|| file.get(key).cloned()))
+    }
+
+    /// Loads from any key lookup (tests use a map).
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
+        let mut r = Reader {
+            lookup,
+            errors: Vec::new(),
+            prod: false,
+        };
+        let app_env = match r.or("APP_ENV", "dev").as_str() {
+            "dev" => AppEnv::Dev,
+            "prod" => AppEnv::Prod,
+            other => {
+                r.errors
+                    .push(format!("APP_ENV={other:?} must be dev or prod"));
+                AppEnv::Dev
+            }
+        };
+        r.prod = app_env == AppEnv::Prod;
+        let app_version = if r.prod {
+            r.required("APP_VERSION", "the release version, e.g. 1.4.2")
+        } else {
+            r.or("APP_VERSION", "dev")
+        };
+        let hostname = r.get("HOSTNAME").unwrap_or_else(|| "local".to_owned());
+        let enable_docs = r.bool("ENABLE_DOCS", false);
+        if r.prod && enable_docs {
+            r.errors
+                .push("ENABLE_DOCS=true is refused with APP_ENV=prod".to_owned());
+        }
+        let origins = r.list("MARKETDATA_WS_ALLOW_ORIGINS", "");
+        if r.prod && (origins.is_empty() || origins.iter().any(|o| o == "*")) {
+            r.errors.push(
+                "MARKETDATA_WS_ALLOW_ORIGINS must list the allowed origins (not empty, not *) with APP_ENV=prod"
+                    .to_owned(),
+            );
+        }
+        let log_level = r.or("LOG_LEVEL", "info");
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            r.errors.push(format!(
+                "LOG_LEVEL={log_level:?} is not a valid filter (e.g. info, debug)"
+            ));
+        }
+        let db_statement_timeout_ms: u64 =
+            r.parsed("DB_STATEMENT_TIMEOUT_MS", 5_000, "a number of milliseconds");
+        let access_token_ttl_seconds: u64 =
+            r.parsed("ACCESS_TOKEN_TTL_SECONDS", 3_600, "a number of seconds");
+        let config = Config {
+            app_env,
+            app_version,
+            db_url: r.url(
+                "DB_URL",
+                &["postgres", "postgresql"],
+                "postgres://user:password@host:5432/db",
+            ),
+            db_pool_max: r.parsed("DB_POOL_MAX", 10, "a positive integer"),
+            db_statement_timeout: Duration::from_millis(db_statement_timeout_ms),
+            redis_url: r.url("REDIS_URL", &["redis", "rediss"], "redis://host:6379"),
+            redis_key_prefix: r.or("REDIS_KEY_PREFIX", "exchange"),
+            internal_token: r.secret("INTERNAL_TOKEN"),
+            internal_token_previous: r.optional_secret("INTERNAL_TOKEN_PREVIOUS"),
+            auth_token_secret: r.secret("AUTH_TOKEN_SECRET"),
+            auth_token_secret_previous: r.optional_secret("AUTH_TOKEN_SECRET_PREVIOUS"),
+            api_key_encryption_key: r.optional_secret("API_KEY_ENCRYPTION_KEY"),
+            access_token_ttl: Duration::from_secs(access_token_ttl_seconds),
+            admin_token: r.secret("ADMIN_TOKEN"),
+            metrics_token: r.optional_secret("METRICS_TOKEN"),
+            enable_docs,
+            marketdata_ws_allow_origins: origins,
+            log_level,
+            shutdown_drain: Duration::from_secs(r.parsed(
+                "SHUTDOWN_DRAIN_SECONDS",
+                10,
+                "a number of seconds",
+            )),
+            gateway_http_addr: r.addr("GATEWAY_HTTP_ADDR", "0.0.0.0:8080"),
+            gateway_ws_addr: r.addr("GATEWAY_WS_ADDR", "0.0.0.0:8090"),
+            order_http_addr: r.addr("ORDER_HTTP_ADDR", "0.0.0.0:8091"),
+            matching_http_addr: r.addr("MATCHING_HTTP_ADDR", "0.0.0.0:8092"),
+            clearing_http_addr: r.addr("CLEARING_HTTP_ADDR", "0.0.0.0:8093"),
+            marketdata_http_addr: r.addr("MARKETDATA_HTTP_ADDR", "0.0.0.0:8094"),
+            order_service_url: r.or("ORDER_SERVICE_URL", "http://127.0.0.1:8091"),
+            marketdata_url: r.or("MARKETDATA_URL", "http://127.0.0.1:8094"),
+            order_consumer: r.consumer("order", &hostname),
+            matching_consumer: r.consumer("matching", &hostname),
+            clearing_consumer: r.consumer("clearing", &hostname),
+            marketdata_consumer: r.consumer("marketdata", &hostname),
+            gateway_consumer_name: r.or("GATEWAY_CONSUMER_NAME", &format!("gateway-{hostname}")),
+            matching_markets: r.list("MATCHING_MARKETS", "*"),
+            rate_limit_login_per_minute: r.parsed(
+                "RATE_LIMIT_LOGIN_PER_MINUTE",
+                10,
+                "a positive integer",
+            ),
+            rate_limit_orders_per_second: r.parsed(
+                "RATE_LIMIT_ORDERS_PER_SECOND",
+                50,
+                "a positive integer",
+            ),
+            rate_limit_ip_per_second: r.parsed(
+                "RATE_LIMIT_IP_PER_SECOND",
+                100,
+                "a positive integer",
+            ),
+            trusted_proxies: r.list("TRUSTED_PROXIES", ""),
+        };
+        if config.db_pool_max == 0 {
+            r.errors.push("DB_POOL_MAX must be at least 1".to_owned());
+        }
+        if config.redis_key_prefix.contains(char::is_whitespace)
+            || config.redis_key_prefix.contains(['{', '}'])
+        {
+            r.errors
+                .push("REDIS_KEY_PREFIX must not contain spaces or braces".to_owned());
+        }
+        if r.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(r.errors))
+        }
+    }
+
+    pub fn is_prod(&self) -> bool {
+        self.app_env == AppEnv::Prod
+    }
+
+    /// A key under this deployment's Redis prefix: `key("events")` → `exchange:events`.
+    pub fn redis_key(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.redis_key_prefix)
+    }
+
+    /// A configuration fit for tests and local tools: dev secrets, the given
+    /// database and Redis, every address on an ephemeral loopback port.
+    pub fn for_tests(db_url: &str, redis_url: &str, redis_key_prefix: &str) -> Self {
+        let map: BTreeMap<&str, String> = [
+            ("DB_URL", db_url.to_owned()),
+            ("REDIS_URL", redis_url.to_owned()),
+            ("REDIS_KEY_PREFIX", redis_key_prefix.to_owned()),
+            (
+                "INTERNAL_TOKEN",
+                "dev-internal-token-change-me-please-000".to_owned(),
+            ),
+            (
+                "AUTH_TOKEN_SECRET",
+                "dev-auth-token-secret-change-me-please-0".to_owned(),
+            ),
+            (
+                "ADMIN_TOKEN",
+                "dev-admin-token-change-me-please-00000".to_owned(),
+            ),
+            ("SHUTDOWN_DRAIN_SECONDS", "2".to_owned()),
+        ]
+        .into_iter()
+        .collect();
+        #[allow(clippy::expect_used)]
+        Self::from_lookup(&|k| map.get(k).cloned()).expect("test configuration is valid")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_lookup(&|k| map.get(k).cloned())
+    }
+
+    const DEV: &[(&str, &str)] = &[
+        ("DB_URL", "postgres://postgres@127.0.0.1/postgres"),
+        ("REDIS_URL", "redis://127.0.0.1:6379"),
+        ("INTERNAL_TOKEN", "dev-internal-token-change-me-please-000"),
+        (
+            "AUTH_TOKEN_SECRET",
+            "dev-auth-token-secret-change-me-please-0",
+        ),
+        ("ADMIN_TOKEN", "dev-admin-token-change-me-please-00000"),
+    ];
+
+    #[test]
+    fn empty_environment_lists_every_missing_variable() {
+        let errors = load(&[]).unwrap_err().0;
+        for key in [
+            "DB_URL",
+            "REDIS_URL",
+            "INTERNAL_TOKEN",
+            "AUTH_TOKEN_SECRET",
+            "ADMIN_TOKEN",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.starts_with(key)),
+                "{key} missing from {errors:?}"
+            );
+        }
+        assert_eq!(errors.len(), 5, "{errors:?}");
+    }
+
+    #[test]
+    fn dev_defaults_load_with_documented_defaults() {
+        let c = load(DEV).unwrap();
+        assert_eq!(c.gateway_http_addr.port(), 8080);
+        assert_eq!(c.gateway_ws_addr.port(), 8090);
+        assert_eq!(c.marketdata_http_addr.port(), 8094);
+        assert_eq!(c.redis_key_prefix, "exchange");
+        assert_eq!(c.redis_key("events"), "exchange:events");
+        assert!(!c.enable_docs);
+        assert_eq!(c.log_level, "info");
+        assert_eq!(c.order_consumer.group, "order");
+    }
+
+    #[test]
+    fn prod_refuses_dev_defaults_short_secrets_and_bad_values_all_at_once() {
+        let mut env = DEV.to_vec();
+        env.extend([
+            ("APP_ENV", "prod"),
+            ("METRICS_TOKEN", "short"),
+            ("ENABLE_DOCS", "true"),
+            ("GATEWAY_HTTP_ADDR", "nonsense"),
+            ("DB_POOL_MAX", "many"),
+        ]);
+        let errors = load(&env).unwrap_err().0;
+        let joined = errors.join("\n");
+        for needle in [
+            "APP_VERSION",
+            "INTERNAL_TOKEN is a development default",
+            "AUTH_TOKEN_SECRET is a development default",
+            "ADMIN_TOKEN is a development default",
+            "METRICS_TOKEN is shorter",
+            "ENABLE_DOCS",
+            "MARKETDATA_WS_ALLOW_ORIGINS",
+            "GATEWAY_HTTP_ADDR",
+            "DB_POOL_MAX",
+        ] {
+            assert!(joined.contains(needle), "{needle} not in {joined}");
+        }
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let c = load(DEV).unwrap();
+        let text = format!("{c:?}");
+        assert!(!text.contains("dev-admin-token"), "{text}");
+        assert!(!text.contains("postgres://"), "{text}");
+    }
+
+    #[test]
+    fn env_file_grammar() {
+        let parsed = parse_env_file("# c\nexport A=1\nB=\"two words\"\n\nC='x=y'\n").unwrap();
+        assert_eq!(parsed["A"], "1");
+        assert_eq!(parsed["B"], "two words");
+        assert_eq!(parsed["C"], "x=y");
+        assert!(parse_env_file("nonsense").is_err());
+    }
+}

@@ -1,0 +1,109 @@
+//! The Postgres pool and the migration runner.
+//!
+//! Migrations are the SQL files of `exchange-common/migrations/`, embedded at
+//! build time, applied in lexical order, each once and inside its own
+//! transaction, recorded in `schema_migrations(version)` where `version` is
+//! the file name — the same bookkeeping (and advisory lock) as
+//! `exchange-common/scripts/migrate.sh`, so either tool may be used.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgPool};
+
+use crate::config::Config;
+
+/// How long a request waits for a pooled connection before failing.
+pub const DB_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The advisory lock `migrate.sh` also takes, so concurrent runners serialise.
+const MIGRATION_LOCK_ID: i64 = 727_361;
+
+include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
+
+/// Every embedded migration as `(file name, sql)`, in lexical order.
+pub fn migrations() -> &'static [(&'static str, &'static str)] {
+    MIGRATIONS
+}
+
+pub fn connect_options(
+    url: &str,
+    statement_timeout: Duration,
+    application_name: &str,
+) -> Result<PgConnectOptions, sqlx::Error> {
+    Ok(PgConnectOptions::from_str(url)?
+        .application_name(application_name)
+        .options([(
+            "statement_timeout",
+            statement_timeout.as_millis().to_string(),
+        )]))
+}
+
+/// A lazily connecting pool: the service starts (and `/ready` reports
+/// postgres down) even while the database is unreachable.
+pub fn pool(config: &Config, application_name: &str) -> Result<PgPool, sqlx::Error> {
+    let options = connect_options(
+        config.db_url.expose(),
+        config.db_statement_timeout,
+        application_name,
+    )?;
+    Ok(PgPoolOptions::new()
+        .max_connections(config.db_pool_max)
+        .acquire_timeout(DB_ACQUIRE_TIMEOUT)
+        .idle_timeout(Some(Duration::from_secs(300)))
+        .connect_lazy_with(options))
+}
+
+/// Applies the pending migrations; returns the names applied now.
+pub async fn migrate(url: &str) -> anyhow::Result<Vec<&'static str>> {
+    use anyhow::Context as _;
+    let options = PgConnectOptions::from_str(url).context("DB_URL is not a valid postgres URL")?;
+    let mut conn = tokio::time::timeout(
+        Duration::from_secs(10),
+        sqlx::PgConnection::connect_with(&options),
+    )
+    .await
+    .context("timed out connecting to the database")?
+    .context("cannot connect to the database")?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version text PRIMARY KEY,
+            applied_at timestamptz NOT NULL DEFAULT now()
+        )",
+    )
+    .execute(&mut conn)
+    .await
+    .context("cannot create schema_migrations")?;
+    let mut applied = Vec::new();
+    for (version, sql) in MIGRATIONS {
+        let mut tx = conn.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK_ID)
+            .execute(&mut *tx)
+            .await?;
+        let done: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = $1)",
+        )
+        .bind(*version)
+        .fetch_one(&mut *tx)
+        .await?;
+        if done {
+            continue;
+        }
+        sqlx::raw_sql(*sql)
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("migration {version} failed, nothing of it was applied"))?;
+        sqlx::query("INSERT INTO schema_migrations (version) VALUES ($1)")
+            .bind(*version)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit()
+            .await
+            .with_context(|| format!("migration {version}: commit failed"))?;
+        tracing::info!(version, "migration applied");
+        applied.push(*version);
+    }
+    Ok(applied)
+}

@@ -1,0 +1,188 @@
+//! The HTTP skeleton every service reuses: `/health`, `/ready`, `/metrics`,
+//! JSON 404/405, request ids, access logs, request metrics, body limit, and
+//! serving with a bounded drain on shutdown.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::auth::{bearer_token, constant_time_eq};
+use crate::config::Secret;
+use crate::error::ApiError;
+use crate::ready::Readiness;
+use crate::shutdown::Shutdown;
+use crate::telemetry::metrics_handle;
+
+/// The largest request body any endpoint accepts.
+pub const REQUEST_BODY_BYTES_MAX: usize = 64 * 1024;
+
+/// How often the background probe refreshes `exchange_ready`.
+pub const READY_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+struct SkeletonState {
+    readiness: Readiness,
+    metrics_token: Option<Secret>,
+}
+
+/// `/health`, `/ready` and `/metrics` for one service.
+pub fn skeleton(readiness: Readiness, metrics_token: Option<Secret>) -> Router {
+    // Make sure the recorder exists before anything records.
+    let _ = metrics_handle();
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(render_metrics))
+        .with_state(SkeletonState {
+            readiness,
+            metrics_token,
+        })
+}
+
+async fn health() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+async fn ready(State(s): State<SkeletonState>) -> Response {
+    let report = s.readiness.check().await;
+    let status = if report.ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let word = if report.ok { "ok" } else { "degraded" };
+    (
+        status,
+        axum::Json(json!({"status": word, "dependencies": report.dependencies})),
+    )
+        .into_response()
+}
+
+async fn render_metrics(
+    State(s): State<SkeletonState>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if let Some(expected) = &s.metrics_token {
+        let presented = bearer_token(&headers).unwrap_or("");
+        if !constant_time_eq(presented.as_bytes(), expected.expose().as_bytes()) {
+            return ApiError::unauthorized("metrics require Authorization: Bearer $METRICS_TOKEN")
+                .into_response();
+        }
+    }
+    // Refresh consumer liveness so a scrape sees stale loops even when
+    // nobody polls /ready.
+    for (name, up) in s.readiness.heartbeats.snapshot() {
+        metrics::gauge!("exchange_consumer_up", "service" => s.readiness.service, "consumer" => name)
+            .set(if up { 1.0 } else { 0.0 });
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        metrics_handle().render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "method not allowed on this route",
+    )
+}
+
+async fn track_metrics(State(service): State<&'static str>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("http_requests_total", "service" => service, "method" => method, "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("http_request_duration_seconds", "service" => service, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Adds JSON 404/405, request metrics, request ids, access logs and the
+/// body limit to a service's full router (call after merging every route).
+pub fn finish(router: Router, service: &'static str) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(service, track_metrics))
+        .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(move |req: &Request| {
+                    let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+                    tracing::info_span!("request", service, method = %req.method(), path = %req.uri().path(), request_id = %id)
+                })
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// Serves `router` until `shutdown`, then lets in-flight requests finish for
+/// at most `drain` before returning.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: Shutdown,
+    drain: Duration,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "listening");
+    let signal = shutdown.clone();
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { signal.wait().await })
+    .into_future();
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result,
+        () = async { shutdown.wait().await; tokio::time::sleep(drain).await } => {
+            tracing::warn!(%addr, drain_seconds = drain.as_secs(), "drain timeout reached, closing remaining connections");
+            Ok(())
+        }
+    }
+}
+
+/// Refreshes `exchange_ready{service}` every [`READY_REFRESH_INTERVAL`] until shutdown.
+pub fn spawn_ready_refresher(readiness: Readiness, shutdown: Shutdown) {
+    tokio::spawn(async move {
+        loop {
+            let _ = readiness.check().await;
+            tokio::select! {
+                () = shutdown.wait() => break,
+                () = tokio::time::sleep(READY_REFRESH_INTERVAL) => {}
+            }
+        }
+    });
+}
