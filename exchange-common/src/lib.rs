@@ -14,6 +14,7 @@ pub mod error;
 pub mod http;
 pub mod ready;
 pub mod redis;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "test-support")]
