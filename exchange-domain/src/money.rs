@@ -43,7 +43,10 @@ pub fn parse_units(text: &str, scale: u8) -> Result<u128, ParseError> {
     if text.is_empty() {
         return Err(ParseError::Empty);
     }
-    if text.starts_with('-') && text.len() > 1 && text[1..].bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+    if text.starts_with('-')
+        && text.len() > 1
+        && text[1..].bytes().all(|b| b.is_ascii_digit() || b == b'.')
+    {
         return Err(ParseError::Negative);
     }
     let (int_part, frac_part) = match text.split_once('.') {
@@ -72,7 +75,9 @@ pub fn parse_units(text: &str, scale: u8) -> Result<u128, ParseError> {
             .ok_or(ParseError::Overflow)?;
     }
     let missing = scale - u8::try_from(frac.len()).map_err(|_| ParseError::Overflow)?;
-    units.checked_mul(pow10(missing)).ok_or(ParseError::Overflow)
+    units
+        .checked_mul(pow10(missing))
+        .ok_or(ParseError::Overflow)
 }
 
 /// Like [`parse_units`] but zero is refused: for prices and quantities.
@@ -110,11 +115,58 @@ impl fmt::Display for FormatUnits {
             return write!(f, "{int}");
         }
         let mut width = usize::from(self.scale);
-        while frac % 10 == 0 {
+        while frac.is_multiple_of(10) {
             frac /= 10;
             width -= 1;
         }
         write!(f, "{int}.{frac:0width$}")
+    }
+}
+
+/// Serde codec for `u128` unit counts as JSON strings of digits (`"150000000"`).
+///
+/// Why strings: a JSON number above 2^53 loses precision in many parsers
+/// (JavaScript, jq, Postgres `json` -> float casts), and `u128` does not fit
+/// in `serde_json`'s number model at all without a feature flag. Why raw units
+/// rather than decimal text: wire events between services carry amounts
+/// without their asset scale attached; the integer is exact and needs no
+/// context to round-trip. Use `#[serde(with = "exchange_domain::money::units_string")]`.
+pub mod units_string {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(units: &u128, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(units)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u128, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
+        super::parse_units(&text, 0).map_err(|e| D::Error::custom(format_args!("amount {e}")))
+    }
+}
+
+/// Like [`units_string`] for `Option<u128>` (`null` or absent when `None`).
+pub mod opt_units_string {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(
+        units: &Option<u128>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match units {
+            Some(units) => serializer.collect_str(units),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<u128>, D::Error> {
+        match Option::<std::borrow::Cow<'de, str>>::deserialize(deserializer)? {
+            Some(text) => super::parse_units(&text, 0)
+                .map(Some)
+                .map_err(|e| D::Error::custom(format_args!("amount {e}"))),
+            None => Ok(None),
+        }
     }
 }
 
@@ -135,11 +187,17 @@ mod tests {
     #[test]
     fn refuses_everything_that_is_not_a_plain_decimal() {
         for bad in [
-            "NaN", "nan", "inf", "Infinity", "1e5", "1E5", "+1", "1_000", " 1", "1 ", "1,5", ".5", "5.", "1.2.3",
-            "0x10", "01", "00.5", "١", "", "-", "--1", "1-",
+            "NaN", "nan", "inf", "Infinity", "1e5", "1E5", "+1", "1_000", " 1", "1 ", "1,5", ".5",
+            "5.", "1.2.3", "0x10", "01", "00.5", "١", "", "-", "--1", "1-",
         ] {
             let err = parse_units(bad, 8).expect_err(bad);
-            assert!(matches!(err, ParseError::Malformed | ParseError::Empty | ParseError::Negative), "{bad}: {err:?}");
+            assert!(
+                matches!(
+                    err,
+                    ParseError::Malformed | ParseError::Empty | ParseError::Negative
+                ),
+                "{bad}: {err:?}"
+            );
         }
         assert_eq!(parse_units("-1", 8), Err(ParseError::Negative));
         assert_eq!(parse_units("-0.5", 8), Err(ParseError::Negative));
@@ -149,10 +207,22 @@ mod tests {
     fn refuses_zero_where_meaningless_and_excess_precision_and_overflow() {
         assert_eq!(parse_positive_units("0", 8), Err(ParseError::Zero));
         assert_eq!(parse_positive_units("0.000", 8), Err(ParseError::Zero));
-        assert_eq!(parse_units("0.123", 2), Err(ParseError::TooPrecise { scale: 2 }));
-        assert_eq!(parse_units("1.0", 0), Err(ParseError::TooPrecise { scale: 0 }));
-        assert_eq!(parse_units("340282366920938463463374607431768211456", 0), Err(ParseError::Overflow));
-        assert_eq!(parse_units("340282366920938463464", 18), Err(ParseError::Overflow));
+        assert_eq!(
+            parse_units("0.123", 2),
+            Err(ParseError::TooPrecise { scale: 2 })
+        );
+        assert_eq!(
+            parse_units("1.0", 0),
+            Err(ParseError::TooPrecise { scale: 0 })
+        );
+        assert_eq!(
+            parse_units("340282366920938463463374607431768211456", 0),
+            Err(ParseError::Overflow)
+        );
+        assert_eq!(
+            parse_units("340282366920938463464", 18),
+            Err(ParseError::Overflow)
+        );
         assert_eq!(parse_units("1", 19), Err(ParseError::ScaleTooLarge(19)));
     }
 
