@@ -16,6 +16,7 @@ pub mod ready;
 pub mod redis;
 pub mod service;
 pub mod shutdown;
+pub mod streams;
 pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod testing;
