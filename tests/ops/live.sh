@@ -1,0 +1,3 @@
+# shellcheck shell=bash
+# Live stage of tests/ops/run.sh (sourced): placeholder until written.
+live_stage() { :; }
