@@ -22,9 +22,9 @@
 #                      (e.g. SMOKE-USDT) so the smoke orders cannot meet real ones.
 #        SMOKE_PRICE (default 30000), SMOKE_QTY (default 0.001)
 # Needs bash, curl, jq.
-set -euo pipefail
-# jq programs are single-quoted on purpose: $names there are jq variables.
+# (jq programs are single-quoted on purpose: $names there are jq variables.)
 # shellcheck disable=SC2016
+set -euo pipefail
 
 timeout_s="${SMOKE_TIMEOUT:-30}"
 gateway="${GATEWAY_URL:-http://127.0.0.1:8080}"
@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
         --gateway=*) gateway="${1#*=}"; shift ;;
         --market) market="${2:?--market needs BASE-QUOTE}"; shift 2 ;;
         --market=*) market="${1#*=}"; shift ;;
-        -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,/^# Needs bash/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "smoke: unknown argument $1 (see --help)" >&2; exit 64 ;;
     esac
 done
