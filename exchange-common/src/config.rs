@@ -369,6 +369,13 @@ impl Config {
             ),
             trusted_proxies: r.list("TRUSTED_PROXIES", ""),
         };
+        for proxy in &config.trusted_proxies {
+            if crate::net::IpNet::parse(proxy).is_none() {
+                r.errors.push(format!(
+                    "TRUSTED_PROXIES entry {proxy:?} is not an IP address or CIDR network"
+                ));
+            }
+        }
         if config.db_pool_max == 0 {
             r.errors.push("DB_POOL_MAX must be at least 1".to_owned());
         }
@@ -383,6 +390,14 @@ impl Config {
         } else {
             Err(ConfigErrors(r.errors))
         }
+    }
+
+    /// `TRUSTED_PROXIES` parsed (validated at load).
+    pub fn trusted_proxy_nets(&self) -> Vec<crate::net::IpNet> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|p| crate::net::IpNet::parse(p))
+            .collect()
     }
 
     pub fn is_prod(&self) -> bool {

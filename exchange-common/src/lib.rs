@@ -12,6 +12,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod net;
 pub mod ready;
 pub mod redis;
 pub mod service;

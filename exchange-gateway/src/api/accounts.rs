@@ -1,0 +1,334 @@
+//! Register, login, balances and API keys.
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use exchange_common::ApiError;
+use exchange_common::error::{Json, Path};
+use exchange_common::net::IpNet;
+
+use crate::authn::AuthUser;
+use crate::password;
+use crate::state::{AppState, now_ms};
+
+/// The longest API key label and the most allow-list entries per key.
+pub const API_KEY_LABEL_LEN_MAX: usize = 64;
+pub const API_KEY_IP_ALLOWLIST_LEN_MAX: usize = 32;
+/// API keys per user.
+pub const API_KEYS_PER_USER_MAX: i64 = 30;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Registered {
+    pub user_id: i64,
+}
+
+fn check_email(email: &str) -> Result<(), ApiError> {
+    let ok = email.len() <= 254
+        && !email.chars().any(char::is_whitespace)
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.contains('@')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "INVALID_EMAIL",
+            "email must look like name@example.com",
+        ))
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/register", request_body = Credentials,
+    responses((status = 201, body = Registered), (status = 400, description = "invalid email or weak password"), (status = 409, description = "email taken")))]
+pub async fn register(
+    State(s): State<AppState>,
+    Json(req): Json<Credentials>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_email(&req.email)?;
+    password::check_policy(&req.password).map_err(|m| ApiError::bad_request("WEAK_PASSWORD", m))?;
+    let hash = s
+        .passwords
+        .hash(&req.password)
+        .await
+        .map_err(ApiError::internal)?;
+    let inserted = sqlx::query_scalar::<_, i64>(
+        "INSERT INTO users (email, password_hash) VALUES ($1, $2) RETURNING id",
+    )
+    .bind(&req.email)
+    .bind(&hash)
+    .fetch_one(s.db())
+    .await;
+    match inserted {
+        Ok(user_id) => Ok((StatusCode::CREATED, Json(Registered { user_id }))),
+        Err(e) if super::is_unique_violation(&e) => Err(ApiError::conflict(
+            "EMAIL_TAKEN",
+            "this email is already registered",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LoggedIn {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/login", request_body = Credentials,
+    responses((status = 200, body = LoggedIn), (status = 401, description = "INVALID_CREDENTIALS")))]
+pub async fn login(
+    State(s): State<AppState>,
+    Json(req): Json<Credentials>,
+) -> Result<Json<LoggedIn>, ApiError> {
+    let row: Option<(i64, String)> =
+        sqlx::query_as("SELECT id, password_hash FROM users WHERE lower(email) = lower($1)")
+            .bind(&req.email)
+            .fetch_optional(s.db())
+            .await?;
+    // Same work whether or not the user exists (dummy hash), same answer.
+    let ok = s
+        .passwords
+        .verify(&req.password, row.as_ref().map(|(_, h)| h.as_str()))
+        .await
+        .map_err(ApiError::internal)?;
+    let user_id = match row {
+        Some((id, _)) if ok => id,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "INVALID_CREDENTIALS",
+                "email or password is wrong",
+            ));
+        }
+    };
+    let token = s
+        .tokens
+        .issue(user_id, now_ms() / 1000)
+        .map_err(ApiError::internal)?;
+    Ok(Json(LoggedIn {
+        access_token: token,
+        token_type: "Bearer",
+        expires_in: s.tokens.ttl.as_secs(),
+    }))
+}
+
+#[derive(Serialize, ToSchema, sqlx::FromRow)]
+pub struct Balance {
+    pub asset: String,
+    pub available: String,
+    pub locked: String,
+}
+
+#[utoipa::path(get, path = "/api/v1/account/balances", responses((status = 200, body = [Balance])), security(("bearer" = [])))]
+pub async fn balances(
+    State(s): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+) -> Result<Json<Vec<Balance>>, ApiError> {
+    user.require_read()?;
+    let rows: Vec<Balance> = sqlx::query_as(
+        "SELECT asset, trim_scale(available)::text AS available, trim_scale(locked)::text AS locked
+         FROM balances WHERE user_id = $1 ORDER BY asset",
+    )
+    .bind(user.user_id)
+    .fetch_all(s.db())
+    .await?;
+    Ok(Json(rows))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewApiKey {
+    #[serde(default)]
+    pub label: String,
+    /// `read` and/or `trade`; default `["read"]`.
+    #[serde(default)]
+    pub permissions: Option<Vec<String>>,
+    /// IP addresses or CIDR networks; empty allows any address.
+    #[serde(default)]
+    pub ip_allowlist: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ApiKeyInfo {
+    pub id: i64,
+    pub api_key: String,
+    pub label: String,
+    pub permissions: Vec<&'static str>,
+    pub ip_allowlist: Vec<String>,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CreatedApiKey {
+    #[serde(flatten)]
+    pub info: ApiKeyInfo,
+    /// Shown once; store it now.
+    pub secret: String,
+}
+
+fn permissions(can_read: bool, can_trade: bool) -> Vec<&'static str> {
+    let mut p = Vec::new();
+    if can_read {
+        p.push("read");
+    }
+    if can_trade {
+        p.push("trade");
+    }
+    p
+}
+
+#[utoipa::path(post, path = "/api/v1/api-keys", request_body = NewApiKey, responses((status = 201, body = CreatedApiKey)), security(("bearer" = [])))]
+pub async fn create_api_key(
+    State(s): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Json(req): Json<NewApiKey>,
+) -> Result<impl IntoResponse, ApiError> {
+    user.require_session()?;
+    if req.label.chars().count() > API_KEY_LABEL_LEN_MAX {
+        return Err(ApiError::bad_request(
+            "INVALID_LABEL",
+            format!("label must have at most {API_KEY_LABEL_LEN_MAX} characters"),
+        ));
+    }
+    let perms = req.permissions.unwrap_or_else(|| vec!["read".to_owned()]);
+    if perms.is_empty() || perms.iter().any(|p| p != "read" && p != "trade") {
+        return Err(ApiError::bad_request(
+            "INVALID_PERMISSIONS",
+            "permissions are \"read\" and/or \"trade\"",
+        ));
+    }
+    let (can_read, can_trade) = (
+        perms.iter().any(|p| p == "read"),
+        perms.iter().any(|p| p == "trade"),
+    );
+    if req.ip_allowlist.len() > API_KEY_IP_ALLOWLIST_LEN_MAX {
+        return Err(ApiError::bad_request(
+            "INVALID_IP_ALLOWLIST",
+            format!("at most {API_KEY_IP_ALLOWLIST_LEN_MAX} entries"),
+        ));
+    }
+    let mut allow = Vec::with_capacity(req.ip_allowlist.len());
+    for entry in &req.ip_allowlist {
+        let net = IpNet::parse(entry).ok_or_else(|| {
+            ApiError::bad_request(
+                "INVALID_IP_ALLOWLIST",
+                format!("{entry:?} is not an IP address or CIDR network"),
+            )
+        })?;
+        allow.push(net.to_string());
+    }
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE user_id = $1")
+        .bind(user.user_id)
+        .fetch_one(s.db())
+        .await?;
+    if count >= API_KEYS_PER_USER_MAX {
+        return Err(ApiError::bad_request(
+            "TOO_MANY_API_KEYS",
+            format!("at most {API_KEYS_PER_USER_MAX} API keys per user"),
+        ));
+    }
+    let (api_key, secret) = crate::keys::generate();
+    let (nonce, ciphertext) = s
+        .keys
+        .encrypt(&api_key, &secret)
+        .map_err(ApiError::internal)?;
+    let (id, created_at): (i64, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
+        "INSERT INTO api_keys (api_key, user_id, label, can_read, can_trade, ip_allowlist, secret_nonce, secret_ciphertext)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id, created_at",
+    )
+    .bind(&api_key)
+    .bind(user.user_id)
+    .bind(&req.label)
+    .bind(can_read)
+    .bind(can_trade)
+    .bind(&allow)
+    .bind(&nonce)
+    .bind(&ciphertext)
+    .fetch_one(s.db())
+    .await?;
+    let info = ApiKeyInfo {
+        id,
+        api_key,
+        label: req.label,
+        permissions: permissions(can_read, can_trade),
+        ip_allowlist: allow,
+        created_at: created_at.timestamp_millis(),
+        last_used_at: None,
+    };
+    Ok((StatusCode::CREATED, Json(CreatedApiKey { info, secret })))
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyListRow {
+    id: i64,
+    api_key: String,
+    label: String,
+    can_read: bool,
+    can_trade: bool,
+    ip_allowlist: Vec<String>,
+    created_at: chrono::DateTime<chrono::Utc>,
+    last_used_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[utoipa::path(get, path = "/api/v1/api-keys", responses((status = 200, body = [ApiKeyInfo])), security(("bearer" = [])))]
+pub async fn list_api_keys(
+    State(s): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+) -> Result<Json<Vec<ApiKeyInfo>>, ApiError> {
+    user.require_session()?;
+    let rows: Vec<KeyListRow> = sqlx::query_as(
+        "SELECT id, api_key, label, can_read, can_trade, ip_allowlist, created_at, last_used_at
+         FROM api_keys WHERE user_id = $1 ORDER BY id",
+    )
+    .bind(user.user_id)
+    .fetch_all(s.db())
+    .await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|r| ApiKeyInfo {
+                id: r.id,
+                api_key: r.api_key,
+                label: r.label,
+                permissions: permissions(r.can_read, r.can_trade),
+                ip_allowlist: r.ip_allowlist,
+                created_at: r.created_at.timestamp_millis(),
+                last_used_at: r.last_used_at.map(|t| t.timestamp_millis()),
+            })
+            .collect(),
+    ))
+}
+
+#[utoipa::path(delete, path = "/api/v1/api-keys/{id}", responses((status = 204), (status = 404)), security(("bearer" = [])))]
+pub async fn delete_api_key(
+    State(s): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    user.require_session()?;
+    let deleted = sqlx::query("DELETE FROM api_keys WHERE id = $1 AND user_id = $2")
+        .bind(id)
+        .bind(user.user_id)
+        .execute(s.db())
+        .await?;
+    if deleted.rows_affected() == 0 {
+        return Err(ApiError::not_found("no such API key"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

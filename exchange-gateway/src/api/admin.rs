@@ -1,0 +1,340 @@
+//! The admin API (`ADMIN_TOKEN`): assets, markets, market status, deposits.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use exchange_common::ApiError;
+use exchange_common::error::{Json, Path};
+use exchange_domain::market::{Asset, FeeRate, MarketSpec, MarketSpecFields};
+use exchange_domain::money::{SCALE_MAX, format_units, parse_positive_units, parse_units};
+use exchange_domain::symbol::{AssetSymbol, MarketSymbol};
+
+use super::public::{AssetView, MARKET_COLUMNS, MarketView};
+use crate::state::AppState;
+
+/// Decimal places of a fee rate string ("0.001"): parts per million.
+const FEE_SCALE: u8 = 6;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAsset {
+    pub symbol: String,
+    pub scale: u8,
+}
+
+#[utoipa::path(post, path = "/admin/v1/assets", request_body = NewAsset, responses((status = 201, body = AssetView), (status = 409)), security(("admin" = [])))]
+pub async fn create_asset(
+    State(s): State<AppState>,
+    Json(req): Json<NewAsset>,
+) -> Result<impl IntoResponse, ApiError> {
+    let symbol = AssetSymbol::parse(&req.symbol)
+        .map_err(|e| ApiError::bad_request("INVALID_SYMBOL", e.to_string()))?;
+    if req.scale > SCALE_MAX {
+        return Err(ApiError::bad_request(
+            "INVALID_SCALE",
+            format!("scale must be 0 to {SCALE_MAX}"),
+        ));
+    }
+    let result = sqlx::query("INSERT INTO assets (symbol, scale) VALUES ($1, $2)")
+        .bind(symbol.as_str())
+        .bind(i16::from(req.scale))
+        .execute(s.db())
+        .await;
+    match result {
+        Ok(_) => Ok((
+            StatusCode::CREATED,
+            Json(AssetView {
+                symbol: symbol.to_string(),
+                scale: i16::from(req.scale),
+            }),
+        )),
+        Err(e) if super::is_unique_violation(&e) => Err(ApiError::conflict(
+            "ASSET_EXISTS",
+            "this asset already exists",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewMarket {
+    pub symbol: String,
+    pub base: String,
+    pub quote: String,
+    pub price_tick: String,
+    pub qty_step: String,
+    /// Defaults to `qty_step`.
+    #[serde(default)]
+    pub min_qty: Option<String>,
+    pub min_notional: String,
+    pub maker_fee: String,
+    pub taker_fee: String,
+}
+
+async fn asset_scale(s: &AppState, symbol: &str) -> Result<u8, ApiError> {
+    let scale: Option<i16> = sqlx::query_scalar("SELECT scale FROM assets WHERE symbol = $1")
+        .bind(symbol)
+        .fetch_optional(s.db())
+        .await?;
+    let scale = scale.ok_or_else(|| {
+        ApiError::bad_request("UNKNOWN_ASSET", format!("asset {symbol} does not exist"))
+    })?;
+    u8::try_from(scale).map_err(ApiError::internal)
+}
+
+fn amount(field: &str, text: &str, scale: u8, positive: bool) -> Result<u128, ApiError> {
+    let parsed = if positive {
+        parse_positive_units(text, scale)
+    } else {
+        parse_units(text, scale)
+    };
+    parsed.map_err(|e| ApiError::bad_request("INVALID_AMOUNT", format!("{field} {e}")))
+}
+
+fn fee(field: &str, text: &str) -> Result<FeeRate, ApiError> {
+    let ppm = amount(field, text, FEE_SCALE, false)?;
+    u32::try_from(ppm)
+        .ok()
+        .and_then(|p| FeeRate::from_ppm(p).ok())
+        .ok_or_else(|| {
+            ApiError::bad_request("INVALID_FEE", format!("{field} must be between 0 and 1"))
+        })
+}
+
+async fn market_view(s: &AppState, symbol: &str) -> Result<Option<MarketView>, ApiError> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {MARKET_COLUMNS} FROM markets WHERE symbol = $1"
+    )))
+    .bind(symbol)
+    .fetch_optional(s.db())
+    .await?)
+}
+
+#[utoipa::path(post, path = "/admin/v1/markets", request_body = NewMarket, responses((status = 201, body = MarketView), (status = 409)), security(("admin" = [])))]
+pub async fn create_market(
+    State(s): State<AppState>,
+    Json(req): Json<NewMarket>,
+) -> Result<impl IntoResponse, ApiError> {
+    let invalid = |e: String| ApiError::bad_request("INVALID_MARKET", e);
+    let symbol = MarketSymbol::parse(&req.symbol).map_err(|e| invalid(e.to_string()))?;
+    let base_sym = AssetSymbol::parse(&req.base).map_err(|e| invalid(e.to_string()))?;
+    let quote_sym = AssetSymbol::parse(&req.quote).map_err(|e| invalid(e.to_string()))?;
+    let base = Asset {
+        symbol: base_sym,
+        scale: asset_scale(&s, base_sym.as_str()).await?,
+    };
+    let quote = Asset {
+        symbol: quote_sym,
+        scale: asset_scale(&s, quote_sym.as_str()).await?,
+    };
+    let qty_step = amount("qty_step", &req.qty_step, base.scale, true)?;
+    let fields = MarketSpecFields {
+        symbol,
+        base,
+        quote,
+        price_tick: amount("price_tick", &req.price_tick, quote.scale, true)?,
+        qty_step,
+        min_qty: match &req.min_qty {
+            Some(t) => amount("min_qty", t, base.scale, true)?,
+            None => qty_step,
+        },
+        min_notional: amount("min_notional", &req.min_notional, quote.scale, false)?,
+        maker_fee: fee("maker_fee", &req.maker_fee)?,
+        taker_fee: fee("taker_fee", &req.taker_fee)?,
+    };
+    let spec = MarketSpec::new(fields).map_err(|e| invalid(e.to_string()))?;
+    let f = spec.fields();
+    let fee_text = |r: FeeRate| format_units(u128::from(r.ppm()), FEE_SCALE);
+    let result = sqlx::query(
+        "INSERT INTO markets (symbol, base, quote, price_tick, qty_step, min_qty, min_notional, maker_fee, taker_fee)
+         VALUES ($1, $2, $3, $4::numeric, $5::numeric, $6::numeric, $7::numeric, $8::numeric, $9::numeric)",
+    )
+    .bind(symbol.to_string())
+    .bind(base_sym.as_str())
+    .bind(quote_sym.as_str())
+    .bind(format_units(f.price_tick, quote.scale))
+    .bind(format_units(f.qty_step, base.scale))
+    .bind(format_units(f.min_qty, base.scale))
+    .bind(format_units(f.min_notional, quote.scale))
+    .bind(fee_text(f.maker_fee))
+    .bind(fee_text(f.taker_fee))
+    .execute(s.db())
+    .await;
+    match result {
+        Ok(_) => {
+            metrics::gauge!("exchange_market_halted", "market" => symbol.to_string()).set(0.0);
+            let view = market_view(&s, &symbol.to_string())
+                .await?
+                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("market vanished")))?;
+            Ok((StatusCode::CREATED, Json(view)))
+        }
+        Err(e) if super::is_unique_violation(&e) => Err(ApiError::conflict(
+            "MARKET_EXISTS",
+            "this market already exists",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MarketPatch {
+    /// `trading` or `halted`.
+    pub status: String,
+}
+
+#[utoipa::path(patch, path = "/admin/v1/markets/{symbol}", request_body = MarketPatch, responses((status = 200, body = MarketView), (status = 404)), security(("admin" = [])))]
+pub async fn patch_market(
+    State(s): State<AppState>,
+    Path(symbol): Path<String>,
+    Json(req): Json<MarketPatch>,
+) -> Result<Json<MarketView>, ApiError> {
+    if req.status != "trading" && req.status != "halted" {
+        return Err(ApiError::bad_request(
+            "INVALID_STATUS",
+            "status is \"trading\" or \"halted\"",
+        ));
+    }
+    let updated =
+        sqlx::query("UPDATE markets SET status = $2, updated_at = now() WHERE symbol = $1")
+            .bind(&symbol)
+            .bind(&req.status)
+            .execute(s.db())
+            .await?;
+    if updated.rows_affected() == 0 {
+        return Err(ApiError::not_found("no such market"));
+    }
+    tracing::info!(market = %symbol, status = %req.status, "market status changed");
+    metrics::gauge!("exchange_market_halted", "market" => symbol.clone())
+        .set(if req.status == "halted" { 1.0 } else { 0.0 });
+    market_view(&s, &symbol)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("no such market"))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDeposit {
+    pub user_id: i64,
+    pub asset: String,
+    pub amount: String,
+    /// An external id (e.g. a chain transaction); repeating it credits once.
+    #[serde(default)]
+    pub reference: Option<String>,
+}
+
+#[derive(Serialize, ToSchema, sqlx::FromRow)]
+pub struct DepositView {
+    pub id: i64,
+    pub user_id: i64,
+    pub asset: String,
+    pub amount: String,
+    pub reference: Option<String>,
+    pub journal_id: i64,
+}
+
+async fn existing_deposit(s: &AppState, reference: &str) -> Result<Option<DepositView>, ApiError> {
+    Ok(sqlx::query_as(
+        "SELECT id, user_id, asset, trim_scale(amount)::text AS amount, reference, journal_id FROM deposits WHERE reference = $1",
+    )
+    .bind(reference)
+    .fetch_optional(s.db())
+    .await?)
+}
+
+/// Credits a user through the ledger: one journal entry, `+amount` to the
+/// user and `-amount` to the `deposits` system account, and the balance, in
+/// one transaction.
+#[utoipa::path(post, path = "/admin/v1/deposits", request_body = NewDeposit,
+    responses((status = 201, body = DepositView), (status = 200, description = "already credited (same reference)", body = DepositView)), security(("admin" = [])))]
+pub async fn deposit(
+    State(s): State<AppState>,
+    Json(req): Json<NewDeposit>,
+) -> Result<axum::response::Response, ApiError> {
+    let asset = AssetSymbol::parse(&req.asset)
+        .map_err(|e| ApiError::bad_request("INVALID_SYMBOL", e.to_string()))?;
+    let scale = asset_scale(&s, asset.as_str()).await?;
+    let units = amount("amount", &req.amount, scale, true)?;
+    let amount_text = format_units(units, scale);
+    if let Some(reference) = &req.reference
+        && let Some(done) = existing_deposit(&s, reference).await?
+    {
+        return Ok((StatusCode::OK, Json(done)).into_response());
+    }
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)")
+        .bind(req.user_id)
+        .fetch_one(s.db())
+        .await?;
+    if !exists {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "USER_NOT_FOUND",
+            "no such user",
+        ));
+    }
+    let mut tx = s.db().begin().await?;
+    let journal_id: i64 = sqlx::query_scalar(
+        "INSERT INTO ledger_journal (kind, reference) VALUES ('deposit', $1) RETURNING id",
+    )
+    .bind(&req.reference)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO ledger_postings (journal_id, account_kind, user_id, asset, amount)
+         VALUES ($1, 'user', $2, $3, $4::numeric), ($1, 'deposits', NULL, $3, -($4::numeric))",
+    )
+    .bind(journal_id)
+    .bind(req.user_id)
+    .bind(asset.as_str())
+    .bind(&amount_text)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO balances (user_id, asset, available) VALUES ($1, $2, $3::numeric)
+         ON CONFLICT (user_id, asset) DO UPDATE SET available = balances.available + EXCLUDED.available, updated_at = now()",
+    )
+    .bind(req.user_id)
+    .bind(asset.as_str())
+    .bind(&amount_text)
+    .execute(&mut *tx)
+    .await?;
+    let inserted = sqlx::query_scalar::<_, i64>(
+        "INSERT INTO deposits (user_id, asset, amount, reference, journal_id) VALUES ($1, $2, $3::numeric, $4, $5) RETURNING id",
+    )
+    .bind(req.user_id)
+    .bind(asset.as_str())
+    .bind(&amount_text)
+    .bind(&req.reference)
+    .bind(journal_id)
+    .fetch_one(&mut *tx)
+    .await;
+    let id = match inserted {
+        Ok(id) => id,
+        // A concurrent request with the same reference won: credit once.
+        Err(e) if super::is_unique_violation(&e) => {
+            drop(tx);
+            let reference = req.reference.as_deref().unwrap_or_default();
+            let done = existing_deposit(&s, reference)
+                .await?
+                .ok_or_else(|| ApiError::internal(e))?;
+            return Ok((StatusCode::OK, Json(done)).into_response());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    tx.commit().await?;
+    tracing::info!(user_id = req.user_id, asset = %asset, amount = %amount_text, journal_id, "deposit credited");
+    let view = DepositView {
+        id,
+        user_id: req.user_id,
+        asset: asset.to_string(),
+        amount: amount_text,
+        reference: req.reference,
+        journal_id,
+    };
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}

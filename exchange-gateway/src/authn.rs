@@ -1,0 +1,284 @@
+//! Authentication middlewares: users (Bearer access token, or an API key
+//! with a Binance-style signature) and the admin token.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use exchange_common::ApiError;
+use exchange_common::auth::{bearer_token, constant_time_eq};
+use exchange_common::http::REQUEST_BODY_BYTES_MAX;
+use exchange_common::net::{IpNet, client_ip};
+
+use crate::keys;
+use crate::state::{AppState, now_ms};
+
+/// How the caller authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    AccessToken,
+    ApiKey {
+        id: i64,
+        can_read: bool,
+        can_trade: bool,
+    },
+}
+
+/// The authenticated user, in the request extensions.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub user_id: i64,
+    pub credential: Credential,
+}
+
+impl AuthUser {
+    /// Reading account data: tokens always, API keys with `read`.
+    pub fn require_read(&self) -> Result<(), ApiError> {
+        match self.credential {
+            Credential::AccessToken | Credential::ApiKey { can_read: true, .. } => Ok(()),
+            Credential::ApiKey { .. } => {
+                Err(permission_denied("this API key lacks the read permission"))
+            }
+        }
+    }
+    /// Trading: tokens always, API keys with `trade`.
+    pub fn require_trade(&self) -> Result<(), ApiError> {
+        match self.credential {
+            Credential::AccessToken
+            | Credential::ApiKey {
+                can_trade: true, ..
+            } => Ok(()),
+            Credential::ApiKey { .. } => {
+                Err(permission_denied("this API key lacks the trade permission"))
+            }
+        }
+    }
+    /// Managing API keys needs a login session, never an API key.
+    pub fn require_session(&self) -> Result<(), ApiError> {
+        match self.credential {
+            Credential::AccessToken => Ok(()),
+            Credential::ApiKey { .. } => Err(permission_denied(
+                "API keys are managed with an access token",
+            )),
+        }
+    }
+}
+
+fn permission_denied(msg: &str) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "PERMISSION_DENIED", msg)
+}
+
+fn unauthorized(code: &'static str, msg: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, code, msg)
+}
+
+fn peer_ip(req: &Request, trusted: &[IpNet]) -> Option<IpAddr> {
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>()?.0.ip();
+    Some(client_ip(peer, req.headers(), trusted))
+}
+
+/// Requires a user; puts [`AuthUser`] in the request extensions.
+pub async fn require_user(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(token) = bearer_token(req.headers()) {
+        let user_id = state.tokens.verify(token).ok_or_else(|| {
+            unauthorized("INVALID_TOKEN", "the access token is invalid or expired")
+        })?;
+        let mut req = req;
+        req.extensions_mut().insert(AuthUser {
+            user_id,
+            credential: Credential::AccessToken,
+        });
+        return Ok(next.run(req).await);
+    }
+    let Some(api_key) = req
+        .headers()
+        .get("x-mbx-apikey")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    else {
+        return Err(unauthorized(
+            "UNAUTHORIZED",
+            "send Authorization: Bearer <access_token>, or X-MBX-APIKEY with a signed request",
+        ));
+    };
+    let req = verify_signed(&state, &api_key, req).await?;
+    Ok(next.run(req).await)
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    id: i64,
+    user_id: i64,
+    can_read: bool,
+    can_trade: bool,
+    ip_allowlist: Vec<String>,
+    secret_nonce: Vec<u8>,
+    secret_ciphertext: Vec<u8>,
+}
+
+async fn verify_signed(state: &AppState, api_key: &str, req: Request) -> Result<Request, ApiError> {
+    let ip = peer_ip(&req, &state.trusted_proxies);
+    let (mut parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, REQUEST_BODY_BYTES_MAX)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                "request body too large",
+            )
+        })?;
+    let raw_query = parts.uri.query().unwrap_or("").to_owned();
+    let params: Vec<(String, String)> = form_pairs(&raw_query);
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let timestamp: u64 = param("timestamp")
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "MISSING_TIMESTAMP",
+                "signed requests need a timestamp parameter",
+            )
+        })?
+        .parse()
+        .map_err(|_| {
+            ApiError::bad_request("INVALID_TIMESTAMP", "timestamp must be Unix milliseconds")
+        })?;
+    let recv_window = match param("recvWindow") {
+        None => keys::RECV_WINDOW_DEFAULT_MS,
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|w| *w > 0 && *w <= keys::RECV_WINDOW_MAX_MS)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "INVALID_RECV_WINDOW",
+                    "recvWindow must be 1 to 60000 milliseconds",
+                )
+            })?,
+    };
+    let (payload, signature) = keys::signed_payload(&raw_query, &body);
+    let signature = signature.ok_or_else(|| {
+        ApiError::bad_request(
+            "MISSING_SIGNATURE",
+            "signed requests need a signature parameter",
+        )
+    })?;
+    keys::check_timestamp(timestamp, recv_window, now_ms())
+        .map_err(|m| unauthorized("TIMESTAMP_OUT_OF_WINDOW", m))?;
+
+    let row: Option<KeyRow> = sqlx::query_as(
+        "SELECT id, user_id, can_read, can_trade, ip_allowlist, secret_nonce, secret_ciphertext
+         FROM api_keys WHERE api_key = $1",
+    )
+    .bind(api_key)
+    .fetch_optional(state.db())
+    .await?;
+    let invalid = || unauthorized("INVALID_SIGNATURE", "API key or signature is invalid");
+    let row = row.ok_or_else(invalid)?;
+    let secret = state
+        .keys
+        .decrypt(api_key, &row.secret_nonce, &row.secret_ciphertext)
+        .ok_or_else(|| {
+            tracing::error!(
+                key_id = row.id,
+                "api key secret cannot be decrypted (encryption key changed?)"
+            );
+            invalid()
+        })?;
+    if !keys::verify_signature(&secret, &payload, &signature) {
+        return Err(invalid());
+    }
+    if !row.ip_allowlist.is_empty() {
+        let allowed = ip.is_some_and(|ip| {
+            row.ip_allowlist
+                .iter()
+                .filter_map(|n| IpNet::parse(n))
+                .any(|n| n.contains(ip))
+        });
+        if !allowed {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "IP_NOT_ALLOWED",
+                "this API key is not allowed from this address",
+            ));
+        }
+    }
+    let _ = sqlx::query("UPDATE api_keys SET last_used_at = now() WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')")
+        .bind(row.id)
+        .execute(state.db())
+        .await;
+    // Handlers never see the signing parameters.
+    let rest: Vec<&str> = raw_query
+        .split('&')
+        .filter(|p| {
+            let name = p.split('=').next().unwrap_or("");
+            !p.is_empty() && !matches!(name, "timestamp" | "recvWindow" | "signature")
+        })
+        .collect();
+    let path = parts.uri.path().to_owned();
+    let new_uri = if rest.is_empty() {
+        path
+    } else {
+        format!("{path}?{}", rest.join("&"))
+    };
+    parts.uri = new_uri
+        .parse::<Uri>()
+        .map_err(|_| ApiError::bad_request("INVALID_QUERY", "malformed query string"))?;
+    parts.extensions.insert(AuthUser {
+        user_id: row.user_id,
+        credential: Credential::ApiKey {
+            id: row.id,
+            can_read: row.can_read,
+            can_trade: row.can_trade,
+        },
+    });
+    Ok(Request::from_parts(parts, Body::from(body)))
+}
+
+/// `a=1&b=2` into pairs (no percent-decoding needed for the numeric
+/// signing parameters we read).
+fn form_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (p.to_owned(), String::new()),
+        })
+        .collect()
+}
+
+/// Requires `Authorization: Bearer $ADMIN_TOKEN`: missing → 401, wrong → 403.
+pub async fn require_admin(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let Some(token) = bearer_token(req.headers()) else {
+        return Err(unauthorized(
+            "UNAUTHORIZED",
+            "admin calls need Authorization: Bearer $ADMIN_TOKEN",
+        ));
+    };
+    let expected = state.base.config.admin_token.expose();
+    if !constant_time_eq(token.as_bytes(), expected.as_bytes()) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            "wrong admin token",
+        ));
+    }
+    Ok(next.run(req).await)
+}
