@@ -13,6 +13,8 @@
 # Env:   OPS_LIVE=0|1|auto (default auto: live stage when binary + DB_URL/REDIS_URL)
 #        EXCHANGE_BIN (default target/release/exchange, then target/debug/exchange)
 # Last line: `ops: N passed, M failed`; exit status 1 when M > 0.
+# (Single-quoted `bash -c` and jq programs expand their $vars themselves.)
+# shellcheck disable=SC2016
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root" || exit 1
