@@ -1,0 +1,81 @@
+//! The binary refuses a bad configuration before binding any port: every
+//! problem listed at once, exit code 64.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+fn exchange(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_exchange"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the exchange binary");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn missing_variables_are_all_reported_with_exit_code_64() {
+    let (code, stderr) = exchange(&["gateway"], &[]);
+    assert_eq!(code, Some(64), "{stderr}");
+    for key in [
+        "DB_URL",
+        "REDIS_URL",
+        "INTERNAL_TOKEN",
+        "AUTH_TOKEN_SECRET",
+        "ADMIN_TOKEN",
+    ] {
+        assert!(stderr.contains(key), "{key} not reported: {stderr}");
+    }
+}
+
+#[test]
+fn prod_refuses_dev_defaults_and_invalid_values_without_leaking_secrets() {
+    let (code, stderr) = exchange(
+        &["all"],
+        &[
+            ("APP_ENV", "prod"),
+            ("DB_URL", "mysql://nope"),
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ("INTERNAL_TOKEN", "dev-internal-token-change-me-please-000"),
+            ("AUTH_TOKEN_SECRET", "too-short"),
+            ("ADMIN_TOKEN", "dev-admin-token-change-me-please-00000"),
+            ("GATEWAY_HTTP_ADDR", "not-an-address"),
+            // Would collide with anything listening if the binary bound first.
+            ("ORDER_HTTP_ADDR", "127.0.0.1:1"),
+        ],
+    );
+    assert_eq!(code, Some(64), "{stderr}");
+    for needle in [
+        "APP_VERSION",
+        "DB_URL must start with",
+        "INTERNAL_TOKEN is a development default",
+        "AUTH_TOKEN_SECRET is shorter than 32",
+        "ADMIN_TOKEN is a development default",
+        "GATEWAY_HTTP_ADDR",
+        "MARKETDATA_WS_ALLOW_ORIGINS",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} not reported: {stderr}");
+    }
+    assert!(
+        !stderr.contains("too-short"),
+        "secret values never printed: {stderr}"
+    );
+}
+
+#[test]
+fn unknown_command_is_a_usage_error() {
+    let (code, stderr) = exchange(&["frobnicate"], &[]);
+    assert_eq!(code, Some(64));
+    assert!(stderr.contains("usage: exchange"), "{stderr}");
+}
+
+#[test]
+fn migrate_without_db_url_is_a_usage_error() {
+    let (code, stderr) = exchange(&["migrate"], &[]);
+    assert_eq!(code, Some(64));
+    assert!(stderr.contains("DB_URL"), "{stderr}");
+}
