@@ -254,6 +254,25 @@ impl OrderBook {
         })
     }
 
+    /// Every live order: resting (bids best-first, asks best-first, queue
+    /// order), then pending stops in trigger order.
+    pub fn orders(&self) -> Vec<OrderView> {
+        let mut ids = Vec::with_capacity(self.index.len());
+        for &level in self.bids.map.values().rev().chain(self.asks.map.values()) {
+            let mut cur = self.levels[level as usize].head;
+            while cur != NIL {
+                ids.push(self.nodes[cur as usize].o.id);
+                cur = self.nodes[cur as usize].next;
+            }
+        }
+        for &idx in self.stop_buys.values().chain(self.stop_sells.values()) {
+            ids.push(self.nodes[idx as usize].o.id);
+        }
+        ids.into_iter()
+            .filter_map(|id| self.order(OrderId(id)))
+            .collect()
+    }
+
     /// Up to `limit` levels per side, best first, as `(price, quantity)` units.
     pub fn depth(&self, limit: usize) -> Depth {
         let level = |(&price, &l): (&u64, &u32)| {

@@ -38,3 +38,6 @@ pub mod snapshot;
 
 pub use book::{ApplyError, Depth, OrderBook, OrderView};
 pub use snapshot::SnapshotError;
+
+#[cfg(test)]
+mod tests;
