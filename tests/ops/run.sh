@@ -31,6 +31,7 @@ cleanup() {
     for pid in "${bg_pids[@]}"; do
         kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
     done
+    declare -F live_cleanup >/dev/null && live_cleanup
     rm -rf "$work"
 }
 trap cleanup EXIT
