@@ -49,7 +49,7 @@ export MARKETDATA_WS_ALLOW_ORIGINS="${MARKETDATA_WS_ALLOW_ORIGINS:-http://localh
 export ORDER_SERVICE_URL="${ORDER_SERVICE_URL:-http://127.0.0.1:8091}"
 export MARKETDATA_URL="${MARKETDATA_URL:-http://127.0.0.1:8094}"
 for svc in ORDER MATCHING CLEARING MARKETDATA; do
-    lower=$(printf '%s' "$svc" | tr 'A-Z' 'a-z')
+    lower=$(printf '%s' "$svc" | tr '[:upper:]' '[:lower:]')
     export "${svc}_CONSUMER_GROUP=${lower}"
     export "${svc}_CONSUMER_NAME=${lower}-local-1"
 done

@@ -26,6 +26,13 @@ if [ "$started_here" -eq 1 ] && [ "${EXCHANGE_KEEP_SERVICES:-0}" != 1 ]; then
     trap 'local_services_down "$root"' EXIT
 fi
 log "DB_URL=$DB_URL REDIS_URL=$REDIS_URL"
+if [ "$started_here" -eq 1 ]; then
+    # Each test creates its own database (test_*) and Redis key prefix; on
+    # our own servers, clear what earlier runs left behind.
+    psql "$DB_URL" -X -q -At -c "SELECT datname FROM pg_database WHERE datname LIKE 'test\_%'" |
+        while read -r db; do psql "$DB_URL" -X -q -c "DROP DATABASE IF EXISTS \"$db\"" >/dev/null; done
+    redis-cli -p "$EXCHANGE_REDIS_PORT" flushall >/dev/null
+fi
 
 log "cargo test --workspace"
 # Unit, property, integration, end-to-end and doc tests; benchmarks run
