@@ -1,17 +1,50 @@
-//! The marketdata service: depth, trades, klines and 24h tickers over HTTP and a public WebSocket.
+//! The marketdata service: depth, trades, klines and 24h tickers over HTTP
+//! (`/api/v1/markets/{symbol}/depth|trades|klines|ticker`, the same paths
+//! the gateway proxies) and the public WebSocket `/ws`.
 //!
-//! For now it serves the platform skeleton (`/health`, `/ready`,
-//! `/metrics`); the trading pipeline (issue 4) adds its routes and stream
-//! consumers here.
+//! It consumes `<prefix>:events` in its **own consumer group per replica**
+//! (`MARKETDATA_CONSUMER_GROUP`, which every replica must set to a unique
+//! value, e.g. `marketdata-$HOSTNAME`): fan-out, so every replica sees every
+//! batch. Replicas sharing a group would each see part of the stream; they
+//! stay correct (every gap is filled from Postgres) but slow. A retired
+//! replica's group should be destroyed (`XGROUP DESTROY`) so it does not hold
+//! back stream trimming. A new group starts at `$`: history comes from
+//! Postgres, not from the stream.
+//!
+//! Invariants: per market, batches are applied strictly in `seq` order
+//! (duplicates skipped, gaps filled from `event_batches`), so the depth book
+//! is exactly the engine's book at the last applied `seq` and WebSocket
+//! depth deltas carry consecutive `seq`. Candles in Postgres only move
+//! forward in `last_seq`. No WebSocket client can slow the consumer or
+//! another client: queues are bounded and never awaited.
+
+pub mod kline;
+pub mod rest;
+pub mod state;
+pub mod store;
+pub mod ws;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
+use axum::routing::get;
 use exchange_common::service::ServiceBase;
+use exchange_common::streams::{ConsumerOptions, Handler, StreamEntry, ensure_group, run_consumer};
 use exchange_common::{Config, Shutdown};
+use exchange_domain::event::EventBatch;
 use tokio::net::TcpListener;
 
+use crate::store::{Core, Dirty, write_klines};
+use crate::ws::{App, Origins};
+
 pub const SERVICE: &str = "marketdata";
+/// The loop name `/ready` reports.
+pub const CONSUMER_LOOP: &str = "eventStreamConsumer";
+/// The stream field that carries an [`EventBatch`] as JSON.
+pub const BATCH_FIELD: &str = "batch";
+/// Pause between start-up attempts while Postgres or Redis is down.
+pub const STARTUP_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// The sockets this service serves on (bound by the caller; tests bind port 0).
 #[derive(Debug)]
@@ -27,12 +60,140 @@ impl Listeners {
     }
 }
 
+/// The market-data routes (REST and `/ws`), without the service skeleton.
+pub fn routes(app: App) -> Router {
+    Router::new()
+        .route("/api/v1/markets/{symbol}/depth", get(rest::depth))
+        .route("/api/v1/markets/{symbol}/trades", get(rest::trades))
+        .route("/api/v1/markets/{symbol}/klines", get(rest::klines))
+        .route("/api/v1/markets/{symbol}/ticker", get(rest::ticker))
+        .route("/ws", get(ws::ws_handler))
+        .with_state(app)
+}
+
+fn describe_metrics() {
+    metrics::describe_gauge!(
+        "marketdata_ws_connections",
+        "Open public WebSocket connections"
+    );
+    metrics::describe_counter!(
+        "marketdata_ws_messages_total",
+        "Messages queued to public WebSocket connections"
+    );
+    metrics::describe_counter!(
+        "marketdata_ws_slow_disconnects_total",
+        "WebSocket connections closed because their send queue was full"
+    );
+    metrics::describe_counter!(
+        "marketdata_ws_origin_refused_total",
+        "WebSocket handshakes refused for their Origin"
+    );
+    metrics::describe_counter!(
+        "marketdata_gap_fills_total",
+        "Gaps in the event stream filled from Postgres"
+    );
+}
+
 /// Runs the service until `shutdown` is triggered.
 pub async fn run(
     config: Arc<Config>,
     listeners: Listeners,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let base = ServiceBase::new(config, SERVICE)?;
-    base.serve(listeners.http, Router::new(), shutdown).await
+    let base = ServiceBase::new(config.clone(), SERVICE)?;
+    describe_metrics();
+    let core = Arc::new(Core::new(base.db.clone()));
+    let app = App::new(
+        core.clone(),
+        Origins::new(&config.marketdata_ws_allow_origins),
+        shutdown.clone(),
+    );
+    tokio::spawn(consume(base.clone(), core, shutdown.clone()));
+    base.serve(listeners.http, routes(app), shutdown).await
+}
+
+async fn retry_pause(shutdown: &Shutdown) {
+    tokio::select! {
+        () = tokio::time::sleep(STARTUP_RETRY_DELAY) => {}
+        () = shutdown.wait() => {}
+    }
+}
+
+/// Creates the group, rebuilds every market from Postgres, then follows the stream.
+async fn consume(base: ServiceBase, core: Arc<Core>, shutdown: Shutdown) {
+    let stream = base.redis.events_stream();
+    let ident = &base.config.marketdata_consumer;
+    let mut opts = ConsumerOptions::new(CONSUMER_LOOP, &stream, &ident.group, &ident.name);
+    opts.start_id = "$".to_owned();
+    // Down in /ready until the loop's first beat.
+    base.heartbeats()
+        .register(CONSUMER_LOOP, &stream, opts.stale_after);
+    // The group first: whatever is published from now on is delivered, so
+    // nothing falls between the rebuild and the first read.
+    while !shutdown.is_triggered() {
+        match ensure_group(&base.redis, &stream, &opts.group, &opts.start_id).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot create consumer group, retrying");
+                retry_pause(&shutdown).await;
+            }
+        }
+    }
+    while !shutdown.is_triggered() {
+        match core.load_all().await {
+            Ok(n) => {
+                tracing::info!(markets = n, "markets rebuilt from postgres");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load markets, retrying");
+                retry_pause(&shutdown).await;
+            }
+        }
+    }
+    let handler = EventsHandler {
+        core,
+        dirty: tokio::sync::Mutex::new(Dirty::new()),
+    };
+    run_consumer(
+        base.redis.clone(),
+        base.heartbeats().clone(),
+        opts,
+        handler,
+        shutdown,
+    )
+    .await;
+}
+
+/// Applies each batch (in stream order) and then writes the candles it touched.
+pub struct EventsHandler {
+    core: Arc<Core>,
+    dirty: tokio::sync::Mutex<Dirty>,
+}
+
+impl Handler for EventsHandler {
+    async fn handle(&self, entries: &[StreamEntry]) -> Vec<Result<(), String>> {
+        let mut dirty = self.dirty.lock().await;
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let result = match entry.field_str(BATCH_FIELD) {
+                None => Err(format!("entry has no {BATCH_FIELD:?} text field")),
+                Some(text) => match serde_json::from_str::<EventBatch>(text) {
+                    Err(e) => Err(format!("unreadable event batch: {e}")),
+                    Ok(batch) => self
+                        .core
+                        .apply_live(&batch, &mut dirty)
+                        .await
+                        .map_err(|e| e.to_string()),
+                },
+            };
+            out.push(result);
+        }
+        // Candles are derived data: a failed write stays in `dirty` and is
+        // retried with the next batch; the entries themselves are done.
+        if let Err(e) = write_klines(&self.core.db, &mut dirty).await {
+            tracing::warn!(error = %e, pending = dirty.len(), "kline write failed, will retry");
+        }
+        out
+    }
 }

@@ -1,0 +1,387 @@
+//! The public WebSocket `/ws`: subscribe/unsubscribe to `depth:`, `trades:`,
+//! `kline:<interval>:` and `ticker:` channels.
+//!
+//! Fan-out: a message is serialized once ([`Utf8Bytes`], reference-counted)
+//! and offered to every subscriber's bounded queue without waiting
+//! ([`crate::state::Subscriber::offer`]). A connection whose queue is full is
+//! disconnected on the spot, so a slow reader never delays anyone else. Each
+//! connection's writer drains its queue in bursts (`feed` up to
+//! [`WS_WRITE_BATCH_LEN_MAX`] messages, then one `flush`), so a busy market
+//! costs one socket write per burst rather than per message.
+//!
+//! Depth: on subscribe the snapshot is queued and the connection registered
+//! under the market's lock, the same lock under which batches are applied
+//! and published; so the first delta after a snapshot with `seq` N is N+1.
+//! Subscribing again to a depth channel sends a fresh snapshot (how a client
+//! resyncs after a gap).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use exchange_common::{ApiError, Shutdown};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{Notify, mpsc};
+
+use crate::state::{Channel, ChannelKind, Subscriber};
+use crate::store::Core;
+
+/// Messages waiting for one connection before it counts as too slow.
+pub const WS_SEND_QUEUE_LEN_MAX: usize = 1_024;
+/// Messages fed to the socket before one flush.
+pub const WS_WRITE_BATCH_LEN_MAX: usize = 256;
+/// Channels one connection may hold.
+pub const WS_SUBSCRIPTIONS_MAX: usize = 64;
+/// Channels one subscribe/unsubscribe message may name.
+pub const WS_CHANNELS_PER_MESSAGE_MAX: usize = 32;
+/// The largest message (and frame) a client may send.
+pub const WS_CLIENT_MESSAGE_BYTES_MAX: usize = 4 * 1024;
+/// Depth levels per side in a snapshot (a client keeping more than this
+/// many levels should resubscribe when its book thins out).
+pub const WS_DEPTH_SNAPSHOT_LEVELS_MAX: usize = 5_000;
+/// How often the server pings.
+pub const WS_PING_INTERVAL: Duration = Duration::from_secs(20);
+/// A connection that sends nothing (not even a pong) for this long is closed.
+pub const WS_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Socket writes that take longer than this close the connection.
+pub const WS_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `MARKETDATA_WS_ALLOW_ORIGINS`: the browser origins allowed at the
+/// handshake. `*` allows any (refused by config with `APP_ENV=prod`); an
+/// empty list allows none. A request without `Origin` (not a browser) is
+/// always allowed: the check protects browsers' users, not the data.
+#[derive(Debug, Clone, Default)]
+pub struct Origins {
+    any: bool,
+    allowed: Vec<String>,
+}
+
+fn normalize_origin(o: &str) -> String {
+    o.trim().trim_end_matches('/').to_ascii_lowercase()
+}
+
+impl Origins {
+    pub fn new(list: &[String]) -> Self {
+        Self {
+            any: list.iter().any(|o| o == "*"),
+            allowed: list.iter().map(|o| normalize_origin(o)).collect(),
+        }
+    }
+
+    pub fn allows(&self, origin: Option<&str>) -> bool {
+        match origin {
+            None => true,
+            Some(o) => self.any || self.allowed.contains(&normalize_origin(o)),
+        }
+    }
+}
+
+/// State shared by the WebSocket and REST handlers.
+#[derive(Debug, Clone)]
+pub struct App {
+    pub core: Arc<Core>,
+    pub origins: Arc<Origins>,
+    pub shutdown: Shutdown,
+    next_conn: Arc<AtomicU64>,
+}
+
+impl App {
+    pub fn new(core: Arc<Core>, origins: Origins, shutdown: Shutdown) -> Self {
+        Self {
+            core,
+            origins: Arc::new(origins),
+            shutdown,
+            next_conn: Arc::new(AtomicU64::new(1)),
+        }
+    }
+}
+
+pub async fn ws_handler(
+    State(app): State<App>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let origin = headers
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    if !app.origins.allows(origin) {
+        metrics::counter!("marketdata_ws_origin_refused_total").increment(1);
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "ORIGIN_NOT_ALLOWED",
+            "this Origin is not allowed to open the market data WebSocket",
+        )
+        .into_response();
+    }
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(r) => {
+            return ApiError::bad_request("WEBSOCKET_REQUIRED", r.body_text()).into_response();
+        }
+    };
+    upgrade
+        .max_message_size(WS_CLIENT_MESSAGE_BYTES_MAX)
+        .max_frame_size(WS_CLIENT_MESSAGE_BYTES_MAX)
+        .on_upgrade(move |socket| connection(app, socket))
+}
+
+/// What the reader needs to act for its connection.
+struct Conn {
+    id: u64,
+    tx: mpsc::Sender<Utf8Bytes>,
+    kill: Arc<Notify>,
+    subs: BTreeSet<Channel>,
+}
+
+impl Conn {
+    fn subscriber(&self) -> Subscriber {
+        Subscriber {
+            conn_id: self.id,
+            tx: self.tx.clone(),
+            kill: self.kill.clone(),
+        }
+    }
+
+    /// Queues a reply; a full queue disconnects like any slow client.
+    fn reply(&self, msg: Utf8Bytes) {
+        self.subscriber().offer(&msg);
+    }
+
+    fn error(&self, code: &str, message: impl Into<String>) {
+        let msg = json!({"type": "error", "error": {"code": code, "message": message.into()}});
+        self.reply(Utf8Bytes::from(msg.to_string()));
+    }
+}
+
+async fn connection(app: App, socket: WebSocket) {
+    let id = app.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel(WS_SEND_QUEUE_LEN_MAX);
+    let kill = Arc::new(Notify::new());
+    let mut conn = Conn {
+        id,
+        tx,
+        kill: kill.clone(),
+        subs: BTreeSet::new(),
+    };
+    metrics::gauge!("marketdata_ws_connections").increment(1.0);
+    let (sink, mut stream) = socket.split();
+    let why = {
+        let writer = write_loop(sink, rx);
+        let reader = read_loop(&app, &mut stream, &mut conn);
+        tokio::select! {
+            r = writer => if r.is_err() { "write failed" } else { "closed" },
+            r = reader => r,
+            () = kill.notified() => "too slow",
+            () = app.shutdown.wait() => "shutdown",
+        }
+    };
+    tracing::debug!(conn = id, why, "websocket closed");
+    for ch in &conn.subs {
+        if let Some(m) = app.core.get(&ch.market) {
+            m.lock().unsubscribe(ch.kind, id);
+        }
+    }
+    metrics::gauge!("marketdata_ws_connections").decrement(1.0);
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Utf8Bytes>,
+) -> Result<(), ()> {
+    let mut ping = tokio::time::interval(WS_PING_INTERVAL);
+    ping.tick().await;
+    loop {
+        let first = tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => m,
+                None => return Ok(()),
+            },
+            _ = ping.tick() => {
+                timed(sink.send(Message::Ping(Default::default()))).await?;
+                continue;
+            }
+        };
+        timed(async {
+            sink.feed(Message::Text(first)).await?;
+            let mut n = 1;
+            while n < WS_WRITE_BATCH_LEN_MAX {
+                match rx.try_recv() {
+                    Ok(m) => sink.feed(Message::Text(m)).await?,
+                    Err(_) => break,
+                }
+                n += 1;
+            }
+            sink.flush().await
+        })
+        .await?;
+    }
+}
+
+async fn timed(f: impl std::future::Future<Output = Result<(), axum::Error>>) -> Result<(), ()> {
+    match tokio::time::timeout(WS_WRITE_TIMEOUT, f).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+#[derive(Deserialize)]
+struct Command {
+    op: String,
+    #[serde(default)]
+    channels: Vec<String>,
+}
+
+async fn read_loop(
+    app: &App,
+    stream: &mut SplitStream<WebSocket>,
+    conn: &mut Conn,
+) -> &'static str {
+    loop {
+        let msg = match tokio::time::timeout(WS_IDLE_TIMEOUT, stream.next()).await {
+            Err(_) => return "idle",
+            Ok(None) => return "closed by client",
+            Ok(Some(Err(_))) => return "read failed",
+            Ok(Some(Ok(m))) => m,
+        };
+        match msg {
+            Message::Text(text) => handle_text(app, conn, text.as_str()).await,
+            Message::Binary(_) => conn.error("INVALID_MESSAGE", "send JSON text messages"),
+            Message::Close(_) => return "closed by client",
+            Message::Ping(_) | Message::Pong(_) => {}
+        }
+    }
+}
+
+async fn handle_text(app: &App, conn: &mut Conn, text: &str) {
+    let cmd: Command = match serde_json::from_str(text) {
+        Ok(c) => c,
+        Err(_) => {
+            return conn.error(
+                "INVALID_MESSAGE",
+                r#"expected {"op":"subscribe"|"unsubscribe","channels":[...]}"#,
+            );
+        }
+    };
+    match cmd.op.as_str() {
+        "subscribe" => subscribe(app, conn, &cmd.channels).await,
+        "unsubscribe" => unsubscribe(conn, app, &cmd.channels),
+        "ping" => conn.reply(Utf8Bytes::from_static(r#"{"type":"pong"}"#)),
+        _ => conn.error("INVALID_OP", "op must be subscribe, unsubscribe or ping"),
+    }
+}
+
+/// Parses and de-duplicates channel names (order kept), or answers an error.
+fn parse_channels(conn: &Conn, names: &[String]) -> Option<Vec<Channel>> {
+    if names.is_empty() {
+        conn.error("INVALID_CHANNEL", "channels must not be empty");
+        return None;
+    }
+    if names.len() > WS_CHANNELS_PER_MESSAGE_MAX {
+        conn.error(
+            "TOO_MANY_CHANNELS",
+            format!("at most {WS_CHANNELS_PER_MESSAGE_MAX} channels per message"),
+        );
+        return None;
+    }
+    let mut out: Vec<Channel> = Vec::with_capacity(names.len());
+    for name in names {
+        match Channel::parse(name) {
+            Some(ch) => {
+                if !out.contains(&ch) {
+                    out.push(ch);
+                }
+            }
+            None => {
+                conn.error(
+                    "INVALID_CHANNEL",
+                    format!(
+                        "unknown channel {name:?}: use depth:<MARKET>, trades:<MARKET>, \
+                         ticker:<MARKET> or kline:<1m|5m|15m|1h|4h|1d>:<MARKET>"
+                    ),
+                );
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
+
+fn names(channels: &[Channel]) -> Vec<String> {
+    channels.iter().map(ToString::to_string).collect()
+}
+
+async fn subscribe(app: &App, conn: &mut Conn, requested: &[String]) {
+    let Some(channels) = parse_channels(conn, requested) else {
+        return;
+    };
+    let mut markets = Vec::with_capacity(channels.len());
+    for ch in &channels {
+        match app.core.market(ch.market).await {
+            Ok(Some(m)) => markets.push(m),
+            Ok(None) => {
+                return conn.error("MARKET_NOT_FOUND", format!("no market {}", ch.market));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, market = %ch.market, "market load failed");
+                return conn.error("UNAVAILABLE", "market data is not available, retry");
+            }
+        }
+    }
+    let added = channels.iter().filter(|c| !conn.subs.contains(c)).count();
+    if conn.subs.len() + added > WS_SUBSCRIPTIONS_MAX {
+        return conn.error(
+            "TOO_MANY_SUBSCRIPTIONS",
+            format!("at most {WS_SUBSCRIPTIONS_MAX} channels per connection"),
+        );
+    }
+    let reply = json!({"type": "subscribed", "channels": names(&channels)});
+    conn.reply(Utf8Bytes::from(reply.to_string()));
+    for (ch, market) in channels.iter().zip(markets) {
+        let mut state = market.lock();
+        if ch.kind == ChannelKind::Depth {
+            conn.reply(state.depth_snapshot_message(WS_DEPTH_SNAPSHOT_LEVELS_MAX));
+        }
+        state.subscribe(ch.kind, conn.subscriber());
+        conn.subs.insert(*ch);
+    }
+}
+
+fn unsubscribe(conn: &mut Conn, app: &App, requested: &[String]) {
+    let Some(channels) = parse_channels(conn, requested) else {
+        return;
+    };
+    for ch in &channels {
+        if conn.subs.remove(ch)
+            && let Some(m) = app.core.get(&ch.market)
+        {
+            m.lock().unsubscribe(ch.kind, conn.id);
+        }
+    }
+    let reply = json!({"type": "unsubscribed", "channels": names(&channels)});
+    conn.reply(Utf8Bytes::from(reply.to_string()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        let o = Origins::new(&["https://app.example.com/".to_owned()]);
+        assert!(o.allows(None));
+        assert!(o.allows(Some("https://app.example.com")));
+        assert!(o.allows(Some("HTTPS://APP.EXAMPLE.COM")));
+        assert!(!o.allows(Some("https://evil.example.com")));
+        assert!(!Origins::new(&[]).allows(Some("https://app.example.com")));
+        assert!(Origins::new(&["*".to_owned()]).allows(Some("https://x.example")));
+    }
+}
