@@ -22,7 +22,7 @@ fn compare(seed: u64, n: usize) {
             .iter()
             .filter(|e| matches!(e, exchange_domain::Event::Trade { .. }))
             .count();
-        if seq % 100 == 0 {
+        if seq.is_multiple_of(100) {
             assert_eq!(
                 fast.state_hash(),
                 naive.state_hash(),

@@ -419,13 +419,11 @@ impl Ledger {
                 }
                 Event::CommandRejected {
                     order_id, release, ..
-                } => {
-                    if *release > 0 {
-                        let Some(id) = order_id else {
-                            return Err(format!("release without an order: {ev:?}"));
-                        };
-                        self.orders.entry(id.0).or_default().released += release;
-                    }
+                } if *release > 0 => {
+                    let Some(id) = order_id else {
+                        return Err(format!("release without an order: {ev:?}"));
+                    };
+                    self.orders.entry(id.0).or_default().released += release;
                 }
                 _ => {}
             }
