@@ -1,17 +1,41 @@
-//! The clearing service: settlement of event batches into balances, the double-entry ledger, fees and trades.
+//! The clearing service: settlement of event batches into balances, the
+//! double-entry ledger, fees, trades, fills and order state.
 //!
-//! For now it serves the platform skeleton (`/health`, `/ready`,
-//! `/metrics`); the trading pipeline (issue 4) adds its routes and stream
-//! consumers here.
+//! Owns: `eventStreamConsumer` (group `CLEARING_CONSUMER_GROUP`) on
+//! `<prefix>:events`, the private events on `<prefix>:private:<user_id>`,
+//! and the scheduled reconcile ([`reconcile`]).
+//!
+//! Invariants:
+//! - each `(market, seq)` batch takes effect exactly once, however often it
+//!   is delivered: its `cleared_batches` row is inserted in the transaction
+//!   that applies it ([`store`]);
+//! - every balance change is a balanced ledger movement: per asset the
+//!   ledger sums to zero, and per user and asset it equals available +
+//!   locked ([`plan`] asserts it before anything is written, the database
+//!   trigger at commit);
+//! - an order's `locked_remaining` and its user's `locked` move together;
+//! - a batch is never skipped silently: one that cannot be applied halts
+//!   its market ([`consumer`]).
+
+pub mod consumer;
+pub mod plan;
+pub mod private;
+pub mod reconcile;
+pub mod store;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use exchange_common::service::ServiceBase;
+use exchange_common::streams::{ConsumerOptions, run_consumer};
 use exchange_common::{Config, Shutdown};
 use tokio::net::TcpListener;
 
+pub use consumer::{Clearing, ClearingHandler};
+
 pub const SERVICE: &str = "clearing";
+pub const LOOP_NAME: &str = "eventStreamConsumer";
 
 /// The sockets this service serves on (bound by the caller; tests bind port 0).
 #[derive(Debug)]
@@ -27,12 +51,126 @@ impl Listeners {
     }
 }
 
+/// Tunables of the clearing loops (every limit named, unit last).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Stream entries per read, and so event batches per transaction at most.
+    pub batch_len_max: usize,
+    /// Deliveries before a failing batch is dead-lettered and its market halted.
+    pub deliveries_max: u64,
+    pub claim_idle: Duration,
+    pub claim_interval: Duration,
+    /// How often the halts table is re-read (an operator resumes a market by
+    /// deleting its row).
+    pub halts_refresh_interval: Duration,
+    pub reconcile_interval: Duration,
+    pub reconcile: reconcile::Options,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            batch_len_max: 1_000,
+            deliveries_max: 5,
+            claim_idle: Duration::from_secs(30),
+            claim_interval: Duration::from_secs(5),
+            halts_refresh_interval: Duration::from_secs(5),
+            reconcile_interval: Duration::from_secs(60),
+            reconcile: reconcile::Options::default(),
+        }
+    }
+}
+
+/// The consumer options clearing runs its stream loop with.
+pub fn consumer_options(base: &ServiceBase, opts: &Options) -> ConsumerOptions {
+    let id = &base.config.clearing_consumer;
+    let mut c = ConsumerOptions::new(LOOP_NAME, &base.redis.events_stream(), &id.group, &id.name);
+    c.batch_len_max = opts.batch_len_max;
+    c.deliveries_max = Some(opts.deliveries_max);
+    c.claim_idle = opts.claim_idle;
+    c.claim_interval = opts.claim_interval;
+    c
+}
+
 /// Runs the service until `shutdown` is triggered.
 pub async fn run(
     config: Arc<Config>,
     listeners: Listeners,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    run_with(config, listeners, shutdown, Options::default()).await
+}
+
+/// [`run`] with explicit tunables (tests shorten the timeouts).
+pub async fn run_with(
+    config: Arc<Config>,
+    listeners: Listeners,
+    shutdown: Shutdown,
+    opts: Options,
+) -> anyhow::Result<()> {
     let base = ServiceBase::new(config, SERVICE)?;
-    base.serve(listeners.http, Router::new(), shutdown).await
+    let clearing = Arc::new(Clearing::new(
+        base.db.clone(),
+        base.redis.clone(),
+        base.heartbeats().clone(),
+        Some(opts.deliveries_max),
+        shutdown.clone(),
+    ));
+    // Halts first: a halted market must not settle even for one read.
+    while let Err(e) = clearing.refresh_halts().await {
+        tracing::warn!(error = %e, "cannot read clearing_halts, retrying");
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = shutdown.wait() => return Ok(()),
+        }
+    }
+    if let Err(e) = clearing.refresh_markets().await {
+        tracing::warn!(error = %e, "cannot load markets yet");
+    }
+    let consumer = tokio::spawn(run_consumer(
+        base.redis.clone(),
+        base.heartbeats().clone(),
+        consumer_options(&base, &opts),
+        ClearingHandler(Arc::clone(&clearing)),
+        shutdown.clone(),
+    ));
+    let jobs = tokio::spawn(scheduled(Arc::clone(&clearing), opts, shutdown.clone()));
+    let served = base.serve(listeners.http, Router::new(), shutdown).await;
+    let _ = consumer.await;
+    let _ = jobs.await;
+    served
+}
+
+/// Re-reads halts and runs reconcile on their schedules until shutdown.
+async fn scheduled(clearing: Arc<Clearing>, opts: Options, shutdown: Shutdown) {
+    let mut halts = tokio::time::interval(opts.halts_refresh_interval);
+    let mut recon = tokio::time::interval(opts.reconcile_interval);
+    halts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    recon.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.wait() => return,
+            _ = halts.tick() => {
+                if let Err(e) = clearing.refresh_halts().await {
+                    tracing::warn!(error = %e, "cannot refresh clearing halts");
+                }
+                if let Err(e) = clearing.refresh_markets().await {
+                    tracing::warn!(error = %e, "cannot refresh markets");
+                }
+            }
+            _ = recon.tick() => {
+                match reconcile::reconcile(clearing.db(), opts.reconcile).await {
+                    Ok(report) => {
+                        report.export_metrics();
+                        if report.ok() {
+                            tracing::info!("reconcile ok");
+                        } else {
+                            tracing::error!(failed = ?report.failed(), report = %report, "reconcile failed");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reconcile could not run"),
+                }
+            }
+        }
+    }
 }

@@ -1,0 +1,409 @@
+//! `eventStreamConsumer`: reads event batches from `<prefix>:events` in
+//! bounded batches and settles all of one read in **one** transaction.
+//!
+//! - A transient database error (unreachable, deadlock) is retried here
+//!   until it passes or the service shuts down: the entries are neither
+//!   acked nor counted as failed, so an outage never dead-letters money.
+//! - Any other error of a multi-batch transaction makes each batch settle
+//!   on its own, so one bad batch cannot hold back the others.
+//! - A batch that still fails stays pending and is redelivered; on its last
+//!   allowed delivery (when the runtime dead-letters it) its market is
+//!   halted: recorded in `clearing_halts`, `/ready` shows `market:<M>` down,
+//!   `exchange_market_halted{market}` is 1, an error is logged, and later
+//!   batches of that market are refused until an operator deletes the halt
+//!   row (after fixing the cause and replaying the DLQ in seq order).
+//! - After commit: private events on Redis Pub/Sub, then the runtime acks.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use exchange_common::Shutdown;
+use exchange_common::ready::{Heartbeat, Heartbeats};
+use exchange_common::redis::Redis;
+use exchange_common::streams::{Handler, StreamEntry};
+use exchange_domain::EventBatch;
+use sqlx::{PgPool, Row as _};
+
+use crate::plan::MarketAssets;
+use crate::private::{self, PrivateEvent};
+use crate::store::{self, SettleError, Settled};
+
+/// The stream field that carries the JSON batch.
+pub const BATCH_FIELD: &str = "batch";
+/// Publishes per Redis pipeline round trip.
+pub const PUBLISH_PIPELINE_LEN_MAX: usize = 1_024;
+/// Backoff bounds while the database is unreachable.
+const RETRY_DELAY_MIN: Duration = Duration::from_millis(50);
+const RETRY_DELAY_MAX: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct Halt {
+    pub seq: u64,
+    pub error: String,
+}
+
+/// The settlement side of the clearing service; shared by the stream
+/// handler, the scheduled jobs and tests.
+pub struct Clearing {
+    db: PgPool,
+    redis: Redis,
+    heartbeats: Heartbeats,
+    /// The runtime's dead-letter threshold, to know when a failure is final.
+    deliveries_max: Option<u64>,
+    shutdown: Shutdown,
+    markets: Mutex<Arc<BTreeMap<String, MarketAssets>>>,
+    halts: Mutex<BTreeMap<String, (Halt, Heartbeat)>>,
+}
+
+impl std::fmt::Debug for Clearing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clearing").finish_non_exhaustive()
+    }
+}
+
+/// The outcome of one handler call, for callers that drive it by hand.
+#[derive(Debug, Default, Clone)]
+pub struct HandleOutcome {
+    pub results: Vec<Result<(), String>>,
+    pub settled: Settled,
+}
+
+impl Clearing {
+    pub fn new(
+        db: PgPool,
+        redis: Redis,
+        heartbeats: Heartbeats,
+        deliveries_max: Option<u64>,
+        shutdown: Shutdown,
+    ) -> Self {
+        Self {
+            db,
+            redis,
+            heartbeats,
+            deliveries_max,
+            shutdown,
+            markets: Mutex::new(Arc::new(BTreeMap::new())),
+            halts: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn db(&self) -> &PgPool {
+        &self.db
+    }
+
+    fn markets(&self) -> Arc<BTreeMap<String, MarketAssets>> {
+        self.markets
+            .lock()
+            .map(|m| Arc::clone(&m))
+            .unwrap_or_default()
+    }
+
+    /// Reloads the market → assets cache.
+    pub async fn refresh_markets(&self) -> Result<(), sqlx::Error> {
+        let fresh = store::load_markets(&self.db).await?;
+        for market in fresh.keys() {
+            let halted = self.is_halted(market);
+            metrics::gauge!("exchange_market_halted", "market" => market.clone()).set(if halted {
+                1.0
+            } else {
+                0.0
+            });
+        }
+        if let Ok(mut m) = self.markets.lock() {
+            *m = Arc::new(fresh);
+        }
+        Ok(())
+    }
+
+    pub fn is_halted(&self, market: &str) -> bool {
+        self.halts.lock().is_ok_and(|h| h.contains_key(market))
+    }
+
+    /// Halted markets and why.
+    pub fn halted(&self) -> BTreeMap<String, Halt> {
+        self.halts
+            .lock()
+            .map(|h| h.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    fn mark_halted(&self, market: &str, halt: Halt) {
+        let Ok(mut halts) = self.halts.lock() else {
+            return;
+        };
+        if halts.contains_key(market) {
+            return;
+        }
+        let hb = self
+            .heartbeats
+            .register(&format!("market:{market}"), "clearing", Duration::MAX);
+        hb.down("halted");
+        metrics::gauge!("exchange_market_halted", "market" => market.to_owned()).set(1.0);
+        halts.insert(market.to_owned(), (halt, hb));
+    }
+
+    /// Loads halts from `clearing_halts`; markets whose row an operator
+    /// deleted resume.
+    pub async fn refresh_halts(&self) -> Result<(), sqlx::Error> {
+        let rows = sqlx::query("SELECT market, seq, error FROM clearing_halts")
+            .fetch_all(&self.db)
+            .await?;
+        let mut stored = BTreeMap::new();
+        for r in rows {
+            let seq: i64 = r.try_get(1)?;
+            stored.insert(
+                r.try_get::<String, _>(0)?,
+                Halt {
+                    seq: u64::try_from(seq).unwrap_or_default(),
+                    error: r.try_get(2)?,
+                },
+            );
+        }
+        let resumed: Vec<String> = self
+            .halts
+            .lock()
+            .map(|h| {
+                h.keys()
+                    .filter(|m| !stored.contains_key(*m))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for market in resumed {
+            if let Ok(mut h) = self.halts.lock()
+                && let Some((_, hb)) = h.remove(&market)
+            {
+                hb.beat();
+            }
+            metrics::gauge!("exchange_market_halted", "market" => market.clone()).set(0.0);
+            tracing::warn!(market, "clearing resumed a halted market");
+        }
+        for (market, halt) in stored {
+            self.mark_halted(&market, halt);
+        }
+        Ok(())
+    }
+
+    /// Records a halt: a batch of `market` was dead-lettered.
+    async fn halt(&self, market: &str, seq: u64, error: &str) {
+        tracing::error!(
+            market,
+            seq,
+            error,
+            "event batch failed on its last delivery: dead-lettered, market halted in clearing"
+        );
+        let stored = sqlx::query(
+            "INSERT INTO clearing_halts (market, seq, error) VALUES ($1, $2, $3)
+             ON CONFLICT (market) DO NOTHING",
+        )
+        .bind(market)
+        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+        .bind(error)
+        .execute(&self.db)
+        .await;
+        if let Err(e) = stored {
+            tracing::error!(market, error = %e, "cannot record the halt in clearing_halts");
+        }
+        self.mark_halted(
+            market,
+            Halt {
+                seq,
+                error: error.to_owned(),
+            },
+        );
+    }
+
+    fn final_delivery(&self, entry: &StreamEntry) -> bool {
+        self.deliveries_max.is_some_and(|m| entry.deliveries >= m)
+    }
+
+    /// Settles `batches` in one transaction, retrying transient errors
+    /// until they pass or shutdown. `Err` is a permanent failure.
+    pub async fn settle_batches(&self, batches: &[EventBatch]) -> Result<Settled, SettleError> {
+        let mut delay = RETRY_DELAY_MIN;
+        let mut reloaded = false;
+        loop {
+            let result = self.try_settle(batches).await;
+            match result {
+                Ok(s) => return Ok(s),
+                Err(SettleError::Plan(crate::plan::PlanError::UnknownMarket(_))) if !reloaded => {
+                    reloaded = true;
+                    if let Err(e) = self.refresh_markets().await {
+                        tracing::warn!(error = %e, "cannot load markets");
+                    }
+                }
+                Err(e) if e.is_transient() && !self.shutdown.is_triggered() => {
+                    tracing::warn!(error = %e, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(0), "settlement failed transiently, retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.shutdown.wait() => {}
+                    }
+                    delay = (delay * 2).min(RETRY_DELAY_MAX);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn try_settle(&self, batches: &[EventBatch]) -> Result<Settled, SettleError> {
+        let markets = self.markets();
+        let mut tx = self.db.begin().await?;
+        let settled = store::settle(&mut tx, batches, &markets).await?;
+        tx.commit().await?;
+        Ok(settled)
+    }
+
+    /// Parses, settles and publishes one read of the stream; one result per
+    /// entry. Public so tests can play a consumer that crashes before acking.
+    pub async fn handle_entries(&self, entries: &[StreamEntry]) -> HandleOutcome {
+        let started = Instant::now();
+        let mut results: Vec<Result<(), String>> = vec![Ok(()); entries.len()];
+        let mut batches: Vec<EventBatch> = Vec::with_capacity(entries.len());
+        let mut index: Vec<usize> = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
+            match parse(entry) {
+                Ok(b) if self.is_halted(&b.market.to_string()) => {
+                    results[i] = Err(format!(
+                        "market {} is halted in clearing; batch {} not applied",
+                        b.market, b.seq
+                    ));
+                }
+                Ok(b) => {
+                    batches.push(b);
+                    index.push(i);
+                }
+                Err(e) => {
+                    if self.final_delivery(entry) {
+                        tracing::error!(id = %entry.id, error = %e, "malformed event batch dead-lettered");
+                    }
+                    results[i] = Err(e);
+                }
+            }
+        }
+        let mut settled = Settled::default();
+        if !batches.is_empty() {
+            match self.settle_batches(&batches).await {
+                Ok(s) => settled = s,
+                Err(e) if batches.len() == 1 || e.is_transient() => {
+                    for &i in &index {
+                        results[i] = Err(e.to_string());
+                    }
+                    self.note_failures(entries, &batches, &index, &results)
+                        .await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, count = batches.len(), "multi-batch settlement failed, settling one by one");
+                    for (b, &i) in batches.iter().zip(&index) {
+                        match self.settle_batches(std::slice::from_ref(b)).await {
+                            Ok(s) => merge(&mut settled, s),
+                            Err(e) => results[i] = Err(e.to_string()),
+                        }
+                    }
+                    self.note_failures(entries, &batches, &index, &results)
+                        .await;
+                }
+            }
+        }
+        self.publish(&settled).await;
+        let labels_ok = u64::try_from(settled.applied.len()).unwrap_or(0);
+        metrics::counter!("exchange_clearing_batches_total", "result" => "applied")
+            .increment(labels_ok);
+        metrics::counter!("exchange_clearing_batches_total", "result" => "duplicate")
+            .increment(u64::try_from(settled.duplicates).unwrap_or(0));
+        metrics::counter!("exchange_clearing_trades_total")
+            .increment(u64::try_from(settled.trades).unwrap_or(0));
+        metrics::histogram!("exchange_clearing_settle_seconds")
+            .record(started.elapsed().as_secs_f64());
+        HandleOutcome { results, settled }
+    }
+
+    async fn note_failures(
+        &self,
+        entries: &[StreamEntry],
+        batches: &[EventBatch],
+        index: &[usize],
+        results: &[Result<(), String>],
+    ) {
+        for (b, &i) in batches.iter().zip(index) {
+            if let Err(e) = &results[i] {
+                metrics::counter!("exchange_clearing_batches_total", "result" => "failed")
+                    .increment(1);
+                if self.final_delivery(&entries[i]) && !self.shutdown.is_triggered() {
+                    self.halt(&b.market.to_string(), b.seq, e).await;
+                } else {
+                    tracing::warn!(market = %b.market, seq = b.seq, deliveries = entries[i].deliveries, error = %e, "event batch failed, will be redelivered");
+                }
+            }
+        }
+    }
+
+    /// Publishes the private events of a committed settlement. Best effort:
+    /// Pub/Sub loses messages anyway when nobody listens; clients resync
+    /// over REST.
+    pub async fn publish(&self, settled: &Settled) {
+        let mut messages: Vec<(u64, String)> = Vec::new();
+        let mut push = |user: u64, ev: PrivateEvent| match serde_json::to_string(&ev) {
+            Ok(s) => messages.push((user, s)),
+            Err(e) => tracing::error!(error = %e, "cannot encode a private event"),
+        };
+        for o in &settled.orders {
+            push(o.user_id, PrivateEvent::Order(o.clone()));
+        }
+        for (user, f) in &settled.fills {
+            push(*user, PrivateEvent::Trade(f.clone()));
+        }
+        for (user, b) in &settled.balances {
+            push(*user, PrivateEvent::Balance(b.clone()));
+        }
+        if messages.is_empty() {
+            return;
+        }
+        let mut conn = self.redis.conn();
+        let prefix = self.redis.prefix().to_owned();
+        for chunk in messages.chunks(PUBLISH_PIPELINE_LEN_MAX) {
+            let mut pipe = redis::pipe();
+            for (user, payload) in chunk {
+                pipe.cmd("PUBLISH")
+                    .arg(private::channel(&prefix, *user))
+                    .arg(payload)
+                    .ignore();
+            }
+            if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+                metrics::counter!("exchange_clearing_publish_failures_total").increment(1);
+                tracing::warn!(error = %e, count = chunk.len(), "private events not published");
+                return;
+            }
+        }
+        metrics::counter!("exchange_clearing_private_events_total")
+            .increment(u64::try_from(messages.len()).unwrap_or(0));
+    }
+}
+
+fn merge(into: &mut Settled, s: Settled) {
+    into.applied.extend(s.applied);
+    into.duplicates += s.duplicates;
+    into.trades += s.trades;
+    into.orders.extend(s.orders);
+    into.fills.extend(s.fills);
+    into.balances.extend(s.balances);
+}
+
+/// Decodes the `batch` field of a stream entry.
+pub fn parse(entry: &StreamEntry) -> Result<EventBatch, String> {
+    let raw = entry
+        .field(BATCH_FIELD)
+        .ok_or_else(|| format!("entry {} has no {BATCH_FIELD:?} field", entry.id))?;
+    serde_json::from_slice(raw)
+        .map_err(|e| format!("entry {}: malformed event batch: {e}", entry.id))
+}
+
+/// The stream handler: settles each read of the stream in one transaction.
+#[derive(Clone, Debug)]
+pub struct ClearingHandler(pub Arc<Clearing>);
+
+impl Handler for ClearingHandler {
+    async fn handle(&self, entries: &[StreamEntry]) -> Vec<Result<(), String>> {
+        self.0.handle_entries(entries).await.results
+    }
+}

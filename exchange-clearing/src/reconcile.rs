@@ -1,0 +1,285 @@
+//! The invariant check: `exchange admin reconcile`, and a scheduled job in
+//! clearing exporting `exchange_reconcile_ok{invariant}` and
+//! `exchange_reconcile_last_run_timestamp_seconds`.
+//!
+//! Every check reads one snapshot (a `REPEATABLE READ` read-only
+//! transaction), so money in flight between tables is never miscounted:
+//! the order service and clearing each move it inside one transaction.
+//!
+//! Invariants:
+//! - `ledger_balanced`: per asset, all postings sum to zero;
+//! - `ledger_matches_balances`: per user and asset, the ledger sum equals
+//!   available + locked;
+//! - `no_negative_balance`;
+//! - `locked_matches_open_orders`: per user and asset, locked equals the
+//!   sum of `locked_remaining` of the user's open orders in that asset;
+//! - `no_journal_gap`: per market the command journal holds exactly seqs
+//!   1..=last_seq of `market_sequences`;
+//! - `commands_matched`: every command older than the lag window has its
+//!   event batch;
+//! - `batches_cleared`: every event batch older than the lag window is in
+//!   `cleared_batches`;
+//! - `no_halted_market`: clearing has not halted any market.
+//!
+//! (A crossed book is the engine's to check.)
+
+use std::fmt;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use sqlx::{PgPool, Row as _};
+
+/// At most this many offending rows are listed per invariant.
+pub const DETAILS_LEN_MAX: i64 = 20;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    /// How many offending rows (0 when ok).
+    pub violations: i64,
+    /// The first offending rows, one line each.
+    pub details: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.checks.iter().all(|c| c.ok)
+    }
+
+    pub fn check(&self, name: &str) -> Option<&Check> {
+        self.checks.iter().find(|c| c.name == name)
+    }
+
+    pub fn failed(&self) -> Vec<&'static str> {
+        self.checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.name)
+            .collect()
+    }
+
+    /// Sets the reconcile gauges.
+    pub fn export_metrics(&self) {
+        for c in &self.checks {
+            metrics::gauge!("exchange_reconcile_ok", "invariant" => c.name).set(if c.ok {
+                1.0
+            } else {
+                0.0
+            });
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!("exchange_reconcile_violations", "invariant" => c.name)
+                .set(c.violations as f64);
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        metrics::gauge!("exchange_reconcile_last_run_timestamp_seconds").set(now.as_secs_f64());
+    }
+}
+
+/// One line per invariant (`ok` or `FAILED` with the count), the offending
+/// rows indented below a failure, and a summary line.
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in &self.checks {
+            if c.ok {
+                writeln!(f, "{:<28} ok", c.name)?;
+            } else {
+                writeln!(f, "{:<28} FAILED ({} violations)", c.name, c.violations)?;
+                for d in &c.details {
+                    writeln!(f, "    {d}")?;
+                }
+                let listed = i64::try_from(c.details.len()).unwrap_or(i64::MAX);
+                if c.violations > listed {
+                    writeln!(f, "    ... and {} more", c.violations - listed)?;
+                }
+            }
+        }
+        if self.ok() {
+            writeln!(f, "reconcile: ok ({} invariants)", self.checks.len())
+        } else {
+            writeln!(f, "reconcile: FAILED: {}", self.failed().join(", "))
+        }
+    }
+}
+
+/// How tolerant the check is of work in flight.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Commands and batches younger than this may still be in the pipeline.
+    pub lag: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            lag: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Each query returns `(total_count, detail_line)` rows, at most
+/// `DETAILS_LEN_MAX` of them; `$1` is the limit, `$2` the lag in seconds.
+const CHECKS: &[(&str, &str)] = &[
+    (
+        "ledger_balanced",
+        "SELECT count(*) OVER (), format('asset %s: postings sum to %s', asset, sum(amount))
+         FROM ledger_postings GROUP BY asset HAVING sum(amount) <> 0
+         ORDER BY asset LIMIT $1",
+    ),
+    (
+        "ledger_matches_balances",
+        "WITH l AS (SELECT user_id, asset, sum(amount) AS total FROM ledger_postings
+                    WHERE account_kind = 'user' GROUP BY user_id, asset)
+         SELECT count(*) OVER (),
+                format('user %s %s: ledger %s, balances %s (available %s, locked %s)',
+                       coalesce(l.user_id, b.user_id), coalesce(l.asset, b.asset),
+                       coalesce(l.total, 0), coalesce(b.available + b.locked, 0),
+                       coalesce(b.available, 0), coalesce(b.locked, 0))
+         FROM l FULL JOIN balances b ON b.user_id = l.user_id AND b.asset = l.asset
+         WHERE coalesce(l.total, 0) <> coalesce(b.available + b.locked, 0)
+         ORDER BY coalesce(l.user_id, b.user_id), coalesce(l.asset, b.asset) LIMIT $1",
+    ),
+    (
+        "no_negative_balance",
+        "SELECT count(*) OVER (), format('user %s %s: available %s, locked %s',
+                user_id, asset, available, locked)
+         FROM balances WHERE available < 0 OR locked < 0
+         ORDER BY user_id, asset LIMIT $1",
+    ),
+    (
+        "locked_matches_open_orders",
+        "WITH o AS (SELECT user_id, reserve_asset AS asset, sum(locked_remaining) AS total
+                    FROM orders WHERE status IN ('new', 'partially_filled')
+                    GROUP BY user_id, reserve_asset)
+         SELECT count(*) OVER (),
+                format('user %s %s: locked %s, open orders reserve %s',
+                       coalesce(o.user_id, b.user_id), coalesce(o.asset, b.asset),
+                       coalesce(b.locked, 0), coalesce(o.total, 0))
+         FROM o FULL JOIN balances b ON b.user_id = o.user_id AND b.asset = o.asset
+         WHERE coalesce(o.total, 0) <> coalesce(b.locked, 0)
+         ORDER BY coalesce(o.user_id, b.user_id), coalesce(o.asset, b.asset) LIMIT $1",
+    ),
+    (
+        "no_journal_gap",
+        "WITH c AS (SELECT market, count(*) AS n, max(seq) AS top FROM order_commands GROUP BY market)
+         SELECT count(*) OVER (),
+                format('market %s: last_seq %s, %s commands stored, highest seq %s',
+                       coalesce(s.market, c.market), coalesce(s.last_seq, 0),
+                       coalesce(c.n, 0), coalesce(c.top, 0))
+         FROM market_sequences s FULL JOIN c ON c.market = s.market
+         WHERE coalesce(c.n, 0) <> coalesce(s.last_seq, 0) OR coalesce(c.top, 0) <> coalesce(s.last_seq, 0)
+         ORDER BY coalesce(s.market, c.market) LIMIT $1",
+    ),
+    (
+        "commands_matched",
+        "SELECT count(*) OVER (),
+                format('market %s: %s commands older than %ss have no event batch, first seq %s',
+                       c.market, count(*), $2, min(c.seq))
+         FROM order_commands c
+         WHERE c.created_at < now() - make_interval(secs => $2)
+           AND NOT EXISTS (SELECT 1 FROM event_batches e WHERE e.market = c.market AND e.seq = c.seq)
+         GROUP BY c.market ORDER BY c.market LIMIT $1",
+    ),
+    (
+        "batches_cleared",
+        "SELECT count(*) OVER (),
+                format('market %s: %s event batches older than %ss not cleared, first seq %s',
+                       e.market, count(*), $2, min(e.seq))
+         FROM event_batches e
+         WHERE e.created_at < now() - make_interval(secs => $2)
+           AND NOT EXISTS (SELECT 1 FROM cleared_batches c WHERE c.market = e.market AND c.seq = e.seq)
+         GROUP BY e.market ORDER BY e.market LIMIT $1",
+    ),
+    (
+        "no_halted_market",
+        "SELECT count(*) OVER (), format('market %s halted at seq %s since %s: %s',
+                market, seq, halted_at, error)
+         FROM clearing_halts ORDER BY market LIMIT $1",
+    ),
+];
+
+/// Runs every check in one consistent snapshot.
+pub async fn reconcile(db: &PgPool, opts: Options) -> Result<Report, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let lag = opts.lag.as_secs_f64();
+    let mut checks = Vec::with_capacity(CHECKS.len());
+    for (name, sql) in CHECKS {
+        let mut query = sqlx::query(*sql).bind(DETAILS_LEN_MAX);
+        if sql.contains("$2") {
+            query = query.bind(lag);
+        }
+        let rows = query.fetch_all(&mut *tx).await?;
+        let mut violations = 0;
+        let mut details = Vec::with_capacity(rows.len());
+        for r in rows {
+            violations = r.try_get::<i64, _>(0)?;
+            details.push(r.try_get::<String, _>(1)?);
+        }
+        checks.push(Check {
+            name,
+            ok: violations == 0,
+            violations,
+            details,
+        });
+    }
+    tx.rollback().await?;
+    Ok(Report { checks })
+}
+
+/// `exchange admin reconcile`: prints the report; exit 0 when every
+/// invariant holds, 1 when one fails, 2 when the check could not run.
+/// Reads `DB_URL`; `RECONCILE_LAG_SECONDS` (default 30) sets the window.
+pub async fn run_cli() -> ExitCode {
+    let Some(url) = std::env::var("DB_URL").ok().filter(|u| !u.is_empty()) else {
+        eprintln!("reconcile: DB_URL is not set (postgres://user:password@host:5432/dbname)");
+        return ExitCode::from(64);
+    };
+    let lag = match std::env::var("RECONCILE_LAG_SECONDS") {
+        Err(_) => Options::default().lag,
+        Ok(v) => match v.parse::<u64>() {
+            Ok(s) => Duration::from_secs(s),
+            Err(_) => {
+                eprintln!("reconcile: RECONCILE_LAG_SECONDS must be a whole number of seconds");
+                return ExitCode::from(64);
+            }
+        },
+    };
+    let pool = match exchange_common::db::connect_options(
+        &url,
+        Duration::from_secs(300),
+        "exchange-reconcile",
+    ) {
+        Ok(o) => sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(o),
+        Err(e) => {
+            eprintln!("reconcile: DB_URL is not a valid postgres URL: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    match reconcile(&pool, Options { lag }).await {
+        Ok(report) => {
+            print!("{report}");
+            if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("reconcile: cannot run the checks: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

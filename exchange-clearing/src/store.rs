@@ -1,0 +1,551 @@
+//! Writes a settlement to Postgres inside the caller's transaction.
+//!
+//! Exactly once: the `(market, seq)` keys go into `cleared_batches` first
+//! (`ON CONFLICT DO NOTHING RETURNING`), and only the batches whose key was
+//! inserted now are planned and applied, in the same transaction. A
+//! redelivery finds its key and changes nothing.
+//!
+//! Lock order, to avoid deadlocks with the order service and other clearing
+//! replicas: `cleared_batches` keys sorted, then balances sorted by
+//! (user, asset), then orders sorted by id.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use exchange_domain::money::{format_signed_units, format_units};
+use exchange_domain::{EventBatch, Side};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool, Row as _};
+
+use crate::plan::{Account, MarketAssets, Plan, PlanError};
+use crate::private::{BalanceView, FillView, OrderView};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("orders not found: {0:?}")]
+    MissingOrders(Vec<u64>),
+    #[error("id {0} does not fit a bigint")]
+    IdRange(u64),
+}
+
+impl SettleError {
+    /// Worth retrying as is: the database was unreachable or the
+    /// transaction lost a race (deadlock, serialization).
+    pub fn is_transient(&self) -> bool {
+        let SettleError::Db(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                c == "40001"
+                    || c == "40P01"
+                    || c.starts_with("08")
+                    || c.starts_with("57P")
+                    || c.starts_with("53")
+                    || c == "55P03"
+            }),
+            _ => false,
+        }
+    }
+}
+
+/// What a settlement changed, for the private events published after commit.
+#[derive(Debug, Clone, Default)]
+pub struct Settled {
+    /// Keys applied now (the rest were already cleared).
+    pub applied: BTreeSet<(String, u64)>,
+    pub duplicates: usize,
+    pub trades: usize,
+    pub orders: Vec<OrderView>,
+    pub fills: Vec<(u64, FillView)>,
+    pub balances: Vec<(u64, BalanceView)>,
+}
+
+/// market -> assets, from the markets table.
+pub async fn load_markets(db: &PgPool) -> Result<BTreeMap<String, MarketAssets>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT m.symbol, m.base, b.scale AS base_scale, m.quote, q.scale AS quote_scale
+         FROM markets m JOIN assets b ON b.symbol = m.base JOIN assets q ON q.symbol = m.quote",
+    )
+    .fetch_all(db)
+    .await?;
+    let mut out = BTreeMap::new();
+    for r in rows {
+        let base_scale: i16 = r.try_get("base_scale")?;
+        let quote_scale: i16 = r.try_get("quote_scale")?;
+        out.insert(
+            r.try_get::<String, _>("symbol")?,
+            MarketAssets {
+                base: r.try_get("base")?,
+                base_scale: u8::try_from(base_scale).unwrap_or(u8::MAX),
+                quote: r.try_get("quote")?,
+                quote_scale: u8::try_from(quote_scale).unwrap_or(u8::MAX),
+            },
+        );
+    }
+    Ok(out)
+}
+
+fn id(v: u64) -> Result<i64, SettleError> {
+    i64::try_from(v).map_err(|_| SettleError::IdRange(v))
+}
+
+fn uid(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or_default()
+}
+
+fn wire<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+fn side_str(s: Side) -> &'static str {
+    match s {
+        Side::Buy => "buy",
+        Side::Sell => "sell",
+    }
+}
+
+/// Settles `batches` in `tx` (which the caller commits). Batches already
+/// cleared are skipped; duplicates within `batches` count once.
+pub async fn settle(
+    tx: &mut PgConnection,
+    batches: &[EventBatch],
+    markets: &BTreeMap<String, MarketAssets>,
+) -> Result<Settled, SettleError> {
+    let mut unique: BTreeMap<(String, u64), &EventBatch> = BTreeMap::new();
+    for b in batches {
+        unique.entry((b.market.to_string(), b.seq)).or_insert(b);
+    }
+    let mut settled = Settled {
+        duplicates: batches.len() - unique.len(),
+        ..Settled::default()
+    };
+    if unique.is_empty() {
+        return Ok(settled);
+    }
+    let (k_market, k_seq): (Vec<String>, Vec<i64>) = unique
+        .keys()
+        .map(|(m, s)| Ok((m.clone(), id(*s)?)))
+        .collect::<Result<Vec<_>, SettleError>>()?
+        .into_iter()
+        .unzip();
+    let inserted = sqlx::query(
+        "INSERT INTO cleared_batches (market, seq)
+         SELECT * FROM unnest($1::text[], $2::bigint[]) ORDER BY 1, 2
+         ON CONFLICT DO NOTHING RETURNING market, seq",
+    )
+    .bind(&k_market)
+    .bind(&k_seq)
+    .fetch_all(&mut *tx)
+    .await?;
+    for r in inserted {
+        let m: String = r.try_get(0)?;
+        let s: i64 = r.try_get(1)?;
+        settled.applied.insert((m, uid(s)));
+    }
+    settled.duplicates += unique.len() - settled.applied.len();
+    let fresh: Vec<&EventBatch> = unique
+        .iter()
+        .filter(|(k, _)| settled.applied.contains(*k))
+        .map(|(_, b)| *b)
+        .collect();
+    if fresh.is_empty() {
+        return Ok(settled);
+    }
+    let plan = Plan::build(&fresh, markets)?;
+    settled.trades = plan.trades.len();
+    settled.balances = apply_balances(tx, &plan).await?;
+    settled.orders = apply_orders(tx, &plan, markets).await?;
+    insert_trades(tx, &plan).await?;
+    settled.fills = insert_fills(tx, &plan, markets).await?;
+    insert_ledger(tx, &plan).await?;
+    Ok(settled)
+}
+
+async fn apply_balances(
+    tx: &mut PgConnection,
+    plan: &Plan,
+) -> Result<Vec<(u64, BalanceView)>, SettleError> {
+    if plan.balances.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut users = Vec::with_capacity(plan.balances.len());
+    let mut assets = Vec::with_capacity(plan.balances.len());
+    let mut avail = Vec::with_capacity(plan.balances.len());
+    let mut locked = Vec::with_capacity(plan.balances.len());
+    for ((user, asset), d) in &plan.balances {
+        let scale = plan.scales.get(asset).copied().unwrap_or(0);
+        users.push(id(*user)?);
+        assets.push(asset.clone());
+        avail.push(format_signed_units(d.available, scale));
+        locked.push(format_signed_units(d.locked, scale));
+    }
+    // Rows a user never had (e.g. the asset a buyer receives first time).
+    sqlx::query(
+        "INSERT INTO balances (user_id, asset)
+         SELECT * FROM unnest($1::bigint[], $2::text[]) ORDER BY 1, 2
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&users)
+    .bind(&assets)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "SELECT 1 FROM balances b
+         JOIN unnest($1::bigint[], $2::text[]) AS d(user_id, asset)
+           ON b.user_id = d.user_id AND b.asset = d.asset
+         ORDER BY b.user_id, b.asset FOR UPDATE OF b",
+    )
+    .bind(&users)
+    .bind(&assets)
+    .execute(&mut *tx)
+    .await?;
+    let rows = sqlx::query(
+        "UPDATE balances b SET available = b.available + d.da, locked = b.locked + d.dl,
+                updated_at = now()
+         FROM unnest($1::bigint[], $2::text[], $3::numeric[], $4::numeric[]) AS d(user_id, asset, da, dl)
+         WHERE b.user_id = d.user_id AND b.asset = d.asset
+         RETURNING b.user_id, b.asset, trim_scale(b.available)::text, trim_scale(b.locked)::text",
+    )
+    .bind(&users)
+    .bind(&assets)
+    .bind(&avail)
+    .bind(&locked)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.push((
+            uid(r.try_get(0)?),
+            BalanceView {
+                asset: r.try_get(1)?,
+                available: r.try_get(2)?,
+                locked: r.try_get(3)?,
+            },
+        ));
+    }
+    out.sort_by(|a, b| (a.0, &a.1.asset).cmp(&(b.0, &b.1.asset)));
+    Ok(out)
+}
+
+async fn apply_orders(
+    tx: &mut PgConnection,
+    plan: &Plan,
+    markets: &BTreeMap<String, MarketAssets>,
+) -> Result<Vec<OrderView>, SettleError> {
+    if plan.orders.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = plan.orders.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut fq = Vec::with_capacity(n);
+    let mut fquote = Vec::with_capacity(n);
+    let mut unlocked = Vec::with_capacity(n);
+    let mut status: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut reason: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut a_price: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut a_before: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut a_open: Vec<Option<String>> = Vec::with_capacity(n);
+    for (order_id, d) in &plan.orders {
+        let m = markets
+            .get(&d.market)
+            .ok_or_else(|| PlanError::UnknownMarket(d.market.clone()))?;
+        let reserve_scale = d.reserve_role.map_or(0, |r| m.scale(r));
+        ids.push(id(*order_id)?);
+        fq.push(format_units(d.filled_quantity, m.base_scale));
+        fquote.push(format_units(d.filled_quote, m.quote_scale));
+        unlocked.push(format_units(d.unlocked, reserve_scale));
+        status.push(d.final_status.map(|s| wire(&s)));
+        reason.push(d.reason.map(|r| wire(&r)));
+        a_price.push(d.amend.map(|a| format_units(a.price, m.quote_scale)));
+        a_before.push(d.amend.map(|a| format_units(a.filled_before, m.base_scale)));
+        a_open.push(d.amend.map(|a| format_units(a.open_quantity, m.base_scale)));
+    }
+    sqlx::query("SELECT 1 FROM orders WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+    let rows = sqlx::query(
+        "UPDATE orders o SET
+            filled_quantity = o.filled_quantity + d.fq,
+            filled_quote = o.filled_quote + d.fquote,
+            locked_remaining = o.locked_remaining - d.unlocked,
+            status = CASE
+                WHEN o.status IN ('filled', 'canceled', 'expired', 'rejected') THEN o.status
+                WHEN d.status IS NOT NULL THEN d.status
+                WHEN d.fq > 0 THEN 'partially_filled'
+                ELSE o.status END,
+            reason = CASE
+                WHEN o.status IN ('filled', 'canceled', 'expired', 'rejected') THEN o.reason
+                WHEN d.status IS NOT NULL THEN d.reason
+                ELSE o.reason END,
+            price = COALESCE(d.a_price, o.price),
+            quantity = CASE WHEN d.a_price IS NULL THEN o.quantity
+                ELSE o.filled_quantity + d.a_before + d.a_open END,
+            updated_at = now()
+         FROM unnest($1::bigint[], $2::numeric[], $3::numeric[], $4::numeric[], $5::text[],
+                     $6::text[], $7::numeric[], $8::numeric[], $9::numeric[])
+              AS d(id, fq, fquote, unlocked, status, reason, a_price, a_before, a_open)
+         WHERE o.id = d.id
+         RETURNING o.id, o.user_id, o.client_order_id, o.market, o.side, o.type, o.time_in_force,
+            trim_scale(o.price)::text, trim_scale(o.quantity)::text,
+            trim_scale(o.quote_quantity)::text, trim_scale(o.filled_quantity)::text,
+            trim_scale(o.filled_quote)::text, o.status, o.reason,
+            (extract(epoch FROM o.created_at) * 1000)::bigint,
+            (extract(epoch FROM o.updated_at) * 1000)::bigint",
+    )
+    .bind(&ids)
+    .bind(&fq)
+    .bind(&fquote)
+    .bind(&unlocked)
+    .bind(&status)
+    .bind(&reason)
+    .bind(&a_price)
+    .bind(&a_before)
+    .bind(&a_open)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.push(OrderView {
+            id: uid(r.try_get(0)?),
+            user_id: uid(r.try_get(1)?),
+            client_order_id: r.try_get(2)?,
+            market: r.try_get(3)?,
+            side: r.try_get(4)?,
+            order_type: r.try_get(5)?,
+            time_in_force: r.try_get(6)?,
+            price: r.try_get(7)?,
+            quantity: r.try_get(8)?,
+            quote_quantity: r.try_get(9)?,
+            filled_quantity: r.try_get(10)?,
+            filled_quote: r.try_get(11)?,
+            status: r.try_get(12)?,
+            reason: r.try_get(13)?,
+            created_at: r.try_get(14)?,
+            updated_at: r.try_get(15)?,
+        });
+    }
+    if out.len() != n {
+        let found: BTreeSet<u64> = out.iter().map(|o| o.id).collect();
+        let missing = plan
+            .orders
+            .keys()
+            .filter(|k| !found.contains(k))
+            .copied()
+            .collect();
+        return Err(SettleError::MissingOrders(missing));
+    }
+    out.sort_by_key(|o| o.id);
+    Ok(out)
+}
+
+async fn insert_trades(tx: &mut PgConnection, plan: &Plan) -> Result<(), SettleError> {
+    if plan.trades.is_empty() {
+        return Ok(());
+    }
+    let scales = &plan.scales;
+    let mut market = Vec::new();
+    let mut tid = Vec::new();
+    let mut seq = Vec::new();
+    let (mut price, mut qty, mut quote) = (Vec::new(), Vec::new(), Vec::new());
+    let mut taker_side = Vec::new();
+    let (mut mo, mut to, mut mu, mut tu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut mf, mut tf, mut time) = (Vec::new(), Vec::new(), Vec::new());
+    for t in &plan.trades {
+        let (b, q) = t.market.split_once('-').unwrap_or((&t.market, ""));
+        let bs = scales.get(b).copied().unwrap_or(0);
+        let qs = scales.get(q).copied().unwrap_or(0);
+        market.push(t.market.clone());
+        tid.push(id(t.trade_id)?);
+        seq.push(id(t.seq)?);
+        price.push(format_units(t.price, qs));
+        qty.push(format_units(t.quantity, bs));
+        quote.push(format_units(t.quote_amount, qs));
+        taker_side.push(side_str(t.taker_side));
+        mo.push(id(t.maker_order_id)?);
+        to.push(id(t.taker_order_id)?);
+        mu.push(id(t.maker_user_id)?);
+        tu.push(id(t.taker_user_id)?);
+        // Each side's fee is in what that side receives.
+        let (maker_scale, taker_scale) = match t.taker_side {
+            Side::Buy => (qs, bs),
+            Side::Sell => (bs, qs),
+        };
+        mf.push(format_units(t.maker_fee, maker_scale));
+        tf.push(format_units(t.taker_fee, taker_scale));
+        time.push(id(t.time_ms)?);
+    }
+    sqlx::query(
+        "INSERT INTO trades (market, id, seq, price, quantity, quote_amount, taker_side,
+            maker_order_id, taker_order_id, maker_user_id, taker_user_id, maker_fee, taker_fee, time_ms)
+         SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::numeric[], $5::numeric[],
+            $6::numeric[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[],
+            $12::numeric[], $13::numeric[], $14::bigint[])",
+    )
+    .bind(&market)
+    .bind(&tid)
+    .bind(&seq)
+    .bind(&price)
+    .bind(&qty)
+    .bind(&quote)
+    .bind(&taker_side)
+    .bind(&mo)
+    .bind(&to)
+    .bind(&mu)
+    .bind(&tu)
+    .bind(&mf)
+    .bind(&tf)
+    .bind(&time)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_fills(
+    tx: &mut PgConnection,
+    plan: &Plan,
+    markets: &BTreeMap<String, MarketAssets>,
+) -> Result<Vec<(u64, FillView)>, SettleError> {
+    if plan.fills.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut views = Vec::with_capacity(plan.fills.len());
+    let (mut user, mut order, mut market, mut tid) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut side, mut price, mut qty, mut quote) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut fee, mut fee_asset, mut liq, mut time) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for f in &plan.fills {
+        let m = markets
+            .get(&f.market)
+            .ok_or_else(|| PlanError::UnknownMarket(f.market.clone()))?;
+        let view = FillView {
+            id: 0,
+            order_id: f.order_id,
+            trade_id: f.trade_id,
+            market: f.market.clone(),
+            side: side_str(f.side).to_owned(),
+            price: format_units(f.price, m.quote_scale),
+            quantity: format_units(f.quantity, m.base_scale),
+            quote_amount: format_units(f.quote_amount, m.quote_scale),
+            fee: format_units(f.fee, m.scale(f.fee_role)),
+            fee_asset: m.asset(f.fee_role).to_owned(),
+            liquidity: if f.maker { "maker" } else { "taker" }.to_owned(),
+            time: f.time_ms,
+        };
+        user.push(id(f.user_id)?);
+        order.push(id(f.order_id)?);
+        market.push(view.market.clone());
+        tid.push(id(f.trade_id)?);
+        side.push(view.side.clone());
+        price.push(view.price.clone());
+        qty.push(view.quantity.clone());
+        quote.push(view.quote_amount.clone());
+        fee.push(view.fee.clone());
+        fee_asset.push(view.fee_asset.clone());
+        liq.push(view.liquidity.clone());
+        time.push(id(f.time_ms)?);
+        views.push((f.user_id, view));
+    }
+    let rows = sqlx::query(
+        "INSERT INTO fills (user_id, order_id, market, trade_id, side, price, quantity,
+            quote_amount, fee, fee_asset, liquidity, time_ms)
+         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::text[],
+            $6::numeric[], $7::numeric[], $8::numeric[], $9::numeric[], $10::text[], $11::text[],
+            $12::bigint[])
+         RETURNING id, market, trade_id, liquidity",
+    )
+    .bind(&user)
+    .bind(&order)
+    .bind(&market)
+    .bind(&tid)
+    .bind(&side)
+    .bind(&price)
+    .bind(&qty)
+    .bind(&quote)
+    .bind(&fee)
+    .bind(&fee_asset)
+    .bind(&liq)
+    .bind(&time)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut ids: BTreeMap<(String, u64, String), u64> = BTreeMap::new();
+    for r in rows {
+        ids.insert(
+            (r.try_get(1)?, uid(r.try_get(2)?), r.try_get(3)?),
+            uid(r.try_get(0)?),
+        );
+    }
+    for (_, v) in &mut views {
+        v.id = ids
+            .get(&(v.market.clone(), v.trade_id, v.liquidity.clone()))
+            .copied()
+            .unwrap_or_default();
+    }
+    Ok(views)
+}
+
+async fn insert_ledger(tx: &mut PgConnection, plan: &Plan) -> Result<(), SettleError> {
+    let (mut journal, mut kind, mut user, mut asset, mut amount) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (market, entry) in &plan.ledger {
+        if entry.postings.is_empty() {
+            continue;
+        }
+        let reference = format!(
+            "clearing {market} seq {}..{} ({} batches)",
+            entry.seq_first, entry.seq_last, entry.batches
+        );
+        let journal_id: i64 = sqlx::query_scalar(
+            "INSERT INTO ledger_journal (kind, reference) VALUES ('trade', $1) RETURNING id",
+        )
+        .bind(reference)
+        .fetch_one(&mut *tx)
+        .await?;
+        for ((account, a), value) in &entry.postings {
+            let scale = plan.scales.get(a).copied().unwrap_or(0);
+            journal.push(journal_id);
+            match account {
+                Account::User(u) => {
+                    kind.push("user");
+                    user.push(Some(id(*u)?));
+                }
+                Account::Fees => {
+                    kind.push("fees");
+                    user.push(None);
+                }
+            }
+            asset.push(a.clone());
+            amount.push(format_signed_units(*value, scale));
+        }
+    }
+    if journal.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO ledger_postings (journal_id, account_kind, user_id, asset, amount)
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::numeric[])",
+    )
+    .bind(&journal)
+    .bind(&kind)
+    .bind(&user)
+    .bind(&asset)
+    .bind(&amount)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
