@@ -1,17 +1,63 @@
-//! The matching service: in-memory order books per market, snapshots and recovery.
+//! The matching service: one in-memory order book per market it owns,
+//! fed strictly in sequence order from `<prefix>:orders:{MARKET}`, and its
+//! output stored (`event_batches`) and published (`<prefix>:events`).
 //!
-//! For now it serves the platform skeleton (`/health`, `/ready`,
-//! `/metrics`); the trading pipeline (issue 4) adds its routes and stream
-//! consumers here.
+//! Ownership: `MATCHING_MARKETS` lists the markets of this replica (`*` =
+//! every market in the database). The list of markets is reloaded every
+//! [`MARKETS_REFRESH_INTERVAL`], so a new market starts without a restart.
+//!
+//! Per market ([`market::Engine`]):
+//! - at start the book is rebuilt by replaying the whole journal
+//!   (`order_commands`) through the engine; each produced batch is compared
+//!   with the stored one, and a difference halts the market (the stored
+//!   events are what clearing settled; a book that disagrees must not go
+//!   on). Batches missing from `event_batches` are stored and published,
+//!   and stored batches not yet in `cleared_batches` are published again
+//!   (clearing is idempotent). Snapshots (issue 7) slot in as the starting
+//!   point of that replay (`Engine::recover`).
+//! - then an `orderStreamConsumer` loop (exchange-common's consumer
+//!   runtime, one per market stream) applies commands: a duplicate
+//!   (`seq <= last`) is acknowledged and skipped, a gap is filled from the
+//!   journal first, and a command's batch is stored before its entry is
+//!   acknowledged. Entries are never dead-lettered: the journal is the
+//!   source of truth and order matters, so a command that cannot be
+//!   processed stops progress (visible in `/ready` and the lag gauges)
+//!   rather than being skipped.
+//! - a halted market shows in `/ready` as a down dependency named
+//!   `market <SYMBOL> halted at seq <N>: <reason>`, in
+//!   `exchange_matching_market_halted{market}`, and in
+//!   `GET /internal/v1/markets`.
 
-use std::sync::Arc;
+pub mod market;
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use exchange_common::auth::{bearer_token, matches_secret};
+use exchange_common::error::Json;
 use exchange_common::service::ServiceBase;
-use exchange_common::{Config, Shutdown};
+use exchange_common::streams::{ConsumerOptions, run_consumer};
+use exchange_common::{ApiError, Config, Shutdown};
+use serde::Serialize;
 use tokio::net::TcpListener;
 
+use crate::market::{Engine, MarketHandler, SharedStatus};
+
 pub const SERVICE: &str = "matching";
+pub const MARKETS_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+/// Commands read per stream batch.
+pub const COMMAND_BATCH_LEN_MAX: usize = 1_000;
+/// A failed entry is retried after this long.
+pub const CLAIM_IDLE: Duration = Duration::from_secs(5);
+/// Pause between recovery attempts while Postgres or Redis is down.
+pub const RECOVERY_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// The sockets this service serves on (bound by the caller; tests bind port 0).
 #[derive(Debug)]
@@ -27,12 +73,194 @@ impl Listeners {
     }
 }
 
+type Registry = Arc<Mutex<BTreeMap<String, SharedStatus>>>;
+
+#[derive(Clone)]
+struct AppState {
+    config: Arc<Config>,
+    registry: Registry,
+}
+
+/// Does this replica own `market`?
+pub fn owns(owned: &[String], market: &str) -> bool {
+    owned.iter().any(|m| m == "*" || m == market)
+}
+
 /// Runs the service until `shutdown` is triggered.
 pub async fn run(
     config: Arc<Config>,
     listeners: Listeners,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let base = ServiceBase::new(config, SERVICE)?;
-    base.serve(listeners.http, Router::new(), shutdown).await
+    let base = ServiceBase::new(config.clone(), SERVICE)?;
+    let registry: Registry = Arc::default();
+    let supervisor = tokio::spawn(supervise(base.clone(), registry.clone(), shutdown.clone()));
+    let state = AppState { config, registry };
+    let routes = Router::new()
+        .route("/internal/v1/markets", get(markets_status))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ))
+        .with_state(state);
+    let served = base.serve(listeners.http, routes, shutdown.clone()).await;
+    // Markets stop between two stream reads; wait for them so that nothing
+    // of this instance still consumes once `run` has returned.
+    shutdown.trigger();
+    if tokio::time::timeout(base.config.shutdown_drain, supervisor)
+        .await
+        .is_err()
+    {
+        tracing::warn!("markets did not stop within the drain time");
+    }
+    served
+}
+
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let ok = bearer_token(req.headers()).is_some_and(|t| {
+        matches_secret(
+            t,
+            &state.config.internal_token,
+            state.config.internal_token_previous.as_ref(),
+        )
+    });
+    if !ok {
+        return ApiError::unauthorized("a valid internal token is required").into_response();
+    }
+    next.run(req).await
+}
+
+#[derive(Debug, Serialize)]
+struct MarketJson {
+    last_seq: u64,
+    halted: Option<HaltJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct HaltJson {
+    seq: u64,
+    reason: String,
+}
+
+/// `GET /internal/v1/markets`: every owned market's last applied seq and halt.
+async fn markets_status(State(state): State<AppState>) -> Json<BTreeMap<String, MarketJson>> {
+    let registry = state.registry.lock().map(|r| r.clone()).unwrap_or_default();
+    let out = registry
+        .into_iter()
+        .map(|(m, s)| {
+            let (last_seq, halted) = s
+                .lock()
+                .map(|s| (s.last_seq, s.halted.clone()))
+                .unwrap_or_default();
+            (
+                m,
+                MarketJson {
+                    last_seq,
+                    halted: halted.map(|h| HaltJson {
+                        seq: h.seq,
+                        reason: h.reason,
+                    }),
+                },
+            )
+        })
+        .collect();
+    Json(out)
+}
+
+async fn supervise(base: ServiceBase, registry: Registry, shutdown: Shutdown) {
+    let mut running: BTreeSet<String> = BTreeSet::new();
+    let mut tasks = Vec::new();
+    while !shutdown.is_triggered() {
+        match exchange_order::markets::load_all(&base.db).await {
+            Ok(markets) => {
+                for (symbol, info) in markets {
+                    if running.contains(&symbol) || !owns(&base.config.matching_markets, &symbol) {
+                        continue;
+                    }
+                    running.insert(symbol.clone());
+                    let status = SharedStatus::default();
+                    if let Ok(mut r) = registry.lock() {
+                        r.insert(symbol.clone(), status.clone());
+                    }
+                    tasks.push(tokio::spawn(run_market(
+                        base.clone(),
+                        Engine::new(info.spec, status),
+                        shutdown.clone(),
+                    )));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot load markets"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(MARKETS_REFRESH_INTERVAL) => {}
+            () = shutdown.wait() => {}
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+async fn run_market(base: ServiceBase, mut engine: Engine, shutdown: Shutdown) {
+    let symbol = engine.symbol.to_string();
+    // Recover before consuming; retry while a dependency is down.
+    loop {
+        if shutdown.is_triggered() {
+            return;
+        }
+        match engine.recover(&base.db, &base.redis).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(market = %symbol, error = format!("{e:#}"), "recovery failed, retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(RECOVERY_RETRY_DELAY) => {}
+                    () = shutdown.wait() => return,
+                }
+            }
+        }
+    }
+    let market_shutdown = Shutdown::new();
+    {
+        let (global, local) = (shutdown.clone(), market_shutdown.clone());
+        tokio::spawn(async move {
+            global.wait().await;
+            local.trigger();
+        });
+    }
+    let status = engine.status.clone();
+    if engine.halted().is_none() {
+        let config = &base.config;
+        let mut opts = ConsumerOptions::new(
+            "orderStreamConsumer",
+            &base.redis.orders_stream(&symbol),
+            &config.matching_consumer.group,
+            &config.matching_consumer.name,
+        );
+        opts.batch_len_max = COMMAND_BATCH_LEN_MAX;
+        opts.deliveries_max = None;
+        opts.claim_idle = CLAIM_IDLE;
+        opts.claim_interval = Duration::from_secs(1);
+        let handler = MarketHandler {
+            engine: Arc::new(tokio::sync::Mutex::new(engine)),
+            db: base.db.clone(),
+            redis: base.redis.clone(),
+            on_halt: market_shutdown.clone(),
+        };
+        run_consumer(
+            base.redis.clone(),
+            base.heartbeats().clone(),
+            opts,
+            handler,
+            market_shutdown,
+        )
+        .await;
+    }
+    let halted = status.lock().ok().and_then(|s| s.halted.clone());
+    if let Some(h) = halted {
+        // Never beaten: /ready shows it down, with the reason in its name.
+        let name = format!("market {symbol} halted at seq {}: {}", h.seq, h.reason);
+        base.heartbeats()
+            .register(&name, "engine", Duration::ZERO)
+            .down("halted");
+    }
 }

@@ -1,12 +1,38 @@
-//! The order service: order validation, funds reservation, per-market sequencing and the order table.
+//! The order service: order validation, funds reservation, per-market
+//! sequencing and the order table.
 //!
-//! For now it serves the platform skeleton (`/health`, `/ready`,
-//! `/metrics`); the trading pipeline (issue 4) adds its routes and stream
-//! consumers here.
+//! What it owns and guarantees:
+//! - Every accepted command (place, cancel, cancel-all, amend, market
+//!   status) is in the journal `order_commands` under a gapless per-market
+//!   sequence number, committed in the same transaction as the funds it
+//!   locks and the order row it creates ([`batch`]). Then it goes on
+//!   `<prefix>:orders:{MARKET}`; what misses the stream is put there again
+//!   by the [`republish`]er.
+//! - Funds: an order's reserve moves `available → locked` in that
+//!   transaction (never below zero: the balance rows are locked and checked
+//!   first); `orders.reserved` / `orders.locked_remaining` record it, so per
+//!   user and asset `sum(locked_remaining)` over open orders equals
+//!   `balances.locked`. An amend that needs more locks the difference and
+//!   adds it to the order's `reserved` and `locked_remaining`.
+//! - Placement is idempotent on `(user_id, client_order_id)`, also within
+//!   one batch.
+//! - Business rules are pure functions in [`rules`]; handlers translate.
+//!
+//! Departure from DESIGN.md: this service does **not** consume
+//! `exchange:events`. Clearing updates `orders` (status, filled quantity,
+//! filled quote, `locked_remaining`) in the same transaction as the
+//! balances it moves, so an order's status and the user's balances can
+//! never disagree, and there is one consumer fewer to keep in step.
+
+pub mod api;
+pub mod batch;
+pub mod markets;
+pub mod republish;
+pub mod rules;
+pub mod view;
 
 use std::sync::Arc;
 
-use axum::Router;
 use exchange_common::service::ServiceBase;
 use exchange_common::{Config, Shutdown};
 use tokio::net::TcpListener;
@@ -33,6 +59,38 @@ pub async fn run(
     listeners: Listeners,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let base = ServiceBase::new(config, SERVICE)?;
-    base.serve(listeners.http, Router::new(), shutdown).await
+    run_with(config, listeners, shutdown, batch::BatchOptions::default()).await
+}
+
+/// [`run`] with explicit write-path limits (tests and benchmarks).
+pub async fn run_with(
+    config: Arc<Config>,
+    listeners: Listeners,
+    shutdown: Shutdown,
+    options: batch::BatchOptions,
+) -> anyhow::Result<()> {
+    let base = ServiceBase::new(config.clone(), SERVICE)?;
+    let markets = markets::Markets::new(base.db.clone());
+    if let Err(e) = markets.reload().await {
+        tracing::warn!(error = %e, "markets not loaded at start; loading on first use");
+    }
+    let batcher = batch::Batcher::start(
+        base.db.clone(),
+        base.redis.clone(),
+        markets.clone(),
+        options,
+    );
+    tokio::spawn(republish::run(
+        base.db.clone(),
+        base.redis.clone(),
+        shutdown.clone(),
+    ));
+    let state = api::AppState {
+        config,
+        db: base.db.clone(),
+        markets,
+        batcher,
+    };
+    base.serve(listeners.http, api::routes(state), shutdown)
+        .await
 }

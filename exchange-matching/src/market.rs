@@ -1,0 +1,422 @@
+//! One market's engine and the rules for feeding it: strict sequence
+//! order, duplicates skipped, gaps filled from the journal, every produced
+//! batch stored in `event_batches` before its stream entry is acknowledged.
+//!
+//! Failure handling:
+//! - storing batches fails: the book has already moved, so it is thrown
+//!   away and rebuilt from the journal on the next delivery (the stored
+//!   batches are the truth; nothing is acknowledged in between);
+//! - publishing to `exchange:events` fails: the batches are stored, the
+//!   entries are acknowledged, and the unpublished batches are retried
+//!   before any new work (and, after a crash, republished at start: every
+//!   stored batch that clearing has not cleared goes out again);
+//! - the engine panics, or a replay produces events different from the
+//!   stored ones: the market **halts** (its `market:<SYMBOL>` readiness
+//!   entry goes down with the reason, `exchange_matching_market_halted`
+//!   is 1, and its consumer stops); an operator must look.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+
+use exchange_common::redis::Redis;
+use exchange_common::streams::{Handler, StreamEntry};
+use exchange_domain::{Command, Event, EventBatch, MarketSpec, MarketSymbol, SequencedCommand};
+use exchange_engine::OrderBook;
+use sqlx::PgPool;
+
+use crate::store;
+
+/// What to do with a command, given the last sequence number applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Already applied: acknowledge and move on.
+    Skip,
+    /// The next one: apply it.
+    Apply,
+    /// Commands `from..=to` are missing: read them from the journal first.
+    Gap { from: u64, to: u64 },
+}
+
+pub fn next(last_applied: u64, seq: u64) -> Next {
+    if seq <= last_applied {
+        Next::Skip
+    } else if seq == last_applied + 1 {
+        Next::Apply
+    } else {
+        Next::Gap {
+            from: last_applied + 1,
+            to: seq - 1,
+        }
+    }
+}
+
+/// Why a market stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Halt {
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// The shared, observable state of one market.
+#[derive(Debug, Default)]
+pub struct Status {
+    pub last_seq: u64,
+    pub halted: Option<Halt>,
+}
+
+pub type SharedStatus = Arc<Mutex<Status>>;
+
+pub struct Engine {
+    pub symbol: MarketSymbol,
+    pub spec: MarketSpec,
+    book: Option<OrderBook>,
+    /// Stored but not yet on the events stream.
+    unpublished: Vec<EventBatch>,
+    pub status: SharedStatus,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("symbol", &self.symbol)
+            .field("last_seq", &self.last_seq())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Applies one command, turning an engine panic into an error (the book
+/// must then be considered lost).
+pub fn apply_guarded(book: &mut OrderBook, cmd: &SequencedCommand) -> Result<Vec<Event>, String> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| {
+        book.apply(cmd.seq, cmd.time_ms, &cmd.command)
+    })) {
+        Ok(Ok(events)) => Ok(events),
+        Ok(Err(e)) => Err(format!("engine refused seq {}: {e}", cmd.seq)),
+        Err(_) => Err(format!("engine panicked at seq {}", cmd.seq)),
+    }
+}
+
+impl Engine {
+    pub fn new(spec: MarketSpec, status: SharedStatus) -> Self {
+        Self {
+            symbol: spec.symbol(),
+            spec,
+            book: None,
+            unpublished: Vec::new(),
+            status,
+        }
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.book.as_ref().map_or(0, OrderBook::last_seq)
+    }
+
+    pub fn book(&self) -> Option<&OrderBook> {
+        self.book.as_ref()
+    }
+
+    pub fn halted(&self) -> Option<Halt> {
+        self.status.lock().ok().and_then(|s| s.halted.clone())
+    }
+
+    fn halt(&mut self, seq: u64, reason: String) {
+        tracing::error!(market = %self.symbol, seq, reason, "market halted");
+        metrics::gauge!("exchange_matching_market_halted", "market" => self.symbol.to_string())
+            .set(1.0);
+        self.book = None;
+        if let Ok(mut s) = self.status.lock() {
+            s.halted = Some(Halt { seq, reason });
+        }
+    }
+
+    fn set_last(&self) {
+        let last = self.last_seq();
+        if let Ok(mut s) = self.status.lock() {
+            s.last_seq = last;
+        }
+    }
+
+    /// Rebuilds the book from the journal (the snapshot hook: a snapshot
+    /// would give the starting book and seq instead of an empty book at 0),
+    /// checks every replayed batch against the stored one, stores and
+    /// publishes the batches that are missing, and republishes stored
+    /// batches clearing has not cleared. Returns `Err` only for I/O
+    /// failures (retry later); a mismatch halts the market.
+    pub async fn recover(&mut self, db: &PgPool, redis: &Redis) -> anyhow::Result<()> {
+        let market = self.symbol.to_string();
+        let started = std::time::Instant::now();
+        let mut book = OrderBook::new(self.spec);
+        let mut missing: Vec<EventBatch> = Vec::new();
+        let mut replayed = 0u64;
+        loop {
+            let page =
+                store::journal_with_batches(db, &market, book.last_seq(), store::REPLAY_PAGE_LEN)
+                    .await?;
+            if page.is_empty() {
+                break;
+            }
+            for row in page {
+                if row.command.seq != book.last_seq() + 1 {
+                    self.halt(
+                        row.command.seq,
+                        format!("journal gap before seq {}", row.command.seq),
+                    );
+                    return Ok(());
+                }
+                let events = match apply_guarded(&mut book, &row.command) {
+                    Ok(e) => e,
+                    Err(reason) => {
+                        self.halt(row.command.seq, reason);
+                        return Ok(());
+                    }
+                };
+                replayed += 1;
+                match row.stored {
+                    Some(stored) if stored != events => {
+                        metrics::counter!("exchange_matching_replay_mismatch_total", "market" => market.clone())
+                            .increment(1);
+                        self.halt(
+                            row.command.seq,
+                            format!(
+                                "replay of seq {} produced events different from the stored ones",
+                                row.command.seq
+                            ),
+                        );
+                        return Ok(());
+                    }
+                    Some(_) => {}
+                    None => missing.push(EventBatch {
+                        market: self.symbol,
+                        seq: row.command.seq,
+                        time_ms: row.command.time_ms,
+                        events,
+                    }),
+                }
+            }
+            if missing.len() >= store::STORE_CHUNK_LEN {
+                store::insert_batches(db, &missing).await?;
+                self.unpublished.append(&mut missing);
+            }
+        }
+        store::insert_batches(db, &missing).await?;
+        self.unpublished.append(&mut missing);
+        // Stored earlier but maybe never published (a crash between store and XADD).
+        let uncleared =
+            store::uncleared_batches(db, &market, store::REPUBLISH_UNCLEARED_MAX).await?;
+        let fresh: std::collections::BTreeSet<u64> =
+            self.unpublished.iter().map(|b| b.seq).collect();
+        let mut old: Vec<EventBatch> = uncleared
+            .into_iter()
+            .filter(|b| !fresh.contains(&b.seq))
+            .collect();
+        old.append(&mut self.unpublished);
+        self.unpublished = old;
+        self.book = Some(book);
+        self.set_last();
+        self.flush(redis).await?;
+        tracing::info!(
+            market,
+            replayed,
+            last_seq = self.last_seq(),
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "market recovered"
+        );
+        Ok(())
+    }
+
+    /// Publishes what is stored but not yet on the events stream.
+    pub async fn flush(&mut self, redis: &Redis) -> anyhow::Result<()> {
+        if self.unpublished.is_empty() {
+            return Ok(());
+        }
+        for chunk in self.unpublished.chunks(store::STORE_CHUNK_LEN) {
+            store::publish_batches(redis, chunk).await?;
+        }
+        self.unpublished.clear();
+        Ok(())
+    }
+
+    /// Processes the commands of one stream read. Returns one result per
+    /// entry. Every entry is either already applied or applied here and its
+    /// batch stored before `Ok`.
+    pub async fn handle(
+        &mut self,
+        db: &PgPool,
+        redis: &Redis,
+        entries: &[StreamEntry],
+    ) -> Vec<Result<(), String>> {
+        let fail_all = |e: String| vec![Err(e); entries.len()];
+        if let Some(h) = self.halted() {
+            return fail_all(format!("market halted: {}", h.reason));
+        }
+        if self.book.is_none() {
+            if let Err(e) = self.recover(db, redis).await {
+                return fail_all(format!("recovery failed: {e:#}"));
+            }
+            if let Some(h) = self.halted() {
+                return fail_all(format!("market halted: {}", h.reason));
+            }
+        }
+        if let Err(e) = self.flush(redis).await {
+            return fail_all(format!("publishing stored batches failed: {e:#}"));
+        }
+        let mut results: Vec<Result<(), String>> = Vec::with_capacity(entries.len());
+        let mut produced: Vec<EventBatch> = Vec::new();
+        let Some(book) = self.book.as_mut() else {
+            return fail_all("no book".to_owned());
+        };
+        let mut halt: Option<(u64, String)> = None;
+        for entry in entries {
+            if halt.is_some() {
+                results.push(Err("market halted".to_owned()));
+                continue;
+            }
+            let cmd: SequencedCommand = match entry
+                .field_str("command")
+                .ok_or_else(|| "entry has no command field".to_owned())
+                .and_then(|t| {
+                    serde_json::from_str(t).map_err(|e| format!("malformed command: {e}"))
+                }) {
+                Ok(c) => c,
+                Err(e) => {
+                    // Not a command we can read; the journal has the real one
+                    // and a later entry's gap fill will apply it.
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            if cmd.market != self.symbol {
+                results.push(Err(format!(
+                    "command for {} on {}'s stream",
+                    cmd.market, self.symbol
+                )));
+                continue;
+            }
+            let mut todo: Vec<SequencedCommand> = Vec::new();
+            match next(book.last_seq(), cmd.seq) {
+                Next::Skip => {
+                    metrics::counter!("exchange_matching_duplicates_total").increment(1);
+                    results.push(Ok(()));
+                    continue;
+                }
+                Next::Apply => todo.push(cmd),
+                Next::Gap { from, to } => {
+                    match store::journal_range(db, &self.symbol.to_string(), from, to).await {
+                        Ok(filled) if filled.len() as u64 == to - from + 1 => {
+                            tracing::info!(market = %self.symbol, from, to, "sequence gap filled from the journal");
+                            metrics::counter!("exchange_matching_gap_filled_total")
+                                .increment(filled.len() as u64);
+                            todo.extend(filled);
+                            todo.push(cmd);
+                        }
+                        Ok(filled) => {
+                            results.push(Err(format!(
+                                "gap {from}..={to}: journal has only {} of them",
+                                filled.len()
+                            )));
+                            continue;
+                        }
+                        Err(e) => {
+                            results.push(Err(format!("gap fill failed: {e:#}")));
+                            continue;
+                        }
+                    }
+                }
+            }
+            for c in todo {
+                match apply_guarded(book, &c) {
+                    Ok(events) => produced.push(EventBatch {
+                        market: self.symbol,
+                        seq: c.seq,
+                        time_ms: c.time_ms,
+                        events,
+                    }),
+                    Err(reason) => {
+                        halt = Some((c.seq, reason));
+                        break;
+                    }
+                }
+            }
+            results.push(if halt.is_some() {
+                Err("market halted".to_owned())
+            } else {
+                Ok(())
+            });
+        }
+        // Store what was produced (even before a halt: those were applied
+        // correctly), then publish.
+        if let Err(e) = store::insert_batches(db, &produced).await {
+            tracing::warn!(market = %self.symbol, error = format!("{e:#}"), "storing event batches failed; rebuilding the book");
+            self.book = None;
+            return fail_all(format!("storing event batches failed: {e:#}"));
+        }
+        metrics::counter!("exchange_matching_commands_total", "market" => self.symbol.to_string())
+            .increment(produced.len() as u64);
+        self.unpublished.append(&mut produced);
+        if let Some((seq, reason)) = halt {
+            self.halt(seq, reason);
+        }
+        self.set_last();
+        if let Err(e) = self.flush(redis).await {
+            tracing::warn!(market = %self.symbol, error = format!("{e:#}"), "publishing events failed; will retry");
+        }
+        results
+    }
+}
+
+/// The stream handler of one market: one engine behind an async mutex
+/// (the consumer loop calls it sequentially; the mutex makes it `Sync`).
+pub struct MarketHandler {
+    pub engine: Arc<tokio::sync::Mutex<Engine>>,
+    pub db: PgPool,
+    pub redis: Redis,
+    /// Triggered when the market halts, to stop its consumer loop.
+    pub on_halt: exchange_common::Shutdown,
+}
+
+impl Handler for MarketHandler {
+    async fn handle(&self, entries: &[StreamEntry]) -> Vec<Result<(), String>> {
+        let mut engine = self.engine.lock().await;
+        let out = engine.handle(&self.db, &self.redis, entries).await;
+        if engine.halted().is_some() {
+            self.on_halt.trigger();
+        }
+        out
+    }
+}
+
+/// The events of a command as JSON for the `events` column and the stream.
+pub fn events_json(events: &[Event]) -> serde_json::Result<String> {
+    serde_json::to_string(events)
+}
+
+/// A journal row as [`Command`] JSON back into a [`SequencedCommand`].
+pub fn sequenced(
+    market: MarketSymbol,
+    seq: i64,
+    time_ms: i64,
+    body: &str,
+) -> anyhow::Result<SequencedCommand> {
+    let command: Command = serde_json::from_str(body)?;
+    Ok(SequencedCommand {
+        market,
+        seq: u64::try_from(seq)?,
+        time_ms: u64::try_from(time_ms)?,
+        command,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_rules() {
+        assert_eq!(next(0, 1), Next::Apply);
+        assert_eq!(next(5, 6), Next::Apply);
+        assert_eq!(next(5, 5), Next::Skip);
+        assert_eq!(next(5, 1), Next::Skip);
+        assert_eq!(next(5, 9), Next::Gap { from: 6, to: 8 });
+        assert_eq!(next(0, 2), Next::Gap { from: 1, to: 1 });
+    }
+}

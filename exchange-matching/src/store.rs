@@ -1,0 +1,154 @@
+//! Postgres and Redis I/O of the matching service: reading the journal,
+//! storing event batches, publishing them.
+
+use exchange_common::redis::Redis;
+use exchange_domain::{Event, EventBatch, MarketSymbol, SequencedCommand};
+use sqlx::PgPool;
+
+use crate::market::sequenced;
+
+/// Journal rows read per query while replaying.
+pub const REPLAY_PAGE_LEN: i64 = 10_000;
+/// Event batches per `INSERT` and per `XADD` pipeline during recovery.
+pub const STORE_CHUNK_LEN: usize = 2_000;
+/// Stored-but-uncleared batches republished at start, at most.
+pub const REPUBLISH_UNCLEARED_MAX: i64 = 100_000;
+
+/// A journaled command and, when matching has already processed it, the
+/// events it stored for it.
+#[derive(Debug)]
+pub struct ReplayRow {
+    pub command: SequencedCommand,
+    pub stored: Option<Vec<Event>>,
+}
+
+/// Up to `limit` journal rows after `after_seq`, each with its stored batch.
+pub async fn journal_with_batches(
+    db: &PgPool,
+    market: &str,
+    after_seq: u64,
+    limit: i64,
+) -> anyhow::Result<Vec<ReplayRow>> {
+    let symbol = MarketSymbol::parse(market)?;
+    let rows: Vec<(i64, i64, String, Option<String>)> = sqlx::query_as(
+        "SELECT c.seq, c.time_ms, c.command::text, e.events::text
+         FROM order_commands c
+         LEFT JOIN event_batches e ON e.market = c.market AND e.seq = c.seq
+         WHERE c.market = $1 AND c.seq > $2
+         ORDER BY c.seq LIMIT $3",
+    )
+    .bind(market)
+    .bind(i64::try_from(after_seq)?)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    rows.into_iter()
+        .map(|(seq, time_ms, body, events)| {
+            Ok(ReplayRow {
+                command: sequenced(symbol, seq, time_ms, &body)?,
+                stored: events.map(|e| serde_json::from_str(&e)).transpose()?,
+            })
+        })
+        .collect()
+}
+
+/// Journal commands `from..=to`, in order.
+pub async fn journal_range(
+    db: &PgPool,
+    market: &str,
+    from: u64,
+    to: u64,
+) -> anyhow::Result<Vec<SequencedCommand>> {
+    let symbol = MarketSymbol::parse(market)?;
+    let rows: Vec<(i64, i64, String)> = sqlx::query_as(
+        "SELECT seq, time_ms, command::text FROM order_commands
+         WHERE market = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq",
+    )
+    .bind(market)
+    .bind(i64::try_from(from)?)
+    .bind(i64::try_from(to)?)
+    .fetch_all(db)
+    .await?;
+    rows.into_iter()
+        .map(|(seq, time_ms, body)| sequenced(symbol, seq, time_ms, &body))
+        .collect()
+}
+
+/// Stores batches (one `INSERT` per chunk); a batch already stored is kept
+/// as it is (`ON CONFLICT DO NOTHING`).
+pub async fn insert_batches(db: &PgPool, batches: &[EventBatch]) -> anyhow::Result<()> {
+    for chunk in batches.chunks(STORE_CHUNK_LEN) {
+        let mut markets = Vec::with_capacity(chunk.len());
+        let mut seqs = Vec::with_capacity(chunk.len());
+        let mut times = Vec::with_capacity(chunk.len());
+        let mut bodies = Vec::with_capacity(chunk.len());
+        for b in chunk {
+            markets.push(b.market.to_string());
+            seqs.push(i64::try_from(b.seq)?);
+            times.push(i64::try_from(b.time_ms)?);
+            bodies.push(serde_json::to_string(&b.events)?);
+        }
+        sqlx::query(
+            "INSERT INTO event_batches (market, seq, time_ms, events)
+             SELECT market, seq, time_ms, events::jsonb
+             FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[]) AS u(market, seq, time_ms, events)
+             ON CONFLICT (market, seq) DO NOTHING",
+        )
+        .bind(&markets)
+        .bind(&seqs)
+        .bind(&times)
+        .bind(&bodies)
+        .execute(db)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Stored batches of `market` that clearing has not cleared, oldest first.
+pub async fn uncleared_batches(
+    db: &PgPool,
+    market: &str,
+    limit: i64,
+) -> anyhow::Result<Vec<EventBatch>> {
+    let symbol = MarketSymbol::parse(market)?;
+    let rows: Vec<(i64, i64, String)> = sqlx::query_as(
+        "SELECT e.seq, e.time_ms, e.events::text FROM event_batches e
+         WHERE e.market = $1
+           AND NOT EXISTS (SELECT 1 FROM cleared_batches c WHERE c.market = e.market AND c.seq = e.seq)
+         ORDER BY e.seq LIMIT $2",
+    )
+    .bind(market)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    rows.into_iter()
+        .map(|(seq, time_ms, events)| {
+            Ok(EventBatch {
+                market: symbol,
+                seq: u64::try_from(seq)?,
+                time_ms: u64::try_from(time_ms)?,
+                events: serde_json::from_str(&events)?,
+            })
+        })
+        .collect()
+}
+
+/// `XADD <prefix>:events * batch <json>` for each batch, pipelined, in order.
+pub async fn publish_batches(redis: &Redis, batches: &[EventBatch]) -> anyhow::Result<()> {
+    if batches.is_empty() {
+        return Ok(());
+    }
+    let stream = redis.events_stream();
+    let mut pipe = redis::pipe();
+    for b in batches {
+        pipe.cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("batch")
+            .arg(serde_json::to_string(b)?)
+            .ignore();
+    }
+    let mut conn = redis.conn();
+    pipe.query_async::<()>(&mut conn).await?;
+    Ok(())
+}

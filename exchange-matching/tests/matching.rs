@@ -1,0 +1,394 @@
+//! The matching service against real Postgres and Redis: trades stored and
+//! published, duplicates skipped, gaps filled from the journal, restart
+//! replays to the same state, a replay mismatch halts the market.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use exchange_common::Shutdown;
+use exchange_common::redis::Redis;
+use exchange_common::testing::{TestEnv, test_env};
+use exchange_domain::{
+    Command, Event, EventBatch, MarketSymbol, OrderId, OrderType, PlaceOrder, SelfTradePrevention,
+    SequencedCommand, Side, TimeInForce, UserId,
+};
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+struct Env {
+    env: TestEnv,
+    db: PgPool,
+    redis: Redis,
+}
+
+async fn setup() -> Env {
+    let env = test_env().await;
+    let db = PgPool::connect(&env.db_url).await.unwrap();
+    sqlx::query("INSERT INTO assets (symbol, scale) VALUES ('BTC', 8), ('USDT', 6)")
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO markets (symbol, base, quote, price_tick, qty_step, min_qty, min_notional, maker_fee, taker_fee)
+         VALUES ('BTC-USDT', 'BTC', 'USDT', 0.01, 0.0001, 0.0001, 1, 0.001, 0.002)",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let redis = Redis::with_prefix(&env.redis_url, &env.redis_prefix).unwrap();
+    Env { env, db, redis }
+}
+
+struct Service {
+    url: String,
+    shutdown: Shutdown,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Service {
+    async fn stop(self) {
+        self.shutdown.trigger();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
+    }
+}
+
+async fn start(env: &Env) -> Service {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = Shutdown::new();
+    let handle = tokio::spawn(exchange_matching::run(
+        Arc::new(env.env.config.clone()),
+        exchange_matching::Listeners { http: listener },
+        shutdown.clone(),
+    ));
+    Service {
+        url,
+        shutdown,
+        handle,
+    }
+}
+
+fn market() -> MarketSymbol {
+    MarketSymbol::parse("BTC-USDT").unwrap()
+}
+
+/// A limit order for 1 BTC at `price` whole USDT, fully reserved.
+fn limit(order: u64, user: u64, side: Side, price: u128) -> Command {
+    let price_units = price * 1_000_000;
+    Command::Place(PlaceOrder {
+        order_id: OrderId(order),
+        user_id: UserId(user),
+        side,
+        order_type: OrderType::Limit,
+        price: Some(price_units),
+        quantity: Some(100_000_000),
+        quote_quantity: None,
+        stop_price: None,
+        time_in_force: TimeInForce::Gtc,
+        post_only: false,
+        stp: SelfTradePrevention::None,
+        reserved: match side {
+            Side::Buy => price_units,
+            Side::Sell => 100_000_000,
+        },
+    })
+}
+
+/// Writes `command` to the journal as `seq` (and `market_sequences`).
+async fn journal(env: &Env, seq: u64, command: &Command) -> SequencedCommand {
+    let cmd = SequencedCommand {
+        market: market(),
+        seq,
+        time_ms: 1_700_000_000_000 + seq,
+        command: command.clone(),
+    };
+    sqlx::query("INSERT INTO order_commands (market, seq, time_ms, command) VALUES ('BTC-USDT', $1, $2, $3::jsonb)")
+        .bind(i64::try_from(seq).unwrap())
+        .bind(i64::try_from(cmd.time_ms).unwrap())
+        .bind(serde_json::to_string(command).unwrap())
+        .execute(&env.db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO market_sequences (market, last_seq) VALUES ('BTC-USDT', $1)
+         ON CONFLICT (market) DO UPDATE SET last_seq = GREATEST(market_sequences.last_seq, EXCLUDED.last_seq)",
+    )
+    .bind(i64::try_from(seq).unwrap())
+    .execute(&env.db)
+    .await
+    .unwrap();
+    cmd
+}
+
+async fn xadd(env: &Env, cmd: &SequencedCommand) {
+    let mut conn = env.redis.conn();
+    let _: String = redis::cmd("XADD")
+        .arg(env.redis.orders_stream("BTC-USDT"))
+        .arg("*")
+        .arg("command")
+        .arg(serde_json::to_string(cmd).unwrap())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+async fn stored(env: &Env) -> Vec<(i64, Vec<Event>)> {
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT seq, events::text FROM event_batches WHERE market = 'BTC-USDT' ORDER BY seq",
+    )
+    .fetch_all(&env.db)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(s, e)| (s, serde_json::from_str(&e).unwrap()))
+        .collect()
+}
+
+async fn published(env: &Env) -> Vec<EventBatch> {
+    let mut conn = env.redis.conn();
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(env.redis.events_stream())
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    reply
+        .ids
+        .iter()
+        .map(|e| serde_json::from_str(&e.get::<String>("batch").unwrap()).unwrap())
+        .collect()
+}
+
+async fn wait_for<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn wait_stored(env: &Env, n: usize) {
+    wait_for(&format!("{n} stored batches"), || async {
+        stored(env).await.len() >= n
+    })
+    .await;
+}
+
+async fn status(svc: &Service, env: &Env) -> Value {
+    reqwest::Client::new()
+        .get(format!("{}/internal/v1/markets", svc.url))
+        .bearer_auth(env.env.config.internal_token.expose())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn pending(env: &Env) -> u64 {
+    let mut conn = env.redis.conn();
+    let reply: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+        .arg(env.redis.orders_stream("BTC-USDT"))
+        .arg(&env.env.config.matching_consumer.group)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    u64::try_from(reply.count()).unwrap()
+}
+
+#[tokio::test]
+async fn a_crossing_pair_trades_and_duplicates_are_skipped() {
+    let env = setup().await;
+    let svc = start(&env).await;
+    let sell = journal(&env, 1, &limit(1, 10, Side::Sell, 100)).await;
+    xadd(&env, &sell).await;
+    let buy = journal(&env, 2, &limit(2, 20, Side::Buy, 100)).await;
+    xadd(&env, &buy).await;
+    wait_stored(&env, 2).await;
+    let batches = stored(&env).await;
+    let trade = batches[1]
+        .1
+        .iter()
+        .find_map(|e| match e {
+            Event::Trade {
+                maker_order_id,
+                taker_order_id,
+                price,
+                quantity,
+                quote_amount,
+                ..
+            } => Some((
+                *maker_order_id,
+                *taker_order_id,
+                *price,
+                *quantity,
+                *quote_amount,
+            )),
+            _ => None,
+        })
+        .expect("a trade");
+    assert_eq!(
+        trade,
+        (
+            OrderId(1),
+            OrderId(2),
+            100_000_000,
+            100_000_000,
+            100_000_000
+        )
+    );
+    wait_for("2 published batches", || async {
+        published(&env).await.len() == 2
+    })
+    .await;
+    let on_stream = published(&env).await;
+    assert_eq!(on_stream[1].seq, 2);
+    assert_eq!(on_stream[1].events, batches[1].1);
+
+    // The same command delivered again: acknowledged, nothing new.
+    xadd(&env, &buy).await;
+    xadd(&env, &sell).await;
+    wait_for("no pending entries", || async { pending(&env).await == 0 }).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stored(&env).await.len(), 2);
+    assert_eq!(published(&env).await.len(), 2);
+    wait_for("last_seq 2", || async {
+        status(&svc, &env).await["BTC-USDT"]["last_seq"] == 2
+    })
+    .await;
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn a_gap_is_filled_from_the_journal() {
+    let env = setup().await;
+    let svc = start(&env).await;
+    wait_for("market started", || async {
+        status(&svc, &env).await.get("BTC-USDT").is_some()
+    })
+    .await;
+    // Seqs 1 and 2 never reach the stream; 3 does.
+    journal(&env, 1, &limit(1, 10, Side::Sell, 100)).await;
+    journal(&env, 2, &limit(2, 11, Side::Sell, 101)).await;
+    let third = journal(&env, 3, &limit(3, 20, Side::Buy, 101)).await;
+    xadd(&env, &third).await;
+    wait_stored(&env, 3).await;
+    let seqs: Vec<i64> = stored(&env).await.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    // The buy at 101 took the best ask, 100 (order 1).
+    let maker = stored(&env).await[2].1.iter().find_map(|e| match e {
+        Event::Trade {
+            maker_order_id,
+            price,
+            ..
+        } => Some((*maker_order_id, *price)),
+        _ => None,
+    });
+    assert_eq!(maker, Some((OrderId(1), 100_000_000)));
+    let published_seqs: Vec<u64> = published(&env).await.iter().map(|b| b.seq).collect();
+    assert_eq!(published_seqs, [1, 2, 3]);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn restart_replays_to_the_same_state_and_a_mismatch_halts() {
+    let env = setup().await;
+    let svc = start(&env).await;
+    for (seq, cmd) in [
+        (1, limit(1, 10, Side::Sell, 100)),
+        (2, limit(2, 11, Side::Sell, 101)),
+        (3, limit(3, 20, Side::Buy, 99)),
+        (
+            4,
+            Command::Cancel {
+                order_id: OrderId(3),
+                user_id: UserId(20),
+            },
+        ),
+    ] {
+        let c = journal(&env, seq, &cmd).await;
+        xadd(&env, &c).await;
+    }
+    wait_stored(&env, 4).await;
+    let before = stored(&env).await;
+    svc.stop().await;
+
+    // Commands journaled while matching was down, one of them never published.
+    journal(&env, 5, &limit(5, 21, Side::Buy, 100)).await;
+    let svc = start(&env).await;
+    wait_stored(&env, 5).await;
+    let after = stored(&env).await;
+    assert_eq!(
+        &after[..4],
+        &before[..],
+        "replay left the stored batches as they were"
+    );
+    // The replayed book still holds order 2 (ask 101): a buy at 101 takes it.
+    let c = journal(&env, 6, &limit(6, 22, Side::Buy, 101)).await;
+    xadd(&env, &c).await;
+    wait_stored(&env, 6).await;
+    let trade = stored(&env).await[5].1.iter().find_map(|e| match e {
+        Event::Trade { maker_order_id, .. } => Some(*maker_order_id),
+        _ => None,
+    });
+    assert_eq!(trade, Some(OrderId(2)));
+    // Seq 5 matched order 1 at 100 during recovery.
+    assert!(after[4].1.iter().any(|e| matches!(
+        e,
+        Event::Trade {
+            maker_order_id: OrderId(1),
+            ..
+        }
+    )));
+    wait_for("last_seq 6", || async {
+        status(&svc, &env).await["BTC-USDT"]["last_seq"] == 6
+    })
+    .await;
+    let st = status(&svc, &env).await;
+    assert!(st["BTC-USDT"]["halted"].is_null());
+    svc.stop().await;
+
+    // Someone rewrote history: the replay disagrees and the market halts.
+    sqlx::query("UPDATE event_batches SET events = '[]' WHERE market = 'BTC-USDT' AND seq = 3")
+        .execute(&env.db)
+        .await
+        .unwrap();
+    let svc = start(&env).await;
+    wait_for("the market to halt", || async {
+        !status(&svc, &env).await["BTC-USDT"]["halted"].is_null()
+    })
+    .await;
+    let st = status(&svc, &env).await;
+    assert_eq!(st["BTC-USDT"]["halted"]["seq"], 3, "{st}");
+    let client = reqwest::Client::new();
+    wait_for("/ready to turn degraded", || async {
+        let r = client
+            .get(format!("{}/ready", svc.url))
+            .send()
+            .await
+            .unwrap();
+        if r.status() != 503 {
+            return false;
+        }
+        let body: Value = r.json().await.unwrap();
+        body["dependencies"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .any(|k| k.contains("BTC-USDT halted at seq 3"))
+    })
+    .await;
+    svc.stop().await;
+}

@@ -1,0 +1,412 @@
+//! The internal HTTP API (the gateway is its only caller). Handlers parse,
+//! call [`crate::rules`] and the [`Batcher`], and translate the outcome;
+//! no business rule lives here.
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use exchange_common::auth::{bearer_token, matches_secret};
+use exchange_common::error::{Json, Path, Query};
+use exchange_common::{ApiError, Config};
+use exchange_domain::{MarketStatus, OrderType, SelfTradePrevention, Side, TimeInForce};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use std::sync::Arc;
+
+use crate::batch::{Batcher, Reply, Request as BatchRequest};
+use crate::markets::{MarketInfo, Markets, status_str};
+use crate::rules::{self, PlaceInput};
+use crate::view::{FILL_COLUMNS, FillJson, FillRow, ORDER_COLUMNS, OrderJson, OrderRow};
+
+/// Default and largest page of order and fill lists.
+pub const LIST_LIMIT_DEFAULT: i64 = 100;
+pub const LIST_LIMIT_MAX: i64 = 1_000;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: PgPool,
+    pub markets: Markets,
+    pub batcher: Batcher,
+}
+
+pub fn routes(state: AppState) -> Router {
+    Router::new()
+        .route("/internal/v1/orders", post(place).get(list_orders))
+        .route("/internal/v1/orders/cancel-all", post(cancel_all))
+        .route(
+            "/internal/v1/orders/{id}",
+            get(get_order).delete(cancel).patch(amend),
+        )
+        .route("/internal/v1/fills", get(list_fills))
+        .route("/internal/v1/markets/{symbol}/status", patch(set_status))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ))
+        .with_state(state)
+}
+
+/// Every route requires `Authorization: Bearer $INTERNAL_TOKEN` (or the
+/// previous token during a rotation), compared in constant time.
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let ok = bearer_token(req.headers()).is_some_and(|t| {
+        matches_secret(
+            t,
+            &state.config.internal_token,
+            state.config.internal_token_previous.as_ref(),
+        )
+    });
+    if !ok {
+        return ApiError::unauthorized("a valid internal token is required").into_response();
+    }
+    next.run(req).await
+}
+
+fn market_not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "MARKET_NOT_FOUND", "no such market")
+}
+
+fn check_user(user_id: i64) -> Result<i64, ApiError> {
+    if user_id <= 0 {
+        return Err(ApiError::bad_request(
+            "INVALID_REQUEST",
+            "user_id must be positive",
+        ));
+    }
+    Ok(user_id)
+}
+
+async fn market(state: &AppState, symbol: &str) -> Result<MarketInfo, ApiError> {
+    match state.markets.get(symbol).await {
+        Ok(Some(m)) => Ok(m),
+        Ok(None) => Err(market_not_found()),
+        Err(e) => {
+            tracing::warn!(error = %e, "market lookup failed");
+            Err(ApiError::unavailable("database unavailable, retry"))
+        }
+    }
+}
+
+fn order_response(row: &OrderRow, state: &AppState) -> OrderJson {
+    OrderJson::new(row, state.markets.peek(&row.market).as_ref())
+}
+
+fn db_error(e: sqlx::Error) -> ApiError {
+    tracing::warn!(error = %e, "database error");
+    ApiError::unavailable("database unavailable, retry")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceBody {
+    pub user_id: i64,
+    pub market: String,
+    pub side: Side,
+    #[serde(rename = "type")]
+    pub order_type: OrderType,
+    pub price: Option<String>,
+    pub quantity: Option<String>,
+    pub quote_quantity: Option<String>,
+    pub stop_price: Option<String>,
+    pub time_in_force: Option<TimeInForce>,
+    pub post_only: Option<bool>,
+    pub stp: Option<SelfTradePrevention>,
+    pub client_order_id: Option<String>,
+}
+
+async fn place(
+    State(state): State<AppState>,
+    Json(body): Json<PlaceBody>,
+) -> Result<Response, ApiError> {
+    let user_id = check_user(body.user_id)?;
+    let info = market(&state, &body.market).await?;
+    let input = PlaceInput {
+        side: body.side,
+        order_type: body.order_type,
+        price: body.price.as_deref(),
+        quantity: body.quantity.as_deref(),
+        quote_quantity: body.quote_quantity.as_deref(),
+        stop_price: body.stop_price.as_deref(),
+        time_in_force: body.time_in_force,
+        post_only: body.post_only.unwrap_or(false),
+        stp: body.stp.unwrap_or_default(),
+        client_order_id: body.client_order_id.as_deref(),
+    };
+    let order = rules::validate_place(&info.spec, info.status, &input)
+        .map_err(|r| ApiError::bad_request(r.code, r.message))?;
+    let reply = state
+        .batcher
+        .submit(BatchRequest::Place {
+            user_id,
+            market: info,
+            order,
+        })
+        .await?;
+    match reply {
+        Reply::Placed { order, created } => {
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok((status, Json(order_response(&order, &state))).into_response())
+        }
+        _ => Err(ApiError::internal(anyhow::anyhow!(
+            "unexpected batch reply"
+        ))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserQuery {
+    pub user_id: i64,
+}
+
+async fn get_order(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(q): Query<UserQuery>,
+) -> Result<Json<OrderJson>, ApiError> {
+    let user_id = check_user(q.user_id)?;
+    let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1 AND user_id = $2");
+    let row: Option<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .bind(user_id)
+        .fetch_optional(&state.db)
+        .await
+        .map_err(db_error)?;
+    match row {
+        Some(r) => Ok(Json(order_response(&r, &state))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "ORDER_NOT_FOUND",
+            "no such order",
+        )),
+    }
+}
+
+/// Cancel is asynchronous: the command is journaled and the order is
+/// returned as it is now; its status becomes `canceled` once matching has
+/// confirmed and clearing has released the funds. An order that is already
+/// final is returned as it is (200), nothing is journaled.
+async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(q): Query<UserQuery>,
+) -> Result<Json<OrderJson>, ApiError> {
+    let user_id = check_user(q.user_id)?;
+    match state
+        .batcher
+        .submit(BatchRequest::Cancel {
+            user_id,
+            order_id: id,
+        })
+        .await?
+    {
+        Reply::Order(o) => Ok(Json(order_response(&o, &state))),
+        _ => Err(ApiError::internal(anyhow::anyhow!(
+            "unexpected batch reply"
+        ))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelAllBody {
+    pub user_id: i64,
+    pub market: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    pub market: String,
+    pub accepted: bool,
+    pub seq: u64,
+}
+
+async fn cancel_all(
+    State(state): State<AppState>,
+    Json(body): Json<CancelAllBody>,
+) -> Result<Json<Accepted>, ApiError> {
+    let user_id = check_user(body.user_id)?;
+    let info = market(&state, &body.market).await?;
+    match state
+        .batcher
+        .submit(BatchRequest::CancelAll {
+            user_id,
+            market: info,
+        })
+        .await?
+    {
+        Reply::Accepted { seq } => Ok(Json(Accepted {
+            market: body.market,
+            accepted: true,
+            seq,
+        })),
+        _ => Err(ApiError::internal(anyhow::anyhow!(
+            "unexpected batch reply"
+        ))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmendBody {
+    pub user_id: i64,
+    pub price: Option<String>,
+    /// The new open (unfilled) quantity.
+    pub quantity: Option<String>,
+}
+
+/// Amend is asynchronous like cancel: the order comes back as it is now.
+async fn amend(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Json(body): Json<AmendBody>,
+) -> Result<Json<OrderJson>, ApiError> {
+    let user_id = check_user(body.user_id)?;
+    match state
+        .batcher
+        .submit(BatchRequest::Amend {
+            user_id,
+            order_id: id,
+            price: body.price,
+            quantity: body.quantity,
+        })
+        .await?
+    {
+        Reply::Order(o) => Ok(Json(order_response(&o, &state))),
+        _ => Err(ApiError::internal(anyhow::anyhow!(
+            "unexpected batch reply"
+        ))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusBody {
+    pub status: MarketStatus,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusJson {
+    pub market: String,
+    pub status: &'static str,
+    pub seq: u64,
+}
+
+/// Updates `markets.status` and journals `SetStatus` in one transaction.
+async fn set_status(
+    State(state): State<AppState>,
+    Path(symbol): Path<String>,
+    Json(body): Json<StatusBody>,
+) -> Result<Json<StatusJson>, ApiError> {
+    let info = market(&state, &symbol).await?;
+    match state
+        .batcher
+        .submit(BatchRequest::SetStatus {
+            market: info,
+            status: body.status,
+        })
+        .await?
+    {
+        Reply::Accepted { seq } => Ok(Json(StatusJson {
+            market: symbol,
+            status: status_str(body.status),
+            seq,
+        })),
+        _ => Err(ApiError::internal(anyhow::anyhow!(
+            "unexpected batch reply"
+        ))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub user_id: i64,
+    pub market: Option<String>,
+    pub status: Option<String>,
+    pub limit: Option<i64>,
+}
+
+fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    match limit {
+        None => Ok(LIST_LIMIT_DEFAULT),
+        Some(n) if (1..=LIST_LIMIT_MAX).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::bad_request(
+            "INVALID_QUERY",
+            format!("limit must be between 1 and {LIST_LIMIT_MAX}"),
+        )),
+    }
+}
+
+async fn list_orders(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<OrderJson>>, ApiError> {
+    let user_id = check_user(q.user_id)?;
+    let limit = page_limit(q.limit)?;
+    let status_filter = match q.status.as_deref() {
+        None => "",
+        Some("open") => "AND status IN ('new', 'partially_filled')",
+        Some("closed") => "AND status NOT IN ('new', 'partially_filled')",
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "INVALID_QUERY",
+                "status must be open or closed",
+            ));
+        }
+    };
+    let sql = format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 AND ($2::text IS NULL OR market = $2) \
+         {status_filter} ORDER BY created_at DESC, id DESC LIMIT $3"
+    );
+    let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(user_id)
+        .bind(q.market.as_deref())
+        .bind(limit)
+        .fetch_all(&state.db)
+        .await
+        .map_err(db_error)?;
+    Ok(Json(
+        rows.iter().map(|r| order_response(r, &state)).collect(),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FillsQuery {
+    pub user_id: i64,
+    pub market: Option<String>,
+    pub limit: Option<i64>,
+}
+
+async fn list_fills(
+    State(state): State<AppState>,
+    Query(q): Query<FillsQuery>,
+) -> Result<Json<Vec<FillJson>>, ApiError> {
+    let user_id = check_user(q.user_id)?;
+    let limit = page_limit(q.limit)?;
+    let sql = format!(
+        "SELECT {FILL_COLUMNS} FROM fills WHERE user_id = $1 AND ($2::text IS NULL OR market = $2) \
+         ORDER BY id DESC LIMIT $3"
+    );
+    let rows: Vec<FillRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(user_id)
+        .bind(q.market.as_deref())
+        .bind(limit)
+        .fetch_all(&state.db)
+        .await
+        .map_err(db_error)?;
+    Ok(Json(
+        rows.iter()
+            .map(|r| FillJson::new(r, state.markets.peek(&r.market).as_ref()))
+            .collect(),
+    ))
+}

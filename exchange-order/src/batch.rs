@@ -1,0 +1,919 @@
+//! The write path: every state-changing request (place, cancel,
+//! cancel-all, amend, market status) goes through one bounded queue to a
+//! batcher that applies up to [`BatchOptions::batch_len_max`] waiting
+//! requests in **one** Postgres transaction, then publishes their commands
+//! with one pipelined `XADD` per batch, then answers each request.
+//!
+//! Inside the transaction, in this order (every batch takes locks in the
+//! same order — balances sorted by `(user_id, asset)`, then
+//! `market_sequences` sorted by market — so batches never deadlock each
+//! other):
+//! 1. existing orders for `client_order_id`s (idempotency) and for the
+//!    ids that cancels and amends name;
+//! 2. `SELECT … FOR UPDATE` of every balance row the batch may spend;
+//! 3. per request, in arrival order: check and move `available → locked`
+//!    in memory (a rejection affects only that request);
+//! 4. one `UPDATE balances` with the netted amounts, one `INSERT` of the
+//!    new orders, the amends' extra reserve on their order rows, market
+//!    statuses;
+//! 5. the sequence numbers (`market_sequences`, the row lock makes them
+//!    gapless) and one `INSERT` into the journal `order_commands`;
+//! 6. commit.
+//!
+//! Any database error fails the whole batch with a retryable 503
+//! `UNAVAILABLE`: nothing of it was applied. A failed `XADD` after the
+//! commit is not an error for the client: the command is in the journal
+//! and [`crate::republish`] puts it on the stream.
+//!
+//! A concurrent replica inserting the same `client_order_id` between our
+//! check and our insert makes our insert violate the unique index: the
+//! batch fails with 503 and the retry finds the existing order (200).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::StatusCode;
+use exchange_common::ApiError;
+use exchange_common::redis::Redis;
+use exchange_domain::{
+    AmendOrder, Command, MarketStatus, MarketSymbol, OrderId, OrderType, PlaceOrder,
+    SequencedCommand, Side, UserId,
+};
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::markets::{MarketInfo, Markets, db_text, db_units, status_str};
+use crate::rules::{self, AmendTarget, Reject, Reserve, ValidPlace};
+use crate::view::{ORDER_COLUMNS, OrderRow};
+
+/// Limits of the write path.
+#[derive(Debug, Clone)]
+pub struct BatchOptions {
+    /// Requests waiting for the batcher; when full, requests get 503 `OVERLOADED`.
+    pub queue_len_max: usize,
+    /// Requests applied in one transaction.
+    pub batch_len_max: usize,
+    /// How long a handler waits for its batch before answering 503.
+    pub reply_timeout: Duration,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        Self {
+            queue_len_max: 20_000,
+            batch_len_max: 512,
+            reply_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A state-changing request, already validated against the market where
+/// that needs no database.
+#[derive(Debug, Clone)]
+pub enum Request {
+    Place {
+        user_id: i64,
+        market: MarketInfo,
+        order: ValidPlace,
+    },
+    Cancel {
+        user_id: i64,
+        order_id: i64,
+    },
+    CancelAll {
+        user_id: i64,
+        market: MarketInfo,
+    },
+    Amend {
+        user_id: i64,
+        order_id: i64,
+        price: Option<String>,
+        quantity: Option<String>,
+    },
+    SetStatus {
+        market: MarketInfo,
+        status: MarketStatus,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// A placement: the order, and whether this request created it.
+    Placed { order: Box<OrderRow>, created: bool },
+    /// The order a cancel or amend was about, as it is now.
+    Order(Box<OrderRow>),
+    /// Cancel-all or status change journaled.
+    Accepted { seq: u64 },
+}
+
+pub type Outcome = Result<Reply, ApiError>;
+
+struct Job {
+    request: Request,
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// The handle handlers submit to (cheap to clone).
+#[derive(Clone, Debug)]
+pub struct Batcher {
+    tx: mpsc::Sender<Job>,
+    reply_timeout: Duration,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.request.fmt(f)
+    }
+}
+
+impl Batcher {
+    /// Starts the batcher task; it stops when every handle is dropped.
+    pub fn start(db: PgPool, redis: Redis, markets: Markets, opts: BatchOptions) -> Self {
+        let (tx, rx) = mpsc::channel(opts.queue_len_max);
+        tokio::spawn(run(db, redis, markets, rx, opts.batch_len_max));
+        Self {
+            tx,
+            reply_timeout: opts.reply_timeout,
+        }
+    }
+
+    pub async fn submit(&self, request: Request) -> Outcome {
+        let (reply, rx) = oneshot::channel();
+        match self.tx.try_send(Job { request, reply }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("exchange_order_overloaded_total").increment(1);
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "OVERLOADED",
+                    "too many requests in flight, retry",
+                ));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(ApiError::unavailable("the order service is stopping"));
+            }
+        }
+        match tokio::time::timeout(self.reply_timeout, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(ApiError::unavailable("the request was dropped, retry")),
+            Err(_) => Err(ApiError::unavailable(
+                "timed out waiting for the database, the request may have been applied",
+            )),
+        }
+    }
+}
+
+async fn run(
+    db: PgPool,
+    redis: Redis,
+    markets: Markets,
+    mut rx: mpsc::Receiver<Job>,
+    batch_len_max: usize,
+) {
+    let mut jobs = Vec::with_capacity(batch_len_max);
+    loop {
+        jobs.clear();
+        if rx.recv_many(&mut jobs, batch_len_max).await == 0 {
+            return;
+        }
+        let batch: Vec<Job> = std::mem::take(&mut jobs);
+        metrics::histogram!("exchange_order_batch_len").record(batch.len() as f64);
+        let (requests, replies): (Vec<Request>, Vec<oneshot::Sender<Outcome>>) =
+            batch.into_iter().map(|j| (j.request, j.reply)).unzip();
+        let started = std::time::Instant::now();
+        let outcomes = match apply_batch(&db, &redis, &markets, &requests).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    count = requests.len(),
+                    "order batch failed"
+                );
+                metrics::counter!("exchange_order_batch_failed_total").increment(1);
+                let err = ApiError::unavailable("database unavailable, nothing was applied, retry");
+                vec![Err(err); requests.len()]
+            }
+        };
+        metrics::histogram!("exchange_order_batch_seconds").record(started.elapsed().as_secs_f64());
+        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn side_str(side: Side) -> &'static str {
+    match side {
+        Side::Buy => "buy",
+        Side::Sell => "sell",
+    }
+}
+
+fn parse_side(s: &str) -> Option<Side> {
+    match s {
+        "buy" => Some(Side::Buy),
+        "sell" => Some(Side::Sell),
+        _ => None,
+    }
+}
+
+fn type_str(t: OrderType) -> &'static str {
+    match t {
+        OrderType::Limit => "limit",
+        OrderType::Market => "market",
+        OrderType::StopLimit => "stop_limit",
+        OrderType::StopMarket => "stop_market",
+    }
+}
+
+fn parse_type(s: &str) -> Option<OrderType> {
+    match s {
+        "limit" => Some(OrderType::Limit),
+        "market" => Some(OrderType::Market),
+        "stop_limit" => Some(OrderType::StopLimit),
+        "stop_market" => Some(OrderType::StopMarket),
+        _ => None,
+    }
+}
+
+/// The JSON name of a serde enum value (`"GTC"`, `"expire_taker"`).
+fn wire_name<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+fn reject(r: Reject) -> ApiError {
+    ApiError::bad_request(r.code, r.message)
+}
+
+fn order_not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "ORDER_NOT_FOUND", "no such order")
+}
+
+fn insufficient() -> ApiError {
+    ApiError::bad_request(
+        "INSUFFICIENT_BALANCE",
+        "the available balance does not cover the order",
+    )
+}
+
+/// What the batch decided for one request before the database writes.
+enum Plan {
+    Done(Outcome),
+    /// Same `client_order_id` as an earlier request of this batch.
+    SameAs(usize),
+    Place {
+        order: Box<OrderRow>,
+        command: PlaceOrder,
+        market: MarketSymbol,
+    },
+    Command {
+        market: MarketSymbol,
+        command: Command,
+        reply_order: Option<Box<OrderRow>>,
+    },
+}
+
+/// Applies one batch; `Err` means nothing was applied.
+async fn apply_batch(
+    db: &PgPool,
+    redis: &Redis,
+    markets: &Markets,
+    requests: &[Request],
+) -> anyhow::Result<Vec<Outcome>> {
+    let time_ms = now_ms();
+    let mut tx = db.begin().await?;
+
+    // 1. Orders this batch refers to.
+    let mut coid_users = Vec::new();
+    let mut coids = Vec::new();
+    let mut ids = Vec::new();
+    for r in requests {
+        match r {
+            Request::Place { user_id, order, .. } => {
+                if let Some(c) = &order.client_order_id {
+                    coid_users.push(*user_id);
+                    coids.push(c.clone());
+                }
+            }
+            Request::Cancel { order_id, .. } | Request::Amend { order_id, .. } => {
+                ids.push(*order_id);
+            }
+            _ => {}
+        }
+    }
+    let mut by_coid: HashMap<(i64, String), OrderRow> = HashMap::new();
+    if !coids.is_empty() {
+        let sql = format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE (user_id, client_order_id) IN \
+             (SELECT * FROM unnest($1::bigint[], $2::text[]))"
+        );
+        let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(&coid_users)
+            .bind(&coids)
+            .fetch_all(&mut *tx)
+            .await?;
+        for row in rows {
+            if let Some(c) = row.client_order_id.clone() {
+                by_coid.insert((row.user_id, c), row);
+            }
+        }
+    }
+    let mut by_id: HashMap<i64, OrderRow> = HashMap::new();
+    if !ids.is_empty() {
+        let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ANY($1)");
+        let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
+        by_id = rows.into_iter().map(|r| (r.id, r)).collect();
+    }
+
+    // 2. Lock every balance row the batch may spend, in a fixed order.
+    let mut keys: BTreeSet<(i64, String)> = BTreeSet::new();
+    for r in requests {
+        match r {
+            Request::Place {
+                user_id,
+                market,
+                order,
+            } => {
+                keys.insert((*user_id, market.spend_asset(order.side).symbol.to_string()));
+            }
+            Request::Amend {
+                user_id, order_id, ..
+            } => {
+                if let Some(o) = by_id.get(order_id).filter(|o| o.user_id == *user_id) {
+                    keys.insert((*user_id, o.reserve_asset.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut available: BTreeMap<(i64, String), u128> = BTreeMap::new();
+    let mut scales: HashMap<String, u8> = HashMap::new();
+    for m in markets.all().values() {
+        scales.insert(m.spec.base().symbol.to_string(), m.spec.base().scale);
+        scales.insert(m.spec.quote().symbol.to_string(), m.spec.quote().scale);
+    }
+    if !keys.is_empty() {
+        let (users, assets): (Vec<i64>, Vec<String>) = keys.iter().cloned().unzip();
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT b.user_id, b.asset, b.available::text FROM balances b
+             JOIN unnest($1::bigint[], $2::text[]) AS k(user_id, asset)
+               ON b.user_id = k.user_id AND b.asset = k.asset
+             ORDER BY b.user_id, b.asset
+             FOR UPDATE OF b",
+        )
+        .bind(&users)
+        .bind(&assets)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (user, asset, text) in rows {
+            let scale = scales.get(&asset).copied().unwrap_or(18);
+            available.insert((user, asset), db_units(&text, scale)?);
+        }
+    }
+    let mut locked_delta: BTreeMap<(i64, String), u128> = BTreeMap::new();
+
+    // 3. Decide each request in arrival order.
+    let mut seen_coid: HashMap<(i64, String), usize> = HashMap::new();
+    let mut plans: Vec<Plan> = Vec::with_capacity(requests.len());
+    let mut new_orders = 0usize;
+    for (i, r) in requests.iter().enumerate() {
+        let plan = match r {
+            Request::Place {
+                user_id,
+                market,
+                order,
+            } => {
+                let key_coid = order.client_order_id.clone().map(|c| (*user_id, c));
+                if let Some(k) = &key_coid
+                    && let Some(existing) = by_coid.get(k)
+                {
+                    Plan::Done(Ok(Reply::Placed {
+                        order: Box::new(existing.clone()),
+                        created: false,
+                    }))
+                } else if let Some(k) = &key_coid
+                    && let Some(first) = seen_coid.get(k)
+                {
+                    Plan::SameAs(*first)
+                } else {
+                    if let Some(k) = key_coid {
+                        seen_coid.insert(k, i);
+                    }
+                    let asset = market.spend_asset(order.side);
+                    let key = (*user_id, asset.symbol.to_string());
+                    let avail = available.get(&key).copied().unwrap_or(0);
+                    match rules::reserve_amount(order.reserve, avail) {
+                        None => Plan::Done(Err(insufficient())),
+                        Some(amount) => {
+                            available.insert(key.clone(), avail - amount);
+                            *locked_delta.entry(key).or_default() += amount;
+                            new_orders += 1;
+                            let row = new_order_row(*user_id, market, order, amount, time_ms);
+                            let command = PlaceOrder {
+                                order_id: OrderId(0),
+                                user_id: UserId(user_id.unsigned_abs()),
+                                side: order.side,
+                                order_type: order.order_type,
+                                price: order.price,
+                                quantity: order.quantity,
+                                quote_quantity: order.quote_quantity,
+                                stop_price: order.stop_price,
+                                time_in_force: order.time_in_force,
+                                post_only: order.post_only,
+                                stp: order.stp,
+                                reserved: amount,
+                            };
+                            Plan::Place {
+                                order: Box::new(row),
+                                command,
+                                market: market.spec.symbol(),
+                            }
+                        }
+                    }
+                }
+            }
+            Request::Cancel { user_id, order_id } => match by_id.get(order_id) {
+                Some(o) if o.user_id == *user_id => {
+                    if o.is_open() {
+                        match MarketSymbol::parse(&o.market) {
+                            Ok(market) => Plan::Command {
+                                market,
+                                command: Command::Cancel {
+                                    order_id: OrderId(order_id.unsigned_abs()),
+                                    user_id: UserId(user_id.unsigned_abs()),
+                                },
+                                reply_order: Some(Box::new(o.clone())),
+                            },
+                            Err(_) => Plan::Done(Err(order_not_found())),
+                        }
+                    } else {
+                        // Already final: nothing to cancel, answer as it is.
+                        Plan::Done(Ok(Reply::Order(Box::new(o.clone()))))
+                    }
+                }
+                _ => Plan::Done(Err(order_not_found())),
+            },
+            Request::CancelAll { user_id, market } => Plan::Command {
+                market: market.spec.symbol(),
+                command: Command::CancelAll {
+                    user_id: UserId(user_id.unsigned_abs()),
+                },
+                reply_order: None,
+            },
+            Request::SetStatus { market, status } => Plan::Command {
+                market: market.spec.symbol(),
+                command: Command::SetStatus { status: *status },
+                reply_order: None,
+            },
+            Request::Amend {
+                user_id,
+                order_id,
+                price,
+                quantity,
+            } => plan_amend(
+                markets,
+                by_id.get(order_id).filter(|o| o.user_id == *user_id),
+                *user_id,
+                price.as_deref(),
+                quantity.as_deref(),
+                &mut available,
+                &mut locked_delta,
+            ),
+        };
+        plans.push(plan);
+    }
+
+    // 4. Writes: balances, new orders, amends' extra reserve, statuses.
+    let deltas: Vec<((i64, String), u128)> =
+        locked_delta.into_iter().filter(|(_, v)| *v > 0).collect();
+    if !deltas.is_empty() {
+        let mut users = Vec::with_capacity(deltas.len());
+        let mut assets = Vec::with_capacity(deltas.len());
+        let mut amounts = Vec::with_capacity(deltas.len());
+        for ((u, a), v) in deltas {
+            let scale = scales.get(&a).copied().unwrap_or(18);
+            users.push(u);
+            assets.push(a);
+            amounts.push(db_text(v, scale));
+        }
+        sqlx::query(
+            "UPDATE balances b
+             SET available = b.available - d.amount::numeric,
+                 locked = b.locked + d.amount::numeric,
+                 updated_at = now()
+             FROM unnest($1::bigint[], $2::text[], $3::text[]) AS d(user_id, asset, amount)
+             WHERE b.user_id = d.user_id AND b.asset = d.asset",
+        )
+        .bind(&users)
+        .bind(&assets)
+        .bind(&amounts)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let mut order_ids: Vec<i64> = Vec::new();
+    if new_orders > 0 {
+        order_ids = sqlx::query_scalar("SELECT nextval('order_ids') FROM generate_series(1, $1)")
+            .bind(i64::try_from(new_orders)?)
+            .fetch_all(&mut *tx)
+            .await?;
+    }
+    for (plan, request) in plans.iter().zip(requests) {
+        if let (
+            Plan::Command {
+                command: Command::Amend(a),
+                ..
+            },
+            Request::Amend { .. },
+        ) = (plan, request)
+            && a.additional_reserve > 0
+        {
+            let scale = markets
+                .peek(&plan_market(plan))
+                .map_or(18, |m| m.spend_asset(a.side).scale);
+            sqlx::query(
+                "UPDATE orders SET reserved = reserved + $2::numeric,
+                        locked_remaining = locked_remaining + $2::numeric, updated_at = now()
+                 WHERE id = $1",
+            )
+            .bind(i64::try_from(a.order_id.0)?)
+            .bind(db_text(a.additional_reserve, scale))
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Request::SetStatus { market, status } = request {
+            sqlx::query("UPDATE markets SET status = $2, updated_at = now() WHERE symbol = $1")
+                .bind(market.spec.symbol().to_string())
+                .bind(status_str(*status))
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+
+    // 5. Sequence numbers, in arrival order per market.
+    let mut per_market: BTreeMap<String, i64> = BTreeMap::new();
+    for p in &plans {
+        if matches!(p, Plan::Place { .. } | Plan::Command { .. }) {
+            *per_market.entry(plan_market(p)).or_default() += 1;
+        }
+    }
+    let mut next_seq: HashMap<String, i64> = HashMap::new();
+    if !per_market.is_empty() {
+        let (mk, counts): (Vec<String>, Vec<i64>) =
+            per_market.iter().map(|(m, c)| (m.clone(), *c)).unzip();
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "INSERT INTO market_sequences (market, last_seq)
+             SELECT * FROM unnest($1::text[], $2::bigint[])
+             ON CONFLICT (market) DO UPDATE SET last_seq = market_sequences.last_seq + EXCLUDED.last_seq
+             RETURNING market, last_seq",
+        )
+        .bind(&mk)
+        .bind(&counts)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (m, last) in rows {
+            let count = per_market.get(&m).copied().unwrap_or(0);
+            next_seq.insert(m, last - count + 1);
+        }
+    }
+
+    let mut commands: Vec<SequencedCommand> = Vec::new();
+    let mut ord = order_ids.into_iter();
+    let mut ins = OrderInsert::default();
+    for plan in &mut plans {
+        let market_name = plan_market(plan);
+        let (market, command) = match plan {
+            Plan::Place {
+                order,
+                command,
+                market,
+            } => {
+                let id = ord
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("order id sequence returned too few ids"))?;
+                order.id = id;
+                command.order_id = OrderId(id.unsigned_abs());
+                (*market, Command::Place(command.clone()))
+            }
+            Plan::Command {
+                market, command, ..
+            } => (*market, command.clone()),
+            _ => continue,
+        };
+        let slot = next_seq
+            .get_mut(&market_name)
+            .ok_or_else(|| anyhow::anyhow!("no sequence for {market_name}"))?;
+        let seq = *slot;
+        *slot += 1;
+        if let Plan::Place { order, .. } = plan {
+            order.seq = seq;
+            ins.push(order);
+        }
+        commands.push(SequencedCommand {
+            market,
+            seq: seq.unsigned_abs(),
+            time_ms,
+            command,
+        });
+    }
+    ins.execute(&mut tx, time_ms).await?;
+    if !commands.is_empty() {
+        let mut mk = Vec::with_capacity(commands.len());
+        let mut seqs = Vec::with_capacity(commands.len());
+        let mut bodies = Vec::with_capacity(commands.len());
+        for c in &commands {
+            mk.push(c.market.to_string());
+            seqs.push(i64::try_from(c.seq)?);
+            bodies.push(serde_json::to_string(&c.command)?);
+        }
+        sqlx::query(
+            "INSERT INTO order_commands (market, seq, time_ms, command)
+             SELECT market, seq, $3, command::jsonb
+             FROM unnest($1::text[], $2::bigint[], $4::text[]) AS u(market, seq, command)",
+        )
+        .bind(&mk)
+        .bind(&seqs)
+        .bind(i64::try_from(time_ms)?)
+        .bind(&bodies)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    for r in requests {
+        if let Request::SetStatus { market, status } = r {
+            markets.set_status(&market.spec.symbol().to_string(), *status);
+        }
+    }
+
+    // 6. Publish; a failure here is repaired by the republisher.
+    if let Err(e) = publish(redis, &commands).await {
+        metrics::counter!("exchange_order_publish_failed_total").increment(1);
+        tracing::warn!(error = %e, count = commands.len(), "xadd failed after commit; the republisher will retry");
+    }
+    metrics::counter!("exchange_order_commands_total").increment(commands.len() as u64);
+
+    // 7. Answers.
+    let mut seq_iter = commands.iter().map(|c| c.seq);
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(plans.len());
+    for plan in plans {
+        let outcome = match plan {
+            Plan::Done(o) => o,
+            Plan::SameAs(first) => match outcomes.get(first) {
+                Some(Ok(Reply::Placed { order, .. })) => Ok(Reply::Placed {
+                    order: order.clone(),
+                    created: false,
+                }),
+                Some(other) => other.clone(),
+                None => Err(ApiError::unavailable("retry")),
+            },
+            Plan::Place { order, .. } => {
+                seq_iter.next();
+                Ok(Reply::Placed {
+                    order,
+                    created: true,
+                })
+            }
+            Plan::Command { reply_order, .. } => {
+                let seq = seq_iter.next().unwrap_or(0);
+                match reply_order {
+                    Some(o) => Ok(Reply::Order(o)),
+                    None => Ok(Reply::Accepted { seq }),
+                }
+            }
+        };
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
+fn plan_market(p: &Plan) -> String {
+    match p {
+        Plan::Place { market, .. } | Plan::Command { market, .. } => market.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn plan_amend(
+    markets: &Markets,
+    order: Option<&OrderRow>,
+    user_id: i64,
+    price: Option<&str>,
+    quantity: Option<&str>,
+    available: &mut BTreeMap<(i64, String), u128>,
+    locked_delta: &mut BTreeMap<(i64, String), u128>,
+) -> Plan {
+    let Some(o) = order else {
+        return Plan::Done(Err(order_not_found()));
+    };
+    if !o.is_open() {
+        return Plan::Done(Err(ApiError::bad_request(
+            "ORDER_NOT_OPEN",
+            "the order is no longer open",
+        )));
+    }
+    let (Some(info), Ok(symbol), Some(side), Some(order_type)) = (
+        markets.peek(&o.market),
+        MarketSymbol::parse(&o.market),
+        parse_side(&o.side),
+        parse_type(&o.order_type),
+    ) else {
+        return Plan::Done(Err(order_not_found()));
+    };
+    let (bs, qs) = (info.spec.base().scale, info.spec.quote().scale);
+    let spend_scale = info.spend_asset(side).scale;
+    let num = |t: &str, s: u8| db_units(t, s).ok();
+    let (Some(qty), Some(filled), Some(locked)) = (
+        o.quantity.as_deref().and_then(|t| num(t, bs)),
+        num(&o.filled_quantity, bs),
+        num(&o.locked_remaining, spend_scale),
+    ) else {
+        return Plan::Done(Err(ApiError::bad_request(
+            "ORDER_NOT_AMENDABLE",
+            "only resting limit orders can be amended",
+        )));
+    };
+    let target = AmendTarget {
+        side,
+        order_type,
+        price: o.price.as_deref().and_then(|t| num(t, qs)),
+        open_quantity: qty.saturating_sub(filled),
+        locked_remaining: locked,
+    };
+    let valid = match rules::validate_amend(&info.spec, info.status, &target, price, quantity) {
+        Ok(v) => v,
+        Err(r) => return Plan::Done(Err(reject(r))),
+    };
+    if valid.additional_reserve > 0 {
+        let key = (user_id, o.reserve_asset.clone());
+        let avail = available.get(&key).copied().unwrap_or(0);
+        match rules::reserve_amount(Reserve::Exact(valid.additional_reserve), avail) {
+            None => return Plan::Done(Err(insufficient())),
+            Some(n) => {
+                available.insert(key.clone(), avail - n);
+                *locked_delta.entry(key).or_default() += n;
+            }
+        }
+    }
+    Plan::Command {
+        market: symbol,
+        command: Command::Amend(AmendOrder {
+            order_id: OrderId(o.id.unsigned_abs()),
+            user_id: UserId(user_id.unsigned_abs()),
+            side,
+            new_price: valid.new_price,
+            new_quantity: valid.new_quantity,
+            additional_reserve: valid.additional_reserve,
+        }),
+        reply_order: Some(Box::new(o.clone())),
+    }
+}
+
+fn new_order_row(
+    user_id: i64,
+    market: &MarketInfo,
+    order: &ValidPlace,
+    reserved: u128,
+    time_ms: u64,
+) -> OrderRow {
+    let (bs, qs) = (market.spec.base().scale, market.spec.quote().scale);
+    let spend = market.spend_asset(order.side);
+    let ms = i64::try_from(time_ms).unwrap_or(i64::MAX);
+    OrderRow {
+        id: 0,
+        user_id,
+        client_order_id: order.client_order_id.clone(),
+        market: market.spec.symbol().to_string(),
+        side: side_str(order.side).to_owned(),
+        order_type: type_str(order.order_type).to_owned(),
+        time_in_force: wire_name(&order.time_in_force),
+        post_only: order.post_only,
+        stp: wire_name(&order.stp),
+        price: order.price.map(|p| db_text(p, qs)),
+        stop_price: order.stop_price.map(|p| db_text(p, qs)),
+        quantity: order.quantity.map(|q| db_text(q, bs)),
+        quote_quantity: order.quote_quantity.map(|q| db_text(q, qs)),
+        filled_quantity: "0".to_owned(),
+        filled_quote: "0".to_owned(),
+        reserve_asset: spend.symbol.to_string(),
+        reserved: db_text(reserved, spend.scale),
+        locked_remaining: db_text(reserved, spend.scale),
+        status: "new".to_owned(),
+        reason: None,
+        seq: 0,
+        created_ms: ms,
+        updated_ms: ms,
+    }
+}
+
+/// Column arrays for one multi-row `INSERT INTO orders`.
+#[derive(Default)]
+struct OrderInsert {
+    id: Vec<i64>,
+    user_id: Vec<i64>,
+    coid: Vec<Option<String>>,
+    market: Vec<String>,
+    side: Vec<String>,
+    order_type: Vec<String>,
+    tif: Vec<String>,
+    post_only: Vec<bool>,
+    stp: Vec<String>,
+    price: Vec<Option<String>>,
+    stop_price: Vec<Option<String>>,
+    quantity: Vec<Option<String>>,
+    quote_quantity: Vec<Option<String>>,
+    reserve_asset: Vec<String>,
+    reserved: Vec<String>,
+    seq: Vec<i64>,
+}
+
+impl OrderInsert {
+    fn push(&mut self, o: &OrderRow) {
+        self.id.push(o.id);
+        self.user_id.push(o.user_id);
+        self.coid.push(o.client_order_id.clone());
+        self.market.push(o.market.clone());
+        self.side.push(o.side.clone());
+        self.order_type.push(o.order_type.clone());
+        self.tif.push(o.time_in_force.clone());
+        self.post_only.push(o.post_only);
+        self.stp.push(o.stp.clone());
+        self.price.push(o.price.clone());
+        self.stop_price.push(o.stop_price.clone());
+        self.quantity.push(o.quantity.clone());
+        self.quote_quantity.push(o.quote_quantity.clone());
+        self.reserve_asset.push(o.reserve_asset.clone());
+        self.reserved.push(o.reserved.clone());
+        self.seq.push(o.seq);
+    }
+
+    async fn execute(self, tx: &mut Transaction<'_, Postgres>, time_ms: u64) -> anyhow::Result<()> {
+        if self.id.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO orders (id, user_id, client_order_id, market, side, type, time_in_force,
+                post_only, stp, price, stop_price, quantity, quote_quantity, reserve_asset,
+                reserved, locked_remaining, seq, created_at, updated_at)
+             SELECT id, user_id, coid, market, side, type, tif, post_only, stp,
+                price::numeric, stop_price::numeric, quantity::numeric, quote_quantity::numeric,
+                reserve_asset, reserved::numeric, reserved::numeric, seq,
+                timestamptz 'epoch' + $17 * interval '1 millisecond',
+                timestamptz 'epoch' + $17 * interval '1 millisecond'
+             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::text[], $8::bool[], $9::text[], $10::text[], $11::text[], $12::text[],
+                $13::text[], $14::text[], $15::text[], $16::bigint[])
+               AS u(id, user_id, coid, market, side, type, tif, post_only, stp, price, stop_price,
+                    quantity, quote_quantity, reserve_asset, reserved, seq)",
+        )
+        .bind(&self.id)
+        .bind(&self.user_id)
+        .bind(&self.coid)
+        .bind(&self.market)
+        .bind(&self.side)
+        .bind(&self.order_type)
+        .bind(&self.tif)
+        .bind(&self.post_only)
+        .bind(&self.stp)
+        .bind(&self.price)
+        .bind(&self.stop_price)
+        .bind(&self.quantity)
+        .bind(&self.quote_quantity)
+        .bind(&self.reserve_asset)
+        .bind(&self.reserved)
+        .bind(&self.seq)
+        .bind(i64::try_from(time_ms)?)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
+
+/// `XADD` every command to its market's stream, pipelined, in seq order.
+pub async fn publish(redis: &Redis, commands: &[SequencedCommand]) -> anyhow::Result<()> {
+    if commands.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for c in commands {
+        let body = serde_json::to_string(c)?;
+        pipe.cmd("XADD")
+            .arg(redis.orders_stream(&c.market.to_string()))
+            .arg("*")
+            .arg("command")
+            .arg(body)
+            .ignore();
+    }
+    let mut conn = redis.conn();
+    pipe.query_async::<()>(&mut conn).await?;
+    Ok(())
+}

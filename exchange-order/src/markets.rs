@@ -1,0 +1,273 @@
+//! Markets as the services see them: loaded from Postgres into
+//! [`MarketSpec`]s (checked by the exactness rule) plus their status, and
+//! an in-memory cache refreshed periodically and on a miss.
+//!
+//! Also the conversion between Postgres `NUMERIC` text and integer units:
+//! the database keeps decimal values of the asset (`0.015`), the code
+//! counts units (`1_500_000` at scale 8). Numerics cross the boundary as
+//! text (`::text` on the way out, `$n::numeric` on the way in), never as
+//! floats.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use exchange_domain::money::{format_units, parse_units};
+use exchange_domain::{
+    Asset, AssetSymbol, FeeRate, MarketSpec, MarketSpecFields, MarketStatus, MarketSymbol,
+};
+use sqlx::PgPool;
+
+/// How often the cache reloads every market.
+pub const MARKETS_REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+/// A miss reloads at most this often (unknown symbols must not hammer the DB).
+pub const MARKETS_MISS_RELOAD_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Converts a Postgres numeric's text to units at `scale`. Trailing zeros
+/// beyond the scale (`1.50000000000`) are fine; real excess precision or a
+/// negative value is an error (it would be a bug elsewhere).
+pub fn db_units(text: &str, scale: u8) -> anyhow::Result<u128> {
+    let trimmed = match text.split_once('.') {
+        Some((int, frac)) => {
+            let frac = frac.trim_end_matches('0');
+            if frac.is_empty() {
+                int.to_owned()
+            } else {
+                format!("{int}.{frac}")
+            }
+        }
+        None => text.to_owned(),
+    };
+    parse_units(&trimmed, scale)
+        .map_err(|e| anyhow::anyhow!("numeric {text:?} at scale {scale}: {e}"))
+}
+
+/// Units as a decimal text for binding as `$n::numeric`.
+pub fn db_text(units: u128, scale: u8) -> String {
+    format_units(units, scale)
+}
+
+fn fee_ppm(text: &str) -> anyhow::Result<FeeRate> {
+    let ppm = u32::try_from(db_units(text, 6)?)?;
+    FeeRate::from_ppm(ppm).map_err(|e| anyhow::anyhow!("fee {text}: {e}"))
+}
+
+pub fn parse_status(text: &str) -> Option<MarketStatus> {
+    match text {
+        "trading" => Some(MarketStatus::Trading),
+        "cancel_only" => Some(MarketStatus::CancelOnly),
+        "halted" => Some(MarketStatus::Halted),
+        _ => None,
+    }
+}
+
+pub fn status_str(status: MarketStatus) -> &'static str {
+    match status {
+        MarketStatus::Trading => "trading",
+        MarketStatus::CancelOnly => "cancel_only",
+        MarketStatus::Halted => "halted",
+    }
+}
+
+/// One market: its rules and current status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MarketInfo {
+    pub spec: MarketSpec,
+    pub status: MarketStatus,
+}
+
+impl MarketInfo {
+    /// The scale of the asset an order on `side` spends.
+    pub fn spend_asset(&self, side: exchange_domain::Side) -> Asset {
+        match side {
+            exchange_domain::Side::Buy => self.spec.quote(),
+            exchange_domain::Side::Sell => self.spec.base(),
+        }
+    }
+}
+
+type Row = (
+    String,
+    String,
+    i16,
+    String,
+    i16,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+);
+
+fn market_from_row(row: Row) -> anyhow::Result<(String, MarketInfo)> {
+    let (
+        symbol,
+        base,
+        base_scale,
+        quote,
+        quote_scale,
+        tick,
+        step,
+        min_qty,
+        min_notional,
+        maker,
+        taker,
+        status,
+    ) = row;
+    let base = Asset {
+        symbol: AssetSymbol::parse(&base)?,
+        scale: u8::try_from(base_scale)?,
+    };
+    let quote = Asset {
+        symbol: AssetSymbol::parse(&quote)?,
+        scale: u8::try_from(quote_scale)?,
+    };
+    let spec = MarketSpec::new(MarketSpecFields {
+        symbol: MarketSymbol::parse(&symbol)?,
+        base,
+        quote,
+        price_tick: db_units(&tick, quote.scale)?,
+        qty_step: db_units(&step, base.scale)?,
+        min_qty: db_units(&min_qty, base.scale)?,
+        min_notional: db_units(&min_notional, quote.scale)?,
+        maker_fee: fee_ppm(&maker)?,
+        taker_fee: fee_ppm(&taker)?,
+    })
+    .map_err(|e| anyhow::anyhow!("market {symbol}: {e}"))?;
+    let status =
+        parse_status(&status).ok_or_else(|| anyhow::anyhow!("market {symbol}: status {status}"))?;
+    Ok((symbol, MarketInfo { spec, status }))
+}
+
+/// Loads every market. A market whose row breaks the rules is skipped with
+/// an error log (one bad row must not stop every market).
+pub async fn load_all(db: &PgPool) -> Result<BTreeMap<String, MarketInfo>, sqlx::Error> {
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT m.symbol, m.base, b.scale, m.quote, q.scale, m.price_tick::text, m.qty_step::text,
+                m.min_qty::text, m.min_notional::text, m.maker_fee::text, m.taker_fee::text, m.status
+         FROM markets m JOIN assets b ON b.symbol = m.base JOIN assets q ON q.symbol = m.quote
+         ORDER BY m.symbol",
+    )
+    .fetch_all(db)
+    .await?;
+    let mut out = BTreeMap::new();
+    for row in rows {
+        match market_from_row(row) {
+            Ok((symbol, info)) => {
+                out.insert(symbol, info);
+            }
+            Err(e) => tracing::error!(error = %e, "market skipped: invalid specification"),
+        }
+    }
+    Ok(out)
+}
+
+/// The cache of every market (cheap to clone).
+#[derive(Clone, Debug)]
+pub struct Markets {
+    db: PgPool,
+    inner: Arc<RwLock<Cache>>,
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    markets: Arc<BTreeMap<String, MarketInfo>>,
+    loaded_at: Option<Instant>,
+}
+
+impl Markets {
+    pub fn new(db: PgPool) -> Self {
+        Self {
+            db,
+            inner: Arc::new(RwLock::new(Cache::default())),
+        }
+    }
+
+    pub async fn reload(&self) -> Result<(), sqlx::Error> {
+        let fresh = load_all(&self.db).await?;
+        if let Ok(mut c) = self.inner.write() {
+            c.markets = Arc::new(fresh);
+            c.loaded_at = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    fn cached(&self, symbol: &str) -> (Option<MarketInfo>, bool) {
+        match self.inner.read() {
+            Ok(c) => {
+                let hit = c.markets.get(symbol).copied();
+                let stale = c
+                    .loaded_at
+                    .is_none_or(|t| t.elapsed() >= MARKETS_REFRESH_INTERVAL)
+                    || (hit.is_none()
+                        && c.loaded_at
+                            .is_none_or(|t| t.elapsed() >= MARKETS_MISS_RELOAD_INTERVAL));
+                (hit, stale)
+            }
+            Err(_) => (None, true),
+        }
+    }
+
+    /// The market, reloading when the cache is stale or misses.
+    pub async fn get(&self, symbol: &str) -> Result<Option<MarketInfo>, sqlx::Error> {
+        let (hit, stale) = self.cached(symbol);
+        if !stale {
+            return Ok(hit);
+        }
+        match self.reload().await {
+            Ok(()) => Ok(self.cached(symbol).0),
+            // A stale answer beats none while the database blips.
+            Err(e) if hit.is_some() => {
+                tracing::warn!(error = %e, "market reload failed, using cached");
+                Ok(hit)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The cached market without touching the database.
+    pub fn peek(&self, symbol: &str) -> Option<MarketInfo> {
+        self.inner.read().ok()?.markets.get(symbol).copied()
+    }
+
+    /// Every cached market.
+    pub fn all(&self) -> Arc<BTreeMap<String, MarketInfo>> {
+        self.inner
+            .read()
+            .map(|c| c.markets.clone())
+            .unwrap_or_default()
+    }
+
+    /// Records a status this process just committed.
+    pub fn set_status(&self, symbol: &str, status: MarketStatus) {
+        if let Ok(mut c) = self.inner.write() {
+            let mut map = (*c.markets).clone();
+            if let Some(m) = map.get_mut(symbol) {
+                m.status = status;
+            }
+            c.markets = Arc::new(map);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_text_to_units() {
+        assert_eq!(db_units("1.50000000000", 8).unwrap(), 150_000_000);
+        assert_eq!(db_units("0.015", 3).unwrap(), 15);
+        assert_eq!(db_units("100", 2).unwrap(), 10_000);
+        assert_eq!(db_units("0", 2).unwrap(), 0);
+        assert_eq!(db_units("0.000", 2).unwrap(), 0);
+        assert!(db_units("0.001", 2).is_err());
+        assert!(db_units("-1", 2).is_err());
+        assert_eq!(db_text(150_000_000, 8), "1.5");
+        assert_eq!(fee_ppm("0.001").unwrap().ppm(), 1_000);
+        assert_eq!(fee_ppm("0.0010").unwrap().ppm(), 1_000);
+    }
+}

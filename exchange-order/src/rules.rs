@@ -1,0 +1,593 @@
+//! Placement and amend rules: pure functions from a request and a market
+//! to either a validated order (units, the reserve it needs) or a stable
+//! rejection code. Handlers and the batcher only translate.
+//!
+//! The checks mirror `exchange_engine`'s own validation in the same order,
+//! so an order this service accepts is rejected by the engine only for
+//! reasons that need the book (post-only would take, a stop already
+//! reached, a duplicate id) or a market status that changed in between.
+//!
+//! ## What an order reserves (moved from available to locked)
+//!
+//! | order | reserve |
+//! |---|---|
+//! | limit / stop-limit buy | `price × quantity` quote |
+//! | limit / stop-limit sell, market / stop-market sell | `quantity` base |
+//! | market / stop-market buy with `quote_quantity` | `quote_quantity` quote |
+//! | market buy with `quantity` only | the user's **whole available quote** at placement |
+//! | stop-market buy with `quantity` only | refused (`INVALID_ORDER`): use `quote_quantity` |
+//!
+//! Why the whole available balance for a market buy by base quantity: no
+//! price is known before matching, and the engine never spends more than
+//! the reserve (it stops at what the reserve affords), then releases the
+//! rest in the same event batch, so the lock lasts one command. For a stop
+//! order that lock would last until the trigger, which could be days, so a
+//! stop-market buy must state its quote budget.
+
+use exchange_domain::money::{ParseError, parse_positive_units};
+use exchange_domain::{
+    MarketSpec, MarketStatus, OrderType, SelfTradePrevention, Side, TimeInForce,
+};
+
+/// The longest `client_order_id`, in bytes (the column's check).
+pub const CLIENT_ORDER_ID_LEN_MAX: usize = 64;
+
+/// A business rejection: a stable code and a message for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Reject {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::new("INVALID_ORDER", message)
+    }
+}
+
+/// A placement as the API receives it, after JSON decoding (amounts still text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaceInput<'a> {
+    pub side: Side,
+    pub order_type: OrderType,
+    pub price: Option<&'a str>,
+    pub quantity: Option<&'a str>,
+    pub quote_quantity: Option<&'a str>,
+    pub stop_price: Option<&'a str>,
+    pub time_in_force: Option<TimeInForce>,
+    pub post_only: bool,
+    pub stp: SelfTradePrevention,
+    pub client_order_id: Option<&'a str>,
+}
+
+/// How much a validated order must lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserve {
+    /// Exactly this many units of the spent asset.
+    Exact(u128),
+    /// Everything available of the spent asset (market buy by base quantity).
+    AllAvailable,
+}
+
+/// A placement that passed every check this service can make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidPlace {
+    pub side: Side,
+    pub order_type: OrderType,
+    pub price: Option<u128>,
+    pub quantity: Option<u128>,
+    pub quote_quantity: Option<u128>,
+    pub stop_price: Option<u128>,
+    pub time_in_force: TimeInForce,
+    pub post_only: bool,
+    pub stp: SelfTradePrevention,
+    pub client_order_id: Option<String>,
+    pub reserve: Reserve,
+}
+
+fn amount(field: &str, text: Option<&str>, scale: u8) -> Result<Option<u128>, Reject> {
+    text.map(|t| {
+        parse_positive_units(t, scale)
+            .map_err(|e: ParseError| Reject::new("INVALID_AMOUNT", format!("{field} {e}")))
+    })
+    .transpose()
+}
+
+/// Checks `price` against the tick and the engine's 64-bit tick range.
+pub fn check_price(spec: &MarketSpec, field: &str, price: u128) -> Result<(), Reject> {
+    if !price.is_multiple_of(spec.price_tick()) {
+        return Err(Reject::new(
+            "PRICE_NOT_ON_TICK",
+            format!("{field} is not a multiple of the price tick"),
+        ));
+    }
+    if u64::try_from(price / spec.price_tick()).map_or(true, |t| t == u64::MAX) {
+        return Err(Reject::invalid(format!("{field} is out of range")));
+    }
+    Ok(())
+}
+
+/// Checks `qty` against the step, the minimum and the 64-bit lot range.
+pub fn check_quantity(spec: &MarketSpec, qty: u128) -> Result<(), Reject> {
+    if !qty.is_multiple_of(spec.qty_step()) {
+        return Err(Reject::new(
+            "QUANTITY_NOT_ON_STEP",
+            "quantity is not a multiple of the quantity step",
+        ));
+    }
+    if u64::try_from(qty / spec.qty_step()).is_err() {
+        return Err(Reject::invalid("quantity is out of range"));
+    }
+    if qty < spec.min_qty() {
+        return Err(Reject::new(
+            "QUANTITY_TOO_SMALL",
+            "quantity is below the market minimum",
+        ));
+    }
+    Ok(())
+}
+
+/// `price × qty` in quote units, checked against the minimum notional.
+pub fn check_notional(spec: &MarketSpec, price: u128, qty: u128) -> Result<u128, Reject> {
+    let notional = spec
+        .notional(price, qty)
+        .ok_or_else(|| Reject::invalid("order value is out of range"))?;
+    if notional < spec.min_notional() {
+        return Err(Reject::new(
+            "NOTIONAL_TOO_SMALL",
+            "order value is below the market minimum notional",
+        ));
+    }
+    Ok(notional)
+}
+
+/// Checks that the market accepts new orders.
+pub fn check_status_for_place(status: MarketStatus) -> Result<(), Reject> {
+    match status {
+        MarketStatus::Trading => Ok(()),
+        MarketStatus::CancelOnly => Err(Reject::new(
+            "MARKET_NOT_TRADING",
+            "the market accepts only cancels",
+        )),
+        MarketStatus::Halted => Err(Reject::new("MARKET_NOT_TRADING", "the market is halted")),
+    }
+}
+
+pub fn check_client_order_id(id: &str) -> Result<(), Reject> {
+    if id.is_empty()
+        || id.len() > CLIENT_ORDER_ID_LEN_MAX
+        || !id.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(Reject::invalid(format!(
+            "client_order_id must be 1 to {CLIENT_ORDER_ID_LEN_MAX} printable ASCII characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Validates a placement against the market and computes its reserve.
+pub fn validate_place(
+    spec: &MarketSpec,
+    status: MarketStatus,
+    input: &PlaceInput<'_>,
+) -> Result<ValidPlace, Reject> {
+    if let Some(id) = input.client_order_id {
+        check_client_order_id(id)?;
+    }
+    check_status_for_place(status)?;
+    let (bs, qs) = (spec.base().scale, spec.quote().scale);
+    let price = amount("price", input.price, qs)?;
+    let quantity = amount("quantity", input.quantity, bs)?;
+    let quote_quantity = amount("quote_quantity", input.quote_quantity, qs)?;
+    let stop_price = amount("stop_price", input.stop_price, qs)?;
+    let is_stop = matches!(
+        input.order_type,
+        OrderType::StopLimit | OrderType::StopMarket
+    );
+    let is_limit = matches!(input.order_type, OrderType::Limit | OrderType::StopLimit);
+    let tif = input.time_in_force.unwrap_or_default();
+    if is_stop != stop_price.is_some() {
+        return Err(Reject::invalid(if is_stop {
+            "stop orders need stop_price"
+        } else {
+            "stop_price is only for stop orders"
+        }));
+    }
+    if input.post_only && input.order_type != OrderType::Limit {
+        return Err(Reject::invalid("post_only is only for limit orders"));
+    }
+    if input.post_only && tif != TimeInForce::Gtc {
+        return Err(Reject::invalid("post_only orders must be GTC"));
+    }
+    if let Some(stop) = stop_price {
+        check_price(spec, "stop_price", stop)?;
+    }
+    let reserve = if is_limit {
+        let (Some(p), Some(q), None) = (price, quantity, quote_quantity) else {
+            return Err(Reject::invalid(
+                "limit orders need price and quantity, and no quote_quantity",
+            ));
+        };
+        check_price(spec, "price", p)?;
+        check_quantity(spec, q)?;
+        let notional = check_notional(spec, p, q)?;
+        match input.side {
+            Side::Buy => Reserve::Exact(notional),
+            Side::Sell => Reserve::Exact(q),
+        }
+    } else {
+        if price.is_some() {
+            return Err(Reject::invalid("market orders take no price"));
+        }
+        match (quantity, quote_quantity, input.side) {
+            (Some(q), None, side) => {
+                check_quantity(spec, q)?;
+                match side {
+                    Side::Sell => Reserve::Exact(q),
+                    Side::Buy if is_stop => {
+                        return Err(Reject::invalid(
+                            "stop-market buys need quote_quantity (the quote amount to spend)",
+                        ));
+                    }
+                    Side::Buy => Reserve::AllAvailable,
+                }
+            }
+            (None, Some(quote), Side::Buy) => {
+                if tif == TimeInForce::Fok {
+                    return Err(Reject::invalid(
+                        "fill-or-kill is not available with quote_quantity",
+                    ));
+                }
+                if quote < spec.min_notional() {
+                    return Err(Reject::new(
+                        "NOTIONAL_TOO_SMALL",
+                        "quote_quantity is below the market minimum notional",
+                    ));
+                }
+                Reserve::Exact(quote)
+            }
+            (None, Some(_), Side::Sell) => {
+                return Err(Reject::invalid(
+                    "market sells take quantity, not quote_quantity",
+                ));
+            }
+            _ => {
+                return Err(Reject::invalid(
+                    "market orders need exactly one of quantity and quote_quantity",
+                ));
+            }
+        }
+    };
+    Ok(ValidPlace {
+        side: input.side,
+        order_type: input.order_type,
+        price,
+        quantity,
+        quote_quantity,
+        stop_price,
+        time_in_force: tif,
+        post_only: input.post_only,
+        stp: input.stp,
+        client_order_id: input.client_order_id.map(str::to_owned),
+        reserve,
+    })
+}
+
+/// The reserve actually locked, given what is available now; `None` when
+/// the balance does not cover it (nothing is locked then).
+pub fn reserve_amount(reserve: Reserve, available: u128) -> Option<u128> {
+    match reserve {
+        Reserve::Exact(n) if n <= available => Some(n),
+        Reserve::Exact(_) => None,
+        Reserve::AllAvailable if available > 0 => Some(available),
+        Reserve::AllAvailable => None,
+    }
+}
+
+/// A resting limit order as the database knows it, for amend checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AmendTarget {
+    pub side: Side,
+    pub order_type: OrderType,
+    pub price: Option<u128>,
+    /// Open (unfilled) quantity.
+    pub open_quantity: u128,
+    /// What the order still holds locked.
+    pub locked_remaining: u128,
+}
+
+/// A validated amend: new price and open quantity, and what must be locked
+/// on top of what the order holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValidAmend {
+    pub new_price: Option<u128>,
+    pub new_quantity: Option<u128>,
+    pub additional_reserve: u128,
+}
+
+/// Validates an amend. `quantity` is the new **open** quantity.
+pub fn validate_amend(
+    spec: &MarketSpec,
+    status: MarketStatus,
+    target: &AmendTarget,
+    price: Option<&str>,
+    quantity: Option<&str>,
+) -> Result<ValidAmend, Reject> {
+    check_status_for_place(status)?;
+    if target.order_type != OrderType::Limit {
+        return Err(Reject::new(
+            "ORDER_NOT_AMENDABLE",
+            "only resting limit orders can be amended",
+        ));
+    }
+    let new_price = amount("price", price, spec.quote().scale)?;
+    let new_quantity = amount("quantity", quantity, spec.base().scale)?;
+    if new_price.is_none() && new_quantity.is_none() {
+        return Err(Reject::invalid("an amend needs price or quantity"));
+    }
+    if let Some(p) = new_price {
+        check_price(spec, "price", p)?;
+    }
+    if let Some(q) = new_quantity {
+        check_quantity(spec, q)?;
+    }
+    let price = new_price
+        .or(target.price)
+        .ok_or_else(|| Reject::new("ORDER_NOT_AMENDABLE", "the order has no limit price"))?;
+    let qty = new_quantity.unwrap_or(target.open_quantity);
+    let notional = check_notional(spec, price, qty)?;
+    let required = match target.side {
+        Side::Buy => notional,
+        Side::Sell => qty,
+    };
+    Ok(ValidAmend {
+        new_price,
+        new_quantity,
+        additional_reserve: required.saturating_sub(target.locked_remaining),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)]
+pub(crate) mod tests {
+    use super::*;
+    use exchange_domain::{Asset, AssetSymbol, FeeRate, MarketSpecFields, MarketSymbol};
+
+    /// BTC (8) / USDT (6): tick 0.01, step 0.0001, min qty 0.0001, min notional 1.
+    pub fn spec() -> MarketSpec {
+        MarketSpec::new(MarketSpecFields {
+            symbol: MarketSymbol::parse("BTC-USDT").unwrap(),
+            base: Asset {
+                symbol: AssetSymbol::parse("BTC").unwrap(),
+                scale: 8,
+            },
+            quote: Asset {
+                symbol: AssetSymbol::parse("USDT").unwrap(),
+                scale: 6,
+            },
+            price_tick: 10_000,
+            qty_step: 10_000,
+            min_qty: 10_000,
+            min_notional: 1_000_000,
+            maker_fee: FeeRate::from_ppm(1_000).unwrap(),
+            taker_fee: FeeRate::from_ppm(2_000).unwrap(),
+        })
+        .unwrap()
+    }
+
+    fn limit<'a>(side: Side, price: &'a str, qty: &'a str) -> PlaceInput<'a> {
+        PlaceInput {
+            side,
+            order_type: OrderType::Limit,
+            price: Some(price),
+            quantity: Some(qty),
+            quote_quantity: None,
+            stop_price: None,
+            time_in_force: None,
+            post_only: false,
+            stp: SelfTradePrevention::None,
+            client_order_id: None,
+        }
+    }
+
+    fn code(r: Result<ValidPlace, Reject>) -> &'static str {
+        r.expect_err("rejected").code
+    }
+
+    #[test]
+    fn limit_orders_reserve_their_worst_case() {
+        let s = spec();
+        let buy = validate_place(
+            &s,
+            MarketStatus::Trading,
+            &limit(Side::Buy, "50000.01", "0.0002"),
+        )
+        .unwrap();
+        assert_eq!(buy.reserve, Reserve::Exact(10_000_002)); // 10.000002 USDT
+        assert_eq!(buy.time_in_force, TimeInForce::Gtc);
+        let sell =
+            validate_place(&s, MarketStatus::Trading, &limit(Side::Sell, "100", "0.5")).unwrap();
+        assert_eq!(sell.reserve, Reserve::Exact(50_000_000));
+    }
+
+    #[test]
+    fn rejection_codes() {
+        let s = spec();
+        let t = MarketStatus::Trading;
+        assert_eq!(
+            code(validate_place(&s, t, &limit(Side::Buy, "1.001", "1"))),
+            "PRICE_NOT_ON_TICK"
+        );
+        assert_eq!(
+            code(validate_place(&s, t, &limit(Side::Buy, "1", "1.00001"))),
+            "QUANTITY_NOT_ON_STEP"
+        );
+        assert_eq!(
+            code(validate_place(&s, t, &limit(Side::Buy, "1", "0.5"))),
+            "NOTIONAL_TOO_SMALL"
+        );
+        assert_eq!(
+            code(validate_place(&s, t, &limit(Side::Buy, "1", "1e5"))),
+            "INVALID_AMOUNT"
+        );
+        assert_eq!(
+            code(validate_place(&s, t, &limit(Side::Buy, "1.0000001", "1"))),
+            "INVALID_AMOUNT"
+        );
+        assert_eq!(
+            code(validate_place(&s, t, &limit(Side::Buy, "0", "1"))),
+            "INVALID_AMOUNT"
+        );
+        assert_eq!(
+            code(validate_place(&s, t, &limit(Side::Buy, "-1", "1"))),
+            "INVALID_AMOUNT"
+        );
+        assert_eq!(
+            code(validate_place(
+                &s,
+                MarketStatus::Halted,
+                &limit(Side::Buy, "1", "1")
+            )),
+            "MARKET_NOT_TRADING"
+        );
+        let mut spec2 = *s.fields();
+        spec2.min_qty = 100_000;
+        let s2 = MarketSpec::new(spec2).unwrap();
+        assert_eq!(
+            code(validate_place(&s2, t, &limit(Side::Buy, "100", "0.0001"))),
+            "QUANTITY_TOO_SMALL"
+        );
+        let mut no_qty = limit(Side::Buy, "1", "1");
+        no_qty.quantity = None;
+        assert_eq!(code(validate_place(&s, t, &no_qty)), "INVALID_ORDER");
+        let mut po = limit(Side::Buy, "1", "1");
+        po.post_only = true;
+        po.time_in_force = Some(TimeInForce::Ioc);
+        assert_eq!(code(validate_place(&s, t, &po)), "INVALID_ORDER");
+        let mut coid = limit(Side::Buy, "1", "1");
+        coid.client_order_id = Some("");
+        assert_eq!(code(validate_place(&s, t, &coid)), "INVALID_ORDER");
+        let long = "x".repeat(65);
+        coid.client_order_id = Some(&long);
+        assert_eq!(code(validate_place(&s, t, &coid)), "INVALID_ORDER");
+        // A price whose tick count does not fit the engine's u64.
+        let huge = format!("{}", u128::from(u64::MAX) * 10);
+        assert_eq!(
+            code(validate_place(&s, t, &limit(Side::Buy, &huge, "1"))),
+            "INVALID_ORDER"
+        );
+    }
+
+    #[test]
+    fn market_and_stop_orders() {
+        let s = spec();
+        let t = MarketStatus::Trading;
+        let mut m = limit(Side::Buy, "1", "1");
+        m.order_type = OrderType::Market;
+        m.price = None;
+        assert_eq!(
+            validate_place(&s, t, &m).unwrap().reserve,
+            Reserve::AllAvailable
+        );
+        m.quantity = None;
+        m.quote_quantity = Some("25");
+        assert_eq!(
+            validate_place(&s, t, &m).unwrap().reserve,
+            Reserve::Exact(25_000_000)
+        );
+        m.quote_quantity = Some("0.5");
+        assert_eq!(code(validate_place(&s, t, &m)), "NOTIONAL_TOO_SMALL");
+        m.quote_quantity = Some("25");
+        m.time_in_force = Some(TimeInForce::Fok);
+        assert_eq!(code(validate_place(&s, t, &m)), "INVALID_ORDER");
+        m.time_in_force = None;
+        m.side = Side::Sell;
+        assert_eq!(code(validate_place(&s, t, &m)), "INVALID_ORDER");
+        m.quote_quantity = None;
+        m.quantity = Some("0.3");
+        assert_eq!(
+            validate_place(&s, t, &m).unwrap().reserve,
+            Reserve::Exact(30_000_000)
+        );
+        m.price = Some("1");
+        assert_eq!(code(validate_place(&s, t, &m)), "INVALID_ORDER");
+
+        let mut stop = limit(Side::Buy, "100", "1");
+        stop.order_type = OrderType::StopLimit;
+        assert_eq!(code(validate_place(&s, t, &stop)), "INVALID_ORDER");
+        stop.stop_price = Some("90.001");
+        assert_eq!(code(validate_place(&s, t, &stop)), "PRICE_NOT_ON_TICK");
+        stop.stop_price = Some("90");
+        assert_eq!(
+            validate_place(&s, t, &stop).unwrap().reserve,
+            Reserve::Exact(100_000_000)
+        );
+        let mut sm = stop.clone();
+        sm.order_type = OrderType::StopMarket;
+        sm.price = None;
+        assert_eq!(code(validate_place(&s, t, &sm)), "INVALID_ORDER");
+        sm.quantity = None;
+        sm.quote_quantity = Some("10");
+        assert_eq!(
+            validate_place(&s, t, &sm).unwrap().reserve,
+            Reserve::Exact(10_000_000)
+        );
+    }
+
+    #[test]
+    fn reserve_amounts() {
+        assert_eq!(reserve_amount(Reserve::Exact(5), 5), Some(5));
+        assert_eq!(reserve_amount(Reserve::Exact(6), 5), None);
+        assert_eq!(reserve_amount(Reserve::AllAvailable, 5), Some(5));
+        assert_eq!(reserve_amount(Reserve::AllAvailable, 0), None);
+    }
+
+    #[test]
+    fn amends_lock_only_the_difference() {
+        let s = spec();
+        let t = MarketStatus::Trading;
+        let target = AmendTarget {
+            side: Side::Buy,
+            order_type: OrderType::Limit,
+            price: Some(100_000_000),   // 100 USDT
+            open_quantity: 100_000_000, // 1 BTC
+            locked_remaining: 100_000_000,
+        };
+        let up = validate_amend(&s, t, &target, Some("150"), None).unwrap();
+        assert_eq!(up.additional_reserve, 50_000_000);
+        let down = validate_amend(&s, t, &target, None, Some("0.5")).unwrap();
+        assert_eq!(down.additional_reserve, 0);
+        assert_eq!(down.new_quantity, Some(50_000_000));
+        assert_eq!(
+            validate_amend(&s, t, &target, None, None).unwrap_err().code,
+            "INVALID_ORDER"
+        );
+        let sell = AmendTarget {
+            side: Side::Sell,
+            locked_remaining: 100_000_000,
+            ..target
+        };
+        assert_eq!(
+            validate_amend(&s, t, &sell, None, Some("2"))
+                .unwrap()
+                .additional_reserve,
+            100_000_000
+        );
+        let market = AmendTarget {
+            order_type: OrderType::StopLimit,
+            ..target
+        };
+        assert_eq!(
+            validate_amend(&s, t, &market, Some("1"), None)
+                .unwrap_err()
+                .code,
+            "ORDER_NOT_AMENDABLE"
+        );
+    }
+}

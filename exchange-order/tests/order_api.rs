@@ -1,0 +1,545 @@
+//! The order service against real Postgres and Redis: validation codes,
+//! funds reservation, idempotency, concurrency, the journal and IDOR.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod support;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::{balance, spawn, user_with};
+
+fn limit(user: i64, side: &str, price: &str, qty: &str) -> Value {
+    json!({"user_id": user, "market": "BTC-USDT", "side": side, "type": "limit", "price": price, "quantity": qty})
+}
+
+#[tokio::test]
+async fn places_a_limit_order_locks_funds_journals_and_publishes() {
+    let app = spawn().await;
+    let u = user_with(&app.db, "1000", "2").await;
+    let (status, order) = app.place(limit(u, "buy", "50000.01", "0.0002")).await;
+    assert_eq!(status, 201, "{order}");
+    assert_eq!(order["market"], "BTC-USDT");
+    assert_eq!(order["side"], "buy");
+    assert_eq!(order["type"], "limit");
+    assert_eq!(order["price"], "50000.01");
+    assert_eq!(order["quantity"], "0.0002");
+    assert_eq!(order["filled_quantity"], "0");
+    assert_eq!(order["status"], "new");
+    assert_eq!(order["time_in_force"], "GTC");
+    assert_eq!(order["stp"], "none");
+    assert!(order["client_order_id"].is_null());
+    assert!(order["average_price"].is_null());
+    assert!(order["created_at"].as_i64().unwrap() > 1_600_000_000_000);
+    // 50000.01 × 0.0002 = 10.000002 USDT locked.
+    assert_eq!(
+        balance(&app.db, u, "USDT").await,
+        ("989.999998".into(), "10.000002".into())
+    );
+    let id = order["id"].as_i64().unwrap();
+    let (locked, seq): (String, i64) =
+        sqlx::query_as("SELECT trim_scale(locked_remaining)::text, seq FROM orders WHERE id = $1")
+            .bind(id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!((locked.as_str(), seq), ("10.000002", 1));
+    assert_eq!(app.journal("BTC-USDT").await, vec![(1, "place".to_owned())]);
+    let stream = app.stream("BTC-USDT").await;
+    assert_eq!(stream.len(), 1);
+    assert_eq!(stream[0]["seq"], 1);
+    assert_eq!(stream[0]["command"]["order_id"], id);
+    assert_eq!(stream[0]["command"]["reserved"], "10000002");
+    assert_eq!(stream[0]["command"]["price"], "50000010000");
+
+    // The same order reads back identically.
+    let (s, got) = app
+        .call(
+            Method::GET,
+            &format!("/internal/v1/orders/{id}?user_id={u}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(got, order);
+    let (s, list) = app
+        .call(
+            Method::GET,
+            &format!("/internal/v1/orders?user_id={u}&status=open"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(list, json!([order]));
+    let (s, closed) = app
+        .call(
+            Method::GET,
+            &format!("/internal/v1/orders?user_id={u}&status=closed&market=BTC-USDT"),
+            None,
+        )
+        .await;
+    assert_eq!((s, closed), (200, json!([])));
+    let (s, fills) = app
+        .call(
+            Method::GET,
+            &format!("/internal/v1/fills?user_id={u}"),
+            None,
+        )
+        .await;
+    assert_eq!((s, fills), (200, json!([])));
+}
+
+#[tokio::test]
+async fn validation_codes_and_nothing_changes() {
+    let app = spawn().await;
+    let u = user_with(&app.db, "1000", "2").await;
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (limit(u, "buy", "100.001", "1"), 400, "PRICE_NOT_ON_TICK"),
+        (
+            limit(u, "buy", "100", "0.00001"),
+            400,
+            "QUANTITY_NOT_ON_STEP",
+        ),
+        (limit(u, "buy", "1", "0.5"), 400, "NOTIONAL_TOO_SMALL"),
+        (limit(u, "buy", "1e5", "1"), 400, "INVALID_AMOUNT"),
+        (limit(u, "buy", "-5", "1"), 400, "INVALID_AMOUNT"),
+        (limit(u, "buy", "100.0000001", "1"), 400, "INVALID_AMOUNT"),
+        (
+            json!({"user_id": u, "market": "BTC-USDT", "side": "buy", "type": "limit", "price": "100"}),
+            400,
+            "INVALID_ORDER",
+        ),
+        (
+            json!({"user_id": u, "market": "ETH-USDT", "side": "buy", "type": "limit", "price": "1", "quantity": "1"}),
+            404,
+            "MARKET_NOT_FOUND",
+        ),
+        (
+            json!({"user_id": u, "market": "BTC-USDT", "side": "up", "type": "limit", "price": "1", "quantity": "1"}),
+            400,
+            "INVALID_REQUEST",
+        ),
+        (
+            json!({"user_id": u, "market": "BTC-USDT", "side": "buy", "type": "limit", "price": 1, "quantity": "1"}),
+            400,
+            "INVALID_REQUEST",
+        ),
+        (
+            json!({"user_id": u, "market": "BTC-USDT", "side": "buy", "type": "limit", "price": "1", "quantity": "1", "extra": 1}),
+            400,
+            "INVALID_REQUEST",
+        ),
+        (
+            json!({"user_id": u, "market": "BTC-USDT", "side": "buy", "type": "limit", "price": "100", "quantity": "1", "client_order_id": ""}),
+            400,
+            "INVALID_ORDER",
+        ),
+        (limit(u, "buy", "100000", "1"), 400, "INSUFFICIENT_BALANCE"),
+        (
+            limit(u, "sell", "100", "2.0001"),
+            400,
+            "INSUFFICIENT_BALANCE",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let (s, v) = app.place(body.clone()).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body} -> {v}"
+        );
+    }
+    // Malformed JSON and a missing token.
+    let resp = app
+        .http
+        .post(format!("{}/internal/v1/orders", app.url))
+        .bearer_auth(&app.token)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let resp = app
+        .http
+        .post(format!("{}/internal/v1/orders", app.url))
+        .json(&limit(u, "buy", "100", "1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = app
+        .http
+        .get(format!("{}/internal/v1/orders?user_id={u}", app.url))
+        .bearer_auth("wrong-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+
+    assert_eq!(
+        balance(&app.db, u, "USDT").await,
+        ("1000".into(), "0".into())
+    );
+    assert_eq!(balance(&app.db, u, "BTC").await, ("2".into(), "0".into()));
+    assert!(app.journal("BTC-USDT").await.is_empty());
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(orders, 0);
+}
+
+#[tokio::test]
+async fn client_order_id_is_idempotent_also_within_one_batch() {
+    let app = spawn().await;
+    let u = user_with(&app.db, "1000", "0").await;
+    let mut body = limit(u, "buy", "100", "1");
+    body["client_order_id"] = json!("my-1");
+    let (s1, first) = app.place(body.clone()).await;
+    let (s2, second) = app.place(body.clone()).await;
+    assert_eq!((s1, s2), (201, 200));
+    assert_eq!(first, second);
+
+    // Ten concurrent copies of a new id land in one or a few batches.
+    body["client_order_id"] = json!("my-2");
+    let calls = (0..10).map(|_| app.place(body.clone()));
+    let results = futures_util::future::join_all(calls).await;
+    let created = results.iter().filter(|(s, _)| *s == 201).count();
+    assert_eq!(created, 1, "{results:?}");
+    let ids: std::collections::BTreeSet<i64> = results
+        .iter()
+        .map(|(_, v)| v["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(
+        balance(&app.db, u, "USDT").await,
+        ("800".into(), "200".into())
+    );
+    assert_eq!(app.journal("BTC-USDT").await.len(), 2);
+}
+
+#[tokio::test]
+async fn concurrent_placements_never_overspend_and_the_journal_is_gapless() {
+    let app = spawn().await;
+    let u = user_with(&app.db, "100", "0").await;
+    // Each order locks 10 USDT: exactly 10 of 50 fit.
+    let calls = (0..50).map(|_| app.place(limit(u, "buy", "10", "1")));
+    let results = futures_util::future::join_all(calls).await;
+    let accepted = results.iter().filter(|(s, _)| *s == 201).count();
+    let refused = results
+        .iter()
+        .filter(|(s, v)| *s == 400 && v["error"]["code"] == "INSUFFICIENT_BALANCE")
+        .count();
+    assert_eq!((accepted, refused), (10, 40), "{results:?}");
+    assert_eq!(
+        balance(&app.db, u, "USDT").await,
+        ("0".into(), "100".into())
+    );
+    let locked: String = sqlx::query_scalar(
+        "SELECT trim_scale(sum(locked_remaining))::text FROM orders WHERE user_id = $1",
+    )
+    .bind(u)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(locked, "100");
+
+    // Many users at once: seqs are 1..=n without a gap, the stream has each once.
+    let users: Vec<i64> =
+        futures_util::future::join_all((0..20).map(|_| user_with(&app.db, "1000", "1"))).await;
+    let calls = users.iter().enumerate().map(|(i, u)| {
+        let side = if i % 2 == 0 { "buy" } else { "sell" };
+        app.place(limit(*u, side, "100", "0.5"))
+    });
+    for (s, v) in futures_util::future::join_all(calls).await {
+        assert_eq!(s, 201, "{v}");
+    }
+    let journal = app.journal("BTC-USDT").await;
+    let seqs: Vec<i64> = journal.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, (1..=30).collect::<Vec<_>>());
+    let stream_seqs: std::collections::BTreeSet<u64> = app
+        .stream("BTC-USDT")
+        .await
+        .iter()
+        .map(|c| c["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(stream_seqs, (1..=30).collect());
+    let last: i64 =
+        sqlx::query_scalar("SELECT last_seq FROM market_sequences WHERE market = 'BTC-USDT'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(last, 30);
+}
+
+#[tokio::test]
+async fn cancel_amend_and_reads_are_scoped_to_the_owner() {
+    let app = spawn().await;
+    let alice = user_with(&app.db, "1000", "0").await;
+    let mallory = user_with(&app.db, "1000", "0").await;
+    let (_, order) = app.place(limit(alice, "buy", "100", "1")).await;
+    let id = order["id"].as_i64().unwrap();
+
+    for (method, path) in [
+        (
+            Method::GET,
+            format!("/internal/v1/orders/{id}?user_id={mallory}"),
+        ),
+        (
+            Method::DELETE,
+            format!("/internal/v1/orders/{id}?user_id={mallory}"),
+        ),
+        (
+            Method::GET,
+            format!("/internal/v1/orders/999999?user_id={alice}"),
+        ),
+    ] {
+        let (s, v) = app.call(method, &path, None).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (404, Some("ORDER_NOT_FOUND")),
+            "{path}"
+        );
+    }
+    let (s, v) = app
+        .call(
+            Method::PATCH,
+            &format!("/internal/v1/orders/{id}"),
+            Some(json!({"user_id": mallory, "price": "200"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("ORDER_NOT_FOUND"))
+    );
+    let (s, list) = app
+        .call(
+            Method::GET,
+            &format!("/internal/v1/orders?user_id={mallory}"),
+            None,
+        )
+        .await;
+    assert_eq!((s, list), (200, json!([])));
+
+    // Amend up: 1 BTC at 150 needs 50 USDT more.
+    let (s, v) = app
+        .call(
+            Method::PATCH,
+            &format!("/internal/v1/orders/{id}"),
+            Some(json!({"user_id": alice, "price": "150"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        balance(&app.db, alice, "USDT").await,
+        ("850".into(), "150".into())
+    );
+    let (s, v) = app
+        .call(
+            Method::PATCH,
+            &format!("/internal/v1/orders/{id}"),
+            Some(json!({"user_id": alice, "price": "100000"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("INSUFFICIENT_BALANCE"))
+    );
+
+    // Cancel is journaled; the order is returned as it is until matching confirms.
+    let (s, v) = app
+        .call(
+            Method::DELETE,
+            &format!("/internal/v1/orders/{id}?user_id={alice}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["id"].as_i64(), v["status"].as_str()),
+        (200, Some(id), Some("new"))
+    );
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/internal/v1/orders/cancel-all",
+            Some(json!({"user_id": alice, "market": "BTC-USDT"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let types: Vec<String> = app
+        .journal("BTC-USDT")
+        .await
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    assert_eq!(types, ["place", "amend", "cancel", "cancel_all"]);
+    let stream = app.stream("BTC-USDT").await;
+    assert_eq!(stream[1]["command"]["additional_reserve"], "50000000");
+    assert_eq!(
+        stream[2]["command"],
+        json!({"type": "cancel", "order_id": id, "user_id": alice})
+    );
+
+    // A final order: cancel answers it as it is and journals nothing.
+    sqlx::query(
+        "UPDATE orders SET status = 'expired', reason = 'IMMEDIATE_REMAINDER' WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let (s, v) = app
+        .call(
+            Method::DELETE,
+            &format!("/internal/v1/orders/{id}?user_id={alice}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["status"].as_str(), v["reason"].as_str()),
+        (200, Some("canceled"), Some("IMMEDIATE_REMAINDER"))
+    );
+    assert_eq!(app.journal("BTC-USDT").await.len(), 4);
+    let (s, v) = app
+        .call(
+            Method::PATCH,
+            &format!("/internal/v1/orders/{id}"),
+            Some(json!({"user_id": alice, "quantity": "2"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("ORDER_NOT_OPEN"))
+    );
+}
+
+#[tokio::test]
+async fn market_status_is_stored_and_journaled_and_enforced() {
+    let app = spawn().await;
+    let u = user_with(&app.db, "1000", "0").await;
+    let (s, v) = app
+        .call(
+            Method::PATCH,
+            "/internal/v1/markets/BTC-USDT/status",
+            Some(json!({"status": "halted"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["status"], "halted");
+    let status: String = sqlx::query_scalar("SELECT status FROM markets WHERE symbol = 'BTC-USDT'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(status, "halted");
+    assert_eq!(
+        app.journal("BTC-USDT").await,
+        vec![(1, "set_status".to_owned())]
+    );
+    let (s, v) = app.place(limit(u, "buy", "100", "1")).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("MARKET_NOT_TRADING"))
+    );
+    let (s, v) = app
+        .call(
+            Method::PATCH,
+            "/internal/v1/markets/NOPE-USDT/status",
+            Some(json!({"status": "trading"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("MARKET_NOT_FOUND"))
+    );
+    let (s, _) = app
+        .call(
+            Method::PATCH,
+            "/internal/v1/markets/BTC-USDT/status",
+            Some(json!({"status": "closed"})),
+        )
+        .await;
+    assert_eq!(s, 400);
+}
+
+#[tokio::test]
+async fn market_buy_by_quantity_reserves_the_whole_available_quote() {
+    let app = spawn().await;
+    let u = user_with(&app.db, "123.45", "0").await;
+    let (s, v) = app
+        .place(json!({"user_id": u, "market": "BTC-USDT", "side": "buy", "type": "market", "quantity": "1"}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        balance(&app.db, u, "USDT").await,
+        ("0".into(), "123.45".into())
+    );
+    let stream = app.stream("BTC-USDT").await;
+    assert_eq!(stream[0]["command"]["reserved"], "123450000");
+}
+
+#[tokio::test]
+async fn the_republisher_puts_missing_commands_back_on_the_stream() {
+    let app = spawn().await;
+    let u = user_with(&app.db, "1000", "0").await;
+    for _ in 0..3 {
+        assert_eq!(app.place(limit(u, "buy", "100", "1")).await.0, 201);
+    }
+    // Redis loses the stream.
+    let mut conn = app.redis.conn();
+    let _: i64 = redis::cmd("DEL")
+        .arg(app.redis.orders_stream("BTC-USDT"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Young commands are left alone (they may be in flight)...
+    let db = sqlx::PgPool::connect(&app.env.db_url).await.unwrap();
+    assert_eq!(
+        exchange_order::republish::republish_once(&db, &app.redis)
+            .await
+            .unwrap(),
+        0
+    );
+    tokio::time::sleep(
+        exchange_order::republish::REPUBLISH_GRACE + std::time::Duration::from_millis(200),
+    )
+    .await;
+    // ...older ones come back, in order, once.
+    assert_eq!(
+        exchange_order::republish::republish_once(&db, &app.redis)
+            .await
+            .unwrap(),
+        3
+    );
+    let seqs: Vec<u64> = app
+        .stream("BTC-USDT")
+        .await
+        .iter()
+        .map(|c| c["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(
+        exchange_order::republish::republish_once(&db, &app.redis)
+            .await
+            .unwrap(),
+        0
+    );
+    // Commands matching has processed are not republished.
+    sqlx::query(
+        "INSERT INTO event_batches (market, seq, time_ms, events) VALUES ('BTC-USDT', 3, 0, '[]')",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(app.redis.orders_stream("BTC-USDT"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        exchange_order::republish::republish_once(&db, &app.redis)
+            .await
+            .unwrap(),
+        0
+    );
+}
