@@ -45,6 +45,9 @@ fn main() -> ExitCode {
     };
     match command {
         "migrate" => runtime.block_on(migrate()),
+        "admin" if args.get(1).map(String::as_str) == Some("reconcile") => {
+            runtime.block_on(exchange_clearing::reconcile::run_cli())
+        }
         "gateway" | "order" | "matching" | "clearing" | "marketdata" | "all" => {
             runtime.block_on(serve(command))
         }
