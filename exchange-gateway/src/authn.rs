@@ -72,7 +72,7 @@ fn permission_denied(msg: &str) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "PERMISSION_DENIED", msg)
 }
 
-fn unauthorized(code: &'static str, msg: &str) -> ApiError {
+pub fn unauthorized(code: &'static str, msg: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, code, msg)
 }
 
@@ -178,6 +178,38 @@ async fn verify_signed(state: &AppState, api_key: &str, req: Request) -> Result<
     keys::check_timestamp(timestamp, recv_window, now_ms())
         .map_err(|m| unauthorized("TIMESTAMP_OUT_OF_WINDOW", m))?;
 
+    let user = api_key_user(state, api_key, &payload, &signature, ip).await?;
+    // Handlers never see the signing parameters.
+    let rest: Vec<&str> = raw_query
+        .split('&')
+        .filter(|p| {
+            let name = p.split('=').next().unwrap_or("");
+            !p.is_empty() && !matches!(name, "timestamp" | "recvWindow" | "signature")
+        })
+        .collect();
+    let path = parts.uri.path().to_owned();
+    let new_uri = if rest.is_empty() {
+        path
+    } else {
+        format!("{path}?{}", rest.join("&"))
+    };
+    parts.uri = new_uri
+        .parse::<Uri>()
+        .map_err(|_| ApiError::bad_request("INVALID_QUERY", "malformed query string"))?;
+    parts.extensions.insert(user);
+    Ok(Request::from_parts(parts, Body::from(body)))
+}
+
+/// Authenticates an API key by its HMAC-SHA256 `signature_hex` of
+/// `payload`, and checks its IP allow-list against `ip`. Every failure of
+/// key or signature answers the same.
+pub async fn api_key_user(
+    state: &AppState,
+    api_key: &str,
+    payload: &[u8],
+    signature_hex: &str,
+    ip: Option<IpAddr>,
+) -> Result<AuthUser, ApiError> {
     let row: Option<KeyRow> = sqlx::query_as(
         "SELECT id, user_id, can_read, can_trade, ip_allowlist, secret_nonce, secret_ciphertext
          FROM api_keys WHERE api_key = $1",
@@ -197,7 +229,7 @@ async fn verify_signed(state: &AppState, api_key: &str, req: Request) -> Result<
             );
             invalid()
         })?;
-    if !keys::verify_signature(&secret, &payload, &signature) {
+    if !keys::verify_signature(&secret, payload, signature_hex) {
         return Err(invalid());
     }
     if !row.ip_allowlist.is_empty() {
@@ -219,32 +251,14 @@ async fn verify_signed(state: &AppState, api_key: &str, req: Request) -> Result<
         .bind(row.id)
         .execute(state.db())
         .await;
-    // Handlers never see the signing parameters.
-    let rest: Vec<&str> = raw_query
-        .split('&')
-        .filter(|p| {
-            let name = p.split('=').next().unwrap_or("");
-            !p.is_empty() && !matches!(name, "timestamp" | "recvWindow" | "signature")
-        })
-        .collect();
-    let path = parts.uri.path().to_owned();
-    let new_uri = if rest.is_empty() {
-        path
-    } else {
-        format!("{path}?{}", rest.join("&"))
-    };
-    parts.uri = new_uri
-        .parse::<Uri>()
-        .map_err(|_| ApiError::bad_request("INVALID_QUERY", "malformed query string"))?;
-    parts.extensions.insert(AuthUser {
+    Ok(AuthUser {
         user_id: row.user_id,
         credential: Credential::ApiKey {
             id: row.id,
             can_read: row.can_read,
             can_trade: row.can_trade,
         },
-    });
-    Ok(Request::from_parts(parts, Body::from(body)))
+    })
 }
 
 /// `a=1&b=2` into pairs (no percent-decoding needed for the numeric

@@ -1,29 +1,40 @@
 //! The gateway: the public REST API, authentication (passwords with
 //! Argon2id, HS256 access tokens, API keys with Binance-style request
-//! signing), the admin API, and (later) private WebSocket push.
+//! signing), the admin API, order and market-data routes proxied to the
+//! internal services ([`upstream`]), rate limits ([`ratelimit`]) and the
+//! private WebSocket push ([`ws`]).
 //!
 //! Invariants: bad input is a 4xx with a code and changes nothing; money
 //! moves only through balanced ledger journal entries in one transaction;
 //! secrets and tokens are compared in constant time; an unknown email and a
-//! wrong password cost the same and answer the same.
+//! wrong password cost the same and answer the same; the user id sent to
+//! the order service is always the authenticated one; an internal service
+//! that is down is a 503, never a 500.
 
 pub mod api;
 pub mod authn;
 pub mod docs;
 pub mod keys;
 pub mod password;
+pub mod ratelimit;
 pub mod state;
 pub mod tokens;
+pub mod upstream;
+pub mod ws;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::middleware::from_fn_with_state;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post};
 use exchange_common::service::ServiceBase;
-use exchange_common::{Config, Shutdown};
+use exchange_common::{ApiError, Config, Shutdown};
 use tokio::net::TcpListener;
 
+use crate::ratelimit::Limits;
 use crate::state::AppState;
 
 pub const SERVICE: &str = "gateway";
@@ -44,15 +55,84 @@ impl Listeners {
     }
 }
 
-/// The REST routes (without the skeleton and common layers).
+/// The most request headers, and their total size, any route accepts.
+pub const REQUEST_HEADERS_COUNT_MAX: usize = 64;
+pub const REQUEST_HEADERS_BYTES_MAX: usize = 16 * 1024;
+
+async fn limit_headers(req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if headers.len() > REQUEST_HEADERS_COUNT_MAX || bytes > REQUEST_HEADERS_BYTES_MAX {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "HEADERS_TOO_LARGE",
+            format!(
+                "at most {REQUEST_HEADERS_COUNT_MAX} headers and {REQUEST_HEADERS_BYTES_MAX} bytes of them"
+            ),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+fn limits(state: &AppState) -> Limits {
+    Limits {
+        limiter: state.limiter.clone(),
+        trusted_proxies: state.trusted_proxies.clone(),
+    }
+}
+
+/// The REST routes (without the skeleton and common layers). No CORS layer:
+/// browsers on other origins are refused by default.
 pub fn routes(state: AppState) -> Router {
+    let limits = limits(&state);
     let public = Router::new()
-        .route("/api/v1/auth/register", post(api::accounts::register))
-        .route("/api/v1/auth/login", post(api::accounts::login))
+        .route(
+            "/api/v1/auth/register",
+            post(api::accounts::register)
+                .route_layer(from_fn_with_state(limits.clone(), ratelimit::register)),
+        )
+        .route(
+            "/api/v1/auth/login",
+            post(api::accounts::login)
+                .route_layer(from_fn_with_state(limits.clone(), ratelimit::login)),
+        )
         .route("/api/v1/assets", get(api::public::assets))
-        .route("/api/v1/markets", get(api::public::markets));
+        .route("/api/v1/markets", get(api::public::markets))
+        .route(
+            "/api/v1/markets/{symbol}/depth",
+            get(api::marketdata::depth),
+        )
+        .route(
+            "/api/v1/markets/{symbol}/trades",
+            get(api::marketdata::trades),
+        )
+        .route(
+            "/api/v1/markets/{symbol}/klines",
+            get(api::marketdata::klines),
+        )
+        .route(
+            "/api/v1/markets/{symbol}/ticker",
+            get(api::marketdata::ticker),
+        );
     let user = Router::new()
         .route("/api/v1/account/balances", get(api::accounts::balances))
+        .route("/api/v1/account/trades", get(api::orders::my_trades))
+        .route(
+            "/api/v1/orders",
+            post(api::orders::place)
+                .get(api::orders::list_orders)
+                .delete(api::orders::cancel_all),
+        )
+        .route(
+            "/api/v1/orders/{id}",
+            get(api::orders::get_order)
+                .delete(api::orders::cancel)
+                .patch(api::orders::amend),
+        )
         .route(
             "/api/v1/api-keys",
             post(api::accounts::create_api_key).get(api::accounts::list_api_keys),
@@ -75,7 +155,21 @@ pub fn routes(state: AppState) -> Router {
     if state.base.config.enable_docs {
         router = router.merge(docs::router());
     }
+    // Outermost first: header limits, then the per-IP budget (the
+    // skeleton's /health, /ready, /metrics are merged later, outside both).
     router
+        .layer(from_fn_with_state(limits, ratelimit::per_ip))
+        .layer(from_fn(limit_headers))
+}
+
+/// The private WebSocket port's routes.
+pub fn ws_routes(state: AppState) -> Router {
+    let limits = limits(&state);
+    Router::new()
+        .route("/ws/private", get(ws::private))
+        .with_state(state)
+        .layer(from_fn_with_state(limits, ratelimit::per_ip))
+        .layer(from_fn(limit_headers))
 }
 
 /// Runs the gateway until `shutdown` is triggered.
@@ -90,12 +184,24 @@ pub async fn run(
         tokens: Arc::new(tokens::Tokens::new(&config)),
         keys: keys::KeyCipher::new(&config),
         trusted_proxies: config.trusted_proxy_nets().into(),
+        orders: upstream::Upstream::order_service(&config)?,
+        marketdata: upstream::Upstream::marketdata(&config)?,
+        limiter: ratelimit::RateLimiter::new(&config),
+        hub: ws::Hub::default(),
+        shutdown: shutdown.clone(),
         base: base.clone(),
     };
-    let http = base.serve(listeners.http, routes(state), shutdown.clone());
-    // The private WebSocket (`/ws/private`) arrives with the pipeline; the
-    // port already answers health probes.
-    let ws = base.serve(listeners.ws, Router::new(), shutdown);
+    let heartbeat = base
+        .heartbeats()
+        .register(ws::CONSUMER_NAME, "pubsub", ws::PUBSUB_STALE_AFTER);
+    tokio::spawn(ws::run_private_events(
+        base.redis.clone(),
+        state.hub.clone(),
+        heartbeat,
+        shutdown.clone(),
+    ));
+    let http = base.serve(listeners.http, routes(state.clone()), shutdown.clone());
+    let ws = base.serve(listeners.ws, ws_routes(state), shutdown);
     tokio::try_join!(http, ws)?;
     Ok(())
 }

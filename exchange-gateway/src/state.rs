@@ -2,12 +2,16 @@
 
 use std::sync::Arc;
 
+use exchange_common::Shutdown;
 use exchange_common::net::IpNet;
 use exchange_common::service::ServiceBase;
 
 use crate::keys::KeyCipher;
 use crate::password::Passwords;
+use crate::ratelimit::RateLimiter;
 use crate::tokens::Tokens;
+use crate::upstream::Upstream;
+use crate::ws::Hub;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -16,6 +20,15 @@ pub struct AppState {
     pub tokens: Arc<Tokens>,
     pub keys: KeyCipher,
     pub trusted_proxies: Arc<[IpNet]>,
+    /// The order service's internal API.
+    pub orders: Upstream,
+    /// The marketdata service.
+    pub marketdata: Upstream,
+    pub limiter: RateLimiter,
+    /// Open private WebSocket connections, by user.
+    pub hub: Hub,
+    /// Closes the private WebSocket sessions on shutdown.
+    pub shutdown: Shutdown,
 }
 
 impl AppState {

@@ -270,6 +270,7 @@ async fn metrics_need_the_token_when_one_is_set() {
 #[tokio::test]
 async fn health_ready_and_json_errors_for_unknown_routes() {
     let app = spawn().await;
+    app.wait_subscriber_up().await;
     let (status, body) = read(
         app.client
             .get(format!("{}/health", app.url))
@@ -288,7 +289,10 @@ async fn health_ready_and_json_errors_for_unknown_routes() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["dependencies"], json!({"postgres":"up","redis":"up"}));
+    assert_eq!(
+        body["dependencies"],
+        json!({"postgres":"up","redis":"up","privateEventsConsumer":"up"})
+    );
     let (status, body) = read(
         app.client
             .get(format!("{}/nope", app.url))

@@ -15,6 +15,11 @@ use exchange_domain::symbol::{AssetSymbol, MarketSymbol};
 use super::public::{AssetView, MARKET_COLUMNS, MarketView};
 use crate::state::AppState;
 
+/// Tries of a market status change while the order service does not know
+/// the market yet, and the pause between them (its cache lives ~2 s).
+const MARKET_STATUS_ATTEMPTS_MAX: u32 = 12;
+const MARKET_STATUS_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Decimal places of a fee rate string ("0.001"): parts per million.
 const FEE_SCALE: u8 = 6;
 
@@ -180,41 +185,68 @@ pub async fn create_market(
     }
 }
 
-#[derive(Deserialize, ToSchema)]
+#[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MarketPatch {
-    /// `trading` or `halted`.
+    /// `trading`, `cancel_only` or `halted`.
     pub status: String,
 }
 
-#[utoipa::path(patch, path = "/admin/v1/markets/{symbol}", request_body = MarketPatch, responses((status = 200, body = MarketView), (status = 404)), security(("admin" = [])))]
+/// Changes a market's status through the order service, which journals it
+/// in the market's command sequence (so matching applies it in order with
+/// the orders around it) and updates the table in the same transaction.
+#[utoipa::path(patch, path = "/admin/v1/markets/{symbol}", request_body = MarketPatch, responses((status = 200, body = MarketView), (status = 404), (status = 503, description = "order service unavailable")), security(("admin" = [])))]
 pub async fn patch_market(
     State(s): State<AppState>,
     Path(symbol): Path<String>,
     Json(req): Json<MarketPatch>,
-) -> Result<Json<MarketView>, ApiError> {
-    if req.status != "trading" && req.status != "halted" {
+) -> Result<axum::response::Response, ApiError> {
+    if !matches!(req.status.as_str(), "trading" | "cancel_only" | "halted") {
         return Err(ApiError::bad_request(
             "INVALID_STATUS",
-            "status is \"trading\" or \"halted\"",
+            "status is \"trading\", \"cancel_only\" or \"halted\"",
         ));
     }
-    let updated =
-        sqlx::query("UPDATE markets SET status = $2, updated_at = now() WHERE symbol = $1")
-            .bind(&symbol)
-            .bind(&req.status)
-            .execute(s.db())
+    if market_view(&s, &symbol).await?.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "MARKET_NOT_FOUND",
+            "no such market",
+        ));
+    }
+    // The order service caches markets for a moment: one created just now
+    // may be unknown to it yet, so a MARKET_NOT_FOUND for a market that is
+    // in the table is retried (bounded).
+    let mut attempts = 0;
+    let relayed = loop {
+        let r = s
+            .orders
+            .call::<(), _>(
+                reqwest::Method::PATCH,
+                &format!("/internal/v1/markets/{symbol}/status"),
+                None,
+                Some(&req),
+            )
             .await?;
-    if updated.rows_affected() == 0 {
-        return Err(ApiError::not_found("no such market"));
+        let unknown = r.status == StatusCode::NOT_FOUND
+            && r.json()
+                .is_some_and(|v| v["error"]["code"] == "MARKET_NOT_FOUND");
+        attempts += 1;
+        if !unknown || attempts >= MARKET_STATUS_ATTEMPTS_MAX {
+            break r;
+        }
+        tokio::time::sleep(MARKET_STATUS_RETRY_DELAY).await;
+    };
+    if !relayed.status.is_success() {
+        return Ok(relayed.into_response());
     }
     tracing::info!(market = %symbol, status = %req.status, "market status changed");
     metrics::gauge!("exchange_market_halted", "market" => symbol.clone())
         .set(if req.status == "halted" { 1.0 } else { 0.0 });
-    market_view(&s, &symbol)
+    let view = market_view(&s, &symbol)
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("no such market"))
+        .ok_or_else(|| ApiError::not_found("no such market"))?;
+    Ok(Json(view).into_response())
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -2,6 +2,8 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod marketdata;
+pub mod orders;
 pub mod public;
 
 /// True when `e` is a unique-constraint violation.

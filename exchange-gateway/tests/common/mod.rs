@@ -14,6 +14,7 @@ pub const PASSWORD: &str = "correct horse battery";
 
 pub struct App {
     pub url: String,
+    pub ws_url: String,
     pub env: TestEnv,
     pub client: reqwest::Client,
     pub db: sqlx::PgPool,
@@ -32,12 +33,25 @@ pub async fn spawn() -> App {
 
 pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> App {
     let env = test_env().await;
+    // The real order service, in-process, on its own port and the same
+    // database and Redis prefix.
+    let order_http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let order_url = format!("http://{}", order_http.local_addr().unwrap());
+    let shutdown = Shutdown::new();
+    tokio::spawn(exchange_order::run(
+        Arc::new(env.config.clone()),
+        exchange_order::Listeners { http: order_http },
+        shutdown.clone(),
+    ));
     let mut config = env.config.clone();
+    config.order_service_url = order_url;
+    // Nothing listens there unless a test says otherwise.
+    config.marketdata_url = format!("http://{}", dead_addr().await);
     tweak(&mut config);
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ws = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", http.local_addr().unwrap());
-    let shutdown = Shutdown::new();
+    let ws_url = format!("ws://{}", ws.local_addr().unwrap());
     let listeners = exchange_gateway::Listeners { http, ws };
     tokio::spawn(exchange_gateway::run(
         Arc::new(config),
@@ -57,6 +71,7 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> App {
     let db = sqlx::PgPool::connect(&env.db_url).await.unwrap();
     App {
         url,
+        ws_url,
         env,
         client,
         db,
@@ -97,6 +112,66 @@ impl App {
             .await
             .unwrap();
         read(r).await
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        read(req.send().await.unwrap()).await
+    }
+
+    /// Credits `amount` of `asset` to `user_id` through the admin API.
+    pub async fn deposit(&self, user_id: i64, asset: &str, amount: &str) {
+        let (status, body) = self
+            .admin(
+                reqwest::Method::POST,
+                "/admin/v1/deposits",
+                &json!({"user_id": user_id, "asset": asset, "amount": amount}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    /// Places an order, retrying while the order service has not yet seen
+    /// a market created a moment ago (it caches markets briefly).
+    pub async fn place(&self, token: &str, order: &Value) -> (u16, Value) {
+        let mut last = (0, Value::Null);
+        for _ in 0..50 {
+            last = self
+                .send(reqwest::Method::POST, "/api/v1/orders", token, Some(order))
+                .await;
+            if error_code(&last.1) != "MARKET_NOT_FOUND" {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        last
+    }
+
+    /// Waits until `/ready` reports the private events subscriber up.
+    pub async fn wait_subscriber_up(&self) {
+        for _ in 0..100 {
+            let r = self.client.get(format!("{}/ready", self.url)).send().await;
+            if let Ok(r) = r {
+                let (_, body) = read(r).await;
+                if body["dependencies"]["privateEventsConsumer"] == "up" {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("privateEventsConsumer never came up");
     }
 
     pub async fn register(&self, email: &str) -> i64 {
@@ -154,6 +229,12 @@ impl App {
             .await;
         assert_eq!(status, 201, "{body}");
     }
+}
+
+/// A loopback address where nothing listens.
+pub async fn dead_addr() -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
 }
 
 pub async fn read(r: reqwest::Response) -> (u16, Value) {

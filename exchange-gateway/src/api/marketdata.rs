@@ -1,0 +1,107 @@
+//! Public market data, relayed from the marketdata service (same paths and
+//! query) with a timeout; 503 `UNAVAILABLE` while it is down.
+
+use axum::extract::{RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use reqwest::Method;
+
+use exchange_common::ApiError;
+use exchange_common::error::Path;
+
+use crate::state::AppState;
+
+/// The longest query string relayed (the documented parameters fit easily).
+pub const MARKETDATA_QUERY_LEN_MAX: usize = 256;
+
+async fn relay(
+    s: &AppState,
+    symbol: &str,
+    what: &str,
+    query: Option<String>,
+) -> Result<Response, ApiError> {
+    // The symbol goes into a URL path: only the characters of a symbol.
+    if symbol.is_empty()
+        || symbol.len() > 32
+        || !symbol
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "MARKET_NOT_FOUND",
+            "no such market",
+        ));
+    }
+    let pairs: Vec<(String, String)> = match query.as_deref() {
+        None | Some("") => Vec::new(),
+        Some(q) if q.len() > MARKETDATA_QUERY_LEN_MAX => {
+            return Err(ApiError::bad_request("INVALID_QUERY", "query too long"));
+        }
+        Some(q) => form_urlencoded_pairs(q)?,
+    };
+    let r = s
+        .marketdata
+        .call::<_, ()>(
+            Method::GET,
+            &format!("/api/v1/markets/{symbol}/{what}"),
+            Some(&pairs),
+            None,
+        )
+        .await?;
+    Ok(r.into_response())
+}
+
+/// `a=1&b=2` into decoded pairs (the values are plain tokens: numbers,
+/// intervals); anything percent-encoded is refused rather than guessed.
+fn form_urlencoded_pairs(q: &str) -> Result<Vec<(String, String)>, ApiError> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let ok = |t: &str| {
+                t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+            };
+            if ok(k) && ok(v) {
+                Ok((k.to_owned(), v.to_owned()))
+            } else {
+                Err(ApiError::bad_request(
+                    "INVALID_QUERY",
+                    "malformed query string",
+                ))
+            }
+        })
+        .collect()
+}
+
+pub async fn depth(
+    State(s): State<AppState>,
+    Path(symbol): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    relay(&s, &symbol, "depth", q).await
+}
+
+pub async fn trades(
+    State(s): State<AppState>,
+    Path(symbol): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    relay(&s, &symbol, "trades", q).await
+}
+
+pub async fn klines(
+    State(s): State<AppState>,
+    Path(symbol): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    relay(&s, &symbol, "klines", q).await
+}
+
+pub async fn ticker(
+    State(s): State<AppState>,
+    Path(symbol): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    relay(&s, &symbol, "ticker", q).await
+}

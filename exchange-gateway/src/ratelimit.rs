@@ -1,0 +1,329 @@
+//! In-process rate limits (GCRA, the token bucket without a refill timer),
+//! keyed by `(kind, key)`: per client IP for every API call, per IP for
+//! login and registration (brute force), per user and per API key for order
+//! placement.
+//!
+//! Memory is bounded: a key whose bucket is full again holds no
+//! information and is evicted by a sweep; at most [`RATE_LIMIT_KEYS_MAX`]
+//! keys are tracked, and a new key beyond that (after a sweep) is refused,
+//! so a flood of addresses cannot grow memory or reset anyone's budget.
+//!
+//! Limits are per gateway process: with N replicas behind a balancer the
+//! effective budget is up to N times the configured one (documented in the
+//! runbook; a shared Redis limiter is the upgrade path).
+//!
+//! The client IP is `exchange_common::net::client_ip`: `X-Forwarded-For` is
+//! believed only from `TRUSTED_PROXIES`. IPv6 clients are keyed by their
+//! /64, which one subscriber usually owns whole.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use exchange_common::net::{IpNet, client_ip};
+use exchange_common::{ApiError, Config};
+
+/// Keys tracked at once, over all kinds.
+pub const RATE_LIMIT_KEYS_MAX: usize = 200_000;
+/// A sweep of idle keys runs at most this often (and when the table is full).
+pub const RATE_LIMIT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What a budget limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Every API call, per client IP.
+    Ip,
+    /// Login attempts, per client IP.
+    Login,
+    /// Registrations, per client IP.
+    Register,
+    /// Order placement, per user.
+    OrdersUser,
+    /// Order placement, per API key.
+    OrdersApiKey,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Ip => "ip",
+            Kind::Login => "login",
+            Kind::Register => "register",
+            Kind::OrdersUser => "orders_user",
+            Kind::OrdersApiKey => "orders_api_key",
+        }
+    }
+}
+
+/// A budget: `burst` requests at once, refilled at one per `interval`.
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    pub burst: u32,
+    pub interval: Duration,
+}
+
+impl Quota {
+    /// `n` per `period`, all of them usable at once.
+    pub fn per(n: u32, period: Duration) -> Self {
+        let n = n.max(1);
+        Self {
+            burst: n,
+            interval: period / n,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Table {
+    /// Theoretical arrival time of the next request, per key.
+    tat: HashMap<(Kind, String), Instant>,
+    last_sweep: Instant,
+}
+
+/// The limiter of one gateway process. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RateLimiter {
+    inner: Arc<Mutex<Table>>,
+    ip: Quota,
+    login: Quota,
+    orders: Quota,
+    keys_max: usize,
+}
+
+impl RateLimiter {
+    pub fn new(config: &Config) -> Self {
+        Self::with_quotas(
+            Quota::per(config.rate_limit_ip_per_second, Duration::from_secs(1)),
+            Quota::per(config.rate_limit_login_per_minute, Duration::from_secs(60)),
+            Quota::per(config.rate_limit_orders_per_second, Duration::from_secs(1)),
+            RATE_LIMIT_KEYS_MAX,
+        )
+    }
+
+    pub fn with_quotas(ip: Quota, login: Quota, orders: Quota, keys_max: usize) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Table {
+                tat: HashMap::new(),
+                last_sweep: Instant::now(),
+            })),
+            ip,
+            login,
+            orders,
+            keys_max,
+        }
+    }
+
+    fn quota(&self, kind: Kind) -> Quota {
+        match kind {
+            Kind::Ip => self.ip,
+            Kind::Login | Kind::Register => self.login,
+            Kind::OrdersUser | Kind::OrdersApiKey => self.orders,
+        }
+    }
+
+    /// Takes one request from `(kind, key)`'s budget at `now`; `Err` carries
+    /// how long until one is available.
+    pub fn check_at(&self, kind: Kind, key: &str, now: Instant) -> Result<(), Duration> {
+        let q = self.quota(kind);
+        let window = q.interval * q.burst;
+        let Ok(mut t) = self.inner.lock() else {
+            return Ok(());
+        };
+        if now.duration_since(t.last_sweep) >= RATE_LIMIT_SWEEP_INTERVAL
+            || t.tat.len() >= self.keys_max
+        {
+            t.tat.retain(|_, tat| *tat > now);
+            t.last_sweep = now;
+        }
+        let id = (kind, key.to_owned());
+        let tat = match t.tat.get(&id) {
+            Some(tat) => (*tat).max(now),
+            None if t.tat.len() >= self.keys_max => {
+                tracing::warn!(
+                    kind = kind.as_str(),
+                    "rate limit table full, refusing new key"
+                );
+                return Err(Duration::from_secs(1));
+            }
+            None => now,
+        };
+        let next = tat + q.interval;
+        let ahead = next.duration_since(now);
+        if ahead > window {
+            return Err(ahead - window);
+        }
+        t.tat.insert(id, next);
+        Ok(())
+    }
+
+    pub fn check(&self, kind: Kind, key: &str) -> Result<(), Limited> {
+        self.check_at(kind, key, Instant::now()).map_err(|wait| {
+            metrics::counter!("exchange_rate_limited_total", "service" => "gateway", "kind" => kind.as_str())
+                .increment(1);
+            Limited(wait)
+        })
+    }
+
+    pub fn tracked_keys(&self) -> usize {
+        self.inner.lock().map(|t| t.tat.len()).unwrap_or(0)
+    }
+}
+
+/// A refused request: 429 `RATE_LIMITED` with `Retry-After` (whole
+/// seconds, at least 1) and the error body.
+#[derive(Debug, Clone, Copy)]
+pub struct Limited(pub Duration);
+
+impl Limited {
+    pub fn retry_after_secs(self) -> u64 {
+        (self.0.as_secs() + u64::from(self.0.subsec_nanos() > 0)).max(1)
+    }
+}
+
+impl IntoResponse for Limited {
+    fn into_response(self) -> Response {
+        let secs = self.retry_after_secs();
+        let mut resp = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RATE_LIMITED",
+            format!("too many requests, retry in {secs} s"),
+        )
+        .into_response();
+        resp.headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
+        resp
+    }
+}
+
+/// The rate-limit key of a client address (IPv6 by /64).
+pub fn ip_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let masked = u128::from(v6) & (u128::MAX << 64);
+                format!("{}/64", Ipv6Addr::from(masked))
+            }
+        },
+    }
+}
+
+/// The client IP of a request (the peer unless it is a trusted proxy).
+pub fn request_ip(req: &Request, trusted: &[IpNet]) -> Option<IpAddr> {
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>()?.0.ip();
+    Some(client_ip(peer, req.headers(), trusted))
+}
+
+/// State of the limiting middlewares.
+#[derive(Clone)]
+pub struct Limits {
+    pub limiter: RateLimiter,
+    pub trusted_proxies: Arc<[IpNet]>,
+}
+
+fn ip_or_unknown(req: &Request, trusted: &[IpNet]) -> String {
+    request_ip(req, trusted).map_or_else(|| "unknown".to_owned(), ip_key)
+}
+
+/// Every API call: the per-IP budget. (`/health`, `/ready`, `/metrics` are
+/// outside the routes this wraps.)
+pub async fn per_ip(State(l): State<Limits>, req: Request, next: Next) -> Response {
+    let key = ip_or_unknown(&req, &l.trusted_proxies);
+    match l.limiter.check(Kind::Ip, &key) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Login: the per-IP brute-force budget, on top of [`per_ip`].
+pub async fn login(State(l): State<Limits>, req: Request, next: Next) -> Response {
+    let key = ip_or_unknown(&req, &l.trusted_proxies);
+    match l.limiter.check(Kind::Login, &key) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Registration: its own per-IP budget of the same size as login's.
+pub async fn register(State(l): State<Limits>, req: Request, next: Next) -> Response {
+    let key = ip_or_unknown(&req, &l.trusted_proxies);
+    match l.limiter.check(Kind::Register, &key) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gcra_burst_refill_and_retry_after() {
+        let rl = RateLimiter::with_quotas(
+            Quota::per(10, Duration::from_secs(60)),
+            Quota::per(10, Duration::from_secs(60)),
+            Quota::per(5, Duration::from_secs(1)),
+            1_000,
+        );
+        let t0 = Instant::now();
+        for i in 0..10 {
+            assert!(rl.check_at(Kind::Login, "1.2.3.4", t0).is_ok(), "{i}");
+        }
+        let wait = rl.check_at(Kind::Login, "1.2.3.4", t0).unwrap_err();
+        assert_eq!(wait, Duration::from_secs(6));
+        // Another key and another kind have their own budgets.
+        assert!(rl.check_at(Kind::Login, "1.2.3.5", t0).is_ok());
+        assert!(rl.check_at(Kind::Register, "1.2.3.4", t0).is_ok());
+        // One interval later exactly one more is allowed.
+        let t1 = t0 + Duration::from_secs(6);
+        assert!(rl.check_at(Kind::Login, "1.2.3.4", t1).is_ok());
+        assert!(rl.check_at(Kind::Login, "1.2.3.4", t1).is_err());
+    }
+
+    #[test]
+    fn memory_is_bounded_and_idle_keys_evicted() {
+        let rl = RateLimiter::with_quotas(
+            Quota::per(1, Duration::from_secs(1)),
+            Quota::per(1, Duration::from_secs(1)),
+            Quota::per(1, Duration::from_secs(1)),
+            3,
+        );
+        let t0 = Instant::now();
+        for k in ["a", "b", "c"] {
+            assert!(rl.check_at(Kind::Ip, k, t0).is_ok());
+        }
+        assert!(
+            rl.check_at(Kind::Ip, "d", t0).is_err(),
+            "full: new key refused"
+        );
+        assert!(
+            rl.check_at(Kind::Ip, "a", t0).is_err(),
+            "existing keys keep their state"
+        );
+        // After their buckets refill, the idle keys are swept and "d" fits.
+        let t1 = t0 + Duration::from_secs(2);
+        assert!(rl.check_at(Kind::Ip, "d", t1).is_ok());
+        assert_eq!(rl.tracked_keys(), 1);
+    }
+
+    #[test]
+    fn ipv6_is_keyed_by_its_64() {
+        let a: IpAddr = "2001:db8:1:2::1"
+            .parse()
+            .unwrap_or(IpAddr::V4([0, 0, 0, 0].into()));
+        let b: IpAddr = "2001:db8:1:2:ffff::9"
+            .parse()
+            .unwrap_or(IpAddr::V4([0, 0, 0, 0].into()));
+        assert_eq!(ip_key(a), ip_key(b));
+        assert_eq!(ip_key(a), "2001:db8:1:2::/64");
+        assert_eq!(ip_key("::ffff:1.2.3.4".parse().unwrap_or(a)), "1.2.3.4");
+    }
+}
