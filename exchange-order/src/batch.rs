@@ -55,6 +55,11 @@ pub struct BatchOptions {
     pub batch_len_max: usize,
     /// How long a handler waits for its batch before answering 503.
     pub reply_timeout: Duration,
+    /// Batches in flight at once. With more than one, a batch prepares
+    /// (reads, balance locks) while another commits; their `XADD`s may
+    /// reach the stream out of sequence order, which matching handles by
+    /// filling the gap from the journal.
+    pub workers: usize,
 }
 
 impl Default for BatchOptions {
@@ -63,6 +68,7 @@ impl Default for BatchOptions {
             queue_len_max: 20_000,
             batch_len_max: 512,
             reply_timeout: Duration::from_secs(10),
+            workers: 2,
         }
     }
 }
@@ -130,7 +136,16 @@ impl Batcher {
     /// Starts the batcher task; it stops when every handle is dropped.
     pub fn start(db: PgPool, redis: Redis, markets: Markets, opts: BatchOptions) -> Self {
         let (tx, rx) = mpsc::channel(opts.queue_len_max);
-        tokio::spawn(run(db, redis, markets, rx, opts.batch_len_max));
+        let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..opts.workers.max(1) {
+            tokio::spawn(run(
+                db.clone(),
+                redis.clone(),
+                markets.clone(),
+                rx.clone(),
+                opts.batch_len_max,
+            ));
+        }
         Self {
             tx,
             reply_timeout: opts.reply_timeout,
@@ -167,13 +182,13 @@ async fn run(
     db: PgPool,
     redis: Redis,
     markets: Markets,
-    mut rx: mpsc::Receiver<Job>,
+    rx: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
     batch_len_max: usize,
 ) {
     let mut jobs = Vec::with_capacity(batch_len_max);
     loop {
         jobs.clear();
-        if rx.recv_many(&mut jobs, batch_len_max).await == 0 {
+        if rx.lock().await.recv_many(&mut jobs, batch_len_max).await == 0 {
             return;
         }
         let batch: Vec<Job> = std::mem::take(&mut jobs);
@@ -181,7 +196,13 @@ async fn run(
         let (requests, replies): (Vec<Request>, Vec<oneshot::Sender<Outcome>>) =
             batch.into_iter().map(|j| (j.request, j.reply)).unzip();
         let started = std::time::Instant::now();
-        let outcomes = match apply_batch(&db, &redis, &markets, &requests).await {
+        let mut result = apply_batch(&db, &redis, &markets, &requests).await;
+        if result.as_ref().is_err_and(is_unique_violation) {
+            // A concurrent batch inserted one of our client_order_ids first;
+            // the retry finds that order and answers it (200).
+            result = apply_batch(&db, &redis, &markets, &requests).await;
+        }
+        let outcomes = match result {
             Ok(outcomes) => outcomes,
             Err(e) => {
                 tracing::warn!(
@@ -199,6 +220,12 @@ async fn run(
             let _ = reply.send(outcome);
         }
     }
+}
+
+fn is_unique_violation(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<sqlx::Error>()
+        .and_then(|e| e.as_database_error())
+        .is_some_and(|d| d.code().as_deref() == Some("23505"))
 }
 
 fn now_ms() -> u64 {
@@ -289,6 +316,7 @@ async fn apply_batch(
     requests: &[Request],
 ) -> anyhow::Result<Vec<Outcome>> {
     let time_ms = now_ms();
+    let t0 = std::time::Instant::now();
     let mut tx = db.begin().await?;
 
     // 1. Orders this batch refers to.
@@ -382,6 +410,7 @@ async fn apply_batch(
         }
     }
     let mut locked_delta: BTreeMap<(i64, String), u128> = BTreeMap::new();
+    let t_locked = t0.elapsed();
 
     // 3. Decide each request in arrival order.
     let mut seen_coid: HashMap<(i64, String), usize> = HashMap::new();
@@ -648,7 +677,9 @@ async fn apply_batch(
         .execute(&mut *tx)
         .await?;
     }
+    let t_written = t0.elapsed();
     tx.commit().await?;
+    let t_commit = t0.elapsed();
     for r in requests {
         if let Request::SetStatus { market, status } = r {
             markets.set_status(&market.spec.symbol().to_string(), *status);
@@ -661,6 +692,14 @@ async fn apply_batch(
         tracing::warn!(error = %e, count = commands.len(), "xadd failed after commit; the republisher will retry");
     }
     metrics::counter!("exchange_order_commands_total").increment(commands.len() as u64);
+    tracing::debug!(
+        len = requests.len(),
+        locked_us = u64::try_from(t_locked.as_micros()).unwrap_or(u64::MAX),
+        written_us = u64::try_from(t_written.as_micros()).unwrap_or(u64::MAX),
+        committed_us = u64::try_from(t_commit.as_micros()).unwrap_or(u64::MAX),
+        published_us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "order batch"
+    );
 
     // 7. Answers.
     let mut seq_iter = commands.iter().map(|c| c.seq);
