@@ -56,6 +56,8 @@ pub const MARKETS_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 pub const COMMAND_BATCH_LEN_MAX: usize = 1_000;
 /// A failed entry is retried after this long.
 pub const CLAIM_IDLE: Duration = Duration::from_secs(5);
+/// How often stored batches whose `XADD` failed are published again.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// Pause between recovery attempts while Postgres or Redis is down.
 pub const RECOVERY_RETRY_DELAY: Duration = Duration::from_secs(1);
 
@@ -240,8 +242,14 @@ async fn run_market(base: ServiceBase, mut engine: Engine, shutdown: Shutdown) {
         opts.deliveries_max = None;
         opts.claim_idle = CLAIM_IDLE;
         opts.claim_interval = Duration::from_secs(1);
+        let engine = Arc::new(tokio::sync::Mutex::new(engine));
+        tokio::spawn(flush_unpublished(
+            engine.clone(),
+            base.redis.clone(),
+            market_shutdown.clone(),
+        ));
         let handler = MarketHandler {
-            engine: Arc::new(tokio::sync::Mutex::new(engine)),
+            engine,
             db: base.db.clone(),
             redis: base.redis.clone(),
             on_halt: market_shutdown.clone(),
@@ -262,5 +270,24 @@ async fn run_market(base: ServiceBase, mut engine: Engine, shutdown: Shutdown) {
         base.heartbeats()
             .register(&name, "engine", Duration::ZERO)
             .down("halted");
+    }
+}
+
+/// Publishes stored batches whose `XADD` failed even when no new command
+/// arrives to trigger it.
+async fn flush_unpublished(
+    engine: Arc<tokio::sync::Mutex<Engine>>,
+    redis: exchange_common::redis::Redis,
+    shutdown: Shutdown,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(FLUSH_INTERVAL) => {}
+            () = shutdown.wait() => return,
+        }
+        let mut engine = engine.lock().await;
+        if let Err(e) = engine.flush(&redis).await {
+            tracing::warn!(market = %engine.symbol, error = format!("{e:#}"), "publishing events failed; will retry");
+        }
     }
 }
