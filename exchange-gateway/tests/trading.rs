@@ -662,3 +662,160 @@ async fn private_ws_refuses_bad_and_expired_tokens_and_accepts_a_signed_api_key(
         json!({"type":"authenticated","user_id":alice})
     );
 }
+
+/// A TCP proxy in front of Redis whose connections can be cut and refused,
+/// to take Redis away from one gateway only.
+struct CutProxy {
+    url: String,
+    down: tokio::sync::watch::Sender<bool>,
+}
+
+impl CutProxy {
+    async fn start(redis_url: &str) -> Self {
+        let target = redis_url
+            .trim_start_matches("redis://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", listener.local_addr().unwrap());
+        let (down, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if *rx.borrow() {
+                    continue;
+                }
+                let mut rx = rx.clone();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = rx.wait_for(|d| *d) => {}
+                    }
+                });
+            }
+        });
+        Self { url, down }
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.send_replace(down);
+    }
+}
+
+#[tokio::test]
+async fn after_a_pubsub_outage_each_connection_is_told_to_resync() {
+    let env_redis = std::env::var("REDIS_URL").unwrap();
+    let proxy = CutProxy::start(&env_redis).await;
+    let proxy_url = proxy.url.clone();
+    let app = spawn_with(move |c| c.redis_url = exchange_common::Secret::new(proxy_url)).await;
+    let (alice, a) = user(&app, "alice@example.com").await;
+    app.wait_subscriber_up().await;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("{}/ws/private?token={a}", app.ws_url))
+            .await
+            .unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "authenticated");
+    publish(&app, alice, &json!({"type":"order","data":{"id":1}})).await;
+    assert_eq!(next_json(&mut ws).await["seq"], 1);
+
+    proxy.set_down(true);
+    let mut degraded = Value::Null;
+    for _ in 0..100 {
+        let (status, body) = read(
+            app.client
+                .get(format!("{}/ready", app.url))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        if status == 503 && body["dependencies"]["privateEventsConsumer"] == "down" {
+            degraded = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        degraded["status"], "degraded",
+        "/ready never showed the subscriber down"
+    );
+    // Published while nobody is subscribed: lost, hence the resync.
+    publish(&app, alice, &json!({"type":"order","data":{"id":2}})).await;
+    proxy.set_down(false);
+    let resync = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let m = next_json(&mut ws).await;
+            if m["type"] == "resync" {
+                return m;
+            }
+        }
+    })
+    .await
+    .expect("a resync after the subscriber came back");
+    assert_eq!(resync, json!({"type":"resync","seq":2}));
+    app.wait_subscriber_up().await;
+    publish(&app, alice, &json!({"type":"order","data":{"id":3}})).await;
+    let m = next_json(&mut ws).await;
+    assert_eq!(
+        (m["seq"].clone(), m["data"]["id"].clone()),
+        (json!(3), json!(3))
+    );
+}
+
+#[tokio::test]
+async fn market_data_is_relayed_from_the_marketdata_service_unchanged() {
+    let md = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let md_url = format!("http://{}", md.local_addr().unwrap());
+    let md_url2 = md_url.clone();
+    let app = spawn_with(move |c| c.marketdata_url = md_url2).await;
+    let shutdown = exchange_common::Shutdown::new();
+    tokio::spawn(exchange_marketdata::run(
+        std::sync::Arc::new(app.env.config.clone()),
+        exchange_marketdata::Listeners { http: md },
+        shutdown.clone(),
+    ));
+    app.seed_market().await;
+    for path in [
+        "BTC-USDT/depth?limit=5",
+        "BTC-USDT/trades",
+        "BTC-USDT/klines?interval=1m&limit=10",
+        "BTC-USDT/ticker",
+        "NOPE-USDT/depth",
+        "BTC-USDT/depth?limit=oops",
+    ] {
+        let mut direct = (0, Value::Null);
+        for _ in 0..50 {
+            match app
+                .client
+                .get(format!("{md_url}/api/v1/markets/{path}"))
+                .send()
+                .await
+            {
+                Ok(r) => {
+                    direct = read(r).await;
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let via = read(
+            app.client
+                .get(format!("{}/api/v1/markets/{path}", app.url))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert!(
+            (200..500).contains(&direct.0),
+            "marketdata answered {direct:?} for {path}"
+        );
+        assert_eq!(via, direct, "{path}");
+    }
+    shutdown.trigger();
+}
