@@ -1,6 +1,28 @@
 //! The internal HTTP API (the gateway is its only caller). Handlers parse,
 //! call [`crate::rules`] and the [`Batcher`], and translate the outcome;
 //! no business rule lives here.
+//!
+//! Every route requires `Authorization: Bearer $INTERNAL_TOKEN` (or
+//! `INTERNAL_TOKEN_PREVIOUS`), else 401 `UNAUTHORIZED`. JSON bodies reject
+//! unknown fields; amounts are decimal strings, ids JSON numbers.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `POST /internal/v1/orders` `{user_id, market, side, type, price?, quantity?, quote_quantity?, stop_price?, time_in_force?, post_only?, stp?, client_order_id?}` | 201 order; 200 the existing order for a known `(user_id, client_order_id)` |
+//! | `GET /internal/v1/orders/{id}?user_id=` | 200 order; 404 `ORDER_NOT_FOUND` (also another user's order) |
+//! | `GET /internal/v1/orders?user_id=&market=&status=open\|closed&limit=` | 200 `[order]`, newest first, limit 1..=1000 (default 100) |
+//! | `DELETE /internal/v1/orders/{id}?user_id=` | 200 the order as it is now (cancel journaled; an already final order is answered as it is, nothing journaled); 404 `ORDER_NOT_FOUND` |
+//! | `POST /internal/v1/orders/cancel-all` `{user_id, market}` | 200 `{market, accepted, seq}` |
+//! | `PATCH /internal/v1/orders/{id}` `{user_id, price?, quantity?}` (`quantity` = new open quantity) | 200 the order as it is now (amend journaled); 400 `ORDER_NOT_OPEN`, `ORDER_NOT_AMENDABLE`, `INSUFFICIENT_BALANCE`, validation codes; 404 |
+//! | `PATCH /internal/v1/markets/{symbol}/status` `{status: trading\|cancel_only\|halted}` | 200 `{market, status, seq}`; 404 `MARKET_NOT_FOUND` |
+//! | `GET /internal/v1/fills?user_id=&market=&limit=` | 200 `[fill]`, newest first |
+//!
+//! Placement errors: 404 `MARKET_NOT_FOUND`; 400 `MARKET_NOT_TRADING`,
+//! `INVALID_ORDER`, `PRICE_NOT_ON_TICK`, `QUANTITY_NOT_ON_STEP`,
+//! `QUANTITY_TOO_SMALL`, `NOTIONAL_TOO_SMALL`, `INVALID_AMOUNT`,
+//! `INSUFFICIENT_BALANCE` (nothing locked), `INVALID_REQUEST` /
+//! `INVALID_JSON` (shape). 503 `OVERLOADED` when the write queue is full,
+//! 503 `UNAVAILABLE` when the database failed (nothing applied; retry).
 
 use axum::Router;
 use axum::extract::{Request, State};
