@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::api::{accounts, admin, public};
+use crate::api::{accounts, admin, orders, public};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,6 +15,8 @@ use crate::api::{accounts, admin, public};
         accounts::create_api_key, accounts::list_api_keys, accounts::delete_api_key,
         public::assets, public::markets,
         admin::create_asset, admin::create_market, admin::patch_market, admin::deposit,
+        orders::place, orders::get_order, orders::list_orders, orders::cancel,
+        orders::cancel_all, orders::amend, orders::my_trades,
     ),
     modifiers(&Security)
 )]

@@ -819,3 +819,108 @@ async fn market_data_is_relayed_from_the_marketdata_service_unchanged() {
     }
     shutdown.trigger();
 }
+
+#[tokio::test]
+async fn a_client_that_does_not_read_is_cut_off_without_delaying_another() {
+    let app = spawn().await;
+    let (alice, a) = user(&app, "alice@example.com").await;
+    app.wait_subscriber_up().await;
+    let url = format!("{}/ws/private?token={a}", app.ws_url);
+    let (mut slow, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let (mut fast, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    assert_eq!(next_json(&mut slow).await["type"], "authenticated");
+    assert_eq!(next_json(&mut fast).await["type"], "authenticated");
+    // ~30 MB for a client that reads nothing: more than the socket buffers
+    // and the send queue hold.
+    let total: u64 = 1_500;
+    let filler = "x".repeat(20_000);
+    let reader = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let mut worst = Duration::ZERO;
+        for expected in 1..=total {
+            let m = next_json(&mut fast).await;
+            assert_eq!(m["seq"], expected, "consecutive for the fast client");
+            let sent = m["data"]["sent_ms"].as_u64().unwrap();
+            worst = worst.max(Duration::from_millis(now_ms().saturating_sub(sent)));
+        }
+        (started.elapsed(), worst)
+    });
+    let client = redis::Client::open(app.env.redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let channel = format!("{}:private:{alice}", app.env.redis_prefix);
+    for i in 0..total {
+        let payload = json!({"type":"order","data":{"i":i,"sent_ms":now_ms(),"filler":filler}});
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(payload.to_string())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if i % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let (took, worst) = reader.await.unwrap();
+    assert!(
+        worst < Duration::from_secs(2),
+        "the fast client's worst delivery latency was {worst:?} (all in {took:?})"
+    );
+    // The slow client gets what was buffered, then the close.
+    let mut received = 0;
+    let mut closed = false;
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), slow.next()).await {
+        match msg {
+            Ok(Message::Text(_)) => received += 1,
+            Ok(Message::Close(frame)) => {
+                closed = true;
+                if let Some(f) = frame {
+                    assert_eq!(u16::from(f.code), 1008, "{f:?}");
+                }
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "the slow client was disconnected");
+    assert!(
+        received < total,
+        "it was cut off before the end: {received}"
+    );
+}
+
+#[tokio::test]
+async fn header_limits_and_no_cors_by_default() {
+    let app = spawn().await;
+    let mut req = app.client.get(format!("{}/api/v1/assets", app.url));
+    for i in 0..80 {
+        req = req.header(format!("x-filler-{i}"), "1");
+    }
+    let (status, body) = read(req.send().await.unwrap()).await;
+    assert_eq!((status, error_code(&body)), (431, "HEADERS_TOO_LARGE"));
+    let r = app
+        .client
+        .request(Method::OPTIONS, format!("{}/api/v1/orders", app.url))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !r.headers().contains_key("access-control-allow-origin"),
+        "no CORS grant: {:?}",
+        r.headers()
+    );
+    let r = app
+        .client
+        .get(format!("{}/api/v1/assets", app.url))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+}
