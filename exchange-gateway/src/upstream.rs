@@ -1,5 +1,6 @@
 //! The internal HTTP client: calls to the order service (with
-//! `INTERNAL_TOKEN`) and to marketdata, each with a timeout.
+//! `INTERNAL_TOKEN`) and to marketdata (public data, no token), each with
+//! a timeout.
 //!
 //! The gateway is a thin proxy here: a 2xx/4xx answer from upstream is
 //! passed to the client unchanged (status and JSON body). An upstream that
@@ -90,7 +91,8 @@ impl Upstream {
         Ok(Self {
             name: "marketdata",
             base_url: config.marketdata_url.trim_end_matches('/').to_owned(),
-            token: Some(config.internal_token.clone()),
+            // Public data: no reason to hand it the internal token.
+            token: None,
             client: client()?,
         })
     }
