@@ -250,7 +250,9 @@ impl Clearing {
         let markets = self.markets();
         let mut tx = self.db.begin().await?;
         let settled = store::settle(&mut tx, batches, &markets).await?;
+        let mut clock = store::StepClock::new();
         tx.commit().await?;
+        clock.step("commit");
         Ok(settled)
     }
 
@@ -305,7 +307,9 @@ impl Clearing {
                 }
             }
         }
+        let mut clock = store::StepClock::new();
         self.publish(&settled).await;
+        clock.step("publish");
         let labels_ok = u64::try_from(settled.applied.len()).unwrap_or(0);
         metrics::counter!("exchange_clearing_batches_total", "result" => "applied")
             .increment(labels_ok);

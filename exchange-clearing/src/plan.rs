@@ -157,9 +157,16 @@ pub struct BalanceDelta {
     pub locked: i128,
 }
 
-/// The netted ledger entry of one market in one settlement.
+/// Postings one journal entry collects before the next batch of its market
+/// opens a new one. The database checks each journal's balance with a
+/// per-row trigger that sums the journal's postings (quadratic in its size),
+/// so journals stay small while still netting repeated traders.
+pub const JOURNAL_POSTINGS_MAX: usize = 64;
+
+/// A netted ledger entry: whole batches of one market, in one settlement.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LedgerEntry {
+    pub market: String,
     pub seq_first: u64,
     pub seq_last: u64,
     pub batches: u64,
@@ -174,7 +181,9 @@ pub struct Plan {
     pub fills: Vec<FillRow>,
     pub orders: BTreeMap<u64, OrderDelta>,
     pub balances: BTreeMap<(u64, String), BalanceDelta>,
-    pub ledger: BTreeMap<String, LedgerEntry>,
+    pub ledger: Vec<LedgerEntry>,
+    /// market -> index in `ledger` of the entry its next batch joins.
+    open_entry: BTreeMap<String, usize>,
     /// asset -> scale, for every asset the plan touches.
     pub scales: BTreeMap<String, u8>,
 }
@@ -216,7 +225,8 @@ impl Plan {
         for batch in batches {
             plan.add_batch(batch, markets)?;
         }
-        for (market, entry) in &plan.ledger {
+        for entry in &plan.ledger {
+            let market = &entry.market;
             let mut sums: BTreeMap<&str, i128> = BTreeMap::new();
             for ((_, asset), amount) in &entry.postings {
                 let s = sums.entry(asset).or_default();
@@ -235,9 +245,10 @@ impl Plan {
         }
         plan.balances
             .retain(|_, d| d.available != 0 || d.locked != 0);
-        for entry in plan.ledger.values_mut() {
+        for entry in &mut plan.ledger {
             entry.postings.retain(|_, a| *a != 0);
         }
+        plan.ledger.retain(|e| !e.postings.is_empty());
         Ok(plan)
     }
 
@@ -256,6 +267,11 @@ impl Plan {
             market: &market,
             seq: batch.seq,
         };
+        if let Some(&i) = self.open_entry.get(&market)
+            && self.ledger[i].postings.len() >= JOURNAL_POSTINGS_MAX
+        {
+            self.open_entry.remove(&market);
+        }
         for event in &batch.events {
             match event {
                 Event::Trade {
@@ -444,14 +460,21 @@ impl Plan {
     }
 
     fn ledger_entry(&mut self, market: &str, seq: u64) -> &mut LedgerEntry {
-        let entry = self
-            .ledger
-            .entry(market.to_owned())
-            .or_insert_with(|| LedgerEntry {
-                seq_first: seq,
-                seq_last: seq,
-                ..LedgerEntry::default()
-            });
+        let i = match self.open_entry.get(market) {
+            Some(&i) => i,
+            None => {
+                self.ledger.push(LedgerEntry {
+                    market: market.to_owned(),
+                    seq_first: seq,
+                    seq_last: seq,
+                    ..LedgerEntry::default()
+                });
+                self.open_entry
+                    .insert(market.to_owned(), self.ledger.len() - 1);
+                self.ledger.len() - 1
+            }
+        };
+        let entry = &mut self.ledger[i];
         entry.seq_first = entry.seq_first.min(seq);
         entry.seq_last = entry.seq_last.max(seq);
         entry
@@ -609,7 +632,7 @@ mod tests {
                 locked: 0
             }
         );
-        let postings = &plan.ledger["BTC-USDT"].postings;
+        let postings = &plan.ledger[0].postings;
         assert_eq!(postings[&(Account::Fees, "USDT".to_owned())], 5);
         assert_eq!(postings[&(Account::Fees, "BTC".to_owned())], 1);
         assert_eq!(plan.orders[&2].unlocked, 5000);
@@ -677,15 +700,15 @@ mod tests {
                     .filter(|((_, a), _)| a == asset)
                     .map(|(_, d)| d.available + d.locked)
                     .sum();
-                let fees = plan.ledger.get("BTC-USDT")
-                    .and_then(|e| e.postings.get(&(Account::Fees, asset.to_owned())).copied())
-                    .unwrap_or(0);
+                let fees: i128 = plan.ledger.iter()
+                    .filter_map(|e| e.postings.get(&(Account::Fees, asset.to_owned())).copied())
+                    .sum();
                 prop_assert_eq!(user_total + fees, 0);
                 for ((user, a), d) in &plan.balances {
                     if a != asset { continue; }
-                    let ledger = plan.ledger.get("BTC-USDT")
-                        .and_then(|e| e.postings.get(&(Account::User(*user), asset.to_owned())).copied())
-                        .unwrap_or(0);
+                    let ledger: i128 = plan.ledger.iter()
+                        .filter_map(|e| e.postings.get(&(Account::User(*user), asset.to_owned())).copied())
+                        .sum();
                     prop_assert_eq!(ledger, d.available + d.locked);
                 }
             }

@@ -95,6 +95,21 @@ pub async fn load_markets(db: &PgPool) -> Result<BTreeMap<String, MarketAssets>,
     Ok(out)
 }
 
+/// Records `exchange_clearing_step_seconds{step}`: where settlement time goes.
+pub(crate) struct StepClock(std::time::Instant);
+
+impl StepClock {
+    pub(crate) fn new() -> Self {
+        Self(std::time::Instant::now())
+    }
+    pub(crate) fn step(&mut self, step: &'static str) {
+        let now = std::time::Instant::now();
+        metrics::histogram!("exchange_clearing_step_seconds", "step" => step)
+            .record(now.duration_since(self.0).as_secs_f64());
+        self.0 = now;
+    }
+}
+
 fn id(v: u64) -> Result<i64, SettleError> {
     i64::try_from(v).map_err(|_| SettleError::IdRange(v))
 }
@@ -164,13 +179,20 @@ pub async fn settle(
     if fresh.is_empty() {
         return Ok(settled);
     }
+    let mut clock = StepClock::new();
     let plan = Plan::build(&fresh, markets)?;
+    clock.step("plan");
     settled.trades = plan.trades.len();
     settled.balances = apply_balances(tx, &plan).await?;
+    clock.step("balances");
     settled.orders = apply_orders(tx, &plan, markets).await?;
+    clock.step("orders");
     insert_trades(tx, &plan).await?;
+    clock.step("trades");
     settled.fills = insert_fills(tx, &plan, markets).await?;
+    clock.step("fills");
     insert_ledger(tx, &plan).await?;
+    clock.step("ledger");
     Ok(settled)
 }
 
@@ -500,22 +522,40 @@ async fn insert_fills(
 }
 
 async fn insert_ledger(tx: &mut PgConnection, plan: &Plan) -> Result<(), SettleError> {
+    if plan.ledger.is_empty() {
+        return Ok(());
+    }
+    // Unique within a settlement (seq ranges of one market do not overlap),
+    // so the returned ids can be matched to their entries.
+    let references: Vec<String> = plan
+        .ledger
+        .iter()
+        .map(|e| {
+            format!(
+                "clearing {} seq {}..{} ({} batches)",
+                e.market, e.seq_first, e.seq_last, e.batches
+            )
+        })
+        .collect();
+    let rows = sqlx::query(
+        "INSERT INTO ledger_journal (kind, reference)
+         SELECT 'trade', r FROM unnest($1::text[]) AS r RETURNING id, reference",
+    )
+    .bind(&references)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut ids: BTreeMap<String, i64> = BTreeMap::new();
+    for r in rows {
+        ids.insert(r.try_get(1)?, r.try_get(0)?);
+    }
     let (mut journal, mut kind, mut user, mut asset, mut amount) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (market, entry) in &plan.ledger {
-        if entry.postings.is_empty() {
-            continue;
-        }
-        let reference = format!(
-            "clearing {market} seq {}..{} ({} batches)",
-            entry.seq_first, entry.seq_last, entry.batches
-        );
-        let journal_id: i64 = sqlx::query_scalar(
-            "INSERT INTO ledger_journal (kind, reference) VALUES ('trade', $1) RETURNING id",
-        )
-        .bind(reference)
-        .fetch_one(&mut *tx)
-        .await?;
+    for (entry, reference) in plan.ledger.iter().zip(&references) {
+        let journal_id = ids.get(reference).copied().ok_or_else(|| {
+            SettleError::Db(sqlx::Error::Protocol(format!(
+                "journal {reference:?} not returned"
+            )))
+        })?;
         for ((account, a), value) in &entry.postings {
             let scale = plan.scales.get(a).copied().unwrap_or(0);
             journal.push(journal_id);
@@ -532,9 +572,6 @@ async fn insert_ledger(tx: &mut PgConnection, plan: &Plan) -> Result<(), SettleE
             asset.push(a.clone());
             amount.push(format_signed_units(*value, scale));
         }
-    }
-    if journal.is_empty() {
-        return Ok(());
     }
     sqlx::query(
         "INSERT INTO ledger_postings (journal_id, account_kind, user_id, asset, amount)
