@@ -1,0 +1,184 @@
+//! Through the gateway with the real pipeline in-process (order service,
+//! matching, clearing): a crossing pair of orders fills, each user's private
+//! WebSocket receives their own order, trade and balance events with
+//! consecutive `seq` and nothing of the other's, and the fills and
+//! balances read back over REST are exact.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{App, spawn};
+use exchange_common::Shutdown;
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn start_pipeline(app: &App) -> Shutdown {
+    let shutdown = Shutdown::new();
+    let config = Arc::new(app.env.config.clone());
+    let m = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    tokio::spawn(exchange_matching::run(
+        config.clone(),
+        exchange_matching::Listeners { http: m },
+        shutdown.clone(),
+    ));
+    let c = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    tokio::spawn(exchange_clearing::run(
+        config,
+        exchange_clearing::Listeners { http: c },
+        shutdown.clone(),
+    ));
+    shutdown
+}
+
+async fn connect(app: &App, token: &str) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{}/ws/private", app.ws_url))
+        .await
+        .unwrap();
+    ws.send(Message::text(
+        json!({"op":"auth","token":token}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let hello = next_text(&mut ws, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(hello["type"], "authenticated");
+    ws
+}
+
+async fn next_text(ws: &mut Ws, wait: Duration) -> Option<Value> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        match tokio::time::timeout(left, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                return Some(serde_json::from_str(t.as_str()).unwrap());
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Everything pushed to `ws` until `wait` passes with nothing new.
+async fn drain(ws: &mut Ws, wait: Duration) -> Vec<Value> {
+    let mut out = Vec::new();
+    while let Some(m) = next_text(ws, wait).await {
+        out.push(m);
+    }
+    out
+}
+
+async fn wait_status(app: &App, token: &str, id: i64, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = app.get_auth(&format!("/api/v1/orders/{id}"), token).await;
+        assert_eq!(code, 200, "{body}");
+        if body["status"] == status {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "order {id} never reached {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_trade_reaches_each_user_privately_and_over_rest() {
+    let app = spawn().await;
+    let _pipeline = start_pipeline(&app).await;
+    app.seed_market().await;
+    let seller = app.register("seller@example.com").await;
+    let s = app.login("seller@example.com").await;
+    let buyer = app.register("buyer@example.com").await;
+    let b = app.login("buyer@example.com").await;
+    app.deposit(seller, "BTC", "1").await;
+    app.deposit(buyer, "USDT", "100000").await;
+    app.wait_subscriber_up().await;
+    let mut ws_s = connect(&app, &s).await;
+    let mut ws_b = connect(&app, &b).await;
+
+    let (status, sell) = app
+        .place(
+            &s,
+            &json!({"market":"BTC-USDT","side":"sell","type":"limit","price":"50000","quantity":"0.1"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{sell}");
+    let sell_id = sell["id"].as_i64().unwrap();
+    // Let the sell rest first, so the seller is the maker.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM event_batches")
+        .fetch_one(&app.db)
+        .await
+        .map_or(true, |n| n == 0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the sell order was never matched"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, buy) = app
+        .place(
+            &b,
+            &json!({"market":"BTC-USDT","side":"buy","type":"limit","price":"50000","quantity":"0.1"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{buy}");
+    let buy_id = buy["id"].as_i64().unwrap();
+    wait_status(&app, &s, sell_id, "filled").await;
+    wait_status(&app, &b, buy_id, "filled").await;
+
+    // Fees in what each receives: the maker seller pays 0.1% of 5000 USDT,
+    // the taker buyer 0.2% of 0.1 BTC.
+    let (_, bal) = app.get_auth("/api/v1/account/balances", &s).await;
+    assert_eq!(
+        bal,
+        json!([{"asset":"BTC","available":"0.9","locked":"0"},{"asset":"USDT","available":"4995","locked":"0"}])
+    );
+    let (_, bal) = app.get_auth("/api/v1/account/balances", &b).await;
+    assert_eq!(
+        bal,
+        json!([{"asset":"BTC","available":"0.0998","locked":"0"},{"asset":"USDT","available":"95000","locked":"0"}])
+    );
+    let (_, fills) = app
+        .get_auth("/api/v1/account/trades?market=BTC-USDT", &s)
+        .await;
+    assert_eq!(fills.as_array().unwrap().len(), 1, "{fills}");
+    assert_eq!(fills[0]["order_id"].as_i64(), Some(sell_id));
+    assert_eq!(fills[0]["liquidity"], "maker");
+    assert_eq!(fills[0]["fee"], "5");
+    assert_eq!(fills[0]["fee_asset"], "USDT");
+    let (_, fills) = app.get_auth("/api/v1/account/trades", &b).await;
+    assert_eq!(fills[0]["order_id"].as_i64(), Some(buy_id));
+    assert_eq!(fills[0]["liquidity"], "taker");
+
+    for (ws, mine, theirs) in [(&mut ws_s, sell_id, buy_id), (&mut ws_b, buy_id, sell_id)] {
+        let msgs = drain(ws, Duration::from_secs(2)).await;
+        let kinds: Vec<&str> = msgs.iter().map(|m| m["type"].as_str().unwrap()).collect();
+        for kind in ["order", "trade", "balance"] {
+            assert!(kinds.contains(&kind), "no {kind} event in {msgs:?}");
+        }
+        for (i, m) in msgs.iter().enumerate() {
+            assert_eq!(m["seq"], json!(i + 1), "consecutive seq: {msgs:?}");
+            match m["type"].as_str().unwrap() {
+                "order" => {
+                    assert_eq!(m["data"]["id"].as_i64(), Some(mine), "{m}");
+                    assert_ne!(m["data"]["id"].as_i64(), Some(theirs));
+                }
+                "trade" => assert_eq!(m["data"]["order_id"].as_i64(), Some(mine), "{m}"),
+                _ => {}
+            }
+        }
+        let last_order = msgs.iter().rev().find(|m| m["type"] == "order").unwrap();
+        assert_eq!(last_order["data"]["status"], "filled", "{msgs:?}");
+    }
+}
