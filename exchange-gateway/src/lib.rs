@@ -172,6 +172,21 @@ pub fn ws_routes(state: AppState) -> Router {
         .layer(from_fn(limit_headers))
 }
 
+fn describe_metrics() {
+    metrics::describe_counter!(
+        "exchange_rate_limited_total",
+        "Requests refused with 429, by service and budget kind"
+    );
+    metrics::describe_counter!(
+        "exchange_gateway_upstream_errors_total",
+        "Calls to an internal service that failed (down, timeout), by upstream"
+    );
+    metrics::describe_counter!(
+        "exchange_ws_slow_disconnects_total",
+        "WebSocket connections closed because their send queue was full"
+    );
+}
+
 /// Runs the gateway until `shutdown` is triggered.
 pub async fn run(
     config: Arc<Config>,
@@ -179,6 +194,7 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let base = ServiceBase::new(config.clone(), SERVICE)?;
+    describe_metrics();
     let state = AppState {
         passwords: password::Passwords::new().await?,
         tokens: Arc::new(tokens::Tokens::new(&config)),
