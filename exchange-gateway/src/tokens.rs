@@ -63,10 +63,17 @@ impl Tokens {
 
     /// The user id of a valid access token.
     pub fn verify(&self, token: &str) -> Option<i64> {
+        self.verify_until(token).map(|(user, _)| user)
+    }
+
+    /// The user id of a valid access token and the Unix second after which
+    /// it is refused (its `exp` plus the leeway).
+    pub fn verify_until(&self, token: &str) -> Option<(i64, u64)> {
         self.decoding.iter().find_map(|key| {
             let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).ok()?;
             (data.claims.typ == TOKEN_TYPE_ACCESS).then_some(())?;
-            data.claims.sub.parse().ok()
+            let user = data.claims.sub.parse().ok()?;
+            Some((user, data.claims.exp.saturating_add(self.validation.leeway)))
         })
     }
 }

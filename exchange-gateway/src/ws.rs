@@ -21,6 +21,9 @@
 //!   `api_key=<api_key>&timestamp=<timestamp>`; the timestamp must be within
 //!   5 s of the server clock and the key needs the `read` permission.
 //!
+//! A session opened with an access token is closed (after a `TOKEN_EXPIRED`
+//! error message) when the token expires.
+//!
 //! A refused auth message gets `{"type":"error","error":{code,message}}`
 //! and the connection is closed (code 1008). Success answers
 //! `{"type":"authenticated","user_id":N}`.
@@ -378,8 +381,8 @@ pub async fn private(
     };
     let user = match q.token.as_deref() {
         None => None,
-        Some(t) => match s.tokens.verify(t) {
-            Some(id) => Some(id),
+        Some(t) => match s.tokens.verify_until(t) {
+            Some(who) => Some(who),
             None => return invalid_token().into_response(),
         },
     };
@@ -403,7 +406,10 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
 }
 
 /// Waits for the auth message and checks it.
-async fn authenticate(s: &AppState, socket: &mut WebSocket, ip: IpAddr) -> Result<i64, ApiError> {
+/// The user, and for a token the Unix second it stops being valid.
+type Who = (i64, Option<u64>);
+
+async fn authenticate(s: &AppState, socket: &mut WebSocket, ip: IpAddr) -> Result<Who, ApiError> {
     let deadline = tokio::time::Instant::now() + WS_AUTH_TIMEOUT;
     let text = loop {
         match tokio::time::timeout_at(deadline, socket.recv()).await {
@@ -437,7 +443,11 @@ async fn authenticate(s: &AppState, socket: &mut WebSocket, ip: IpAddr) -> Resul
         ));
     }
     if let Some(token) = msg.token {
-        return s.tokens.verify(&token).ok_or_else(invalid_token);
+        return s
+            .tokens
+            .verify_until(&token)
+            .map(|(user, until)| (user, Some(until)))
+            .ok_or_else(invalid_token);
     }
     let (Some(api_key), Some(timestamp), Some(signature)) =
         (msg.api_key, msg.timestamp, msg.signature)
@@ -453,12 +463,12 @@ async fn authenticate(s: &AppState, socket: &mut WebSocket, ip: IpAddr) -> Resul
     let user: AuthUser =
         authn::api_key_user(s, &api_key, payload.as_bytes(), &signature, Some(ip)).await?;
     user.require_read()?;
-    Ok(user.user_id)
+    Ok((user.user_id, None))
 }
 
-async fn session(s: AppState, mut socket: WebSocket, user: Option<i64>, ip: IpAddr) {
-    let user_id = match user {
-        Some(u) => u,
+async fn session(s: AppState, mut socket: WebSocket, user: Option<(i64, u64)>, ip: IpAddr) {
+    let (user_id, valid_until) = match user {
+        Some((u, until)) => (u, Some(until)),
         None => match authenticate(&s, &mut socket, ip).await {
             Ok(u) => u,
             Err(e) => {
@@ -481,6 +491,12 @@ async fn session(s: AppState, mut socket: WebSocket, user: Option<i64>, ip: IpAd
         return;
     }
     let shutdown = s.shutdown.clone();
+    // A session opened with an access token ends when the token expires.
+    let expiry = valid_until.map_or(Duration::MAX, |until| {
+        Duration::from_millis(until.saturating_mul(1000).saturating_sub(now_ms()))
+    });
+    let expired = tokio::time::sleep(expiry.min(Duration::from_secs(365 * 24 * 3600)));
+    tokio::pin!(expired);
     let mut seq: u64 = 0;
     let mut last_heard = Instant::now();
     let mut ping = tokio::time::interval_at(
@@ -491,6 +507,12 @@ async fn session(s: AppState, mut socket: WebSocket, user: Option<i64>, ip: IpAd
         tokio::select! {
             () = shutdown.wait() => {
                 close(&mut socket, 1001, "server shutting down").await;
+                break;
+            }
+            () = &mut expired => {
+                let e = authn::unauthorized("TOKEN_EXPIRED", "the access token expired; reconnect with a new one");
+                send_error(&mut socket, &e).await;
+                close(&mut socket, 1008, "token expired").await;
                 break;
             }
             () = reg.evict.notified() => {

@@ -924,3 +924,34 @@ async fn header_limits_and_no_cors_by_default() {
     assert_eq!(r.status().as_u16(), 200);
     assert!(!r.headers().contains_key("access-control-allow-origin"));
 }
+
+#[tokio::test]
+async fn a_private_session_ends_when_its_token_expires() {
+    let app = spawn().await;
+    let (alice, _) = user(&app, "alice@example.com").await;
+    // Expired 3 s ago: still inside the 5 s leeway, so accepted, for ~2 s.
+    let now = chrono::Utc::now().timestamp();
+    let key = jsonwebtoken::EncodingKey::from_secret(
+        app.env.config.auth_token_secret.expose().as_bytes(),
+    );
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": alice.to_string(), "iat": now - 3600, "exp": now - 3, "typ": "access"}),
+        &key,
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("{}/ws/private?token={token}", app.ws_url))
+            .await
+            .unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "authenticated");
+    let err = next_json(&mut ws).await;
+    assert_eq!(err["error"]["code"], "TOKEN_EXPIRED", "{err}");
+    assert_eq!(next_json(&mut ws).await["close"], true);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}
