@@ -315,7 +315,10 @@ async fn apply_batch(
     markets: &Markets,
     requests: &[Request],
 ) -> anyhow::Result<Vec<Outcome>> {
-    let time_ms = now_ms();
+    // Provisional; the commands' time is taken again once the sequence
+    // numbers are ours (below), so time never goes backwards along a
+    // market's sequence, even with several batches in flight.
+    let mut time_ms = now_ms();
     let t0 = std::time::Instant::now();
     let mut tx = db.begin().await?;
 
@@ -616,6 +619,8 @@ async fn apply_batch(
         }
     }
 
+    time_ms = now_ms().max(time_ms);
+    let time_ms_i64 = i64::try_from(time_ms)?;
     let mut commands: Vec<SequencedCommand> = Vec::new();
     let mut ord = order_ids.into_iter();
     let mut ins = OrderInsert::default();
@@ -631,6 +636,8 @@ async fn apply_batch(
                     .next()
                     .ok_or_else(|| anyhow::anyhow!("order id sequence returned too few ids"))?;
                 order.id = id;
+                order.created_ms = time_ms_i64;
+                order.updated_ms = time_ms_i64;
                 command.order_id = OrderId(id.unsigned_abs());
                 (*market, Command::Place(command.clone()))
             }
