@@ -54,6 +54,8 @@ pub struct Clearing {
     shutdown: Shutdown,
     markets: Mutex<Arc<BTreeMap<String, MarketAssets>>>,
     halts: Mutex<BTreeMap<String, (Halt, Heartbeat)>>,
+    /// Failed catch-up attempts per batch, to halt like the stream path does.
+    catch_up_failures: Mutex<BTreeMap<(String, u64), u64>>,
 }
 
 impl std::fmt::Debug for Clearing {
@@ -85,6 +87,7 @@ impl Clearing {
             shutdown,
             markets: Mutex::new(Arc::new(BTreeMap::new())),
             halts: Mutex::new(BTreeMap::new()),
+            catch_up_failures: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -320,6 +323,76 @@ impl Clearing {
         metrics::histogram!("exchange_clearing_settle_seconds")
             .record(started.elapsed().as_secs_f64());
         HandleOutcome { results, settled }
+    }
+
+    /// Settles batches that matching stored in `event_batches` more than
+    /// `older_than` ago but that never reached clearing (e.g. the stream
+    /// entry was lost with Redis): Postgres, not Redis, is the source of
+    /// truth. At most `limit` batches per call, oldest first per market;
+    /// halted markets are left alone. Returns how many were applied.
+    pub async fn catch_up(&self, older_than: Duration, limit: i64) -> Result<usize, SettleError> {
+        let halted: Vec<String> = self.halted().into_keys().collect();
+        let rows = sqlx::query(
+            "SELECT e.market, e.seq, e.time_ms, e.events::text FROM event_batches e
+             WHERE e.created_at < now() - make_interval(secs => $1)
+               AND NOT (e.market = ANY($2))
+               AND NOT EXISTS (SELECT 1 FROM cleared_batches c WHERE c.market = e.market AND c.seq = e.seq)
+             ORDER BY e.market, e.seq LIMIT $3",
+        )
+        .bind(older_than.as_secs_f64())
+        .bind(&halted)
+        .bind(limit)
+        .fetch_all(&self.db)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut entries = Vec::with_capacity(rows.len());
+        for r in rows {
+            let market: String = r.try_get(0)?;
+            let seq: i64 = r.try_get(1)?;
+            let time_ms: i64 = r.try_get(2)?;
+            let events: String = r.try_get(3)?;
+            let seq = u64::try_from(seq).unwrap_or_default();
+            let deliveries = self
+                .catch_up_failures
+                .lock()
+                .map(|f| f.get(&(market.clone(), seq)).copied().unwrap_or(0))
+                .unwrap_or(0)
+                + 1;
+            // The stream shape, so the one settlement path handles both.
+            let batch = format!(
+                "{{\"market\":{},\"seq\":{seq},\"time_ms\":{time_ms},\"events\":{events}}}",
+                serde_json::Value::String(market)
+            );
+            entries.push(StreamEntry {
+                id: format!("event_batches:{seq}"),
+                fields: [(BATCH_FIELD.to_owned(), batch.into_bytes())]
+                    .into_iter()
+                    .collect(),
+                deliveries,
+            });
+        }
+        tracing::warn!(
+            count = entries.len(),
+            "settling event batches that never arrived on the stream"
+        );
+        let outcome = self.handle_entries(&entries).await;
+        if let Ok(mut failures) = self.catch_up_failures.lock() {
+            for (entry, result) in entries.iter().zip(&outcome.results) {
+                let Ok(b) = parse(entry) else { continue };
+                let key = (b.market.to_string(), b.seq);
+                if result.is_err() {
+                    *failures.entry(key).or_default() += 1;
+                } else {
+                    failures.remove(&key);
+                }
+            }
+        }
+        let applied = outcome.settled.applied.len();
+        metrics::counter!("exchange_clearing_catch_up_batches_total")
+            .increment(u64::try_from(applied).unwrap_or(0));
+        Ok(applied)
     }
 
     async fn note_failures(

@@ -3,7 +3,9 @@
 //!
 //! Owns: `eventStreamConsumer` (group `CLEARING_CONSUMER_GROUP`) on
 //! `<prefix>:events`, the private events on `<prefix>:private:<user_id>`,
-//! and the scheduled reconcile ([`reconcile`]).
+//! the catch-up that settles stored batches whose stream entry never came
+//! (Postgres is the source of truth, Redis may lose entries), and the
+//! scheduled reconcile ([`reconcile`]).
 //!
 //! Invariants:
 //! - each `(market, seq)` batch takes effect exactly once, however often it
@@ -65,6 +67,11 @@ pub struct Options {
     pub halts_refresh_interval: Duration,
     pub reconcile_interval: Duration,
     pub reconcile: reconcile::Options,
+    /// A stored event batch not cleared after this long is settled from
+    /// `event_batches` (its stream entry may be lost), on the halts schedule.
+    pub catch_up_after: Duration,
+    /// Batches per catch-up round.
+    pub catch_up_len_max: i64,
 }
 
 impl Default for Options {
@@ -77,6 +84,8 @@ impl Default for Options {
             halts_refresh_interval: Duration::from_secs(5),
             reconcile_interval: Duration::from_secs(60),
             reconcile: reconcile::Options::default(),
+            catch_up_after: Duration::from_secs(10),
+            catch_up_len_max: 1_000,
         }
     }
 }
@@ -156,6 +165,9 @@ async fn scheduled(clearing: Arc<Clearing>, opts: Options, shutdown: Shutdown) {
                 }
                 if let Err(e) = clearing.refresh_markets().await {
                     tracing::warn!(error = %e, "cannot refresh markets");
+                }
+                if let Err(e) = clearing.catch_up(opts.catch_up_after, opts.catch_up_len_max).await {
+                    tracing::warn!(error = %e, "catch-up from event_batches failed");
                 }
             }
             _ = recon.tick() => {

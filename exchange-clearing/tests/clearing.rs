@@ -1193,3 +1193,49 @@ async fn a_batch_that_cannot_settle_halts_its_market_and_goes_to_the_dlq() {
     h.shutdown.trigger();
     task.await.unwrap();
 }
+
+/// A batch matching stored but whose stream entry was lost (Redis flushed)
+/// is settled from `event_batches`; a second catch-up finds nothing.
+#[tokio::test]
+async fn a_batch_lost_from_the_stream_is_settled_from_postgres() {
+    let h = harness().await;
+    let (a, b, batches) = trade_scenario(&h).await;
+    for bt in &batches {
+        h.emit(bt).await;
+    }
+    let applied = h.clearing.catch_up(Duration::ZERO, 1_000).await.unwrap();
+    assert_eq!(applied, 2);
+    assert_trade_settled(&h, a, b).await;
+    assert_eq!(h.clearing.catch_up(Duration::ZERO, 1_000).await.unwrap(), 0);
+    // Too young to be considered lost: left to the stream.
+    let c = h.user("c@x.io").await;
+    h.deposit(c, "USDT", 10 * USDT).await;
+    let s = h
+        .place(MARKET, 50, c, Side::Buy, 10 * USDT, BTC / 10, USDT)
+        .await;
+    h.emit(&batch(
+        MARKET,
+        s,
+        vec![done(
+            50,
+            c,
+            FinalStatus::Canceled,
+            0,
+            AssetRole::Quote,
+            USDT,
+        )],
+    ))
+    .await;
+    assert_eq!(
+        h.clearing
+            .catch_up(Duration::from_secs(600), 1_000)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(h.reconcile().await.failed(), vec!["batches_cleared"]);
+    assert_eq!(h.clearing.catch_up(Duration::ZERO, 1_000).await.unwrap(), 1);
+    assert_eq!(h.balance(c, "USDT").await, ("10".into(), "0".into()));
+    let report = h.reconcile().await;
+    assert!(report.ok(), "{report}");
+}
