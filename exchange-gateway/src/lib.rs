@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod authn;
+pub mod binance;
 pub mod docs;
 pub mod keys;
 pub mod password;
@@ -160,6 +161,7 @@ pub fn routes(state: AppState) -> Router {
     router
         .layer(from_fn_with_state(limits, ratelimit::per_ip))
         .layer(from_fn(limit_headers))
+        .merge(binance::router(state))
 }
 
 /// The private WebSocket port's routes.

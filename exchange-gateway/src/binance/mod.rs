@@ -1,0 +1,302 @@
+//! A Binance-compatible Spot REST API under `/api/v3`, so unmodified
+//! clients (ccxt, python-binance, bots) trade here by changing their base
+//! URL. It is a translation layer only: orders are placed and cancelled
+//! through the order service exactly like `/api/v1/orders` (no second
+//! order path), market data comes from the marketdata service, and account
+//! reads (orders, fills, balances) are read from Postgres like the native
+//! balance endpoint does.
+//!
+//! Invariants: every answer, error or not, carries
+//! `X-MBX-USED-WEIGHT-1M`; every error is Binance's `{"code","msg"}`; a
+//! signed request is checked (timestamp window, HMAC-SHA256 over query
+//! string + body, key permissions) before anything else happens; the user
+//! acted for is always the key's owner. See docs/BINANCE.md.
+
+pub mod error;
+pub mod format;
+pub mod public;
+pub mod signed;
+pub mod trade;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use exchange_common::http::REQUEST_BODY_BYTES_MAX;
+
+use crate::ratelimit::{Kind, ip_key, request_ip};
+use crate::state::{AppState, now_ms};
+use error::BnError;
+
+/// Tracked clients of the request-weight counter (the limiter itself is
+/// the gateway's per-IP budget; this only reports usage).
+pub const WEIGHT_CLIENTS_MAX: usize = 100_000;
+/// The longest query string or form body accepted.
+pub const PARAMS_BYTES_MAX: usize = 8 * 1024;
+
+/// The Binance API's state: the gateway's, plus the weight counter.
+#[derive(Clone)]
+pub struct BnState {
+    pub app: AppState,
+    weights: Arc<Mutex<HashMap<String, (u64, u32)>>>,
+}
+
+impl BnState {
+    /// Adds `weight` to `key`'s current minute; returns the minute's total.
+    fn add_weight(&self, key: &str, weight: u32, now_ms: u64) -> u32 {
+        let minute = now_ms / 60_000;
+        let Ok(mut w) = self.weights.lock() else {
+            return weight;
+        };
+        if w.len() >= WEIGHT_CLIENTS_MAX && !w.contains_key(key) {
+            w.retain(|_, (m, _)| *m == minute);
+            if w.len() >= WEIGHT_CLIENTS_MAX {
+                return weight;
+            }
+        }
+        let e = w.entry(key.to_owned()).or_insert((minute, 0));
+        if e.0 != minute {
+            *e = (minute, 0);
+        }
+        e.1 = e.1.saturating_add(weight);
+        e.1
+    }
+}
+
+/// The request weight of an endpoint, as Binance counts it (approximately).
+fn weight_of(path: &str, query: &str) -> u32 {
+    match path {
+        "/api/v3/exchangeInfo" => 20,
+        "/api/v3/depth" => 5,
+        "/api/v3/ticker/24hr" | "/api/v3/ticker/price" | "/api/v3/ticker/bookTicker" => {
+            if query.contains("symbol=") { 2 } else { 80 }
+        }
+        "/api/v3/account" | "/api/v3/allOrders" | "/api/v3/myTrades" => 20,
+        "/api/v3/openOrders" => {
+            if query.contains("symbol=") {
+                6
+            } else {
+                80
+            }
+        }
+        "/api/v3/order" => 4,
+        _ => 1,
+    }
+}
+
+/// The per-IP budget (the gateway's own) with Binance's 429, and the
+/// `X-MBX-USED-WEIGHT-1M` header on every answer.
+async fn weigh(State(s): State<BnState>, req: Request, next: Next) -> Response {
+    let key = request_ip(&req, &s.app.trusted_proxies).map_or_else(|| "unknown".to_owned(), ip_key);
+    let weight = weight_of(req.uri().path(), req.uri().query().unwrap_or(""));
+    let used = s.add_weight(&key, weight, now_ms());
+    let mut resp = match s.app.limiter.check(Kind::Ip, &key) {
+        Ok(()) => next.run(req).await,
+        Err(l) => BnError::too_many(-1003, l.retry_after_secs()).into_response(),
+    };
+    resp.headers_mut()
+        .insert("x-mbx-used-weight-1m", HeaderValue::from(used));
+    resp.headers_mut()
+        .insert("x-mbx-used-weight", HeaderValue::from(used));
+    resp
+}
+
+/// Request parameters from the query string and a form-encoded body,
+/// decoded. The first occurrence of a name wins.
+#[derive(Debug, Default, Clone)]
+pub struct Params(pub Vec<(String, String)>);
+
+impl Params {
+    pub fn parse(query: &str, body: &str) -> Result<Self, BnError> {
+        if query.len() > PARAMS_BYTES_MAX || body.len() > PARAMS_BYTES_MAX {
+            return Err(BnError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                -1101,
+                "Too many parameters sent for this endpoint.",
+            ));
+        }
+        let mut pairs = format::form_pairs(query).ok_or_else(|| BnError::illegal("query"))?;
+        pairs.extend(format::form_pairs(body).ok_or_else(|| BnError::illegal("body"))?);
+        Ok(Self(pairs))
+    }
+
+    pub async fn from_request(req: Request) -> Result<Self, BnError> {
+        let query = req.uri().query().unwrap_or("").to_owned();
+        let body = read_body(req.into_body()).await?;
+        Self::parse(&query, &body)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+
+    pub fn require(&self, name: &str) -> Result<&str, BnError> {
+        self.get(name).ok_or_else(|| BnError::missing(name))
+    }
+
+    /// An optional unsigned integer parameter.
+    pub fn u64(&self, name: &str) -> Result<Option<u64>, BnError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) if v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit()) => {
+                v.parse().map(Some).map_err(|_| BnError::illegal(name))
+            }
+            Some(_) => Err(BnError::illegal(name)),
+        }
+    }
+
+    /// `limit`: default `default`, values above `max` clamp to `max` (as
+    /// Binance does for most endpoints), zero is refused.
+    pub fn limit(&self, default: u64, max: u64) -> Result<u64, BnError> {
+        match self.u64("limit")? {
+            None => Ok(default),
+            Some(0) => Err(BnError::illegal("limit")),
+            Some(n) => Ok(n.min(max)),
+        }
+    }
+}
+
+pub async fn read_body(body: Body) -> Result<String, BnError> {
+    let bytes = axum::body::to_bytes(body, REQUEST_BODY_BYTES_MAX)
+        .await
+        .map_err(|_| BnError::illegal("body"))?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| BnError::illegal("body"))
+}
+
+/// One market row as the Binance API needs it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MarketRow {
+    pub symbol: String,
+    pub base: String,
+    pub quote: String,
+    pub price_tick: String,
+    pub qty_step: String,
+    pub min_qty: String,
+    pub min_notional: String,
+    pub maker_fee: String,
+    pub taker_fee: String,
+    pub status: String,
+    pub base_scale: i16,
+    pub quote_scale: i16,
+}
+
+const MARKET_SQL: &str = "SELECT m.symbol, m.base, m.quote, trim_scale(m.price_tick)::text AS price_tick, \
+    trim_scale(m.qty_step)::text AS qty_step, trim_scale(m.min_qty)::text AS min_qty, \
+    trim_scale(m.min_notional)::text AS min_notional, trim_scale(m.maker_fee)::text AS maker_fee, \
+    trim_scale(m.taker_fee)::text AS taker_fee, m.status, b.scale AS base_scale, q.scale AS quote_scale \
+    FROM markets m JOIN assets b ON b.symbol = m.base JOIN assets q ON q.symbol = m.quote";
+
+pub async fn all_markets(s: &AppState) -> Result<Vec<MarketRow>, BnError> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{MARKET_SQL} ORDER BY m.symbol"
+    )))
+    .fetch_all(s.db())
+    .await?)
+}
+
+/// The market of a Binance symbol (`BTCUSDT`), or -1121.
+pub async fn market_of(s: &AppState, symbol: &str) -> Result<MarketRow, BnError> {
+    if !format::valid_binance_symbol(symbol) {
+        return Err(BnError::invalid_symbol());
+    }
+    let row: Option<MarketRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{MARKET_SQL} WHERE m.base || m.quote = $1"
+    )))
+    .bind(symbol)
+    .fetch_optional(s.db())
+    .await?;
+    row.ok_or_else(BnError::invalid_symbol)
+}
+
+/// The `/api/v3` routes, with their own weight header and Binance-style
+/// 429 (merged next to the gateway's routes, outside its JSON-error layers).
+pub fn router(app: AppState) -> Router {
+    let state = BnState {
+        app,
+        weights: Arc::new(Mutex::new(HashMap::new())),
+    };
+    Router::new()
+        .route("/api/v3/ping", get(public::ping))
+        .route("/api/v3/time", get(public::time))
+        .route("/api/v3/exchangeInfo", get(public::exchange_info))
+        .route("/api/v3/depth", get(public::depth))
+        .route("/api/v3/trades", get(public::trades))
+        .route("/api/v3/historicalTrades", get(public::trades))
+        .route("/api/v3/aggTrades", get(public::agg_trades))
+        .route("/api/v3/klines", get(public::klines))
+        .route("/api/v3/uiKlines", get(public::klines))
+        .route("/api/v3/ticker/24hr", get(public::ticker_24hr))
+        .route("/api/v3/ticker/price", get(public::ticker_price))
+        .route("/api/v3/ticker/bookTicker", get(public::book_ticker))
+        .route("/api/v3/avgPrice", get(public::avg_price))
+        .route(
+            "/api/v3/order",
+            post(trade::new_order)
+                .get(trade::query_order)
+                .delete(trade::cancel_order),
+        )
+        .route("/api/v3/order/test", post(trade::test_order))
+        .route(
+            "/api/v3/openOrders",
+            get(trade::open_orders).delete(trade::cancel_open_orders),
+        )
+        .route("/api/v3/allOrders", get(trade::all_orders))
+        .route("/api/v3/account", get(trade::account))
+        .route("/api/v3/myTrades", get(trade::my_trades))
+        .fallback(not_found)
+        .layer(from_fn_with_state(state.clone(), weigh))
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> Response {
+    if req.uri().path().starts_with("/api/v3/") {
+        BnError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            -1000,
+            "An unknown error occurred while processing the request.",
+        )
+        .into_response()
+    } else {
+        exchange_common::ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "no such route",
+        )
+        .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_merge_query_and_body() {
+        let p = Params::parse("symbol=BTCUSDT&limit=5", "side=BUY&limit=7").unwrap_or_default();
+        assert_eq!(p.get("symbol"), Some("BTCUSDT"));
+        assert_eq!(p.get("side"), Some("BUY"));
+        assert_eq!(p.get("limit"), Some("5"), "the first wins");
+        assert_eq!(p.limit(100, 3).ok(), Some(3));
+        assert_eq!(p.require("price").err().map(|e| e.code), Some(-1102));
+        let bad = Params::parse("limit=-1", "").unwrap_or_default();
+        assert_eq!(bad.limit(1, 2).err().map(|e| e.code), Some(-1100));
+        assert!(Params::parse("a=%zz", "").is_err());
+    }
+
+    #[test]
+    fn weights() {
+        assert_eq!(weight_of("/api/v3/ticker/24hr", ""), 80);
+        assert_eq!(weight_of("/api/v3/ticker/24hr", "symbol=BTCUSDT"), 2);
+        assert_eq!(weight_of("/api/v3/ping", ""), 1);
+    }
+}
