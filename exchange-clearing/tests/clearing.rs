@@ -1239,3 +1239,98 @@ async fn a_batch_lost_from_the_stream_is_settled_from_postgres() {
     let report = h.reconcile().await;
     assert!(report.ok(), "{report}");
 }
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let status = buf[9..12].parse().unwrap();
+    (status, buf)
+}
+
+/// The whole service: settles from the stream, reports a halt in `/ready`
+/// and `/metrics`, and exports the reconcile gauges on its schedule.
+#[tokio::test]
+async fn the_service_settles_and_reports_a_halted_market() {
+    let h = harness().await;
+    let (a, b, batches) = trade_scenario(&h).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let opts = exchange_clearing::Options {
+        deliveries_max: 2,
+        claim_idle: Duration::from_millis(300),
+        claim_interval: Duration::from_millis(100),
+        halts_refresh_interval: Duration::from_millis(200),
+        reconcile_interval: Duration::from_millis(300),
+        reconcile: ReconcileOptions {
+            lag: Duration::from_secs(60),
+        },
+        ..exchange_clearing::Options::default()
+    };
+    let shutdown = Shutdown::new();
+    let service = tokio::spawn(exchange_clearing::run_with(
+        Arc::new(h.env.config.clone()),
+        exchange_clearing::Listeners { http: listener },
+        shutdown.clone(),
+        opts,
+    ));
+    let stream = h.redis.events_stream();
+    let mut conn = h.redis.conn();
+    for bt in &batches {
+        h.emit(bt).await;
+        let _: String = conn
+            .xadd(
+                &stream,
+                "*",
+                &[("batch", serde_json::to_string(bt).unwrap())],
+            )
+            .await
+            .unwrap();
+    }
+    eventually("the trade settles", async || h.order(2).await.0 == "filled").await;
+    assert_trade_settled(&h, a, b).await;
+    eventually("the service is ready", async || {
+        http_get(addr, "/ready").await.0 == 200
+    })
+    .await;
+
+    // A batch that releases more than the order holds.
+    let s = h.journal_command(MARKET).await;
+    let bad = batch(
+        MARKET,
+        s,
+        vec![done(1, a, FinalStatus::Canceled, 0, AssetRole::Base, 1)],
+    );
+    h.emit(&bad).await;
+    let _: String = conn
+        .xadd(
+            &stream,
+            "*",
+            &[("batch", serde_json::to_string(&bad).unwrap())],
+        )
+        .await
+        .unwrap();
+    eventually("/ready reports the halted market", async || {
+        let (status, body) = http_get(addr, "/ready").await;
+        status == 503 && body.contains(&format!("\"market:{MARKET}\":\"down\""))
+    })
+    .await;
+    eventually(
+        "metrics show the halt and the failed invariant",
+        async || {
+            let (_, body) = http_get(addr, "/metrics").await;
+            body.contains(&format!("exchange_market_halted{{market=\"{MARKET}\"}} 1"))
+                && body.contains("exchange_reconcile_ok{invariant=\"no_halted_market\"} 0")
+                && body.contains("exchange_reconcile_ok{invariant=\"ledger_matches_balances\"} 1")
+                && body.contains("exchange_reconcile_last_run_timestamp_seconds")
+        },
+    )
+    .await;
+    assert_trade_settled(&h, a, b).await;
+    shutdown.trigger();
+    service.await.unwrap().unwrap();
+}
