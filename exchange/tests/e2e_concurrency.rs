@@ -50,7 +50,7 @@ async fn trade_randomly(c: &Cluster, u: &User, seed: u64, until: Instant) -> Tal
     let mut t = Tally::default();
     while Instant::now() < until {
         if !mine.is_empty() && rng.below(10) < 3 {
-            let i = rng.below(mine.len() as u64) as usize;
+            let i = usize::try_from(rng.below(mine.len() as u64)).unwrap();
             let id = mine.swap_remove(i);
             let (status, v) = c
                 .call(
