@@ -1,0 +1,398 @@
+//! The Binance-compatible `/api/v3` against a real gateway and order
+//! service (real Postgres and Redis): symbol mapping, filters, signing,
+//! replay outside the window, permissions and Binance's error codes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::{App, read};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+struct Key {
+    api_key: String,
+    secret: String,
+}
+
+async fn user_with_key(app: &App, email: &str, perms: &[&str]) -> (i64, Key) {
+    let user_id = app.register(email).await;
+    let token = app.login(email).await;
+    let (status, body) = app
+        .send(
+            Method::POST,
+            "/api/v1/api-keys",
+            &token,
+            Some(&json!({"permissions": perms})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    (
+        user_id,
+        Key {
+            api_key: body["api_key"].as_str().unwrap().to_owned(),
+            secret: body["secret"].as_str().unwrap().to_owned(),
+        },
+    )
+}
+
+/// A signed call; `in_body` puts everything (signature too) in a form body
+/// like ccxt does for POST.
+async fn signed_at(
+    app: &App,
+    key: &Key,
+    method: Method,
+    path: &str,
+    params: &str,
+    timestamp: u128,
+    in_body: bool,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let payload = if params.is_empty() {
+        format!("timestamp={timestamp}")
+    } else {
+        format!("{params}&timestamp={timestamp}")
+    };
+    let sig = exchange_gateway::keys::sign(&key.secret, payload.as_bytes());
+    let signed = format!("{payload}&signature={sig}");
+    let mut req = if in_body {
+        app.client
+            .request(method, format!("{}{path}", app.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(signed)
+    } else {
+        app.client
+            .request(method, format!("{}{path}?{signed}", app.url))
+    };
+    req = req.header("X-MBX-APIKEY", &key.api_key);
+    let r = req.send().await.unwrap();
+    let headers = r.headers().clone();
+    let (s, v) = read(r).await;
+    (s, v, headers)
+}
+
+async fn signed(app: &App, key: &Key, method: Method, path: &str, params: &str) -> (u16, Value) {
+    let (s, v, _) = signed_at(app, key, method, path, params, now_ms(), false).await;
+    (s, v)
+}
+
+async fn get(app: &App, path: &str) -> (u16, Value, reqwest::header::HeaderMap) {
+    let r = app
+        .client
+        .get(format!("{}{path}", app.url))
+        .send()
+        .await
+        .unwrap();
+    let headers = r.headers().clone();
+    let (s, v) = read(r).await;
+    (s, v, headers)
+}
+
+#[tokio::test]
+async fn public_endpoints_map_symbols_and_filters() {
+    let app = common::spawn().await;
+    app.seed_market().await;
+
+    let (s, v, h) = get(&app, "/api/v3/ping").await;
+    assert_eq!((s, v), (200, json!({})));
+    assert!(h.contains_key("x-mbx-used-weight-1m"));
+    let (_, t, _) = get(&app, "/api/v3/time").await;
+    let server = u128::from(t["serverTime"].as_u64().unwrap());
+    assert!(server.abs_diff(now_ms()) < 5_000);
+
+    let (s, info, h) = get(&app, "/api/v3/exchangeInfo").await;
+    assert_eq!(s, 200, "{info}");
+    let used: u32 = h["x-mbx-used-weight-1m"].to_str().unwrap().parse().unwrap();
+    assert!(used >= 20, "exchangeInfo weighs 20, used {used}");
+    let sym = &info["symbols"][0];
+    assert_eq!(sym["symbol"], "BTCUSDT");
+    assert_eq!(sym["status"], "TRADING");
+    assert_eq!(sym["baseAsset"], "BTC");
+    assert_eq!(sym["quoteAsset"], "USDT");
+    assert_eq!(sym["baseAssetPrecision"], 8);
+    assert_eq!(sym["quoteAssetPrecision"], 6);
+    assert_eq!(sym["permissions"], json!(["SPOT"]));
+    assert_eq!(sym["isSpotTradingAllowed"], true);
+    let filter = |name: &str| {
+        sym["filters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["filterType"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    assert_eq!(filter("PRICE_FILTER")["tickSize"], "0.01000000");
+    assert_eq!(filter("LOT_SIZE")["stepSize"], "0.00010000");
+    assert_eq!(filter("MARKET_LOT_SIZE")["stepSize"], "0.00010000");
+    assert_eq!(filter("NOTIONAL")["minNotional"], "1.00000000");
+
+    let (_, one, _) = get(&app, "/api/v3/exchangeInfo?symbol=BTCUSDT").await;
+    assert_eq!(one["symbols"].as_array().unwrap().len(), 1);
+    let (_, list, _) = get(&app, "/api/v3/exchangeInfo?symbols=%5B%22BTCUSDT%22%5D").await;
+    assert_eq!(list["symbols"][0]["symbol"], "BTCUSDT");
+    for bad in [
+        "/api/v3/exchangeInfo?symbol=ETHUSDT",
+        "/api/v3/depth?symbol=BTC-USDT",
+    ] {
+        let (s, v, h) = get(&app, bad).await;
+        assert_eq!((s, v["code"].as_i64()), (400, Some(-1121)), "{bad}: {v}");
+        assert_eq!(v["msg"], "Invalid symbol.");
+        assert!(h.contains_key("x-mbx-used-weight-1m"));
+    }
+    let (s, v, _) = get(&app, "/api/v3/depth").await;
+    assert_eq!((s, v["code"].as_i64()), (400, Some(-1102)), "{v}");
+    let (s, v, _) = get(&app, "/api/v3/klines?symbol=BTCUSDT&interval=7m").await;
+    assert_eq!((s, v["code"].as_i64()), (400, Some(-1120)), "{v}");
+    // Marketdata is down in this test: Binance's "overloaded", not a 500.
+    let (s, v, _) = get(&app, "/api/v3/depth?symbol=BTCUSDT").await;
+    assert_eq!((s, v["code"].as_i64()), (503, Some(-1008)), "{v}");
+}
+
+#[tokio::test]
+async fn signed_orders_errors_replay_and_permissions() {
+    let app = common::spawn().await;
+    app.seed_market().await;
+    let (uid, key) = user_with_key(&app, "bn@example.com", &["read", "trade"]).await;
+    app.deposit(uid, "USDT", "1000").await;
+
+    // The account, with every asset and Binance's decimals.
+    let (s, acct) = signed(&app, &key, Method::GET, "/api/v3/account", "").await;
+    assert_eq!(s, 200, "{acct}");
+    assert_eq!(acct["canTrade"], true);
+    let usdt = acct["balances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["asset"] == "USDT")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        usdt,
+        json!({"asset":"USDT","free":"1000.00000000","locked":"0.00000000"})
+    );
+
+    // Place (retrying while the order service has not seen the new market).
+    let mut placed = (0, Value::Null);
+    for _ in 0..50 {
+        placed = signed(
+            &app,
+            &key,
+            Method::POST,
+            "/api/v3/order",
+            "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.01000000&price=20000&newClientOrderId=bot-1&newOrderRespType=ACK",
+        )
+        .await;
+        if placed.1["code"] != -1121 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (s, ack) = placed;
+    assert_eq!(s, 200, "{ack}");
+    assert_eq!(ack["symbol"], "BTCUSDT");
+    assert_eq!(ack["clientOrderId"], "bot-1");
+    let order_id = ack["orderId"].as_i64().unwrap();
+
+    let (s, o) = signed(
+        &app,
+        &key,
+        Method::GET,
+        "/api/v3/order",
+        "symbol=BTCUSDT&origClientOrderId=bot-1",
+    )
+    .await;
+    assert_eq!(s, 200, "{o}");
+    assert_eq!(o["orderId"], order_id);
+    assert_eq!(o["price"], "20000.00000000");
+    assert_eq!(o["origQty"], "0.01000000");
+    assert_eq!(o["status"], "NEW");
+    assert_eq!(o["type"], "LIMIT");
+    assert_eq!(o["side"], "BUY");
+    let (_, open) = signed(
+        &app,
+        &key,
+        Method::GET,
+        "/api/v3/openOrders",
+        "symbol=BTCUSDT",
+    )
+    .await;
+    assert_eq!(open.as_array().unwrap().len(), 1, "{open}");
+    let (_, all) = signed(
+        &app,
+        &key,
+        Method::GET,
+        "/api/v3/allOrders",
+        "symbol=BTCUSDT",
+    )
+    .await;
+    assert_eq!(all[0]["orderId"], order_id);
+    let (_, acct) = signed(
+        &app,
+        &key,
+        Method::GET,
+        "/api/v3/account",
+        "omitZeroBalances=true",
+    )
+    .await;
+    assert_eq!(
+        acct["balances"],
+        json!([{"asset":"USDT","free":"800.00000000","locked":"200.00000000"}])
+    );
+
+    // Signed entirely in a form body, as ccxt sends POSTs; too big an order.
+    let (s, v, _) = signed_at(
+        &app,
+        &key,
+        Method::POST,
+        "/api/v3/order",
+        "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=1&price=20000",
+        now_ms(),
+        true,
+    )
+    .await;
+    assert_eq!((s, v["code"].as_i64()), (400, Some(-2010)), "{v}");
+    assert_eq!(
+        v["msg"],
+        "Account has insufficient balance for requested action."
+    );
+    // Filters.
+    let (_, v) = signed(
+        &app,
+        &key,
+        Method::POST,
+        "/api/v3/order",
+        "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.01&price=20000.001",
+    )
+    .await;
+    assert_eq!(
+        (v["code"].as_i64(), v["msg"].as_str()),
+        (Some(-1013), Some("Filter failure: PRICE_FILTER")),
+        "{v}"
+    );
+    let (_, v) = signed(
+        &app,
+        &key,
+        Method::POST,
+        "/api/v3/order",
+        "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.00001&price=20000",
+    )
+    .await;
+    assert_eq!(v["code"], -1013, "{v}");
+    // order/test validates and places nothing.
+    let (s, v) = signed(
+        &app,
+        &key,
+        Method::POST,
+        "/api/v3/order/test",
+        "symbol=BTCUSDT&side=SELL&type=MARKET&quantity=0.01",
+    )
+    .await;
+    assert_eq!((s, v), (200, json!({})));
+
+    // Unknown orders: -2013 on query, -2011 on cancel.
+    let (_, v) = signed(
+        &app,
+        &key,
+        Method::GET,
+        "/api/v3/order",
+        "symbol=BTCUSDT&orderId=999999",
+    )
+    .await;
+    assert_eq!(
+        (v["code"].as_i64(), v["msg"].as_str()),
+        (Some(-2013), Some("Order does not exist."))
+    );
+    let (_, v) = signed(
+        &app,
+        &key,
+        Method::DELETE,
+        "/api/v3/order",
+        "symbol=BTCUSDT&orderId=999999",
+    )
+    .await;
+    assert_eq!(
+        (v["code"].as_i64(), v["msg"].as_str()),
+        (Some(-2011), Some("Unknown order sent."))
+    );
+    let (_, v) = signed(&app, &key, Method::GET, "/api/v3/order", "symbol=BTCUSDT").await;
+    assert_eq!(v["code"], -1102);
+
+    // Bad signature, unknown key, missing key.
+    let wrong = Key {
+        api_key: key.api_key.clone(),
+        secret: "not-the-secret".into(),
+    };
+    let (s, v) = signed(&app, &wrong, Method::GET, "/api/v3/account", "").await;
+    assert_eq!((s, v["code"].as_i64()), (400, Some(-1022)), "{v}");
+    let unknown = Key {
+        api_key: "A".repeat(64),
+        secret: key.secret.clone(),
+    };
+    let (s, v) = signed(&app, &unknown, Method::GET, "/api/v3/account", "").await;
+    assert_eq!((s, v["code"].as_i64()), (401, Some(-2015)), "{v}");
+    let (s, v, _) = get(&app, "/api/v3/account?timestamp=1&signature=00").await;
+    assert_eq!((s, v["code"].as_i64()), (401, Some(-2014)), "{v}");
+
+    // Replay: a correctly signed request, presented after its window.
+    let old = now_ms() - 6_000;
+    let (s, v, _) = signed_at(&app, &key, Method::GET, "/api/v3/account", "", old, false).await;
+    assert_eq!((s, v["code"].as_i64()), (400, Some(-1021)), "{v}");
+    let (s, _, _) = signed_at(
+        &app,
+        &key,
+        Method::GET,
+        "/api/v3/account",
+        "recvWindow=10000",
+        old,
+        false,
+    )
+    .await;
+    assert_eq!(s, 200, "a wider window admits it");
+    let (_, v, _) = signed_at(
+        &app,
+        &key,
+        Method::GET,
+        "/api/v3/account",
+        "",
+        now_ms() + 5_000,
+        false,
+    )
+    .await;
+    assert_eq!(v["code"], -1021, "ahead of the server: {v}");
+
+    // A read-only key reads but cannot trade; nothing is placed.
+    let (_, ro) = user_with_key(&app, "ro@example.com", &["read"]).await;
+    let (s, _) = signed(&app, &ro, Method::GET, "/api/v3/account", "").await;
+    assert_eq!(s, 200);
+    let (s, v) = signed(
+        &app,
+        &ro,
+        Method::POST,
+        "/api/v3/order",
+        "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.01&price=20000",
+    )
+    .await;
+    assert_eq!((s, v["code"].as_i64()), (401, Some(-2015)), "{v}");
+    let (_, v) = signed(
+        &app,
+        &ro,
+        Method::DELETE,
+        "/api/v3/openOrders",
+        "symbol=BTCUSDT",
+    )
+    .await;
+    assert_eq!(v["code"], -2015);
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "only the one good order exists");
+}
