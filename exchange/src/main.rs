@@ -4,6 +4,8 @@
 //! code 64 listing every problem), installs JSON logs, binds, and runs the
 //! service(s) until SIGTERM/SIGINT, then drains.
 
+mod bench;
+
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -20,6 +22,7 @@ commands:
   marketdata   market data (MARKETDATA_HTTP_ADDR)
   all          every service in one process (local use)
   migrate      apply exchange-common/migrations to DB_URL
+  bench        load tool: users placing crossing orders over HTTP (exchange bench --help)
 
 configuration comes from the environment (and ENV_FILE when set); see docs/RUNBOOK.md";
 
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
     };
     match command {
         "migrate" => runtime.block_on(migrate()),
+        "bench" => runtime.block_on(bench::run_cli(&args[1..])),
         "admin" if args.get(1).map(String::as_str) == Some("reconcile") => {
             runtime.block_on(exchange_clearing::reconcile::run_cli())
         }
