@@ -543,3 +543,85 @@ async fn the_republisher_puts_missing_commands_back_on_the_stream() {
         0
     );
 }
+
+#[tokio::test]
+async fn a_full_queue_answers_overloaded_and_a_dead_database_unavailable() {
+    let app = support::spawn_with(exchange_order::batch::BatchOptions {
+        queue_len_max: 1,
+        batch_len_max: 1,
+        workers: 1,
+        ..Default::default()
+    })
+    .await;
+    let u = user_with(&app.db, "1000000", "0").await;
+    let calls = (0..100).map(|_| app.place(limit(u, "buy", "10", "1")));
+    let results = futures_util::future::join_all(calls).await;
+    let overloaded = results
+        .iter()
+        .filter(|(s, v)| *s == 503 && v["error"]["code"] == "OVERLOADED")
+        .count();
+    let accepted = results.iter().filter(|(s, _)| *s == 201).count();
+    assert!(overloaded > 0, "{results:?}");
+    assert_eq!(accepted + overloaded, 100, "{results:?}");
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(usize::try_from(orders).unwrap(), accepted);
+
+    // The service's database goes away: retryable 503s, never a 500.
+    let mut config = app.env.config.clone();
+    config.db_url = exchange_common::Secret::new("postgres://postgres@127.0.0.1:1/nowhere");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(exchange_order::run(
+        std::sync::Arc::new(config),
+        exchange_order::Listeners { http: listener },
+        app.shutdown.clone(),
+    ));
+    let http = reqwest::Client::new();
+    let requests = [
+        (
+            Method::POST,
+            "/internal/v1/orders".to_owned(),
+            Some(limit(u, "buy", "10", "1")),
+        ),
+        (
+            Method::GET,
+            format!("/internal/v1/orders?user_id={u}"),
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/internal/v1/orders/1?user_id={u}"),
+            None,
+        ),
+        (
+            Method::DELETE,
+            format!("/internal/v1/orders/1?user_id={u}"),
+            None,
+        ),
+        (Method::GET, format!("/internal/v1/fills?user_id={u}"), None),
+    ];
+    let calls = requests.into_iter().map(|(method, path, body)| {
+        let mut req = http
+            .request(method, format!("{url}{path}"))
+            .bearer_auth(&app.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let v: Value = resp.json().await.unwrap();
+            (path, status, v)
+        }
+    });
+    for (path, status, v) in futures_util::future::join_all(calls).await {
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (503, Some("UNAVAILABLE")),
+            "{path}"
+        );
+    }
+}
