@@ -206,7 +206,8 @@ def main():
     expect_error(ccxt.OrderNotFound, lambda: maker.fetch_order("999999999", SYMBOL), "fetch_order unknown")
     expect_error(ccxt.OrderNotFound, lambda: maker.cancel_order("999999999", SYMBOL), "cancel_order unknown")
     expect_error(ccxt.OrderNotFound, lambda: maker.cancel_order(lm["id"], SYMBOL), "cancel_order of a canceled order")
-    expect_error(ccxt.InvalidOrder,
+    # Binance answers -1013 "Filter failure: NOTIONAL", which ccxt maps to BadRequest.
+    expect_error(ccxt.BadRequest,
                  lambda: maker.create_order(SYMBOL, "limit", "buy", 0.01, 1, {"newClientOrderId": "tiny"}),
                  "an order below the minimum notional")
     bad = client(os.environ["TAKER_KEY"], "not-the-secret")
@@ -217,11 +218,14 @@ def main():
     nobody.markets = maker.markets
     nobody.markets_by_id = maker.markets_by_id
     expect_error(ccxt.AuthenticationError, nobody.fetch_balance, "an unknown key")
+    # (ccxt turns -2015 into DDoSProtection once a key has authenticated
+    # before, as Binance uses it for temporary bans: place first.)
     ro = client(os.environ["RO_KEY"], os.environ["RO_SECRET"])
     ro.load_markets()
-    check(d(ro.fetch_balance()["USDT"]["free"]) > 0, "a read-only key reads")
     expect_error(ccxt.AuthenticationError,
                  lambda: ro.create_order(SYMBOL, "limit", "buy", 0.01, 20000), "a read-only key places")
+    check(d(ro.fetch_balance()["USDT"]["free"]) > 0, "a read-only key reads")
+    check(ro.fetch_open_orders(SYMBOL) == [], "the read-only key placed nothing")
     skewed = client(os.environ["TAKER_KEY"], os.environ["TAKER_SECRET"], adjustForTimeDifference=False)
     skewed.markets = maker.markets
     skewed.markets_by_id = maker.markets_by_id

@@ -165,7 +165,7 @@ impl BnError {
             "PRICE_NOT_ON_TICK" => Self::filter("PRICE_FILTER"),
             "QUANTITY_NOT_ON_STEP" | "QUANTITY_TOO_SMALL" => Self::filter("LOT_SIZE"),
             "NOTIONAL_TOO_SMALL" => Self::filter("NOTIONAL"),
-            "MARKET_NOT_TRADING" => Self::bad(-2010, "Market is closed."),
+            "MARKET_NOT_TRADING" => Self::bad(-1013, "Market is closed."),
             "MARKET_NOT_FOUND" => Self::invalid_symbol(),
             "ORDER_NOT_FOUND" | "ORDER_NOT_OPEN" => match action {
                 Action::Cancel => Self::unknown_order(),
