@@ -34,6 +34,27 @@ if [ "$started_here" -eq 1 ]; then
     redis-cli -p "$EXCHANGE_REDIS_PORT" flushall >/dev/null
 fi
 
+# The Binance-compatibility test drives the unmodified Python ccxt client.
+if [ -z "${PYTHON:-}" ]; then
+    command -v python3 >/dev/null 2>&1 || apt_install python3
+    if python3 -c 'import ccxt' >/dev/null 2>&1; then
+        export PYTHON=python3
+    else
+        # A private virtualenv: Debian's system Python refuses global pip installs.
+        if [ ! -x "$root/.local/venv/bin/python" ]; then
+            python3 -m venv "$root/.local/venv" >/dev/null 2>&1 || {
+                apt_install python3-venv python3-pip
+                python3 -m venv "$root/.local/venv"
+            }
+        fi
+        if ! "$root/.local/venv/bin/python" -c 'import ccxt' >/dev/null 2>&1; then
+            log "pip install ccxt (into .local/venv)"
+            "$root/.local/venv/bin/python" -m pip install --quiet 'ccxt>=4.5,<5' || die "pip install ccxt failed"
+        fi
+        export PYTHON="$root/.local/venv/bin/python"
+    fi
+fi
+
 log "cargo test --workspace"
 # Unit, property, integration, end-to-end and doc tests; benchmarks run
 # separately (cargo bench), as they print figures rather than assert.
