@@ -229,27 +229,40 @@ async fn pipeline_throughput() {
         users.push(s.user("100000000", "100000").await);
     }
     let users = Arc::new(users);
+    // Orders per HTTP request: 1 uses the single route, more the batch route.
+    let per_request: usize = std::env::var("BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let started = Instant::now();
-    let concurrency = 256;
+    let concurrency = if per_request > 1 { 16 } else { 256 };
+    let requests = total.div_ceil(per_request);
     let mut tasks = Vec::new();
     for w in 0..concurrency {
         let (s, users) = (s.clone(), users.clone());
         tasks.push(tokio::spawn(async move {
-            let mut i = w;
-            while i < total {
-                let side = if i % 2 == 0 { "buy" } else { "sell" };
-                // Prices overlap so that about half the orders trade.
-                let price = 100 + (i % 7);
-                let (st, v) = s
-                    .send(
-                        reqwest::Method::POST,
-                        "/internal/v1/orders",
-                        Some(json!({"user_id": users[i % users.len()], "market": "BTC-USDT", "side": side,
-                                    "type": "limit", "price": price.to_string(), "quantity": "0.1"})),
-                    )
-                    .await;
-                assert_eq!(st, 201, "{v}");
-                i += concurrency;
+            let mut r = w;
+            while r < requests {
+                let orders: Vec<Value> = (r * per_request..((r + 1) * per_request).min(total))
+                    .map(|i| {
+                        let side = if i % 2 == 0 { "buy" } else { "sell" };
+                        // Prices overlap so that about half the orders trade.
+                        let price = 100 + (i % 7);
+                        json!({"user_id": users[i % users.len()], "market": "BTC-USDT", "side": side,
+                               "type": "limit", "price": price.to_string(), "quantity": "0.1"})
+                    })
+                    .collect();
+                if per_request == 1 {
+                    let (st, v) = s.send(reqwest::Method::POST, "/internal/v1/orders", orders.into_iter().next()).await;
+                    assert_eq!(st, 201, "{v}");
+                } else {
+                    let (st, v) = s
+                        .send(reqwest::Method::POST, "/internal/v1/orders/batch", Some(json!({"orders": orders})))
+                        .await;
+                    assert_eq!(st, 200, "{v}");
+                    assert!(v.as_array().unwrap().iter().all(|r| r["status"] == 201), "{v}");
+                }
+                r += concurrency;
             }
         }));
     }
@@ -274,7 +287,7 @@ async fn pipeline_throughput() {
     }
     let matched = started.elapsed();
     println!(
-        "{total} orders: accepted in {:.2}s ({:.0}/s), matched and stored in {:.2}s ({:.0}/s)",
+        "{total} orders ({per_request} per request): accepted in {:.2}s ({:.0}/s), matched and stored in {:.2}s ({:.0}/s)",
         accepted.as_secs_f64(),
         total as f64 / accepted.as_secs_f64(),
         matched.as_secs_f64(),

@@ -9,6 +9,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `POST /internal/v1/orders` `{user_id, market, side, type, price?, quantity?, quote_quantity?, stop_price?, time_in_force?, post_only?, stp?, client_order_id?}` | 201 order; 200 the existing order for a known `(user_id, client_order_id)` |
+//! | `POST /internal/v1/orders/batch` `{orders: [placement, ...]}` (1..=1000) | 200 `[{status, order} \| {status, error: {code, message}}]`, one per placement, in order |
 //! | `GET /internal/v1/orders/{id}?user_id=` | 200 order; 404 `ORDER_NOT_FOUND` (also another user's order) |
 //! | `GET /internal/v1/orders?user_id=&market=&status=open\|closed&limit=` | 200 `[order]`, newest first, limit 1..=1000 (default 100) |
 //! | `DELETE /internal/v1/orders/{id}?user_id=` | 200 the order as it is now (cancel journaled; an already final order is answered as it is, nothing journaled); 404 `ORDER_NOT_FOUND` |
@@ -59,6 +60,7 @@ pub fn routes(state: AppState) -> Router {
     Router::new()
         .route("/internal/v1/orders", post(place).get(list_orders))
         .route("/internal/v1/orders/cancel-all", post(cancel_all))
+        .route("/internal/v1/orders/batch", post(place_batch))
         .route(
             "/internal/v1/orders/{id}",
             get(get_order).delete(cancel).patch(amend),
@@ -144,8 +146,14 @@ async fn place(
     State(state): State<AppState>,
     Json(body): Json<PlaceBody>,
 ) -> Result<Response, ApiError> {
+    let (status, order) = place_one(&state, body).await?;
+    Ok((status, Json(order)).into_response())
+}
+
+/// Validates one placement and waits for its batch.
+async fn place_one(state: &AppState, body: PlaceBody) -> Result<(StatusCode, OrderJson), ApiError> {
     let user_id = check_user(body.user_id)?;
-    let info = market(&state, &body.market).await?;
+    let info = market(state, &body.market).await?;
     let input = PlaceInput {
         side: body.side,
         order_type: body.order_type,
@@ -175,12 +183,77 @@ async fn place(
             } else {
                 StatusCode::OK
             };
-            Ok((status, Json(order_response(&order, &state))).into_response())
+            Ok((status, order_response(&order, state)))
         }
         _ => Err(ApiError::internal(anyhow::anyhow!(
             "unexpected batch reply"
         ))),
     }
+}
+
+/// The most placements one `POST /internal/v1/orders/batch` may carry.
+pub const PLACE_BATCH_LEN_MAX: usize = 1_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceBatchBody {
+    pub orders: Vec<PlaceBody>,
+}
+
+/// One placement's outcome in a batch answer: `status` is what the single
+/// placement route would have answered.
+#[derive(Debug, Serialize)]
+pub struct PlaceResult {
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order: Option<OrderJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorJson {
+    pub code: String,
+    pub message: String,
+}
+
+/// Many placements in one request (for a caller that coalesces, e.g. the
+/// gateway under load, and for load tools): each is treated exactly like a
+/// single placement and they usually share one database transaction.
+/// Answers 200 with one result per order, in order.
+async fn place_batch(
+    State(state): State<AppState>,
+    Json(body): Json<PlaceBatchBody>,
+) -> Result<Json<Vec<PlaceResult>>, ApiError> {
+    if body.orders.is_empty() || body.orders.len() > PLACE_BATCH_LEN_MAX {
+        return Err(ApiError::bad_request(
+            "INVALID_REQUEST",
+            format!("orders must hold 1 to {PLACE_BATCH_LEN_MAX} placements"),
+        ));
+    }
+    // Polled in order, so they enter the queue in order.
+    let calls = body.orders.into_iter().map(|o| place_one(&state, o));
+    let results = futures_util::future::join_all(calls).await;
+    Ok(Json(
+        results
+            .into_iter()
+            .map(|r| match r {
+                Ok((status, order)) => PlaceResult {
+                    status: status.as_u16(),
+                    order: Some(order),
+                    error: None,
+                },
+                Err(e) => PlaceResult {
+                    status: e.status.as_u16(),
+                    order: None,
+                    error: Some(ErrorJson {
+                        code: e.code.into_owned(),
+                        message: e.message,
+                    }),
+                },
+            })
+            .collect(),
+    ))
 }
 
 #[derive(Debug, Deserialize)]

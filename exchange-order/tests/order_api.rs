@@ -625,3 +625,44 @@ async fn a_full_queue_answers_overloaded_and_a_dead_database_unavailable() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_batch_of_placements_answers_each_like_the_single_route() {
+    let app = spawn().await;
+    let u = user_with(&app.db, "25", "0").await;
+    let mut dup = limit(u, "buy", "10", "1");
+    dup["client_order_id"] = json!("b-1");
+    let orders = json!({"orders": [
+        dup.clone(),
+        limit(u, "buy", "10.001", "1"),
+        dup.clone(),
+        limit(u, "buy", "10", "1"),
+        limit(u, "buy", "10", "1"),
+    ]});
+    let (s, v) = app
+        .call(Method::POST, "/internal/v1/orders/batch", Some(orders))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let statuses: Vec<u64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [201, 400, 200, 201, 400], "{v}");
+    assert_eq!(v[1]["error"]["code"], "PRICE_NOT_ON_TICK");
+    assert_eq!(v[4]["error"]["code"], "INSUFFICIENT_BALANCE");
+    assert_eq!(v[0]["order"]["id"], v[2]["order"]["id"]);
+    assert_eq!(balance(&app.db, u, "USDT").await, ("5".into(), "20".into()));
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/internal/v1/orders/batch",
+            Some(json!({"orders": []})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("INVALID_REQUEST"))
+    );
+}
