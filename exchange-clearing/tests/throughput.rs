@@ -36,6 +36,7 @@ async fn settle_throughput() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
     let pairs = orders / 2;
+    let metrics = exchange_common::telemetry::metrics_handle();
     let env = test_env().await;
     let db = PgPool::connect(&env.db_url).await.unwrap();
     let redis = Redis::with_prefix(&env.redis_url, &env.redis_prefix).unwrap();
@@ -203,6 +204,20 @@ async fn settle_throughput() {
         rate / 2.0,
         opts.batch_len_max
     );
+    // Where the time went: seconds per settlement step, summed over reads.
+    let rendered = metrics.render();
+    let mut steps: Vec<(String, f64)> = rendered
+        .lines()
+        .filter(|l| l.starts_with("exchange_clearing_step_seconds_sum"))
+        .filter_map(|l| {
+            let step = l.split('"').nth(1)?.to_owned();
+            let secs = l.rsplit(' ').next()?.parse().ok()?;
+            Some((step, secs))
+        })
+        .collect();
+    steps.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let line: Vec<String> = steps.iter().map(|(s, v)| format!("{s} {v:.2}s")).collect();
+    println!("time per step: {}", line.join(", "));
     let report = reconcile::reconcile(&db, reconcile::Options::default())
         .await
         .unwrap();
