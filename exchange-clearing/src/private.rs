@@ -9,27 +9,45 @@
 
 use serde::Serialize;
 
-/// An order as `GET /api/v1/orders/{id}` shows it.
+/// An order exactly as the order service's REST API shows it
+/// (`exchange-order/src/view.rs`, `OrderJson`): the database's `expired`
+/// shows as `canceled` with its `reason`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OrderView {
     pub id: u64,
+    /// The channel this goes to; not part of the message.
+    #[serde(skip)]
     pub user_id: u64,
     pub client_order_id: Option<String>,
     pub market: String,
     pub side: String,
     #[serde(rename = "type")]
     pub order_type: String,
-    pub time_in_force: String,
     pub price: Option<String>,
     pub quantity: Option<String>,
-    pub quote_quantity: Option<String>,
     pub filled_quantity: String,
-    /// Quote exchanged so far: the average price is `filled_quote / filled_quantity`.
-    pub filled_quote: String,
     pub status: String,
-    pub reason: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    pub quote_quantity: Option<String>,
+    pub stop_price: Option<String>,
+    pub time_in_force: String,
+    pub post_only: bool,
+    pub stp: String,
+    /// `filled_quote / filled_quantity` at the quote scale, rounded down.
+    pub average_price: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// The public status of a stored one.
+pub fn api_status(db: &str) -> &'static str {
+    match db {
+        "partially_filled" => "partially_filled",
+        "filled" => "filled",
+        "canceled" | "expired" => "canceled",
+        "rejected" => "rejected",
+        _ => "new",
+    }
 }
 
 /// One side of a trade, as `GET /api/v1/account/trades` shows it.

@@ -1059,6 +1059,8 @@ async fn private_events_are_published_after_commit() {
     assert_eq!(order["status"], "filled");
     assert_eq!(order["filled_quantity"], "0.015");
     assert_eq!(order["price"], "30100");
+    assert_eq!(order["average_price"], "30000");
+    assert!(order.get("user_id").is_none());
     let fill = &by_type["trade"][0];
     assert_eq!(fill["fee"], "0.00003");
     assert_eq!(fill["fee_asset"], "BTC");
