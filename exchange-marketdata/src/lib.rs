@@ -1,6 +1,8 @@
 //! The marketdata service: depth, trades, klines and 24h tickers over HTTP
 //! (`/api/v1/markets/{symbol}/depth|trades|klines|ticker`, the same paths
-//! the gateway proxies) and the public WebSocket `/ws`.
+//! the gateway proxies) and the public WebSocket `/ws`, which also serves
+//! Binance-style market streams (`/ws/<stream>`, `/stream?streams=`, live
+//! `SUBSCRIBE`; see [`binance`]).
 //!
 //! It consumes `<prefix>:events` in its **own consumer group per replica**
 //! (`MARKETDATA_CONSUMER_GROUP`, which every replica must set to a unique
@@ -18,6 +20,7 @@
 //! forward in `last_seq`. No WebSocket client can slow the consumer or
 //! another client: queues are bounded and never awaited.
 
+pub mod binance;
 pub mod kline;
 pub mod rest;
 pub mod state;
@@ -68,6 +71,8 @@ pub fn routes(app: App) -> Router {
         .route("/api/v1/markets/{symbol}/klines", get(rest::klines))
         .route("/api/v1/markets/{symbol}/ticker", get(rest::ticker))
         .route("/ws", get(ws::ws_handler))
+        .route("/ws/{*streams}", get(ws::bn_raw_handler))
+        .route("/stream", get(ws::bn_combined_handler))
         .with_state(app)
 }
 

@@ -19,6 +19,7 @@ use exchange_domain::symbol::MarketSymbol;
 use tokio::sync::Notify;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
+use crate::binance::{BN_KINDS_LEN, BnKind, lower_name, upper_name};
 use crate::kline::{Candle, Interval};
 
 /// Recent trades kept per market (REST `/trades` serves at most this many).
@@ -44,9 +45,11 @@ pub enum ChannelKind {
     Trades,
     Ticker,
     Kline(Interval),
+    /// A Binance-format stream (`btcusdt@depth`, ...).
+    Bn(BnKind),
 }
 
-pub const CHANNEL_KINDS_LEN: usize = 3 + Interval::ALL.len();
+pub const CHANNEL_KINDS_LEN: usize = 3 + Interval::ALL.len() + BN_KINDS_LEN;
 
 impl ChannelKind {
     fn index(self) -> usize {
@@ -55,6 +58,7 @@ impl ChannelKind {
             ChannelKind::Trades => 1,
             ChannelKind::Ticker => 2,
             ChannelKind::Kline(i) => 3 + i.index(),
+            ChannelKind::Bn(k) => 3 + Interval::ALL.len() + k.index(),
         }
     }
 }
@@ -94,6 +98,7 @@ impl std::fmt::Display for Channel {
             ChannelKind::Trades => write!(f, "trades:{}", self.market),
             ChannelKind::Ticker => write!(f, "ticker:{}", self.market),
             ChannelKind::Kline(i) => write!(f, "kline:{i}:{}", self.market),
+            ChannelKind::Bn(k) => write!(f, "{}@{k}", lower_name(&self.market)),
         }
     }
 }
@@ -105,6 +110,9 @@ pub struct Subscriber {
     pub conn_id: u64,
     pub tx: mpsc::Sender<Utf8Bytes>,
     pub kill: Arc<Notify>,
+    /// Binance streams reach this connection wrapped as
+    /// `{"stream":..,"data":..}` (the combined `/stream` endpoint).
+    pub combined: bool,
 }
 
 impl Subscriber {
@@ -209,6 +217,14 @@ pub struct MarketState {
     /// Closed 1m candles of (at least) the last 24h, oldest first.
     minutes: VecDeque<Candle>,
     last_price: Option<u128>,
+    /// First trade id of each interval's current candle (Binance `k.f`).
+    candle_first_trade: [u64; Interval::ALL.len()],
+    /// `BTCUSDT`, and `btcusdt` for stream names.
+    pub(crate) bn_symbol: String,
+    bn_stream: String,
+    /// The first depth seq not yet covered by a Binance depth event: the
+    /// next `depthUpdate`'s `U`.
+    bn_depth_next: u64,
     subs: [Vec<Subscriber>; CHANNEL_KINDS_LEN],
 }
 
@@ -225,6 +241,10 @@ impl MarketState {
             candles: [None; Interval::ALL.len()],
             minutes: VecDeque::new(),
             last_price: None,
+            candle_first_trade: [0; Interval::ALL.len()],
+            bn_symbol: upper_name(&symbol),
+            bn_stream: lower_name(&symbol),
+            bn_depth_next: 1,
             subs: Default::default(),
         }
     }
@@ -317,6 +337,7 @@ impl MarketState {
                             self.minutes.pop_front();
                         }
                     }
+                    self.candle_first_trade[interval.index()] = t.id;
                     *slot = Some(Candle::first(
                         open_time,
                         t.price,
@@ -548,9 +569,90 @@ impl MarketState {
 
     /// Adds `sub` to `kind` unless that connection is already there.
     pub fn subscribe(&mut self, kind: ChannelKind, sub: Subscriber) {
+        if let ChannelKind::Bn(k) = kind
+            && k.is_depth()
+            && !self.has_bn_depth_subscribers()
+        {
+            // Nobody waits for older changes: the next event starts here.
+            self.bn_depth_next = self.seq + 1;
+        }
         let list = &mut self.subs[kind.index()];
         if !list.iter().any(|s| s.conn_id == sub.conn_id) {
             list.push(sub);
+        }
+    }
+
+    fn has_bn_depth_subscribers(&self) -> bool {
+        !self.subs[ChannelKind::Bn(BnKind::Depth).index()].is_empty()
+            || !self.subs[ChannelKind::Bn(BnKind::Depth100ms).index()].is_empty()
+    }
+
+    fn has_subscribers(&self, kind: ChannelKind) -> bool {
+        !self.subs[kind.index()].is_empty()
+    }
+
+    /// Offers a Binance event to `kind`'s subscribers: raw to `/ws`
+    /// connections, wrapped (built once, only if needed) to `/stream` ones.
+    fn fan_out_bn(&mut self, kind: BnKind, raw: &str) {
+        let ch = ChannelKind::Bn(kind);
+        let list = &mut self.subs[ch.index()];
+        if list.is_empty() {
+            return;
+        }
+        let plain = Utf8Bytes::from(raw.to_owned());
+        let wrapped = list.iter().any(|s| s.combined).then(|| {
+            Utf8Bytes::from(format!(
+                "{{\"stream\":\"{}@{kind}\",\"data\":{raw}}}",
+                self.bn_stream
+            ))
+        });
+        list.retain(|s| match (&wrapped, s.combined) {
+            (Some(w), true) => s.offer(w),
+            _ => s.offer(&plain),
+        });
+        metrics::counter!("marketdata_ws_messages_total").increment(list.len() as u64);
+    }
+
+    /// The Binance streams' share of [`Self::publish`].
+    fn publish_bn(&mut self, applied: &Applied, now_ms: u64) {
+        if self.has_bn_depth_subscribers() {
+            if !applied.bids.is_empty() || !applied.asks.is_empty() {
+                let raw = self.bn_depth_event(
+                    self.bn_depth_next,
+                    now_ms,
+                    applied.bids.iter().rev().map(|(p, q)| (*p, *q)),
+                    applied.asks.iter().map(|(p, q)| (*p, *q)),
+                );
+                self.bn_depth_next = self.seq + 1;
+                self.fan_out_bn(BnKind::Depth, &raw);
+                self.fan_out_bn(BnKind::Depth100ms, &raw);
+            }
+        } else {
+            self.bn_depth_next = self.seq + 1;
+        }
+        if applied.trades.is_empty() {
+            return;
+        }
+        for (kind, agg) in [(BnKind::Trade, false), (BnKind::AggTrade, true)] {
+            if self.has_subscribers(ChannelKind::Bn(kind)) {
+                for t in &applied.trades {
+                    let raw = self.bn_trade_event(t, agg);
+                    self.fan_out_bn(kind, &raw);
+                }
+            }
+        }
+        let last_trade = applied.trades.last().map_or(0, |t| t.id);
+        for (interval, candle) in &applied.candles {
+            let kind = BnKind::Kline(*interval);
+            if self.has_subscribers(ChannelKind::Bn(kind)) {
+                let first = self.candle_first_trade[interval.index()];
+                let raw = self.bn_kline_event(*interval, candle, first, last_trade, now_ms);
+                self.fan_out_bn(kind, &raw);
+            }
+        }
+        if self.has_subscribers(ChannelKind::Bn(BnKind::Ticker)) {
+            let raw = self.bn_ticker_event(&self.ticker(now_ms), now_ms);
+            self.fan_out_bn(BnKind::Ticker, &raw);
         }
     }
 
@@ -569,6 +671,7 @@ impl MarketState {
     /// without subscribers cost nothing. The depth delta goes out for every
     /// batch, even an empty one, so `seq` stays consecutive on the wire.
     pub fn publish(&mut self, applied: &Applied, now_ms: u64) {
+        self.publish_bn(applied, now_ms);
         if !self.subs[ChannelKind::Depth.index()].is_empty() {
             let msg = self.depth_delta_message(applied);
             self.fan_out(ChannelKind::Depth, &msg);

@@ -145,6 +145,30 @@ impl Core {
         Ok(Some(market))
     }
 
+    /// The market whose dashless lowercase name is `lower` (`btcusdt`):
+    /// a loaded one, else Postgres is asked (then it is loaded on use).
+    pub async fn find_binance(&self, lower: &str) -> Result<Option<MarketSymbol>, StoreError> {
+        let found = self
+            .markets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .find(|m| crate::binance::lower_name(m) == lower)
+            .copied();
+        if found.is_some() {
+            return Ok(found);
+        }
+        let row = sqlx::query(
+            "SELECT symbol FROM markets WHERE lower(replace(symbol, '-', '')) = $1 LIMIT 1",
+        )
+        .bind(lower)
+        .fetch_optional(&self.db)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let text: String = row.try_get(0)?;
+        Ok(MarketSymbol::parse(&text).ok())
+    }
+
     /// Loads every market in Postgres.
     pub async fn load_all(&self) -> Result<usize, StoreError> {
         let rows = sqlx::query("SELECT symbol FROM markets ORDER BY symbol")

@@ -14,24 +14,32 @@
 //! and published; so the first delta after a snapshot with `seq` N is N+1.
 //! Subscribing again to a depth channel sends a fresh snapshot (how a client
 //! resyncs after a gap).
+//!
+//! Binance-style streams share all of this: `/ws/<stream>[/<stream>..]`
+//! (raw events), `/stream?streams=a/b` (events wrapped as
+//! `{"stream","data"}`), and on either, live `{"method":"SUBSCRIBE"|
+//! "UNSUBSCRIBE"|"LIST_SUBSCRIPTIONS","params":[..],"id":N}` messages. A
+//! message with `method` is Binance's protocol, one with `op` ours; both
+//! work on every path. See [`crate::binance`].
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use exchange_common::{ApiError, Shutdown};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 
+use crate::binance::split_stream;
 use crate::state::{Channel, ChannelKind, Subscriber};
 use crate::store::Core;
 
@@ -110,6 +118,110 @@ pub async fn ws_handler(
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    open(app, headers, upgrade, Vec::new(), false)
+}
+
+/// `/ws/<stream>[/<stream>..]`: Binance raw streams. Purely numeric
+/// segments are ignored (ccxt opens `/ws/0`, `/ws/1`, .. and subscribes
+/// with `SUBSCRIBE`).
+pub async fn bn_raw_handler(
+    State(app): State<App>,
+    Path(streams): Path<String>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let names: Vec<&str> = streams
+        .split('/')
+        .filter(|s| !s.is_empty() && !s.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    match resolve_streams(&app, &names).await {
+        Ok(channels) => open(app, headers, upgrade, channels, false),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct CombinedParams {
+    streams: Option<String>,
+}
+
+/// `/stream?streams=a/b`: Binance combined streams (`{"stream","data"}`).
+pub async fn bn_combined_handler(
+    State(app): State<App>,
+    Query(p): Query<CombinedParams>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let text = p.streams.unwrap_or_default();
+    let names: Vec<&str> = text.split('/').filter(|s| !s.is_empty()).collect();
+    match resolve_streams(&app, &names).await {
+        Ok(channels) => open(app, headers, upgrade, channels, true),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Why a Binance stream name was not accepted.
+enum StreamError {
+    Invalid(String),
+    Unavailable,
+}
+
+/// Binance stream name → channel (the market looked up by its dashless name).
+async fn resolve_stream(app: &App, name: &str) -> Result<Channel, StreamError> {
+    let invalid = || StreamError::Invalid(format!("Invalid request: unknown stream {name:?}"));
+    let Some((sym, kind)) = split_stream(name) else {
+        return Err(invalid());
+    };
+    match app.core.find_binance(&sym).await {
+        Ok(Some(market)) => Ok(Channel {
+            kind: ChannelKind::Bn(kind),
+            market,
+        }),
+        Ok(None) => Err(invalid()),
+        Err(e) => {
+            tracing::warn!(error = %e, stream = name, "market lookup failed");
+            Err(StreamError::Unavailable)
+        }
+    }
+}
+
+async fn resolve_streams(app: &App, names: &[&str]) -> Result<Vec<Channel>, ApiError> {
+    if names.len() > WS_SUBSCRIPTIONS_MAX {
+        return Err(ApiError::bad_request(
+            "TOO_MANY_SUBSCRIPTIONS",
+            format!("at most {WS_SUBSCRIPTIONS_MAX} streams per connection"),
+        ));
+    }
+    let mut out: Vec<Channel> = Vec::with_capacity(names.len());
+    for name in names {
+        match resolve_stream(app, name).await {
+            Ok(ch) => {
+                if !out.contains(&ch) {
+                    out.push(ch);
+                }
+            }
+            Err(StreamError::Invalid(msg)) => {
+                return Err(ApiError::bad_request("INVALID_CHANNEL", msg));
+            }
+            Err(StreamError::Unavailable) => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UNAVAILABLE",
+                    "market data is not available, retry",
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn open(
+    app: App,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    initial: Vec<Channel>,
+    combined: bool,
+) -> Response {
     let origin = headers
         .get(header::ORIGIN)
         .map(|v| v.to_str().unwrap_or("\u{0}"));
@@ -131,7 +243,7 @@ pub async fn ws_handler(
     upgrade
         .max_message_size(WS_CLIENT_MESSAGE_BYTES_MAX)
         .max_frame_size(WS_CLIENT_MESSAGE_BYTES_MAX)
-        .on_upgrade(move |socket| connection(app, socket))
+        .on_upgrade(move |socket| connection(app, socket, initial, combined))
 }
 
 /// What the reader needs to act for its connection.
@@ -140,6 +252,7 @@ struct Conn {
     tx: mpsc::Sender<Utf8Bytes>,
     kill: Arc<Notify>,
     subs: BTreeSet<Channel>,
+    combined: bool,
 }
 
 impl Conn {
@@ -148,6 +261,7 @@ impl Conn {
             conn_id: self.id,
             tx: self.tx.clone(),
             kill: self.kill.clone(),
+            combined: self.combined,
         }
     }
 
@@ -160,9 +274,15 @@ impl Conn {
         let msg = json!({"type": "error", "error": {"code": code, "message": message.into()}});
         self.reply(Utf8Bytes::from(msg.to_string()));
     }
+
+    /// Binance's error answer to a `method` message.
+    fn bn_error(&self, code: i64, msg: impl Into<String>, id: &Value) {
+        let msg = json!({"error": {"code": code, "msg": msg.into()}, "id": id});
+        self.reply(Utf8Bytes::from(msg.to_string()));
+    }
 }
 
-async fn connection(app: App, socket: WebSocket) {
+async fn connection(app: App, socket: WebSocket, initial: Vec<Channel>, combined: bool) {
     let id = app.next_conn.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(WS_SEND_QUEUE_LEN_MAX);
     let kill = Arc::new(Notify::new());
@@ -171,8 +291,12 @@ async fn connection(app: App, socket: WebSocket) {
         tx,
         kill: kill.clone(),
         subs: BTreeSet::new(),
+        combined,
     };
     metrics::gauge!("marketdata_ws_connections").increment(1.0);
+    if !initial.is_empty() && add_channels(&app, &mut conn, &initial).await.is_err() {
+        conn.error("UNAVAILABLE", "market data is not available, retry");
+    }
     let (sink, mut stream) = socket.split();
     let why = {
         let writer = write_loop(sink, rx);
@@ -262,7 +386,19 @@ async fn read_loop(
 }
 
 async fn handle_text(app: &App, conn: &mut Conn, text: &str) {
-    let cmd: Command = match serde_json::from_str(text) {
+    let value: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(_) => {
+            return conn.error(
+                "INVALID_MESSAGE",
+                r#"expected {"op":"subscribe"|"unsubscribe","channels":[...]}"#,
+            );
+        }
+    };
+    if value.get("method").is_some() {
+        return bn_command(app, conn, value).await;
+    }
+    let cmd: Command = match serde_json::from_value(value) {
         Ok(c) => c,
         Err(_) => {
             return conn.error(
@@ -323,6 +459,13 @@ async fn subscribe(app: &App, conn: &mut Conn, requested: &[String]) {
     let Some(channels) = parse_channels(conn, requested) else {
         return;
     };
+    let added = channels.iter().filter(|c| !conn.subs.contains(c)).count();
+    if conn.subs.len() + added > WS_SUBSCRIPTIONS_MAX {
+        return conn.error(
+            "TOO_MANY_SUBSCRIPTIONS",
+            format!("at most {WS_SUBSCRIPTIONS_MAX} channels per connection"),
+        );
+    }
     let mut markets = Vec::with_capacity(channels.len());
     for ch in &channels {
         match app.core.market(ch.market).await {
@@ -335,13 +478,6 @@ async fn subscribe(app: &App, conn: &mut Conn, requested: &[String]) {
                 return conn.error("UNAVAILABLE", "market data is not available, retry");
             }
         }
-    }
-    let added = channels.iter().filter(|c| !conn.subs.contains(c)).count();
-    if conn.subs.len() + added > WS_SUBSCRIPTIONS_MAX {
-        return conn.error(
-            "TOO_MANY_SUBSCRIPTIONS",
-            format!("at most {WS_SUBSCRIPTIONS_MAX} channels per connection"),
-        );
     }
     let reply = json!({"type": "subscribed", "channels": names(&channels)});
     conn.reply(Utf8Bytes::from(reply.to_string()));
@@ -383,5 +519,116 @@ mod tests {
         assert!(!o.allows(Some("https://evil.example.com")));
         assert!(!Origins::new(&[]).allows(Some("https://app.example.com")));
         assert!(Origins::new(&["*".to_owned()]).allows(Some("https://x.example")));
+    }
+}
+
+/// Registers `channels` (already validated) for `conn`. Binance depth
+/// streams get no snapshot (clients fetch REST depth, as on Binance).
+async fn add_channels(app: &App, conn: &mut Conn, channels: &[Channel]) -> Result<(), ()> {
+    let mut markets = Vec::with_capacity(channels.len());
+    for ch in channels {
+        match app.core.market(ch.market).await {
+            Ok(Some(m)) => markets.push(m),
+            Ok(None) | Err(_) => return Err(()),
+        }
+    }
+    for (ch, market) in channels.iter().zip(markets) {
+        market.lock().subscribe(ch.kind, conn.subscriber());
+        conn.subs.insert(*ch);
+    }
+    Ok(())
+}
+
+/// Binance's live subscription messages.
+#[derive(Deserialize)]
+struct BnCommand {
+    method: String,
+    #[serde(default)]
+    params: Vec<String>,
+    #[serde(default)]
+    id: Value,
+}
+
+async fn bn_command(app: &App, conn: &mut Conn, value: Value) {
+    let id = value.get("id").cloned().unwrap_or(Value::Null);
+    if !(id.is_null() || id.is_u64() || id.is_string()) {
+        return conn.bn_error(
+            2,
+            "Invalid request: request ID must be an unsigned integer",
+            &Value::Null,
+        );
+    }
+    let cmd: BnCommand = match serde_json::from_value(value) {
+        Ok(c) => c,
+        Err(e) => return conn.bn_error(2, format!("Invalid request: {e}"), &id),
+    };
+    match cmd.method.as_str() {
+        "SUBSCRIBE" | "UNSUBSCRIBE" => {
+            if cmd.params.len() > WS_CHANNELS_PER_MESSAGE_MAX {
+                return conn.bn_error(
+                    2,
+                    format!(
+                        "Invalid request: at most {WS_CHANNELS_PER_MESSAGE_MAX} streams per message"
+                    ),
+                    &cmd.id,
+                );
+            }
+            let mut channels: Vec<Channel> = Vec::with_capacity(cmd.params.len());
+            for name in &cmd.params {
+                match resolve_stream(app, name).await {
+                    Ok(ch) => {
+                        if !channels.contains(&ch) {
+                            channels.push(ch);
+                        }
+                    }
+                    Err(StreamError::Invalid(msg)) => return conn.bn_error(2, msg, &cmd.id),
+                    Err(StreamError::Unavailable) => {
+                        return conn.bn_error(-1008, "Market data is unavailable, retry.", &cmd.id);
+                    }
+                }
+            }
+            if cmd.method == "SUBSCRIBE" {
+                let added = channels.iter().filter(|c| !conn.subs.contains(c)).count();
+                if conn.subs.len() + added > WS_SUBSCRIPTIONS_MAX {
+                    return conn.bn_error(
+                        2,
+                        format!(
+                            "Invalid request: at most {WS_SUBSCRIPTIONS_MAX} streams per connection"
+                        ),
+                        &cmd.id,
+                    );
+                }
+                if add_channels(app, conn, &channels).await.is_err() {
+                    return conn.bn_error(-1008, "Market data is unavailable, retry.", &cmd.id);
+                }
+            } else {
+                for ch in &channels {
+                    if conn.subs.remove(ch)
+                        && let Some(m) = app.core.get(&ch.market)
+                    {
+                        m.lock().unsubscribe(ch.kind, conn.id);
+                    }
+                }
+            }
+            conn.reply(Utf8Bytes::from(
+                json!({"result": null, "id": cmd.id}).to_string(),
+            ));
+        }
+        "LIST_SUBSCRIPTIONS" => {
+            let list: Vec<String> = conn
+                .subs
+                .iter()
+                .filter(|c| matches!(c.kind, ChannelKind::Bn(_)))
+                .map(ToString::to_string)
+                .collect();
+            conn.reply(Utf8Bytes::from(
+                json!({"result": list, "id": cmd.id}).to_string(),
+            ));
+        }
+        _ => conn.bn_error(
+            2,
+            "Invalid request: method must be SUBSCRIBE, UNSUBSCRIBE or LIST_SUBSCRIPTIONS",
+            &cmd.id,
+        ),
     }
 }
