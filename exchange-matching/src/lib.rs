@@ -19,7 +19,7 @@
 //!   runtime, one per market stream) applies commands: a duplicate
 //!   (`seq <= last`) is acknowledged and skipped, a gap is filled from the
 //!   journal first, and a command's batch is stored before its entry is
-//!   acknowledged. Entries are never dead-lettered: the journal is the
+//!   acknowledged (a failed store is retried before new work). Entries are never dead-lettered: the journal is the
 //!   source of truth and order matters, so a command that cannot be
 //!   processed stops progress (visible in `/ready` and the lag gauges)
 //!   rather than being skipped.
@@ -245,6 +245,7 @@ async fn run_market(base: ServiceBase, mut engine: Engine, shutdown: Shutdown) {
         let engine = Arc::new(tokio::sync::Mutex::new(engine));
         tokio::spawn(flush_unpublished(
             engine.clone(),
+            base.db.clone(),
             base.redis.clone(),
             market_shutdown.clone(),
         ));
@@ -273,10 +274,11 @@ async fn run_market(base: ServiceBase, mut engine: Engine, shutdown: Shutdown) {
     }
 }
 
-/// Publishes stored batches whose `XADD` failed even when no new command
-/// arrives to trigger it.
+/// Stores and publishes batches whose `INSERT` or `XADD` failed, even when
+/// no new command arrives to trigger it.
 async fn flush_unpublished(
     engine: Arc<tokio::sync::Mutex<Engine>>,
+    db: sqlx::PgPool,
     redis: exchange_common::redis::Redis,
     shutdown: Shutdown,
 ) {
@@ -286,7 +288,7 @@ async fn flush_unpublished(
             () = shutdown.wait() => return,
         }
         let mut engine = engine.lock().await;
-        if let Err(e) = engine.flush(&redis).await {
+        if let Err(e) = engine.flush(&db, &redis).await {
             tracing::warn!(market = %engine.symbol, error = format!("{e:#}"), "publishing events failed; will retry");
         }
     }

@@ -3,9 +3,11 @@
 //! batch stored in `event_batches` before its stream entry is acknowledged.
 //!
 //! Failure handling:
-//! - storing batches fails: the book has already moved, so it is thrown
-//!   away and rebuilt from the journal on the next delivery (the stored
-//!   batches are the truth; nothing is acknowledged in between);
+//! - storing batches fails: the book has already moved and is right, so
+//!   the batches wait in memory and are stored before any new work (and by
+//!   the periodic flush); their entries are not acknowledged until then
+//!   (redelivered later, they are duplicates). A crash meanwhile loses
+//!   nothing: recovery recomputes them from the journal;
 //! - publishing to `exchange:events` fails: the batches are stored, the
 //!   entries are acknowledged, and the unpublished batches are retried
 //!   before any new work (and, after a crash, republished at start: every
@@ -70,6 +72,8 @@ pub struct Engine {
     pub symbol: MarketSymbol,
     pub spec: MarketSpec,
     book: Option<OrderBook>,
+    /// Produced, but storing them failed: stored before any new work.
+    unstored: Vec<EventBatch>,
     /// Stored but not yet on the events stream.
     unpublished: Vec<EventBatch>,
     pub status: SharedStatus,
@@ -102,6 +106,7 @@ impl Engine {
             symbol: spec.symbol(),
             spec,
             book: None,
+            unstored: Vec::new(),
             unpublished: Vec::new(),
             status,
         }
@@ -124,6 +129,7 @@ impl Engine {
         metrics::gauge!("exchange_matching_market_halted", "market" => self.symbol.to_string())
             .set(1.0);
         self.book = None;
+        self.unstored.clear();
         if let Ok(mut s) = self.status.lock() {
             s.halted = Some(Halt { seq, reason });
         }
@@ -212,8 +218,9 @@ impl Engine {
         old.append(&mut self.unpublished);
         self.unpublished = old;
         self.book = Some(book);
+        self.unstored.clear();
         self.set_last();
-        self.flush(redis).await?;
+        self.flush(db, redis).await?;
         tracing::info!(
             market,
             replayed,
@@ -224,8 +231,13 @@ impl Engine {
         Ok(())
     }
 
-    /// Publishes what is stored but not yet on the events stream.
-    pub async fn flush(&mut self, redis: &Redis) -> anyhow::Result<()> {
+    /// Stores what is not yet stored, then publishes what is stored but
+    /// not yet on the events stream.
+    pub async fn flush(&mut self, db: &PgPool, redis: &Redis) -> anyhow::Result<()> {
+        if !self.unstored.is_empty() {
+            store::insert_batches(db, &self.unstored).await?;
+            self.unpublished.append(&mut self.unstored);
+        }
         if self.unpublished.is_empty() {
             return Ok(());
         }
@@ -257,8 +269,15 @@ impl Engine {
                 return fail_all(format!("market halted: {}", h.reason));
             }
         }
-        if let Err(e) = self.flush(redis).await {
-            return fail_all(format!("publishing stored batches failed: {e:#}"));
+        if !self.unstored.is_empty() {
+            if let Err(e) = self.flush(db, redis).await {
+                return fail_all(format!(
+                    "storing or publishing earlier batches failed: {e:#}"
+                ));
+            }
+        } else if let Err(e) = self.flush(db, redis).await {
+            // Stored already: new work may go on; publishing is retried.
+            tracing::warn!(market = %self.symbol, error = format!("{e:#}"), "publishing events failed; will retry");
         }
         let mut results: Vec<Result<(), String>> = Vec::with_capacity(entries.len());
         let mut produced: Vec<EventBatch> = Vec::new();
@@ -346,8 +365,12 @@ impl Engine {
         // Store what was produced (even before a halt: those were applied
         // correctly), then publish.
         if let Err(e) = store::insert_batches(db, &produced).await {
-            tracing::warn!(market = %self.symbol, error = format!("{e:#}"), "storing event batches failed; rebuilding the book");
-            self.book = None;
+            tracing::warn!(market = %self.symbol, error = format!("{e:#}"), "storing event batches failed; will retry before new work");
+            self.unstored.append(&mut produced);
+            if let Some((seq, reason)) = halt {
+                self.halt(seq, reason);
+            }
+            self.set_last();
             return fail_all(format!("storing event batches failed: {e:#}"));
         }
         metrics::counter!("exchange_matching_commands_total", "market" => self.symbol.to_string())
@@ -357,7 +380,7 @@ impl Engine {
             self.halt(seq, reason);
         }
         self.set_last();
-        if let Err(e) = self.flush(redis).await {
+        if let Err(e) = self.flush(db, redis).await {
             tracing::warn!(market = %self.symbol, error = format!("{e:#}"), "publishing events failed; will retry");
         }
         results

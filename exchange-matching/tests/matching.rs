@@ -392,3 +392,51 @@ async fn restart_replays_to_the_same_state_and_a_mismatch_halts() {
     .await;
     svc.stop().await;
 }
+
+#[tokio::test]
+async fn a_failed_store_is_retried_without_losing_or_repeating_a_batch() {
+    let env = setup().await;
+    let svc = start(&env).await;
+    wait_for("market started", || async {
+        status(&svc, &env).await.get("BTC-USDT").is_some()
+    })
+    .await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'storage unavailable'; END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON event_batches FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .execute(&env.db)
+    .await
+    .unwrap();
+    let sell = journal(&env, 1, &limit(1, 10, Side::Sell, 100)).await;
+    xadd(&env, &sell).await;
+    wait_for("the command applied", || async {
+        status(&svc, &env).await["BTC-USDT"]["last_seq"] == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(stored(&env).await.is_empty());
+    assert_eq!(pending(&env).await, 1, "not acknowledged while unstored");
+    assert!(published(&env).await.is_empty());
+
+    sqlx::raw_sql("DROP TRIGGER refuse ON event_batches")
+        .execute(&env.db)
+        .await
+        .unwrap();
+    // The periodic flush stores it; the redelivered entry is then a duplicate.
+    wait_stored(&env, 1).await;
+    let buy = journal(&env, 2, &limit(2, 20, Side::Buy, 100)).await;
+    xadd(&env, &buy).await;
+    wait_stored(&env, 2).await;
+    wait_for("no pending entries", || async { pending(&env).await == 0 }).await;
+    let seqs: Vec<u64> = published(&env).await.iter().map(|b| b.seq).collect();
+    assert_eq!(seqs, [1, 2]);
+    assert!(
+        stored(&env).await[1]
+            .1
+            .iter()
+            .any(|e| matches!(e, Event::Trade { .. }))
+    );
+    svc.stop().await;
+}
