@@ -7,14 +7,18 @@
 //! [`MARKETS_REFRESH_INTERVAL`], so a new market starts without a restart.
 //!
 //! Per market ([`market::Engine`]):
-//! - at start the book is rebuilt by replaying the whole journal
-//!   (`order_commands`) through the engine; each produced batch is compared
+//! - at start the book is restored from the newest good snapshot
+//!   (`matching_snapshots`, migration 0005: engine snapshot bytes, checked
+//!   against the stored seq and state hash; a bad one is skipped for the
+//!   next older, none means an empty book), then the journal
+//!   (`order_commands`) after it is replayed; each produced batch is compared
 //!   with the stored one, and a difference halts the market (the stored
 //!   events are what clearing settled; a book that disagrees must not go
 //!   on). Batches missing from `event_batches` are stored and published,
 //!   and stored batches not yet in `cleared_batches` are published again
-//!   (clearing is idempotent). Snapshots (issue 7) slot in as the starting
-//!   point of that replay (`Engine::recover`).
+//!   (clearing is idempotent). A snapshot is stored every 30 s (or every
+//!   100,000 commands) when the book moved and every batch up to it is
+//!   stored, and at shutdown; the newest 3 per market are kept.
 //! - then an `orderStreamConsumer` loop (exchange-common's consumer
 //!   runtime, one per market stream) applies commands: a duplicate
 //!   (`seq <= last`) is acknowledged and skipped, a gap is filled from the
@@ -249,6 +253,7 @@ async fn run_market(base: ServiceBase, mut engine: Engine, shutdown: Shutdown) {
             base.redis.clone(),
             market_shutdown.clone(),
         ));
+        let final_engine = engine.clone();
         let handler = MarketHandler {
             engine,
             db: base.db.clone(),
@@ -263,6 +268,15 @@ async fn run_market(base: ServiceBase, mut engine: Engine, shutdown: Shutdown) {
             market_shutdown,
         )
         .await;
+        // A last snapshot, so the next start replays little.
+        if let Err(e) = final_engine
+            .lock()
+            .await
+            .maybe_snapshot(&base.db, true)
+            .await
+        {
+            tracing::warn!(market = %symbol, error = format!("{e:#}"), "snapshot at shutdown failed");
+        }
     }
     let halted = status.lock().ok().and_then(|s| s.halted.clone());
     if let Some(h) = halted {
@@ -290,6 +304,9 @@ async fn flush_unpublished(
         let mut engine = engine.lock().await;
         if let Err(e) = engine.flush(&db, &redis).await {
             tracing::warn!(market = %engine.symbol, error = format!("{e:#}"), "publishing events failed; will retry");
+        }
+        if let Err(e) = engine.maybe_snapshot(&db, false).await {
+            tracing::warn!(market = %engine.symbol, error = format!("{e:#}"), "snapshot failed; will retry");
         }
     }
 }

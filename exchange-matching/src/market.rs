@@ -19,6 +19,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use exchange_common::redis::Redis;
 use exchange_common::streams::{Handler, StreamEntry};
@@ -76,8 +77,17 @@ pub struct Engine {
     unstored: Vec<EventBatch>,
     /// Stored but not yet on the events stream.
     unpublished: Vec<EventBatch>,
+    /// The seq of the newest stored snapshot (0: none) and when it was taken.
+    snapshot_seq: u64,
+    snapshot_at: Instant,
     pub status: SharedStatus,
 }
+
+/// A snapshot is taken when this long has passed since the last one and
+/// the book moved...
+pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(30);
+/// ...or when this many commands were applied since the last one.
+pub const SNAPSHOT_COMMANDS: u64 = 100_000;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -108,6 +118,8 @@ impl Engine {
             book: None,
             unstored: Vec::new(),
             unpublished: Vec::new(),
+            snapshot_seq: 0,
+            snapshot_at: Instant::now(),
             status,
         }
     }
@@ -151,7 +163,10 @@ impl Engine {
     pub async fn recover(&mut self, db: &PgPool, redis: &Redis) -> anyhow::Result<()> {
         let market = self.symbol.to_string();
         let started = std::time::Instant::now();
-        let mut book = OrderBook::new(self.spec);
+        let mut book = self.starting_book(db).await?;
+        let from_seq = book.last_seq();
+        self.snapshot_seq = from_seq;
+        self.snapshot_at = Instant::now();
         let mut missing: Vec<EventBatch> = Vec::new();
         let mut replayed = 0u64;
         loop {
@@ -223,12 +238,71 @@ impl Engine {
         self.flush(db, redis).await?;
         tracing::info!(
             market,
+            from_seq,
             replayed,
             last_seq = self.last_seq(),
             elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "market recovered"
         );
         Ok(())
+    }
+
+    /// The newest stored snapshot that restores and checks out (same seq,
+    /// same state hash), or an empty book. A bad snapshot is skipped with
+    /// an error log and `exchange_matching_snapshot_rejected_total`.
+    async fn starting_book(&self, db: &PgPool) -> anyhow::Result<OrderBook> {
+        let market = self.symbol.to_string();
+        for snap in store::latest_snapshots(db, &market).await? {
+            match OrderBook::restore(self.spec, &snap.bytes) {
+                Ok(book) if book.last_seq() == snap.seq && book.state_hash() == snap.state_hash => {
+                    return Ok(book);
+                }
+                Ok(book) => tracing::error!(
+                    market,
+                    seq = snap.seq,
+                    restored_seq = book.last_seq(),
+                    "snapshot does not match its seq or state hash; trying an older one"
+                ),
+                Err(e) => tracing::error!(market, seq = snap.seq, error = %e,
+                    "snapshot cannot be restored; trying an older one"),
+            }
+            metrics::counter!("exchange_matching_snapshot_rejected_total", "market" => market.clone())
+                .increment(1);
+        }
+        Ok(OrderBook::new(self.spec))
+    }
+
+    /// Stores a snapshot when one is due (or `force`d, at shutdown) and
+    /// safe: the book is live and every batch up to its seq is stored.
+    /// Returns the snapshot's seq when one was stored.
+    pub async fn maybe_snapshot(
+        &mut self,
+        db: &PgPool,
+        force: bool,
+    ) -> anyhow::Result<Option<u64>> {
+        let Some(book) = self.book.as_ref() else {
+            return Ok(None);
+        };
+        let seq = book.last_seq();
+        let due = force
+            || self.snapshot_at.elapsed() >= SNAPSHOT_INTERVAL
+            || seq.saturating_sub(self.snapshot_seq) >= SNAPSHOT_COMMANDS;
+        if !due || seq <= self.snapshot_seq || !self.unstored.is_empty() || self.halted().is_some()
+        {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let snap = store::Snapshot {
+            seq,
+            state_hash: book.state_hash(),
+            bytes: book.snapshot(),
+        };
+        store::insert_snapshot(db, &self.symbol.to_string(), &snap).await?;
+        self.snapshot_seq = seq;
+        self.snapshot_at = Instant::now();
+        tracing::info!(market = %self.symbol, seq, bytes = snap.bytes.len(),
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "snapshot stored");
+        Ok(Some(seq))
     }
 
     /// Stores what is not yet stored, then publishes what is stored but

@@ -152,3 +152,69 @@ pub async fn publish_batches(redis: &Redis, batches: &[EventBatch]) -> anyhow::R
     pipe.query_async::<()>(&mut conn).await?;
     Ok(())
 }
+
+/// Snapshots kept per market (older ones are deleted when a new one is stored).
+pub const SNAPSHOTS_KEPT: i64 = 3;
+
+/// A stored book snapshot.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub seq: u64,
+    pub state_hash: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// The u64 state hash as the bigint with the same bits, and back.
+pub fn hash_to_db(hash: u64) -> i64 {
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
+pub fn hash_from_db(hash: i64) -> u64 {
+    u64::from_ne_bytes(hash.to_ne_bytes())
+}
+
+/// The newest snapshots of `market`, newest first.
+pub async fn latest_snapshots(db: &PgPool, market: &str) -> anyhow::Result<Vec<Snapshot>> {
+    let rows: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT seq, state_hash, bytes FROM matching_snapshots WHERE market = $1 ORDER BY seq DESC LIMIT $2",
+    )
+    .bind(market)
+    .bind(SNAPSHOTS_KEPT)
+    .fetch_all(db)
+    .await?;
+    rows.into_iter()
+        .map(|(seq, hash, bytes)| {
+            Ok(Snapshot {
+                seq: u64::try_from(seq)?,
+                state_hash: hash_from_db(hash),
+                bytes,
+            })
+        })
+        .collect()
+}
+
+/// Stores a snapshot and deletes all but the newest [`SNAPSHOTS_KEPT`].
+pub async fn insert_snapshot(db: &PgPool, market: &str, snap: &Snapshot) -> anyhow::Result<()> {
+    let mut tx = db.begin().await?;
+    sqlx::query(
+        "INSERT INTO matching_snapshots (market, seq, state_hash, bytes) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (market, seq) DO NOTHING",
+    )
+    .bind(market)
+    .bind(i64::try_from(snap.seq)?)
+    .bind(hash_to_db(snap.state_hash))
+    .bind(&snap.bytes)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "DELETE FROM matching_snapshots WHERE market = $1 AND seq < (
+            SELECT min(seq) FROM (SELECT seq FROM matching_snapshots WHERE market = $1
+                                  ORDER BY seq DESC LIMIT $2) newest)",
+    )
+    .bind(market)
+    .bind(SNAPSHOTS_KEPT)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
