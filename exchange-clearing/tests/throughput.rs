@@ -3,7 +3,8 @@
 //! Redis. Ignored by default; run with
 //!
 //! ```text
-//! CLEARING_BENCH_ORDERS=20000 cargo test --release -p exchange-clearing \
+//! CLEARING_BENCH_ORDERS=40000 [CLEARING_BENCH_USERS=1000] [CLEARING_BENCH_BATCH=1000] \
+//!     cargo test --release -p exchange-clearing \
 //!     --test throughput -- --ignored --nocapture
 //! ```
 //!
@@ -26,8 +27,6 @@ use exchange_domain::{
 };
 use sqlx::PgPool;
 
-const USERS: i64 = 1_000;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: prints figures"]
 async fn settle_throughput() {
@@ -36,6 +35,12 @@ async fn settle_throughput() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
     let pairs = orders / 2;
+    // Fewer users means more netting (one balance row and posting per user
+    // and asset per journal, however many trades).
+    let users: i64 = std::env::var("CLEARING_BENCH_USERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000);
     let metrics = exchange_common::telemetry::metrics_handle();
     let env = test_env().await;
     let db = PgPool::connect(&env.db_url).await.unwrap();
@@ -47,28 +52,28 @@ async fn settle_throughput() {
            VALUES ('BTC-USDT', 'BTC', 'USDT', 0.01, 0.0001, 0.0001, 1, 0.001, 0.002);
          INSERT INTO market_sequences (market, last_seq) VALUES ('BTC-USDT', {orders});
          INSERT INTO users (id, email, password_hash)
-           SELECT g, 'u' || g || '@x.io', 'x' FROM generate_series(1, {USERS}) g;
+           SELECT g, 'u' || g || '@x.io', 'x' FROM generate_series(1, {users}) g;
          INSERT INTO ledger_journal (id, kind) VALUES (1, 'deposit');
          SELECT setval('ledger_journal_id_seq', 1);
-         SELECT setval('users_id_seq', {USERS});
+         SELECT setval('users_id_seq', {users});
          INSERT INTO ledger_postings (journal_id, account_kind, user_id, asset, amount)
-           SELECT 1, 'user', g, a, 1000000 FROM generate_series(1, {USERS}) g, unnest(ARRAY['BTC', 'USDT']) a;
+           SELECT 1, 'user', g, a, 1000000 FROM generate_series(1, {users}) g, unnest(ARRAY['BTC', 'USDT']) a;
          INSERT INTO ledger_postings (journal_id, account_kind, user_id, asset, amount)
-           SELECT 1, 'deposits', NULL, a, -1000000 * {USERS} FROM unnest(ARRAY['BTC', 'USDT']) a;
+           SELECT 1, 'deposits', NULL, a, -1000000 * {users} FROM unnest(ARRAY['BTC', 'USDT']) a;
          INSERT INTO order_commands (market, seq, time_ms, command)
            SELECT 'BTC-USDT', g, 0, '{{}}' FROM generate_series(1, {orders}) g;
          -- pair i: maker 2i-1 sells 0.01 BTC at 30000 (user i mod U + 1),
          --         taker 2i buys it (user (i + 1) mod U + 1), reserving 300 USDT
          INSERT INTO orders (id, user_id, market, side, type, time_in_force, price, quantity,
                              reserve_asset, reserved, locked_remaining, seq)
-           SELECT 2 * i - 1, i % {USERS} + 1, 'BTC-USDT', 'sell', 'limit', 'GTC', 30000, 0.01, 'BTC', 0.01, 0.01, 2 * i - 1
+           SELECT 2 * i - 1, i % {users} + 1, 'BTC-USDT', 'sell', 'limit', 'GTC', 30000, 0.01, 'BTC', 0.01, 0.01, 2 * i - 1
            FROM generate_series(1, {pairs}) i
            UNION ALL
-           SELECT 2 * i, (i + 1) % {USERS} + 1, 'BTC-USDT', 'buy', 'limit', 'GTC', 30000, 0.01, 'USDT', 300, 300, 2 * i
+           SELECT 2 * i, (i + 1) % {users} + 1, 'BTC-USDT', 'buy', 'limit', 'GTC', 30000, 0.01, 'USDT', 300, 300, 2 * i
            FROM generate_series(1, {pairs}) i;
          INSERT INTO balances (user_id, asset, available, locked)
            SELECT g, a, 1000000 - coalesce(o.l, 0), coalesce(o.l, 0)
-           FROM generate_series(1, {USERS}) g CROSS JOIN unnest(ARRAY['BTC', 'USDT']) a
+           FROM generate_series(1, {users}) g CROSS JOIN unnest(ARRAY['BTC', 'USDT']) a
            LEFT JOIN (SELECT user_id, reserve_asset, sum(locked_remaining) l FROM orders GROUP BY 1, 2) o
              ON o.user_id = g AND o.reserve_asset = a;
          ANALYZE;"
@@ -77,7 +82,7 @@ async fn settle_throughput() {
     .await
     .unwrap();
     let market = MarketSymbol::parse("BTC-USDT").unwrap();
-    let user = |i: u64, shift: u64| i.wrapping_add(shift) % u64::try_from(USERS).unwrap() + 1;
+    let user = |i: u64, shift: u64| i.wrapping_add(shift) % u64::try_from(users).unwrap() + 1;
     let mut payloads = Vec::with_capacity(usize::try_from(orders).unwrap());
     for i in 1..=pairs {
         let (maker, taker) = (user(i, 0), user(i, 1));
@@ -151,7 +156,7 @@ async fn settle_throughput() {
         pipe.query_async::<()>(&mut conn).await.unwrap();
     }
     println!(
-        "setup: {orders} orders, {pairs} trades, {USERS} users in {:.1}s",
+        "setup: {orders} orders, {pairs} trades, {users} users in {:.1}s",
         setup.elapsed().as_secs_f64()
     );
 
