@@ -118,6 +118,7 @@ pub async fn run_with(
     opts: Options,
 ) -> anyhow::Result<()> {
     let base = ServiceBase::new(config, SERVICE)?;
+    describe_metrics();
     let clearing = Arc::new(Clearing::new(
         base.db.clone(),
         base.redis.clone(),
@@ -185,4 +186,54 @@ async fn scheduled(clearing: Arc<Clearing>, opts: Options, shutdown: Shutdown) {
             }
         }
     }
+}
+
+/// `# HELP` and units for what clearing exports (promtool wants them).
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    let _ = exchange_common::telemetry::metrics_handle();
+    describe_gauge!(
+        "exchange_market_halted",
+        "1 when clearing halted the market after a batch was dead-lettered."
+    );
+    describe_gauge!(
+        "exchange_reconcile_ok",
+        "1 when the invariant held at the last reconciliation."
+    );
+    describe_gauge!(
+        "exchange_reconcile_violations",
+        "Offending rows the invariant found at the last reconciliation."
+    );
+    describe_gauge!(
+        "exchange_reconcile_last_run_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time of the last reconciliation run."
+    );
+    describe_counter!(
+        "exchange_clearing_batches_total",
+        "Event batches handled, by result (applied, duplicate, failed)."
+    );
+    describe_counter!("exchange_clearing_trades_total", "Trades settled.");
+    describe_counter!(
+        "exchange_clearing_catch_up_batches_total",
+        "Batches settled from event_batches because their stream entry never arrived."
+    );
+    describe_counter!(
+        "exchange_clearing_private_events_total",
+        "Private events published on Redis Pub/Sub."
+    );
+    describe_counter!(
+        "exchange_clearing_publish_failures_total",
+        "Pipelines of private events that Redis refused."
+    );
+    describe_histogram!(
+        "exchange_clearing_settle_seconds",
+        Unit::Seconds,
+        "Time to settle and publish one stream read."
+    );
+    describe_histogram!(
+        "exchange_clearing_step_seconds",
+        Unit::Seconds,
+        "Time per settlement step (plan, balances, orders, trades, fills, ledger, commit, publish)."
+    );
 }

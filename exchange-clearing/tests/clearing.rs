@@ -1329,6 +1329,7 @@ async fn the_service_settles_and_reports_a_halted_market() {
                 && body.contains("exchange_reconcile_ok{invariant=\"no_halted_market\"} 0")
                 && body.contains("exchange_reconcile_ok{invariant=\"ledger_matches_balances\"} 1")
                 && body.contains("exchange_reconcile_last_run_timestamp_seconds")
+            && body.contains("# HELP exchange_market_halted")
         },
     )
     .await;
