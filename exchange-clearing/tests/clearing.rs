@@ -1329,11 +1329,85 @@ async fn the_service_settles_and_reports_a_halted_market() {
                 && body.contains("exchange_reconcile_ok{invariant=\"no_halted_market\"} 0")
                 && body.contains("exchange_reconcile_ok{invariant=\"ledger_matches_balances\"} 1")
                 && body.contains("exchange_reconcile_last_run_timestamp_seconds")
-            && body.contains("# HELP exchange_market_halted")
+                && body.contains("# HELP exchange_market_halted")
         },
     )
     .await;
     assert_trade_settled(&h, a, b).await;
     shutdown.trigger();
     service.await.unwrap().unwrap();
+}
+
+/// Batches of one market delivered out of order (a cancel's release before
+/// the fill that preceded it) converge to the in-order state.
+#[tokio::test]
+async fn batches_delivered_out_of_order_converge() {
+    let h = harness().await;
+    let a = h.user("a@x.io").await;
+    let b = h.user("b@x.io").await;
+    h.deposit(a, "BTC", BTC).await;
+    h.deposit(b, "USDT", 1_000 * USDT).await;
+    let price = 20_000 * USDT;
+    let s1 = h
+        .place(MARKET, 10, a, Side::Sell, price, 2_000_000, 2_000_000)
+        .await;
+    let s2 = h
+        .place(MARKET, 11, b, Side::Buy, price, 500_000, 100 * USDT)
+        .await;
+    let s3 = h.journal_command(MARKET).await;
+    let e1 = h.emit(&batch(MARKET, s1, vec![accepted(10, a)])).await;
+    let e2 = h
+        .emit(&batch(
+            MARKET,
+            s2,
+            vec![
+                accepted(11, b),
+                trade(
+                    1,
+                    (10, a),
+                    (11, b),
+                    Side::Buy,
+                    price,
+                    500_000,
+                    100_000,
+                    1_000,
+                ),
+                done(11, b, FinalStatus::Filled, 500_000, AssetRole::Quote, 0),
+            ],
+        ))
+        .await;
+    let e3 = h
+        .emit(&batch(
+            MARKET,
+            s3,
+            vec![done(
+                10,
+                a,
+                FinalStatus::Canceled,
+                500_000,
+                AssetRole::Base,
+                1_500_000,
+            )],
+        ))
+        .await;
+    for e in [&e3, &e2, &e1] {
+        ok(&h, std::slice::from_ref(e)).await;
+    }
+    assert_eq!(
+        h.order(10).await,
+        (
+            "canceled".into(),
+            "0.005".into(),
+            "100".into(),
+            "0".into(),
+            None
+        )
+    );
+    assert_eq!(h.order(11).await.0, "filled");
+    assert_eq!(h.balance(a, "BTC").await, ("0.995".into(), "0".into()));
+    assert_eq!(h.balance(a, "USDT").await, ("99.9".into(), "0".into()));
+    assert_eq!(h.balance(b, "BTC").await, ("0.00499".into(), "0".into()));
+    assert_eq!(h.balance(b, "USDT").await, ("900".into(), "0".into()));
+    let report = h.reconcile().await;
+    assert!(report.ok(), "{report}");
 }
