@@ -381,6 +381,11 @@ impl Cluster {
                     "qty_step":"0.00001","min_notional":"1","maker_fee":maker_fee,"taker_fee":taker_fee}),
         )
         .await;
+        // The order service learns of a new market through a cache that
+        // reloads on a miss at most every 250 ms
+        // (exchange_order::markets::MARKETS_MISS_RELOAD_INTERVAL): an order
+        // placed sooner is answered 404 MARKET_NOT_FOUND.
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
     /// Registers and logs in a user: `(user_id, access_token)`.
