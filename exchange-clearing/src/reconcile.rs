@@ -211,6 +211,10 @@ pub async fn reconcile(db: &PgPool, opts: Options) -> Result<Report, sqlx::Error
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
+    // Full scans of the ledger outgrow the services' short statement timeout.
+    sqlx::query("SET LOCAL statement_timeout = '10min'")
+        .execute(&mut *tx)
+        .await?;
     let lag = opts.lag.as_secs_f64();
     let mut checks = Vec::with_capacity(CHECKS.len());
     for (name, sql) in CHECKS {
