@@ -18,7 +18,9 @@
 //!   and stored batches not yet in `cleared_batches` are published again
 //!   (clearing is idempotent). A snapshot is stored every 30 s (or every
 //!   100,000 commands) when the book moved and every batch up to it is
-//!   stored, and at shutdown; the newest 3 per market are kept.
+//!   stored, and at shutdown; the newest 3 per market are kept. After a
+//!   snapshot the market's order stream is trimmed (`XTRIM MINID ~`) below
+//!   the last entry that is both consumed and covered by the snapshot.
 //! - then an `orderStreamConsumer` loop (exchange-common's consumer
 //!   runtime, one per market stream) applies commands: a duplicate
 //!   (`seq <= last`) is acknowledged and skipped, a gap is filled from the
@@ -272,7 +274,7 @@ async fn run_market(base: ServiceBase, mut engine: Engine, shutdown: Shutdown) {
         if let Err(e) = final_engine
             .lock()
             .await
-            .maybe_snapshot(&base.db, true)
+            .maybe_snapshot(&base.db, &base.redis, true)
             .await
         {
             tracing::warn!(market = %symbol, error = format!("{e:#}"), "snapshot at shutdown failed");
@@ -305,7 +307,7 @@ async fn flush_unpublished(
         if let Err(e) = engine.flush(&db, &redis).await {
             tracing::warn!(market = %engine.symbol, error = format!("{e:#}"), "publishing events failed; will retry");
         }
-        if let Err(e) = engine.maybe_snapshot(&db, false).await {
+        if let Err(e) = engine.maybe_snapshot(&db, &redis, false).await {
             tracing::warn!(market = %engine.symbol, error = format!("{e:#}"), "snapshot failed; will retry");
         }
     }

@@ -80,8 +80,14 @@ pub struct Engine {
     /// The seq of the newest stored snapshot (0: none) and when it was taken.
     snapshot_seq: u64,
     snapshot_at: Instant,
+    /// `(last applied seq, stream entry id)` after each fully processed
+    /// read, oldest first: what the order stream may be trimmed below.
+    consumed: std::collections::VecDeque<(u64, String)>,
     pub status: SharedStatus,
 }
+
+/// Consumed-position marks kept for trimming (one per stream read).
+pub const CONSUMED_MARKS_LEN_MAX: usize = 4_096;
 
 /// A snapshot is taken when this long has passed since the last one and
 /// the book moved...
@@ -120,6 +126,7 @@ impl Engine {
             unpublished: Vec::new(),
             snapshot_seq: 0,
             snapshot_at: Instant::now(),
+            consumed: std::collections::VecDeque::new(),
             status,
         }
     }
@@ -272,12 +279,48 @@ impl Engine {
         Ok(OrderBook::new(self.spec))
     }
 
+    /// Records that every entry up to stream id `id` is applied and its
+    /// batch stored.
+    pub fn mark_consumed(&mut self, id: String) {
+        if self.consumed.len() >= CONSUMED_MARKS_LEN_MAX {
+            self.consumed.pop_front();
+        }
+        self.consumed.push_back((self.last_seq(), id));
+    }
+
+    /// Trims the order stream below the newest entry that is both consumed
+    /// and covered by the snapshot at `snapshot_seq` (the journal in
+    /// Postgres keeps everything; the stream is only transport).
+    async fn trim_orders_stream(&mut self, redis: &Redis) -> anyhow::Result<()> {
+        let mut min_id = None;
+        while let Some((seq, _)) = self.consumed.front() {
+            if *seq > self.snapshot_seq {
+                break;
+            }
+            min_id = self.consumed.pop_front().map(|(_, id)| id);
+        }
+        let Some(id) = min_id else {
+            return Ok(());
+        };
+        let mut conn = redis.conn();
+        let trimmed: u64 = redis::cmd("XTRIM")
+            .arg(redis.orders_stream(&self.symbol.to_string()))
+            .arg("MINID")
+            .arg("~")
+            .arg(&id)
+            .query_async(&mut conn)
+            .await?;
+        tracing::debug!(market = %self.symbol, below = %id, trimmed, "order stream trimmed");
+        Ok(())
+    }
+
     /// Stores a snapshot when one is due (or `force`d, at shutdown) and
     /// safe: the book is live and every batch up to its seq is stored.
     /// Returns the snapshot's seq when one was stored.
     pub async fn maybe_snapshot(
         &mut self,
         db: &PgPool,
+        redis: &Redis,
         force: bool,
     ) -> anyhow::Result<Option<u64>> {
         let Some(book) = self.book.as_ref() else {
@@ -300,6 +343,9 @@ impl Engine {
         store::insert_snapshot(db, &self.symbol.to_string(), &snap).await?;
         self.snapshot_seq = seq;
         self.snapshot_at = Instant::now();
+        if let Err(e) = self.trim_orders_stream(redis).await {
+            tracing::warn!(market = %self.symbol, error = format!("{e:#}"), "order stream trim failed");
+        }
         tracing::info!(market = %self.symbol, seq, bytes = snap.bytes.len(),
             elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "snapshot stored");
         Ok(Some(seq))
@@ -475,6 +521,11 @@ impl Handler for MarketHandler {
     async fn handle(&self, entries: &[StreamEntry]) -> Vec<Result<(), String>> {
         let mut engine = self.engine.lock().await;
         let out = engine.handle(&self.db, &self.redis, entries).await;
+        if let Some(last) = entries.last()
+            && out.iter().all(Result::is_ok)
+        {
+            engine.mark_consumed(last.id.clone());
+        }
         if engine.halted().is_some() {
             self.on_halt.trigger();
         }
