@@ -101,6 +101,7 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let base = ServiceBase::new(config.clone(), SERVICE)?;
+    describe_metrics();
     let registry: Registry = Arc::default();
     let supervisor = tokio::spawn(supervise(base.clone(), registry.clone(), shutdown.clone()));
     let state = AppState { config, registry };
@@ -311,4 +312,37 @@ async fn flush_unpublished(
             tracing::warn!(market = %engine.symbol, error = format!("{e:#}"), "snapshot failed; will retry");
         }
     }
+}
+
+/// Describes this service's metrics (help text for `/metrics`).
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(
+        "exchange_matching_market_halted",
+        "1 when the market's engine stopped (replay mismatch, engine failure, journal gap)"
+    );
+    describe_gauge!(
+        "exchange_matching_last_seq",
+        "Last command sequence number applied per market"
+    );
+    describe_counter!(
+        "exchange_matching_commands_total",
+        "Commands applied and their event batches stored"
+    );
+    describe_counter!(
+        "exchange_matching_duplicates_total",
+        "Order stream entries skipped because their seq was already applied"
+    );
+    describe_counter!(
+        "exchange_matching_gap_filled_total",
+        "Commands read from the journal to fill a sequence gap"
+    );
+    describe_counter!(
+        "exchange_matching_replay_mismatch_total",
+        "Replays whose events differed from the stored batch (the market halts)"
+    );
+    describe_counter!(
+        "exchange_matching_snapshot_rejected_total",
+        "Stored snapshots skipped at recovery (unreadable or wrong seq or state hash)"
+    );
 }

@@ -118,6 +118,8 @@ pub fn apply_guarded(book: &mut OrderBook, cmd: &SequencedCommand) -> Result<Vec
 
 impl Engine {
     pub fn new(spec: MarketSpec, status: SharedStatus) -> Self {
+        metrics::gauge!("exchange_matching_market_halted", "market" => spec.symbol().to_string())
+            .set(0.0);
         Self {
             symbol: spec.symbol(),
             spec,
@@ -156,6 +158,9 @@ impl Engine {
 
     fn set_last(&self) {
         let last = self.last_seq();
+        #[allow(clippy::cast_precision_loss)]
+        metrics::gauge!("exchange_matching_last_seq", "market" => self.symbol.to_string())
+            .set(last as f64);
         if let Ok(mut s) = self.status.lock() {
             s.last_seq = last;
         }

@@ -70,6 +70,7 @@ pub async fn run_with(
     options: batch::BatchOptions,
 ) -> anyhow::Result<()> {
     let base = ServiceBase::new(config.clone(), SERVICE)?;
+    describe_metrics();
     let markets = markets::Markets::new(base.db.clone());
     if let Err(e) = markets.reload().await {
         tracing::warn!(error = %e, "markets not loaded at start; loading on first use");
@@ -93,4 +94,35 @@ pub async fn run_with(
     };
     base.serve(listeners.http, api::routes(state), shutdown)
         .await
+}
+
+/// Describes this service's metrics (help text for `/metrics`).
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_histogram};
+    describe_counter!(
+        "exchange_order_commands_total",
+        "Commands journaled (place, cancel, cancel-all, amend, status)"
+    );
+    describe_counter!(
+        "exchange_order_overloaded_total",
+        "Requests refused with OVERLOADED because the write queue was full"
+    );
+    describe_counter!(
+        "exchange_order_batch_failed_total",
+        "Write batches that failed in Postgres (every request in them got UNAVAILABLE)"
+    );
+    describe_counter!(
+        "exchange_order_publish_failed_total",
+        "Batches whose XADD failed after commit (the republisher repairs them)"
+    );
+    describe_counter!(
+        "exchange_order_republished_total",
+        "Journaled commands put on the order stream again by the republisher"
+    );
+    describe_histogram!("exchange_order_batch_len", "Requests per write batch");
+    describe_histogram!(
+        "exchange_order_batch_seconds",
+        Unit::Seconds,
+        "Time to apply one write batch (transaction and XADD)"
+    );
 }
