@@ -33,6 +33,8 @@ use crate::store::{self, SettleError, Settled};
 pub const BATCH_FIELD: &str = "batch";
 /// Publishes per Redis pipeline round trip.
 pub const PUBLISH_PIPELINE_LEN_MAX: usize = 1_024;
+/// Rows of `event_batches` one catch-up query walks.
+const CATCH_UP_PAGE_LEN: i64 = 10_000;
 /// Backoff bounds while the database is unreachable.
 const RETRY_DELAY_MIN: Duration = Duration::from_millis(50);
 const RETRY_DELAY_MAX: Duration = Duration::from_secs(2);
@@ -56,6 +58,8 @@ pub struct Clearing {
     halts: Mutex<BTreeMap<String, (Halt, Heartbeat)>>,
     /// Failed catch-up attempts per batch, to halt like the stream path does.
     catch_up_failures: Mutex<BTreeMap<(String, u64), u64>>,
+    /// Per market: every stored batch up to this seq is cleared.
+    watermarks: Mutex<BTreeMap<String, i64>>,
 }
 
 impl std::fmt::Debug for Clearing {
@@ -88,6 +92,7 @@ impl Clearing {
             markets: Mutex::new(Arc::new(BTreeMap::new())),
             halts: Mutex::new(BTreeMap::new()),
             catch_up_failures: Mutex::new(BTreeMap::new()),
+            watermarks: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -330,20 +335,82 @@ impl Clearing {
     /// entry was lost with Redis): Postgres, not Redis, is the source of
     /// truth. At most `limit` batches per call, oldest first per market;
     /// halted markets are left alone. Returns how many were applied.
+    ///
+    /// Cost: per market it walks `event_batches` by primary key from a
+    /// watermark below which everything is known to be cleared, so a round
+    /// reads only the batches still in flight (the first round after start
+    /// walks the market's history once).
     pub async fn catch_up(&self, older_than: Duration, limit: i64) -> Result<usize, SettleError> {
-        let halted: Vec<String> = self.halted().into_keys().collect();
-        let rows = sqlx::query(
-            "SELECT e.market, e.seq, e.time_ms, e.events::text FROM event_batches e
-             WHERE e.created_at < now() - make_interval(secs => $1)
-               AND NOT (e.market = ANY($2))
-               AND NOT EXISTS (SELECT 1 FROM cleared_batches c WHERE c.market = e.market AND c.seq = e.seq)
-             ORDER BY e.market, e.seq LIMIT $3",
-        )
-        .bind(older_than.as_secs_f64())
-        .bind(&halted)
-        .bind(limit)
-        .fetch_all(&self.db)
-        .await?;
+        let markets: Vec<String> = self
+            .markets()
+            .keys()
+            .filter(|m| !self.is_halted(m))
+            .cloned()
+            .collect();
+        let want = usize::try_from(limit).unwrap_or(0);
+        let mut rows = Vec::new();
+        for market in markets {
+            if rows.len() >= want {
+                break;
+            }
+            let mut watermark = self
+                .watermarks
+                .lock()
+                .map(|w| w.get(&market).copied().unwrap_or(0))
+                .unwrap_or(0);
+            let mut missing: Vec<i64> = Vec::new();
+            let mut cursor = watermark;
+            let mut advancing = true;
+            loop {
+                let page = sqlx::query(
+                    "SELECT e.seq, c.seq IS NOT NULL,
+                            e.created_at < now() - make_interval(secs => $3)
+                     FROM event_batches e
+                     LEFT JOIN cleared_batches c ON c.market = e.market AND c.seq = e.seq
+                     WHERE e.market = $1 AND e.seq > $2
+                     ORDER BY e.seq LIMIT $4",
+                )
+                .bind(&market)
+                .bind(cursor)
+                .bind(older_than.as_secs_f64())
+                .bind(CATCH_UP_PAGE_LEN)
+                .fetch_all(&self.db)
+                .await?;
+                let full = page.len() == usize::try_from(CATCH_UP_PAGE_LEN).unwrap_or(0);
+                for r in &page {
+                    let seq: i64 = r.try_get(0)?;
+                    let done: bool = r.try_get(1)?;
+                    let old: bool = r.try_get(2)?;
+                    cursor = seq;
+                    if done && advancing {
+                        watermark = seq;
+                    } else {
+                        advancing = false;
+                        if !done && old && missing.len() + rows.len() < want {
+                            missing.push(seq);
+                        }
+                    }
+                }
+                if !full || missing.len() + rows.len() >= want {
+                    break;
+                }
+            }
+            if let Ok(mut w) = self.watermarks.lock() {
+                w.insert(market.clone(), watermark);
+            }
+            if missing.is_empty() {
+                continue;
+            }
+            let found = sqlx::query(
+                "SELECT market, seq, time_ms, events::text FROM event_batches
+                 WHERE market = $1 AND seq = ANY($2) ORDER BY seq",
+            )
+            .bind(&market)
+            .bind(&missing)
+            .fetch_all(&self.db)
+            .await?;
+            rows.extend(found);
+        }
         if rows.is_empty() {
             return Ok(0);
         }
