@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 
 struct Stack {
     db: PgPool,
+    redis: exchange_common::redis::Redis,
     order_url: String,
     token: String,
     http: reqwest::Client,
@@ -57,8 +58,11 @@ async fn stack() -> Stack {
         exchange_matching::Listeners { http: matching },
         shutdown.clone(),
     ));
+    let redis =
+        exchange_common::redis::Redis::with_prefix(&env.redis_url, &env.redis_prefix).unwrap();
     Stack {
         db,
+        redis,
         order_url,
         token: config.internal_token.expose().to_owned(),
         http: reqwest::Client::new(),
@@ -293,4 +297,53 @@ async fn pipeline_throughput() {
         matched.as_secs_f64(),
         total as f64 / matched.as_secs_f64(),
     );
+}
+
+#[tokio::test]
+async fn losing_the_redis_streams_loses_no_command() {
+    let s = stack().await;
+    let seller = s.user("0", "10").await;
+    let buyer = s.user("100000", "0").await;
+    let place = |user: i64, side: &str, price: &str| json!({"user_id": user, "market": "BTC-USDT", "side": side, "type": "limit", "price": price, "quantity": "1"});
+    let (st, _) = s
+        .send(
+            reqwest::Method::POST,
+            "/internal/v1/orders",
+            Some(place(seller, "sell", "500")),
+        )
+        .await;
+    assert_eq!(st, 201);
+    s.wait_batches(1).await;
+    // Redis loses both streams (and matching's consumer group with them).
+    let mut conn = s.redis.conn();
+    let _: i64 = redis::cmd("DEL")
+        .arg(s.redis.orders_stream("BTC-USDT"))
+        .arg(s.redis.events_stream())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (st, _) = s
+        .send(
+            reqwest::Method::POST,
+            "/internal/v1/orders",
+            Some(place(seller, "sell", "501")),
+        )
+        .await;
+    assert_eq!(st, 201);
+    let (st, _) = s
+        .send(
+            reqwest::Method::POST,
+            "/internal/v1/orders",
+            Some(place(buyer, "buy", "501")),
+        )
+        .await;
+    assert_eq!(st, 201);
+    let batches = s.wait_batches(3).await;
+    assert!(batches[2].iter().any(|e| matches!(
+        e,
+        Event::Trade {
+            price: 500_000_000,
+            ..
+        }
+    )));
 }
