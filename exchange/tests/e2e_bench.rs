@@ -63,3 +63,38 @@ async fn bench_places_orders_and_sees_them_settle() {
     assert!(settled + 4 >= accepted, "{stdout}");
     assert!(stdout.contains("errors: none"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_without_a_private_websocket_polls_a_sample() {
+    let c = Cluster::start().await;
+    let out = tokio::task::spawn_blocking({
+        let url = c.url.clone();
+        move || {
+            // Nothing listens on port 9 (discard): the bench falls back to polling.
+            Command::new(BIN)
+                .args(["bench", "--gateway", &url, "--ws", "ws://127.0.0.1:9"])
+                .args([
+                    "--admin-token",
+                    ADMIN_TOKEN,
+                    "--users",
+                    "2",
+                    "--duration",
+                    "2",
+                ])
+                .args(["--setup", "--settle-timeout", "20"])
+                .output()
+                .expect("run exchange bench")
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}\n{stderr}");
+    assert!(out.status.success(), "bench failed: {stdout}\n{stderr}");
+    assert!(
+        stdout.contains("via polling GET /api/v1/orders/{id}"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("sampled orders seen filled"), "{stdout}");
+}
