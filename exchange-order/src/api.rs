@@ -48,12 +48,29 @@ use crate::view::{FILL_COLUMNS, FillJson, FillRow, ORDER_COLUMNS, OrderJson, Ord
 pub const LIST_LIMIT_DEFAULT: i64 = 100;
 pub const LIST_LIMIT_MAX: i64 = 1_000;
 
+/// The handlers' state; one `Arc` so that axum's per-request clones are
+/// a single atomic increment.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<StateInner>);
+
+pub struct StateInner {
     pub config: Arc<Config>,
     pub db: PgPool,
     pub markets: Markets,
     pub batcher: Batcher,
+}
+
+impl AppState {
+    pub fn new(inner: StateInner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = StateInner;
+    fn deref(&self) -> &StateInner {
+        &self.0
+    }
 }
 
 pub fn routes(state: AppState) -> Router {

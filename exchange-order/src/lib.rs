@@ -86,12 +86,12 @@ pub async fn run_with(
         base.redis.clone(),
         shutdown.clone(),
     ));
-    let state = api::AppState {
+    let state = api::AppState::new(api::StateInner {
         config,
         db: base.db.clone(),
         markets,
         batcher,
-    };
+    });
     base.serve(listeners.http, api::routes(state), shutdown)
         .await
 }
