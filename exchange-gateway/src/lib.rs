@@ -169,6 +169,7 @@ pub fn ws_routes(state: AppState) -> Router {
     let limits = limits(&state);
     Router::new()
         .route("/ws/private", get(ws::private))
+        .route("/ws/{listen_key}", get(binance::user_stream::connect))
         .with_state(state)
         .layer(from_fn_with_state(limits, ratelimit::per_ip))
         .layer(from_fn(limit_headers))

@@ -10,13 +10,16 @@
 //! `X-MBX-USED-WEIGHT-1M`; every error is Binance's `{"code","msg"}`; a
 //! signed request is checked (timestamp window, HMAC-SHA256 over query
 //! string + body, key permissions) before anything else happens; the user
-//! acted for is always the key's owner. See docs/BINANCE.md.
+//! acted for is always the key's owner. The user data stream (listenKey
+//! and its WebSocket on the gateway's WebSocket port) is [`user_stream`].
+//! See docs/BINANCE.md.
 
 pub mod error;
 pub mod format;
 pub mod public;
 pub mod signed;
 pub mod trade;
+pub mod user_stream;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -253,6 +256,12 @@ pub fn router(app: AppState) -> Router {
         .route("/api/v3/allOrders", get(trade::all_orders))
         .route("/api/v3/account", get(trade::account))
         .route("/api/v3/myTrades", get(trade::my_trades))
+        .route(
+            "/api/v3/userDataStream",
+            post(user_stream::create)
+                .put(user_stream::keep_alive)
+                .delete(user_stream::close),
+        )
         .fallback(not_found)
         .layer(from_fn_with_state(state.clone(), weigh))
         .with_state(state)
