@@ -15,7 +15,7 @@
 //!   with the stored one, and a difference halts the market (the stored
 //!   events are what clearing settled; a book that disagrees must not go
 //!   on). Batches missing from `event_batches` are stored and published,
-//!   and stored batches not yet in `cleared_batches` are published again
+//!   and the newest 10,000 stored batches not yet in `cleared_batches` are published again
 //!   (clearing is idempotent). A snapshot is stored every 30 s (or every
 //!   100,000 commands) when the book moved and every batch up to it is
 //!   stored, and at shutdown; the newest 3 per market are kept. After a

@@ -11,8 +11,10 @@ use crate::market::sequenced;
 pub const REPLAY_PAGE_LEN: i64 = 10_000;
 /// Event batches per `INSERT` and per `XADD` pipeline during recovery.
 pub const STORE_CHUNK_LEN: usize = 2_000;
-/// Stored-but-uncleared batches republished at start, at most.
-pub const REPUBLISH_UNCLEARED_MAX: i64 = 100_000;
+/// Stored-but-uncleared batches republished at start, at most (the
+/// newest ones: a batch that missed the stream is always among the last
+/// stored; clearing also catches up from `event_batches` on its own).
+pub const REPUBLISH_UNCLEARED_MAX: i64 = 10_000;
 
 /// A journaled command and, when matching has already processed it, the
 /// events it stored for it.
@@ -104,7 +106,8 @@ pub async fn insert_batches(db: &PgPool, batches: &[EventBatch]) -> anyhow::Resu
     Ok(())
 }
 
-/// Stored batches of `market` that clearing has not cleared, oldest first.
+/// The newest `limit` stored batches of `market` that clearing has not
+/// cleared, oldest first.
 pub async fn uncleared_batches(
     db: &PgPool,
     market: &str,
@@ -115,13 +118,14 @@ pub async fn uncleared_batches(
         "SELECT e.seq, e.time_ms, e.events::text FROM event_batches e
          WHERE e.market = $1
            AND NOT EXISTS (SELECT 1 FROM cleared_batches c WHERE c.market = e.market AND c.seq = e.seq)
-         ORDER BY e.seq LIMIT $2",
+         ORDER BY e.seq DESC LIMIT $2",
     )
     .bind(market)
     .bind(limit)
     .fetch_all(db)
     .await?;
     rows.into_iter()
+        .rev()
         .map(|(seq, time_ms, events)| {
             Ok(EventBatch {
                 market: symbol,
