@@ -58,7 +58,7 @@ fi
 log "cargo test --workspace"
 # Unit, property, integration, end-to-end and doc tests; benchmarks run
 # separately (cargo bench), as they print figures rather than assert.
-cargo test --workspace "$@"
+cargo test --workspace --no-fail-fast "$@"
 
 if [ -f tests/ops/run.sh ]; then
     log "operations checks (tests/ops/run.sh)"

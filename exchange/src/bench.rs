@@ -388,17 +388,13 @@ async fn poll_samples(
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+/// Nearest-rank percentile; `per_mille` is the percentile in tenths of a
+/// percent (990 = p99, 999 = p99.9), so the rank is exact integer arithmetic.
+fn percentile(sorted: &[Duration], per_mille: usize) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
-    // Nearest rank; the float only picks an index.
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    let rank = (per_mille * sorted.len()).div_ceil(1000);
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
@@ -408,9 +404,9 @@ fn summary(label: &str, mut v: Vec<Duration>) -> String {
     format!(
         "{label}: n={} p50={} p99={} p99.9={} max={}",
         v.len(),
-        ms(percentile(&v, 50.0)),
-        ms(percentile(&v, 99.0)),
-        ms(percentile(&v, 99.9)),
+        ms(percentile(&v, 500)),
+        ms(percentile(&v, 990)),
+        ms(percentile(&v, 999)),
         ms(v.last().copied().unwrap_or_default())
     )
 }
@@ -673,10 +669,10 @@ mod tests {
     #[test]
     fn percentiles_are_nearest_rank() {
         let v: Vec<Duration> = (1..=1000).map(Duration::from_millis).collect();
-        assert_eq!(percentile(&v, 50.0), Duration::from_millis(500));
-        assert_eq!(percentile(&v, 99.0), Duration::from_millis(990));
-        assert_eq!(percentile(&v, 99.9), Duration::from_millis(999));
-        assert_eq!(percentile(&[], 99.0), Duration::ZERO);
+        assert_eq!(percentile(&v, 500), Duration::from_millis(500));
+        assert_eq!(percentile(&v, 990), Duration::from_millis(990));
+        assert_eq!(percentile(&v, 999), Duration::from_millis(999));
+        assert_eq!(percentile(&[], 990), Duration::ZERO);
     }
 
     #[test]
