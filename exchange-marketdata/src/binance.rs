@@ -1,7 +1,8 @@
 //! Binance-style market streams on the public WebSocket: stream names
 //! (`btcusdt@depth`, `@depth@100ms`, `@trade`, `@aggTrade`, `@kline_1m`,
-//! `@ticker`) and the event bodies (`depthUpdate`, `trade`, `aggTrade`,
-//! `kline`, `24hrTicker`), rendered from a market's state.
+//! `@ticker`, `@miniTicker`) and the event bodies (`depthUpdate`, `trade`,
+//! `aggTrade`, `kline`, `24hrTicker`, `24hrMiniTicker`), rendered from a
+//! market's state.
 //!
 //! Depth events carry `U`/`u` = our depth `seq` numbers (the same sequence
 //! as REST `lastUpdateId`): an event covers the batches `U..=u`, and each
@@ -27,10 +28,11 @@ pub enum BnKind {
     Trade,
     AggTrade,
     Ticker,
+    MiniTicker,
     Kline(Interval),
 }
 
-pub const BN_KINDS_LEN: usize = 5 + Interval::ALL.len();
+pub const BN_KINDS_LEN: usize = 6 + Interval::ALL.len();
 
 impl BnKind {
     pub fn index(self) -> usize {
@@ -40,7 +42,8 @@ impl BnKind {
             BnKind::Trade => 2,
             BnKind::AggTrade => 3,
             BnKind::Ticker => 4,
-            BnKind::Kline(i) => 5 + i.index(),
+            BnKind::MiniTicker => 5,
+            BnKind::Kline(i) => 6 + i.index(),
         }
     }
 
@@ -52,6 +55,7 @@ impl BnKind {
             "trade" => BnKind::Trade,
             "aggTrade" => BnKind::AggTrade,
             "ticker" => BnKind::Ticker,
+            "miniTicker" => BnKind::MiniTicker,
             _ => BnKind::Kline(Interval::parse(text.strip_prefix("kline_")?)?),
         })
     }
@@ -69,6 +73,7 @@ impl std::fmt::Display for BnKind {
             BnKind::Trade => f.write_str("trade"),
             BnKind::AggTrade => f.write_str("aggTrade"),
             BnKind::Ticker => f.write_str("ticker"),
+            BnKind::MiniTicker => f.write_str("miniTicker"),
             BnKind::Kline(i) => write!(f, "kline_{i}"),
         }
     }
@@ -220,6 +225,23 @@ impl MarketState {
         out
     }
 
+    /// `24hrMiniTicker` as of `now_ms`.
+    pub(crate) fn bn_mini_ticker_event(&self, t: &Ticker, now_ms: u64) -> String {
+        let mut out = String::with_capacity(256);
+        let _ = write!(
+            out,
+            "{{\"e\":\"24hrMiniTicker\",\"E\":{now_ms},\"s\":\"{}\",\"c\":\"{}\",\"o\":\"{}\",\"h\":\"{}\",\"l\":\"{}\",\"v\":\"{}\",\"q\":\"{}\"}}",
+            self.bn_symbol,
+            self.bn_price(t.last),
+            self.bn_price(t.open),
+            self.bn_price(t.high),
+            self.bn_price(t.low),
+            self.bn_qty(t.volume),
+            self.bn_price(t.quote_volume),
+        );
+        out
+    }
+
     /// `24hrTicker` as of `now_ms`.
     pub(crate) fn bn_ticker_event(&self, t: &Ticker, now_ms: u64) -> String {
         let (change, neg) = if t.last >= t.open {
@@ -280,6 +302,7 @@ mod tests {
             "btcusdt@trade",
             "btcusdt@aggTrade",
             "btcusdt@ticker",
+            "btcusdt@miniTicker",
             "btcusdt@kline_1m",
             "btcusdt@kline_4h",
         ] {

@@ -650,9 +650,18 @@ impl MarketState {
                 self.fan_out_bn(kind, &raw);
             }
         }
-        if self.has_subscribers(ChannelKind::Bn(BnKind::Ticker)) {
-            let raw = self.bn_ticker_event(&self.ticker(now_ms), now_ms);
-            self.fan_out_bn(BnKind::Ticker, &raw);
+        let full = self.has_subscribers(ChannelKind::Bn(BnKind::Ticker));
+        let mini = self.has_subscribers(ChannelKind::Bn(BnKind::MiniTicker));
+        if full || mini {
+            let ticker = self.ticker(now_ms);
+            if full {
+                let raw = self.bn_ticker_event(&ticker, now_ms);
+                self.fan_out_bn(BnKind::Ticker, &raw);
+            }
+            if mini {
+                let raw = self.bn_mini_ticker_event(&ticker, now_ms);
+                self.fan_out_bn(BnKind::MiniTicker, &raw);
+            }
         }
     }
 

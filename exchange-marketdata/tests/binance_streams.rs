@@ -513,7 +513,7 @@ async fn combined_streams_kline_ticker_and_errors() {
         .unwrap();
     send(
         &mut ws,
-        json!({"method": "SUBSCRIBE", "params": ["btcusdt@ticker"], "id": 1}),
+        json!({"method": "SUBSCRIBE", "params": ["btcusdt@ticker", "btcusdt@miniTicker"], "id": 1}),
     )
     .await;
     assert_eq!(recv_json(&mut ws).await, json!({"result": null, "id": 1}));
@@ -542,7 +542,7 @@ async fn combined_streams_kline_ticker_and_errors() {
     ))
     .await;
     let mut got = BTreeMap::new();
-    while got.len() < 3 {
+    while got.len() < 4 {
         let v = recv_json(&mut ws).await;
         let stream = v["stream"]
             .as_str()
@@ -576,10 +576,15 @@ async fn combined_streams_kline_ticker_and_errors() {
     assert_eq!(t["A"], "2.50000000");
     assert_eq!(t["v"], "0.50000000");
     assert_eq!(t["L"], 41);
+    assert_eq!(
+        got["btcusdt@miniTicker"],
+        json!({"e": "24hrMiniTicker", "E": time, "s": "BTCUSDT", "c": "101.00000000", "o": "101.00000000",
+               "h": "101.00000000", "l": "101.00000000", "v": "0.50000000", "q": "50.50000000"})
+    );
 
     send(
         &mut ws,
-        json!({"method": "UNSUBSCRIBE", "params": ["btcusdt@ticker", "btcusdt@kline_1m"], "id": 4}),
+        json!({"method": "UNSUBSCRIBE", "params": ["btcusdt@ticker", "btcusdt@miniTicker", "btcusdt@kline_1m"], "id": 4}),
     )
     .await;
     assert_eq!(recv_json(&mut ws).await, json!({"result": null, "id": 4}));
