@@ -13,7 +13,8 @@ What it shows: `watch_order_book` syncs from our depth stream (ccxt's own
 "buffer diffs, fetch snapshot, U/u" procedure, with its checksum/gap check
 on) and its local book equals our REST depth at the same `lastUpdateId`
 after orders are placed, traded and cancelled; `watch_trades` receives our
-trades with the right id, price, amount and taker side.
+trades with the right id, price, amount and taker side; `watch_ticker`
+(24hrTicker) and `watch_ohlcv` (kline_1m) follow the trade.
 
 Exits 0 and prints "ALL CCXT PRO CHECKS PASSED" when every check holds.
 """
@@ -145,6 +146,9 @@ async def run(maker, taker):
 
     # Trades: watch, then take the best ask and part of the next.
     trades_task = asyncio.create_task(taker.watch_trades(SYMBOL))
+    ticker_task = asyncio.create_task(taker.watch_ticker(SYMBOL))  # @miniTicker
+    full_ticker_task = asyncio.create_task(maker.watch_ticker(SYMBOL, {"name": "ticker"}))
+    ohlcv_task = asyncio.create_task(taker.watch_ohlcv(SYMBOL, "1m"))
     await asyncio.sleep(0.5)  # the SUBSCRIBE is answered before the trade
     buy = await taker.create_order(SYMBOL, "market", "buy", 0.003)
     check(buy["id"] is not None, f"taker market buy 0.003 -> {buy['id']}")
@@ -161,6 +165,15 @@ async def run(maker, taker):
     check([d(t["price"]) for t in got] == [d(30500), d(30501)][: len(got)],
           f"prices walk the book ({[t['price'] for t in got]})")
     check(all(t["id"] is not None and t["timestamp"] for t in got), "trade ids and timestamps")
+    ticker = await asyncio.wait_for(ticker_task, SETTLE_SECS)
+    check(ticker["last"] == 30501 and ticker["symbol"] == SYMBOL,
+          f"watch_ticker: last {ticker['last']} (24hrMiniTicker)")
+    ticker = await asyncio.wait_for(full_ticker_task, SETTLE_SECS)
+    check(ticker["last"] == 30501 and ticker["bid"] == 29504 and ticker["ask"] == 30501,
+          f"watch_ticker name=ticker: last/bid/ask {ticker['last']}/{ticker['bid']}/{ticker['ask']} (24hrTicker)")
+    candles = await asyncio.wait_for(ohlcv_task, SETTLE_SECS)
+    check(candles and candles[-1][4] == 30501 and candles[-1][2] >= 30501,
+          f"watch_ohlcv 1m: close 30501 ({candles[-1] if candles else None})")
     rest_trades = await taker.fetch_trades(SYMBOL)
     rest_ids = {t["id"] for t in rest_trades}
     check(all(t["id"] in rest_ids for t in got), "streamed trade ids are REST trade ids")
