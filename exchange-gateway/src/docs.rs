@@ -6,6 +6,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::api::{accounts, admin, orders, public};
+use crate::binance::openapi::BinancePaths;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,7 +19,7 @@ use crate::api::{accounts, admin, orders, public};
         orders::place, orders::get_order, orders::list_orders, orders::cancel,
         orders::cancel_all, orders::amend, orders::my_trades,
     ),
-    modifiers(&Security)
+    modifiers(&Security, &BinancePaths)
 )]
 pub struct ApiDoc;
 

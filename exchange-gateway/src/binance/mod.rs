@@ -16,6 +16,7 @@
 
 pub mod error;
 pub mod format;
+pub mod openapi;
 pub mod public;
 pub mod signed;
 pub mod trade;

@@ -1,0 +1,360 @@
+//! The `/api/v3` endpoints in the gateway's OpenAPI document (tag
+//! `binance`): each path, method, security and parameter we accept.
+//! Responses are Binance's shapes; docs/BINANCE.md lists their fields and
+//! how ours differ. Kept beside the router so both change together
+//! (a test checks every routed path is described).
+
+use utoipa::Modify;
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{OpenApi, Required};
+
+/// How an endpoint is authenticated.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Auth {
+    None,
+    /// `X-MBX-APIKEY` only (USER_STREAM).
+    ApiKey,
+    /// `X-MBX-APIKEY` + `timestamp` + `signature` (TRADE / USER_DATA).
+    Signed,
+}
+
+const SYMBOL: (&str, bool, &str) = ("symbol", true, "e.g. BTCUSDT (our BTC-USDT)");
+const SYMBOL_OPT: (&str, bool, &str) = ("symbol", false, "e.g. BTCUSDT");
+const SYMBOLS: (&str, bool, &str) = ("symbols", false, r#"JSON list, e.g. ["BTCUSDT","ETHUSDT"]"#);
+const LIMIT: (&str, bool, &str) = ("limit", false, "page size");
+const ORDER_REF: [(&str, bool, &str); 3] = [
+    SYMBOL,
+    ("orderId", false, "our order id"),
+    ("origClientOrderId", false, "the client order id"),
+];
+const LISTEN_KEY: (&str, bool, &str) = ("listenKey", true, "from POST userDataStream");
+
+type Param = (&'static str, bool, &'static str);
+/// (methods, path, auth, summary, parameters).
+type Endpoint = (
+    Vec<HttpMethod>,
+    &'static str,
+    Auth,
+    &'static str,
+    Vec<Param>,
+);
+
+/// Every `/api/v3` endpoint.
+fn endpoints() -> Vec<Endpoint> {
+    use HttpMethod::{Delete, Get, Post, Put};
+    vec![
+        (
+            vec![Get],
+            "/api/v3/ping",
+            Auth::None,
+            "Connectivity",
+            vec![],
+        ),
+        (vec![Get], "/api/v3/time", Auth::None, "Server time", vec![]),
+        (
+            vec![Get],
+            "/api/v3/exchangeInfo",
+            Auth::None,
+            "Symbols, precisions, filters",
+            vec![SYMBOL_OPT, SYMBOLS],
+        ),
+        (
+            vec![Get],
+            "/api/v3/depth",
+            Auth::None,
+            "Order book; lastUpdateId = our depth seq (the U/u of depth streams)",
+            vec![SYMBOL, ("limit", false, "default 100, max 1000")],
+        ),
+        (
+            vec![Get],
+            "/api/v3/trades",
+            Auth::None,
+            "Recent trades",
+            vec![SYMBOL, LIMIT],
+        ),
+        (
+            vec![Get],
+            "/api/v3/historicalTrades",
+            Auth::None,
+            "Older trades (what marketdata keeps)",
+            vec![SYMBOL, LIMIT, ("fromId", false, "first trade id")],
+        ),
+        (
+            vec![Get],
+            "/api/v3/aggTrades",
+            Auth::None,
+            "Trades, one per aggregate",
+            vec![
+                SYMBOL,
+                LIMIT,
+                ("fromId", false, ""),
+                ("startTime", false, "ms"),
+                ("endTime", false, "ms"),
+            ],
+        ),
+        (
+            vec![Get],
+            "/api/v3/klines",
+            Auth::None,
+            "Candles (1m 5m 15m 1h 4h 1d)",
+            vec![
+                SYMBOL,
+                ("interval", true, "1m, 5m, 15m, 1h, 4h, 1d"),
+                ("startTime", false, "ms"),
+                ("endTime", false, "ms"),
+                LIMIT,
+            ],
+        ),
+        (
+            vec![Get],
+            "/api/v3/uiKlines",
+            Auth::None,
+            "Same as klines",
+            vec![SYMBOL, ("interval", true, "1m, 5m, 15m, 1h, 4h, 1d"), LIMIT],
+        ),
+        (
+            vec![Get],
+            "/api/v3/ticker/24hr",
+            Auth::None,
+            "24h statistics",
+            vec![SYMBOL_OPT, SYMBOLS],
+        ),
+        (
+            vec![Get],
+            "/api/v3/ticker/price",
+            Auth::None,
+            "Last price",
+            vec![SYMBOL_OPT, SYMBOLS],
+        ),
+        (
+            vec![Get],
+            "/api/v3/ticker/bookTicker",
+            Auth::None,
+            "Best bid and ask",
+            vec![SYMBOL_OPT, SYMBOLS],
+        ),
+        (
+            vec![Get],
+            "/api/v3/avgPrice",
+            Auth::None,
+            "5-minute volume-weighted price",
+            vec![SYMBOL],
+        ),
+        (
+            vec![Post],
+            "/api/v3/order",
+            Auth::Signed,
+            "Place an order (through our order service)",
+            vec![
+                SYMBOL,
+                ("side", true, "BUY | SELL"),
+                (
+                    "type",
+                    true,
+                    "LIMIT | LIMIT_MAKER | MARKET | STOP_LOSS | STOP_LOSS_LIMIT",
+                ),
+                ("timeInForce", false, "GTC | IOC | FOK"),
+                ("quantity", false, ""),
+                ("quoteOrderQty", false, "MARKET by quote amount"),
+                ("price", false, ""),
+                ("stopPrice", false, ""),
+                ("newClientOrderId", false, "idempotency key"),
+                ("newOrderRespType", false, "ACK | RESULT | FULL"),
+                (
+                    "selfTradePreventionMode",
+                    false,
+                    "NONE | EXPIRE_TAKER | EXPIRE_MAKER | EXPIRE_BOTH",
+                ),
+            ],
+        ),
+        (
+            vec![Post],
+            "/api/v3/order/test",
+            Auth::Signed,
+            "Validate an order without placing it",
+            vec![
+                SYMBOL,
+                ("computeCommissionRates", false, "true for the fee rates"),
+            ],
+        ),
+        (
+            vec![Get],
+            "/api/v3/order",
+            Auth::Signed,
+            "One order",
+            ORDER_REF.to_vec(),
+        ),
+        (
+            vec![Delete],
+            "/api/v3/order",
+            Auth::Signed,
+            "Cancel an order",
+            ORDER_REF.to_vec(),
+        ),
+        (
+            vec![Get],
+            "/api/v3/openOrders",
+            Auth::Signed,
+            "Open orders",
+            vec![SYMBOL_OPT],
+        ),
+        (
+            vec![Delete],
+            "/api/v3/openOrders",
+            Auth::Signed,
+            "Cancel all open orders of a symbol",
+            vec![SYMBOL],
+        ),
+        (
+            vec![Get],
+            "/api/v3/allOrders",
+            Auth::Signed,
+            "Orders of a symbol",
+            vec![
+                SYMBOL,
+                ("orderId", false, "from this id"),
+                ("startTime", false, "ms"),
+                ("endTime", false, "ms"),
+                LIMIT,
+            ],
+        ),
+        (
+            vec![Get],
+            "/api/v3/account",
+            Auth::Signed,
+            "Balances and permissions",
+            vec![("omitZeroBalances", false, "true | false")],
+        ),
+        (
+            vec![Get],
+            "/api/v3/myTrades",
+            Auth::Signed,
+            "My fills",
+            vec![
+                SYMBOL,
+                ("orderId", false, ""),
+                ("fromId", false, ""),
+                ("startTime", false, "ms"),
+                ("endTime", false, "ms"),
+                LIMIT,
+            ],
+        ),
+        (
+            vec![Post],
+            "/api/v3/userDataStream",
+            Auth::ApiKey,
+            "Create (or renew) the user's listenKey; stream at ws://<gateway WS port>/ws/<listenKey>",
+            vec![],
+        ),
+        (
+            vec![Put],
+            "/api/v3/userDataStream",
+            Auth::ApiKey,
+            "Keep a listenKey alive for 60 more minutes",
+            vec![LISTEN_KEY],
+        ),
+        (
+            vec![Delete],
+            "/api/v3/userDataStream",
+            Auth::ApiKey,
+            "Close a listenKey",
+            vec![LISTEN_KEY],
+        ),
+    ]
+}
+
+/// Adds the `/api/v3` paths and the `binanceApiKey` scheme.
+pub struct BinancePaths;
+
+impl Modify for BinancePaths {
+    fn modify(&self, openapi: &mut OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "binanceApiKey",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-MBX-APIKEY"))),
+        );
+        for (methods, path, auth, summary, params) in endpoints() {
+            let mut op = OperationBuilder::new()
+                .tag("binance")
+                .summary(Some(summary))
+                .response(
+                    "200",
+                    ResponseBuilder::new()
+                        .description("Binance's response shape (docs/BINANCE.md)"),
+                )
+                .response(
+                    "4XX",
+                    ResponseBuilder::new()
+                        .description(r#"{"code":-NNNN,"msg":"..."} (Binance's codes)"#),
+                );
+            let mut all: Vec<Param> = params;
+            if auth == Auth::Signed {
+                all.push((
+                    "timestamp",
+                    true,
+                    "ms; within recvWindow of the server clock",
+                ));
+                all.push(("recvWindow", false, "ms, default 5000, at most 60000"));
+                all.push((
+                    "signature",
+                    true,
+                    "hex HMAC-SHA256 (key: API secret) of the query string followed by the body",
+                ));
+            }
+            for (name, required, description) in all {
+                op = op.parameter(
+                    ParameterBuilder::new()
+                        .name(name)
+                        .parameter_in(ParameterIn::Query)
+                        .required(if required {
+                            Required::True
+                        } else {
+                            Required::False
+                        })
+                        .description((!description.is_empty()).then_some(description))
+                        .schema(Some(ObjectBuilder::new().schema_type(Type::String))),
+                );
+            }
+            if auth != Auth::None {
+                op = op.security(SecurityRequirement::new(
+                    "binanceApiKey",
+                    Vec::<String>::new(),
+                ));
+            }
+            openapi.paths.add_path_operation(path, methods, op);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_binance_route_is_described() {
+        let mut doc = OpenApi::default();
+        BinancePaths.modify(&mut doc);
+        let json = serde_json::to_value(&doc).unwrap_or_default();
+        let source = include_str!("mod.rs");
+        let routed: Vec<&str> = source
+            .match_indices("\"/api/v3/")
+            .filter_map(|(i, _)| source[i + 1..].split('"').next())
+            .filter(|p| !p.ends_with('/'))
+            .collect();
+        assert!(routed.len() >= 20, "{routed:?}");
+        for path in routed {
+            assert!(
+                json["paths"][path].is_object(),
+                "{path} is routed but not described"
+            );
+        }
+        let order = &json["paths"]["/api/v3/order"];
+        assert!(
+            order["post"].is_object() && order["get"].is_object() && order["delete"].is_object()
+        );
+        assert!(json["paths"]["/api/v3/userDataStream"]["put"].is_object());
+    }
+}
