@@ -331,8 +331,6 @@ impl Modify for BinancePaths {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn every_binance_route_is_described() {
         // The gateway's whole document, so the wiring in docs.rs counts too.
