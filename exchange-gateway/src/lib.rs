@@ -206,7 +206,7 @@ pub async fn run(
         orders: upstream::Upstream::order_service(&config)?,
         marketdata: upstream::Upstream::marketdata(&config)?,
         limiter: ratelimit::RateLimiter::new(&config),
-        hub: ws::Hub::default(),
+        hub: ws::Hub::new(),
         shutdown: shutdown.clone(),
         base: base.clone(),
     };

@@ -148,6 +148,13 @@ fn connections_gauge(total: usize) {
 }
 
 impl Hub {
+    /// A hub with no connections, exported as such so the series exists
+    /// before the first connection.
+    pub fn new() -> Self {
+        connections_gauge(0);
+        Self::default()
+    }
+
     pub fn register(&self, user_id: i64) -> Result<Registration, ApiError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(WS_SEND_QUEUE_LEN_MAX);

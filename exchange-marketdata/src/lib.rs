@@ -77,10 +77,10 @@ pub fn routes(app: App) -> Router {
 }
 
 fn describe_metrics() {
-    metrics::describe_gauge!(
-        "marketdata_ws_connections",
-        "Open public WebSocket connections"
-    );
+    // The contract name (exchange-common describes it); set to 0 at start so
+    // dashboards and alerts see the series before the first connection.
+    metrics::gauge!("exchange_ws_connections", "service" => "marketdata", "kind" => "public")
+        .set(0.0);
     metrics::describe_counter!(
         "marketdata_ws_messages_total",
         "Messages queued to public WebSocket connections"

@@ -293,7 +293,8 @@ async fn connection(app: App, socket: WebSocket, initial: Vec<Channel>, combined
         subs: BTreeSet::new(),
         combined,
     };
-    metrics::gauge!("marketdata_ws_connections").increment(1.0);
+    metrics::gauge!("exchange_ws_connections", "service" => "marketdata", "kind" => "public")
+        .increment(1.0);
     if !initial.is_empty() && add_channels(&app, &mut conn, &initial).await.is_err() {
         conn.error("UNAVAILABLE", "market data is not available, retry");
     }
@@ -314,7 +315,8 @@ async fn connection(app: App, socket: WebSocket, initial: Vec<Channel>, combined
             m.lock().unsubscribe(ch.kind, id);
         }
     }
-    metrics::gauge!("marketdata_ws_connections").decrement(1.0);
+    metrics::gauge!("exchange_ws_connections", "service" => "marketdata", "kind" => "public")
+        .decrement(1.0);
 }
 
 async fn write_loop(
