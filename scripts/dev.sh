@@ -36,7 +36,17 @@ command -v cc >/dev/null 2>&1 || apt_install gcc libc6-dev
 command -v curl >/dev/null 2>&1 || apt_install curl ca-certificates
 command -v jq >/dev/null 2>&1 || apt_install jq
 
+db_given="${DB_URL:-}"
 local_services_up "$root"
+if [ -z "$db_given" ]; then
+    # Our own server: keep the exchange's data in its own database rather
+    # than in the `postgres` maintenance database (tests use test_* ones).
+    if [ "$(psql "$DB_URL" -X -At -c "SELECT 1 FROM pg_database WHERE datname = 'exchange'")" != 1 ]; then
+        psql "$DB_URL" -X -q -c "CREATE DATABASE exchange" || die "cannot create database exchange"
+    fi
+    DB_URL="${DB_URL%/postgres}/exchange"
+    export DB_URL
+fi
 
 # Development defaults: `APP_ENV=prod` and scripts/prod-preflight refuse these.
 export APP_ENV="${APP_ENV:-dev}"
