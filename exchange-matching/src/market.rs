@@ -500,6 +500,7 @@ impl Engine {
         }
         metrics::counter!("exchange_matching_commands_total", "market" => self.symbol.to_string())
             .increment(produced.len() as u64);
+        count_outcomes(&self.symbol.to_string(), &produced);
         self.unpublished.append(&mut produced);
         if let Some((seq, reason)) = halt {
             self.halt(seq, reason);
@@ -572,4 +573,20 @@ mod tests {
         assert_eq!(next(5, 9), Next::Gap { from: 6, to: 8 });
         assert_eq!(next(0, 2), Next::Gap { from: 1, to: 1 });
     }
+}
+
+/// The contract counters: orders the engine accepted and trades it made,
+/// counted once, when their batch is first stored (not on recovery replay).
+fn count_outcomes(market: &str, batches: &[EventBatch]) {
+    let (mut accepted, mut trades) = (0u64, 0u64);
+    for event in batches.iter().flat_map(|b| &b.events) {
+        match event {
+            Event::OrderAccepted { .. } => accepted += 1,
+            Event::Trade { .. } => trades += 1,
+            _ => {}
+        }
+    }
+    metrics::counter!("exchange_orders_accepted_total", "market" => market.to_owned())
+        .increment(accepted);
+    metrics::counter!("exchange_trades_total", "market" => market.to_owned()).increment(trades);
 }
