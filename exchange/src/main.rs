@@ -5,6 +5,7 @@
 //! service(s) until SIGTERM/SIGINT, then drains.
 
 mod bench;
+mod dlq;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -23,6 +24,8 @@ commands:
   all          every service in one process (local use)
   migrate      apply exchange-common/migrations to DB_URL
   bench        load tool: users placing crossing orders over HTTP (exchange bench --help)
+  admin reconcile            check every money invariant (DB_URL); non-zero exit on a violation
+  admin dlq list|show|replay|drop   dead letters (exchange admin dlq --help)
 
 configuration comes from the environment (and ENV_FILE when set); see docs/RUNBOOK.md";
 
@@ -49,6 +52,9 @@ fn main() -> ExitCode {
     match command {
         "migrate" => runtime.block_on(migrate()),
         "bench" => runtime.block_on(bench::run_cli(&args[1..])),
+        "admin" if args.get(1).map(String::as_str) == Some("dlq") => {
+            runtime.block_on(dlq::run_cli(&args[2..]))
+        }
         "admin" if args.get(1).map(String::as_str) == Some("reconcile") => {
             runtime.block_on(exchange_clearing::reconcile::run_cli())
         }
