@@ -7,6 +7,9 @@ use std::process::{Command, Output};
 use exchange_common::testing::test_env;
 use redis::AsyncCommands;
 
+/// action, dlq_entry, original_id, error, operator
+type AuditRow = (String, String, Option<String>, Option<String>, String);
+
 fn admin(env: &exchange_common::testing::TestEnv, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_exchange"))
         .arg("admin")
@@ -97,7 +100,7 @@ async fn operator_lists_shows_replays_and_drops_dead_letters_with_an_audit_trail
     assert!(!admin(&env, &["drop", &stream, &second]).status.success());
 
     let db = sqlx::PgPool::connect(&env.db_url).await.expect("db");
-    let audit: Vec<(String, String, Option<String>, Option<String>, String)> = sqlx::query_as(
+    let audit: Vec<AuditRow> = sqlx::query_as(
         "SELECT action, dlq_entry, original_id, error, operator FROM dlq_audit ORDER BY id",
     )
     .fetch_all(&db)
