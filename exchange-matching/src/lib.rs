@@ -31,7 +31,7 @@
 //!   rather than being skipped.
 //! - a halted market shows in `/ready` as a down dependency named
 //!   `market <SYMBOL> halted at seq <N>: <reason>`, in
-//!   `exchange_matching_market_halted{market}`, and in
+//!   `exchange_market_halted{market}` (the metric the `ExchangeMarketHalted` alert watches), and in
 //!   `GET /internal/v1/markets`.
 
 pub mod market;
@@ -317,10 +317,9 @@ async fn flush_unpublished(
 /// Describes this service's metrics (help text for `/metrics`).
 pub fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge};
-    describe_gauge!(
-        "exchange_matching_market_halted",
-        "1 when the market's engine stopped (replay mismatch, engine failure, journal gap)"
-    );
+    // `exchange_market_halted{market}` (1 when the engine stopped: replay
+    // mismatch, engine failure, journal gap) is described with the contract
+    // metrics in exchange_common::telemetry.
     describe_gauge!(
         "exchange_matching_last_seq",
         "Last command sequence number applied per market"

@@ -14,7 +14,7 @@
 //!   stored batch that clearing has not cleared goes out again);
 //! - the engine panics, or a replay produces events different from the
 //!   stored ones: the market **halts** (its `market:<SYMBOL>` readiness
-//!   entry goes down with the reason, `exchange_matching_market_halted`
+//!   entry goes down with the reason, `exchange_market_halted`
 //!   is 1, and its consumer stops); an operator must look.
 
 use std::panic::AssertUnwindSafe;
@@ -118,8 +118,7 @@ pub fn apply_guarded(book: &mut OrderBook, cmd: &SequencedCommand) -> Result<Vec
 
 impl Engine {
     pub fn new(spec: MarketSpec, status: SharedStatus) -> Self {
-        metrics::gauge!("exchange_matching_market_halted", "market" => spec.symbol().to_string())
-            .set(0.0);
+        metrics::gauge!("exchange_market_halted", "market" => spec.symbol().to_string()).set(0.0);
         Self {
             symbol: spec.symbol(),
             spec,
@@ -147,8 +146,7 @@ impl Engine {
 
     fn halt(&mut self, seq: u64, reason: String) {
         tracing::error!(market = %self.symbol, seq, reason, "market halted");
-        metrics::gauge!("exchange_matching_market_halted", "market" => self.symbol.to_string())
-            .set(1.0);
+        metrics::gauge!("exchange_market_halted", "market" => self.symbol.to_string()).set(1.0);
         self.book = None;
         self.unstored.clear();
         if let Ok(mut s) = self.status.lock() {

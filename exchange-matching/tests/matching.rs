@@ -395,6 +395,19 @@ async fn restart_replays_to_the_same_state_and_a_mismatch_halts() {
             .any(|k| k.contains("BTC-USDT halted at seq 3"))
     })
     .await;
+    // The contract metric the `ExchangeMarketHalted` alert watches.
+    wait_for("exchange_market_halted to be 1", || async {
+        let body = client
+            .get(format!("{}/metrics", svc.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        body.contains("exchange_market_halted{market=\"BTC-USDT\"} 1")
+    })
+    .await;
     svc.stop().await;
 }
 
