@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod workload;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_exchange");
 /// The development secrets of scripts/dev.sh (APP_ENV=dev accepts them).
 pub const INTERNAL_TOKEN: &str = "dev-internal-token-change-me-please-000";
