@@ -46,7 +46,7 @@ async fn chaos_kills_lose_and_double_nothing() {
     let redis_url = std::env::var("REDIS_URL").unwrap();
     let mut c = Cluster::start().await;
     c.setup_btc_usdt("0.001", "0.002").await;
-    let user_ids = funded_users(&c, USERS).await;
+    let user_ids = funded_users(&c, USERS).await.iter().map(|u| u.id).collect();
     let orders = workload(SEED, ORDERS, USERS);
     let model = reference(&orders);
     println!(

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod private;
 pub mod workload;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_exchange");
@@ -80,6 +81,9 @@ fn required_env(key: &str) -> String {
 pub struct Options {
     /// Variables added to (or overriding) every process's environment.
     pub env: Vec<(String, String)>,
+    /// An existing, empty database to use (e.g. a private PostgreSQL
+    /// instance's) instead of a fresh one on `DB_URL`'s server.
+    pub db_url: Option<String>,
 }
 
 impl Cluster {
@@ -90,7 +94,10 @@ impl Cluster {
     pub async fn start_with(options: Options) -> Self {
         required_env("DB_URL");
         let redis_url = required_env("REDIS_URL");
-        let db_url = exchange_common::testing::empty_database().await;
+        let db_url = match options.db_url.clone() {
+            Some(url) => url,
+            None => exchange_common::testing::empty_database().await,
+        };
         let db_name = db_url
             .rsplit('/')
             .next()
@@ -285,6 +292,11 @@ impl Cluster {
         self.kill(service);
         self.spawn(service);
         self.wait_ready(service).await;
+    }
+
+    /// `service`'s `/ready` URL.
+    pub fn ready_url(&self, service: &str) -> &str {
+        &self.ready[service]
     }
 
     /// The environment every process gets (e.g. for `exchange admin ...`).

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{Cluster, INTERNAL_TOKEN, UNIT, units};
+use super::{Cluster, INTERNAL_TOKEN, UNIT, User, units};
 
 pub const MARKET: &str = "BTC-USDT";
 
@@ -190,15 +190,21 @@ pub async fn drive(
                     let v: Value = r.json().await.unwrap();
                     let results = v.as_array().expect("one result per placement");
                     assert_eq!(results.len(), chunk.len());
+                    let mut retry = None;
                     for (res, o) in results.iter().zip(chunk) {
                         let st = res["status"].as_u64().unwrap_or(0);
+                        if st == 503 {
+                            // Retryable (e.g. the database is down): nothing applied.
+                            retry = Some(res.to_string());
+                            continue;
+                        }
                         assert!(
                             st == 200 || st == 201,
                             "{} was refused (the workload never should be): {res}",
                             o.cid
                         );
                     }
-                    None
+                    retry
                 }
                 Ok(r) if r.status().is_server_error() => {
                     let status = r.status().as_u16();
@@ -287,6 +293,8 @@ pub async fn stream_state(
 }
 
 /// The checks every fault test ends with; returns a one-line summary.
+/// Orders whose `client_order_id` starts with `probe` (a test's own probes,
+/// far from the market so they never trade) are left out.
 pub async fn verify(c: &Cluster, redis_url: &str, orders: &[Order], model: &Model) -> String {
     let db = sqlx::PgPool::connect(&c.db_url).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -295,7 +303,8 @@ pub async fn verify(c: &Cluster, redis_url: &str, orders: &[Order], model: &Mode
     let journal: Vec<String> = sqlx::query_scalar(
         "SELECT o.client_order_id FROM order_commands c
            JOIN orders o ON o.id = (c.command->>'order_id')::bigint
-          WHERE c.market = $1 AND c.command->>'type' = 'place' ORDER BY c.seq",
+          WHERE c.market = $1 AND c.command->>'type' = 'place' AND o.client_order_id NOT LIKE 'probe%'
+          ORDER BY c.seq",
     )
     .bind(MARKET)
     .fetch_all(&db)
@@ -318,7 +327,8 @@ pub async fn verify(c: &Cluster, redis_url: &str, orders: &[Order], model: &Mode
         let (batches, cleared, open): (i64, i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM event_batches WHERE market = $1),
                     (SELECT count(*) FROM cleared_batches WHERE market = $1),
-                    (SELECT count(*) FROM orders WHERE market = $1 AND status IN ('new','partially_filled'))",
+                    (SELECT count(*) FROM orders WHERE market = $1 AND status IN ('new','partially_filled')
+                                                  AND client_order_id NOT LIKE 'probe%')",
         )
         .bind(MARKET)
         .fetch_one(&db)
@@ -384,7 +394,8 @@ pub async fn verify(c: &Cluster, redis_url: &str, orders: &[Order], model: &Mode
 
     // 4. Each order's filled quantity and open set match the model.
     let rows: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT client_order_id, status, filled_quantity::text FROM orders WHERE market = $1",
+        "SELECT client_order_id, status, filled_quantity::text FROM orders
+          WHERE market = $1 AND client_order_id NOT LIKE 'probe%'",
     )
     .bind(MARKET)
     .fetch_all(&db)
@@ -435,13 +446,20 @@ pub async fn verify(c: &Cluster, redis_url: &str, orders: &[Order], model: &Mode
 }
 
 /// Registers and funds the users; returns their ids.
-pub async fn funded_users(c: &Cluster, n: usize) -> Vec<i64> {
-    let mut ids = Vec::new();
+pub async fn funded_users(c: &Cluster, n: usize) -> Vec<User> {
+    let mut users = Vec::new();
     for i in 0..n {
         let u = c.user(&format!("chaos{i}@example.com")).await;
         c.deposit(&u, "BTC", "100000").await;
         c.deposit(&u, "USDT", "2000000000").await;
-        ids.push(u.id);
+        users.push(u);
     }
-    ids
+    users
+}
+
+/// Waits until the driver has had `n` orders accepted.
+pub async fn wait_done(done: &AtomicUsize, n: usize) {
+    while done.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
