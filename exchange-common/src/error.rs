@@ -100,6 +100,16 @@ impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         match e {
             sqlx::Error::PoolTimedOut => Self::unavailable("database busy, retry"),
+            // Text Postgres cannot store (a NUL character, invalid UTF-8) is
+            // bad input, never a server error.
+            sqlx::Error::Database(db)
+                if matches!(db.code().as_deref(), Some("22021" | "22P05")) =>
+            {
+                Self::bad_request(
+                    "INVALID_REQUEST",
+                    "the request contains characters that are not allowed",
+                )
+            }
             other => Self::internal(other),
         }
     }

@@ -139,7 +139,13 @@ pub fn finish(router: Router, service: &'static str) -> Router {
             TraceLayer::new_for_http()
                 .make_span_with(move |req: &Request| {
                     let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-                    tracing::info_span!("request", service, method = %req.method(), path = %req.uri().path(), request_id = %id)
+                    // The route template, not the raw path: a path can carry a
+                    // credential (`/ws/<listenKey>`), and logs are read widely.
+                    let path = req
+                        .extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map_or_else(|| req.uri().path().to_owned(), |m| m.as_str().to_owned());
+                    tracing::info_span!("request", service, method = %req.method(), path = %path, request_id = %id)
                 })
                 .on_request(())
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),

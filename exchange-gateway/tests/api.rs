@@ -36,6 +36,16 @@ async fn register_login_and_duplicate_email() {
     let (status, body) = app
         .post(
             "/api/v1/auth/register",
+            &json!({"email":"nul\u{0}@example.com","password":PASSWORD}),
+        )
+        .await;
+    assert_eq!(
+        status, 400,
+        "a control character in an email is refused: {body}"
+    );
+    let (status, body) = app
+        .post(
+            "/api/v1/auth/register",
             &json!({"email":"not-an-email","password":PASSWORD}),
         )
         .await;
@@ -621,6 +631,18 @@ async fn api_key_signed_requests() {
     )
     .await;
     assert_eq!(status, 201, "{key}");
+    // Text Postgres cannot store is bad input: 400, never a 500.
+    let (status, refused) = read(
+        create(json!({"label":"bot\u{0}","permissions":["read"]}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&refused)),
+        (400, "INVALID_REQUEST"),
+        "{refused}"
+    );
     let api_key = key["api_key"].as_str().unwrap().to_owned();
     let secret = key["secret"].as_str().unwrap().to_owned();
     assert_eq!(key["permissions"], json!(["read", "trade"]));

@@ -35,7 +35,7 @@ pub struct Registered {
 
 fn check_email(email: &str) -> Result<(), ApiError> {
     let ok = email.len() <= 254
-        && !email.chars().any(char::is_whitespace)
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
         && email.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty()
                 && domain.contains('.')
