@@ -272,6 +272,48 @@ async fn a_crossing_pair_trades_and_duplicates_are_skipped() {
 }
 
 #[tokio::test]
+async fn reordered_and_duplicated_deliveries_apply_each_command_once_in_seq_order() {
+    let env = setup().await;
+    let svc = start(&env).await;
+    wait_for("market started", || async {
+        status(&svc, &env).await.get("BTC-USDT").is_some()
+    })
+    .await;
+    let one = journal(&env, 1, &limit(1, 10, Side::Sell, 100)).await;
+    let two = journal(&env, 2, &limit(2, 11, Side::Sell, 101)).await;
+    let three = journal(&env, 3, &limit(3, 20, Side::Buy, 101)).await;
+    let four = journal(&env, 4, &limit(4, 21, Side::Buy, 101)).await;
+    // Delivered as 3, 1, 3, 2, 1, 4, 4, 2: out of order and each twice.
+    for c in [&three, &one, &three, &two, &one, &four, &four, &two] {
+        xadd(&env, c).await;
+    }
+    wait_stored(&env, 4).await;
+    wait_for("no pending entries", || async { pending(&env).await == 0 }).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stored = stored(&env).await;
+    let seqs: Vec<i64> = stored.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, [1, 2, 3, 4], "each command stored once");
+    // In seq order: 3 takes the best ask (1 at 100), 4 takes 2 at 101.
+    let makers: Vec<(u64, u128)> = stored
+        .iter()
+        .flat_map(|(_, events)| events.iter())
+        .filter_map(|e| match e {
+            Event::Trade {
+                maker_order_id,
+                price,
+                ..
+            } => Some((maker_order_id.0, *price)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(makers, [(1, 100_000_000), (2, 101_000_000)]);
+    let published_seqs: Vec<u64> = published(&env).await.iter().map(|b| b.seq).collect();
+    assert_eq!(published_seqs, [1, 2, 3, 4], "each batch published once");
+    println!("deliveries 3,1,3,2,1,4,4,2 → batches {seqs:?}, trades {makers:?}");
+    svc.stop().await;
+}
+
+#[tokio::test]
 async fn a_gap_is_filled_from_the_journal() {
     let env = setup().await;
     let svc = start(&env).await;
