@@ -558,21 +558,6 @@ pub fn sequenced(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sequence_rules() {
-        assert_eq!(next(0, 1), Next::Apply);
-        assert_eq!(next(5, 6), Next::Apply);
-        assert_eq!(next(5, 5), Next::Skip);
-        assert_eq!(next(5, 1), Next::Skip);
-        assert_eq!(next(5, 9), Next::Gap { from: 6, to: 8 });
-        assert_eq!(next(0, 2), Next::Gap { from: 1, to: 1 });
-    }
-}
-
 /// The contract counters: orders the engine accepted and trades it made,
 /// counted once, when their batch is first stored (not on recovery replay).
 fn count_outcomes(market: &str, batches: &[EventBatch]) {
@@ -587,4 +572,19 @@ fn count_outcomes(market: &str, batches: &[EventBatch]) {
     metrics::counter!("exchange_orders_accepted_total", "market" => market.to_owned())
         .increment(accepted);
     metrics::counter!("exchange_trades_total", "market" => market.to_owned()).increment(trades);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_rules() {
+        assert_eq!(next(0, 1), Next::Apply);
+        assert_eq!(next(5, 6), Next::Apply);
+        assert_eq!(next(5, 5), Next::Skip);
+        assert_eq!(next(5, 1), Next::Skip);
+        assert_eq!(next(5, 9), Next::Gap { from: 6, to: 8 });
+        assert_eq!(next(0, 2), Next::Gap { from: 1, to: 1 });
+    }
 }

@@ -38,7 +38,7 @@ use support::workload::{Rng, drive, funded_users, reference, verify, workload};
 const ORDERS: usize = 20_000;
 const USERS: usize = 20;
 const MIN_KILLS: usize = 30;
-const SEED: u64 = 0x5eed_c0de_7;
+const SEED: u64 = 0x0005_eedc_0de7;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_kills_lose_and_double_nothing() {
@@ -69,7 +69,7 @@ async fn chaos_kills_lose_and_double_nothing() {
     let mut total = 0;
     while !driver.is_finished() || total < MIN_KILLS {
         tokio::time::sleep(Duration::from_millis(800 + rng.below(1_600))).await;
-        let v = victims[rng.below(victims.len() as u64) as usize];
+        let v = victims[rng.index(victims.len())];
         c.kill(v);
         tokio::time::sleep(Duration::from_millis(rng.below(300))).await;
         c.restart(v).await;

@@ -51,7 +51,7 @@ async fn matching_recovers_a_100k_order_book_within_5_seconds() {
         .map(|r| {
             json!({"orders": (0..PER_REQUEST).map(|i| {
                 let n = r * PER_REQUEST + i;
-                let buy = n % 2 == 0;
+                let buy = n.is_multiple_of(2);
                 let cents = (n / 2) as u64;
                 let price = if buy { 100_000 + cents } else { 3_000_000 + cents };
                 json!({"user_id": u.id, "market": "BTC-USDT", "side": if buy {"buy"} else {"sell"},

@@ -37,6 +37,10 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+    /// An index below `n`.
+    pub fn index(&mut self, n: usize) -> usize {
+        usize::try_from(self.below(n as u64)).unwrap()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -65,7 +69,7 @@ pub fn workload(seed: u64, n: usize, users: usize) -> Vec<Order> {
             let offset = rng.below(41) as i128 - 20;
             Order {
                 cid: format!("c{i:06}"),
-                user: rng.below(users as u64) as usize,
+                user: rng.index(users),
                 buy,
                 ioc: rng.below(100) < 15,
                 price: (mid + offset) * UNIT,
