@@ -183,8 +183,6 @@ pub async fn settle(
     let plan = Plan::build(&fresh, markets)?;
     clock.step("plan");
     settled.trades = plan.trades.len();
-    settled.balances = apply_balances(tx, &plan).await?;
-    clock.step("balances");
     settled.orders = apply_orders(tx, &plan, markets).await?;
     clock.step("orders");
     insert_trades(tx, &plan).await?;
@@ -193,6 +191,11 @@ pub async fn settle(
     clock.step("fills");
     insert_ledger(tx, &plan).await?;
     clock.step("ledger");
+    // Last, right before the caller commits: the balance rows are the ones
+    // the order service reserves from, so they are locked for as short a
+    // time as possible.
+    settled.balances = apply_balances(tx, &plan).await?;
+    clock.step("balances");
     Ok(settled)
 }
 
@@ -224,20 +227,21 @@ async fn apply_balances(
     .bind(&assets)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
-        "SELECT 1 FROM balances b
-         JOIN unnest($1::bigint[], $2::text[]) AS d(user_id, asset)
-           ON b.user_id = d.user_id AND b.asset = d.asset
-         ORDER BY b.user_id, b.asset FOR UPDATE OF b",
-    )
-    .bind(&users)
-    .bind(&assets)
-    .execute(&mut *tx)
-    .await?;
+    // One statement: lock the rows in key order (the order service locks
+    // in the same order, so the two never deadlock), then apply the netted
+    // deltas.
     let rows = sqlx::query(
-        "UPDATE balances b SET available = b.available + d.da, locked = b.locked + d.dl,
+        "WITH d AS (
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::numeric[], $4::numeric[])
+               AS d(user_id, asset, da, dl)
+         ), l AS (
+             SELECT b.user_id, b.asset FROM balances b
+             JOIN d ON b.user_id = d.user_id AND b.asset = d.asset
+             ORDER BY b.user_id, b.asset FOR UPDATE OF b
+         )
+         UPDATE balances b SET available = b.available + d.da, locked = b.locked + d.dl,
                 updated_at = now()
-         FROM unnest($1::bigint[], $2::text[], $3::numeric[], $4::numeric[]) AS d(user_id, asset, da, dl)
+         FROM d JOIN l ON l.user_id = d.user_id AND l.asset = d.asset
          WHERE b.user_id = d.user_id AND b.asset = d.asset
          RETURNING b.user_id, b.asset, trim_scale(b.available)::text, trim_scale(b.locked)::text",
     )

@@ -4,21 +4,24 @@
 //! requests in **one** Postgres transaction, then publishes their commands
 //! with one pipelined `XADD` per batch, then answers each request.
 //!
-//! Inside the transaction, in this order (every batch takes locks in the
-//! same order — balances sorted by `(user_id, asset)`, then
-//! `market_sequences` sorted by market — so batches never deadlock each
-//! other):
+//! Inside the transaction, in this order (locks are taken as late as
+//! possible and always in the same order — balances sorted by
+//! `(user_id, asset)`, then `market_sequences` — so batches never deadlock
+//! each other or clearing):
 //! 1. existing orders for `client_order_id`s (idempotency) and for the
 //!    ids that cancels and amends name;
-//! 2. `SELECT … FOR UPDATE` of every balance row the batch may spend;
+//! 2. the balance rows the batch may spend, read **without** locks;
 //! 3. per request, in arrival order: check and move `available → locked`
-//!    in memory (a rejection affects only that request);
-//! 4. one `UPDATE balances` with the netted amounts, one `INSERT` of the
-//!    new orders, the amends' extra reserve on their order rows, market
-//!    statuses;
-//! 5. the sequence numbers (`market_sequences`, the row lock makes them
-//!    gapless) and one `INSERT` into the journal `order_commands`;
-//! 6. commit.
+//!    in memory (a rejection affects only that request); new order ids;
+//! 4. under the batch's per-market [`Sequencer`] lock: one `UPDATE
+//!    balances` with the netted amounts (rows locked in key order, the
+//!    funds check `available >= amount` in its WHERE — if a row no longer
+//!    covers its amount the batch rolls back and is decided again with the
+//!    rows locked `FOR UPDATE` first), the amends' extra reserve, market
+//!    statuses, the sequence numbers (`market_sequences`, gapless), one
+//!    `INSERT` of the new orders and one into the journal `order_commands`;
+//! 5. commit, then `XADD` — still under the sequencer, so each market's
+//!    stream receives its commands in sequence order.
 //!
 //! Any database error fails the whole batch with a retryable 503
 //! `UNAVAILABLE`: nothing of it was applied. A failed `XADD` after the
@@ -56,9 +59,8 @@ pub struct BatchOptions {
     /// How long a handler waits for its batch before answering 503.
     pub reply_timeout: Duration,
     /// Batches in flight at once. With more than one, a batch prepares
-    /// (reads, balance locks) while another commits; their `XADD`s may
-    /// reach the stream out of sequence order, which matching handles by
-    /// filling the gap from the journal.
+    /// (reads, decisions) while another of the same market writes, commits
+    /// and publishes; batches of different markets run fully in parallel.
     pub workers: usize,
 }
 
@@ -137,11 +139,13 @@ impl Batcher {
     pub fn start(db: PgPool, redis: Redis, markets: Markets, opts: BatchOptions) -> Self {
         let (tx, rx) = mpsc::channel(opts.queue_len_max);
         let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
+        let sequencer = Sequencer::default();
         for _ in 0..opts.workers.max(1) {
             tokio::spawn(run(
                 db.clone(),
                 redis.clone(),
                 markets.clone(),
+                sequencer.clone(),
                 rx.clone(),
                 opts.batch_len_max,
             ));
@@ -178,10 +182,44 @@ impl Batcher {
     }
 }
 
+/// One async mutex per market, held by a batch from its balance writes
+/// through sequence assignment, commit and `XADD`: batches of one market
+/// take sequence numbers, commit and publish one after another, so the
+/// stream receives every market's commands in sequence order and command
+/// times never go backwards, while other batches read and plan meanwhile.
+/// (Across replicas the `market_sequences` row lock still keeps the
+/// sequence gapless; only the publication order is per process.)
+#[derive(Clone, Default)]
+struct Sequencer {
+    markets: std::sync::Arc<std::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl Sequencer {
+    /// Locks the given markets in name order (so batches never deadlock).
+    async fn lock(&self, names: &BTreeSet<String>) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
+        let mutexes: Vec<_> = {
+            let mut map = self
+                .markets
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            names
+                .iter()
+                .map(|n| map.entry(n.clone()).or_default().clone())
+                .collect()
+        };
+        let mut guards = Vec::with_capacity(mutexes.len());
+        for m in mutexes {
+            guards.push(m.lock_owned().await);
+        }
+        guards
+    }
+}
+
 async fn run(
     db: PgPool,
     redis: Redis,
     markets: Markets,
+    sequencer: Sequencer,
     rx: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
     batch_len_max: usize,
 ) {
@@ -196,12 +234,21 @@ async fn run(
         let (requests, replies): (Vec<Request>, Vec<oneshot::Sender<Outcome>>) =
             batch.into_iter().map(|j| (j.request, j.reply)).unzip();
         let started = std::time::Instant::now();
-        let mut result = apply_batch(&db, &redis, &markets, &requests).await;
+        let mut result = apply_batch(&db, &redis, &markets, &sequencer, &requests, false).await;
+        if matches!(result, Ok(None)) {
+            // A balance changed between our unlocked read and our write:
+            // decide again under row locks.
+            metrics::counter!("exchange_order_batch_relocked_total").increment(1);
+            result = apply_batch(&db, &redis, &markets, &sequencer, &requests, true).await;
+        }
         if result.as_ref().is_err_and(is_unique_violation) {
             // A concurrent batch inserted one of our client_order_ids first;
             // the retry finds that order and answers it (200).
-            result = apply_batch(&db, &redis, &markets, &requests).await;
+            result = apply_batch(&db, &redis, &markets, &sequencer, &requests, true).await;
         }
+        let result = result.and_then(|r| {
+            r.ok_or_else(|| anyhow::anyhow!("balance write missed rows under row locks"))
+        });
         let outcomes = match result {
             Ok(outcomes) => outcomes,
             Err(e) => {
@@ -309,12 +356,22 @@ enum Plan {
 }
 
 /// Applies one batch; `Err` means nothing was applied.
+///
+/// Optimistic (`locked == false`): balances are read without row locks and
+/// the batch is decided on that read; the balance write at the end checks
+/// `available >= amount` per row and, if any row no longer covers its
+/// amount (another batch or a withdrawal got there first), rolls back and
+/// returns `Ok(None)`: the caller retries with `locked == true`, which
+/// takes the market sequencer first and the balance rows `FOR UPDATE`
+/// before deciding (the previous, always-correct path).
 async fn apply_batch(
     db: &PgPool,
     redis: &Redis,
     markets: &Markets,
+    sequencer: &Sequencer,
     requests: &[Request],
-) -> anyhow::Result<Vec<Outcome>> {
+    locked: bool,
+) -> anyhow::Result<Option<Vec<Outcome>>> {
     // Provisional; the commands' time is taken again once the sequence
     // numbers are ours (below), so time never goes backwards along a
     // market's sequence, even with several batches in flight.
@@ -367,7 +424,32 @@ async fn apply_batch(
         by_id = rows.into_iter().map(|r| (r.id, r)).collect();
     }
 
-    // 2. Lock every balance row the batch may spend, in a fixed order.
+    // The markets this batch will append to (cancels and amends of
+    // unknown orders append nothing; an extra market here only costs a
+    // lock).
+    let mut batch_markets: BTreeSet<String> = BTreeSet::new();
+    for r in requests {
+        match r {
+            Request::Place { market, .. }
+            | Request::CancelAll { market, .. }
+            | Request::SetStatus { market, .. } => {
+                batch_markets.insert(market.spec.symbol().to_string());
+            }
+            Request::Cancel { order_id, .. } | Request::Amend { order_id, .. } => {
+                if let Some(o) = by_id.get(order_id) {
+                    batch_markets.insert(o.market.clone());
+                }
+            }
+        }
+    }
+    let mut guards = if locked {
+        sequencer.lock(&batch_markets).await
+    } else {
+        Vec::new()
+    };
+
+    // 2. Read every balance row the batch may spend (locked, in a fixed
+    //    order, on the retry path).
     let mut keys: BTreeSet<(i64, String)> = BTreeSet::new();
     for r in requests {
         match r {
@@ -396,13 +478,18 @@ async fn apply_batch(
     }
     if !keys.is_empty() {
         let (users, assets): (Vec<i64>, Vec<String>) = keys.iter().cloned().unzip();
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+        let sql = if locked {
             "SELECT b.user_id, b.asset, b.available::text FROM balances b
              JOIN unnest($1::bigint[], $2::text[]) AS k(user_id, asset)
                ON b.user_id = k.user_id AND b.asset = k.asset
              ORDER BY b.user_id, b.asset
-             FOR UPDATE OF b",
-        )
+             FOR UPDATE OF b"
+        } else {
+            "SELECT b.user_id, b.asset, b.available::text FROM balances b
+             JOIN unnest($1::bigint[], $2::text[]) AS k(user_id, asset)
+               ON b.user_id = k.user_id AND b.asset = k.asset"
+        };
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(sql)
         .bind(&users)
         .bind(&assets)
         .fetch_all(&mut *tx)
@@ -526,39 +613,60 @@ async fn apply_batch(
         plans.push(plan);
     }
 
-    // 4. Writes: balances, new orders, amends' extra reserve, statuses.
-    let deltas: Vec<((i64, String), u128)> =
-        locked_delta.into_iter().filter(|(_, v)| *v > 0).collect();
-    if !deltas.is_empty() {
-        let mut users = Vec::with_capacity(deltas.len());
-        let mut assets = Vec::with_capacity(deltas.len());
-        let mut amounts = Vec::with_capacity(deltas.len());
-        for ((u, a), v) in deltas {
-            let scale = scales.get(&a).copied().unwrap_or(18);
-            users.push(u);
-            assets.push(a);
-            amounts.push(db_text(v, scale));
-        }
-        sqlx::query(
-            "UPDATE balances b
-             SET available = b.available - d.amount::numeric,
-                 locked = b.locked + d.amount::numeric,
-                 updated_at = now()
-             FROM unnest($1::bigint[], $2::text[], $3::text[]) AS d(user_id, asset, amount)
-             WHERE b.user_id = d.user_id AND b.asset = d.asset",
-        )
-        .bind(&users)
-        .bind(&assets)
-        .bind(&amounts)
-        .execute(&mut *tx)
-        .await?;
-    }
+    // 4. Order ids (no locks), then, under the market sequencer, the
+    //    writes that take row locks, kept to the end of the transaction:
+    //    balances (one statement, rows locked in key order, the funds check
+    //    in its WHERE), amends' extra reserve, statuses, sequence numbers,
+    //    the orders and the journal, commit, XADD.
     let mut order_ids: Vec<i64> = Vec::new();
     if new_orders > 0 {
         order_ids = sqlx::query_scalar("SELECT nextval('order_ids') FROM generate_series(1, $1)")
             .bind(i64::try_from(new_orders)?)
             .fetch_all(&mut *tx)
             .await?;
+    }
+    if guards.is_empty() {
+        guards = sequencer.lock(&batch_markets).await;
+    }
+    let deltas: Vec<((i64, String), u128)> =
+        locked_delta.into_iter().filter(|(_, v)| *v > 0).collect();
+    if !deltas.is_empty() {
+        let mut users = Vec::with_capacity(deltas.len());
+        let mut assets = Vec::with_capacity(deltas.len());
+        let mut amounts = Vec::with_capacity(deltas.len());
+        for ((u, a), v) in &deltas {
+            let scale = scales.get(a).copied().unwrap_or(18);
+            users.push(*u);
+            assets.push(a.clone());
+            amounts.push(db_text(*v, scale));
+        }
+        let updated = sqlx::query(
+            "WITH d AS (
+                 SELECT user_id, asset, amount::numeric AS amount
+                 FROM unnest($1::bigint[], $2::text[], $3::text[]) AS d(user_id, asset, amount)
+             ), l AS (
+                 SELECT b.user_id, b.asset FROM balances b
+                 JOIN d ON b.user_id = d.user_id AND b.asset = d.asset
+                 ORDER BY b.user_id, b.asset
+                 FOR UPDATE OF b
+             )
+             UPDATE balances b
+             SET available = b.available - d.amount,
+                 locked = b.locked + d.amount,
+                 updated_at = now()
+             FROM d JOIN l ON l.user_id = d.user_id AND l.asset = d.asset
+             WHERE b.user_id = d.user_id AND b.asset = d.asset AND b.available >= d.amount",
+        )
+        .bind(&users)
+        .bind(&assets)
+        .bind(&amounts)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated != deltas.len() as u64 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
     }
     for (plan, request) in plans.iter().zip(requests) {
         if let (
@@ -698,6 +806,7 @@ async fn apply_batch(
         metrics::counter!("exchange_order_publish_failed_total").increment(1);
         tracing::warn!(error = %e, count = commands.len(), "xadd failed after commit; the republisher will retry");
     }
+    drop(guards);
     metrics::counter!("exchange_order_commands_total").increment(commands.len() as u64);
     tracing::debug!(
         len = requests.len(),
@@ -739,7 +848,7 @@ async fn apply_batch(
         };
         outcomes.push(outcome);
     }
-    Ok(outcomes)
+    Ok(Some(outcomes))
 }
 
 fn plan_market(p: &Plan) -> String {
