@@ -8,7 +8,7 @@
 //! text (`::text` on the way out, `$n::numeric` on the way in), never as
 //! floats.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -20,8 +20,13 @@ use sqlx::PgPool;
 
 /// How often the cache reloads every market.
 pub const MARKETS_REFRESH_INTERVAL: Duration = Duration::from_secs(2);
-/// A miss reloads at most this often (unknown symbols must not hammer the DB).
-pub const MARKETS_MISS_RELOAD_INTERVAL: Duration = Duration::from_millis(250);
+/// A miss reloads at once (single-flight: concurrent misses share one
+/// reload); a symbol still unknown after a reload is answered from the
+/// cache (negative-cached) for this long, so unknown symbols cannot hammer
+/// the database.
+pub const MARKETS_MISS_RELOAD_INTERVAL: Duration = Duration::from_millis(50);
+/// Negative-cache entries kept at most (older ones are dropped wholesale).
+const MARKETS_MISSES_MAX: usize = 1_024;
 
 /// Converts a Postgres numeric's text to units at `scale`. Trailing zeros
 /// beyond the scale (`1.50000000000`) are fine; real excess precision or a
@@ -169,12 +174,18 @@ pub async fn load_all(db: &PgPool) -> Result<BTreeMap<String, MarketInfo>, sqlx:
 pub struct Markets {
     db: PgPool,
     inner: Arc<RwLock<Cache>>,
+    /// Single-flight for reloads.
+    reloading: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Debug, Default)]
 struct Cache {
     markets: Arc<BTreeMap<String, MarketInfo>>,
+    /// When the last successful reload *started* (its data is at least
+    /// this fresh).
     loaded_at: Option<Instant>,
+    /// Symbols a reload started at that time did not find.
+    misses: HashMap<String, Instant>,
 }
 
 impl Markets {
@@ -182,18 +193,21 @@ impl Markets {
         Self {
             db,
             inner: Arc::new(RwLock::new(Cache::default())),
+            reloading: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
     pub async fn reload(&self) -> Result<(), sqlx::Error> {
+        let started = Instant::now();
         let fresh = load_all(&self.db).await?;
         if let Ok(mut c) = self.inner.write() {
             c.markets = Arc::new(fresh);
-            c.loaded_at = Some(Instant::now());
+            c.loaded_at = Some(started);
         }
         Ok(())
     }
 
+    /// The cached market and whether the cache must be reloaded for it.
     fn cached(&self, symbol: &str) -> (Option<MarketInfo>, bool) {
         match self.inner.read() {
             Ok(c) => {
@@ -202,7 +216,8 @@ impl Markets {
                     .loaded_at
                     .is_none_or(|t| t.elapsed() >= MARKETS_REFRESH_INTERVAL)
                     || (hit.is_none()
-                        && c.loaded_at
+                        && c.misses
+                            .get(symbol)
                             .is_none_or(|t| t.elapsed() >= MARKETS_MISS_RELOAD_INTERVAL));
                 (hit, stale)
             }
@@ -210,14 +225,48 @@ impl Markets {
         }
     }
 
-    /// The market, reloading when the cache is stale or misses.
+    fn loaded_since(&self, t: Instant) -> bool {
+        self.inner
+            .read()
+            .ok()
+            .and_then(|c| c.loaded_at)
+            .is_some_and(|l| l >= t)
+    }
+
+    fn note_miss(&self, symbol: &str) {
+        if let Ok(mut c) = self.inner.write()
+            && let Some(loaded) = c.loaded_at
+        {
+            if c.misses.len() >= MARKETS_MISSES_MAX {
+                c.misses.clear();
+            }
+            c.misses.insert(symbol.to_owned(), loaded);
+        }
+    }
+
+    /// The market, reloading when the cache is stale or misses. A miss
+    /// reloads at once; concurrent misses wait for one reload that started
+    /// after they looked.
     pub async fn get(&self, symbol: &str) -> Result<Option<MarketInfo>, sqlx::Error> {
+        let looked = Instant::now();
         let (hit, stale) = self.cached(symbol);
         if !stale {
             return Ok(hit);
         }
-        match self.reload().await {
-            Ok(()) => Ok(self.cached(symbol).0),
+        let _flight = self.reloading.lock().await;
+        let result = if self.loaded_since(looked) {
+            Ok(())
+        } else {
+            self.reload().await
+        };
+        match result {
+            Ok(()) => {
+                let found = self.cached(symbol).0;
+                if found.is_none() {
+                    self.note_miss(symbol);
+                }
+                Ok(found)
+            }
             // A stale answer beats none while the database blips.
             Err(e) if hit.is_some() => {
                 tracing::warn!(error = %e, "market reload failed, using cached");
