@@ -107,3 +107,28 @@ pub async fn migrate(url: &str) -> anyhow::Result<Vec<&'static str>> {
     }
     Ok(applied)
 }
+
+/// Whether `e` means the database could not be reached or ended the session
+/// (connection lost, server restarting or shutting down, too many
+/// connections, lock or serialization race), so the statement was not
+/// applied and the same request may simply be retried. Callers answer 503
+/// `UNAVAILABLE` for these, never 500.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c == "40001"
+                || c == "40P01"
+                || c == "55P03"
+                || c.starts_with("08")
+                || c.starts_with("57P")
+                || c.starts_with("53")
+        }),
+        _ => false,
+    }
+}

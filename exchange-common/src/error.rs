@@ -110,6 +110,12 @@ impl From<sqlx::Error> for ApiError {
                     "the request contains characters that are not allowed",
                 )
             }
+            // Postgres unreachable, restarting or shutting down: nothing was
+            // applied, the client may retry (never a 500).
+            other if crate::db::is_transient(&other) => {
+                tracing::warn!(error = %other, "database unavailable");
+                Self::unavailable("database unavailable, retry")
+            }
             other => Self::internal(other),
         }
     }
@@ -209,5 +215,25 @@ where
         let axum::extract::Query(value) =
             axum::extract::Query::<T>::from_request_parts(parts, state).await?;
         Ok(Self(value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_database_is_a_retryable_503_not_a_500() {
+        let lost = sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "expected to read 5 bytes, got 0 bytes at EOF",
+        ));
+        for e in [lost, sqlx::Error::PoolClosed, sqlx::Error::PoolTimedOut] {
+            let api = ApiError::from(e);
+            assert_eq!(api.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(api.code, "UNAVAILABLE");
+        }
+        let api = ApiError::from(sqlx::Error::RowNotFound);
+        assert_eq!(api.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }
