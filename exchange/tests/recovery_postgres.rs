@@ -2,7 +2,8 @@
 //! stop` of a private PostgreSQL instance (started by this test, so other
 //! tests are not disturbed) after a third of a seeded workload, 3 s down,
 //! then started again. While it is down, the services' `/ready` turns 503;
-//! a client polling the gateway throughout never sees a 500 (503 with a
+//! clients polling the gateway from before the crash until after it (balances, order list, placing
+//! orders far from the market) never see a 500 (503 with a
 //! retryable code is fine), nor does the order driver. Afterwards the checks
 //! of the chaos run hold.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -51,51 +52,60 @@ async fn postgres_crash_loses_nothing_and_no_client_sees_a_500() {
         done.clone(),
     ));
 
-    // A gateway client reading and placing throughout.
+    // Gateway clients reading and placing from shortly before the crash
+    // until 2 s after PostgreSQL is back (three loops).
+    wait_done(&done, ORDERS / 4).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let prober = {
-        let client = c.client.clone();
-        let url = c.url.clone();
-        let token = users[0].token.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut seen: BTreeMap<u16, usize> = BTreeMap::new();
-            let mut bodies_503: Vec<String> = Vec::new();
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let r = if i % 2 == 0 {
-                    client
-                        .get(format!("{url}/api/v1/account/balances"))
-                        .bearer_auth(&token)
-                        .timeout(Duration::from_secs(10))
-                        .send()
-                        .await
-                } else {
-                    // Far from the market: rests, never trades.
-                    client
-                        .post(format!("{url}/api/v1/orders"))
-                        .bearer_auth(&token)
-                        .timeout(Duration::from_secs(10))
-                        .json(&serde_json::json!({"market":"BTC-USDT","side":"buy","type":"limit",
-                            "price":"1000","quantity":"0.001","client_order_id": format!("probe{i}")}))
-                        .send()
-                        .await
-                };
-                if let Ok(r) = r {
-                    let status = r.status().as_u16();
-                    let text = r.text().await.unwrap_or_default();
-                    assert_ne!(status, 500, "the gateway answered 500: {text}");
-                    if status == 503 && bodies_503.len() < 3 {
-                        bodies_503.push(text);
+    let probers: Vec<_> = (0..3)
+        .map(|p| {
+            let client = c.client.clone();
+            let url = c.url.clone();
+            let token = users[p].token.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut seen: BTreeMap<u16, usize> = BTreeMap::new();
+                let mut bodies_503: Vec<String> = Vec::new();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let r = match i % 3 {
+                        0 => client
+                            .get(format!("{url}/api/v1/account/balances"))
+                            .bearer_auth(&token)
+                            .timeout(Duration::from_secs(10))
+                            .send()
+                            .await,
+                        1 => client
+                            .get(format!("{url}/api/v1/orders?market=BTC-USDT"))
+                            .bearer_auth(&token)
+                            .timeout(Duration::from_secs(10))
+                            .send()
+                            .await,
+                        // Far from the market: rests, never trades.
+                        _ => client
+                            .post(format!("{url}/api/v1/orders"))
+                            .bearer_auth(&token)
+                            .timeout(Duration::from_secs(10))
+                            .json(&serde_json::json!({"market":"BTC-USDT","side":"buy","type":"limit",
+                                "price":"1000","quantity":"0.001","client_order_id": format!("probe{p}-{i}")}))
+                            .send()
+                            .await,
+                    };
+                    if let Ok(r) = r {
+                        let status = r.status().as_u16();
+                        let text = r.text().await.unwrap_or_default();
+                        assert_ne!(status, 500, "the gateway answered 500: {text}");
+                        if status == 503 && bodies_503.len() < 2 {
+                            bodies_503.push(text);
+                        }
+                        *seen.entry(status).or_default() += 1;
                     }
-                    *seen.entry(status).or_default() += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            (seen, bodies_503)
+                (seen, bodies_503)
+            })
         })
-    };
+        .collect();
 
     wait_done(&done, ORDERS / 3).await;
     pg.crash();
@@ -133,10 +143,19 @@ async fn postgres_crash_loses_nothing_and_no_client_sees_a_500() {
         crashed.elapsed()
     );
 
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
     let (requests, retries) = driver.await.unwrap();
     println!("{ORDERS} orders accepted in {requests} requests ({retries} retried)");
-    stop.store(true, Ordering::Relaxed);
-    let (seen, bodies_503) = prober.await.unwrap();
+    let mut seen: BTreeMap<u16, usize> = BTreeMap::new();
+    let mut bodies_503 = Vec::new();
+    for p in probers {
+        let (s, b) = p.await.unwrap();
+        for (k, n) in s {
+            *seen.entry(k).or_default() += n;
+        }
+        bodies_503.extend(b);
+    }
     println!("gateway client saw statuses {seen:?}; 503 bodies e.g. {bodies_503:?}");
     assert!(!seen.contains_key(&500));
     for svc in support::SERVICES {
