@@ -1,7 +1,7 @@
 //! Duplicated and reordered delivery, end to end, for every consumer
 //! (issue 7): after three trades, every entry of the order stream (matching)
-//! and of the event stream (clearing, the order service, marketdata; the
-//! gateway's private push is fed by clearing) is delivered again, in reverse
+//! and of the event stream (clearing, which also updates the orders, and
+//! marketdata; the gateway's private push is fed by clearing) is delivered again, in reverse
 //! order. Nothing changes: no new event batch, no balance moved, marketdata's
 //! trades and the orders as they were, no extra private WebSocket message,
 //! nothing pending, no dead letter, reconcile ok.

@@ -61,6 +61,37 @@ async fn redis_flushall_and_restart_lose_nothing() {
     let (requests, retries) = driver.await.unwrap();
     println!("{ORDERS} orders accepted in {requests} requests ({retries} retried)");
     let summary = verify(&c, &redis.url, &orders, &model).await;
+    // The consumer groups were recreated on the empty Redis (the order
+    // service consumes no stream: clearing updates the orders).
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut groups = Vec::new();
+    for stream in [
+        format!("{}:events", c.redis_prefix),
+        format!("{}:orders:{{BTC-USDT}}", c.redis_prefix),
+    ] {
+        let info: Vec<std::collections::BTreeMap<String, redis::Value>> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for g in info {
+            let name: String = redis::from_redis_value(g["name"].clone()).unwrap();
+            groups.push(format!("{stream} {name}"));
+        }
+    }
+    for want in [
+        "events clearing",
+        "events marketdata",
+        "{BTC-USDT} matching",
+    ] {
+        assert!(
+            groups.iter().any(|g| g.ends_with(want)),
+            "group {want} missing after the Redis loss: {groups:?}"
+        );
+    }
+    println!("consumer groups after the loss: {groups:?}");
     println!("{summary}");
     println!("redis loss run took {:.1?}", started.elapsed());
 }
