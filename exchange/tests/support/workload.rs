@@ -168,6 +168,9 @@ pub async fn drive(
 ) -> (usize, usize) {
     let mut retries = 0;
     let mut requests = 0;
+    // One placement per request (see the module comment); the batch route
+    // is used for its per-placement answers, so a retry after a partial
+    // failure is handled the same way for any request size.
     for chunk in orders.chunks(1) {
         let body = json!({"orders": chunk.iter().map(|o| json!({
             "user_id": user_ids[o.user],
