@@ -107,7 +107,14 @@ impl Cluster {
             .unwrap()
             .to_owned();
         let redis_prefix = exchange_common::testing::random_name("e2e-");
-        let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("e2e-{db_name}"));
+        // A given database (a private server's `postgres`) is not unique: name
+        // the logs after the Redis prefix then.
+        let log_name = if options.db_url.is_some() {
+            redis_prefix.clone()
+        } else {
+            format!("e2e-{db_name}")
+        };
+        let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(log_name);
         std::fs::create_dir_all(&log_dir).unwrap();
 
         let migrate = Command::new(BIN)
