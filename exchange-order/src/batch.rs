@@ -191,7 +191,8 @@ impl Batcher {
 /// sequence gapless; only the publication order is per process.)
 #[derive(Clone, Default)]
 struct Sequencer {
-    markets: std::sync::Arc<std::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>>,
+    markets:
+        std::sync::Arc<std::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl Sequencer {
@@ -490,10 +491,10 @@ async fn apply_batch(
                ON b.user_id = k.user_id AND b.asset = k.asset"
         };
         let rows: Vec<(i64, String, String)> = sqlx::query_as(sql)
-        .bind(&users)
-        .bind(&assets)
-        .fetch_all(&mut *tx)
-        .await?;
+            .bind(&users)
+            .bind(&assets)
+            .fetch_all(&mut *tx)
+            .await?;
         for (user, asset, text) in rows {
             let scale = scales.get(&asset).copied().unwrap_or(18);
             available.insert((user, asset), db_units(&text, scale)?);
