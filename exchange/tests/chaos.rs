@@ -28,12 +28,11 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use support::Cluster;
-use support::workload::{Rng, drive, funded_users, reference, verify, workload};
+use support::workload::{Rng, start_run, verify};
 
 const ORDERS: usize = 20_000;
 const USERS: usize = 20;
@@ -45,29 +44,12 @@ async fn chaos_kills_lose_and_double_nothing() {
     let started = Instant::now();
     let redis_url = std::env::var("REDIS_URL").unwrap();
     let mut c = Cluster::start().await;
-    c.setup_btc_usdt("0.001", "0.002").await;
-    let user_ids = funded_users(&c, USERS).await.iter().map(|u| u.id).collect();
-    let orders = workload(SEED, ORDERS, USERS);
-    let model = reference(&orders);
-    println!(
-        "workload: {ORDERS} orders from {USERS} users (seed {SEED:#x}); fault-free model: {} trades, {} resting",
-        model.trades.len(),
-        model.resting.len()
-    );
-
-    let done = Arc::new(AtomicUsize::new(0));
-    let driver = tokio::spawn(drive(
-        c.client.clone(),
-        c.env()["ORDER_SERVICE_URL"].clone(),
-        user_ids,
-        orders.clone(),
-        done.clone(),
-    ));
+    let run = start_run(&c, SEED, ORDERS, USERS).await;
     let mut rng = Rng::new(SEED ^ 0xdead);
     let victims = ["matching", "clearing", "order", "marketdata"];
     let mut kills: BTreeMap<&str, usize> = BTreeMap::new();
     let mut total = 0;
-    while !driver.is_finished() || total < MIN_KILLS {
+    while !run.driver.is_finished() || total < MIN_KILLS {
         tokio::time::sleep(Duration::from_millis(800 + rng.below(1_600))).await;
         let v = victims[rng.index(victims.len())];
         c.kill(v);
@@ -76,14 +58,14 @@ async fn chaos_kills_lose_and_double_nothing() {
         *kills.entry(v).or_default() += 1;
         total += 1;
     }
-    let (requests, retries) = driver.await.unwrap();
+    let (requests, retries) = run.driver.await.unwrap();
     let load = started.elapsed();
     println!(
         "{total} kills {kills:?} while submitting {} orders in {requests} requests ({retries} retried) in {:.1?}",
-        done.load(Ordering::Relaxed),
+        run.done.load(Ordering::Relaxed),
         load
     );
-    let summary = verify(&c, &redis_url, &orders, &model).await;
+    let summary = verify(&c, &redis_url, &run.orders, &run.model).await;
     println!("{summary}");
     println!("chaos run took {:.1?}", started.elapsed());
 }

@@ -12,11 +12,11 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use support::private::PrivatePostgres;
-use support::workload::{drive, funded_users, reference, verify, wait_done, workload};
+use support::workload::{start_run, verify, wait_done};
 use support::{Cluster, Options};
 
 const ORDERS: usize = 3_000;
@@ -33,28 +33,13 @@ async fn postgres_crash_loses_nothing_and_no_client_sees_a_500() {
         ..Options::default()
     })
     .await;
-    c.setup_btc_usdt("0.001", "0.002").await;
-    let users = funded_users(&c, USERS).await;
-    let orders = workload(SEED, ORDERS, USERS);
-    let model = reference(&orders);
-    println!(
-        "workload: {ORDERS} orders from {USERS} users; fault-free model: {} trades, {} resting; private postgres on {}",
-        model.trades.len(),
-        model.resting.len(),
-        pg.port
-    );
-    let done = Arc::new(AtomicUsize::new(0));
-    let driver = tokio::spawn(drive(
-        c.client.clone(),
-        c.env()["ORDER_SERVICE_URL"].clone(),
-        users.iter().map(|u| u.id).collect(),
-        orders.clone(),
-        done.clone(),
-    ));
+    println!("private postgres on {}", pg.port);
+    let run = start_run(&c, SEED, ORDERS, USERS).await;
+    let (done, users) = (&run.done, &run.users);
 
     // Gateway clients reading and placing from shortly before the crash
     // until 2 s after PostgreSQL is back (three loops).
-    wait_done(&done, ORDERS / 4).await;
+    wait_done(done, ORDERS / 4).await;
     let stop = Arc::new(AtomicBool::new(false));
     let probers: Vec<_> = (0..3)
         .map(|p| {
@@ -107,7 +92,7 @@ async fn postgres_crash_loses_nothing_and_no_client_sees_a_500() {
         })
         .collect();
 
-    wait_done(&done, ORDERS / 3).await;
+    wait_done(done, ORDERS / 3).await;
     pg.crash();
     let crashed = Instant::now();
     println!("postgres stopped -m immediate after {} orders", ORDERS / 3);
@@ -145,7 +130,7 @@ async fn postgres_crash_loses_nothing_and_no_client_sees_a_500() {
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
-    let (requests, retries) = driver.await.unwrap();
+    let (requests, retries) = run.driver.await.unwrap();
     println!("{ORDERS} orders accepted in {requests} requests ({retries} retried)");
     let mut seen: BTreeMap<u16, usize> = BTreeMap::new();
     let mut bodies_503 = Vec::new();
@@ -162,7 +147,7 @@ async fn postgres_crash_loses_nothing_and_no_client_sees_a_500() {
         let r = c.client.get(c.ready_url(svc)).send().await.unwrap();
         assert_eq!(r.status(), 200, "{svc} ready again");
     }
-    let summary = verify(&c, &redis_url, &orders, &model).await;
+    let summary = verify(&c, &redis_url, &run.orders, &run.model).await;
     println!("{summary}");
     println!("postgres crash run took {:.1?}", started.elapsed());
 }

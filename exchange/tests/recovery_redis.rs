@@ -9,12 +9,10 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use support::private::PrivateRedis;
-use support::workload::{drive, funded_users, reference, verify, wait_done, workload};
+use support::workload::{start_run, verify, wait_done};
 use support::{Cluster, Options};
 
 const ORDERS: usize = 3_000;
@@ -30,37 +28,22 @@ async fn redis_flushall_and_restart_lose_nothing() {
         ..Options::default()
     })
     .await;
-    c.setup_btc_usdt("0.001", "0.002").await;
-    let users = funded_users(&c, USERS).await;
-    let orders = workload(SEED, ORDERS, USERS);
-    let model = reference(&orders);
-    println!(
-        "workload: {ORDERS} orders from {USERS} users; fault-free model: {} trades, {} resting; private redis on {}",
-        model.trades.len(),
-        model.resting.len(),
-        redis.port
-    );
-    let done = Arc::new(AtomicUsize::new(0));
-    let driver = tokio::spawn(drive(
-        c.client.clone(),
-        c.env()["ORDER_SERVICE_URL"].clone(),
-        users.iter().map(|u| u.id).collect(),
-        orders.clone(),
-        done.clone(),
-    ));
+    println!("private redis on {}", redis.port);
+    let run = start_run(&c, SEED, ORDERS, USERS).await;
+    let done = &run.done;
 
-    wait_done(&done, ORDERS / 3).await;
+    wait_done(done, ORDERS / 3).await;
     redis.flushall().await;
     println!("FLUSHALL after {} orders", ORDERS / 3);
-    wait_done(&done, 2 * ORDERS / 3).await;
+    wait_done(done, 2 * ORDERS / 3).await;
     redis.restart(Duration::from_secs(1)).await;
     println!(
         "redis killed and restarted empty after {} orders (down 1 s)",
         2 * ORDERS / 3
     );
-    let (requests, retries) = driver.await.unwrap();
+    let (requests, retries) = run.driver.await.unwrap();
     println!("{ORDERS} orders accepted in {requests} requests ({retries} retried)");
-    let summary = verify(&c, &redis.url, &orders, &model).await;
+    let summary = verify(&c, &redis.url, &run.orders, &run.model).await;
     // The consumer groups were recreated on the empty Redis (the order
     // service consumes no stream: clearing updates the orders).
     let client = redis::Client::open(redis.url.as_str()).unwrap();

@@ -470,3 +470,43 @@ pub async fn wait_done(done: &AtomicUsize, n: usize) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A seeded workload being submitted to a cluster.
+pub struct Run {
+    pub orders: Vec<Order>,
+    pub model: Model,
+    pub users: Vec<User>,
+    /// Orders accepted so far.
+    pub done: Arc<AtomicUsize>,
+    /// `(requests, retried requests)` when all are accepted.
+    pub driver: tokio::task::JoinHandle<(usize, usize)>,
+}
+
+/// Sets up BTC-USDT, funds `users` users, computes the fault-free model of
+/// `n` seeded orders, prints it, and starts the driver.
+pub async fn start_run(c: &Cluster, seed: u64, n: usize, users: usize) -> Run {
+    c.setup_btc_usdt("0.001", "0.002").await;
+    let users_ = funded_users(c, users).await;
+    let orders = workload(seed, n, users);
+    let model = reference(&orders);
+    println!(
+        "workload: {n} orders from {users} users (seed {seed:#x}); fault-free model: {} trades, {} resting",
+        model.trades.len(),
+        model.resting.len()
+    );
+    let done = Arc::new(AtomicUsize::new(0));
+    let driver = tokio::spawn(drive(
+        c.client.clone(),
+        c.env()["ORDER_SERVICE_URL"].clone(),
+        users_.iter().map(|u| u.id).collect(),
+        orders.clone(),
+        done.clone(),
+    ));
+    Run {
+        orders,
+        model,
+        users: users_,
+        done,
+        driver,
+    }
+}
