@@ -35,26 +35,8 @@ impl SettleError {
     /// Worth retrying as is: the database was unreachable or the
     /// transaction lost a race (deadlock, serialization).
     pub fn is_transient(&self) -> bool {
-        let SettleError::Db(e) = self else {
-            return false;
-        };
-        match e {
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::WorkerCrashed => true,
-            sqlx::Error::Database(db) => db.code().is_some_and(|c| {
-                c == "40001"
-                    || c == "40P01"
-                    || c.starts_with("08")
-                    || c.starts_with("57P")
-                    || c.starts_with("53")
-                    || c == "55P03"
-            }),
-            _ => false,
-        }
+        // One classification of "retry later" for every service.
+        matches!(self, SettleError::Db(e) if exchange_common::db::is_transient(e))
     }
 }
 
