@@ -250,11 +250,14 @@ async fn run_market(base: ServiceBase, mut engine: Engine, shutdown: Shutdown) {
         opts.claim_idle = CLAIM_IDLE;
         opts.claim_interval = Duration::from_secs(1);
         let engine = Arc::new(tokio::sync::Mutex::new(engine));
+        // On the service's shutdown, not the market's: a market that halts
+        // may still hold batches of commands applied before the halt, and
+        // they must still be stored and published.
         tokio::spawn(flush_unpublished(
             engine.clone(),
             base.db.clone(),
             base.redis.clone(),
-            market_shutdown.clone(),
+            shutdown.clone(),
         ));
         let final_engine = engine.clone();
         let handler = MarketHandler {
@@ -292,7 +295,9 @@ async fn run_market(base: ServiceBase, mut engine: Engine, shutdown: Shutdown) {
 }
 
 /// Stores and publishes batches whose `INSERT` or `XADD` failed, even when
-/// no new command arrives to trigger it.
+/// no new command arrives to trigger it, and takes due snapshots. Runs until
+/// the service stops, or, once the market has halted, until nothing is left
+/// to store or publish.
 async fn flush_unpublished(
     engine: Arc<tokio::sync::Mutex<Engine>>,
     db: sqlx::PgPool,
@@ -307,6 +312,13 @@ async fn flush_unpublished(
         let mut engine = engine.lock().await;
         if let Err(e) = engine.flush(&db, &redis).await {
             tracing::warn!(market = %engine.symbol, error = format!("{e:#}"), "publishing events failed; will retry");
+        }
+        if engine.halted().is_some() {
+            if engine.flushed() {
+                tracing::info!(market = %engine.symbol, "halted market: every batch before the halt is stored and published");
+                return;
+            }
+            continue;
         }
         if let Err(e) = engine.maybe_snapshot(&db, &redis, false).await {
             tracing::warn!(market = %engine.symbol, error = format!("{e:#}"), "snapshot failed; will retry");

@@ -15,7 +15,12 @@
 //! - the engine panics, or a replay produces events different from the
 //!   stored ones: the market **halts** (its `market:<SYMBOL>` readiness
 //!   entry goes down with the reason, `exchange_market_halted`
-//!   is 1, and its consumer stops); an operator must look.
+//!   is 1, and its consumer stops); an operator must look. The commands
+//!   before the halting one were applied correctly: their batches are
+//!   stored and published first (at recovery, before the halt is declared;
+//!   in a live read, by the flush task, which goes on while the market is
+//!   halted until they are out). Their stream entries are acknowledged only
+//!   once stored.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -147,8 +152,11 @@ impl Engine {
     fn halt(&mut self, seq: u64, reason: String) {
         tracing::error!(market = %self.symbol, seq, reason, "market halted");
         metrics::gauge!("exchange_market_halted", "market" => self.symbol.to_string()).set(1.0);
+        // The book is dropped, but batches it produced before the halting
+        // command stay: they are right, and the flush task keeps storing and
+        // publishing them while the market is halted (their stream entries
+        // are not acknowledged until they are stored).
         self.book = None;
-        self.unstored.clear();
         if let Ok(mut s) = self.status.lock() {
             s.halted = Some(Halt { seq, reason });
         }
@@ -179,7 +187,13 @@ impl Engine {
         self.snapshot_at = Instant::now();
         let mut missing: Vec<EventBatch> = Vec::new();
         let mut replayed = 0u64;
-        loop {
+        // Why the replay stopped early, if it did. The batches replayed
+        // before that point are right (the same commands, in order, from a
+        // good state) and are stored and published below before the market
+        // halts: a halt must not lose trades that happened before it.
+        let mut halt: Option<(u64, String)> = None;
+        let mut mismatch = false;
+        'replay: loop {
             let page =
                 store::journal_with_batches(db, &market, book.last_seq(), store::REPLAY_PAGE_LEN)
                     .await?;
@@ -188,32 +202,31 @@ impl Engine {
             }
             for row in page {
                 if row.command.seq != book.last_seq() + 1 {
-                    self.halt(
+                    halt = Some((
                         row.command.seq,
                         format!("journal gap before seq {}", row.command.seq),
-                    );
-                    return Ok(());
+                    ));
+                    break 'replay;
                 }
                 let events = match apply_guarded(&mut book, &row.command) {
                     Ok(e) => e,
                     Err(reason) => {
-                        self.halt(row.command.seq, reason);
-                        return Ok(());
+                        halt = Some((row.command.seq, reason));
+                        break 'replay;
                     }
                 };
                 replayed += 1;
                 match row.stored {
                     Some(stored) if stored != events => {
-                        metrics::counter!("exchange_matching_replay_mismatch_total", "market" => market.clone())
-                            .increment(1);
-                        self.halt(
+                        mismatch = true;
+                        halt = Some((
                             row.command.seq,
                             format!(
                                 "replay of seq {} produced events different from the stored ones",
                                 row.command.seq
                             ),
-                        );
-                        return Ok(());
+                        ));
+                        break 'replay;
                     }
                     Some(_) => {}
                     None => missing.push(EventBatch {
@@ -242,6 +255,26 @@ impl Engine {
             .collect();
         old.append(&mut self.unpublished);
         self.unpublished = old;
+        if let Some((seq, reason)) = halt {
+            // Only what comes before the halting command goes out: a stored
+            // batch from there on is what an operator must look at.
+            self.unpublished.retain(|b| b.seq < seq);
+            // Publish before halting: an error here is an I/O failure and
+            // the whole recovery is retried (storing again is a no-op).
+            self.flush(db, redis).await?;
+            if mismatch {
+                metrics::counter!("exchange_matching_replay_mismatch_total", "market" => market.clone())
+                    .increment(1);
+            }
+            self.halt(seq, reason);
+            tracing::info!(
+                market,
+                from_seq,
+                replayed,
+                "batches before the halt stored and published"
+            );
+            return Ok(());
+        }
         self.book = Some(book);
         self.unstored.clear();
         self.set_last();
@@ -352,6 +385,11 @@ impl Engine {
         tracing::info!(market = %self.symbol, seq, bytes = snap.bytes.len(),
             elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "snapshot stored");
         Ok(Some(seq))
+    }
+
+    /// Nothing waits to be stored or published.
+    pub fn flushed(&self) -> bool {
+        self.unstored.is_empty() && self.unpublished.is_empty()
     }
 
     /// Stores what is not yet stored, then publishes what is stored but

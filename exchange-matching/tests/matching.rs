@@ -597,3 +597,118 @@ async fn the_order_stream_is_trimmed_below_the_snapshot() {
     .await;
     svc.stop().await;
 }
+
+/// The trades of stored batch `seq`: `(maker, taker)` order ids.
+fn trades_of(batches: &[(i64, Vec<Event>)], seq: i64) -> Vec<(u64, u64)> {
+    batches
+        .iter()
+        .filter(|(s, _)| *s == seq)
+        .flat_map(|(_, events)| events.iter())
+        .filter_map(|e| match e {
+            Event::Trade {
+                maker_order_id,
+                taker_order_id,
+                ..
+            } => Some((maker_order_id.0, taker_order_id.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_halt_at_recovery_first_stores_and_publishes_the_batches_before_it() {
+    let env = setup().await;
+    // Matching applied seqs 1..=4 and stored only the batch of 3 before it
+    // crashed; since then someone rewrote that batch. Seqs 1 and 2 (a trade)
+    // were applied correctly and never stored.
+    for (seq, cmd) in [
+        (1, limit(1, 10, Side::Sell, 100)),
+        (2, limit(2, 20, Side::Buy, 100)),
+        (3, limit(3, 11, Side::Sell, 101)),
+        (4, limit(4, 21, Side::Buy, 101)),
+    ] {
+        journal(&env, seq, &cmd).await;
+    }
+    sqlx::query(
+        "INSERT INTO event_batches (market, seq, time_ms, events) VALUES ('BTC-USDT', 3, 0, '[]')",
+    )
+    .execute(&env.db)
+    .await
+    .unwrap();
+    // First, storing fails: recovery is retried and the market is not yet
+    // declared halted with its earlier batches unstored.
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'storage unavailable'; END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON event_batches FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .execute(&env.db)
+    .await
+    .unwrap();
+    let svc = start(&env).await;
+    wait_for("market registered", || async {
+        status(&svc, &env).await.get("BTC-USDT").is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let st = status(&svc, &env).await;
+    assert!(
+        st["BTC-USDT"]["halted"].is_null(),
+        "halted while the batches before the halt were unstored: {st}"
+    );
+    assert_eq!(stored(&env).await.len(), 1);
+    sqlx::raw_sql("DROP TRIGGER refuse ON event_batches")
+        .execute(&env.db)
+        .await
+        .unwrap();
+
+    wait_for("the market to halt", || async {
+        !status(&svc, &env).await["BTC-USDT"]["halted"].is_null()
+    })
+    .await;
+    let st = status(&svc, &env).await;
+    assert_eq!(st["BTC-USDT"]["halted"]["seq"], 3, "{st}");
+    let batches = stored(&env).await;
+    let seqs: Vec<i64> = batches.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        seqs,
+        [1, 2, 3],
+        "the batches before the halt are stored, none after it"
+    );
+    assert_eq!(trades_of(&batches, 2), [(1, 2)], "seq 2's trade is kept");
+    assert_eq!(batches[2].1, [], "the disputed batch is left as it was");
+    let published: Vec<u64> = published(&env).await.iter().map(|b| b.seq).collect();
+    assert_eq!(
+        published,
+        [1, 2],
+        "the batches before the halt are published (not the disputed one)"
+    );
+    println!("halt at seq 3 during recovery: stored {seqs:?}, published {published:?}");
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn a_journal_gap_at_recovery_halts_after_storing_what_precedes_it() {
+    let env = setup().await;
+    journal(&env, 1, &limit(1, 10, Side::Sell, 100)).await;
+    journal(&env, 2, &limit(2, 20, Side::Buy, 100)).await;
+    // Seq 3 is missing from the journal.
+    journal(&env, 4, &limit(4, 21, Side::Buy, 101)).await;
+    let svc = start(&env).await;
+    wait_for("the market to halt", || async {
+        status(&svc, &env)
+            .await
+            .get("BTC-USDT")
+            .is_some_and(|m| !m["halted"].is_null())
+    })
+    .await;
+    let st = status(&svc, &env).await;
+    assert_eq!(st["BTC-USDT"]["halted"]["seq"], 4, "{st}");
+    let batches = stored(&env).await;
+    let seqs: Vec<i64> = batches.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, [1, 2]);
+    assert_eq!(trades_of(&batches, 2), [(1, 2)]);
+    let published: Vec<u64> = published(&env).await.iter().map(|b| b.seq).collect();
+    assert_eq!(published, [1, 2]);
+    svc.stop().await;
+}
