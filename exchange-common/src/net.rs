@@ -58,22 +58,40 @@ impl std::fmt::Display for IpNet {
 
 /// The client address: the peer, or the rightmost untrusted
 /// `X-Forwarded-For` hop when the peer is a trusted proxy.
+///
+/// Hops are read from the right, where our own proxies wrote them. A hop
+/// that cannot be parsed (`unknown`, garbage) ends the walk at the peer
+/// rather than being skipped: skipping it would let the walk continue into
+/// hops the client wrote itself, and a spoofed address would then pick the
+/// rate-limit bucket and pass IP allow-lists.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(peer) {
         return peer;
     }
-    let hops: Vec<IpAddr> = headers
+    let values: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|h| h.trim().parse::<IpAddr>().ok())
+        .map(|v| v.to_str().unwrap_or(""))
         .collect();
-    hops.into_iter()
-        .rev()
-        .find(|ip| !is_trusted(*ip))
-        .unwrap_or(peer)
+    for hop in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+        match parse_hop(hop) {
+            Some(ip) if is_trusted(ip) => continue,
+            Some(ip) => return ip,
+            None => return peer,
+        }
+    }
+    peer
+}
+
+/// One `X-Forwarded-For` hop: `1.2.3.4`, `1.2.3.4:5678`, `::1` or
+/// `[::1]:5678` (some proxies append the client's port).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    hop.parse::<std::net::SocketAddr>().ok().map(|a| a.ip())
 }
 
 #[cfg(test)]
@@ -102,6 +120,40 @@ mod tests {
         assert_eq!(
             client_ip("9.9.9.9".parse().unwrap(), &h, &trusted),
             "9.9.9.9".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn an_unparsable_hop_stops_the_walk_instead_of_reaching_client_written_hops() {
+        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+        let trusted = [IpNet::parse("127.0.0.1").unwrap()];
+        let forwarded = |value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-forwarded-for", value.parse().unwrap());
+            client_ip(proxy, &h, &trusted)
+        };
+        // The client wrote "6.6.6.6"; our proxy appended what it could not
+        // resolve. The spoofed hop must not be believed.
+        assert_eq!(forwarded("6.6.6.6, unknown"), proxy);
+        assert_eq!(
+            forwarded("6.6.6.6, 1.2.3.4:5678"),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            forwarded("6.6.6.6, [2001:db8::1]:443"),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            forwarded("6.6.6.6, 1.2.3.4, 127.0.0.1"),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        // Several header lines: the last line holds the nearest hops.
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        h.append("x-forwarded-for", "1.2.3.4".parse().unwrap());
+        assert_eq!(
+            client_ip(proxy, &h, &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
         );
     }
 }
