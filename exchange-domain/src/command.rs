@@ -47,6 +47,11 @@ pub enum Command {
 /// | market | no | one of the two (quote only for buys) || no |
 /// | stop_limit | yes | yes | no | yes |
 /// | stop_market | no | one of the two (quote only for buys) || yes |
+/// | take_profit_limit | yes | yes | no | yes |
+/// | take_profit_market | no | one of the two (quote only for buys) || yes |
+///
+/// Stops and take-profits trigger in opposite directions: see
+/// [`OrderType::trigger`].
 ///
 /// `reserved` is what the order service moved from the user's available to
 /// locked balance for this order, in the asset the order spends (quote for
@@ -80,7 +85,8 @@ pub struct PlaceOrder {
         skip_serializing_if = "Option::is_none"
     )]
     pub quote_quantity: Option<u128>,
-    /// Trigger price for stop orders, quote units per whole base unit.
+    /// Trigger price for stop and take-profit orders, quote units per whole
+    /// base unit.
     #[serde(
         default,
         with = "crate::money::opt_units_string",

@@ -56,6 +56,7 @@ pub enum ReasonCode {
     InsufficientReserve,
     #[error("a post-only order would have taken liquidity")]
     PostOnlyWouldTake,
+    /// Also for take-profits, whose condition runs the other way.
     #[error("the stop price is already reached by the last trade price")]
     StopWouldTriggerImmediately,
     #[error("the order id is already in use")]
@@ -185,8 +186,8 @@ pub enum Event {
         #[serde(with = "crate::money::units_string")]
         release: u128,
     },
-    /// A pending stop order became live because the last trade price
-    /// reached its stop price; its own events follow.
+    /// A pending stop or take-profit order became live because the last
+    /// trade price reached its stop price; its own events follow.
     StopTriggered {
         order_id: OrderId,
         user_id: UserId,

@@ -29,6 +29,6 @@ pub use event::{CommandKind, Event, EventBatch, FinalStatus, ReasonCode};
 pub use market::{Asset, FeeRate, MarketSpec, MarketSpecError, MarketSpecFields};
 pub use order::{
     AssetRole, MarketStatus, OrderId, OrderType, SelfTradePrevention, Side, TimeInForce, TradeId,
-    UserId,
+    Trigger, UserId,
 };
 pub use symbol::{AssetSymbol, MarketSymbol, SymbolError};

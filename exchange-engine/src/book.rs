@@ -6,7 +6,8 @@
 //! linked FIFO per price level; levels live in their own arena and are
 //! ordered by a `BTreeMap<ticks, level>` per side, with the best level
 //! cached. Each user's orders form a second linked list, for cancel-all.
-//! Pending stops sit in two `BTreeMap`s keyed by trigger order.
+//! Pending stops and take-profits sit in four `BTreeMap`s (by kind and
+//! side) keyed by trigger order.
 //!
 //! Everything that reaches an event is ordered by price, queue position,
 //! order id or arrival — never by hash order — so the same commands give
@@ -17,7 +18,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use exchange_domain::{
     AmendOrder, Command, CommandKind, Event, FinalStatus, MarketSpec, MarketStatus, OrderId,
-    OrderType, PlaceOrder, ReasonCode, SelfTradePrevention, Side, TimeInForce, UserId,
+    OrderType, PlaceOrder, ReasonCode, SelfTradePrevention, Side, TimeInForce, Trigger, UserId,
 };
 
 use crate::rules::{self, Halt, Order, Params, accepts, taker_capacity};
@@ -171,6 +172,12 @@ pub struct OrderBook {
     stop_buys: BTreeMap<(u64, u64), u32>,
     /// Sell stops by (u64::MAX - stop, arrival): highest stop first.
     stop_sells: BTreeMap<(u64, u64), u32>,
+    /// Take-profit buys (trigger at or below) by (u64::MAX - stop,
+    /// arrival): highest stop first, the first a falling price reaches.
+    tp_buys: BTreeMap<(u64, u64), u32>,
+    /// Take-profit sells (trigger at or above) by (stop, arrival): lowest
+    /// stop first, the first a rising price reaches.
+    tp_sells: BTreeMap<(u64, u64), u32>,
     last_price: u64,
     next_trade_id: u64,
     next_arrival: u64,
@@ -203,6 +210,8 @@ impl OrderBook {
             users: IdMap::default(),
             stop_buys: BTreeMap::new(),
             stop_sells: BTreeMap::new(),
+            tp_buys: BTreeMap::new(),
+            tp_sells: BTreeMap::new(),
             last_price: 0,
             next_trade_id: 1,
             next_arrival: 1,
@@ -265,7 +274,7 @@ impl OrderBook {
                 cur = self.nodes[cur as usize].next;
             }
         }
-        for &idx in self.stop_buys.values().chain(self.stop_sells.values()) {
+        for idx in self.pending() {
             ids.push(self.nodes[idx as usize].o.id);
         }
         ids.into_iter()
@@ -642,32 +651,30 @@ impl OrderBook {
         (None, changed)
     }
 
+    /// Triggers pending orders while the last price reaches one: each
+    /// round takes the first reached of stop buys (lowest stop first), stop
+    /// sells (highest first), take-profit buys (highest first), take-profit
+    /// sells (lowest first), ties by arrival; its execution may move the
+    /// last price and so trigger more (a cascade).
     fn run_stops(&mut self, out: &mut Vec<Event>) {
         while self.last_price != 0 {
             let last = self.last_price;
-            let buy = self
-                .stop_buys
-                .first_key_value()
-                .filter(|((stop, _), _)| *stop <= last)
-                .map(|(k, v)| (*k, *v));
-            let (key, idx, side) = match buy {
-                Some((k, v)) => (k, v, Side::Buy),
-                None => {
-                    match self
-                        .stop_sells
-                        .first_key_value()
-                        .filter(|((inv, _), _)| u64::MAX - *inv >= last)
-                        .map(|(k, v)| (*k, *v))
-                    {
-                        Some((k, v)) => (k, v, Side::Sell),
-                        None => return,
-                    }
-                }
+            // Each queue's first entry is the one the price reaches first,
+            // so only it needs checking.
+            let nodes = &self.nodes;
+            let first = |queue: StopQueue, map: &BTreeMap<(u64, u64), u32>| {
+                map.first_key_value()
+                    .filter(|(_, idx)| nodes[**idx as usize].o.triggers_at(last))
+                    .map(|(k, v)| (queue, *k, *v))
             };
-            match side {
-                Side::Buy => self.stop_buys.remove(&key),
-                Side::Sell => self.stop_sells.remove(&key),
+            let found = first(StopQueue::StopBuys, &self.stop_buys)
+                .or_else(|| first(StopQueue::StopSells, &self.stop_sells))
+                .or_else(|| first(StopQueue::TpBuys, &self.tp_buys))
+                .or_else(|| first(StopQueue::TpSells, &self.tp_sells));
+            let Some((queue, key, idx)) = found else {
+                return;
             };
+            self.stop_queue(queue).remove(&key);
             let o = self.nodes[idx as usize].o;
             self.forget(idx);
             out.push(Event::StopTriggered {
@@ -824,10 +831,32 @@ impl OrderBook {
 
     fn add_stop(&mut self, o: Order) {
         let idx = self.alloc(o, NIL);
-        match o.side {
-            Side::Buy => self.stop_buys.insert((o.stop, o.arrival), idx),
-            Side::Sell => self.stop_sells.insert((u64::MAX - o.stop, o.arrival), idx),
-        };
+        let (queue, key) = stop_key(&o);
+        self.stop_queue(queue).insert(key, idx);
+    }
+
+    fn stop_queue(&mut self, queue: StopQueue) -> &mut BTreeMap<(u64, u64), u32> {
+        match queue {
+            StopQueue::StopBuys => &mut self.stop_buys,
+            StopQueue::StopSells => &mut self.stop_sells,
+            StopQueue::TpBuys => &mut self.tp_buys,
+            StopQueue::TpSells => &mut self.tp_sells,
+        }
+    }
+
+    /// Pending orders in canonical order: each queue in trigger order, the
+    /// queues in [`StopQueue`] order.
+    fn pending(&self) -> impl Iterator<Item = u32> + '_ {
+        self.stop_buys
+            .values()
+            .chain(self.stop_sells.values())
+            .chain(self.tp_buys.values())
+            .chain(self.tp_sells.values())
+            .copied()
+    }
+
+    fn pending_count(&self) -> usize {
+        self.stop_buys.len() + self.stop_sells.len() + self.tp_buys.len() + self.tp_sells.len()
     }
 
     /// Unlinks a resting node from its level queue (the level stays, even empty).
@@ -870,10 +899,8 @@ impl OrderBook {
         let n = self.nodes[idx as usize];
         out.push(rules::done(&self.p, &n.o, status, reason));
         if n.level == NIL {
-            match n.o.side {
-                Side::Buy => self.stop_buys.remove(&(n.o.stop, n.o.arrival)),
-                Side::Sell => self.stop_sells.remove(&(u64::MAX - n.o.stop, n.o.arrival)),
-            };
+            let (queue, key) = stop_key(&n.o);
+            self.stop_queue(queue).remove(&key);
             self.forget(idx);
         } else if status == FinalStatus::Expired {
             // Self-trade expiry during a sweep: the sweep reports the level.
@@ -888,6 +915,7 @@ impl OrderBook {
 
     fn header(&self) -> Header {
         Header {
+            version: snapshot::version_for(self.pending().map(|i| &self.nodes[i as usize].o)),
             status: self.status,
             last_seq: self.last_seq,
             last_time_ms: self.last_time_ms,
@@ -899,7 +927,7 @@ impl OrderBook {
 
     fn write_state<S: Sink>(&self, s: &mut S) {
         snapshot::write_prefix(s, &self.spec, &self.header());
-        let resting = self.index.len() - self.stop_buys.len() - self.stop_sells.len();
+        let resting = self.index.len() - self.pending_count();
         snapshot::write_count(s, resting);
         let bid_levels = self.bids.map.values().rev();
         let ask_levels = self.asks.map.values();
@@ -910,8 +938,8 @@ impl OrderBook {
                 cur = self.nodes[cur as usize].next;
             }
         }
-        snapshot::write_count(s, self.stop_buys.len() + self.stop_sells.len());
-        for &idx in self.stop_buys.values().chain(self.stop_sells.values()) {
+        snapshot::write_count(s, self.pending_count());
+        for idx in self.pending() {
             snapshot::write_order(s, &self.nodes[idx as usize].o);
         }
     }
@@ -1000,7 +1028,7 @@ impl OrderBook {
         if self.bids.best >= self.asks.best {
             return Err("book is crossed".into());
         }
-        let stops = self.stop_buys.len() + self.stop_sells.len();
+        let stops = self.pending_count();
         if seen + stops != self.index.len() {
             return Err("index size does not match the book".into());
         }
@@ -1009,6 +1037,30 @@ impl OrderBook {
             return Err("user lists do not match the book".into());
         }
         Ok(())
+    }
+}
+
+/// The four queues of pending conditional orders, in canonical order (the
+/// order snapshots list them in and triggers are checked in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopQueue {
+    StopBuys,
+    StopSells,
+    TpBuys,
+    TpSells,
+}
+
+/// Where a pending order is queued, and its key there: the queue's first
+/// key is the one the price reaches first.
+fn stop_key(o: &Order) -> (StopQueue, (u64, u64)) {
+    let high_first = (u64::MAX - o.stop, o.arrival);
+    let low_first = (o.stop, o.arrival);
+    match (o.order_type.trigger(o.side), o.side) {
+        (Some(Trigger::AtOrAbove), Side::Buy) => (StopQueue::StopBuys, low_first),
+        (Some(Trigger::AtOrBelow), Side::Sell) => (StopQueue::StopSells, high_first),
+        (Some(Trigger::AtOrBelow), Side::Buy) => (StopQueue::TpBuys, high_first),
+        (Some(Trigger::AtOrAbove), Side::Sell) => (StopQueue::TpSells, low_first),
+        (None, _) => unreachable!("only conditional orders are queued as stops"),
     }
 }
 

@@ -1,7 +1,8 @@
 //! Order book and matching for one market: pure and deterministic.
 //!
 //! Owns: [`OrderBook`] (price-time priority matching of limit, market,
-//! stop-limit and stop-market orders with GTC/IOC/FOK, post-only,
+//! stop-limit, stop-market, take-profit-limit and take-profit-market
+//! orders with GTC/IOC/FOK, post-only,
 //! self-trade prevention, cancel, cancel-all, amend and market status), its
 //! snapshot byte format and state hash ([`snapshot`]), and a naive
 //! [`reference::ReferenceBook`] that tests compare it against.
@@ -27,9 +28,17 @@
 //! `Trade` (and `OrderDone` for a maker it finished, or expired by
 //! self-trade prevention), a `BookLevel` each time the sweep leaves a level
 //! it changed; then the taker's `OrderDone` or, if it rests, its
-//! `BookLevel`; then, for each stop that the new last price triggers
-//! (buy stops lowest stop first, then sell stops highest first, ties by
-//! arrival), `StopTriggered` followed by that order's own events.
+//! `BookLevel`; then, for each pending order that the new last price
+//! triggers (buy stops lowest stop first, then sell stops highest first,
+//! then take-profit buys highest first, then take-profit sells lowest
+//! first, ties by arrival; re-checked after each one, so triggers cascade),
+//! `StopTriggered` followed by that order's own events.
+//!
+//! Trigger directions (as Binance): a stop buys when the last price rises
+//! to or above its stop price and sells when it falls to or below it; a
+//! take-profit is the opposite (buys at or below, sells at or above). A
+//! stop or take-profit whose condition already holds at placement is
+//! rejected (`StopWouldTriggerImmediately`, Binance's -2021).
 
 mod book;
 pub mod reference;

@@ -7,7 +7,7 @@
 
 use exchange_domain::{
     AmendOrder, AssetRole, Command, CommandKind, Event, FinalStatus, MarketSpec, MarketStatus,
-    OrderId, PlaceOrder, ReasonCode, SelfTradePrevention, Side, TimeInForce, UserId,
+    OrderId, OrderType, PlaceOrder, ReasonCode, SelfTradePrevention, Side, TimeInForce, UserId,
 };
 
 use crate::book::{ApplyError, amend_plan};
@@ -424,25 +424,19 @@ impl ReferenceBook {
         }
     }
 
+    /// The pending order the last price triggers next: the first reached
+    /// in canonical order (see [`pending_rank`]).
     fn run_stops(&mut self, out: &mut Vec<Event>) {
         while self.last_price != 0 {
             let last = self.last_price;
-            let buy = self
+            let next = self
                 .stops
                 .iter()
                 .enumerate()
-                .filter(|(_, o)| o.side == Side::Buy && o.stop <= last)
-                .min_by_key(|(_, o)| (o.stop, o.arrival))
+                .filter(|(_, o)| o.triggers_at(last))
+                .min_by_key(|(_, o)| pending_rank(o))
                 .map(|(i, _)| i);
-            let sell = || {
-                self.stops
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, o)| o.side == Side::Sell && o.stop >= last)
-                    .min_by_key(|(_, o)| (std::cmp::Reverse(o.stop), o.arrival))
-                    .map(|(i, _)| i)
-            };
-            let Some(pos) = buy.or_else(sell) else { return };
+            let Some(pos) = next else { return };
             let o = self.stops.remove(pos);
             out.push(Event::StopTriggered {
                 order_id: OrderId(o.id),
@@ -456,6 +450,7 @@ impl ReferenceBook {
 
     fn write_state<S: Sink>(&self, s: &mut S) {
         let header = Header {
+            version: snapshot::version_for(self.stops.iter()),
             status: self.status,
             last_seq: self.last_seq,
             last_time_ms: self.last_time_ms,
@@ -479,14 +474,7 @@ impl ReferenceBook {
             snapshot::write_order(s, o);
         }
         let mut stops = self.stops.clone();
-        stops.sort_by_key(|o| {
-            let key = if o.side == Side::Buy {
-                o.stop
-            } else {
-                u64::MAX - o.stop
-            };
-            (o.side == Side::Sell, key, o.arrival)
-        });
+        stops.sort_by_key(pending_rank);
         snapshot::write_count(s, stops.len());
         for o in &stops {
             snapshot::write_order(s, o);
@@ -504,5 +492,22 @@ impl ReferenceBook {
         self.write_state(&mut bytes);
         snapshot::seal(&mut bytes);
         bytes
+    }
+}
+
+/// Canonical rank of a pending order, written out plainly: stop buys
+/// (lowest stop first), stop sells (highest first), take-profit buys
+/// (highest first), take-profit sells (lowest first); ties by arrival.
+/// Both the trigger order and the snapshot order.
+fn pending_rank(o: &Order) -> (u8, u64, u64) {
+    let take_profit = matches!(
+        o.order_type,
+        OrderType::TakeProfitLimit | OrderType::TakeProfitMarket
+    );
+    match (take_profit, o.side) {
+        (false, Side::Buy) => (0, o.stop, o.arrival),
+        (false, Side::Sell) => (1, u64::MAX - o.stop, o.arrival),
+        (true, Side::Buy) => (2, u64::MAX - o.stop, o.arrival),
+        (true, Side::Sell) => (3, o.stop, o.arrival),
     }
 }

@@ -130,21 +130,22 @@ pub(crate) struct Order {
 }
 
 impl Order {
+    /// A pending conditional order: a stop or a take-profit.
     pub fn is_stop(&self) -> bool {
-        matches!(
-            self.order_type,
-            OrderType::StopLimit | OrderType::StopMarket
-        )
+        self.order_type.is_conditional()
     }
 
-    /// Once triggered a stop order behaves as its plain counterpart.
+    /// Once triggered a conditional order behaves as its plain counterpart.
     pub fn triggered(mut self) -> Self {
-        self.order_type = match self.order_type {
-            OrderType::StopLimit => OrderType::Limit,
-            OrderType::StopMarket => OrderType::Market,
-            other => other,
-        };
+        self.order_type = self.order_type.on_trigger();
         self
+    }
+
+    /// Does last price `last` (ticks) trigger this pending order?
+    pub fn triggers_at(&self, last: u64) -> bool {
+        self.order_type
+            .trigger(self.side)
+            .is_some_and(|t| t.reached(last, self.stop))
     }
 
     pub fn is_done(&self) -> bool {
@@ -170,8 +171,8 @@ pub(crate) fn validate_place(
         MarketStatus::CancelOnly => return Err(ReasonCode::MarketCancelOnly),
         MarketStatus::Halted => return Err(ReasonCode::MarketHalted),
     }
-    let is_stop = matches!(cmd.order_type, OrderType::StopLimit | OrderType::StopMarket);
-    let is_limit = matches!(cmd.order_type, OrderType::Limit | OrderType::StopLimit);
+    let is_stop = cmd.order_type.is_conditional();
+    let is_limit = cmd.order_type.is_limit();
     if is_stop != cmd.stop_price.is_some() {
         return Err(ReasonCode::InvalidOrder);
     }
@@ -256,14 +257,12 @@ pub(crate) fn validate_place(
             _ => return Err(ReasonCode::InvalidOrder),
         }
     }
-    if is_stop && last_price != 0 {
-        let reached = match order.side {
-            Side::Buy => order.stop <= last_price,
-            Side::Sell => order.stop >= last_price,
-        };
-        if reached {
-            return Err(ReasonCode::StopWouldTriggerImmediately);
-        }
+    // A stop or take-profit whose condition already holds is refused, not
+    // triggered at once (as Binance's -2021): the user meant a conditional
+    // order, and a plain one is what to send for an immediate one. Before
+    // the first trade there is no last price, so nothing is reached.
+    if is_stop && last_price != 0 && order.triggers_at(last_price) {
+        return Err(ReasonCode::StopWouldTriggerImmediately);
     }
     Ok(order)
 }

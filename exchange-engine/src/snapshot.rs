@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! magic  b"EXOBOOK\0"            8 bytes
-//! version u16                    = 1
+//! version u16                    1 or 2 (below)
 //! spec    base symbol (u8 len + bytes), quote symbol (u8 len + bytes),
 //!         base scale u8, quote scale u8, tick u128, step u128,
 //!         min_qty u128, min_notional u128, maker ppm u32, taker ppm u32
@@ -12,14 +12,26 @@
 //!         next_trade_id u64, next_arrival u64
 //! resting u32 count, then orders: bids best-first, asks best-first, each
 //!         price level in queue (time-priority) order
-//! stops   u32 count, then orders: buy stops by (stop asc, arrival),
-//!         sell stops by (stop desc, arrival)
+//! stops   u32 count, then pending orders: buy stops by (stop asc,
+//!         arrival), sell stops by (stop desc, arrival), then (version 2)
+//!         take-profit buys by (stop desc, arrival), take-profit sells by
+//!         (stop asc, arrival)
 //! check   u64 FNV-1a of every byte before it
 //! ```
 //!
 //! An order is 94 bytes: id u64, user u64, side u8, type u8, tif u8,
 //! post_only u8, stp u8, by_quote u8, price u64, stop u64, lots u64,
-//! filled u64, budget u128, reserve u128, arrival u64.
+//! filled u64, budget u128, reserve u128, arrival u64. Type codes: 0
+//! limit, 1 market, 2 stop-limit, 3 stop-market, and from version 2 on 4
+//! take-profit-limit, 5 take-profit-market.
+//!
+//! Versions: version 2 only adds the take-profit type codes, so a book is
+//! written as the lowest version that can hold it — version 1 unless it
+//! has a pending take-profit. A book without take-profits therefore has
+//! the same bytes and state hash as before version 2 existed (a stored
+//! version-1 snapshot restores and still matches its stored hash), and a
+//! binary that only knows version 1 refuses a snapshot holding
+//! take-profits as `UnsupportedVersion` instead of misreading it.
 //!
 //! The order of everything is canonical (a function of the book's state,
 //! not of how it is stored), so the FNV-1a hash of the bytes before the
@@ -33,7 +45,19 @@ use exchange_domain::{
 use crate::rules::Order;
 
 pub(crate) const MAGIC: &[u8; 8] = b"EXOBOOK\0";
-pub(crate) const VERSION: u16 = 1;
+/// The newest version this build writes and reads (see the module docs).
+pub(crate) const VERSION: u16 = 2;
+/// Written when no order needs a version-2 type code.
+pub(crate) const VERSION_1: u16 = 1;
+
+/// The snapshot version a book needs: 2 only when it holds a take-profit.
+pub(crate) fn version_for<'a>(mut orders: impl Iterator<Item = &'a Order>) -> u16 {
+    if orders.any(|o| type_code(o.order_type) > 3) {
+        VERSION
+    } else {
+        VERSION_1
+    }
+}
 
 /// Why a snapshot could not be restored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,6 +111,8 @@ impl Sink for Fnv {
 /// Book-wide scalars written after the spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Header {
+    /// Snapshot format version ([`version_for`] the book's orders).
+    pub version: u16,
     pub status: MarketStatus,
     pub last_seq: u64,
     pub last_time_ms: u64,
@@ -97,7 +123,7 @@ pub(crate) struct Header {
 
 pub(crate) fn write_prefix<S: Sink>(s: &mut S, spec: &MarketSpec, h: &Header) {
     s.put(MAGIC);
-    s.put(&VERSION.to_le_bytes());
+    s.put(&h.version.to_le_bytes());
     for sym in [spec.base().symbol, spec.quote().symbol] {
         let text = sym.as_str().as_bytes();
         // Symbols are at most 16 bytes (AssetSymbol invariant).
@@ -175,7 +201,7 @@ pub(crate) fn decode(spec: &MarketSpec, bytes: &[u8]) -> Result<Decoded, Snapsho
         return Err(SnapshotError::BadMagic);
     }
     let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-    if version != VERSION {
+    if !(VERSION_1..=VERSION).contains(&version) {
         return Err(SnapshotError::UnsupportedVersion(version));
     }
     let (body, sum) = bytes.split_at(bytes.len() - 8);
@@ -187,6 +213,7 @@ pub(crate) fn decode(spec: &MarketSpec, bytes: &[u8]) -> Result<Decoded, Snapsho
     // The spec must match byte for byte: write ours and compare.
     let mut expected = Vec::new();
     let dummy = Header {
+        version,
         status: MarketStatus::Trading,
         last_seq: 0,
         last_time_ms: 0,
@@ -213,6 +240,7 @@ pub(crate) fn decode(spec: &MarketSpec, bytes: &[u8]) -> Result<Decoded, Snapsho
         _ => return Err(SnapshotError::Invalid("status")),
     };
     let header = Header {
+        version,
         status,
         last_seq: r.u64()?,
         last_time_ms: r.u64()?,
@@ -223,12 +251,12 @@ pub(crate) fn decode(spec: &MarketSpec, bytes: &[u8]) -> Result<Decoded, Snapsho
     let n = r.count()?;
     let mut resting = Vec::with_capacity(n.min(body.len() / 94));
     for _ in 0..n {
-        resting.push(r.order()?);
+        resting.push(r.order(version)?);
     }
     let n = r.count()?;
     let mut stops = Vec::with_capacity(n.min(body.len() / 94));
     for _ in 0..n {
-        stops.push(r.order()?);
+        stops.push(r.order(version)?);
     }
     if r.pos != body.len() {
         return Err(SnapshotError::Invalid("trailing bytes"));
@@ -277,7 +305,7 @@ impl Reader<'_> {
             _ => Err(SnapshotError::Invalid("flag")),
         }
     }
-    fn order(&mut self) -> Result<Order, SnapshotError> {
+    fn order(&mut self, version: u16) -> Result<Order, SnapshotError> {
         let id = self.u64()?;
         let user = self.u64()?;
         let side = match self.u8()? {
@@ -290,6 +318,8 @@ impl Reader<'_> {
             1 => OrderType::Market,
             2 => OrderType::StopLimit,
             3 => OrderType::StopMarket,
+            4 if version >= 2 => OrderType::TakeProfitLimit,
+            5 if version >= 2 => OrderType::TakeProfitMarket,
             _ => return Err(SnapshotError::Invalid("order type")),
         };
         let tif = match self.u8()? {
@@ -346,6 +376,8 @@ fn type_code(t: OrderType) -> u8 {
         OrderType::Market => 1,
         OrderType::StopLimit => 2,
         OrderType::StopMarket => 3,
+        OrderType::TakeProfitLimit => 4,
+        OrderType::TakeProfitMarket => 5,
     }
 }
 fn tif_code(t: TimeInForce) -> u8 {

@@ -1145,3 +1145,272 @@ fn fees_on_both_sides_are_in_the_received_asset() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A take-profit of `order_type` (limit or market counterpart in `base`).
+fn take_profit(base: PlaceOrder, stop_ticks: u128) -> PlaceOrder {
+    let order_type = if base.order_type == OrderType::Limit {
+        OrderType::TakeProfitLimit
+    } else {
+        OrderType::TakeProfitMarket
+    };
+    PlaceOrder {
+        order_type,
+        stop_price: Some(px(stop_ticks)),
+        ..base
+    }
+}
+
+/// Trades as `trade{taker}@{price}` and triggers as `stop{id}`, in order.
+fn story(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StopTriggered { order_id, .. } => Some(format!("stop{}", order_id.0)),
+            Event::Trade {
+                taker_order_id,
+                price,
+                ..
+            } => Some(format!("trade{}@{}", taker_order_id.0, price / TICK)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn take_profit_sell_waits_for_a_rise_then_trades_and_rests() {
+    let mut h = H::new();
+    h.place(limit(1, 1, Side::Sell, 100, 1));
+    h.place(limit(2, 2, Side::Buy, 100, 1)); // last = 100
+    // sell 2 at 105 once the price has risen to 105
+    let ev = h.place(take_profit(limit(10, 3, Side::Sell, 105, 2), 105));
+    assert_eq!(
+        ev,
+        vec![Event::OrderAccepted {
+            order_id: OrderId(10),
+            user_id: UserId(3)
+        }],
+        "a pending take-profit is not in the book"
+    );
+    let pending = h.fast.order(OrderId(10)).expect("pending");
+    assert!(!pending.resting);
+    assert_eq!(pending.order_type, OrderType::TakeProfitLimit);
+    assert_eq!(pending.stop_price, Some(px(105)));
+    assert_eq!(h.fast.best_ask(), None);
+
+    // a fall never triggers a sell take-profit; a rise short of it neither
+    h.place(limit(3, 1, Side::Buy, 90, 1));
+    h.place(limit(4, 4, Side::Sell, 90, 1)); // last = 90
+    h.place(limit(5, 1, Side::Sell, 104, 1));
+    let ev = h.place(limit(6, 2, Side::Buy, 104, 1)); // last = 104
+    assert_eq!(story(&ev), ["trade6@104"]);
+    assert!(!h.fast.order(OrderId(10)).expect("still pending").resting);
+
+    // the buy sweeps 105 and rests its last lot at 105; the trade at 105
+    // triggers the take-profit, whose limit 105 takes that bid
+    h.place(limit(7, 1, Side::Sell, 105, 1));
+    let ev = h.place(limit(8, 2, Side::Buy, 105, 2));
+    assert_eq!(story(&ev), ["trade8@105", "stop10", "trade10@105"]);
+    assert!(ev.contains(&Event::StopTriggered {
+        order_id: OrderId(10),
+        user_id: UserId(3),
+        stop_price: px(105),
+        last_price: px(105),
+    }));
+    assert_eq!(
+        done_of(&ev, 8).map(|d| (d.0, d.2)),
+        Some((FinalStatus::Filled, 2))
+    );
+    let tp = h.fast.order(OrderId(10)).expect("remainder rests");
+    assert!(tp.resting);
+    assert_eq!(tp.order_type, OrderType::Limit);
+    assert_eq!((tp.open_quantity, tp.filled_quantity), (1, 1));
+    assert_eq!(h.fast.best_ask(), Some(px(105)));
+}
+
+#[test]
+fn falling_price_cascades_through_a_sell_stop_into_a_buy_take_profit() {
+    let mut h = H::new();
+    h.place(limit(1, 1, Side::Buy, 99, 1));
+    h.place(limit(2, 1, Side::Buy, 97, 1));
+    h.place(limit(3, 1, Side::Buy, 96, 1));
+    h.place(limit(4, 1, Side::Buy, 94, 5));
+    h.place(limit(5, 1, Side::Sell, 110, 5));
+    h.place(limit(6, 1, Side::Sell, 100, 1));
+    h.place(limit(7, 2, Side::Buy, 100, 1)); // last = 100
+    // sell stop at 97 (falls), buy take-profit at 95 (falls further), and
+    // a sell take-profit at 108 and a buy stop at 105 that a fall must
+    // leave alone
+    let sell_stop = PlaceOrder {
+        order_type: OrderType::StopMarket,
+        stop_price: Some(px(97)),
+        ..market(20, 3, Side::Sell, 2, 2)
+    };
+    h.place(sell_stop);
+    h.place(take_profit(limit(21, 4, Side::Buy, 95, 1), 95));
+    h.place(take_profit(limit(22, 4, Side::Sell, 108, 1), 108));
+    let buy_stop = PlaceOrder {
+        order_type: OrderType::StopLimit,
+        stop_price: Some(px(105)),
+        ..limit(23, 4, Side::Buy, 106, 1)
+    };
+    h.place(buy_stop);
+
+    let ev = h.place(market(30, 2, Side::Sell, 2, 2)); // 99, 97: last = 97
+    assert_eq!(
+        story(&ev),
+        [
+            "trade30@99",
+            "trade30@97",
+            "stop20",
+            "trade20@96",
+            "trade20@94",
+            "stop21"
+        ]
+    );
+    assert_eq!(
+        done_of(&ev, 20).map(|d| (d.0, d.2)),
+        Some((FinalStatus::Filled, 2))
+    );
+    // the take-profit buy became a limit at 95 with no ask at or below it
+    let tp = h.fast.order(OrderId(21)).expect("rests");
+    assert!(tp.resting && tp.order_type == OrderType::Limit);
+    assert_eq!(h.fast.best_bid(), Some(px(95)));
+    assert!(!h.fast.order(OrderId(22)).expect("waits").resting);
+    assert!(!h.fast.order(OrderId(23)).expect("waits").resting);
+
+    // a rise now triggers the buy stop before the sell take-profit (stops
+    // first), and the take-profit market sell then hits the new bid
+    h.place(limit(8, 1, Side::Sell, 109, 1));
+    let ev = h.place(limit(31, 2, Side::Buy, 109, 1)); // last = 109
+    assert_eq!(story(&ev), ["trade31@109", "stop23", "stop22"]);
+    assert!(h.fast.order(OrderId(23)).expect("rests").resting);
+    assert!(h.fast.order(OrderId(22)).expect("rests").resting);
+}
+
+#[test]
+fn take_profit_at_or_through_the_last_price_is_refused() {
+    let mut h = H::new();
+    // before any trade there is no last price: anything is accepted
+    let ev = h.place(take_profit(limit(10, 3, Side::Sell, 100, 1), 1));
+    assert!(rejection(&ev).is_none(), "{ev:?}");
+    h.place(limit(1, 1, Side::Sell, 100, 1));
+    let ev = h.place(limit(2, 2, Side::Buy, 100, 1)); // last = 100
+    // the first trade meets order 10's condition (last >= 1): it now rests
+    assert_eq!(story(&ev), ["trade2@100", "stop10"]);
+    assert!(h.fast.order(OrderId(10)).expect("rests").resting);
+    let cases = [
+        (11, Side::Sell, 100, true),
+        (12, Side::Sell, 99, true),
+        (13, Side::Sell, 101, false),
+        (14, Side::Buy, 100, true),
+        (15, Side::Buy, 101, true),
+        (16, Side::Buy, 99, false),
+    ];
+    for (id, side, stop, refused) in cases {
+        let ev = h.place(take_profit(market(id, 3, side, 1, 1_000), stop));
+        let want = refused.then_some(ReasonCode::StopWouldTriggerImmediately);
+        assert_eq!(rejection(&ev), want, "{side:?} take-profit at {stop}");
+        if refused {
+            assert_eq!(done_of(&ev, id).map(|d| d.3), Some(1_000), "full release");
+        }
+    }
+}
+
+#[test]
+fn pending_take_profits_are_canceled_alone_or_with_cancel_all() {
+    let mut h = H::new();
+    h.place(limit(1, 1, Side::Sell, 100, 1));
+    h.place(limit(2, 2, Side::Buy, 100, 1)); // last = 100
+    h.place(take_profit(limit(10, 3, Side::Sell, 110, 2), 110));
+    h.place(take_profit(market(11, 3, Side::Buy, 1, 5_000), 90));
+    h.place(take_profit(limit(12, 4, Side::Buy, 80, 1), 80));
+    let ev = h.run(Command::Cancel {
+        order_id: OrderId(12),
+        user_id: UserId(4),
+    });
+    assert_eq!(
+        done_of(&ev, 12),
+        Some((FinalStatus::Canceled, None, 0, 80)),
+        "canceled with its whole reserve back"
+    );
+    let ev = h.run(Command::CancelAll { user_id: UserId(3) });
+    assert_eq!(
+        ev.iter()
+            .filter_map(|e| match e {
+                Event::OrderDone {
+                    order_id,
+                    status: FinalStatus::Canceled,
+                    release,
+                    ..
+                } => Some((order_id.0, *release)),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+        [(10, 2), (11, 5_000)]
+    );
+    assert_eq!(h.fast.order_count(), 0);
+    // nothing is left to trigger
+    h.place(limit(3, 1, Side::Sell, 120, 1));
+    let ev = h.place(limit(4, 2, Side::Buy, 120, 1));
+    assert_eq!(story(&ev), ["trade4@120"]);
+}
+
+#[test]
+fn snapshot_version_2_holds_take_profits_and_version_1_books_are_unchanged() {
+    let mut h = H::new();
+    asks_book(&mut h);
+    h.place(limit(4, 2, Side::Buy, 99, 3));
+    h.place(limit(6, 2, Side::Buy, 100, 1)); // trade, last = 100
+    let stop = PlaceOrder {
+        order_type: OrderType::StopLimit,
+        stop_price: Some(px(90)),
+        ..limit(7, 4, Side::Sell, 89, 1)
+    };
+    h.place(stop);
+    // No take-profit: still written as version 1, byte for byte the
+    // layout older builds wrote, so their stored state hashes still match.
+    let v1 = h.fast.snapshot();
+    assert_eq!(u16::from_le_bytes([v1[8], v1[9]]), 1);
+
+    h.place(take_profit(limit(8, 5, Side::Sell, 103, 2), 103));
+    h.place(take_profit(limit(9, 5, Side::Sell, 102, 1), 102));
+    h.place(take_profit(market(10, 6, Side::Buy, 1, 1_000), 95));
+    h.place(take_profit(market(11, 6, Side::Buy, 1, 1_000), 97));
+    let v2 = h.fast.snapshot();
+    assert_eq!(u16::from_le_bytes([v2[8], v2[9]]), 2);
+    assert_eq!(v2, h.reference.snapshot(), "same canonical bytes");
+    let mut restored = OrderBook::restore(spec(), &v2).expect("restores");
+    assert_eq!(restored.state_hash(), h.fast.state_hash());
+    assert_eq!(restored.orders(), h.fast.orders());
+    // canonical pending order: stops, then take-profit buys highest first,
+    // then take-profit sells lowest first
+    let pending: Vec<u64> = h
+        .fast
+        .orders()
+        .iter()
+        .filter(|o| !o.resting)
+        .map(|o| o.order_id.0)
+        .collect();
+    assert_eq!(pending, [7, 11, 10, 9, 8]);
+
+    // the restored book triggers exactly like the live one
+    let cmd = Command::Place(limit(12, 2, Side::Buy, 102, 10));
+    let live = h.run(cmd.clone());
+    let again = restored
+        .apply(h.seq, 1_000 + h.seq, &cmd)
+        .expect("fresh seq");
+    assert_eq!(again, live);
+    assert_eq!(
+        story(&live),
+        ["trade12@100", "trade12@101", "trade12@102", "stop9"]
+    );
+
+    // A version-1 snapshot cannot hold a take-profit type code.
+    let mut downgraded = v2[..v2.len() - 8].to_vec();
+    downgraded[8] = 1;
+    crate::snapshot::seal(&mut downgraded);
+    assert_eq!(
+        OrderBook::restore(spec(), &downgraded).err(),
+        Some(SnapshotError::Invalid("order type"))
+    );
+}

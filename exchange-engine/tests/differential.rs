@@ -13,6 +13,22 @@ fn compare(seed: u64, n: usize) {
     let mut fast = OrderBook::new(spec);
     let mut naive = ReferenceBook::new(spec);
     let mut trades = 0usize;
+    // Take-profits placed, and how many of them the price triggered: the
+    // stream must exercise both trigger directions.
+    let take_profits: std::collections::BTreeSet<u64> = cmds
+        .iter()
+        .filter_map(|c| match c {
+            exchange_domain::Command::Place(p) if p.order_type.is_conditional() => matches!(
+                p.order_type,
+                exchange_domain::OrderType::TakeProfitLimit
+                    | exchange_domain::OrderType::TakeProfitMarket
+            )
+            .then_some(p.order_id.0),
+            _ => None,
+        })
+        .collect();
+    let mut tp_triggered = 0usize;
+    let mut stop_triggered = 0usize;
     for (i, cmd) in cmds.iter().enumerate() {
         let seq = i as u64 + 1;
         let a = fast.apply(seq, seq, cmd).expect("increasing seq");
@@ -22,6 +38,15 @@ fn compare(seed: u64, n: usize) {
             .iter()
             .filter(|e| matches!(e, exchange_domain::Event::Trade { .. }))
             .count();
+        for e in &a {
+            if let exchange_domain::Event::StopTriggered { order_id, .. } = e {
+                if take_profits.contains(&order_id.0) {
+                    tp_triggered += 1;
+                } else {
+                    stop_triggered += 1;
+                }
+            }
+        }
         if seq.is_multiple_of(100) {
             assert_eq!(
                 fast.state_hash(),
@@ -33,6 +58,10 @@ fn compare(seed: u64, n: usize) {
     assert_eq!(fast.state_hash(), naive.state_hash());
     // The stream must actually exercise matching for the comparison to mean anything.
     assert!(trades > n / 20, "only {trades} trades in {n} commands");
+    assert!(
+        tp_triggered > 0 && stop_triggered > 0,
+        "seed {seed}: {stop_triggered} stops and {tp_triggered} take-profits triggered"
+    );
     fast.check_invariants().expect("consistent");
 }
 

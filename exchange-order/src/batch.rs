@@ -298,22 +298,11 @@ fn parse_side(s: &str) -> Option<Side> {
 }
 
 fn type_str(t: OrderType) -> &'static str {
-    match t {
-        OrderType::Limit => "limit",
-        OrderType::Market => "market",
-        OrderType::StopLimit => "stop_limit",
-        OrderType::StopMarket => "stop_market",
-    }
+    t.as_str()
 }
 
 fn parse_type(s: &str) -> Option<OrderType> {
-    match s {
-        "limit" => Some(OrderType::Limit),
-        "market" => Some(OrderType::Market),
-        "stop_limit" => Some(OrderType::StopLimit),
-        "stop_market" => Some(OrderType::StopMarket),
-        _ => None,
-    }
+    OrderType::parse(s)
 }
 
 /// The JSON name of a serde enum value (`"GTC"`, `"expire_taker"`).

@@ -149,14 +149,18 @@ impl Decoder {
             }
             56..=61 => {
                 let stop_limit = b % 4 < 2;
-                let order_type = if stop_limit {
-                    OrderType::StopLimit
-                } else {
-                    OrderType::StopMarket
+                let take_profit = (b >> 2) % 2 == 1;
+                let order_type = match (take_profit, stop_limit) {
+                    (false, true) => OrderType::StopLimit,
+                    (false, false) => OrderType::StopMarket,
+                    (true, true) => OrderType::TakeProfitLimit,
+                    (true, false) => OrderType::TakeProfitMarket,
                 };
                 let mut o = self.new_order(user, side, order_type);
-                // buy stops above the mid, sell stops below
-                let stop = if side == Side::Buy {
+                // Buy stops and sell take-profits above the mid (they wait
+                // for a rise), sell stops and buy take-profits below it.
+                let above = (side == Side::Buy) != take_profit;
+                let stop = if above {
                     101 + u128::from(d % 5)
                 } else {
                     95 + u128::from(d % 5)
