@@ -138,16 +138,34 @@ pub struct OrderDelta {
     pub final_status: Option<FinalStatus>,
     pub reason: Option<ReasonCode>,
     pub amend: Option<AmendDelta>,
+    /// Filled base quantity per batch seq, ascending: settlement needs to
+    /// know which fills came before an amend (they count into the order's
+    /// total quantity) when batches are applied out of order.
+    pub fills: Vec<(u64, u128)>,
+    /// The highest batch seq of the plan that touched the order.
+    pub last_seq: u64,
+}
+
+impl OrderDelta {
+    /// Base filled by this plan's batches with a seq below `seq`.
+    pub fn filled_before(&self, seq: u64) -> u128 {
+        self.fills
+            .iter()
+            .take_while(|(s, _)| *s < seq)
+            .map(|(_, q)| *q)
+            .sum()
+    }
 }
 
 /// The last amend of an order in the plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AmendDelta {
+    /// The batch (journal) seq of the amend: an amend is applied to the
+    /// order row only if it is newer than the one the row reflects, so a
+    /// batch applied late never rolls price and quantity back.
+    pub seq: u64,
     pub price: u128,
     pub open_quantity: u128,
-    /// What this plan had filled of the order before the amend: the order's
-    /// new total quantity is its stored filled quantity + this + open.
-    pub filled_before: u128,
 }
 
 /// Net change of one (user, asset) balance, in units of the asset.
@@ -386,6 +404,10 @@ impl Plan {
                     ] {
                         let d = self.order(&cx, order, Some(role))?;
                         d.filled_quantity = cx.add(d.filled_quantity, *quantity)?;
+                        match d.fills.last_mut() {
+                            Some((s, q)) if *s == batch.seq => *q = cx.add(*q, *quantity)?,
+                            _ => d.fills.push((batch.seq, *quantity)),
+                        }
                         d.filled_quote = cx.add(d.filled_quote, *quote_amount)?;
                         d.unlocked = cx.add(d.unlocked, spent)?;
                     }
@@ -420,9 +442,9 @@ impl Plan {
                     let d = self.order(&cx, order_id.0, role)?;
                     d.unlocked = cx.add(d.unlocked, *released)?;
                     d.amend = Some(AmendDelta {
+                        seq: batch.seq,
                         price: *price,
                         open_quantity: *quantity,
-                        filled_before: d.filled_quantity,
                     });
                 }
                 Event::CommandRejected {
@@ -519,6 +541,7 @@ impl Plan {
             market: cx.market.to_owned(),
             ..OrderDelta::default()
         });
+        d.last_seq = d.last_seq.max(cx.seq);
         if d.market != cx.market {
             return Err(PlanError::OrderInTwoMarkets {
                 market: cx.market.to_owned(),

@@ -258,33 +258,107 @@ async fn apply_orders(
     }
     let n = plan.orders.len();
     let mut ids = Vec::with_capacity(n);
+    for order_id in plan.orders.keys() {
+        ids.push(id(*order_id)?);
+    }
+    // Lock in id order, and read what the amend guard needs.
+    let current: Vec<(i64, i64, i64, i64, String, Option<String>)> = sqlx::query_as(
+        "SELECT id, user_id, amend_seq, applied_seq, trim_scale(filled_quantity)::text,
+                trim_scale(quantity)::text
+         FROM orders WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let current: BTreeMap<u64, (i64, u64, u64, String, Option<String>)> = current
+        .into_iter()
+        .map(|(i, u, a, m, f, q)| (uid(i), (u, uid(a), uid(m), f, q)))
+        .collect();
     let mut fq = Vec::with_capacity(n);
     let mut fquote = Vec::with_capacity(n);
     let mut unlocked = Vec::with_capacity(n);
     let mut status: Vec<Option<String>> = Vec::with_capacity(n);
     let mut reason: Vec<Option<String>> = Vec::with_capacity(n);
     let mut a_price: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut a_before: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut a_open: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut new_qty: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut amend_seq: Vec<i64> = Vec::with_capacity(n);
+    let mut applied_seq: Vec<i64> = Vec::with_capacity(n);
     for (order_id, d) in &plan.orders {
         let m = markets
             .get(&d.market)
             .ok_or_else(|| PlanError::UnknownMarket(d.market.clone()))?;
         let reserve_scale = d.reserve_role.map_or(0, |r| m.scale(r));
-        ids.push(id(*order_id)?);
         fq.push(format_units(d.filled_quantity, m.base_scale));
         fquote.push(format_units(d.filled_quote, m.quote_scale));
         unlocked.push(format_units(d.unlocked, reserve_scale));
         status.push(d.final_status.map(|s| wire(&s)));
         reason.push(d.reason.map(|r| wire(&r)));
-        a_price.push(d.amend.map(|a| format_units(a.price, m.quote_scale)));
-        a_before.push(d.amend.map(|a| format_units(a.filled_before, m.base_scale)));
-        a_open.push(d.amend.map(|a| format_units(a.open_quantity, m.base_scale)));
+        // A missing row is reported below (MissingOrders) from the UPDATE.
+        let Some((user, row_amend, row_applied, row_filled, row_qty)) = current.get(order_id)
+        else {
+            a_price.push(None);
+            new_qty.push(None);
+            amend_seq.push(0);
+            applied_seq.push(id(d.last_seq)?);
+            continue;
+        };
+        let units = |t: &str| {
+            parse_units(t, m.base_scale).map_err(|e| {
+                SettleError::Db(sqlx::Error::Protocol(format!(
+                    "order {order_id}: stored quantity {t:?}: {e}"
+                )))
+            })
+        };
+        // The order's total quantity is what was filled before its
+        // latest amend plus the open quantity that amend set. Batches may
+        // arrive out of order, so "before" is by batch seq, not by
+        // arrival: an older Amended event is ignored (never rolls price
+        // and quantity back), and fills older than the row's amend that
+        // arrive late add to the total.
+        let (price, quantity, amend) = match d.amend {
+            Some(a) if a.seq > *row_amend => {
+                let applied_before = if *row_applied < a.seq {
+                    // Every fill applied so far is older than this amend.
+                    units(row_filled)?
+                } else {
+                    // A newer batch was applied first: count only the
+                    // fills older than the amend (rare; read them back).
+                    let text: String = sqlx::query_scalar(
+                        "SELECT trim_scale(coalesce(sum(f.quantity), 0))::text FROM fills f
+                         JOIN trades t ON t.market = f.market AND t.id = f.trade_id
+                         WHERE f.user_id = $1 AND f.market = $2 AND f.order_id = $3
+                           AND t.seq < $4",
+                    )
+                    .bind(*user)
+                    .bind(&d.market)
+                    .bind(id(*order_id)?)
+                    .bind(id(a.seq)?)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    units(&text)?
+                };
+                let total = applied_before + d.filled_before(a.seq) + a.open_quantity;
+                (
+                    Some(format_units(a.price, m.quote_scale)),
+                    Some(format_units(total, m.base_scale)),
+                    a.seq,
+                )
+            }
+            _ if *row_amend > 0 => {
+                let late = d.filled_before(*row_amend);
+                let quantity = match (late, row_qty) {
+                    (0, _) | (_, None) => None,
+                    (late, Some(q)) => Some(format_units(units(q)? + late, m.base_scale)),
+                };
+                (None, quantity, *row_amend)
+            }
+            _ => (None, None, 0),
+        };
+        a_price.push(price);
+        new_qty.push(quantity);
+        amend_seq.push(id(amend)?);
+        applied_seq.push(id(d.last_seq.max(*row_applied))?);
     }
-    sqlx::query("SELECT 1 FROM orders WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
     let rows = sqlx::query(
         "UPDATE orders o SET
             filled_quantity = o.filled_quantity + d.fq,
@@ -300,12 +374,14 @@ async fn apply_orders(
                 WHEN d.status IS NOT NULL THEN d.reason
                 ELSE o.reason END,
             price = COALESCE(d.a_price, o.price),
-            quantity = CASE WHEN d.a_price IS NULL THEN o.quantity
-                ELSE o.filled_quantity + d.a_before + d.a_open END,
+            quantity = COALESCE(d.quantity, o.quantity),
+            amend_seq = d.amend_seq,
+            applied_seq = d.applied_seq,
             updated_at = now()
          FROM unnest($1::bigint[], $2::numeric[], $3::numeric[], $4::numeric[], $5::text[],
-                     $6::text[], $7::numeric[], $8::numeric[], $9::numeric[])
-              AS d(id, fq, fquote, unlocked, status, reason, a_price, a_before, a_open)
+                     $6::text[], $7::numeric[], $8::numeric[], $9::bigint[], $10::bigint[])
+              AS d(id, fq, fquote, unlocked, status, reason, a_price, quantity, amend_seq,
+                   applied_seq)
          WHERE o.id = d.id
          RETURNING o.id, o.user_id, o.client_order_id, o.market, o.side, o.type, o.time_in_force,
             trim_scale(o.price)::text, trim_scale(o.quantity)::text,
@@ -322,8 +398,9 @@ async fn apply_orders(
     .bind(&status)
     .bind(&reason)
     .bind(&a_price)
-    .bind(&a_before)
-    .bind(&a_open)
+    .bind(&new_qty)
+    .bind(&amend_seq)
+    .bind(&applied_seq)
     .fetch_all(&mut *tx)
     .await?;
     let mut out = Vec::with_capacity(rows.len());

@@ -1411,3 +1411,113 @@ async fn batches_delivered_out_of_order_converge() {
     let report = h.reconcile().await;
     assert!(report.ok(), "{report}");
 }
+
+fn amended(order: u64, user: u64, price: u128, open: u128, released: u128) -> Event {
+    Event::Amended {
+        order_id: OrderId(order),
+        user_id: UserId(user),
+        price,
+        quantity: open,
+        priority_kept: false,
+        release_asset: AssetRole::Base,
+        released,
+    }
+}
+
+/// Two amends and two fills of one sell order, settled in several orders
+/// (one by one and all at once). Whatever the order, the row ends with
+/// the newer amend's price and `quantity` = fills before that amend + the
+/// open quantity it set: an older `Amended` applied late never rolls the
+/// order back, and a fill older than the amend that arrives after it still
+/// counts into the total.
+#[tokio::test]
+async fn amends_applied_out_of_order_never_roll_the_order_back() {
+    let deliveries: [&[&[usize]]; 5] = [
+        &[&[1], &[2], &[3], &[4], &[5]],
+        &[&[5], &[4], &[3], &[2], &[1]],
+        &[&[4], &[3], &[2], &[5], &[1]],
+        &[&[3], &[5], &[2], &[4], &[1]],
+        &[&[5, 2], &[4, 3, 1]],
+    ];
+    for (case, delivery) in deliveries.iter().enumerate() {
+        let h = harness().await;
+        let a = h.user("a@x.io").await;
+        let b = h.user("b@x.io").await;
+        h.deposit(a, "BTC", BTC).await;
+        h.deposit(b, "USDT", 10_000 * USDT).await;
+        let (p1, p2) = (21_000 * USDT, 22_000 * USDT);
+        // s1: A sells 1 BTC at 20000; s2: amend to 21000; s3: B buys 0.2
+        // at 21000; s4: amend to 22000, open 0.5 (0.3 BTC released);
+        // s5: B buys 0.1 at 22000.
+        let s1 = h
+            .place(MARKET, 20, a, Side::Sell, 20_000 * USDT, BTC, BTC)
+            .await;
+        let s2 = h.journal_command(MARKET).await;
+        let s3 = h
+            .place(MARKET, 21, b, Side::Buy, p1, 20_000_000, 4_200 * USDT)
+            .await;
+        let s4 = h.journal_command(MARKET).await;
+        let s5 = h
+            .place(MARKET, 22, b, Side::Buy, p2, 10_000_000, 2_200 * USDT)
+            .await;
+        let filled = |o, q| done(o, b, FinalStatus::Filled, q, AssetRole::Quote, 0);
+        let batches = [
+            batch(MARKET, s1, vec![accepted(20, a)]),
+            batch(MARKET, s2, vec![amended(20, a, p1, BTC, 0)]),
+            batch(
+                MARKET,
+                s3,
+                vec![
+                    accepted(21, b),
+                    trade(1, (20, a), (21, b), Side::Buy, p1, 20_000_000, 0, 0),
+                    filled(21, 20_000_000),
+                ],
+            ),
+            batch(MARKET, s4, vec![amended(20, a, p2, 50_000_000, 30_000_000)]),
+            batch(
+                MARKET,
+                s5,
+                vec![
+                    accepted(22, b),
+                    trade(2, (20, a), (22, b), Side::Buy, p2, 10_000_000, 0, 0),
+                    filled(22, 10_000_000),
+                ],
+            ),
+        ];
+        let mut entries = Vec::new();
+        for b in &batches {
+            entries.push(h.emit(b).await);
+        }
+        for read in delivery.iter() {
+            let read: Vec<StreamEntry> = read.iter().map(|i| entries[i - 1].clone()).collect();
+            ok(&h, &read).await;
+        }
+        let (price, quantity): (String, String) = sqlx::query_as(
+            "SELECT trim_scale(price)::text, trim_scale(quantity)::text FROM orders WHERE id = 20",
+        )
+        .fetch_one(&h.db)
+        .await
+        .unwrap();
+        assert_eq!(
+            (price.as_str(), quantity.as_str()),
+            ("22000", "0.7"),
+            "case {case}: {delivery:?}"
+        );
+        assert_eq!(
+            h.order(20).await,
+            (
+                "partially_filled".into(),
+                "0.3".into(),
+                "6400".into(),
+                "0.4".into(),
+                None
+            ),
+            "case {case}"
+        );
+        assert_eq!(h.balance(a, "BTC").await, ("0.3".into(), "0.4".into()));
+        assert_eq!(h.balance(a, "USDT").await, ("6400".into(), "0".into()));
+        assert_eq!(h.balance(b, "USDT").await, ("3600".into(), "0".into()));
+        let report = h.reconcile().await;
+        assert!(report.ok(), "case {case}: {report}");
+    }
+}
