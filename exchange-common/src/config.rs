@@ -92,7 +92,18 @@ pub struct Config {
     pub rate_limit_orders_per_second: u32,
     pub rate_limit_ip_per_second: u32,
     pub trusted_proxies: Vec<String>,
+    /// Entries `<prefix>:events` keeps at most when a consumer group lags
+    /// behind that far (a dead replica's group): beyond it such a group is
+    /// no longer waited for (it refills from Postgres). Within it the stream
+    /// is trimmed only below what every group has passed.
+    pub events_stream_max_len: u64,
+    /// How often matching trims `<prefix>:events`.
+    pub events_stream_trim_interval: Duration,
 }
+
+/// Smallest accepted `EVENTS_STREAM_MAX_LEN`: a cap lower than a few reads
+/// of every consumer would cut entries live consumers still need.
+pub const EVENTS_STREAM_MAX_LEN_MIN: u64 = 10_000;
 
 /// Every configuration problem found, one line each.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -368,6 +379,16 @@ impl Config {
                 "a positive integer",
             ),
             trusted_proxies: r.list("TRUSTED_PROXIES", ""),
+            events_stream_max_len: r.parsed(
+                "EVENTS_STREAM_MAX_LEN",
+                1_000_000,
+                "a whole number of entries",
+            ),
+            events_stream_trim_interval: Duration::from_secs(r.parsed(
+                "EVENTS_STREAM_TRIM_INTERVAL_SECONDS",
+                10,
+                "a number of seconds",
+            )),
         };
         for proxy in &config.trusted_proxies {
             if crate::net::IpNet::parse(proxy).is_none() {
@@ -375,6 +396,15 @@ impl Config {
                     "TRUSTED_PROXIES entry {proxy:?} is not an IP address or CIDR network"
                 ));
             }
+        }
+        if config.events_stream_max_len < EVENTS_STREAM_MAX_LEN_MIN {
+            r.errors.push(format!(
+                "EVENTS_STREAM_MAX_LEN must be at least {EVENTS_STREAM_MAX_LEN_MIN}"
+            ));
+        }
+        if config.events_stream_trim_interval.is_zero() {
+            r.errors
+                .push("EVENTS_STREAM_TRIM_INTERVAL_SECONDS must be at least 1".to_owned());
         }
         if config.db_pool_max == 0 {
             r.errors.push("DB_POOL_MAX must be at least 1".to_owned());
@@ -490,6 +520,47 @@ mod tests {
         assert!(!c.enable_docs);
         assert_eq!(c.log_level, "info");
         assert_eq!(c.order_consumer.group, "order");
+        assert_eq!(c.events_stream_max_len, 1_000_000);
+        assert_eq!(c.events_stream_trim_interval, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn events_stream_trimming_settings_are_checked() {
+        for (key, value, needle) in [
+            (
+                "EVENTS_STREAM_MAX_LEN",
+                "lots",
+                "EVENTS_STREAM_MAX_LEN=\"lots\" is not",
+            ),
+            (
+                "EVENTS_STREAM_MAX_LEN",
+                "100",
+                "EVENTS_STREAM_MAX_LEN must be at least 10000",
+            ),
+            (
+                "EVENTS_STREAM_TRIM_INTERVAL_SECONDS",
+                "0",
+                "EVENTS_STREAM_TRIM_INTERVAL_SECONDS must be at least 1",
+            ),
+            (
+                "EVENTS_STREAM_TRIM_INTERVAL_SECONDS",
+                "-1",
+                "EVENTS_STREAM_TRIM_INTERVAL_SECONDS=\"-1\" is not",
+            ),
+        ] {
+            let mut env = DEV.to_vec();
+            env.push((key, value));
+            let joined = load(&env).unwrap_err().0.join("\n");
+            assert!(joined.contains(needle), "{needle} not in {joined}");
+        }
+        let mut env = DEV.to_vec();
+        env.extend([
+            ("EVENTS_STREAM_MAX_LEN", "50000"),
+            ("EVENTS_STREAM_TRIM_INTERVAL_SECONDS", "2"),
+        ]);
+        let c = load(&env).unwrap();
+        assert_eq!(c.events_stream_max_len, 50_000);
+        assert_eq!(c.events_stream_trim_interval, Duration::from_secs(2));
     }
 
     #[test]

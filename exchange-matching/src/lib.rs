@@ -29,11 +29,16 @@
 //!   source of truth and order matters, so a command that cannot be
 //!   processed stops progress (visible in `/ready` and the lag gauges)
 //!   rather than being skipped.
+//! - `<prefix>:events` is trimmed every `EVENTS_STREAM_TRIM_INTERVAL_SECONDS`
+//!   below what every consumer group has passed, and cut to
+//!   `EVENTS_STREAM_MAX_LEN` entries when a group lags that far (a dead
+//!   replica's); see [`events_trim`].
 //! - a halted market shows in `/ready` as a down dependency named
 //!   `market <SYMBOL> halted at seq <N>: <reason>`, in
 //!   `exchange_market_halted{market}` (the metric the `ExchangeMarketHalted` alert watches), and in
 //!   `GET /internal/v1/markets`.
 
+pub mod events_trim;
 pub mod market;
 pub mod store;
 
@@ -104,6 +109,12 @@ pub async fn run(
     describe_metrics();
     let registry: Registry = Arc::default();
     let supervisor = tokio::spawn(supervise(base.clone(), registry.clone(), shutdown.clone()));
+    tokio::spawn(events_trim::run(
+        base.redis.clone(),
+        config.events_stream_max_len,
+        config.events_stream_trim_interval,
+        shutdown.clone(),
+    ));
     let state = AppState { config, registry };
     let routes = Router::new()
         .route("/internal/v1/markets", get(markets_status))
@@ -351,6 +362,22 @@ pub fn describe_metrics() {
     describe_counter!(
         "exchange_matching_replay_mismatch_total",
         "Replays whose events differed from the stored batch (the market halts)"
+    );
+    describe_gauge!(
+        "exchange_events_stream_length",
+        "Entries in the events stream after the last trim"
+    );
+    describe_gauge!(
+        "exchange_events_stream_stale_groups",
+        "Consumer groups of the events stream that the last trim cut past (they lag more than EVENTS_STREAM_MAX_LEN)"
+    );
+    describe_counter!(
+        "exchange_events_stream_trimmed_total",
+        "Entries deleted from the events stream by trimming"
+    );
+    describe_counter!(
+        "exchange_events_stream_stale_group_trims_total",
+        "Trims that cut the events stream past entries this group had not passed"
     );
     describe_counter!(
         "exchange_matching_snapshot_rejected_total",
