@@ -5,8 +5,11 @@
 //!
 //! Memory is bounded: a key whose bucket is full again holds no
 //! information and is evicted by a sweep; at most [`RATE_LIMIT_KEYS_MAX`]
-//! keys are tracked, and a new key beyond that (after a sweep) is refused,
-//! so a flood of addresses cannot grow memory or reset anyone's budget.
+//! keys are tracked per kind, and a new key beyond that (after a sweep) is
+//! refused, so a flood of addresses cannot grow memory or reset anyone's
+//! budget. Each kind has its own table so that a flood of addresses, which
+//! fills the per-IP tables, cannot lock signed-in users out of placing
+//! orders (their keys are user ids and API keys, bounded by real accounts).
 //!
 //! Limits are per gateway process: with N replicas behind a balancer the
 //! effective budget is up to N times the configured one (documented in the
@@ -29,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 use exchange_common::net::{IpNet, client_ip};
 use exchange_common::{ApiError, Config};
 
-/// Keys tracked at once, over all kinds.
+/// Keys tracked at once, per kind.
 pub const RATE_LIMIT_KEYS_MAX: usize = 200_000;
 /// A sweep of idle keys runs at most this often (and when the table is full).
 pub const RATE_LIMIT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
@@ -50,6 +53,18 @@ pub enum Kind {
 }
 
 impl Kind {
+    const ALL: [Kind; 5] = [
+        Kind::Ip,
+        Kind::Login,
+        Kind::Register,
+        Kind::OrdersUser,
+        Kind::OrdersApiKey,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Ip => "ip",
@@ -81,8 +96,9 @@ impl Quota {
 
 #[derive(Debug)]
 struct Table {
-    /// Theoretical arrival time of the next request, per key.
-    tat: HashMap<(Kind, String), Instant>,
+    /// Theoretical arrival time of the next request, per key, one map per
+    /// kind (indexed by [`Kind::index`]).
+    tat: [HashMap<String, Instant>; Kind::ALL.len()],
     last_sweep: Instant,
 }
 
@@ -109,7 +125,7 @@ impl RateLimiter {
     pub fn with_quotas(ip: Quota, login: Quota, orders: Quota, keys_max: usize) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Table {
-                tat: HashMap::new(),
+                tat: Default::default(),
                 last_sweep: Instant::now(),
             })),
             ip,
@@ -135,16 +151,19 @@ impl RateLimiter {
         let Ok(mut t) = self.inner.lock() else {
             return Ok(());
         };
-        if now.duration_since(t.last_sweep) >= RATE_LIMIT_SWEEP_INTERVAL
-            || t.tat.len() >= self.keys_max
-        {
-            t.tat.retain(|_, tat| *tat > now);
+        if now.duration_since(t.last_sweep) >= RATE_LIMIT_SWEEP_INTERVAL {
+            for table in &mut t.tat {
+                table.retain(|_, tat| *tat > now);
+            }
             t.last_sweep = now;
         }
-        let id = (kind, key.to_owned());
-        let tat = match t.tat.get(&id) {
+        let table = &mut t.tat[kind.index()];
+        if table.len() >= self.keys_max {
+            table.retain(|_, tat| *tat > now);
+        }
+        let tat = match table.get(key) {
             Some(tat) => (*tat).max(now),
-            None if t.tat.len() >= self.keys_max => {
+            None if table.len() >= self.keys_max => {
                 tracing::warn!(
                     kind = kind.as_str(),
                     "rate limit table full, refusing new key"
@@ -158,7 +177,7 @@ impl RateLimiter {
         if ahead > window {
             return Err(ahead - window);
         }
-        t.tat.insert(id, next);
+        table.insert(key.to_owned(), next);
         Ok(())
     }
 
@@ -171,7 +190,10 @@ impl RateLimiter {
     }
 
     pub fn tracked_keys(&self) -> usize {
-        self.inner.lock().map(|t| t.tat.len()).unwrap_or(0)
+        self.inner
+            .lock()
+            .map(|t| t.tat.iter().map(HashMap::len).sum())
+            .unwrap_or(0)
     }
 }
 
@@ -308,9 +330,18 @@ mod tests {
             rl.check_at(Kind::Ip, "a", t0).is_err(),
             "existing keys keep their state"
         );
+        // A flood that fills the per-IP table does not lock signed-in
+        // users out: order budgets live in their own table.
+        assert!(rl.check_at(Kind::OrdersUser, "user:1", t0).is_ok());
+        assert!(rl.check_at(Kind::OrdersApiKey, "key:1", t0).is_ok());
         // After their buckets refill, the idle keys are swept and "d" fits.
         let t1 = t0 + Duration::from_secs(2);
         assert!(rl.check_at(Kind::Ip, "d", t1).is_ok());
+        // The full per-IP table was swept on the spot; the order tables were
+        // not full and wait for the periodic sweep.
+        assert_eq!(rl.tracked_keys(), 3);
+        let t2 = t0 + RATE_LIMIT_SWEEP_INTERVAL;
+        assert!(rl.check_at(Kind::Ip, "e", t2).is_ok());
         assert_eq!(rl.tracked_keys(), 1);
     }
 

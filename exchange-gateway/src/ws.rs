@@ -18,8 +18,11 @@
 //! - first message `{"op":"auth","token":"<access_token>"}`;
 //! - first message `{"op":"auth","api_key":"..","timestamp":<unix ms>,"signature":".."}`
 //!   where `signature` is the hex HMAC-SHA256, keyed by the API secret, of
-//!   `api_key=<api_key>&timestamp=<timestamp>`; the timestamp must be within
-//!   5 s of the server clock and the key needs the `read` permission.
+//!   `ws-private-auth\napi_key=<api_key>&timestamp=<timestamp>` (the first
+//!   line keeps this signature from ever verifying as a signed REST request,
+//!   whose payload is a query string and cannot hold a raw newline); the
+//!   timestamp must be within 5 s of the server clock and the key needs the
+//!   `read` permission.
 //!
 //! A session opened with an access token is closed (after a `TOKEN_EXPIRED`
 //! error message) when the token expires.
@@ -466,11 +469,17 @@ async fn authenticate(s: &AppState, socket: &mut WebSocket, ip: IpAddr) -> Resul
     };
     keys::check_timestamp(timestamp, keys::RECV_WINDOW_DEFAULT_MS, now_ms())
         .map_err(|m| authn::unauthorized("TIMESTAMP_OUT_OF_WINDOW", m))?;
-    let payload = format!("api_key={api_key}&timestamp={timestamp}");
+    let payload = ws_auth_payload(&api_key, timestamp);
     let user: AuthUser =
         authn::api_key_user(s, &api_key, payload.as_bytes(), &signature, Some(ip)).await?;
     user.require_read()?;
     Ok((user.user_id, None))
+}
+
+/// What an API key signs to open a private WebSocket session (see the
+/// module comment for why it starts with its own line).
+pub fn ws_auth_payload(api_key: &str, timestamp: u64) -> String {
+    format!("ws-private-auth\napi_key={api_key}&timestamp={timestamp}")
 }
 
 async fn session(s: AppState, mut socket: WebSocket, user: Option<(i64, u64)>, ip: IpAddr) {

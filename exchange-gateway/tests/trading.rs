@@ -633,7 +633,8 @@ async fn private_ws_refuses_bad_and_expired_tokens_and_accepts_a_signed_api_key(
         let closed = next_json(&mut ws).await;
         assert_eq!(closed["close"], true, "{closed}");
     }
-    // An API key with a signature of api_key=..&timestamp=..
+    // An API key signing the WebSocket auth payload; the bare query-string
+    // form (what a REST request would sign) is refused.
     let (_, key) = app
         .send(
             Method::POST,
@@ -645,16 +646,26 @@ async fn private_ws_refuses_bad_and_expired_tokens_and_accepts_a_signed_api_key(
     let api_key = key["api_key"].as_str().unwrap();
     let secret = key["secret"].as_str().unwrap();
     let ts = now_ms();
-    let signature = exchange_gateway::keys::sign(
-        secret,
-        format!("api_key={api_key}&timestamp={ts}").as_bytes(),
-    );
+    let auth_with = |payload: String| {
+        let signature = exchange_gateway::keys::sign(secret, payload.as_bytes());
+        json!({"op":"auth","api_key":api_key,"timestamp":ts,"signature":signature}).to_string()
+    };
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("{}/ws/private", app.ws_url))
         .await
         .unwrap();
-    ws.send(Message::text(
-        json!({"op":"auth","api_key":api_key,"timestamp":ts,"signature":signature}).to_string(),
-    ))
+    ws.send(Message::text(auth_with(format!(
+        "api_key={api_key}&timestamp={ts}"
+    ))))
+    .await
+    .unwrap();
+    let refused = next_json(&mut ws).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{}/ws/private", app.ws_url))
+        .await
+        .unwrap();
+    ws.send(Message::text(auth_with(
+        exchange_gateway::ws::ws_auth_payload(api_key, ts),
+    )))
     .await
     .unwrap();
     assert_eq!(
