@@ -5,6 +5,37 @@
 use exchange_common::testing;
 use sqlx::Connection as _;
 
+/// The build embeds `migrations/*.sql`; a build script that did not re-run
+/// after a file was added or edited would ship an old schema silently.
+#[test]
+fn the_binary_embeds_every_migration_file_exactly_as_on_disk() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut on_disk: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect();
+    on_disk.sort();
+    let embedded: Vec<(String, String)> = exchange_common::db::migrations()
+        .iter()
+        .map(|(name, sql)| ((*name).to_owned(), (*sql).to_owned()))
+        .collect();
+    let names = |v: &[(String, String)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&embedded),
+        names(&on_disk),
+        "stale build: run `touch exchange-common/build.rs` and rebuild"
+    );
+    assert!(
+        embedded == on_disk,
+        "an embedded migration differs from its file: `touch exchange-common/build.rs` and rebuild"
+    );
+}
+
 #[tokio::test]
 async fn migrating_twice_changes_nothing_the_second_time() {
     let url = testing::empty_database().await;
