@@ -186,17 +186,16 @@ pub fn validate_place(
     let quantity = amount("quantity", input.quantity, bs)?;
     let quote_quantity = amount("quote_quantity", input.quote_quantity, qs)?;
     let stop_price = amount("stop_price", input.stop_price, qs)?;
-    let is_stop = matches!(
-        input.order_type,
-        OrderType::StopLimit | OrderType::StopMarket
-    );
-    let is_limit = matches!(input.order_type, OrderType::Limit | OrderType::StopLimit);
+    // Stops and take-profits: both wait for `stop_price` (in opposite
+    // directions, which only the engine cares about).
+    let is_stop = input.order_type.is_conditional();
+    let is_limit = input.order_type.is_limit();
     let tif = input.time_in_force.unwrap_or_default();
     if is_stop != stop_price.is_some() {
         return Err(Reject::invalid(if is_stop {
-            "stop orders need stop_price"
+            "stop and take-profit orders need stop_price"
         } else {
-            "stop_price is only for stop orders"
+            "stop_price is only for stop and take-profit orders"
         }));
     }
     if input.post_only && input.order_type != OrderType::Limit {
@@ -230,9 +229,11 @@ pub fn validate_place(
                 check_quantity(spec, q)?;
                 match side {
                     Side::Sell => Reserve::Exact(q),
+                    // A pending buy by quantity would lock the whole quote
+                    // balance until it triggers.
                     Side::Buy if is_stop => {
                         return Err(Reject::invalid(
-                            "stop-market buys need quote_quantity (the quote amount to spend)",
+                            "stop-market and take-profit-market buys need quote_quantity (the quote amount to spend)",
                         ));
                     }
                     Side::Buy => Reserve::AllAvailable,
@@ -537,6 +538,32 @@ pub(crate) mod tests {
         assert_eq!(
             validate_place(&s, t, &sm).unwrap().reserve,
             Reserve::Exact(10_000_000)
+        );
+
+        // Take-profits validate like their stop counterparts.
+        let mut tp = stop.clone();
+        tp.order_type = OrderType::TakeProfitLimit;
+        tp.side = Side::Sell;
+        tp.stop_price = Some("110");
+        assert_eq!(
+            validate_place(&s, t, &tp).unwrap().reserve,
+            Reserve::Exact(100_000_000) // 1 BTC (scale 8)
+        );
+        tp.stop_price = None;
+        assert_eq!(code(validate_place(&s, t, &tp)), "INVALID_ORDER");
+        let mut tpm = sm.clone();
+        tpm.order_type = OrderType::TakeProfitMarket;
+        assert_eq!(
+            validate_place(&s, t, &tpm).unwrap().reserve,
+            Reserve::Exact(10_000_000)
+        );
+        tpm.quote_quantity = None;
+        tpm.quantity = Some("1");
+        assert_eq!(code(validate_place(&s, t, &tpm)), "INVALID_ORDER");
+        tpm.side = Side::Sell;
+        assert_eq!(
+            validate_place(&s, t, &tpm).unwrap().reserve,
+            Reserve::Exact(100_000_000)
         );
     }
 

@@ -53,6 +53,11 @@ pub struct NewOrder {
     pub market: String,
     #[schema(value_type = String, example = "buy")]
     pub side: Side,
+    /// `limit`, `market`, `stop_limit`, `stop_market`, `take_profit_limit`
+    /// or `take_profit_market`. The last four wait for `stop_price`: a stop
+    /// buys when the last trade price rises to it and sells when it falls
+    /// to it, a take-profit the other way round; one whose condition
+    /// already holds is rejected (`STOP_WOULD_TRIGGER_IMMEDIATELY`).
     #[serde(rename = "type")]
     #[schema(value_type = String, example = "limit")]
     pub order_type: OrderType,

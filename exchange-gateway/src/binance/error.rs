@@ -56,6 +56,12 @@ impl BnError {
         )
     }
 
+    /// -2021: a stop or take-profit whose condition the last price already
+    /// meets (our engine rejects it; placement reports it once settled).
+    pub fn would_trigger() -> Self {
+        Self::bad(-2021, "Order would immediately trigger.")
+    }
+
     /// -1102: a mandatory parameter is missing.
     pub fn missing(name: &str) -> Self {
         Self::bad(

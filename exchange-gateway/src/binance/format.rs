@@ -50,6 +50,8 @@ pub fn order_type(order_type: &str, post_only: bool) -> &'static str {
         ("market", _) => "MARKET",
         ("stop_limit", _) => "STOP_LOSS_LIMIT",
         ("stop_market", _) => "STOP_LOSS",
+        ("take_profit_limit", _) => "TAKE_PROFIT_LIMIT",
+        ("take_profit_market", _) => "TAKE_PROFIT",
         _ => "LIMIT",
     }
 }
@@ -75,8 +77,9 @@ pub fn parse_stp(mode: &str) -> Option<&'static str> {
 }
 
 /// What a Binance order `type` becomes on our side: (type, post_only).
-/// `TAKE_PROFIT*` trigger in the direction our stops do not (a sell above
-/// the market), so they are refused rather than silently inverted.
+/// `STOP_LOSS*` buys when the price rises to `stopPrice` and sells when it
+/// falls to it; `TAKE_PROFIT*` the other way round — our stop and
+/// take-profit types trigger exactly so.
 pub fn parse_order_type(t: &str) -> Option<(&'static str, bool)> {
     match t {
         "LIMIT" => Some(("limit", false)),
@@ -84,18 +87,30 @@ pub fn parse_order_type(t: &str) -> Option<(&'static str, bool)> {
         "MARKET" => Some(("market", false)),
         "STOP_LOSS_LIMIT" => Some(("stop_limit", false)),
         "STOP_LOSS" => Some(("stop_market", false)),
+        "TAKE_PROFIT_LIMIT" => Some(("take_profit_limit", false)),
+        "TAKE_PROFIT" => Some(("take_profit_market", false)),
         _ => None,
     }
 }
 
 /// The order types every symbol lists in `exchangeInfo`.
-pub const ORDER_TYPES: [&str; 5] = [
+pub const ORDER_TYPES: [&str; 7] = [
     "LIMIT",
     "LIMIT_MAKER",
     "MARKET",
     "STOP_LOSS",
     "STOP_LOSS_LIMIT",
+    "TAKE_PROFIT",
+    "TAKE_PROFIT_LIMIT",
 ];
+
+/// Is our stored type a conditional one (waits for `stop_price`)?
+pub fn is_conditional(order_type: &str) -> bool {
+    matches!(
+        order_type,
+        "stop_limit" | "stop_market" | "take_profit_limit" | "take_profit_market"
+    )
+}
 
 /// A plain decimal (`-?digits(.digits)?`), or `None`.
 fn split_decimal(text: &str) -> Option<(bool, &str, &str)> {
@@ -341,11 +356,20 @@ mod tests {
         assert_eq!(order_status("expired"), "EXPIRED");
         assert_eq!(order_type("limit", true), "LIMIT_MAKER");
         assert_eq!(order_type("stop_market", false), "STOP_LOSS");
+        assert_eq!(order_type("take_profit_market", false), "TAKE_PROFIT");
+        assert_eq!(order_type("take_profit_limit", false), "TAKE_PROFIT_LIMIT");
         for t in ORDER_TYPES {
             let (ours, po) = parse_order_type(t).unwrap();
             assert_eq!(order_type(ours, po), t, "round trip");
+            // every name we send the order service is one the domain knows
+            let known = exchange_domain::OrderType::parse(ours).unwrap();
+            assert_eq!(is_conditional(ours), known.is_conditional(), "{t}");
         }
-        assert_eq!(parse_order_type("TAKE_PROFIT"), None);
+        assert_eq!(
+            parse_order_type("TAKE_PROFIT"),
+            Some(("take_profit_market", false))
+        );
+        assert_eq!(parse_order_type("TRAILING_STOP_MARKET"), None);
         assert_eq!(parse_stp("EXPIRE_BOTH"), Some("expire_both"));
         assert_eq!(stp_mode("expire_both"), "EXPIRE_BOTH");
         assert_eq!(parse_stp("DECREMENT"), None);

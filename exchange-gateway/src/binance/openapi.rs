@@ -154,13 +154,25 @@ fn endpoints() -> Vec<Endpoint> {
                 (
                     "type",
                     true,
-                    "LIMIT | LIMIT_MAKER | MARKET | STOP_LOSS | STOP_LOSS_LIMIT",
+                    "LIMIT | LIMIT_MAKER | MARKET | STOP_LOSS | STOP_LOSS_LIMIT | TAKE_PROFIT | TAKE_PROFIT_LIMIT",
                 ),
                 ("timeInForce", false, "GTC | IOC | FOK"),
                 ("quantity", false, ""),
-                ("quoteOrderQty", false, "MARKET by quote amount"),
-                ("price", false, ""),
-                ("stopPrice", false, ""),
+                (
+                    "quoteOrderQty",
+                    false,
+                    "MARKET by quote amount; required instead of quantity for STOP_LOSS and TAKE_PROFIT buys",
+                ),
+                (
+                    "price",
+                    false,
+                    "LIMIT, LIMIT_MAKER, STOP_LOSS_LIMIT, TAKE_PROFIT_LIMIT",
+                ),
+                (
+                    "stopPrice",
+                    false,
+                    "STOP_LOSS*: BUY triggers when the last price rises to it, SELL when it falls to it; TAKE_PROFIT*: the other way round. Refused if already reached",
+                ),
                 ("newClientOrderId", false, "idempotency key"),
                 ("newOrderRespType", false, "ACK | RESULT | FULL"),
                 (

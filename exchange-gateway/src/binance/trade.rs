@@ -21,8 +21,8 @@ use crate::state::now_ms;
 
 use super::error::{Action, BnError};
 use super::format::{
-    normalize_decimal, order_status, order_type, pad8, parse_order_type, parse_stp, stp_mode,
-    to_binance_symbol,
+    is_conditional, normalize_decimal, order_status, order_type, pad8, parse_order_type, parse_stp,
+    stp_mode, to_binance_symbol,
 };
 use super::signed::{Need, authenticate};
 use super::{BnState, MarketRow, Params, market_of};
@@ -84,7 +84,8 @@ fn client_id(r: &OrderRow) -> String {
 
 /// An order as `GET /api/v3/order` shows it.
 pub fn order_json(r: &OrderRow) -> Value {
-    let stop = r.order_type.starts_with("stop_");
+    // A pending stop or take-profit is not working yet (as Binance).
+    let stop = is_conditional(&r.order_type);
     json!({
         "symbol": to_binance_symbol(&r.market),
         "orderId": r.id,
@@ -116,7 +117,7 @@ fn result_json(r: &OrderRow) -> Value {
         for k in ["icebergQty", "time", "updateTime", "isWorking"] {
             o.remove(k);
         }
-        if !r.order_type.starts_with("stop_") {
+        if !is_conditional(&r.order_type) {
             o.remove("stopPrice");
         }
         o.insert("transactTime".into(), json!(r.created_ms));
@@ -266,9 +267,6 @@ pub fn parse_new_order(p: &Params, market: &str) -> Result<NewOrder, BnError> {
     let t = p.require("type")?;
     let (our_type, post_only) = match parse_order_type(t) {
         Some(x) => x,
-        None if matches!(t, "TAKE_PROFIT" | "TAKE_PROFIT_LIMIT") => {
-            return Err(BnError::unsupported());
-        }
         None => {
             return Err(BnError::new(
                 axum::http::StatusCode::BAD_REQUEST,
@@ -292,17 +290,21 @@ pub fn parse_new_order(p: &Params, market: &str) -> Result<NewOrder, BnError> {
             ));
         }
     };
-    let limit_like = matches!(our_type, "limit" | "stop_limit");
+    let limit_like = matches!(our_type, "limit" | "stop_limit" | "take_profit_limit");
+    let conditional = is_conditional(our_type);
     if limit_like && price.is_none() {
         return Err(BnError::missing("price"));
     }
-    if our_type.starts_with("stop_") && stop_price.is_none() {
+    if conditional && stop_price.is_none() {
         return Err(BnError::missing("stopPrice"));
+    }
+    if !conditional && stop_price.is_some() {
+        return Err(BnError::not_required("stopPrice"));
     }
     if !limit_like && price.is_some() {
         return Err(BnError::not_required("price"));
     }
-    if our_type == "market" || our_type == "stop_market" {
+    if !limit_like {
         match (&quantity, &quote_qty) {
             (None, None) => return Err(BnError::missing("quantity")),
             (Some(_), Some(_)) => return Err(BnError::unsupported()),
@@ -432,6 +434,21 @@ pub async fn new_order(State(s): State<BnState>, req: Request) -> Result<Json<Va
     let row = order_by_id(&s, user.user_id, id)
         .await?
         .ok_or_else(BnError::internal)?;
+    // Binance refuses a stop or take-profit that would trigger at once
+    // (-2021); our engine rejects it after the order is journaled, so a
+    // caller waiting for the result gets Binance's answer (an ACK caller
+    // sees the order REJECTED).
+    if row.status == "rejected" && is_conditional(&row.order_type) {
+        let reason: Option<String> =
+            sqlx::query_scalar("SELECT reason FROM orders WHERE id = $1 AND user_id = $2")
+                .bind(id)
+                .bind(user.user_id)
+                .fetch_one(s.app.db())
+                .await?;
+        if reason.as_deref() == Some("STOP_WOULD_TRIGGER_IMMEDIATELY") {
+            return Err(BnError::would_trigger());
+        }
+    }
     let mut v = result_json(&row);
     if order.resp_type == "FULL" {
         v["fills"] = Value::Array(fills_of(&s, user.user_id, id).await?);
@@ -747,6 +764,39 @@ mod tests {
         assert_eq!(st.body["type"], "stop_limit");
         assert_eq!(st.body["stop_price"], "10");
         assert_eq!(st.body["stp"], "expire_both");
+
+        let tp = parse_new_order(
+            &p("side=SELL&type=TAKE_PROFIT_LIMIT&quantity=1&price=11&stopPrice=10.50&timeInForce=IOC"),
+            "X-Y",
+        )
+        .unwrap();
+        assert_eq!(tp.body["type"], "take_profit_limit");
+        assert_eq!(tp.body["price"], "11");
+        assert_eq!(tp.body["quantity"], "1");
+        assert_eq!(tp.body["stop_price"], "10.5");
+        assert_eq!(tp.body["time_in_force"], "IOC");
+        assert_eq!(
+            tp.resp_type, "ACK",
+            "Binance's default for conditional types"
+        );
+        let tpl = parse_new_order(
+            &p("side=SELL&type=TAKE_PROFIT_LIMIT&quantity=1&price=11&stopPrice=10"),
+            "X-Y",
+        )
+        .unwrap();
+        assert_eq!(tpl.body["time_in_force"], "GTC", "GTC by default");
+
+        let tpm = parse_new_order(
+            &p("side=SELL&type=TAKE_PROFIT&quantity=2&stopPrice=12&newOrderRespType=FULL"),
+            "X-Y",
+        )
+        .unwrap();
+        assert_eq!(tpm.body["type"], "take_profit_market");
+        assert_eq!(tpm.body["quantity"], "2");
+        assert_eq!(tpm.body["stop_price"], "12");
+        assert_eq!(tpm.body["price"], Value::Null);
+        assert_eq!(tpm.body["time_in_force"], Value::Null);
+        assert_eq!(tpm.resp_type, "FULL");
     }
 
     #[test]
@@ -759,7 +809,32 @@ mod tests {
         assert_eq!(code("side=BUY&type=LIMIT&quantity=-1&price=1"), -1100);
         assert_eq!(code("side=BUY&type=LIMIT&quantity=0&price=1"), -1100);
         assert_eq!(
-            code("side=BUY&type=TAKE_PROFIT&quantity=1&stopPrice=1"),
+            code("side=BUY&type=TAKE_PROFIT&quantity=1"),
+            -1102,
+            "no stopPrice"
+        );
+        assert_eq!(
+            code("side=SELL&type=TAKE_PROFIT_LIMIT&quantity=1&stopPrice=1"),
+            -1102,
+            "no price"
+        );
+        assert_eq!(
+            code("side=SELL&type=TAKE_PROFIT_LIMIT&price=1&stopPrice=1"),
+            -1102,
+            "no quantity"
+        );
+        assert_eq!(
+            code("side=SELL&type=TAKE_PROFIT&quantity=1&price=1&stopPrice=1"),
+            -1106,
+            "a market take-profit has no price"
+        );
+        assert_eq!(
+            code("side=BUY&type=LIMIT&quantity=1&price=1&stopPrice=1"),
+            -1106,
+            "stopPrice only for conditional types"
+        );
+        assert_eq!(
+            code("side=BUY&type=TAKE_PROFIT&quantity=1&stopPrice=1&trailingDelta=10"),
             -1014
         );
         assert_eq!(
