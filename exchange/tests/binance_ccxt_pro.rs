@@ -352,4 +352,42 @@ async fn binance_user_data_stream_delivers_execution_reports() {
             .await
             .is_err()
     );
+
+    // Deleting the API key also ends the listenKey it obtained: the holder
+    // of a revoked key keeps no stream of the account.
+    let (st, v) = bn(&c, Method::POST, "/api/v3/userDataStream", Some(&maker_key)).await;
+    assert_eq!(st, 200, "{v}");
+    let lk = v["listenKey"].as_str().unwrap().to_owned();
+    assert!(
+        tokio_tungstenite::connect_async(format!("{}/ws/{lk}", c.ws_url))
+            .await
+            .is_ok()
+    );
+    let (st, keys) = c
+        .call(Method::GET, "/api/v1/api-keys", Some(&maker.token), None)
+        .await;
+    assert_eq!(st, 200, "{keys}");
+    let key_id = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["api_key"] == maker_key.as_str())
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let (st, _) = c
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/api-keys/{key_id}"),
+            Some(&maker.token),
+            None,
+        )
+        .await;
+    assert_eq!(st, 204);
+    assert!(
+        tokio_tungstenite::connect_async(format!("{}/ws/{lk}", c.ws_url))
+            .await
+            .is_err(),
+        "the listenKey of a deleted API key no longer opens a stream"
+    );
 }

@@ -330,5 +330,11 @@ pub async fn delete_api_key(
     if deleted.rows_affected() == 0 {
         return Err(ApiError::not_found("no such API key"));
     }
+    // The key is gone; its holder must also lose the Binance user data
+    // stream it may have opened. If Redis is unreachable the listenKey
+    // still expires within its TTL (60 min) — logged, the delete stands.
+    if let Err(e) = crate::binance::user_stream::revoke_user_listen_key(&s, user.user_id).await {
+        tracing::warn!(user = user.user_id, error = ?e, "API key deleted but its user's listenKey could not be revoked");
+    }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -189,6 +189,21 @@ pub async fn close(State(s): State<BnState>, req: Request) -> Result<Json<Value>
     Ok(Json(json!({})))
 }
 
+/// Ends the user's listenKey, if any: open streams get `listenKeyExpired`
+/// at their next check and the key can no longer be kept alive or opened.
+/// Called when one of the user's API keys is deleted: whoever held that key
+/// may also hold the listenKey it obtained, and deleting a key must cut them
+/// off. (One listenKey per user, as on Binance, so the user's other bots
+/// see `listenKeyExpired` too and create a new one, as clients do.)
+pub async fn revoke_user_listen_key(s: &AppState, user: i64) -> Result<(), BnError> {
+    let mut conn = s.base.redis.conn();
+    let current: Option<String> = redis_call(conn.get(user_key(s, user))).await?;
+    let mut keys = vec![user_key(s, user)];
+    keys.extend(current.map(|k| key_of(s, &k)));
+    let _: i64 = redis_call(conn.del(&keys)).await?;
+    Ok(())
+}
+
 /// `GET /ws/<listenKey>` on the WebSocket port.
 pub async fn connect(
     State(s): State<AppState>,
