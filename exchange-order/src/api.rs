@@ -23,7 +23,11 @@
 //! `QUANTITY_TOO_SMALL`, `NOTIONAL_TOO_SMALL`, `INVALID_AMOUNT`,
 //! `INSUFFICIENT_BALANCE` (nothing locked), `INVALID_REQUEST` /
 //! `INVALID_JSON` (shape). 503 `OVERLOADED` when the write queue is full,
-//! 503 `UNAVAILABLE` when the database failed (nothing applied; retry).
+//! 503 `UNAVAILABLE` when the database failed (nothing applied; retry),
+//! 503 `OUTCOME_UNKNOWN` when the connection was lost during `COMMIT` or
+//! the batch did not answer in time (it may have been applied; retrying
+//! with the same `client_order_id` is safe), 503 `ASSET_SCALE_UNKNOWN`
+//! when a balance's asset scale is not loaded (nothing applied; retry).
 
 use axum::Router;
 use axum::extract::{Request, State};

@@ -23,8 +23,12 @@
 //! 5. commit, then `XADD` — still under the sequencer, so each market's
 //!    stream receives its commands in sequence order.
 //!
-//! Any database error fails the whole batch with a retryable 503
-//! `UNAVAILABLE`: nothing of it was applied. A failed `XADD` after the
+//! Any database error before `COMMIT` fails the whole batch with a
+//! retryable 503 `UNAVAILABLE`: nothing of it was applied. A `COMMIT` whose
+//! connection is lost (or a batch that does not answer within the reply
+//! timeout) leaves the outcome unknown: 503 `OUTCOME_UNKNOWN`, also
+//! retryable — a placement retried with the same `client_order_id` finds
+//! the order if the batch did commit. A failed `XADD` after the
 //! commit is not an error for the client: the command is in the journal
 //! and [`crate::republish`] puts it on the stream.
 //!
@@ -175,9 +179,7 @@ impl Batcher {
         match tokio::time::timeout(self.reply_timeout, rx).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(ApiError::unavailable("the request was dropped, retry")),
-            Err(_) => Err(ApiError::unavailable(
-                "timed out waiting for the database, the request may have been applied",
-            )),
+            Err(_) => Err(outcome_unknown("timed out waiting for the database")),
         }
     }
 }
@@ -259,7 +261,11 @@ async fn run(
                     "order batch failed"
                 );
                 metrics::counter!("exchange_order_batch_failed_total").increment(1);
-                let err = ApiError::unavailable("database unavailable, nothing was applied, retry");
+                let err = if e.is::<CommitOutcomeUnknown>() {
+                    outcome_unknown("the database connection was lost during commit")
+                } else {
+                    ApiError::unavailable("database unavailable, nothing was applied, retry")
+                };
                 vec![Err(err); requests.len()]
             }
         };
@@ -268,6 +274,47 @@ async fn run(
             let _ = reply.send(outcome);
         }
     }
+}
+
+/// `COMMIT` failed in a way that does not tell whether it took effect:
+/// the connection was lost or the server ended the session while the
+/// commit was in flight. The batch may be committed (and its commands
+/// journaled, so matching will execute them) or not.
+#[derive(Debug, thiserror::Error)]
+#[error("commit outcome unknown: {0}")]
+pub struct CommitOutcomeUnknown(#[source] pub sqlx::Error);
+
+/// Classifies a failed `COMMIT`: Postgres reporting an error for it (a
+/// deferred constraint, a serialization failure) means it rolled back —
+/// nothing applied, as for any statement; anything else (I/O error,
+/// protocol error, the session terminated, connection class `08`) leaves
+/// the outcome unknown.
+fn commit_failed(e: sqlx::Error) -> anyhow::Error {
+    let rolled_back = e
+        .as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| !c.starts_with("08") && !c.starts_with("57P"));
+    if rolled_back {
+        anyhow::Error::new(e)
+    } else {
+        anyhow::Error::new(CommitOutcomeUnknown(e))
+    }
+}
+
+/// The answer when a request may or may not have been applied (commit
+/// outcome unknown, or no answer from the batch in time): retryable, but
+/// not "nothing applied". A placement retried with the same
+/// `client_order_id` returns the order if it exists and creates it
+/// otherwise; without one, the client should look before placing again.
+pub fn outcome_unknown(why: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "OUTCOME_UNKNOWN",
+        format!(
+            "{why}: the request may or may not have been applied; retry with the same \
+             client_order_id (safe), or check the order before placing again"
+        ),
+    )
 }
 
 fn is_unique_violation(e: &anyhow::Error) -> bool {
@@ -321,6 +368,18 @@ fn order_not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "ORDER_NOT_FOUND", "no such order")
 }
 
+/// A balance in an asset whose scale this service has not loaded: its
+/// amount cannot be read, so nothing is decided on it (never a guessed
+/// scale, which would lock a wrong amount). Retryable: a market reload
+/// brings the scale.
+fn scale_unknown() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ASSET_SCALE_UNKNOWN",
+        "the asset's scale is not known to the order service; nothing was applied, retry",
+    )
+}
+
 fn insufficient() -> ApiError {
     ApiError::bad_request(
         "INSUFFICIENT_BALANCE",
@@ -345,7 +404,8 @@ enum Plan {
     },
 }
 
-/// Applies one batch; `Err` means nothing was applied.
+/// Applies one batch; `Err` means nothing was applied, except
+/// [`CommitOutcomeUnknown`] (the commit may have taken effect).
 ///
 /// Optimistic (`locked == false`): balances are read without row locks and
 /// the batch is decided on that read; the balance write at the end checks
@@ -461,11 +521,23 @@ async fn apply_batch(
         }
     }
     let mut available: BTreeMap<(i64, String), u128> = BTreeMap::new();
+    // Asset scales: every loaded market's, and those of the markets the
+    // requests carry (a market created since the last cache load). A
+    // balance in an asset of no known scale is never parsed with a guess:
+    // the requests spending it fail with `ASSET_SCALE_UNKNOWN` (below).
     let mut scales: HashMap<String, u8> = HashMap::new();
-    for m in markets.all().values() {
+    let loaded = markets.all();
+    let carried = requests.iter().filter_map(|r| match r {
+        Request::Place { market, .. }
+        | Request::CancelAll { market, .. }
+        | Request::SetStatus { market, .. } => Some(market),
+        _ => None,
+    });
+    for m in loaded.values().chain(carried) {
         scales.insert(m.spec.base().symbol.to_string(), m.spec.base().scale);
         scales.insert(m.spec.quote().symbol.to_string(), m.spec.quote().scale);
     }
+    let mut unknown_scale: BTreeSet<String> = BTreeSet::new();
     if !keys.is_empty() {
         let (users, assets): (Vec<i64>, Vec<String>) = keys.iter().cloned().unzip();
         let sql = if locked {
@@ -485,8 +557,14 @@ async fn apply_batch(
             .fetch_all(&mut *tx)
             .await?;
         for (user, asset, text) in rows {
-            let scale = scales.get(&asset).copied().unwrap_or(18);
-            available.insert((user, asset), db_units(&text, scale)?);
+            match scales.get(&asset) {
+                Some(&scale) => {
+                    available.insert((user, asset), db_units(&text, scale)?);
+                }
+                None => {
+                    unknown_scale.insert(asset);
+                }
+            }
         }
     }
     let mut locked_delta: BTreeMap<(i64, String), u128> = BTreeMap::new();
@@ -586,6 +664,14 @@ async fn apply_batch(
                 reply_order: None,
             },
             Request::Amend {
+                user_id, order_id, ..
+            } if by_id.get(order_id).is_some_and(|o| {
+                o.user_id == *user_id && unknown_scale.contains(&o.reserve_asset)
+            }) =>
+            {
+                Plan::Done(Err(scale_unknown()))
+            }
+            Request::Amend {
                 user_id,
                 order_id,
                 price,
@@ -625,7 +711,11 @@ async fn apply_batch(
         let mut assets = Vec::with_capacity(deltas.len());
         let mut amounts = Vec::with_capacity(deltas.len());
         for ((u, a), v) in &deltas {
-            let scale = scales.get(a).copied().unwrap_or(18);
+            // Only keys whose balance was parsed get a delta.
+            let scale = scales
+                .get(a)
+                .copied()
+                .ok_or_else(|| anyhow::anyhow!("no scale for asset {a}"))?;
             users.push(*u);
             assets.push(a.clone());
             amounts.push(db_text(*v, scale));
@@ -668,9 +758,11 @@ async fn apply_batch(
         ) = (plan, request)
             && a.additional_reserve > 0
         {
+            // plan_amend found the market; it cannot have gone since.
             let scale = markets
                 .peek(&plan_market(plan))
-                .map_or(18, |m| m.spend_asset(a.side).scale);
+                .map(|m| m.spend_asset(a.side).scale)
+                .ok_or_else(|| anyhow::anyhow!("no market for amend of {}", a.order_id.0))?;
             sqlx::query(
                 "UPDATE orders SET reserved = reserved + $2::numeric,
                         locked_remaining = locked_remaining + $2::numeric, updated_at = now()
@@ -783,7 +875,9 @@ async fn apply_batch(
         .await?;
     }
     let t_written = t0.elapsed();
-    tx.commit().await?;
+    if let Err(e) = tx.commit().await {
+        return Err(commit_failed(e));
+    }
     let t_commit = t0.elapsed();
     for r in requests {
         if let Request::SetStatus { market, status } = r {

@@ -666,3 +666,108 @@ async fn a_batch_of_placements_answers_each_like_the_single_route() {
         (400, Some("INVALID_REQUEST"))
     );
 }
+
+/// A balance in an asset whose scale the service does not know is never
+/// read with a guessed scale: the request fails with a stable 503 code and
+/// nothing moves. (Here an order row names a reserve asset of no market.)
+#[tokio::test]
+async fn an_unknown_asset_scale_is_an_error_never_a_guess() {
+    let app = spawn().await;
+    let u = user_with(&app.db, "1000", "0").await;
+    let (s, order) = app.place(limit(u, "buy", "100", "1")).await;
+    assert_eq!(s, 201, "{order}");
+    let id = order["id"].as_i64().unwrap();
+    sqlx::query("INSERT INTO assets (symbol, scale) VALUES ('XYZ', 2)")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO balances (user_id, asset, available) VALUES ($1, 'XYZ', 1000)")
+        .bind(u)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE orders SET reserve_asset = 'XYZ' WHERE id = $1")
+        .bind(id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let (s, v) = app
+        .call(
+            Method::PATCH,
+            &format!("/internal/v1/orders/{id}"),
+            Some(json!({"user_id": u, "price": "150"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("ASSET_SCALE_UNKNOWN")),
+        "{v}"
+    );
+    assert_eq!(
+        balance(&app.db, u, "XYZ").await,
+        ("1000".into(), "0".into())
+    );
+    assert_eq!(
+        balance(&app.db, u, "USDT").await,
+        ("900".into(), "100".into())
+    );
+    assert_eq!(app.journal("BTC-USDT").await, vec![(1, "place".to_owned())]);
+}
+
+/// The connection dies while `COMMIT` is in flight (a deferred trigger
+/// terminates the session at commit): the service cannot know whether the
+/// batch committed, so it must not say "nothing applied". It answers a
+/// retryable 503 `OUTCOME_UNKNOWN`; the retry with the same
+/// `client_order_id` is safe and yields exactly one order.
+#[tokio::test]
+async fn a_connection_lost_during_commit_answers_outcome_unknown() {
+    let app = spawn().await;
+    let u = user_with(&app.db, "1000", "0").await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION die_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.client_order_id = 'die-at-commit' THEN
+                 PERFORM pg_terminate_backend(pg_backend_pid());
+             END IF;
+             RETURN NULL;
+         END $$;
+         CREATE CONSTRAINT TRIGGER die_at_commit AFTER INSERT ON orders
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION die_at_commit();",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let mut body = limit(u, "buy", "100", "1");
+    body["client_order_id"] = json!("die-at-commit");
+    let (s, v) = app.place(body.clone()).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("OUTCOME_UNKNOWN")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("may or may not have been applied"),
+        "{v}"
+    );
+    sqlx::raw_sql("DROP TRIGGER die_at_commit ON orders")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let (s, first) = app.place(body.clone()).await;
+    assert_eq!(s, 201, "{first}");
+    let (s, again) = app.place(body).await;
+    assert_eq!((s, &again["id"]), (200, &first["id"]), "{again}");
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE user_id = $1")
+        .bind(u)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(orders, 1);
+    assert_eq!(
+        balance(&app.db, u, "USDT").await,
+        ("900".into(), "100".into())
+    );
+}
