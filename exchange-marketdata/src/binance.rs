@@ -18,7 +18,7 @@ use exchange_domain::order::Side;
 use exchange_domain::symbol::MarketSymbol;
 
 use crate::kline::{Candle, Interval};
-use crate::state::{MarketState, Ticker, TradeRow};
+use crate::state::{DepthInfo, MarketState, Ticker, TradeRow};
 
 /// A Binance stream's kind (the market is kept beside it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -117,6 +117,52 @@ impl std::fmt::Display for Pad8 {
     }
 }
 
+fn bn_levels_of(
+    out: &mut String,
+    scales: crate::state::Scales,
+    levels: impl Iterator<Item = (u128, u128)>,
+) {
+    out.push('[');
+    for (n, (p, q)) in levels.enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        let price = Pad8(FormatUnits {
+            units: p,
+            scale: scales.quote,
+        });
+        let qty = Pad8(FormatUnits {
+            units: q,
+            scale: scales.base,
+        });
+        let _ = write!(out, "[\"{price}\",\"{qty}\"]");
+    }
+    out.push(']');
+}
+
+/// `depthUpdate` covering depth `seq`s `first..=last` (`U`, `u`): one
+/// batch's changes, or several merged for a slow connection.
+pub(crate) fn bn_depth_json(
+    info: &DepthInfo,
+    first: u64,
+    last: u64,
+    time_ms: u64,
+    bids: impl Iterator<Item = (u128, u128)>,
+    asks: impl Iterator<Item = (u128, u128)>,
+) -> String {
+    let mut out = String::with_capacity(160);
+    let _ = write!(
+        out,
+        "{{\"e\":\"depthUpdate\",\"E\":{time_ms},\"s\":\"{}\",\"U\":{first},\"u\":{last},\"b\":",
+        info.bn_symbol
+    );
+    bn_levels_of(&mut out, info.scales, bids);
+    out.push_str(",\"a\":");
+    bn_levels_of(&mut out, info.scales, asks);
+    out.push('}');
+    out
+}
+
 impl MarketState {
     fn bn_price(&self, units: u128) -> Pad8 {
         Pad8(FormatUnits {
@@ -132,17 +178,6 @@ impl MarketState {
         })
     }
 
-    fn bn_levels(&self, out: &mut String, levels: impl Iterator<Item = (u128, u128)>) {
-        out.push('[');
-        for (n, (p, q)) in levels.enumerate() {
-            if n > 0 {
-                out.push(',');
-            }
-            let _ = write!(out, "[\"{}\",\"{}\"]", self.bn_price(p), self.bn_qty(q));
-        }
-        out.push(']');
-    }
-
     /// `depthUpdate` covering batches `first..=self.seq`.
     pub(crate) fn bn_depth_event(
         &self,
@@ -151,17 +186,7 @@ impl MarketState {
         bids: impl Iterator<Item = (u128, u128)>,
         asks: impl Iterator<Item = (u128, u128)>,
     ) -> String {
-        let mut out = String::with_capacity(160);
-        let _ = write!(
-            out,
-            "{{\"e\":\"depthUpdate\",\"E\":{time_ms},\"s\":\"{}\",\"U\":{first},\"u\":{},\"b\":",
-            self.bn_symbol, self.seq
-        );
-        self.bn_levels(&mut out, bids);
-        out.push_str(",\"a\":");
-        self.bn_levels(&mut out, asks);
-        out.push('}');
-        out
+        bn_depth_json(self.depth_info(), first, self.seq, time_ms, bids, asks)
     }
 
     /// `trade` or `aggTrade` (one trade per aggregate: `a = f = l = t`).

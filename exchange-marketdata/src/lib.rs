@@ -22,6 +22,7 @@
 
 pub mod binance;
 pub mod kline;
+pub mod outbox;
 pub mod rest;
 pub mod state;
 pub mod store;
@@ -87,7 +88,11 @@ fn describe_metrics() {
     );
     metrics::describe_counter!(
         "marketdata_ws_slow_disconnects_total",
-        "WebSocket connections closed because their send queue was full"
+        "WebSocket connections closed because their send queue was still full after depth conflation"
+    );
+    metrics::describe_counter!(
+        "marketdata_ws_conflated_total",
+        "Depth deltas merged into an earlier queued one for a slow WebSocket connection"
     );
     metrics::describe_counter!(
         "marketdata_ws_origin_refused_total",

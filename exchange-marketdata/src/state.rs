@@ -16,11 +16,10 @@ use exchange_domain::event::{Event, EventBatch};
 use exchange_domain::money::FormatUnits;
 use exchange_domain::order::{MarketStatus, Side};
 use exchange_domain::symbol::MarketSymbol;
-use tokio::sync::Notify;
-use tokio::sync::mpsc::{self, error::TrySendError};
 
 use crate::binance::{BN_KINDS_LEN, BnKind, lower_name, upper_name};
 use crate::kline::{Candle, Interval};
+use crate::outbox::{DepthDelta, DepthKey, Outbox};
 
 /// Recent trades kept per market (REST `/trades` serves at most this many).
 pub const RECENT_TRADES_LEN_MAX: usize = 1_000;
@@ -103,33 +102,91 @@ impl std::fmt::Display for Channel {
     }
 }
 
-/// One connection's entry in a channel: its bounded send queue and the
-/// switch that disconnects it.
+/// One connection's entry in a channel: its bounded send queue (which
+/// conflates depth and, when that is not enough, disconnects it).
 #[derive(Debug, Clone)]
 pub struct Subscriber {
     pub conn_id: u64,
-    pub tx: mpsc::Sender<Utf8Bytes>,
-    pub kill: Arc<Notify>,
-    /// Binance streams reach this connection wrapped as
-    /// `{"stream":..,"data":..}` (the combined `/stream` endpoint).
-    pub combined: bool,
+    pub outbox: Arc<Outbox>,
 }
 
 impl Subscriber {
-    /// Queues `msg` without waiting. A full queue means the client does not
-    /// keep up: it is disconnected rather than slowing anyone else.
-    /// Returns whether the subscriber stays.
+    /// Queues `msg` without waiting (never merged or dropped). A queue that
+    /// is still full after depth conflation means the client does not keep
+    /// up: it is disconnected rather than slowing anyone else. Returns
+    /// whether the subscriber stays.
     pub fn offer(&self, msg: &Utf8Bytes) -> bool {
-        match self.tx.try_send(msg.clone()) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                metrics::counter!("marketdata_ws_slow_disconnects_total").increment(1);
-                self.kill.notify_one();
-                false
-            }
-            Err(TrySendError::Closed(_)) => false,
+        self.outbox.offer(msg)
+    }
+}
+
+/// What rendering a market's depth messages needs, shared with the
+/// connections that merge its deltas.
+#[derive(Debug)]
+pub struct DepthInfo {
+    pub symbol: MarketSymbol,
+    pub scales: Scales,
+    /// `BTCUSDT`, and `btcusdt` for stream names.
+    pub bn_symbol: String,
+    pub bn_stream: String,
+}
+
+impl DepthInfo {
+    pub fn new(symbol: MarketSymbol, scales: Scales) -> Self {
+        Self {
+            symbol,
+            scales,
+            bn_symbol: upper_name(&symbol),
+            bn_stream: lower_name(&symbol),
         }
     }
+}
+
+fn write_levels_of(out: &mut String, scales: Scales, levels: impl Iterator<Item = (u128, u128)>) {
+    out.push('[');
+    for (n, (p, q)) in levels.enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        let price = FormatUnits {
+            units: p,
+            scale: scales.quote,
+        };
+        let qty = FormatUnits {
+            units: q,
+            scale: scales.base,
+        };
+        let _ = write!(out, "[\"{price}\",\"{qty}\"]");
+    }
+    out.push(']');
+}
+
+/// A depth delta on our channel. `first_seq` is written only for a merged
+/// delta (a slow connection's): it covers `first_seq..=seq`, and a plain
+/// delta covers `seq` alone.
+pub fn depth_delta_json(
+    info: &DepthInfo,
+    first_seq: Option<u64>,
+    seq: u64,
+    bids: impl Iterator<Item = (u128, u128)>,
+    asks: impl Iterator<Item = (u128, u128)>,
+) -> String {
+    let (lo, hi) = bids.size_hint();
+    let mut out = String::with_capacity(112 + hi.unwrap_or(lo) * 48);
+    let _ = write!(
+        out,
+        "{{\"channel\":\"depth:{}\",\"type\":\"delta\",\"seq\":{seq},",
+        info.symbol
+    );
+    if let Some(first) = first_seq {
+        let _ = write!(out, "\"first_seq\":{first},");
+    }
+    out.push_str("\"bids\":");
+    write_levels_of(&mut out, info.scales, bids);
+    out.push_str(",\"asks\":");
+    write_levels_of(&mut out, info.scales, asks);
+    out.push('}');
+    out
 }
 
 /// A trade as market data shows it.
@@ -225,6 +282,7 @@ pub struct MarketState {
     /// The first depth seq not yet covered by a Binance depth event: the
     /// next `depthUpdate`'s `U`.
     bn_depth_next: u64,
+    info: Arc<DepthInfo>,
     subs: [Vec<Subscriber>; CHANNEL_KINDS_LEN],
 }
 
@@ -245,6 +303,7 @@ impl MarketState {
             bn_symbol: upper_name(&symbol),
             bn_stream: lower_name(&symbol),
             bn_depth_next: 1,
+            info: Arc::new(DepthInfo::new(symbol, scales)),
             subs: Default::default(),
         }
     }
@@ -433,14 +492,7 @@ impl MarketState {
     }
 
     fn write_levels(&self, out: &mut String, levels: impl Iterator<Item = (u128, u128)>) {
-        out.push('[');
-        for (n, (p, q)) in levels.enumerate() {
-            if n > 0 {
-                out.push(',');
-            }
-            let _ = write!(out, "[\"{}\",\"{}\"]", self.price(p), self.qty(q));
-        }
-        out.push(']');
+        write_levels_of(out, self.scales, levels);
     }
 
     /// `{"seq":N,"bids":[..],"asks":[..]}` (REST) at most `limit` levels a side.
@@ -482,19 +534,8 @@ impl MarketState {
         Utf8Bytes::from(out)
     }
 
-    fn depth_delta_message(&self, applied: &Applied) -> Utf8Bytes {
-        let levels = applied.bids.len() + applied.asks.len();
-        let mut out = String::with_capacity(96 + levels * 48);
-        let _ = write!(
-            out,
-            "{{\"channel\":\"depth:{}\",\"type\":\"delta\",\"seq\":{},\"bids\":",
-            self.symbol, self.seq
-        );
-        self.write_levels(&mut out, applied.bids.iter().rev().map(|(p, q)| (*p, *q)));
-        out.push_str(",\"asks\":");
-        self.write_levels(&mut out, applied.asks.iter().map(|(p, q)| (*p, *q)));
-        out.push('}');
-        Utf8Bytes::from(out)
+    pub(crate) fn depth_info(&self) -> &DepthInfo {
+        &self.info
     }
 
     pub fn write_trade(&self, out: &mut String, t: &TradeRow) {
@@ -593,22 +634,34 @@ impl MarketState {
 
     /// Offers a Binance event to `kind`'s subscribers: raw to `/ws`
     /// connections, wrapped (built once, only if needed) to `/stream` ones.
-    fn fan_out_bn(&mut self, kind: BnKind, raw: &str) {
+    /// A depth event goes with its levels (`depth`), which a slow
+    /// connection merges instead of queueing.
+    fn fan_out_bn(&mut self, kind: BnKind, raw: &str, depth: Option<&Arc<DepthDelta>>) {
         let ch = ChannelKind::Bn(kind);
         let list = &mut self.subs[ch.index()];
         if list.is_empty() {
             return;
         }
         let plain = Utf8Bytes::from(raw.to_owned());
-        let wrapped = list.iter().any(|s| s.combined).then(|| {
+        let wrapped = list.iter().any(|s| s.outbox.combined).then(|| {
             Utf8Bytes::from(format!(
                 "{{\"stream\":\"{}@{kind}\",\"data\":{raw}}}",
                 self.bn_stream
             ))
         });
-        list.retain(|s| match (&wrapped, s.combined) {
-            (Some(w), true) => s.offer(w),
-            _ => s.offer(&plain),
+        let key = DepthKey {
+            market: self.symbol,
+            kind: ch,
+        };
+        list.retain(|s| {
+            let msg = match (&wrapped, s.outbox.combined) {
+                (Some(w), true) => w,
+                _ => &plain,
+            };
+            match depth {
+                Some(d) => s.outbox.offer_depth(key, msg, d),
+                None => s.offer(msg),
+            }
         });
         metrics::counter!("marketdata_ws_messages_total").increment(list.len() as u64);
     }
@@ -617,15 +670,23 @@ impl MarketState {
     fn publish_bn(&mut self, applied: &Applied, now_ms: u64) {
         if self.has_bn_depth_subscribers() {
             if !applied.bids.is_empty() || !applied.asks.is_empty() {
+                let delta = Arc::new(DepthDelta {
+                    info: self.info.clone(),
+                    first: self.bn_depth_next,
+                    last: self.seq,
+                    time_ms: now_ms,
+                    bids: applied.bids.iter().rev().map(|(p, q)| (*p, *q)).collect(),
+                    asks: applied.asks.iter().map(|(p, q)| (*p, *q)).collect(),
+                });
                 let raw = self.bn_depth_event(
-                    self.bn_depth_next,
+                    delta.first,
                     now_ms,
-                    applied.bids.iter().rev().map(|(p, q)| (*p, *q)),
-                    applied.asks.iter().map(|(p, q)| (*p, *q)),
+                    delta.bids.iter().copied(),
+                    delta.asks.iter().copied(),
                 );
                 self.bn_depth_next = self.seq + 1;
-                self.fan_out_bn(BnKind::Depth, &raw);
-                self.fan_out_bn(BnKind::Depth100ms, &raw);
+                self.fan_out_bn(BnKind::Depth, &raw, Some(&delta));
+                self.fan_out_bn(BnKind::Depth100ms, &raw, Some(&delta));
             }
         } else {
             self.bn_depth_next = self.seq + 1;
@@ -637,7 +698,7 @@ impl MarketState {
             if self.has_subscribers(ChannelKind::Bn(kind)) {
                 for t in &applied.trades {
                     let raw = self.bn_trade_event(t, agg);
-                    self.fan_out_bn(kind, &raw);
+                    self.fan_out_bn(kind, &raw, None);
                 }
             }
         }
@@ -647,7 +708,7 @@ impl MarketState {
             if self.has_subscribers(ChannelKind::Bn(kind)) {
                 let first = self.candle_first_trade[interval.index()];
                 let raw = self.bn_kline_event(*interval, candle, first, last_trade, now_ms);
-                self.fan_out_bn(kind, &raw);
+                self.fan_out_bn(kind, &raw, None);
             }
         }
         let full = self.has_subscribers(ChannelKind::Bn(BnKind::Ticker));
@@ -656,11 +717,11 @@ impl MarketState {
             let ticker = self.ticker(now_ms);
             if full {
                 let raw = self.bn_ticker_event(&ticker, now_ms);
-                self.fan_out_bn(BnKind::Ticker, &raw);
+                self.fan_out_bn(BnKind::Ticker, &raw, None);
             }
             if mini {
                 let raw = self.bn_mini_ticker_event(&ticker, now_ms);
-                self.fan_out_bn(BnKind::MiniTicker, &raw);
+                self.fan_out_bn(BnKind::MiniTicker, &raw, None);
             }
         }
     }
@@ -682,8 +743,28 @@ impl MarketState {
     pub fn publish(&mut self, applied: &Applied, now_ms: u64) {
         self.publish_bn(applied, now_ms);
         if !self.subs[ChannelKind::Depth.index()].is_empty() {
-            let msg = self.depth_delta_message(applied);
-            self.fan_out(ChannelKind::Depth, &msg);
+            let delta = Arc::new(DepthDelta {
+                info: self.info.clone(),
+                first: self.seq,
+                last: self.seq,
+                time_ms: now_ms,
+                bids: applied.bids.iter().rev().map(|(p, q)| (*p, *q)).collect(),
+                asks: applied.asks.iter().map(|(p, q)| (*p, *q)).collect(),
+            });
+            let msg = Utf8Bytes::from(depth_delta_json(
+                &self.info,
+                None,
+                self.seq,
+                delta.bids.iter().copied(),
+                delta.asks.iter().copied(),
+            ));
+            let key = DepthKey {
+                market: self.symbol,
+                kind: ChannelKind::Depth,
+            };
+            let list = &mut self.subs[ChannelKind::Depth.index()];
+            list.retain(|s| s.outbox.offer_depth(key, &msg, &delta));
+            metrics::counter!("marketdata_ws_messages_total").increment(list.len() as u64);
         }
         if !applied.trades.is_empty() && !self.subs[ChannelKind::Trades.index()].is_empty() {
             for t in &applied.trades {

@@ -3,10 +3,13 @@
 //!
 //! Fan-out: a message is serialized once ([`Utf8Bytes`], reference-counted)
 //! and offered to every subscriber's bounded queue without waiting
-//! ([`crate::state::Subscriber::offer`]). A connection whose queue is full is
-//! disconnected on the spot, so a slow reader never delays anyone else. Each
-//! connection's writer drains its queue in bursts (`feed` up to
-//! [`WS_WRITE_BATCH_LEN_MAX`] messages, then one `flush`), so a busy market
+//! ([`crate::outbox::Outbox`]). When a connection's queue is full its queued
+//! depth deltas are conflated (merged per channel, carrying the `seq` range
+//! they cover); a connection whose queue is still full after that (trades,
+//! klines, tickers are never merged or dropped) is disconnected on the
+//! spot, so a slow reader never delays anyone else. Each connection's
+//! writer takes its queue in bursts (up to [`WS_WRITE_BATCH_LEN_MAX`]
+//! messages per lock, fed to the socket, then one `flush`), so a busy market
 //! costs one socket write per burst rather than per message.
 //!
 //! Depth: on subscribe the snapshot is queued and the connection registered
@@ -37,14 +40,12 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc};
 
 use crate::binance::split_stream;
+pub use crate::outbox::WS_SEND_QUEUE_LEN_MAX;
+use crate::outbox::{DepthKey, Out, Outbox};
 use crate::state::{Channel, ChannelKind, Subscriber};
 use crate::store::Core;
-
-/// Messages waiting for one connection before it counts as too slow.
-pub const WS_SEND_QUEUE_LEN_MAX: usize = 1_024;
 /// Messages fed to the socket before one flush.
 pub const WS_WRITE_BATCH_LEN_MAX: usize = 256;
 /// Channels one connection may hold.
@@ -249,25 +250,22 @@ fn open(
 /// What the reader needs to act for its connection.
 struct Conn {
     id: u64,
-    tx: mpsc::Sender<Utf8Bytes>,
-    kill: Arc<Notify>,
+    outbox: Arc<Outbox>,
     subs: BTreeSet<Channel>,
-    combined: bool,
 }
 
 impl Conn {
     fn subscriber(&self) -> Subscriber {
         Subscriber {
             conn_id: self.id,
-            tx: self.tx.clone(),
-            kill: self.kill.clone(),
-            combined: self.combined,
+            outbox: self.outbox.clone(),
         }
     }
 
-    /// Queues a reply; a full queue disconnects like any slow client.
+    /// Queues a reply; a queue still full after conflation disconnects
+    /// like any slow client.
     fn reply(&self, msg: Utf8Bytes) {
-        self.subscriber().offer(&msg);
+        self.outbox.offer(&msg);
     }
 
     fn error(&self, code: &str, message: impl Into<String>) {
@@ -284,14 +282,11 @@ impl Conn {
 
 async fn connection(app: App, socket: WebSocket, initial: Vec<Channel>, combined: bool) {
     let id = app.next_conn.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = mpsc::channel(WS_SEND_QUEUE_LEN_MAX);
-    let kill = Arc::new(Notify::new());
+    let outbox = Arc::new(Outbox::new(combined));
     let mut conn = Conn {
         id,
-        tx,
-        kill: kill.clone(),
+        outbox: outbox.clone(),
         subs: BTreeSet::new(),
-        combined,
     };
     metrics::gauge!("exchange_ws_connections", "service" => "marketdata", "kind" => "public")
         .increment(1.0);
@@ -300,16 +295,17 @@ async fn connection(app: App, socket: WebSocket, initial: Vec<Channel>, combined
     }
     let (sink, mut stream) = socket.split();
     let why = {
-        let writer = write_loop(sink, rx);
+        let writer = write_loop(sink, &outbox);
         let reader = read_loop(&app, &mut stream, &mut conn);
         tokio::select! {
             r = writer => if r.is_err() { "write failed" } else { "closed" },
             r = reader => r,
-            () = kill.notified() => "too slow",
+            () = outbox.killed() => "too slow",
             () = app.shutdown.wait() => "shutdown",
         }
     };
     tracing::debug!(conn = id, why, "websocket closed");
+    outbox.close();
     for ch in &conn.subs {
         if let Some(m) = app.core.get(&ch.market) {
             m.lock().unsubscribe(ch.kind, id);
@@ -319,32 +315,35 @@ async fn connection(app: App, socket: WebSocket, initial: Vec<Channel>, combined
         .decrement(1.0);
 }
 
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Utf8Bytes>,
-) -> Result<(), ()> {
-    let mut ping = tokio::time::interval(WS_PING_INTERVAL);
-    ping.tick().await;
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: &Outbox) -> Result<(), ()> {
+    let mut next_ping = tokio::time::Instant::now() + WS_PING_INTERVAL;
+    let mut burst: Vec<Out> = Vec::with_capacity(WS_WRITE_BATCH_LEN_MAX);
     loop {
-        let first = tokio::select! {
-            m = rx.recv() => match m {
-                Some(m) => m,
-                None => return Ok(()),
-            },
-            _ = ping.tick() => {
-                timed(sink.send(Message::Ping(Default::default()))).await?;
-                continue;
+        outbox.drain(WS_WRITE_BATCH_LEN_MAX, &mut burst);
+        // A busy connection never waits on the queue, so the ping is due
+        // by the clock here as well as in the idle wait below.
+        let ping = tokio::time::Instant::now() >= next_ping;
+        if burst.is_empty() && !ping {
+            tokio::select! {
+                () = outbox.ready() => {}
+                () = tokio::time::sleep_until(next_ping) => {}
             }
-        };
+            continue;
+        }
+        if ping {
+            next_ping = tokio::time::Instant::now() + WS_PING_INTERVAL;
+        }
         timed(async {
-            sink.feed(Message::Text(first)).await?;
-            let mut n = 1;
-            while n < WS_WRITE_BATCH_LEN_MAX {
-                match rx.try_recv() {
-                    Ok(m) => sink.feed(Message::Text(m)).await?,
-                    Err(_) => break,
-                }
-                n += 1;
+            if ping {
+                sink.feed(Message::Ping(Default::default())).await?;
+            }
+            for out in burst.drain(..) {
+                let text = match out {
+                    Out::Bytes(b) => b,
+                    // Rendered here, outside every lock.
+                    Out::Merged(m) => m.render(outbox.combined),
+                };
+                sink.feed(Message::Text(text)).await?;
             }
             sink.flush().await
         })
@@ -486,7 +485,12 @@ async fn subscribe(app: &App, conn: &mut Conn, requested: &[String]) {
     for (ch, market) in channels.iter().zip(markets) {
         let mut state = market.lock();
         if ch.kind == ChannelKind::Depth {
-            conn.reply(state.depth_snapshot_message(WS_DEPTH_SNAPSHOT_LEVELS_MAX));
+            let key = DepthKey {
+                market: ch.market,
+                kind: ch.kind,
+            };
+            let snapshot = state.depth_snapshot_message(WS_DEPTH_SNAPSHOT_LEVELS_MAX);
+            conn.outbox.offer_snapshot(key, snapshot);
         }
         state.subscribe(ch.kind, conn.subscriber());
         conn.subs.insert(*ch);

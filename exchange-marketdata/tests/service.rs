@@ -166,6 +166,41 @@ impl Svc {
     }
 }
 
+impl Svc {
+    /// A client whose socket buffers little (4 KiB asked; the kernel
+    /// doubles it), so not reading backs up onto the server quickly rather
+    /// than into megabytes of kernel buffer.
+    async fn ws_small_buffer(&self) -> Ws {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(self.addr).await.unwrap();
+        let url = format!("ws://{}/ws", self.addr);
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+        ws
+    }
+
+    /// Adds `batches` to `<prefix>:events` in one pipeline.
+    async fn xadd_all(&self, batches: &[EventBatch]) {
+        let texts: Vec<String> = batches
+            .iter()
+            .map(|b| serde_json::to_string(b).unwrap())
+            .collect();
+        self.xadd_texts(&texts).await;
+    }
+
+    /// Adds batches already encoded as JSON.
+    async fn xadd_texts(&self, texts: &[String]) {
+        let mut pipe = redis::pipe();
+        for t in texts {
+            pipe.xadd(self.redis.events_stream(), "*", &[("batch", t)])
+                .ignore();
+        }
+        let () = pipe.query_async(&mut self.redis.conn()).await.unwrap();
+    }
+}
+
 fn level(side: Side, price: &str, qty: &str) -> Event {
     Event::BookLevel {
         side,
@@ -743,7 +778,7 @@ async fn a_client_that_never_reads_is_disconnected_and_does_not_delay_others() {
     let (env, db, redis) = seeded().await;
     let svc = start(env, db, redis, &[]).await;
     let sub = json!({"op": "subscribe", "channels": ["depth:BTC-USDT"]});
-    let mut slow = svc.ws(None).await.unwrap();
+    let mut slow = svc.ws_small_buffer().await;
     send(&mut slow, sub.clone()).await;
     let mut fast = svc.ws(None).await.unwrap();
     send(&mut fast, sub).await;
@@ -761,7 +796,9 @@ async fn a_client_that_never_reads_is_disconnected_and_does_not_delay_others() {
             while seq < BATCHES {
                 let m = recv_json(&mut fast).await;
                 let s = m["seq"].as_u64().unwrap();
-                assert_eq!(s, seq + 1);
+                // Consecutive (a merged delta, if this reader ever lagged
+                // a full queue behind, starts where the last one ended).
+                assert_eq!(m["first_seq"].as_u64().unwrap_or(s), seq + 1);
                 seq = s;
                 let at = sent.lock().unwrap()[&s];
                 latencies.push(at.elapsed());
@@ -812,14 +849,50 @@ async fn a_client_that_never_reads_is_disconnected_and_does_not_delay_others() {
     );
     assert!(p99 < Duration::from_secs(2), "fast client p99 {p99:?}");
 
-    // The slow client was cut off: after what the kernel buffered, the stream ends.
-    let mut delivered = 0u64;
+    // Its depth is conflated while it lags, so it costs the server one
+    // merged delta, not a growing backlog. Keep the market busy (without
+    // reading) until its socket is full and no write makes progress for
+    // the write timeout: then it is cut off.
+    let mut seq = BATCHES;
+    let busy_until =
+        Instant::now() + exchange_marketdata::ws::WS_WRITE_TIMEOUT + Duration::from_secs(4);
+    while Instant::now() < busy_until {
+        let chunk: Vec<EventBatch> = (seq + 1..=seq + 50)
+            .map(|s| {
+                let events = (1..=LEVELS)
+                    .map(|p| Event::BookLevel {
+                        side: Side::Buy,
+                        price: u128::from(p) * 10_000,
+                        quantity: u128::from(s) * 10_000,
+                    })
+                    .collect();
+                batch(s, now_ms(), events)
+            })
+            .collect();
+        svc.xadd_all(&chunk).await;
+        seq += 50;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let last_published = seq;
+
+    // After what the kernel buffered, the stream ends; what it got was
+    // contiguous (merged deltas carry the range they cover).
+    let mut last_seen = 0u64;
+    let mut merged = 0u64;
     let ended = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             match slow.next().await {
                 Some(Ok(Message::Text(t))) => {
-                    delivered += 1;
-                    let _ = t;
+                    let m: Value = serde_json::from_str(t.as_str()).unwrap();
+                    if m["type"] == "delta" {
+                        let s = m["seq"].as_u64().unwrap();
+                        let first = m["first_seq"].as_u64().unwrap_or(s);
+                        assert_eq!(first, last_seen + 1, "no gap on the slow connection");
+                        merged += u64::from(first < s);
+                        last_seen = s;
+                    } else if m["type"] == "snapshot" {
+                        last_seen = m["seq"].as_u64().unwrap();
+                    }
                 }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                 Some(Ok(_)) => {}
@@ -827,9 +900,104 @@ async fn a_client_that_never_reads_is_disconnected_and_does_not_delay_others() {
         }
     })
     .await;
+    eprintln!("slow client: up to seq {last_seen} of {last_published}, {merged} merged deltas");
     assert!(ended.is_ok(), "slow client disconnected");
     assert!(
-        delivered < BATCHES,
-        "slow client got {delivered} of {BATCHES}: it was cut off, not waited for"
+        last_seen < last_published,
+        "slow client got up to {last_seen} of {last_published}: it was cut off, not waited for"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_pauses_gets_conflated_depth_and_rebuilds_the_rest_book_with_every_trade() {
+    let (env, db, redis) = seeded().await;
+    let svc = start(env, db, redis, &[]).await;
+    let mut slow = svc.ws_small_buffer().await;
+    send(
+        &mut slow,
+        json!({"op": "subscribe", "channels": ["depth:BTC-USDT", "trades:BTC-USDT"]}),
+    )
+    .await;
+    assert_eq!(recv_json(&mut slow).await["type"], "subscribed");
+    let snapshot = recv_json(&mut slow).await;
+    assert_eq!(snapshot["type"], "snapshot");
+    let mut book = LocalBook::default();
+    book.apply(&snapshot);
+
+    // ~3 kB deltas: ~9 MB, more than the server's socket buffer (~3 MB
+    // here), a write burst and the 1,024-item queue hold, so the server
+    // must conflate while the client does not read.
+    const BATCHES: u64 = 3_000;
+    const LEVELS: u64 = 100;
+    let batch_at = |seq: u64| {
+        let mut events: Vec<Event> = (1..=LEVELS)
+            .map(|p| Event::BookLevel {
+                side: if p <= LEVELS / 2 {
+                    Side::Buy
+                } else {
+                    Side::Sell
+                },
+                price: u128::from(p) * 10_000,
+                quantity: if (seq + p) % 7 == 0 {
+                    0
+                } else {
+                    u128::from(seq % 50 + 1) * 10_000
+                },
+            })
+            .collect();
+        if seq % 100 == 0 {
+            events.push(trade(seq / 100, Side::Buy, "1.25", "0.5"));
+        }
+        batch(seq, now_ms(), events)
+    };
+    let paused_at = Instant::now();
+    for chunk in (1..=BATCHES).collect::<Vec<_>>().chunks(50) {
+        let batches: Vec<EventBatch> = chunk.iter().map(|s| batch_at(*s)).collect();
+        svc.xadd_all(&batches).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    eprintln!("published after {:?}", paused_at.elapsed());
+    let rest = eventually("REST depth at the last batch", async || {
+        let (_, d) = svc.get("/api/v1/markets/BTC-USDT/depth?limit=1000").await;
+        (d["seq"] == BATCHES).then_some(d)
+    })
+    .await;
+    eprintln!("resuming after {:?}", paused_at.elapsed());
+
+    // Resume: every delta continues the previous one (first_seq = last
+    // seq + 1), trades all arrive, in order.
+    let (mut merged, mut plain, mut trades) = (0u64, 0u64, Vec::new());
+    while book.seq < BATCHES {
+        let m = recv_json(&mut slow).await;
+        match m["type"].as_str().unwrap() {
+            "delta" => {
+                let s = m["seq"].as_u64().unwrap();
+                let first = m["first_seq"].as_u64().unwrap_or(s);
+                assert_eq!(first, book.seq + 1, "a gap, not conflation");
+                if first < s {
+                    merged += 1;
+                } else {
+                    plain += 1;
+                }
+                book.apply(&m);
+            }
+            "trade" => trades.push(m["data"]["id"].as_u64().unwrap()),
+            other => panic!("unexpected {other}: {m}"),
+        }
+    }
+    eprintln!(
+        "slow reader: {plain} plain + {merged} merged deltas for {BATCHES} batches, {} trades",
+        trades.len()
+    );
+    assert!(merged > 0, "the backlog was conflated");
+    assert!(plain + merged < BATCHES, "fewer messages than batches");
+    assert_eq!(book.as_rest(), rest, "rebuilt book equals REST depth");
+    // Trades are never conflated: read what is left of them.
+    while trades.len() < (BATCHES / 100) as usize {
+        let m = recv_json(&mut slow).await;
+        if m["type"] == "trade" {
+            trades.push(m["data"]["id"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(trades, (1..=BATCHES / 100).collect::<Vec<_>>());
 }
