@@ -396,3 +396,150 @@ async fn signed_orders_errors_replay_and_permissions() {
         .unwrap();
     assert_eq!(n, 1, "only the one good order exists");
 }
+
+#[tokio::test]
+async fn take_profit_orders_are_placed_stored_and_reported() {
+    let app = common::spawn().await;
+    app.seed_market().await;
+    let (uid, key) = user_with_key(&app, "tp@example.com", &["read", "trade"]).await;
+    app.deposit(uid, "USDT", "1000").await;
+
+    let (s, info, _) = get(&app, "/api/v3/exchangeInfo?symbol=BTCUSDT").await;
+    assert_eq!(s, 200, "{info}");
+    let types = &info["symbols"][0]["orderTypes"];
+    for t in [
+        "TAKE_PROFIT",
+        "TAKE_PROFIT_LIMIT",
+        "STOP_LOSS",
+        "STOP_LOSS_LIMIT",
+    ] {
+        assert!(
+            types.as_array().unwrap().iter().any(|v| v == t),
+            "{t} in {types}"
+        );
+    }
+
+    // A take-profit buy: waits for the price to fall to 19500, then bids 19000.
+    let mut placed = (0, Value::Null);
+    for _ in 0..50 {
+        placed = signed(
+            &app,
+            &key,
+            Method::POST,
+            "/api/v3/order",
+            "symbol=BTCUSDT&side=BUY&type=TAKE_PROFIT_LIMIT&timeInForce=GTC&quantity=0.01&price=19000&stopPrice=19500&newClientOrderId=tp-1",
+        )
+        .await;
+        if placed.1["code"] != -1121 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (s, ack) = placed;
+    assert_eq!(s, 200, "{ack}");
+    assert_eq!(ack["clientOrderId"], "tp-1");
+    assert!(ack.get("status").is_none(), "ACK by default: {ack}");
+    let id = ack["orderId"].as_i64().unwrap();
+    let stored: (String, String) =
+        sqlx::query_as("SELECT type, trim_scale(stop_price)::text FROM orders WHERE id = $1")
+            .bind(id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(stored, ("take_profit_limit".to_owned(), "19500".to_owned()));
+
+    let (s, o) = signed(
+        &app,
+        &key,
+        Method::GET,
+        "/api/v3/order",
+        "symbol=BTCUSDT&origClientOrderId=tp-1",
+    )
+    .await;
+    assert_eq!(s, 200, "{o}");
+    assert_eq!(o["type"], "TAKE_PROFIT_LIMIT");
+    assert_eq!(o["side"], "BUY");
+    assert_eq!(o["price"], "19000.00000000");
+    assert_eq!(o["stopPrice"], "19500.00000000");
+    assert_eq!(o["origQty"], "0.01000000");
+    assert_eq!(o["timeInForce"], "GTC");
+    assert_eq!(o["status"], "NEW");
+    assert_eq!(o["isWorking"], false, "not triggered yet");
+    let (_, acct) = signed(
+        &app,
+        &key,
+        Method::GET,
+        "/api/v3/account",
+        "omitZeroBalances=true",
+    )
+    .await;
+    assert_eq!(
+        acct["balances"],
+        json!([{"asset":"USDT","free":"810.00000000","locked":"190.00000000"}]),
+        "the limit's worst case is locked while it waits"
+    );
+
+    // TAKE_PROFIT (market on trigger) buys spend a quote amount, as STOP_LOSS buys.
+    let (s, v) = signed(
+        &app,
+        &key,
+        Method::POST,
+        "/api/v3/order",
+        "symbol=BTCUSDT&side=BUY&type=TAKE_PROFIT&quoteOrderQty=100&stopPrice=19000",
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, o) = signed(
+        &app,
+        &key,
+        Method::GET,
+        "/api/v3/order",
+        &format!("symbol=BTCUSDT&orderId={}", v["orderId"]),
+    )
+    .await;
+    assert_eq!(
+        (&o["type"], &o["stopPrice"], &o["origQuoteOrderQty"]),
+        (
+            &json!("TAKE_PROFIT"),
+            &json!("19000.00000000"),
+            &json!("100.00000000")
+        ),
+        "{o}"
+    );
+    let (_, v) = signed(
+        &app,
+        &key,
+        Method::POST,
+        "/api/v3/order",
+        "symbol=BTCUSDT&side=BUY&type=TAKE_PROFIT&quantity=0.01&stopPrice=19000",
+    )
+    .await;
+    assert_eq!(
+        v["code"], -1013,
+        "a buy by base quantity would lock everything: {v}"
+    );
+    // Missing stopPrice, and order/test validating without placing.
+    let (_, v) = signed(
+        &app,
+        &key,
+        Method::POST,
+        "/api/v3/order",
+        "symbol=BTCUSDT&side=SELL&type=TAKE_PROFIT&quantity=0.01",
+    )
+    .await;
+    assert_eq!(v["code"], -1102, "{v}");
+    let (s, v) = signed(
+        &app,
+        &key,
+        Method::POST,
+        "/api/v3/order/test",
+        "symbol=BTCUSDT&side=SELL&type=TAKE_PROFIT_LIMIT&timeInForce=GTC&quantity=0.01&price=21000&stopPrice=21000",
+    )
+    .await;
+    assert_eq!((s, v), (200, json!({})));
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(n, 2, "the two good take-profits, nothing else");
+}

@@ -56,10 +56,13 @@ impl BnError {
         )
     }
 
-    /// -2021: a stop or take-profit whose condition the last price already
-    /// meets (our engine rejects it; placement reports it once settled).
+    /// A stop or take-profit whose condition the last price already meets
+    /// (our engine rejects it; placement reports it once settled). Binance
+    /// spot answers -2010 with this message (-2021 "Order would immediately
+    /// trigger." is its futures API); ccxt maps the message to
+    /// OrderImmediatelyFillable.
     pub fn would_trigger() -> Self {
-        Self::bad(-2021, "Order would immediately trigger.")
+        Self::bad(-2010, "Order would trigger immediately.")
     }
 
     /// -1102: a mandatory parameter is missing.

@@ -435,7 +435,7 @@ pub async fn new_order(State(s): State<BnState>, req: Request) -> Result<Json<Va
         .await?
         .ok_or_else(BnError::internal)?;
     // Binance refuses a stop or take-profit that would trigger at once
-    // (-2021); our engine rejects it after the order is journaled, so a
+    // (-2010 "Order would trigger immediately."); our engine rejects it after the order is journaled, so a
     // caller waiting for the result gets Binance's answer (an ACK caller
     // sees the order REJECTED).
     if row.status == "rejected" && is_conditional(&row.order_type) {
