@@ -88,6 +88,71 @@ def expect_error(cls, fn, what):
     check(False, f"{what} raised nothing, expected {cls.__name__}")
 
 
+def take_profit(maker, taker):
+    """TAKE_PROFIT_LIMIT sell (ccxt's unified takeProfitPrice): rests
+    untriggered, triggers when a trade prints at its stop, then trades."""
+    # Clear the maker's remaining 30000 ask so the book is empty: last 30000.
+    rest = maker.fetch_order(maker.fetch_open_orders(SYMBOL)[0]["id"], SYMBOL)
+    left = d(rest["remaining"])
+    sweep = taker.create_order(SYMBOL, "market", "buy", float(left))
+    check(sweep["status"] == "closed" and d(sweep["filled"]) == left,
+          f"market buy takes the last {left} at 30000")
+    check(maker.fetch_open_orders(SYMBOL) == [], "the maker has nothing open")
+    btc_before = d(maker.fetch_balance()["BTC"]["free"])
+
+    tp = maker.create_order(SYMBOL, "limit", "sell", 0.002, 31000, {"takeProfitPrice": 31000})
+    check(tp["info"]["type"] == "TAKE_PROFIT_LIMIT", f"sent as TAKE_PROFIT_LIMIT ({tp['info']['type']})")
+    check(tp["status"] == "open" and d(tp["filled"]) == 0, f"take-profit waits ({tp['status']}, {tp['filled']})")
+    check(d(tp["takeProfitPrice"]) == 31000 and d(tp["price"]) == 31000, "take-profit and limit price 31000")
+    got = maker.fetch_order(tp["id"], SYMBOL)
+    check(got["info"]["type"] == "TAKE_PROFIT_LIMIT" and got["info"]["stopPrice"] == "31000.00000000",
+          f"fetch_order: type and stopPrice ({got['info']['type']}, {got['info']['stopPrice']})")
+    check(got["info"]["isWorking"] is False, "untriggered: isWorking false")
+    check(got["status"] == "open" and d(got["filled"]) == 0, "untriggered: open, nothing filled")
+    mbal = maker.fetch_balance()
+    check(d(mbal["BTC"]["used"]) == d("0.002") and d(mbal["BTC"]["free"]) == btc_before - d("0.002"),
+          f"the pending take-profit locks its 0.002 BTC ({mbal['BTC']})")
+    eventually(lambda: maker.fetch_order_book(SYMBOL)["asks"] == [],
+               "an untriggered take-profit is not in the book (no asks)")
+    # A sell take-profit at or below the last price would trigger at once.
+    expect_error(ccxt.OrderImmediatelyFillable,
+                 lambda: maker.create_order(SYMBOL, "limit", "sell", 0.001, 30000, {"takeProfitPrice": 30000}),
+                 "a take-profit sell at the last price")
+    # TAKE_PROFIT (market on trigger): placed pending, then canceled.
+    tpm = maker.create_order(SYMBOL, "market", "sell", 0.001, None, {"takeProfitPrice": 40000})
+    check(tpm["info"]["type"] == "TAKE_PROFIT" and tpm["status"] == "open",
+          f"TAKE_PROFIT market sell waits ({tpm['info']['type']}, {tpm['status']})")
+    check(maker.cancel_order(tpm["id"], SYMBOL)["status"] == "canceled", "pending TAKE_PROFIT canceled")
+
+    # A bid at 31000 rests (no asks); the maker sells 0.001 into it: the
+    # trade prints 31000, which triggers the take-profit, whose sell limit
+    # 31000 then takes the rest of that bid.
+    bid = taker.create_order(SYMBOL, "limit", "buy", 0.003, 31000)
+    check(bid["status"] == "open" and d(bid["filled"]) == 0, "a bid at 31000 rests")
+    check(maker.fetch_order(tp["id"], SYMBOL)["status"] == "open", "a resting bid triggers nothing")
+    hit = maker.create_order(SYMBOL, "limit", "sell", 0.001, 31000)
+    check(hit["status"] == "closed" and d(hit["filled"]) == d("0.001"), "a sell prints 31000")
+
+    done = eventually(
+        lambda: (lambda o: o if o["status"] == "closed" else None)(maker.fetch_order(tp["id"], SYMBOL)),
+        "the take-profit triggers and fills")
+    check(d(done["filled"]) == d("0.002") and d(done["cost"]) == 62 and d(done["average"]) == 31000,
+          f"take-profit filled 0.002 at 31000 ({done['filled']}, {done['cost']}, {done['average']})")
+    check(done["info"]["isWorking"] is True, "triggered: isWorking true")
+    fills = eventually(
+        lambda: [t for t in maker.fetch_my_trades(SYMBOL) if t["order"] == tp["id"]] or None,
+        "the take-profit's fill in myTrades")
+    check(len(fills) == 1 and d(fills[0]["price"]) == 31000 and d(fills[0]["amount"]) == d("0.002"),
+          f"one fill of 0.002 at 31000 ({[(f['price'], f['amount']) for f in fills]})")
+    check(fills[0]["takerOrMaker"] == "taker" and fills[0]["fee"]["currency"] == "USDT"
+          and d(fills[0]["fee"]["cost"]) == d("0.124"),
+          f"triggered, it took the bid: taker fee 0.2% of 62 USDT ({fills[0]['fee']})")
+    filled_bid = taker.fetch_order(bid["id"], SYMBOL)
+    check(filled_bid["status"] == "closed" and d(filled_bid["filled"]) == d("0.003"),
+          "the bid is filled: 0.001 by the sell, 0.002 by the take-profit")
+    check(d(maker.fetch_balance()["BTC"]["used"]) == 0, "nothing of the maker's BTC stays locked")
+
+
 def main():
     maker = client(os.environ["MAKER_KEY"], os.environ["MAKER_SECRET"])
     taker = client(os.environ["TAKER_KEY"], os.environ["TAKER_SECRET"])
@@ -231,6 +296,8 @@ def main():
     skewed.markets_by_id = maker.markets_by_id
     skewed.options["timeDifference"] = 120000  # our clock 2 minutes ahead of the request's
     expect_error(ccxt.InvalidNonce, skewed.fetch_balance, "a timestamp outside recvWindow")
+
+    take_profit(maker, taker)
 
     print(f"ALL CCXT CHECKS PASSED ({checks} checks, ccxt {ccxt.__version__})", flush=True)
 
