@@ -84,6 +84,9 @@ pub struct Options {
     /// An existing, empty database to use (e.g. a private PostgreSQL
     /// instance's) instead of a fresh one on `DB_URL`'s server.
     pub db_url: Option<String>,
+    /// The services to start (a subset of [`SERVICES`], in its order);
+    /// `None`: all of them.
+    pub services: Option<Vec<&'static str>>,
 }
 
 impl Cluster {
@@ -227,10 +230,19 @@ impl Cluster {
             procs: BTreeMap::new(),
             log_dir,
         };
-        for svc in SERVICES {
+        let services: Vec<&'static str> = SERVICES
+            .into_iter()
+            .filter(|s| {
+                options
+                    .services
+                    .as_ref()
+                    .is_none_or(|only| only.contains(s))
+            })
+            .collect();
+        for svc in &services {
             cluster.spawn(svc);
         }
-        for svc in SERVICES {
+        for svc in services {
             cluster.wait_ready(svc).await;
         }
         cluster

@@ -452,6 +452,113 @@ pub async fn verify(c: &Cluster, redis_url: &str, orders: &[Order], model: &Mode
     )
 }
 
+/// One trade clearing stored, with both ways of naming its orders: the
+/// order ids (the order service's `order_ids` sequence) and the
+/// `client_order_id`s (the workload's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTrade {
+    /// The engine's trade id (per market, from 1).
+    pub id: i64,
+    pub maker_order_id: i64,
+    pub taker_order_id: i64,
+    pub maker_cid: String,
+    pub taker_cid: String,
+    pub maker_user_id: i64,
+    pub taker_user_id: i64,
+    /// Scale-8 units.
+    pub price: i128,
+    pub quantity: i128,
+}
+
+/// Every trade of the workload market in `db_url`'s `trades`, by trade id.
+pub async fn stored_trades(db_url: &str) -> Vec<StoredTrade> {
+    let db = sqlx::PgPool::connect(db_url).await.unwrap();
+    #[allow(clippy::type_complexity)]
+    let rows: Vec<(i64, i64, i64, String, String, i64, i64, String, String)> = sqlx::query_as(
+        "SELECT t.id, t.maker_order_id, t.taker_order_id, m.client_order_id, k.client_order_id,
+                t.maker_user_id, t.taker_user_id, t.price::text, t.quantity::text
+           FROM trades t JOIN orders m ON m.id = t.maker_order_id JOIN orders k ON k.id = t.taker_order_id
+          WHERE t.market = $1 ORDER BY t.id",
+    )
+    .bind(MARKET)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    rows.into_iter()
+        .map(|(id, mo, to, mc, tc, mu, tu, p, q)| StoredTrade {
+            id,
+            maker_order_id: mo,
+            taker_order_id: to,
+            maker_cid: mc,
+            taker_cid: tc,
+            maker_user_id: mu,
+            taker_user_id: tu,
+            price: units(&p),
+            quantity: units(&q),
+        })
+        .collect()
+}
+
+/// Every trade of the workload market in matching's stored event batches
+/// (`event_batches`), by trade id: the engine's output, before clearing.
+pub async fn matched_trades(db_url: &str) -> Vec<StoredTrade> {
+    let db = sqlx::PgPool::connect(db_url).await.unwrap();
+    #[allow(clippy::type_complexity)]
+    let rows: Vec<(i64, i64, i64, String, String, i64, i64, String, String)> = sqlx::query_as(
+        "SELECT (e->>'trade_id')::bigint AS trade_id, m.id, k.id, m.client_order_id, k.client_order_id,
+                (e->>'maker_user_id')::bigint, (e->>'taker_user_id')::bigint, e->>'price', e->>'quantity'
+           FROM event_batches b CROSS JOIN LATERAL jsonb_array_elements(b.events) e
+           JOIN orders m ON m.id = (e->>'maker_order_id')::bigint
+           JOIN orders k ON k.id = (e->>'taker_order_id')::bigint
+          WHERE b.market = $1 AND e->>'type' = 'trade' ORDER BY trade_id",
+    )
+    .bind(MARKET)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    rows.into_iter()
+        .map(|(id, mo, to, mc, tc, mu, tu, p, q)| StoredTrade {
+            id,
+            maker_order_id: mo,
+            taker_order_id: to,
+            maker_cid: mc,
+            taker_cid: tc,
+            maker_user_id: mu,
+            taker_user_id: tu,
+            price: p.parse().unwrap(),
+            quantity: q.parse().unwrap(),
+        })
+        .collect()
+}
+
+/// Waits (bounded) until matching has stored a batch for every journaled
+/// command of the workload market; returns the last seq.
+pub async fn wait_matched(db_url: &str, timeout: Duration) -> i64 {
+    let db = sqlx::PgPool::connect(db_url).await.unwrap();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (last_seq, batches): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT coalesce(max(last_seq), 0) FROM market_sequences WHERE market = $1),
+                    (SELECT count(*) FROM event_batches WHERE market = $1)",
+        )
+        .bind(MARKET)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        if batches == last_seq {
+            db.close().await;
+            return last_seq;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not matched: last_seq {last_seq}, event batches {batches}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Registers and funds the users; returns their ids.
 pub async fn funded_users(c: &Cluster, n: usize) -> Vec<User> {
     let mut users = Vec::new();
