@@ -317,6 +317,12 @@ pub fn outcome_unknown(why: &str) -> ApiError {
     )
 }
 
+/// A plain market order given by base quantity (no price, no stop price):
+/// its minimum notional is checked against the last trade price.
+fn is_market_by_quantity(order: &ValidPlace) -> bool {
+    order.order_type == OrderType::Market && order.quantity.is_some()
+}
+
 fn is_unique_violation(e: &anyhow::Error) -> bool {
     e.downcast_ref::<sqlx::Error>()
         .and_then(|e| e.as_database_error())
@@ -464,6 +470,40 @@ async fn apply_batch(
             }
         }
     }
+    // The last trade price of markets with market orders by base
+    // quantity: their minimum-notional reference (rules::check_market_notional).
+    let mut last_price: HashMap<String, u128> = HashMap::new();
+    let need_price: BTreeSet<String> = requests
+        .iter()
+        .filter_map(|r| match r {
+            Request::Place { market, order, .. } if is_market_by_quantity(order) => {
+                Some(market.spec.symbol().to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    if !need_price.is_empty() {
+        let names: Vec<String> = need_price.into_iter().collect();
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT m, (SELECT trim_scale(t.price)::text FROM trades t WHERE t.market = m
+                        ORDER BY t.time_ms DESC, t.seq DESC LIMIT 1)
+             FROM unnest($1::text[]) AS m",
+        )
+        .bind(&names)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (m, price) in rows {
+            let scale = requests.iter().find_map(|r| match r {
+                Request::Place { market, .. } if market.spec.symbol().to_string() == m => {
+                    Some(market.spec.quote().scale)
+                }
+                _ => None,
+            });
+            if let (Some(p), Some(scale)) = (price, scale) {
+                last_price.insert(m, db_units(&p, scale)?);
+            }
+        }
+    }
     let mut by_id: HashMap<i64, OrderRow> = HashMap::new();
     if !ids.is_empty() {
         let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ANY($1)");
@@ -597,12 +637,20 @@ async fn apply_batch(
                     if let Some(k) = key_coid {
                         seen_coid.insert(k, i);
                     }
+                    let reference = last_price.get(&market.spec.symbol().to_string()).copied();
+                    let notional = match order.quantity {
+                        Some(q) if is_market_by_quantity(order) => {
+                            rules::check_market_notional(&market.spec, q, reference)
+                        }
+                        _ => Ok(()),
+                    };
                     let asset = market.spend_asset(order.side);
                     let key = (*user_id, asset.symbol.to_string());
                     let avail = available.get(&key).copied().unwrap_or(0);
-                    match rules::reserve_amount(order.reserve, avail) {
-                        None => Plan::Done(Err(insufficient())),
-                        Some(amount) => {
+                    match (notional, rules::reserve_amount(order.reserve, avail)) {
+                        (Err(r), _) => Plan::Done(Err(reject(r))),
+                        (Ok(()), None) => Plan::Done(Err(insufficient())),
+                        (Ok(()), Some(amount)) => {
                             available.insert(key.clone(), avail - amount);
                             *locked_delta.entry(key).or_default() += amount;
                             new_orders += 1;

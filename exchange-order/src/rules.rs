@@ -147,6 +147,24 @@ pub fn check_notional(spec: &MarketSpec, price: u128, qty: u128) -> Result<u128,
     Ok(notional)
 }
 
+/// The minimum-notional rule for a market order given by base quantity,
+/// which has no price of its own: `quantity × reference` must reach the
+/// minimum, where `reference` is the market's last trade price (the
+/// analogue of Binance's `NOTIONAL` filter with `applyMinToMarket`, which
+/// uses a recent average price). A market that has never traded has no
+/// reference and the check passes: there is nothing defensible to compare
+/// against, and the engine still never spends more than the reserve.
+pub fn check_market_notional(
+    spec: &MarketSpec,
+    quantity: u128,
+    reference: Option<u128>,
+) -> Result<(), Reject> {
+    match reference {
+        Some(price) => check_notional(spec, price, quantity).map(|_| ()),
+        None => Ok(()),
+    }
+}
+
 /// Checks that the market accepts new orders.
 pub fn check_status_for_place(status: MarketStatus) -> Result<(), Reject> {
     match status {
@@ -227,6 +245,14 @@ pub fn validate_place(
         match (quantity, quote_quantity, input.side) {
             (Some(q), None, side) => {
                 check_quantity(spec, q)?;
+                // Min notional of a market order by base quantity (no
+                // price of its own): a stop/take-profit market order is
+                // checked at its stop price (it executes around there);
+                // a plain one against the last trade price, in the
+                // batcher ([`check_market_notional`]).
+                if let Some(stop) = stop_price {
+                    check_notional(spec, stop, q)?;
+                }
                 match side {
                     Side::Sell => Reserve::Exact(q),
                     // A pending buy by quantity would lock the whole quote

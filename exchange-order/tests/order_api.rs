@@ -771,3 +771,59 @@ async fn a_connection_lost_during_commit_answers_outcome_unknown() {
         ("900".into(), "100".into())
     );
 }
+
+/// A market order by base quantity has no price; its minimum notional is
+/// checked at the last trade price (none yet: nothing to compare, it
+/// passes), and a stop-market order's at its stop price. A refusal locks
+/// and journals nothing.
+#[tokio::test]
+async fn market_orders_by_quantity_meet_the_min_notional_at_the_last_price() {
+    let app = spawn().await;
+    let u = user_with(&app.db, "1000", "1").await;
+    let market = |side: &str, qty: &str| json!({"user_id": u, "market": "BTC-USDT", "side": side, "type": "market", "quantity": qty});
+    // Never traded: no reference price.
+    let (s, v) = app.place(market("sell", "0.0001")).await;
+    assert_eq!(s, 201, "{v}");
+    sqlx::query(
+        "INSERT INTO trades (market, id, seq, price, quantity, quote_amount, taker_side,
+            maker_order_id, taker_order_id, maker_user_id, taker_user_id, maker_fee, taker_fee, time_ms)
+         VALUES ('BTC-USDT', 1, 1, 100, 0.01, 1, 'buy', 1, 2, 1, 2, 0, 0, 1700000000000)",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let before = (
+        balance(&app.db, u, "BTC").await,
+        balance(&app.db, u, "USDT").await,
+    );
+    // 0.0001 × 100 = 0.01 USDT < 1.
+    for body in [market("sell", "0.0001"), market("buy", "0.0099")] {
+        let (s, v) = app.place(body).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (400, Some("NOTIONAL_TOO_SMALL")),
+            "{v}"
+        );
+    }
+    let mut stop = market("sell", "0.0001");
+    stop["type"] = json!("stop_market");
+    stop["stop_price"] = json!("90");
+    let (s, v) = app.place(stop).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("NOTIONAL_TOO_SMALL")),
+        "{v}"
+    );
+    assert_eq!(
+        (
+            balance(&app.db, u, "BTC").await,
+            balance(&app.db, u, "USDT").await
+        ),
+        before
+    );
+    assert_eq!(app.journal("BTC-USDT").await.len(), 1);
+    // 0.01 × 100 = 1: enough.
+    let (s, v) = app.place(market("sell", "0.01")).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(app.journal("BTC-USDT").await.len(), 2);
+}
