@@ -6,8 +6,23 @@
 //! - `{"type":"order","data":Order}`
 //! - `{"type":"trade","data":Fill}`
 //! - `{"type":"balance","data":{"asset","available","locked"}}`
+//!
+//! Every order a settlement touches is published in its state after it:
+//! fills, amends and ends (`OrderDone`: filled, canceled, expired shown as
+//! canceled, rejected) through the settlement's own order updates, and an
+//! order that was only accepted (it rests on the book, or a stop order
+//! waits for its trigger) through [`accepted_orders`], so a client learns
+//! its order is open (`new`) without polling.
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use exchange_domain::EventBatch;
+use exchange_domain::event::Event;
+use exchange_domain::money::{format_units, parse_units, pow10};
 use serde::Serialize;
+use sqlx::{PgConnection, Row as _};
+
+use crate::plan::MarketAssets;
 
 /// An order exactly as the order service's REST API shows it
 /// (`exchange-order/src/view.rs`, `OrderJson`): the database's `expired`
@@ -81,6 +96,90 @@ pub enum PrivateEvent {
     Order(OrderView),
     Trade(FillView),
     Balance(BalanceView),
+}
+
+/// `filled_quote / filled_quantity` at the quote scale, rounded down.
+fn average_price(m: &MarketAssets, filled_quantity: &str, filled_quote: &str) -> Option<String> {
+    let q = parse_units(filled_quote, m.quote_scale).ok()?;
+    let b = parse_units(filled_quantity, m.base_scale).ok()?;
+    if b == 0 {
+        return None;
+    }
+    let p = q.checked_mul(pow10(m.base_scale))? / b;
+    Some(format_units(p, m.quote_scale))
+}
+
+/// The orders `batches` accepted that no other update of this settlement
+/// covers (`already`: the orders it changed), as their rows are now (read
+/// in the settlement's transaction; the order service wrote them before
+/// matching saw them). Sorted by id.
+pub async fn accepted_orders(
+    tx: &mut PgConnection,
+    batches: &[&EventBatch],
+    already: &[OrderView],
+    markets: &BTreeMap<String, MarketAssets>,
+) -> Result<Vec<OrderView>, sqlx::Error> {
+    let covered: BTreeSet<u64> = already.iter().map(|o| o.id).collect();
+    let ids: BTreeSet<i64> = batches
+        .iter()
+        .flat_map(|b| &b.events)
+        .filter_map(|e| match e {
+            Event::OrderAccepted { order_id, .. } if !covered.contains(&order_id.0) => {
+                i64::try_from(order_id.0).ok()
+            }
+            _ => None,
+        })
+        .collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = ids.into_iter().collect();
+    let rows = sqlx::query(
+        "SELECT o.id, o.user_id, o.client_order_id, o.market, o.side, o.type, o.time_in_force,
+            trim_scale(o.price)::text, trim_scale(o.quantity)::text,
+            trim_scale(o.quote_quantity)::text, trim_scale(o.filled_quantity)::text,
+            trim_scale(o.filled_quote)::text, o.status, o.reason,
+            (extract(epoch FROM o.created_at) * 1000)::bigint,
+            (extract(epoch FROM o.updated_at) * 1000)::bigint,
+            trim_scale(o.stop_price)::text, o.post_only, o.stp
+         FROM orders o WHERE o.id = ANY($1) ORDER BY o.id",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let uid = |v: i64| u64::try_from(v).unwrap_or_default();
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let market: String = r.try_get(3)?;
+        let filled_quantity: String = r.try_get(10)?;
+        let filled_quote: String = r.try_get(11)?;
+        let status: String = r.try_get(12)?;
+        let average_price = markets
+            .get(&market)
+            .and_then(|m| average_price(m, &filled_quantity, &filled_quote));
+        out.push(OrderView {
+            id: uid(r.try_get(0)?),
+            user_id: uid(r.try_get(1)?),
+            client_order_id: r.try_get(2)?,
+            market,
+            side: r.try_get(4)?,
+            order_type: r.try_get(5)?,
+            time_in_force: r.try_get(6)?,
+            price: r.try_get(7)?,
+            quantity: r.try_get(8)?,
+            quote_quantity: r.try_get(9)?,
+            filled_quantity,
+            status: api_status(&status).to_owned(),
+            reason: r.try_get(13)?,
+            created_at: r.try_get(14)?,
+            updated_at: r.try_get(15)?,
+            stop_price: r.try_get(16)?,
+            post_only: r.try_get(17)?,
+            stp: r.try_get(18)?,
+            average_price,
+        });
+    }
+    Ok(out)
 }
 
 /// The channel of a user's private events, given the Redis key prefix.

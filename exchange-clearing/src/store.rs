@@ -166,6 +166,13 @@ pub async fn settle(
     clock.step("plan");
     settled.trades = plan.trades.len();
     settled.orders = apply_orders(tx, &plan, markets).await?;
+    // Orders that only rested (or wait for their stop) changed no row
+    // here, but their owners still learn they are open.
+    let accepted = crate::private::accepted_orders(tx, &fresh, &settled.orders, markets).await?;
+    if !accepted.is_empty() {
+        settled.orders.extend(accepted);
+        settled.orders.sort_by_key(|o| o.id);
+    }
     clock.step("orders");
     insert_trades(tx, &plan).await?;
     clock.step("trades");
