@@ -29,7 +29,9 @@ use redis::AsyncCommands as _;
 use serde_json::{Value, json};
 
 use super::error::BnError;
-use super::format::{mul8, order_status, order_type, pad8, stp_mode, to_binance_symbol};
+use super::format::{
+    is_conditional, mul8, order_status, order_type, pad8, stp_mode, to_binance_symbol,
+};
 use super::{BnState, Params};
 use crate::ratelimit::request_ip;
 use crate::state::{AppState, now_ms};
@@ -401,7 +403,19 @@ fn report(o: &Value, exec: &str, fill: Option<&Value>, now: u64) -> Value {
     let created = o["created_at"].as_i64().unwrap_or(0);
     let updated = o["updated_at"].as_i64().unwrap_or(created);
     let status = order_status(o["status"].as_str().unwrap_or("new"));
-    let working = matches!(status, "NEW" | "PARTIALLY_FILLED");
+    // A stop or take-profit that is new and unfilled has (as far as the
+    // order row tells) not triggered yet: not working, as GET order says.
+    let pending = is_conditional(o["type"].as_str().unwrap_or(""))
+        && status == "NEW"
+        && filled.bytes().all(|b| b == b'0' || b == b'.');
+    let working = matches!(status, "NEW" | "PARTIALLY_FILLED") && !pending;
+    // Binance's reject reason for the one rejection it names the same way.
+    let reject = match o["reason"].as_str() {
+        Some("STOP_WOULD_TRIGGER_IMMEDIATELY") if status == "REJECTED" => {
+            "ORDER_WOULD_TRIGGER_IMMEDIATELY"
+        }
+        _ => "NONE",
+    };
     let (l, price_l, n, n_asset, t, m, y, time) = match fill {
         Some(f) => (
             pad8(text(&f["quantity"])),
@@ -440,7 +454,7 @@ fn report(o: &Value, exec: &str, fill: Option<&Value>, now: u64) -> Value {
         "C": if exec == "CANCELED" { Value::from(client.clone()) } else { Value::from("") },
         "x": exec,
         "X": status,
-        "r": "NONE",
+        "r": reject,
         "i": id,
         "l": l,
         "z": pad8(filled),
@@ -530,6 +544,35 @@ mod tests {
             (Some("CANCELED"), Some("CANCELED"))
         );
         assert_eq!(cancel["w"], false);
+
+        // A take-profit: reported as TAKE_PROFIT_LIMIT with its stop price,
+        // not working while it waits; its already-triggered rejection named.
+        let mut tp = order("new", "0");
+        tp["id"] = json!(8);
+        tp["type"] = json!("take_profit_limit");
+        tp["stop_price"] = json!("29000");
+        let r: Value = serde_json::from_str(&t.translate(&event("order", &tp), 10)[0]).unwrap();
+        assert_eq!(
+            (r["o"].as_str(), r["P"].as_str(), r["w"].as_bool()),
+            (
+                Some("TAKE_PROFIT_LIMIT"),
+                Some("29000.00000000"),
+                Some(false)
+            )
+        );
+        tp["id"] = json!(9);
+        tp["type"] = json!("take_profit_market");
+        tp["status"] = json!("rejected");
+        tp["reason"] = json!("STOP_WOULD_TRIGGER_IMMEDIATELY");
+        let r: Value = serde_json::from_str(&t.translate(&event("order", &tp), 11)[0]).unwrap();
+        assert_eq!(
+            (r["o"].as_str(), r["X"].as_str(), r["r"].as_str()),
+            (
+                Some("TAKE_PROFIT"),
+                Some("REJECTED"),
+                Some("ORDER_WOULD_TRIGGER_IMMEDIATELY")
+            )
+        );
         let bal: Value = serde_json::from_str(
             &t.translate(
                 &event(
