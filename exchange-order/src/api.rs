@@ -14,7 +14,7 @@
 //! | `GET /internal/v1/orders?user_id=&market=&status=open\|closed&limit=` | 200 `[order]`, newest first, limit 1..=1000 (default 100) |
 //! | `DELETE /internal/v1/orders/{id}?user_id=` | 200 the order as it is now (cancel journaled; an already final order is answered as it is, nothing journaled); 404 `ORDER_NOT_FOUND` |
 //! | `POST /internal/v1/orders/cancel-all` `{user_id, market}` | 200 `{market, accepted, seq}` |
-//! | `PATCH /internal/v1/orders/{id}` `{user_id, price?, quantity?}` (`quantity` = new open quantity) | 200 the order as it is now (amend journaled); 400 `ORDER_NOT_OPEN`, `ORDER_NOT_AMENDABLE`, `INSUFFICIENT_BALANCE`, validation codes; 404 |
+//! | `PATCH /internal/v1/orders/{id}` `{user_id, price?, quantity?}` (`quantity` = new open quantity) | 200 the order as it is now (amend journaled, with enough locked that matching applies it however far clearing lags, see `rules::amend_top_up`); 400 `ORDER_NOT_OPEN`, `ORDER_NOT_AMENDABLE`, `INSUFFICIENT_BALANCE`, validation codes; 404 |
 //! | `PATCH /internal/v1/markets/{symbol}/status` `{status: trading\|cancel_only\|halted}` | 200 `{market, status, seq}`; 404 `MARKET_NOT_FOUND` |
 //! | `GET /internal/v1/fills?user_id=&market=&limit=` | 200 `[fill]`, newest first |
 //!

@@ -50,7 +50,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::markets::{MarketInfo, Markets, db_text, db_units, status_str};
-use crate::rules::{self, AmendTarget, Reject, Reserve, ValidPlace};
+use crate::rules::{self, AmendTarget, Reject, ValidPlace};
 use crate::view::{ORDER_COLUMNS, OrderRow};
 
 /// Limits of the write path.
@@ -1040,16 +1040,16 @@ fn plan_amend(
         Ok(v) => v,
         Err(r) => return Plan::Done(Err(reject(r))),
     };
-    if valid.additional_reserve > 0 {
-        let key = (user_id, o.reserve_asset.clone());
-        let avail = available.get(&key).copied().unwrap_or(0);
-        match rules::reserve_amount(Reserve::Exact(valid.additional_reserve), avail) {
-            None => return Plan::Done(Err(insufficient())),
-            Some(n) => {
-                available.insert(key.clone(), avail - n);
-                *locked_delta.entry(key).or_default() += n;
-            }
-        }
+    // The whole new reserve if affordable (correct however far clearing
+    // lags; the engine releases the old reserve): rules::amend_top_up.
+    let key = (user_id, o.reserve_asset.clone());
+    let avail = available.get(&key).copied().unwrap_or(0);
+    let Some(top_up) = rules::amend_top_up(&valid, avail) else {
+        return Plan::Done(Err(insufficient()));
+    };
+    if top_up > 0 {
+        available.insert(key.clone(), avail - top_up);
+        *locked_delta.entry(key).or_default() += top_up;
     }
     Plan::Command {
         market: symbol,
@@ -1059,7 +1059,7 @@ fn plan_amend(
             side,
             new_price: valid.new_price,
             new_quantity: valid.new_quantity,
-            additional_reserve: valid.additional_reserve,
+            additional_reserve: top_up,
         }),
         reply_order: Some(Box::new(o.clone())),
     }

@@ -329,13 +329,37 @@ pub struct AmendTarget {
     pub locked_remaining: u128,
 }
 
-/// A validated amend: new price and open quantity, and what must be locked
-/// on top of what the order holds.
+/// A validated amend: new price and open quantity, and what it needs
+/// locked (see [`amend_top_up`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ValidAmend {
     pub new_price: Option<u128>,
     pub new_quantity: Option<u128>,
-    pub additional_reserve: u128,
+    /// The whole reserve the amended order needs.
+    pub required: u128,
+    /// `required` minus what the order held as of clearing's last update:
+    /// less than this can never be enough.
+    pub shortfall: u128,
+}
+
+/// What an amend locks on top of the order's reserve: the **whole** new
+/// reserve when the available balance covers it, else all of the available
+/// balance; `None` (`INSUFFICIENT_BALANCE`) when even that is below the
+/// shortfall.
+///
+/// Why not just the shortfall: `locked_remaining` is clearing's view and
+/// lags the engine — an earlier amend that lowered the reserve, or fills
+/// that spent it, may not be settled yet, so the engine can hold less than
+/// we think and would refuse the amend (`INSUFFICIENT_RESERVE`) after we
+/// answered 200. With the whole new reserve on top, `reserve + top-up >=
+/// required` holds however far clearing lags; the engine releases the
+/// excess (the old reserve) in the same `Amended` event, so the extra lock
+/// lasts one command. Only when the available balance cannot cover the
+/// whole new reserve does the amend rely on the order's own reserve, and
+/// the engine may then refuse it if unsettled fills used that up (the
+/// top-up comes back, the order is unchanged).
+pub fn amend_top_up(valid: &ValidAmend, available: u128) -> Option<u128> {
+    (available >= valid.shortfall).then(|| valid.required.min(available))
 }
 
 /// Validates an amend. `quantity` is the new **open** quantity.
@@ -376,7 +400,8 @@ pub fn validate_amend(
     Ok(ValidAmend {
         new_price,
         new_quantity,
-        additional_reserve: required.saturating_sub(target.locked_remaining),
+        required,
+        shortfall: required.saturating_sub(target.locked_remaining),
     })
 }
 
@@ -602,7 +627,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn amends_lock_only_the_difference() {
+    fn amends_lock_the_whole_new_reserve_when_available() {
         let s = spec();
         let t = MarketStatus::Trading;
         let target = AmendTarget {
@@ -613,9 +638,17 @@ pub(crate) mod tests {
             locked_remaining: 100_000_000,
         };
         let up = validate_amend(&s, t, &target, Some("150"), None).unwrap();
-        assert_eq!(up.additional_reserve, 50_000_000);
+        assert_eq!((up.required, up.shortfall), (150_000_000, 50_000_000));
+        // Whole new reserve when affordable, else all available down to
+        // the shortfall, else refused.
+        assert_eq!(amend_top_up(&up, 1_000_000_000), Some(150_000_000));
+        assert_eq!(amend_top_up(&up, 60_000_000), Some(60_000_000));
+        assert_eq!(amend_top_up(&up, 50_000_000), Some(50_000_000));
+        assert_eq!(amend_top_up(&up, 49_999_999), None);
         let down = validate_amend(&s, t, &target, None, Some("0.5")).unwrap();
-        assert_eq!(down.additional_reserve, 0);
+        assert_eq!((down.required, down.shortfall), (50_000_000, 0));
+        assert_eq!(amend_top_up(&down, 0), Some(0));
+        assert_eq!(amend_top_up(&down, 80_000_000), Some(50_000_000));
         assert_eq!(down.new_quantity, Some(50_000_000));
         assert_eq!(
             validate_amend(&s, t, &target, None, None).unwrap_err().code,
@@ -629,7 +662,7 @@ pub(crate) mod tests {
         assert_eq!(
             validate_amend(&s, t, &sell, None, Some("2"))
                 .unwrap()
-                .additional_reserve,
+                .shortfall,
             100_000_000
         );
         let market = AmendTarget {

@@ -322,7 +322,8 @@ async fn cancel_amend_and_reads_are_scoped_to_the_owner() {
         .await;
     assert_eq!((s, list), (200, json!([])));
 
-    // Amend up: 1 BTC at 150 needs 50 USDT more.
+    // Amend up: 1 BTC at 150. The whole new reserve (150) is locked on
+    // top of the order's 100; matching hands the old 100 back.
     let (s, v) = app
         .call(
             Method::PATCH,
@@ -333,7 +334,7 @@ async fn cancel_amend_and_reads_are_scoped_to_the_owner() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(
         balance(&app.db, alice, "USDT").await,
-        ("850".into(), "150".into())
+        ("750".into(), "250".into())
     );
     let (s, v) = app
         .call(
@@ -375,7 +376,7 @@ async fn cancel_amend_and_reads_are_scoped_to_the_owner() {
         .collect();
     assert_eq!(types, ["place", "amend", "cancel", "cancel_all"]);
     let stream = app.stream("BTC-USDT").await;
-    assert_eq!(stream[1]["command"]["additional_reserve"], "50000000");
+    assert_eq!(stream[1]["command"]["additional_reserve"], "150000000");
     assert_eq!(
         stream[2]["command"],
         json!({"type": "cancel", "order_id": id, "user_id": alice})
@@ -826,4 +827,85 @@ async fn market_orders_by_quantity_meet_the_min_notional_at_the_last_price() {
     let (s, v) = app.place(market("sell", "0.01")).await;
     assert_eq!(s, 201, "{v}");
     assert_eq!(app.journal("BTC-USDT").await.len(), 2);
+}
+
+/// The seeded BTC-USDT market as the engine sees it.
+fn engine_spec() -> exchange_domain::MarketSpec {
+    use exchange_domain::{Asset, AssetSymbol, FeeRate, MarketSpecFields, MarketSymbol};
+    exchange_domain::MarketSpec::new(MarketSpecFields {
+        symbol: MarketSymbol::parse("BTC-USDT").unwrap(),
+        base: Asset {
+            symbol: AssetSymbol::parse("BTC").unwrap(),
+            scale: 8,
+        },
+        quote: Asset {
+            symbol: AssetSymbol::parse("USDT").unwrap(),
+            scale: 6,
+        },
+        price_tick: 10_000,
+        qty_step: 10_000,
+        min_qty: 10_000,
+        min_notional: 1_000_000,
+        maker_fee: FeeRate::from_ppm(1_000).unwrap(),
+        taker_fee: FeeRate::from_ppm(2_000).unwrap(),
+    })
+    .unwrap()
+}
+
+/// Amends answered 200 while clearing has settled nothing (the worst lag):
+/// the second amend raises the price again after the first lowered it, so
+/// the order holds less in the engine than `locked_remaining` says. The
+/// journal replayed through the real engine applies every amend — none is
+/// refused for its reserve — and the funds add up once the engine's
+/// releases are counted.
+#[tokio::test]
+async fn amends_are_funded_however_far_clearing_lags() {
+    let app = spawn().await;
+    let u = user_with(&app.db, "1000", "0").await;
+    let (_, order) = app.place(limit(u, "buy", "100", "1")).await;
+    let id = order["id"].as_i64().unwrap();
+    for (price, qty) in [(Some("60"), None), (Some("90"), None), (None, Some("2"))] {
+        let mut body = json!({"user_id": u});
+        if let Some(p) = price {
+            body["price"] = json!(p);
+        }
+        if let Some(q) = qty {
+            body["quantity"] = json!(q);
+        }
+        let (s, v) = app
+            .call(
+                Method::PATCH,
+                &format!("/internal/v1/orders/{id}"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let mut book = exchange_engine::OrderBook::new(engine_spec());
+    let mut released = 0u128;
+    for entry in app.stream("BTC-USDT").await {
+        let c: exchange_domain::SequencedCommand = serde_json::from_value(entry).unwrap();
+        for e in book.apply(c.seq, c.time_ms, &c.command).unwrap() {
+            match e {
+                exchange_domain::Event::CommandRejected { reason, .. } => {
+                    panic!("seq {}: the engine refused {reason:?}", c.seq)
+                }
+                exchange_domain::Event::Amended { released: r, .. } => released += r,
+                _ => {}
+            }
+        }
+    }
+    let o = book
+        .order(exchange_domain::OrderId(id.unsigned_abs()))
+        .unwrap();
+    assert_eq!(
+        (o.price, o.open_quantity, o.reserve),
+        (Some(90_000_000), 200_000_000, 180_000_000),
+        "{o:?}"
+    );
+    // Locked by the order service minus what the engine released = what
+    // the order holds: 2 BTC × 90 = 180 USDT.
+    let (_, locked) = balance(&app.db, u, "USDT").await;
+    let locked = exchange_domain::money::parse_units(&locked, 6).unwrap();
+    assert_eq!(locked - released, 180_000_000);
 }
