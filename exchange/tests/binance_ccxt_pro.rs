@@ -239,8 +239,19 @@ async fn binance_user_data_stream_delivers_execution_reports() {
         .await;
     assert_eq!(st, 201, "{sell}");
     let id = sell["id"].as_u64().unwrap();
-    // A resting order produces no private event of ours (settlement does:
-    // fills, cancels, rejections), so there is no NEW report: docs/BINANCE.md.
+    // Resting: clearing pushes the accepted order (status new), reported NEW.
+    let seen = events_until(
+        &mut ws,
+        vec![(
+            "NEW report",
+            Box::new(move |v: &Value| v["x"] == "NEW" && v["i"] == id),
+        )],
+    )
+    .await;
+    let new = seen.iter().find(|v| v["x"] == "NEW").unwrap();
+    assert_eq!(new["X"], "NEW", "{new}");
+    assert_eq!(new["c"], "mm-1", "{new}");
+    assert_eq!(new["z"], "0.00000000", "{new}");
     let (st, buy) = c
         .place(
             &taker,
