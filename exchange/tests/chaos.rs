@@ -141,7 +141,16 @@ async fn chaos_kills_lose_and_double_nothing() {
     let mut kills: BTreeMap<&str, usize> = BTreeMap::new();
     let mut total = 0;
     while !run.driver.is_finished() || total < MIN_KILLS {
-        tokio::time::sleep(Duration::from_millis(800 + rng.below(1_600))).await;
+        let pause = tokio::time::sleep(Duration::from_millis(800 + rng.below(1_600)));
+        if total >= MIN_KILLS {
+            // Enough kills: stop as soon as the workload is in.
+            tokio::select! {
+                () = pause => {}
+                () = support::workload::wait_done(&run.done, ORDERS) => break,
+            }
+        } else {
+            pause.await;
+        }
         let v = victims[rng.index(victims.len())];
         c.kill(v);
         tokio::time::sleep(Duration::from_millis(rng.below(300))).await;

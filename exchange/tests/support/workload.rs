@@ -304,7 +304,8 @@ pub async fn stream_state(
 /// far from the market so they never trade) are left out.
 pub async fn verify(c: &Cluster, redis_url: &str, orders: &[Order], model: &Model) -> String {
     let db = sqlx::PgPool::connect(&c.db_url).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(120);
 
     // 1. The journal is the workload, in order.
     let journal: Vec<String> = sqlx::query_scalar(
@@ -350,6 +351,8 @@ pub async fn verify(c: &Cluster, redis_url: &str, orders: &[Order], model: &Mode
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    let settled_after = started.elapsed();
 
     // 3. Trades: clearing's table = matching's batches = the fault-free model.
     let cleared: Vec<(i64, String, String, String, String)> = sqlx::query_as(
@@ -436,6 +439,8 @@ pub async fn verify(c: &Cluster, redis_url: &str, orders: &[Order], model: &Mode
     };
     assert!(dlq.iter().all(|(_, n)| *n == 0), "dead letters: {dlq:?}");
 
+    let drained_after = started.elapsed();
+
     // 6. Reconcile passes on every invariant.
     let out = c.reconcile();
     assert!(
@@ -446,9 +451,11 @@ pub async fn verify(c: &Cluster, redis_url: &str, orders: &[Order], model: &Mode
     );
     format!(
         "journal = workload ({} orders, seq 1..{last_seq}); {} trades equal the fault-free model; \
-         order statuses {statuses:?}; pending {pending:?}; dead-letter streams {dlq:?}; reconcile ok",
+         order statuses {statuses:?}; pending {pending:?}; dead-letter streams {dlq:?}; reconcile ok \
+         (settled after {settled_after:.1?}, pending drained after {drained_after:.1?}, all checked after {:.1?})",
         journal.len(),
-        cleared.len()
+        cleared.len(),
+        started.elapsed()
     )
 }
 
