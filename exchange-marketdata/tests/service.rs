@@ -938,14 +938,14 @@ async fn a_reader_that_pauses_gets_conflated_depth_and_rebuilds_the_rest_book_wi
                     Side::Sell
                 },
                 price: u128::from(p) * 10_000,
-                quantity: if (seq + p) % 7 == 0 {
+                quantity: if (seq + p).is_multiple_of(7) {
                     0
                 } else {
                     u128::from(seq % 50 + 1) * 10_000
                 },
             })
             .collect();
-        if seq % 100 == 0 {
+        if seq.is_multiple_of(100) {
             events.push(trade(seq / 100, Side::Buy, "1.25", "0.5"));
         }
         batch(seq, now_ms(), events)
