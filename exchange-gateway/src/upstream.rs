@@ -6,13 +6,21 @@
 //! passed to the client unchanged (status and JSON body). An upstream that
 //! is down, slow, or answers something that is not our JSON is a 503
 //! `UNAVAILABLE`, never a 500: the gateway itself is fine.
+//!
+//! Placements are coalesced ([`Upstream::place`]): concurrent `POST
+//! /api/v1/orders` go to the order service together as one `POST
+//! /internal/v1/orders/batch` (up to [`PLACE_BATCH_LEN_MAX`], up to
+//! [`PLACE_CALLS_IN_FLIGHT`] calls at once, no added delay), and each
+//! client gets the status and body the single route would have given.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use reqwest::Method;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use exchange_common::{ApiError, Config, Secret};
 
@@ -50,6 +58,16 @@ impl IntoResponse for Relayed {
     }
 }
 
+/// Placements waiting for a coalesced call to the order service; beyond
+/// this a placement is sent on its own.
+pub const PLACE_QUEUE_LEN_MAX: usize = 10_000;
+/// Placements in one `POST /internal/v1/orders/batch` (the order service
+/// takes up to 1,000).
+pub const PLACE_BATCH_LEN_MAX: usize = 256;
+/// Coalesced calls in flight at once: the order service runs two batch
+/// workers, and a call waiting on the network should not stall the next.
+pub const PLACE_CALLS_IN_FLIGHT: usize = 4;
+
 /// One internal service: its base URL and (for the order service) the token.
 #[derive(Clone)]
 pub struct Upstream {
@@ -57,6 +75,41 @@ pub struct Upstream {
     base_url: String,
     token: Option<Secret>,
     client: reqwest::Client,
+    /// Placement coalescing, started on first use (inside the runtime).
+    placer: Arc<OnceLock<Placer>>,
+    /// Placements per coalesced call; 1 sends each alone (the behaviour
+    /// before coalescing, kept for A/B benchmarks).
+    place_batch_len_max: usize,
+}
+
+/// `GATEWAY_PLACE_BATCH_MAX` (default [`PLACE_BATCH_LEN_MAX`], at most
+/// that): placements per coalesced call to the order service; `1` turns
+/// coalescing off.
+fn place_batch_len_max() -> usize {
+    std::env::var("GATEWAY_PLACE_BATCH_MAX")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map_or(PLACE_BATCH_LEN_MAX, |n| n.clamp(1, PLACE_BATCH_LEN_MAX))
+}
+
+struct PlaceJob {
+    body: serde_json::Value,
+    reply: oneshot::Sender<Result<Relayed, ApiError>>,
+}
+
+#[derive(Clone)]
+struct Placer {
+    tx: mpsc::Sender<PlaceJob>,
+}
+
+/// One placement's outcome in the order service's batch answer.
+#[derive(Deserialize)]
+struct PlaceResult {
+    status: u16,
+    #[serde(default)]
+    order: Option<serde_json::Value>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -84,6 +137,8 @@ impl Upstream {
             base_url: config.order_service_url.trim_end_matches('/').to_owned(),
             token: Some(config.internal_token.clone()),
             client: client()?,
+            placer: Arc::default(),
+            place_batch_len_max: place_batch_len_max(),
         })
     }
 
@@ -94,6 +149,8 @@ impl Upstream {
             // Public data: no reason to hand it the internal token.
             token: None,
             client: client()?,
+            placer: Arc::default(),
+            place_batch_len_max: 1,
         })
     }
 
@@ -164,4 +221,127 @@ impl Upstream {
         }
         Ok(Relayed { status, body })
     }
+
+    /// Places one order (`POST /internal/v1/orders` with `body`), coalesced
+    /// with the placements of other requests in flight into one `POST
+    /// /internal/v1/orders/batch`: a free worker takes everything waiting
+    /// (up to [`PLACE_BATCH_LEN_MAX`]) at once, so batches form while the
+    /// previous call is out and no fixed delay is added — a lone request
+    /// goes out alone, as before. Each caller gets exactly the status and
+    /// JSON body the single route would have answered.
+    pub async fn place<B: Serialize + ?Sized>(&self, body: &B) -> Result<Relayed, ApiError> {
+        let body = serde_json::to_value(body).map_err(ApiError::internal)?;
+        if self.place_batch_len_max <= 1 {
+            return self.place_one(&body).await;
+        }
+        let placer = self.placer.get_or_init(|| self.start_placer());
+        let (reply, rx) = oneshot::channel();
+        match placer.tx.try_send(PlaceJob { body, reply }) {
+            Ok(()) => rx.await.unwrap_or_else(|_| Err(self.unavailable())),
+            // Queue full or stopped: go alone (the order service's own
+            // queue bounds the load).
+            Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) => {
+                self.place_one(&job.body).await
+            }
+        }
+    }
+
+    fn start_placer(&self) -> Placer {
+        let (tx, rx) = mpsc::channel(PLACE_QUEUE_LEN_MAX);
+        let rx = Arc::new(Mutex::new(rx));
+        let len_max = self.place_batch_len_max;
+        for _ in 0..PLACE_CALLS_IN_FLIGHT {
+            let (up, rx) = (self.clone(), rx.clone());
+            tokio::spawn(async move {
+                let mut jobs = Vec::with_capacity(len_max);
+                loop {
+                    if rx.lock().await.recv_many(&mut jobs, len_max).await == 0 {
+                        return;
+                    }
+                    metrics::histogram!("exchange_gateway_place_batch_len")
+                        .record(jobs.len() as f64);
+                    up.place_jobs(std::mem::take(&mut jobs)).await;
+                }
+            });
+        }
+        Placer { tx }
+    }
+
+    async fn place_one(&self, body: &serde_json::Value) -> Result<Relayed, ApiError> {
+        self.call::<(), _>(Method::POST, "/internal/v1/orders", None, Some(body))
+            .await
+    }
+
+    async fn place_jobs(&self, jobs: Vec<PlaceJob>) {
+        if jobs.len() == 1 {
+            for job in jobs {
+                let _ = job.reply.send(self.place_one(&job.body).await);
+            }
+            return;
+        }
+        let (bodies, replies): (Vec<_>, Vec<_>) =
+            jobs.into_iter().map(|j| (j.body, j.reply)).unzip();
+        let batch = serde_json::json!({ "orders": bodies });
+        let outcome = self
+            .call::<(), _>(
+                Method::POST,
+                "/internal/v1/orders/batch",
+                None,
+                Some(&batch),
+            )
+            .await;
+        let results = match outcome {
+            Ok(r) if r.status == StatusCode::OK => {
+                match serde_json::from_slice::<Vec<PlaceResult>>(&r.body) {
+                    Ok(results) if results.len() == replies.len() => results,
+                    _ => {
+                        tracing::warn!(upstream = self.name, "unexpected batch answer");
+                        for reply in replies {
+                            let _ = reply.send(Err(self.unavailable()));
+                        }
+                        return;
+                    }
+                }
+            }
+            Ok(r) if r.status.is_client_error() => {
+                // The batch as a whole was refused before anything was
+                // applied (e.g. one placement's JSON shape): each goes
+                // alone and gets its own answer.
+                let BatchBody { orders } = match serde_json::from_value(batch) {
+                    Ok(b) => b,
+                    Err(_) => BatchBody { orders: Vec::new() },
+                };
+                let calls = orders.iter().map(|b| self.place_one(b));
+                let answers = futures_util::future::join_all(calls).await;
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(answer);
+                }
+                return;
+            }
+            // The same for everyone as for a single call that failed.
+            other => {
+                for reply in replies {
+                    let _ = reply.send(other.clone());
+                }
+                return;
+            }
+        };
+        for (reply, r) in replies.into_iter().zip(results) {
+            let body = match (r.order, r.error) {
+                (Some(order), _) => serde_json::to_vec(&order),
+                (None, Some(error)) => serde_json::to_vec(&serde_json::json!({ "error": error })),
+                (None, None) => serde_json::to_vec(&serde_json::Value::Null),
+            };
+            let answer = match (StatusCode::from_u16(r.status), body) {
+                (Ok(status), Ok(body)) => Ok(Relayed { status, body }),
+                _ => Err(self.unavailable()),
+            };
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct BatchBody {
+    orders: Vec<serde_json::Value>,
 }

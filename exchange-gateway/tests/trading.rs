@@ -966,3 +966,64 @@ async fn a_private_session_ends_when_its_token_expires() {
         started.elapsed()
     );
 }
+
+/// Concurrent placements are coalesced into batch calls to the order
+/// service; every client still gets exactly what the single route answers:
+/// its own order, its own rejection code, idempotency on client_order_id.
+#[tokio::test]
+async fn concurrent_placements_each_get_their_own_answer() {
+    let app = spawn_with(|c| {
+        c.rate_limit_orders_per_second = 100_000;
+        c.rate_limit_ip_per_second = 100_000;
+    })
+    .await;
+    app.seed_market().await;
+    let (alice, a) = user(&app, "alice@example.com").await;
+    app.deposit(alice, "USDT", "1000").await;
+    let (status, _) = app.place(&a, &buy("100", "0.01")).await;
+    assert_eq!(status, 201);
+    let n = 80;
+    let bodies: Vec<Value> = (0..n)
+        .map(|i| match i % 4 {
+            0 => buy("100", "0.01"),
+            1 => buy("100.001", "0.01"),
+            2 => buy("100000", "1"),
+            _ => {
+                let mut b = buy("100", "0.01");
+                b["client_order_id"] = json!("same");
+                b
+            }
+        })
+        .collect();
+    let results = futures_util::future::join_all(bodies.iter().map(|b| app.place(&a, b))).await;
+    let mut same_ids = std::collections::BTreeSet::new();
+    let mut created_same = 0;
+    for (i, (status, body)) in results.iter().enumerate() {
+        match i % 4 {
+            0 => assert_eq!((*status, &body["price"]), (201, &json!("100")), "{body}"),
+            1 => assert_eq!(
+                (*status, error_code(body)),
+                (400, "PRICE_NOT_ON_TICK"),
+                "{body}"
+            ),
+            2 => assert_eq!(
+                (*status, error_code(body)),
+                (400, "INSUFFICIENT_BALANCE"),
+                "{body}"
+            ),
+            _ => {
+                assert!(*status == 201 || *status == 200, "{status} {body}");
+                assert_eq!(body["client_order_id"], "same", "{body}");
+                created_same += usize::from(*status == 201);
+                same_ids.insert(body["id"].as_i64().unwrap());
+            }
+        }
+    }
+    assert_eq!((created_same, same_ids.len()), (1, 1));
+    // 1 + 20 + 1 orders of 1 USDT each.
+    assert_eq!(order_count(&app).await, 22);
+    assert_eq!(
+        balances(&app, &a).await,
+        json!([{"asset":"USDT","available":"978","locked":"22"}])
+    );
+}

@@ -114,10 +114,8 @@ pub async fn place(
         user_id: user.user_id,
         inner: &req,
     };
-    let r = s
-        .orders
-        .call::<(), _>(Method::POST, "/internal/v1/orders", None, Some(&body))
-        .await?;
+    // Coalesced with concurrent placements into batch calls (upstream.rs).
+    let r = s.orders.place(&body).await?;
     Ok(r.into_response())
 }
 
