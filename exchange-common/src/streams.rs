@@ -7,8 +7,14 @@
 //!   connection without response timeout;
 //! - hands each batch to the [`Handler`], which answers per entry; `Ok`
 //!   entries are acknowledged, failed ones stay pending;
+//! - on start and after (re)creating the group, first re-reads the entries
+//!   still pending under its OWN consumer name (`XREADGROUP ... 0`, paged):
+//!   those were read by a previous incarnation that died before acking, and
+//!   consumer names are stable across restarts, so nobody else is working on
+//!   them and waiting for `claim_idle` would only delay them;
 //! - reclaims entries pending longer than `claim_idle` (its own failures and
-//!   those of crashed consumers) with `XAUTOCLAIM` and redelivers them;
+//!   those of crashed consumers under other names, which may still be alive)
+//!   with `XAUTOCLAIM` and redelivers them;
 //! - after `deliveries_max` failed deliveries, writes the entry and its last
 //!   error to `<stream>:dlq` and only then acknowledges it;
 //! - beats a heartbeat (for `/ready` and `exchange_consumer_up`) on every
@@ -151,6 +157,74 @@ fn entry_from(id: StreamId, deliveries: u64) -> StreamEntry {
     }
 }
 
+/// Parses an `XREADGROUP` reply read from history (an explicit id rather
+/// than `>`): `(id, fields)` in order, `None` fields for an entry deleted
+/// since it was read. Accepts both RESP2 arrays and RESP3 maps.
+fn history_rows(
+    reply: redis::Value,
+) -> redis::RedisResult<Vec<(String, Option<BTreeMap<String, Vec<u8>>>)>> {
+    use redis::Value;
+    fn bad(what: &str) -> redis::RedisError {
+        redis::RedisError::from((
+            redis::ErrorKind::Parse,
+            "unexpected XREADGROUP reply",
+            what.to_owned(),
+        ))
+    }
+    fn text(v: Value) -> redis::RedisResult<String> {
+        Ok(redis::from_redis_value::<String>(v)?)
+    }
+    let per_stream: Vec<Value> = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(streams) => streams
+            .into_iter()
+            .map(|s| match s {
+                Value::Array(mut kv) if kv.len() == 2 => Ok(kv.swap_remove(1)),
+                _ => Err(bad("stream row")),
+            })
+            .collect::<redis::RedisResult<_>>()?,
+        Value::Map(streams) => streams.into_iter().map(|(_, v)| v).collect(),
+        _ => return Err(bad("top level")),
+    };
+    let mut rows = Vec::new();
+    for entries in per_stream {
+        let Value::Array(entries) = entries else {
+            return Err(bad("entries"));
+        };
+        for entry in entries {
+            let Value::Array(mut parts) = entry else {
+                return Err(bad("entry"));
+            };
+            if parts.len() != 2 {
+                return Err(bad("entry length"));
+            }
+            let fields = parts.pop().unwrap_or(Value::Nil);
+            let id = text(parts.pop().unwrap_or(Value::Nil))?;
+            let fields = match fields {
+                Value::Nil => None,
+                Value::Array(flat) => {
+                    let mut map = BTreeMap::new();
+                    let mut it = flat.into_iter();
+                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                        map.insert(text(k)?, redis::from_redis_value::<Vec<u8>>(v)?);
+                    }
+                    Some(map)
+                }
+                Value::Map(pairs) => {
+                    let mut map = BTreeMap::new();
+                    for (k, v) in pairs {
+                        map.insert(text(k)?, redis::from_redis_value::<Vec<u8>>(v)?);
+                    }
+                    Some(map)
+                }
+                _ => return Err(bad("fields")),
+            };
+            rows.push((id, fields));
+        }
+    }
+    Ok(rows)
+}
+
 fn is_nogroup(e: &redis::RedisError) -> bool {
     e.code() == Some("NOGROUP")
         || e.to_string().contains("NOGROUP")
@@ -256,6 +330,87 @@ impl<H: Handler> Runner<H> {
         Ok(())
     }
 
+    /// Delivery counts, per id, of this consumer's pending entries in
+    /// `first..=last` (both reads and claims count a delivery).
+    async fn delivery_counts(
+        &self,
+        first: &str,
+        last: &str,
+    ) -> redis::RedisResult<HashMap<String, u64>> {
+        let mut conn = self.redis.conn();
+        let pending: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(&self.opts.stream)
+            .arg(&self.opts.group)
+            .arg(first)
+            .arg(last)
+            .arg(self.opts.batch_len_max)
+            .arg(&self.opts.consumer)
+            .query_async(&mut conn)
+            .await?;
+        Ok(pending
+            .ids
+            .into_iter()
+            .map(|p| (p.id, u64::try_from(p.times_delivered).unwrap_or(u64::MAX)))
+            .collect())
+    }
+
+    /// One page of this consumer's own pending entries after `cursor`
+    /// (`XREADGROUP ... STREAMS s <cursor>`), processed like any delivery.
+    /// Returns the next cursor, or `None` once nothing is left.
+    ///
+    /// The cursor moves past every entry returned, failed or not: an entry
+    /// that fails again stays pending and goes back to the `XAUTOCLAIM`
+    /// path, so a poison entry is not re-read in a loop here. Redis counts
+    /// this read as a delivery, so the DLQ limit still holds across restarts.
+    async fn read_own_pending(&self, cursor: &str) -> redis::RedisResult<Option<String>> {
+        let mut conn = self.redis.conn();
+        let reply: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&self.opts.group)
+            .arg(&self.opts.consumer)
+            .arg("COUNT")
+            .arg(self.opts.batch_len_max)
+            .arg("STREAMS")
+            .arg(&self.opts.stream)
+            .arg(cursor)
+            .query_async(&mut conn)
+            .await?;
+        let rows = history_rows(reply)?;
+        let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+            return Ok(None);
+        };
+        let next = last.0.clone();
+        let counts = self.delivery_counts(&first.0, &last.0).await?;
+        let mut entries = Vec::with_capacity(rows.len());
+        let mut gone = Vec::new();
+        for (id, fields) in rows {
+            match fields {
+                Some(fields) => {
+                    let deliveries = counts.get(&id).copied().unwrap_or(2);
+                    entries.push(StreamEntry {
+                        id,
+                        fields,
+                        deliveries,
+                    });
+                }
+                // Trimmed or deleted since it was read: nothing left to
+                // process (XAUTOCLAIM drops such ids from the PEL as well).
+                None => gone.push(id),
+            }
+        }
+        if !gone.is_empty() {
+            tracing::warn!(stream = %self.opts.stream, group = %self.opts.group, count = gone.len(),
+                "own pending entries no longer in the stream, acknowledged");
+            let _: u64 = conn
+                .xack(&self.opts.stream, &self.opts.group, &gone)
+                .await?;
+        }
+        tracing::info!(stream = %self.opts.stream, group = %self.opts.group, consumer = %self.opts.consumer,
+            count = entries.len(), "re-reading own pending entries");
+        self.process(entries).await?;
+        Ok(Some(next))
+    }
+
     /// One `XAUTOCLAIM` page; returns the next cursor.
     async fn reclaim(&self, cursor: &str) -> redis::RedisResult<String> {
         let mut conn = self.redis.conn();
@@ -284,20 +439,7 @@ impl<H: Handler> Runner<H> {
             .last()
             .map(|e| e.id.clone())
             .unwrap_or_default();
-        let pending: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
-            .arg(&self.opts.stream)
-            .arg(&self.opts.group)
-            .arg(&first)
-            .arg(&last)
-            .arg(self.opts.batch_len_max)
-            .arg(&self.opts.consumer)
-            .query_async(&mut conn)
-            .await?;
-        let counts: HashMap<String, u64> = pending
-            .ids
-            .into_iter()
-            .map(|p| (p.id, u64::try_from(p.times_delivered).unwrap_or(u64::MAX)))
-            .collect();
+        let counts = self.delivery_counts(&first, &last).await?;
         let entries: Vec<StreamEntry> = reply
             .claimed
             .into_iter()
@@ -358,6 +500,8 @@ pub async fn run_consumer<H: Handler>(
         .block(block_ms);
     let mut blocking = None;
     let mut group_ready = false;
+    // `Some(cursor)` while this consumer's own pending entries are re-read.
+    let mut own_cursor: Option<String> = None;
     let mut claim_cursor = "0-0".to_owned();
     let mut last_claim = Instant::now();
     let mut last_metrics: Option<Instant> = None;
@@ -372,6 +516,9 @@ pub async fn run_consumer<H: Handler>(
                 continue;
             }
             group_ready = true;
+            // Whatever a previous incarnation under this name read and did
+            // not ack is ours: handle it now instead of after `claim_idle`.
+            own_cursor = Some("0-0".to_owned());
         }
         if blocking.is_none() {
             match runner.redis.blocking_conn().await {
@@ -384,6 +531,23 @@ pub async fn run_consumer<H: Handler>(
             }
         }
         heartbeat.beat();
+
+        if let Some(cursor) = own_cursor.take() {
+            match runner.read_own_pending(&cursor).await {
+                Ok(Some(next)) => own_cursor = Some(next),
+                Ok(None) => {}
+                Err(e) => {
+                    if is_nogroup(&e) {
+                        group_ready = false;
+                    } else {
+                        own_cursor = Some(cursor);
+                    }
+                    tracing::warn!(stream = %opts.stream, error = %e, "reading own pending entries failed");
+                    sleep_or_shutdown(opts.retry_delay, &shutdown).await;
+                }
+            }
+            continue;
+        }
 
         if last_claim.elapsed() >= opts.claim_interval {
             last_claim = Instant::now();

@@ -237,3 +237,181 @@ async fn group_is_recreated_after_the_stream_is_deleted() {
         "a stopped loop is down"
     );
 }
+
+/// A consumer that read entries and died before acking them, restarted under
+/// the same (stable) name, handles them at once, without waiting for the
+/// claim idle time; a poison entry among them still reaches the DLQ after
+/// `deliveries_max` deliveries, counted across restarts, and is not re-read
+/// in a loop by the restart pass.
+#[tokio::test]
+async fn restart_under_the_same_name_rereads_its_own_pending_entries_at_once() {
+    let r = redis();
+    let stream = r.events_stream();
+    let dlq = format!("{stream}:dlq");
+    let mut conn = r.conn();
+    let good: String = conn.xadd(&stream, "*", &[("kind", "good")]).await.unwrap();
+    let poison: String = conn
+        .xadd(&stream, "*", &[("kind", "poison")])
+        .await
+        .unwrap();
+    // Far longer than this test may take: anything handled here was not
+    // reclaimed by XAUTOCLAIM but re-read by the restart.
+    let slow_claim = |consumer: &str| {
+        let mut o = fast(&stream, consumer);
+        o.claim_idle = Duration::from_secs(60);
+        o
+    };
+
+    // Incarnation 1 reads both entries and "crashes" before acking.
+    let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let crashing = PerEntry(move |e: StreamEntry| {
+        let _ = got_tx.send(e.id);
+        std::future::pending::<Result<(), String>>()
+    });
+    let first = tokio::spawn(run_consumer(
+        r.clone(),
+        Heartbeats::default(),
+        slow_claim("matching-1"),
+        crashing,
+        Shutdown::new(),
+    ));
+    let received = tokio::time::timeout(Duration::from_secs(5), got_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(received, good, "entries are handled in order");
+    first.abort();
+    let _ = first.await;
+    assert_eq!(pending_count(&r, &stream, "clearing").await, 2);
+
+    // Incarnation 2, same name: handles the good entry right away; the
+    // poison one fails (delivery 2 of 3) and stays pending.
+    let runs = |seen: Seen, attempts: Arc<Mutex<Vec<u64>>>| {
+        PerEntry(move |e: StreamEntry| {
+            let result = if e.field_str("kind") == Some("poison") {
+                attempts.lock().unwrap().push(e.deliveries);
+                Err(format!("cannot decode entry {}", e.id))
+            } else {
+                seen.lock().unwrap().push(e);
+                Ok(())
+            };
+            std::future::ready(result)
+        })
+    };
+    let seen: Seen = Arc::default();
+    let attempts: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let started = std::time::Instant::now();
+    let shutdown = Shutdown::new();
+    let second = tokio::spawn(run_consumer(
+        r.clone(),
+        Heartbeats::default(),
+        slow_claim("matching-1"),
+        runs(seen.clone(), attempts.clone()),
+        shutdown.clone(),
+    ));
+    eventually("the restart handles the pending entries", async || {
+        pending_count(&r, &stream, "clearing").await == 1 && attempts.lock().unwrap().len() == 1
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "handled after {took:?}");
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].id, good);
+        assert_eq!(seen[0].deliveries, 2, "the crashed read counted as one");
+    }
+    // The failed poison entry is left to XAUTOCLAIM, not re-read in a loop.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(*attempts.lock().unwrap(), vec![2]);
+    let dlq_len: usize = r.conn().xlen(&dlq).await.unwrap();
+    assert_eq!(dlq_len, 0);
+    shutdown.trigger();
+    second.await.unwrap();
+
+    // Incarnation 3, same name: delivery 3 of 3 fails, so the poison entry
+    // goes to the DLQ and is acknowledged; it does not come back.
+    let attempts: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let shutdown = Shutdown::new();
+    let third = tokio::spawn(run_consumer(
+        r.clone(),
+        Heartbeats::default(),
+        slow_claim("matching-1"),
+        runs(Arc::default(), attempts.clone()),
+        shutdown.clone(),
+    ));
+    eventually("the poison entry reaches the DLQ", async || {
+        let len: usize = r.conn().xlen(&dlq).await.unwrap();
+        len == 1
+    })
+    .await;
+    assert_eq!(pending_count(&r, &stream, "clearing").await, 0);
+    let entries: redis::streams::StreamRangeReply = r.conn().xrange_all(&dlq).await.unwrap();
+    let dead = &entries.ids[0];
+    let text = |k: &str| redis::from_redis_value::<String>(dead.map[k].clone()).unwrap();
+    assert_eq!(text("dlq.id"), poison);
+    assert_eq!(text("dlq.deliveries"), "3");
+    assert_eq!(text("dlq.consumer"), "matching-1");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        *attempts.lock().unwrap(),
+        vec![3],
+        "delivered once more, then dead-lettered"
+    );
+    shutdown.trigger();
+    third.await.unwrap();
+}
+
+/// Entries pending under ANOTHER consumer name are not taken by a restart
+/// pass (that replica may still be alive): only XAUTOCLAIM moves them, after
+/// the claim idle time.
+#[tokio::test]
+async fn entries_of_another_consumer_wait_for_the_claim_idle_time() {
+    let r = redis();
+    let stream = r.events_stream();
+    let mut conn = r.conn();
+    let id: String = conn.xadd(&stream, "*", &[("n", "1")]).await.unwrap();
+    let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let stuck = PerEntry(move |e: StreamEntry| {
+        let _ = got_tx.send(e.id);
+        std::future::pending::<Result<(), String>>()
+    });
+    let a = tokio::spawn(run_consumer(
+        r.clone(),
+        Heartbeats::default(),
+        fast(&stream, "a"),
+        stuck,
+        Shutdown::new(),
+    ));
+    tokio::time::timeout(Duration::from_secs(5), got_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    a.abort();
+    let _ = a.await;
+
+    let mut opts = fast(&stream, "b");
+    opts.claim_idle = Duration::from_millis(1_500);
+    let (seen, handler) = recording();
+    let shutdown = Shutdown::new();
+    let started = std::time::Instant::now();
+    let b = tokio::spawn(run_consumer(
+        r.clone(),
+        Heartbeats::default(),
+        opts,
+        handler,
+        shutdown.clone(),
+    ));
+    eventually("B reclaims the entry once idle", async || {
+        !seen.lock().unwrap().is_empty()
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1_000),
+        "taken before the claim idle time: {took:?}"
+    );
+    assert_eq!(seen.lock().unwrap()[0].id, id);
+    shutdown.trigger();
+    b.await.unwrap();
+}
