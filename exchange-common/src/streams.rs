@@ -157,12 +157,14 @@ fn entry_from(id: StreamId, deliveries: u64) -> StreamEntry {
     }
 }
 
+/// An entry re-read from a consumer's pending list: its id and fields,
+/// `None` when it was deleted from the stream since it was read.
+type HistoryRow = (String, Option<BTreeMap<String, Vec<u8>>>);
+
 /// Parses an `XREADGROUP` reply read from history (an explicit id rather
 /// than `>`): `(id, fields)` in order, `None` fields for an entry deleted
 /// since it was read. Accepts both RESP2 arrays and RESP3 maps.
-fn history_rows(
-    reply: redis::Value,
-) -> redis::RedisResult<Vec<(String, Option<BTreeMap<String, Vec<u8>>>)>> {
+fn history_rows(reply: redis::Value) -> redis::RedisResult<Vec<HistoryRow>> {
     use redis::Value;
     fn bad(what: &str) -> redis::RedisError {
         redis::RedisError::from((
