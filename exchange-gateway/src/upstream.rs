@@ -5,7 +5,13 @@
 //! The gateway is a thin proxy here: a 2xx/4xx answer from upstream is
 //! passed to the client unchanged (status and JSON body). An upstream that
 //! is down, slow, or answers something that is not our JSON is a 503
-//! `UNAVAILABLE`, never a 500: the gateway itself is fine.
+//! `UNAVAILABLE`, never a 500: the gateway itself is fine. Except when a
+//! call that changes state (anything but `GET`) may have reached the
+//! service: a timeout or a connection cut after the request went out, or an
+//! answer we cannot read, leaves its outcome unknown, and saying "nothing
+//! happened" could make a client place twice. That is 503 `OUTCOME_UNKNOWN`
+//! (as the order service answers for a lost commit): retrying with the same
+//! `client_order_id` is safe.
 //!
 //! Placements are coalesced ([`Upstream::place`]): concurrent `POST
 //! /api/v1/orders` go to the order service together as one `POST
@@ -158,6 +164,23 @@ impl Upstream {
         ApiError::unavailable(format!("the {} service is unavailable, retry", self.name))
     }
 
+    /// The failure of a call after the request may have reached the
+    /// service: unknown outcome for a state-changing call, else unavailable.
+    fn failed_after_sending(&self, method: &Method) -> ApiError {
+        if *method == Method::GET {
+            return self.unavailable();
+        }
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "OUTCOME_UNKNOWN",
+            format!(
+                "no answer from the {} service: the request may or may not have been applied; \
+                 retry with the same client_order_id (safe), or check before placing again",
+                self.name
+            ),
+        )
+    }
+
     /// Calls `method path` with an optional query and JSON body, and relays
     /// the answer. `path` starts with `/`.
     pub async fn call<Q: Serialize + ?Sized, B: Serialize + ?Sized>(
@@ -169,7 +192,7 @@ impl Upstream {
     ) -> Result<Relayed, ApiError> {
         let mut req = self
             .client
-            .request(method, format!("{}{path}", self.base_url));
+            .request(method.clone(), format!("{}{path}", self.base_url));
         if let Some(token) = &self.token {
             req = req.bearer_auth(token.expose());
         }
@@ -183,7 +206,13 @@ impl Upstream {
             tracing::warn!(upstream = self.name, error = %e, "upstream call failed");
             metrics::counter!("exchange_gateway_upstream_errors_total", "upstream" => self.name)
                 .increment(1);
-            self.unavailable()
+            // No connection means nothing was sent; anything later (a
+            // timeout, a cut connection) may have reached the service.
+            if e.is_connect() {
+                self.unavailable()
+            } else {
+                self.failed_after_sending(&method)
+            }
         })?;
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
@@ -200,14 +229,14 @@ impl Upstream {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > UPSTREAM_RESPONSE_BYTES_MAX {
                         tracing::warn!(upstream = self.name, "upstream response too large");
-                        return Err(self.unavailable());
+                        return Err(self.failed_after_sending(&method));
                     }
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(upstream = self.name, error = %e, "upstream response cut");
-                    return Err(self.unavailable());
+                    return Err(self.failed_after_sending(&method));
                 }
             }
         }
@@ -217,7 +246,7 @@ impl Upstream {
                 status = status.as_u16(),
                 "upstream answered non-JSON"
             );
-            return Err(self.unavailable());
+            return Err(self.failed_after_sending(&method));
         }
         Ok(Relayed { status, body })
     }
@@ -344,4 +373,68 @@ impl Upstream {
 #[derive(Deserialize)]
 struct BatchBody {
     orders: Vec<serde_json::Value>,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use tokio::io::AsyncReadExt as _;
+
+    use super::*;
+
+    fn upstream_at(addr: std::net::SocketAddr) -> Upstream {
+        Upstream {
+            name: "order",
+            base_url: format!("http://{addr}"),
+            token: None,
+            client: client().unwrap(),
+            placer: Arc::default(),
+            place_batch_len_max: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_state_change_cut_after_sending_is_outcome_unknown_never_nothing_applied() {
+        // A service that reads the request and drops the connection
+        // without answering: it may have applied it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0_u8; 8192];
+                let _ = socket.read(&mut buf).await;
+            }
+        });
+        let cut = upstream_at(addr);
+        let body = serde_json::json!({"market": "BTC-USDT"});
+        let e = cut
+            .call::<(), _>(Method::POST, "/internal/v1/orders", None, Some(&body))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.status, e.code.as_ref()),
+            (StatusCode::SERVICE_UNAVAILABLE, "OUTCOME_UNKNOWN")
+        );
+        let e = cut
+            .call::<(), _>(Method::DELETE, "/internal/v1/orders/1", None, None::<&()>)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code.as_ref(), "OUTCOME_UNKNOWN");
+        // A read changes nothing: plain unavailable.
+        let e = cut
+            .call::<(), ()>(Method::GET, "/internal/v1/orders/1", None, None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code.as_ref(), "UNAVAILABLE");
+        // Nothing listening: nothing was sent, so nothing was applied.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let e = upstream_at(closed)
+            .call::<(), _>(Method::POST, "/internal/v1/orders", None, Some(&body))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code.as_ref(), "UNAVAILABLE");
+    }
 }

@@ -252,10 +252,18 @@ def main():
     check(canceled["status"] == "canceled", f"cancel_order -> canceled ({canceled['status']})")
     check(maker.fetch_order(lm["id"], SYMBOL)["status"] == "canceled", "fetch_order after cancel")
     # A limit maker that would take the 30000 ask is refused, never trades.
-    crossing = taker.create_order(SYMBOL, "limit", "buy", 0.001, 30000, {"postOnly": True})
-    check(crossing["status"] in ("canceled", "expired", "rejected"),
-          f"crossing limit maker does not rest ({crossing['status']})")
-    check(d(crossing["filled"] or 0) == 0, "crossing limit maker filled nothing")
+    # Binance answers -2010 "Order would immediately match and take.",
+    # which ccxt raises as OrderImmediatelyFillable.
+    try:
+        crossing = taker.create_order(SYMBOL, "limit", "buy", 0.001, 30000, {"postOnly": True})
+        check(False, f"crossing limit maker refused (got {crossing['status']})")
+    except ccxt.OrderImmediatelyFillable as e:
+        check("Order would immediately match and take." in str(e),
+              f"crossing limit maker -> OrderImmediatelyFillable ({e})")
+    refused = [o for o in taker.fetch_orders(SYMBOL) if o["postOnly"] and o["price"] == 30000]
+    check(len(refused) == 1 and refused[0]["status"] in ("rejected", "expired", "canceled")
+          and d(refused[0]["filled"] or 0) == 0,
+          f"the refused limit maker is recorded as not resting, nothing filled ({refused})")
     check(taker.fetch_open_orders(SYMBOL) == [], "the taker has nothing open")
     check([o["id"] for o in maker.fetch_open_orders(SYMBOL)] == [sell["id"]],
           "only the partially filled sell is open")

@@ -65,6 +65,11 @@ impl BnError {
         Self::bad(-2010, "Order would trigger immediately.")
     }
 
+    /// A `LIMIT_MAKER` that would cross the book.
+    pub fn would_take() -> Self {
+        Self::bad(-2010, "Order would immediately match and take.")
+    }
+
     /// -1102: a mandatory parameter is missing.
     pub fn missing(name: &str) -> Self {
         Self::bad(
@@ -144,6 +149,17 @@ impl BnError {
         )
     }
 
+    /// The request reached the order service but its outcome is unknown
+    /// (our `OUTCOME_UNKNOWN`): Binance's -1007, which clients (ccxt:
+    /// `RequestTimeout`) know not to treat as a failure.
+    pub fn outcome_unknown() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            -1007,
+            "Timeout waiting for response from backend server. Send status unknown; execution status unknown.",
+        )
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -195,6 +211,9 @@ impl BnError {
 
     pub fn from_api(e: &ApiError, action: Action) -> Self {
         if e.status.is_server_error() {
+            if e.code == "OUTCOME_UNKNOWN" {
+                return Self::outcome_unknown();
+            }
             if e.status == StatusCode::SERVICE_UNAVAILABLE {
                 return Self::unavailable();
             }
@@ -266,6 +285,12 @@ mod tests {
         );
         let down = ApiError::unavailable("down");
         assert_eq!(BnError::from_api(&down, Action::Place).code, -1008);
+        let unknown = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "OUTCOME_UNKNOWN", "?");
+        let bn = BnError::from_api(&unknown, Action::Place);
+        assert_eq!(
+            (bn.status, bn.code),
+            (StatusCode::SERVICE_UNAVAILABLE, -1007)
+        );
         assert_eq!(BnError::missing("symbol").code, -1102);
         assert_eq!(BnError::illegal("quantity").code, -1100);
         assert_eq!(BnError::outside_window().code, -1021);

@@ -434,19 +434,24 @@ pub async fn new_order(State(s): State<BnState>, req: Request) -> Result<Json<Va
     let row = order_by_id(&s, user.user_id, id)
         .await?
         .ok_or_else(BnError::internal)?;
-    // Binance refuses a stop or take-profit that would trigger at once
-    // (-2010 "Order would trigger immediately."); our engine rejects it after the order is journaled, so a
-    // caller waiting for the result gets Binance's answer (an ACK caller
-    // sees the order REJECTED).
-    if row.status == "rejected" && is_conditional(&row.order_type) {
+    // Binance refuses synchronously a stop or take-profit that would
+    // trigger at once and a LIMIT_MAKER that would take (both -2010); our
+    // engine rejects them after the order is journaled, so a caller waiting
+    // for the result gets Binance's answer (an ACK caller sees the order
+    // REJECTED).
+    if row.status == "rejected" {
         let reason: Option<String> =
             sqlx::query_scalar("SELECT reason FROM orders WHERE id = $1 AND user_id = $2")
                 .bind(id)
                 .bind(user.user_id)
                 .fetch_one(s.app.db())
                 .await?;
-        if reason.as_deref() == Some("STOP_WOULD_TRIGGER_IMMEDIATELY") {
-            return Err(BnError::would_trigger());
+        match reason.as_deref() {
+            Some("STOP_WOULD_TRIGGER_IMMEDIATELY") if is_conditional(&row.order_type) => {
+                return Err(BnError::would_trigger());
+            }
+            Some("POST_ONLY_WOULD_TAKE") => return Err(BnError::would_take()),
+            _ => {}
         }
     }
     let mut v = result_json(&row);
