@@ -92,6 +92,9 @@ pub struct Config {
     pub rate_limit_orders_per_second: u32,
     pub rate_limit_ip_per_second: u32,
     pub trusted_proxies: Vec<String>,
+    /// Placements the gateway coalesces into one call to the order service
+    /// (`1` sends each alone).
+    pub gateway_place_batch_max: usize,
     /// Entries `<prefix>:events` keeps at most when a consumer group lags
     /// behind that far (a dead replica's group): beyond it such a group is
     /// no longer waited for (it refills from Postgres). Within it the stream
@@ -100,6 +103,10 @@ pub struct Config {
     /// How often matching trims `<prefix>:events`.
     pub events_stream_trim_interval: Duration,
 }
+
+/// Largest accepted `GATEWAY_PLACE_BATCH_MAX` (and its default): what one
+/// order-service batch call may carry.
+pub const GATEWAY_PLACE_BATCH_MAX_LIMIT: usize = 256;
 
 /// Smallest accepted `EVENTS_STREAM_MAX_LEN`: a cap lower than a few reads
 /// of every consumer would cut entries live consumers still need.
@@ -379,6 +386,11 @@ impl Config {
                 "a positive integer",
             ),
             trusted_proxies: r.list("TRUSTED_PROXIES", ""),
+            gateway_place_batch_max: r.parsed(
+                "GATEWAY_PLACE_BATCH_MAX",
+                GATEWAY_PLACE_BATCH_MAX_LIMIT,
+                "a whole number of placements",
+            ),
             events_stream_max_len: r.parsed(
                 "EVENTS_STREAM_MAX_LEN",
                 1_000_000,
@@ -396,6 +408,11 @@ impl Config {
                     "TRUSTED_PROXIES entry {proxy:?} is not an IP address or CIDR network"
                 ));
             }
+        }
+        if !(1..=GATEWAY_PLACE_BATCH_MAX_LIMIT).contains(&config.gateway_place_batch_max) {
+            r.errors.push(format!(
+                "GATEWAY_PLACE_BATCH_MAX must be between 1 and {GATEWAY_PLACE_BATCH_MAX_LIMIT}"
+            ));
         }
         if config.events_stream_max_len < EVENTS_STREAM_MAX_LEN_MIN {
             r.errors.push(format!(
@@ -572,6 +589,7 @@ mod tests {
             ("ENABLE_DOCS", "true"),
             ("GATEWAY_HTTP_ADDR", "nonsense"),
             ("DB_POOL_MAX", "many"),
+            ("GATEWAY_PLACE_BATCH_MAX", "0"),
         ]);
         let errors = load(&env).unwrap_err().0;
         let joined = errors.join("\n");
@@ -585,6 +603,7 @@ mod tests {
             "MARKETDATA_WS_ALLOW_ORIGINS",
             "GATEWAY_HTTP_ADDR",
             "DB_POOL_MAX",
+            "GATEWAY_PLACE_BATCH_MAX must be between 1 and 256",
         ] {
             assert!(joined.contains(needle), "{needle} not in {joined}");
         }

@@ -88,16 +88,6 @@ pub struct Upstream {
     place_batch_len_max: usize,
 }
 
-/// `GATEWAY_PLACE_BATCH_MAX` (default [`PLACE_BATCH_LEN_MAX`], at most
-/// that): placements per coalesced call to the order service; `1` turns
-/// coalescing off.
-fn place_batch_len_max() -> usize {
-    std::env::var("GATEWAY_PLACE_BATCH_MAX")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .map_or(PLACE_BATCH_LEN_MAX, |n| n.clamp(1, PLACE_BATCH_LEN_MAX))
-}
-
 struct PlaceJob {
     body: serde_json::Value,
     reply: oneshot::Sender<Result<Relayed, ApiError>>,
@@ -144,7 +134,8 @@ impl Upstream {
             token: Some(config.internal_token.clone()),
             client: client()?,
             placer: Arc::default(),
-            place_batch_len_max: place_batch_len_max(),
+            // `GATEWAY_PLACE_BATCH_MAX`, validated at start (1..=256).
+            place_batch_len_max: config.gateway_place_batch_max,
         })
     }
 
