@@ -36,6 +36,8 @@ use exchange_common::{ApiError, Config};
 pub const RATE_LIMIT_KEYS_MAX: usize = 200_000;
 /// A sweep of idle keys runs at most this often (and when the table is full).
 pub const RATE_LIMIT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// A full table is swept at most this often.
+pub const RATE_LIMIT_FULL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a budget limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -100,6 +102,9 @@ struct Table {
     /// kind (indexed by [`Kind::index`]).
     tat: [HashMap<String, Instant>; Kind::ALL.len()],
     last_sweep: Instant,
+    /// When each full table was last swept: a flood that keeps a table
+    /// full must not buy a scan of every key with every request.
+    last_full_sweep: [Option<Instant>; Kind::ALL.len()],
 }
 
 /// The limiter of one gateway process. Cheap to clone.
@@ -127,6 +132,7 @@ impl RateLimiter {
             inner: Arc::new(Mutex::new(Table {
                 tat: Default::default(),
                 last_sweep: Instant::now(),
+                last_full_sweep: Default::default(),
             })),
             ip,
             login,
@@ -157,10 +163,13 @@ impl RateLimiter {
             }
             t.last_sweep = now;
         }
-        let table = &mut t.tat[kind.index()];
-        if table.len() >= self.keys_max {
-            table.retain(|_, tat| *tat > now);
+        let full_sweep_due = t.last_full_sweep[kind.index()]
+            .is_none_or(|at| now.duration_since(at) >= RATE_LIMIT_FULL_SWEEP_INTERVAL);
+        if t.tat[kind.index()].len() >= self.keys_max && full_sweep_due {
+            t.tat[kind.index()].retain(|_, tat| *tat > now);
+            t.last_full_sweep[kind.index()] = Some(now);
         }
+        let table = &mut t.tat[kind.index()];
         let tat = match table.get(key) {
             Some(tat) => (*tat).max(now),
             None if table.len() >= self.keys_max => {

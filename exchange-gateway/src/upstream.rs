@@ -20,7 +20,7 @@
 //! client gets the status and body the single route would have given.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -70,6 +70,10 @@ pub const PLACE_QUEUE_LEN_MAX: usize = 10_000;
 /// Placements in one `POST /internal/v1/orders/batch` (the order service
 /// takes up to 1,000).
 pub const PLACE_BATCH_LEN_MAX: usize = 256;
+/// Longest a placement waits in the gateway's queue before being sent; past
+/// it the client gets 503 `OVERLOADED` (nothing was sent) rather than an
+/// order placed long after it may have given up and placed again.
+pub const PLACE_QUEUE_WAIT_MAX: Duration = Duration::from_secs(2);
 /// Coalesced calls in flight at once: the order service runs two batch
 /// workers, and a call waiting on the network should not stall the next.
 pub const PLACE_CALLS_IN_FLIGHT: usize = 4;
@@ -91,6 +95,7 @@ pub struct Upstream {
 struct PlaceJob {
     body: serde_json::Value,
     reply: oneshot::Sender<Result<Relayed, ApiError>>,
+    queued_at: Instant,
 }
 
 #[derive(Clone)]
@@ -256,8 +261,17 @@ impl Upstream {
         }
         let placer = self.placer.get_or_init(|| self.start_placer());
         let (reply, rx) = oneshot::channel();
-        match placer.tx.try_send(PlaceJob { body, reply }) {
-            Ok(()) => rx.await.unwrap_or_else(|_| Err(self.unavailable())),
+        let job = PlaceJob {
+            body,
+            reply,
+            queued_at: Instant::now(),
+        };
+        match placer.tx.try_send(job) {
+            // A reply dropped unanswered means the worker stopped mid-call:
+            // the placement may have been sent.
+            Ok(()) => rx
+                .await
+                .unwrap_or_else(|_| Err(self.failed_after_sending(&Method::POST))),
             // Queue full or stopped: go alone (the order service's own
             // queue bounds the load).
             Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) => {
@@ -293,6 +307,30 @@ impl Upstream {
     }
 
     async fn place_jobs(&self, jobs: Vec<PlaceJob>) {
+        // Nothing is sent for a client that is gone (it may place again
+        // after its own timeout) or that waited too long in the queue.
+        let now = Instant::now();
+        let jobs: Vec<PlaceJob> = jobs
+            .into_iter()
+            .filter_map(|job| {
+                if job.reply.is_closed() {
+                    return None;
+                }
+                if now.duration_since(job.queued_at) > PLACE_QUEUE_WAIT_MAX {
+                    metrics::counter!("exchange_gateway_place_queue_expired_total").increment(1);
+                    let _ = job.reply.send(Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "OVERLOADED",
+                        "too many placements waiting for the order service; this one was not sent: retry",
+                    )));
+                    return None;
+                }
+                Some(job)
+            })
+            .collect();
+        if jobs.is_empty() {
+            return;
+        }
         if jobs.len() == 1 {
             for job in jobs {
                 let _ = job.reply.send(self.place_one(&job.body).await);
@@ -315,9 +353,11 @@ impl Upstream {
                 match serde_json::from_slice::<Vec<PlaceResult>>(&r.body) {
                     Ok(results) if results.len() == replies.len() => results,
                     _ => {
+                        // A 200 means the batch was committed: whatever we
+                        // cannot read, "nothing applied" would be false.
                         tracing::warn!(upstream = self.name, "unexpected batch answer");
                         for reply in replies {
-                            let _ = reply.send(Err(self.unavailable()));
+                            let _ = reply.send(Err(self.failed_after_sending(&Method::POST)));
                         }
                         return;
                     }
@@ -354,7 +394,7 @@ impl Upstream {
             };
             let answer = match (StatusCode::from_u16(r.status), body) {
                 (Ok(status), Ok(body)) => Ok(Relayed { status, body }),
-                _ => Err(self.unavailable()),
+                _ => Err(self.failed_after_sending(&Method::POST)),
             };
             let _ = reply.send(answer);
         }
@@ -418,14 +458,60 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.code.as_ref(), "UNAVAILABLE");
         // Nothing listening: nothing was sent, so nothing was applied.
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        // (Port 1, tcpmux, is not served here; a port freed by dropping a
+        // listener could be taken by a test running alongside.)
+        let closed = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
         let e = upstream_at(closed)
             .call::<(), _>(Method::POST, "/internal/v1/orders", None, Some(&body))
             .await
             .unwrap_err();
         assert_eq!(e.code.as_ref(), "UNAVAILABLE");
+    }
+
+    #[tokio::test]
+    async fn a_placement_whose_client_left_or_that_waited_too_long_is_never_sent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((_socket, _)) = listener.accept().await {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let up = upstream_at(addr);
+        let body = serde_json::json!({"market": "BTC-USDT"});
+        // The client gave up: its receiver is gone.
+        let (gone, rx) = oneshot::channel();
+        drop(rx);
+        // The client is still there, but its placement sat in the queue.
+        let (stale, stale_rx) = oneshot::channel();
+        let long_ago = Instant::now()
+            .checked_sub(PLACE_QUEUE_WAIT_MAX + Duration::from_secs(1))
+            .unwrap();
+        up.place_jobs(vec![
+            PlaceJob {
+                body: body.clone(),
+                reply: gone,
+                queued_at: Instant::now(),
+            },
+            PlaceJob {
+                body,
+                reply: stale,
+                queued_at: long_ago,
+            },
+        ])
+        .await;
+        let e = stale_rx.await.unwrap().unwrap_err();
+        assert_eq!(
+            (e.status, e.code.as_ref()),
+            (StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            connections.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "nothing was sent to the order service"
+        );
     }
 }

@@ -199,10 +199,18 @@ pub async fn close(State(s): State<BnState>, req: Request) -> Result<Json<Value>
 /// see `listenKeyExpired` too and create a new one, as clients do.)
 pub async fn revoke_user_listen_key(s: &AppState, user: i64) -> Result<(), BnError> {
     let mut conn = s.base.redis.conn();
-    let current: Option<String> = redis_call(conn.get(user_key(s, user))).await?;
-    let mut keys = vec![user_key(s, user)];
-    keys.extend(current.map(|k| key_of(s, &k)));
-    let _: i64 = redis_call(conn.del(&keys)).await?;
+    // GETDEL: a listenKey created concurrently either is the one read here
+    // (and deleted) or finds the user key gone and is not affected by the
+    // revocation that preceded it.
+    let current: Option<String> = redis_call(
+        redis::cmd("GETDEL")
+            .arg(user_key(s, user))
+            .query_async(&mut conn),
+    )
+    .await?;
+    if let Some(k) = current {
+        let _: i64 = redis_call(conn.del(key_of(s, &k))).await?;
+    }
     Ok(())
 }
 
