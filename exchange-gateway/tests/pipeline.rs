@@ -2,7 +2,10 @@
 //! matching, clearing): a crossing pair of orders fills, each user's private
 //! WebSocket receives their own order, trade and balance events with
 //! consecutive `seq` and nothing of the other's, and the fills and
-//! balances read back over REST are exact.
+//! balances read back over REST are exact. Orders that never trade are
+//! pushed too: a resting limit order reaches its owner as `new`, its cancel
+//! as `canceled` with the released balance, each with the next per-user
+//! `seq`; another user's connection receives nothing of it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -181,4 +184,93 @@ async fn a_trade_reaches_each_user_privately_and_over_rest() {
         let last_order = msgs.iter().rev().find(|m| m["type"] == "order").unwrap();
         assert_eq!(last_order["data"]["status"], "filled", "{msgs:?}");
     }
+}
+
+/// Messages until one of type `kind` arrives (within 30 s), that one included.
+async fn until(ws: &mut Ws, kind: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = next_text(ws, left)
+            .await
+            .unwrap_or_else(|| panic!("no {kind} message; got {out:?}"));
+        let done = m["type"] == kind;
+        out.push(m);
+        if done {
+            return out;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_resting_order_and_its_cancel_are_pushed_to_their_owner_only() {
+    let app = spawn().await;
+    let _pipeline = start_pipeline(&app).await;
+    app.seed_market().await;
+    let alice = app.register("alice@example.com").await;
+    let a = app.login("alice@example.com").await;
+    app.register("bob@example.com").await;
+    let b = app.login("bob@example.com").await;
+    app.deposit(alice, "USDT", "1000").await;
+    app.wait_subscriber_up().await;
+    let mut ws_a = connect(&app, &a).await;
+    let mut ws_b = connect(&app, &b).await;
+
+    // Far below any seller: it rests, nothing trades.
+    let (status, placed) = app
+        .place(
+            &a,
+            &json!({"market":"BTC-USDT","side":"buy","type":"limit","price":"10000",
+                    "quantity":"0.01","client_order_id":"rest-1"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{placed}");
+    let id = placed["id"].as_i64().unwrap();
+
+    let msgs = until(&mut ws_a, "order").await;
+    assert_eq!(msgs.len(), 1, "only the order update: {msgs:?}");
+    let m = &msgs[0];
+    assert_eq!(m["seq"], 1, "{m}");
+    assert_eq!(m["data"]["id"].as_i64(), Some(id), "{m}");
+    assert_eq!(m["data"]["status"], "new", "{m}");
+    assert_eq!(m["data"]["client_order_id"], "rest-1", "{m}");
+    assert_eq!(m["data"]["filled_quantity"], "0", "{m}");
+    // The pushed order is the REST view of it.
+    let (_, rest) = app.get_auth(&format!("/api/v1/orders/{id}"), &a).await;
+    assert_eq!(m["data"], rest, "push equals GET /orders/{{id}}");
+
+    // The cancel: the order ends as canceled and its 100 USDT reserve is
+    // back in Alice's available balance, next in her sequence.
+    let (status, body) = app
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/orders/{id}"),
+            &a,
+            None,
+        )
+        .await;
+    assert!(status == 200 || status == 202, "{status} {body}");
+    let mut msgs = until(&mut ws_a, "order").await;
+    if !msgs.iter().any(|m| m["type"] == "balance") {
+        msgs.extend(until(&mut ws_a, "balance").await);
+    }
+    for (i, m) in msgs.iter().enumerate() {
+        assert_eq!(m["seq"], json!(i + 2), "consecutive seq: {msgs:?}");
+    }
+    let order = msgs.iter().find(|m| m["type"] == "order").unwrap();
+    assert_eq!(order["data"]["id"].as_i64(), Some(id));
+    assert_eq!(order["data"]["status"], "canceled", "{order}");
+    let balance = msgs.iter().find(|m| m["type"] == "balance").unwrap();
+    assert_eq!(
+        balance["data"],
+        json!({"asset":"USDT","available":"1000","locked":"0"})
+    );
+
+    // Bob saw none of it.
+    assert_eq!(
+        next_text(&mut ws_b, Duration::from_secs(2)).await,
+        None,
+        "bob receives nothing of alice's"
+    );
 }
