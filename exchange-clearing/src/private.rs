@@ -109,6 +109,53 @@ fn average_price(m: &MarketAssets, filled_quantity: &str, filled_quote: &str) ->
     Some(format_units(p, m.quote_scale))
 }
 
+/// The `orders o` columns an [`OrderView`] is read from, in the order
+/// [`order_view_of_row`] expects them.
+pub const ORDER_VIEW_COLUMNS: &str =
+    "o.id, o.user_id, o.client_order_id, o.market, o.side, o.type, o.time_in_force,
+     trim_scale(o.price)::text, trim_scale(o.quantity)::text,
+     trim_scale(o.quote_quantity)::text, trim_scale(o.filled_quantity)::text,
+     trim_scale(o.filled_quote)::text, o.status, o.reason,
+     (extract(epoch FROM o.created_at) * 1000)::bigint,
+     (extract(epoch FROM o.updated_at) * 1000)::bigint,
+     trim_scale(o.stop_price)::text, o.post_only, o.stp";
+
+/// An order as pushed, from a row of [`ORDER_VIEW_COLUMNS`].
+pub fn order_view_of_row(
+    r: &sqlx::postgres::PgRow,
+    markets: &BTreeMap<String, MarketAssets>,
+) -> Result<OrderView, sqlx::Error> {
+    let uid = |v: i64| u64::try_from(v).unwrap_or_default();
+    let market: String = r.try_get(3)?;
+    let filled_quantity: String = r.try_get(10)?;
+    let filled_quote: String = r.try_get(11)?;
+    let status: String = r.try_get(12)?;
+    let average_price = markets
+        .get(&market)
+        .and_then(|m| average_price(m, &filled_quantity, &filled_quote));
+    Ok(OrderView {
+        id: uid(r.try_get(0)?),
+        user_id: uid(r.try_get(1)?),
+        client_order_id: r.try_get(2)?,
+        market,
+        side: r.try_get(4)?,
+        order_type: r.try_get(5)?,
+        time_in_force: r.try_get(6)?,
+        price: r.try_get(7)?,
+        quantity: r.try_get(8)?,
+        quote_quantity: r.try_get(9)?,
+        filled_quantity,
+        status: api_status(&status).to_owned(),
+        reason: r.try_get(13)?,
+        created_at: r.try_get(14)?,
+        updated_at: r.try_get(15)?,
+        stop_price: r.try_get(16)?,
+        post_only: r.try_get(17)?,
+        stp: r.try_get(18)?,
+        average_price,
+    })
+}
+
 /// The orders `batches` accepted that no other update of this settlement
 /// covers (`already`: the orders it changed), as their rows are now (read
 /// in the settlement's transaction; the order service wrote them before
@@ -134,50 +181,15 @@ pub async fn accepted_orders(
         return Ok(Vec::new());
     }
     let ids: Vec<i64> = ids.into_iter().collect();
-    let rows = sqlx::query(
-        "SELECT o.id, o.user_id, o.client_order_id, o.market, o.side, o.type, o.time_in_force,
-            trim_scale(o.price)::text, trim_scale(o.quantity)::text,
-            trim_scale(o.quote_quantity)::text, trim_scale(o.filled_quantity)::text,
-            trim_scale(o.filled_quote)::text, o.status, o.reason,
-            (extract(epoch FROM o.created_at) * 1000)::bigint,
-            (extract(epoch FROM o.updated_at) * 1000)::bigint,
-            trim_scale(o.stop_price)::text, o.post_only, o.stp
-         FROM orders o WHERE o.id = ANY($1) ORDER BY o.id",
-    )
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_VIEW_COLUMNS} FROM orders o WHERE o.id = ANY($1) ORDER BY o.id"
+    )))
     .bind(&ids)
     .fetch_all(&mut *tx)
     .await?;
-    let uid = |v: i64| u64::try_from(v).unwrap_or_default();
     let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let market: String = r.try_get(3)?;
-        let filled_quantity: String = r.try_get(10)?;
-        let filled_quote: String = r.try_get(11)?;
-        let status: String = r.try_get(12)?;
-        let average_price = markets
-            .get(&market)
-            .and_then(|m| average_price(m, &filled_quantity, &filled_quote));
-        out.push(OrderView {
-            id: uid(r.try_get(0)?),
-            user_id: uid(r.try_get(1)?),
-            client_order_id: r.try_get(2)?,
-            market,
-            side: r.try_get(4)?,
-            order_type: r.try_get(5)?,
-            time_in_force: r.try_get(6)?,
-            price: r.try_get(7)?,
-            quantity: r.try_get(8)?,
-            quote_quantity: r.try_get(9)?,
-            filled_quantity,
-            status: api_status(&status).to_owned(),
-            reason: r.try_get(13)?,
-            created_at: r.try_get(14)?,
-            updated_at: r.try_get(15)?,
-            stop_price: r.try_get(16)?,
-            post_only: r.try_get(17)?,
-            stp: r.try_get(18)?,
-            average_price,
-        });
+    for r in &rows {
+        out.push(order_view_of_row(r, markets)?);
     }
     Ok(out)
 }

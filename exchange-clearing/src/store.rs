@@ -11,13 +11,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use exchange_domain::money::{format_signed_units, format_units, parse_units, pow10};
+use exchange_domain::money::{format_signed_units, format_units, parse_units};
 use exchange_domain::{EventBatch, Side};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Row as _};
 
 use crate::plan::{Account, MarketAssets, Plan, PlanError};
-use crate::private::{BalanceView, FillView, OrderView, api_status};
+use crate::private::{BalanceView, FillView, ORDER_VIEW_COLUMNS, OrderView, order_view_of_row};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettleError {
@@ -366,7 +366,7 @@ async fn apply_orders(
         amend_seq.push(id(amend)?);
         applied_seq.push(id(d.last_seq.max(*row_applied))?);
     }
-    let rows = sqlx::query(
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE orders o SET
             filled_quantity = o.filled_quantity + d.fq,
             filled_quote = o.filled_quote + d.fquote,
@@ -390,14 +390,8 @@ async fn apply_orders(
               AS d(id, fq, fquote, unlocked, status, reason, a_price, quantity, amend_seq,
                    applied_seq)
          WHERE o.id = d.id
-         RETURNING o.id, o.user_id, o.client_order_id, o.market, o.side, o.type, o.time_in_force,
-            trim_scale(o.price)::text, trim_scale(o.quantity)::text,
-            trim_scale(o.quote_quantity)::text, trim_scale(o.filled_quantity)::text,
-            trim_scale(o.filled_quote)::text, o.status, o.reason,
-            (extract(epoch FROM o.created_at) * 1000)::bigint,
-            (extract(epoch FROM o.updated_at) * 1000)::bigint,
-            trim_scale(o.stop_price)::text, o.post_only, o.stp",
-    )
+         RETURNING {ORDER_VIEW_COLUMNS}"
+    )))
     .bind(&ids)
     .bind(&fq)
     .bind(&fquote)
@@ -411,41 +405,8 @@ async fn apply_orders(
     .fetch_all(&mut *tx)
     .await?;
     let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let market: String = r.try_get(3)?;
-        let filled_quantity: String = r.try_get(10)?;
-        let filled_quote: String = r.try_get(11)?;
-        let status: String = r.try_get(12)?;
-        let average_price = markets.get(&market).and_then(|m| {
-            let q = parse_units(&filled_quote, m.quote_scale).ok()?;
-            let b = parse_units(&filled_quantity, m.base_scale).ok()?;
-            if b == 0 {
-                return None;
-            }
-            let p = q.checked_mul(pow10(m.base_scale))? / b;
-            Some(format_units(p, m.quote_scale))
-        });
-        out.push(OrderView {
-            id: uid(r.try_get(0)?),
-            user_id: uid(r.try_get(1)?),
-            client_order_id: r.try_get(2)?,
-            market,
-            side: r.try_get(4)?,
-            order_type: r.try_get(5)?,
-            time_in_force: r.try_get(6)?,
-            price: r.try_get(7)?,
-            quantity: r.try_get(8)?,
-            quote_quantity: r.try_get(9)?,
-            filled_quantity,
-            status: api_status(&status).to_owned(),
-            reason: r.try_get(13)?,
-            created_at: r.try_get(14)?,
-            updated_at: r.try_get(15)?,
-            stop_price: r.try_get(16)?,
-            post_only: r.try_get(17)?,
-            stp: r.try_get(18)?,
-            average_price,
-        });
+    for r in &rows {
+        out.push(order_view_of_row(r, markets)?);
     }
     if out.len() != n {
         let found: BTreeSet<u64> = out.iter().map(|o| o.id).collect();
