@@ -479,51 +479,42 @@ pub struct StoredTrade {
 
 /// Every trade of the workload market in `db_url`'s `trades`, by trade id.
 pub async fn stored_trades(db_url: &str) -> Vec<StoredTrade> {
-    let db = sqlx::PgPool::connect(db_url).await.unwrap();
-    #[allow(clippy::type_complexity)]
-    let rows: Vec<(i64, i64, i64, String, String, i64, i64, String, String)> = sqlx::query_as(
-        "SELECT t.id, t.maker_order_id, t.taker_order_id, m.client_order_id, k.client_order_id,
+    let sql = "SELECT t.id, t.maker_order_id, t.taker_order_id, m.client_order_id, k.client_order_id,
                 t.maker_user_id, t.taker_user_id, t.price::text, t.quantity::text
            FROM trades t JOIN orders m ON m.id = t.maker_order_id JOIN orders k ON k.id = t.taker_order_id
-          WHERE t.market = $1 ORDER BY t.id",
-    )
-    .bind(MARKET)
-    .fetch_all(&db)
-    .await
-    .unwrap();
-    db.close().await;
-    rows.into_iter()
-        .map(|(id, mo, to, mc, tc, mu, tu, p, q)| StoredTrade {
-            id,
-            maker_order_id: mo,
-            taker_order_id: to,
-            maker_cid: mc,
-            taker_cid: tc,
-            maker_user_id: mu,
-            taker_user_id: tu,
-            price: units(&p),
-            quantity: units(&q),
-        })
-        .collect()
+          WHERE t.market = $1 ORDER BY t.id";
+    // Decimal columns: scale-8 units.
+    query_trades(db_url, sql, units).await
 }
 
 /// Every trade of the workload market in matching's stored event batches
 /// (`event_batches`), by trade id: the engine's output, before clearing.
 pub async fn matched_trades(db_url: &str) -> Vec<StoredTrade> {
-    let db = sqlx::PgPool::connect(db_url).await.unwrap();
-    #[allow(clippy::type_complexity)]
-    let rows: Vec<(i64, i64, i64, String, String, i64, i64, String, String)> = sqlx::query_as(
-        "SELECT (e->>'trade_id')::bigint AS trade_id, m.id, k.id, m.client_order_id, k.client_order_id,
+    let sql = "SELECT (e->>'trade_id')::bigint AS trade_id, m.id, k.id, m.client_order_id, k.client_order_id,
                 (e->>'maker_user_id')::bigint, (e->>'taker_user_id')::bigint, e->>'price', e->>'quantity'
            FROM event_batches b CROSS JOIN LATERAL jsonb_array_elements(b.events) e
            JOIN orders m ON m.id = (e->>'maker_order_id')::bigint
            JOIN orders k ON k.id = (e->>'taker_order_id')::bigint
-          WHERE b.market = $1 AND e->>'type' = 'trade' ORDER BY trade_id",
-    )
-    .bind(MARKET)
-    .fetch_all(&db)
-    .await
-    .unwrap();
+          WHERE b.market = $1 AND e->>'type' = 'trade' ORDER BY trade_id";
+    // Events carry amounts as integer units already.
+    query_trades(db_url, sql, |t| t.parse().unwrap()).await
+}
+
+/// Runs `sql` (bound to the workload market; columns: trade id, maker and
+/// taker order id, client order id and user id, price, quantity) and reads
+/// the amounts with `amount`.
+async fn query_trades(
+    db_url: &str,
+    sql: &'static str,
+    amount: fn(&str) -> i128,
+) -> Vec<StoredTrade> {
+    let db = sqlx::PgPool::connect(db_url).await.unwrap();
+    #[allow(clippy::type_complexity)]
+    let rows: Vec<(i64, i64, i64, String, String, i64, i64, String, String)> = sqlx::query_as(sql)
+        .bind(MARKET)
+        .fetch_all(&db)
+        .await
+        .unwrap();
     db.close().await;
     rows.into_iter()
         .map(|(id, mo, to, mc, tc, mu, tu, p, q)| StoredTrade {
@@ -534,8 +525,8 @@ pub async fn matched_trades(db_url: &str) -> Vec<StoredTrade> {
             taker_cid: tc,
             maker_user_id: mu,
             taker_user_id: tu,
-            price: p.parse().unwrap(),
-            quantity: q.parse().unwrap(),
+            price: amount(&p),
+            quantity: amount(&q),
         })
         .collect()
 }
