@@ -388,6 +388,54 @@ async fn poll_samples(
     }
 }
 
+/// Before the clock starts, one crossing pair must be matched and settled:
+/// a market created just now is picked up by matching only at its next
+/// market reload, and orders queued meanwhile would count that wait as
+/// settlement latency (and clearing's catch-up after it) instead of the
+/// pipeline's steady state.
+async fn warm_up(
+    api: &Api,
+    users: &[BenchUser],
+    args: &Args,
+    buy_price: &str,
+    sell_price: &str,
+) -> anyhow::Result<()> {
+    let (maker, taker) = match users {
+        [one] => (one, one),
+        [a, b, ..] => (a, b),
+        [] => bail!("no users"),
+    };
+    let mut ids = Vec::new();
+    for (user, side, price) in [(maker, "buy", buy_price), (taker, "sell", sell_price)] {
+        let body = json!({"market": args.market, "side": side, "type": "limit", "price": price,
+                          "quantity": args.quantity, "stp": "none"});
+        let (status, v) = api
+            .call(reqwest::Method::POST, "/api/v1/orders", &user.token, Some(&body))
+            .await?;
+        let id = v["id"].as_i64();
+        match (status, id) {
+            (201, Some(id)) => ids.push((user, id)),
+            _ => bail!("warm-up order refused: {status} {v}"),
+        }
+    }
+    let deadline = Instant::now() + args.settle_timeout;
+    for (user, id) in ids {
+        loop {
+            let (status, v) = api
+                .call(reqwest::Method::GET, &format!("/api/v1/orders/{id}"), &user.token, None)
+                .await?;
+            if status == 200 && v["status"] == "filled" {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("warm-up order {id} not filled within {:?} (last seen: {status} {v})", args.settle_timeout);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
 /// Nearest-rank percentile; `per_mille` is the percentile in tenths of a
 /// percent (990 = p99, 999 = p99.9), so the rank is exact integer arithmetic.
 fn percentile(sorted: &[Duration], per_mille: usize) -> Duration {
@@ -534,6 +582,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.market,
         args.duration,
         args.gateway
+    );
+    let warmup_started = Instant::now();
+    warm_up(&api, &users, &args, &buy_price, &sell_price).await?;
+    eprintln!(
+        "bench: the market matched and settled a warm-up pair in {:.1?}",
+        warmup_started.elapsed()
     );
     let started = Instant::now();
     let until = started + args.duration;
