@@ -71,6 +71,12 @@ pub const WS_CONNECTIONS_PER_USER_MAX: usize = 16;
 pub const WS_CONNECTIONS_MAX: usize = 20_000;
 /// The largest message (and frame) a client may send.
 pub const WS_INBOUND_MESSAGE_BYTES_MAX: usize = 4 * 1024;
+/// The socket's read buffer. tungstenite zero-fills this much of it before
+/// every read attempt, and a session's loop attempts a read after every
+/// push it writes; its 128 KiB default made that fill a large share of a
+/// busy gateway's CPU. What clients send here is tiny (auth, ping), and a
+/// larger frame still grows the buffer as it arrives.
+pub const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Time for the first (auth) message when the handshake carried no token.
 pub const WS_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the server pings, and how long a silent client lives.
@@ -399,6 +405,7 @@ pub async fn private(
     let ip = client_ip(peer.ip(), &headers, &s.trusted_proxies);
     ws.max_message_size(WS_INBOUND_MESSAGE_BYTES_MAX)
         .max_frame_size(WS_INBOUND_MESSAGE_BYTES_MAX)
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
         .on_upgrade(move |socket| session(s, socket, user, ip))
 }
 

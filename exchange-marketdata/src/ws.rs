@@ -54,6 +54,11 @@ pub const WS_SUBSCRIPTIONS_MAX: usize = 64;
 pub const WS_CHANNELS_PER_MESSAGE_MAX: usize = 32;
 /// The largest message (and frame) a client may send.
 pub const WS_CLIENT_MESSAGE_BYTES_MAX: usize = 4 * 1024;
+/// The socket's read buffer. tungstenite zero-fills this much of it before
+/// every read attempt, so its 128 KiB default cost a memset of that size per
+/// poll of the reader; what clients send is small (subscribe, ping), and a
+/// larger frame still grows the buffer as it arrives.
+pub const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Depth levels per side in a snapshot (a client keeping more than this
 /// many levels should resubscribe when its book thins out).
 pub const WS_DEPTH_SNAPSHOT_LEVELS_MAX: usize = 5_000;
@@ -244,6 +249,7 @@ fn open(
     upgrade
         .max_message_size(WS_CLIENT_MESSAGE_BYTES_MAX)
         .max_frame_size(WS_CLIENT_MESSAGE_BYTES_MAX)
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
         .on_upgrade(move |socket| connection(app, socket, initial, combined))
 }
 

@@ -238,6 +238,8 @@ pub async fn connect(
     };
     ws.max_message_size(4 * 1024)
         .max_frame_size(4 * 1024)
+        // Clients only ping here; see `crate::ws::WS_READ_BUFFER_BYTES`.
+        .read_buffer_size(crate::ws::WS_READ_BUFFER_BYTES)
         .on_upgrade(move |socket| session(s, socket, user, listen_key))
 }
 
