@@ -33,10 +33,13 @@
 //!
 //! Bounded: every connection has a send queue of [`WS_SEND_QUEUE_LEN_MAX`]
 //! messages; a client that lets it fill (or whose socket does not accept a
-//! frame within [`WS_SEND_TIMEOUT`]) is disconnected, so it never delays
-//! anyone else. Ping every [`WS_PING_INTERVAL`]; a client silent for
-//! [`WS_IDLE_TIMEOUT`] is closed. Clients may also send `{"op":"ping"}` and
-//! get `{"type":"pong"}`.
+//! write within [`WS_SEND_TIMEOUT`]) is disconnected, so it never delays
+//! anyone else. A connection writes what its queue holds in bursts (up to
+//! [`WS_WRITE_BATCH_LEN_MAX`] messages fed to the socket, then one flush),
+//! so a burst of events costs one socket write rather than one per message.
+//! Ping every [`WS_PING_INTERVAL`]; a client silent for [`WS_IDLE_TIMEOUT`]
+//! is closed. Clients may also send `{"op":"ping"}` and get
+//! `{"type":"pong"}`.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -49,7 +52,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt as _;
+use futures_util::{SinkExt as _, StreamExt as _};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{Notify, mpsc};
@@ -82,8 +85,12 @@ pub const WS_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the server pings, and how long a silent client lives.
 pub const WS_PING_INTERVAL: Duration = Duration::from_secs(20);
 pub const WS_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Time for the socket to accept one frame before the client counts as stuck.
+/// Time for the socket to accept one write (a frame, or a burst of at most
+/// [`WS_WRITE_BATCH_LEN_MAX`] pushes) before the client counts as stuck.
 pub const WS_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pushes written before one flush: the one that woke the connection and
+/// what was already queued behind it.
+pub const WS_WRITE_BATCH_LEN_MAX: usize = 64;
 
 /// How often the subscriber pings Redis (its heartbeat), and the deadlines.
 pub const PUBSUB_PING_INTERVAL: Duration = Duration::from_secs(1);
@@ -422,6 +429,49 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
     let _ = tokio::time::timeout(WS_SEND_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
 }
 
+/// Writes `first` and then whatever is already queued in `rx` (at most
+/// [`WS_WRITE_BATCH_LEN_MAX`] pushes in all, in queue order), each as the
+/// frames `render` makes of it, then flushes once. The frames wait in the
+/// socket's write buffer until the flush (or until it holds its
+/// `write_buffer_size`), so a burst is one socket write instead of one per
+/// frame. False when the socket failed or did not take the burst within
+/// [`WS_SEND_TIMEOUT`]: the caller closes the connection.
+pub(crate) async fn write_burst<I>(
+    socket: &mut WebSocket,
+    rx: &mut mpsc::Receiver<Push>,
+    first: Push,
+    mut render: impl FnMut(&Push) -> I,
+) -> bool
+where
+    I: IntoIterator<Item = String>,
+{
+    let write = async {
+        let mut next = Some(first);
+        let mut taken = 0;
+        let mut fed = false;
+        while let Some(push) = next {
+            for text in render(&push) {
+                socket.feed(Message::Text(text.into())).await?;
+                fed = true;
+            }
+            taken += 1;
+            next = if taken < WS_WRITE_BATCH_LEN_MAX {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if fed {
+            socket.flush().await?;
+        }
+        Ok::<(), axum::Error>(())
+    };
+    matches!(
+        tokio::time::timeout(WS_SEND_TIMEOUT, write).await,
+        Ok(Ok(()))
+    )
+}
+
 /// Waits for the auth message and checks it.
 /// The user, and for a token the Unix second it stops being valid.
 type Who = (i64, Option<u64>);
@@ -545,11 +595,12 @@ async fn session(s: AppState, mut socket: WebSocket, user: Option<(i64, u64)>, i
             }
             push = reg.rx.recv() => {
                 let Some(push) = push else { break };
-                seq += 1;
-                let text = push.render(seq);
-                match tokio::time::timeout(WS_SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await {
-                    Ok(Ok(())) => {}
-                    _ => break,
+                let render = |p: &Push| {
+                    seq += 1;
+                    [p.render(seq)]
+                };
+                if !write_burst(&mut socket, &mut reg.rx, push, render).await {
+                    break;
                 }
             }
             msg = socket.recv() => {

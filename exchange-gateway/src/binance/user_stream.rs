@@ -10,7 +10,8 @@
 //! user, so `POST` again returns (and renews) the same key, as Binance.
 //! The WebSocket registers with the private push hub ([`crate::ws::Hub`]),
 //! so it gets exactly what `/ws/private` gets for that user, with the same
-//! bounded queue (a client that lets it fill is disconnected).
+//! bounded queue (a client that lets it fill is disconnected) and the same
+//! burst writes.
 //! While connected the key is checked every [`LISTEN_KEY_CHECK_INTERVAL`];
 //! once it is gone the client gets `listenKeyExpired` and is closed.
 
@@ -35,7 +36,7 @@ use super::format::{
 use super::{BnState, Params};
 use crate::ratelimit::request_ip;
 use crate::state::{AppState, now_ms};
-use crate::ws::Push;
+use crate::ws::{Push, write_burst};
 
 /// How long a listenKey lives without a keep-alive (Binance: 60 minutes).
 pub const LISTEN_KEY_TTL: Duration = Duration::from_secs(60 * 60);
@@ -290,14 +291,9 @@ async fn session(s: AppState, mut socket: WebSocket, user: i64, listen_key: Stri
             }
             push = reg.rx.recv() => {
                 let Some(push) = push else { break };
-                let mut ok = true;
-                for text in translator.translate(&push, now_ms()) {
-                    if !send(&mut socket, text).await {
-                        ok = false;
-                        break;
-                    }
-                }
-                if !ok {
+                // With what is queued behind it, in one socket write.
+                let render = |p: &Push| translator.translate(p, now_ms());
+                if !write_burst(&mut socket, &mut reg.rx, push, render).await {
                     break;
                 }
             }
