@@ -11,7 +11,7 @@
 //! fills, amends and ends (`OrderDone`: filled, canceled, expired shown as
 //! canceled, rejected) through the settlement's own order updates, and an
 //! order that was only accepted (it rests on the book, or a stop order
-//! waits for its trigger) through [`accepted_orders`], so a client learns
+//! waits for its trigger) through [`accepted_order_ids`], so a client learns
 //! its order is open (`new`) without polling.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -156,35 +156,39 @@ pub fn order_view_of_row(
     })
 }
 
-/// The orders `batches` accepted that no other update of this settlement
-/// covers (`already`: the orders it changed), as their rows are now (read
-/// in the settlement's transaction; the order service wrote them before
-/// matching saw them). Sorted by id.
-pub async fn accepted_orders(
-    tx: &mut PgConnection,
-    batches: &[&EventBatch],
-    already: &[OrderView],
-    markets: &BTreeMap<String, MarketAssets>,
-) -> Result<Vec<OrderView>, sqlx::Error> {
-    let covered: BTreeSet<u64> = already.iter().map(|o| o.id).collect();
+/// The ids of the orders `batches` accepted that `covered` (the orders the
+/// settlement updates) does not include, sorted: they changed no row, but
+/// their owners still learn they are open.
+pub fn accepted_order_ids(batches: &[&EventBatch], covered: impl Fn(u64) -> bool) -> Vec<i64> {
     let ids: BTreeSet<i64> = batches
         .iter()
         .flat_map(|b| &b.events)
         .filter_map(|e| match e {
-            Event::OrderAccepted { order_id, .. } if !covered.contains(&order_id.0) => {
+            Event::OrderAccepted { order_id, .. } if !covered(order_id.0) => {
                 i64::try_from(order_id.0).ok()
             }
             _ => None,
         })
         .collect();
+    ids.into_iter().collect()
+}
+
+/// The orders `ids` ([`accepted_order_ids`]) as their rows are now (read
+/// in the settlement's transaction; the order service wrote them before
+/// matching saw them), sorted by id. Only for a settlement that updates no
+/// order: otherwise the update reads them in the same statement.
+pub async fn accepted_orders(
+    tx: &mut PgConnection,
+    ids: &[i64],
+    markets: &BTreeMap<String, MarketAssets>,
+) -> Result<Vec<OrderView>, sqlx::Error> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<i64> = ids.into_iter().collect();
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {ORDER_VIEW_COLUMNS} FROM orders o WHERE o.id = ANY($1) ORDER BY o.id"
     )))
-    .bind(&ids)
+    .bind(ids)
     .fetch_all(&mut *tx)
     .await?;
     let mut out = Vec::with_capacity(rows.len());

@@ -7,7 +7,8 @@
 //!
 //! Lock order, to avoid deadlocks with the order service and other clearing
 //! replicas: `cleared_batches` keys sorted, then balances sorted by
-//! (user, asset), then orders sorted by id.
+//! (user, asset) (rows created first, then existing ones locked; see
+//! `apply_balances`), then orders sorted by id.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -29,6 +30,10 @@ pub enum SettleError {
     MissingOrders(Vec<u64>),
     #[error("id {0} does not fit a bigint")]
     IdRange(u64),
+    /// Balance rows another transaction created while the settlement
+    /// wanted to create them; a retry updates them.
+    #[error("balance rows created concurrently: {0:?}")]
+    BalanceRowRace(Vec<(u64, String)>),
 }
 
 impl SettleError {
@@ -36,7 +41,11 @@ impl SettleError {
     /// transaction lost a race (deadlock, serialization).
     pub fn is_transient(&self) -> bool {
         // One classification of "retry later" for every service.
-        matches!(self, SettleError::Db(e) if exchange_common::db::is_transient(e))
+        match self {
+            SettleError::Db(e) => exchange_common::db::is_transient(e),
+            SettleError::BalanceRowRace(_) => true,
+            _ => false,
+        }
     }
 }
 
@@ -165,14 +174,11 @@ pub async fn settle(
     let plan = Plan::build(&fresh, markets)?;
     clock.step("plan");
     settled.trades = plan.trades.len();
-    settled.orders = apply_orders(tx, &plan, markets).await?;
-    // Orders that only rested (or wait for their stop) changed no row
+    // Orders that only rested (or wait for their stop) change no row
     // here, but their owners still learn they are open.
-    let accepted = crate::private::accepted_orders(tx, &fresh, &settled.orders, markets).await?;
-    if !accepted.is_empty() {
-        settled.orders.extend(accepted);
-        settled.orders.sort_by_key(|o| o.id);
-    }
+    let accepted =
+        crate::private::accepted_order_ids(&fresh, |order| plan.orders.contains_key(&order));
+    settled.orders = apply_orders(tx, &plan, &accepted, markets).await?;
     clock.step("orders");
     insert_trades(tx, &plan).await?;
     clock.step("trades");
@@ -206,33 +212,50 @@ async fn apply_balances(
         avail.push(format_signed_units(d.available, scale));
         locked.push(format_signed_units(d.locked, scale));
     }
-    // Rows a user never had (e.g. the asset a buyer receives first time).
-    sqlx::query(
-        "INSERT INTO balances (user_id, asset)
-         SELECT * FROM unnest($1::bigint[], $2::text[]) ORDER BY 1, 2
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(&users)
-    .bind(&assets)
-    .execute(&mut *tx)
-    .await?;
-    // One statement: lock the rows in key order (the order service locks
-    // in the same order, so the two never deadlock), then apply the netted
-    // deltas.
+    // One statement, two steps, each in key order:
+    // 1. `i`: keys with no row in the statement's snapshot (e.g. the asset
+    //    a buyer receives for the first time) are inserted with their
+    //    deltas as the values. A negative one fails the CHECK, exactly as
+    //    the UPDATE of a zero row would. (Not one upsert for every key:
+    //    Postgres checks the proposed row's CHECKs before it looks for a
+    //    conflict, so an existing row's negative delta would fail too.)
+    //    A new row is invisible to other transactions, so inserting it
+    //    holds nothing they can wait for while we wait.
+    // 2. `l` + `u`: the existing rows are locked in key order (the order
+    //    service locks in the same order, so the two never deadlock), then
+    //    the netted deltas applied. `l` excludes `i`'s keys, which it
+    //    could not see anyway: that makes it read all of `i` before its
+    //    first lock, so no row is locked while step 1 waits on another
+    //    transaction's insert of the same key.
+    // A key another transaction inserted after the snapshot is in neither
+    // (`DO NOTHING`, and `l` cannot see it): reported below, retried.
     let rows = sqlx::query(
         "WITH d AS (
              SELECT * FROM unnest($1::bigint[], $2::text[], $3::numeric[], $4::numeric[])
                AS d(user_id, asset, da, dl)
+         ), i AS (
+             INSERT INTO balances (user_id, asset, available, locked)
+             SELECT d.user_id, d.asset, d.da, d.dl FROM d
+             WHERE NOT EXISTS (
+                 SELECT 1 FROM balances b WHERE b.user_id = d.user_id AND b.asset = d.asset)
+             ORDER BY d.user_id, d.asset
+             ON CONFLICT DO NOTHING
+             RETURNING user_id, asset, available, locked
          ), l AS (
              SELECT b.user_id, b.asset FROM balances b
              JOIN d ON b.user_id = d.user_id AND b.asset = d.asset
+             WHERE NOT EXISTS (SELECT 1 FROM i WHERE i.user_id = d.user_id AND i.asset = d.asset)
              ORDER BY b.user_id, b.asset FOR UPDATE OF b
+         ), u AS (
+             UPDATE balances b SET available = b.available + d.da, locked = b.locked + d.dl,
+                    updated_at = now()
+             FROM d JOIN l ON l.user_id = d.user_id AND l.asset = d.asset
+             WHERE b.user_id = d.user_id AND b.asset = d.asset
+             RETURNING b.user_id, b.asset, b.available, b.locked
          )
-         UPDATE balances b SET available = b.available + d.da, locked = b.locked + d.dl,
-                updated_at = now()
-         FROM d JOIN l ON l.user_id = d.user_id AND l.asset = d.asset
-         WHERE b.user_id = d.user_id AND b.asset = d.asset
-         RETURNING b.user_id, b.asset, trim_scale(b.available)::text, trim_scale(b.locked)::text",
+         SELECT user_id, asset, trim_scale(available)::text, trim_scale(locked)::text FROM i
+         UNION ALL
+         SELECT user_id, asset, trim_scale(available)::text, trim_scale(locked)::text FROM u",
     )
     .bind(&users)
     .bind(&assets)
@@ -251,17 +274,32 @@ async fn apply_balances(
             },
         ));
     }
+    if out.len() != plan.balances.len() {
+        let found: BTreeSet<(u64, &str)> =
+            out.iter().map(|(u, b)| (*u, b.asset.as_str())).collect();
+        let raced = plan
+            .balances
+            .keys()
+            .filter(|(u, a)| !found.contains(&(*u, a.as_str())))
+            .cloned()
+            .collect();
+        return Err(SettleError::BalanceRowRace(raced));
+    }
     out.sort_by(|a, b| (a.0, &a.1.asset).cmp(&(b.0, &b.1.asset)));
     Ok(out)
 }
 
+/// Applies the plan's order deltas and returns the orders' views, with
+/// those of `accepted` (orders only accepted, none of the plan's) read in
+/// the same statement. Sorted by id.
 async fn apply_orders(
     tx: &mut PgConnection,
     plan: &Plan,
+    accepted: &[i64],
     markets: &BTreeMap<String, MarketAssets>,
 ) -> Result<Vec<OrderView>, SettleError> {
     if plan.orders.is_empty() {
-        return Ok(Vec::new());
+        return Ok(crate::private::accepted_orders(tx, accepted, markets).await?);
     }
     let n = plan.orders.len();
     let mut ids = Vec::with_capacity(n);
@@ -366,8 +404,10 @@ async fn apply_orders(
         amend_seq.push(id(amend)?);
         applied_seq.push(id(d.last_seq.max(*row_applied))?);
     }
+    // The accepted orders' read rides along (one round trip, not two);
+    // their ids are none of the updated ones.
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE orders o SET
+        "WITH u AS (UPDATE orders o SET
             filled_quantity = o.filled_quantity + d.fq,
             filled_quote = o.filled_quote + d.fquote,
             locked_remaining = o.locked_remaining - d.unlocked,
@@ -390,7 +430,10 @@ async fn apply_orders(
               AS d(id, fq, fquote, unlocked, status, reason, a_price, quantity, amend_seq,
                    applied_seq)
          WHERE o.id = d.id
-         RETURNING {ORDER_VIEW_COLUMNS}"
+         RETURNING o.*)
+         SELECT {ORDER_VIEW_COLUMNS} FROM u o
+         UNION ALL
+         SELECT {ORDER_VIEW_COLUMNS} FROM orders o WHERE o.id = ANY($11)"
     )))
     .bind(&ids)
     .bind(&fq)
@@ -402,13 +445,15 @@ async fn apply_orders(
     .bind(&new_qty)
     .bind(&amend_seq)
     .bind(&applied_seq)
+    .bind(accepted)
     .fetch_all(&mut *tx)
     .await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
         out.push(order_view_of_row(r, markets)?);
     }
-    if out.len() != n {
+    let updated = out.iter().filter(|o| plan.orders.contains_key(&o.id));
+    if updated.count() != n {
         let found: BTreeSet<u64> = out.iter().map(|o| o.id).collect();
         let missing = plan
             .orders

@@ -1521,3 +1521,163 @@ async fn amends_applied_out_of_order_never_roll_the_order_back() {
         assert!(report.ok(), "case {case}: {report}");
     }
 }
+
+/// A settlement that would create a balance row with a negative amount (a
+/// release into a balance the user never had) fails on the row's CHECK,
+/// exactly as updating a zero row would, and applies nothing.
+#[tokio::test]
+async fn a_negative_delta_on_a_missing_balance_row_fails_and_applies_nothing() {
+    let h = harness().await;
+    let a = h.user("a@x.io").await;
+    h.deposit(a, "BTC", BTC).await;
+    let s = h
+        .place(MARKET, 7, a, Side::Sell, 10 * USDT, BTC / 10, BTC / 10)
+        .await;
+    // Corrupt: the sell reserved BTC, but the cancel releases USDT, which A
+    // has no row for (it would be created with locked -0.001).
+    let bad = h
+        .emit(&batch(
+            MARKET,
+            s,
+            vec![done(
+                7,
+                a,
+                FinalStatus::Canceled,
+                0,
+                AssetRole::Quote,
+                1_000,
+            )],
+        ))
+        .await;
+    let out = h.clearing.handle_entries(&[bad]).await;
+    let err = out.results[0].as_ref().unwrap_err();
+    assert!(err.contains("balances_locked_check"), "{err}");
+    let usdt_rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM balances WHERE user_id = $1 AND asset = 'USDT'")
+            .bind(i64::try_from(a).unwrap())
+            .fetch_one(&h.db)
+            .await
+            .unwrap();
+    assert_eq!(usdt_rows, 0);
+    assert_eq!(h.balance(a, "BTC").await, ("0.9".into(), "0.1".into()));
+    assert_eq!(h.order(7).await.0, "new");
+}
+
+/// An order that only rests is pushed as `new` whether or not the same
+/// settlement updates other orders (read with their update, or alone).
+#[tokio::test]
+async fn accepted_orders_are_read_with_or_without_other_order_updates() {
+    let h = harness().await;
+    let a = h.user("a@x.io").await;
+    let b = h.user("b@x.io").await;
+    h.deposit(a, "BTC", BTC).await;
+    h.deposit(b, "USDT", 1_000 * USDT).await;
+    let price = 20_000 * USDT;
+    let s1 = h
+        .place(MARKET, 21, a, Side::Sell, price, 1_000_000, 1_000_000)
+        .await;
+    let s2 = h
+        .place(MARKET, 22, b, Side::Buy, price / 2, 1_000_000, 100 * USDT)
+        .await;
+    let s3 = h.journal_command(MARKET).await;
+    let views = |out: &exchange_clearing::consumer::HandleOutcome| {
+        out.settled
+            .orders
+            .iter()
+            .map(|o| (o.id, o.user_id, o.status.clone(), o.filled_quantity.clone()))
+            .collect::<Vec<_>>()
+    };
+    // Alone: order 21 rests, nothing else changes.
+    let e1 = h.emit(&batch(MARKET, s1, vec![accepted(21, a)])).await;
+    let out = ok(&h, &[e1]).await;
+    assert_eq!(views(&out), vec![(21, a, "new".into(), "0".into())]);
+    // With an update: 22 rests, and 21 is canceled in the same settlement.
+    let e2 = h.emit(&batch(MARKET, s2, vec![accepted(22, b)])).await;
+    let e3 = h
+        .emit(&batch(
+            MARKET,
+            s3,
+            vec![done(
+                21,
+                a,
+                FinalStatus::Canceled,
+                0,
+                AssetRole::Base,
+                1_000_000,
+            )],
+        ))
+        .await;
+    let out = ok(&h, &[e2, e3]).await;
+    assert_eq!(
+        views(&out),
+        vec![
+            (21, a, "canceled".into(), "0".into()),
+            (22, b, "new".into(), "0".into()),
+        ]
+    );
+    assert_eq!(h.balance(a, "BTC").await, ("1".into(), "0".into()));
+    let report = h.reconcile().await;
+    assert!(report.ok(), "{report}");
+}
+
+/// A balance row the settlement creates (B's first BTC) while a deposit
+/// creates the same row: the settlement waits for the deposit without
+/// holding other balance locks, then retries and adds to the deposited row.
+#[tokio::test]
+async fn a_first_time_balance_row_created_concurrently_is_retried() {
+    let h = harness().await;
+    let (a, b, batches) = trade_scenario(&h).await;
+    let mut entries = Vec::new();
+    for bt in &batches {
+        entries.push(h.emit(bt).await);
+    }
+    // The deposit's transaction, held open across the settlement's start.
+    let mut deposit = h.db.begin().await.unwrap();
+    let journal: i64 =
+        sqlx::query_scalar("INSERT INTO ledger_journal (kind) VALUES ('deposit') RETURNING id")
+            .fetch_one(&mut *deposit)
+            .await
+            .unwrap();
+    sqlx::query(
+        "INSERT INTO ledger_postings (journal_id, account_kind, user_id, asset, amount)
+         VALUES ($1, 'user', $2, 'BTC', 0.5), ($1, 'deposits', NULL, 'BTC', -0.5)",
+    )
+    .bind(journal)
+    .bind(i64::try_from(b).unwrap())
+    .execute(&mut *deposit)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO balances (user_id, asset, available) VALUES ($1, 'BTC', 0.5)")
+        .bind(i64::try_from(b).unwrap())
+        .execute(&mut *deposit)
+        .await
+        .unwrap();
+    let clearing = Arc::clone(&h.clearing);
+    let settle = tokio::spawn(async move { clearing.handle_entries(&entries).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !settle.is_finished(),
+        "the settlement waits for the deposit"
+    );
+    // Meanwhile A's rows are not locked: the order service could reserve.
+    let mut other = h.db.begin().await.unwrap();
+    sqlx::query("SET LOCAL lock_timeout = '1s'")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    sqlx::query("SELECT 1 FROM balances WHERE user_id = $1 FOR UPDATE")
+        .bind(i64::try_from(a).unwrap())
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    other.rollback().await.unwrap();
+    deposit.commit().await.unwrap();
+    let out = settle.await.unwrap();
+    for r in &out.results {
+        assert_eq!(r, &Ok(()), "every entry settles");
+    }
+    assert_eq!(h.balance(b, "BTC").await, ("0.51497".into(), "0".into()));
+    assert_eq!(h.balance(a, "USDT").await, ("449.55".into(), "0".into()));
+    let report = h.reconcile().await;
+    assert!(report.ok(), "{report}");
+}
