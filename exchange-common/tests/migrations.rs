@@ -93,3 +93,81 @@ async fn ledger_refuses_unbalanced_journal_entries_and_rewrites() {
         .await;
     assert!(rewrite.is_err(), "postings are append-only");
 }
+
+/// 0011 replaced the per-row foreign keys of the order path's tables by
+/// per-statement checks: a reference to a missing market, asset or user
+/// must still fail (23503), in a multi-row insert too, and the reference
+/// columns cannot be changed afterwards.
+#[tokio::test]
+async fn order_path_tables_refuse_references_to_missing_rows() {
+    let env = testing::test_env().await;
+    let mut conn = sqlx::PgConnection::connect(&env.db_url).await.unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO assets (symbol, scale) VALUES ('BTC', 8), ('USDT', 6);
+         INSERT INTO markets (symbol, base, quote, price_tick, qty_step, min_qty, min_notional, maker_fee, taker_fee)
+             VALUES ('BTC-USDT', 'BTC', 'USDT', 0.01, 0.0001, 0.0001, 1, 0.001, 0.002);
+         INSERT INTO users (id, email, password_hash) VALUES (1, 'a@b.c', 'x');",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let order = |id: i64, user: i64, market: &str, asset: &str| {
+        format!(
+            "INSERT INTO orders (id, user_id, market, side, type, time_in_force, price, quantity,
+                 reserve_asset, reserved, locked_remaining, seq)
+             VALUES ({id}, 1, 'BTC-USDT', 'buy', 'limit', 'GTC', 1, 1, 'USDT', 1, 1, {id}),
+                    ({id} + 1, {user}, '{market}', 'buy', 'limit', 'GTC', 1, 1, '{asset}', 1, 1, {id} + 1)"
+        )
+    };
+    let code = |r: Result<sqlx::postgres::PgQueryResult, sqlx::Error>| {
+        r.expect_err("must be refused")
+            .as_database_error()
+            .and_then(|d| d.code().map(|c| c.into_owned()))
+    };
+    let fk = Some("23503".to_owned());
+    for (what, sql) in [
+        ("market", order(10, 1, "ETH-USDT", "USDT")),
+        ("asset", order(20, 1, "BTC-USDT", "XXX")),
+        ("user", order(30, 99, "BTC-USDT", "USDT")),
+        (
+            "command market",
+            "INSERT INTO order_commands (market, seq, time_ms, command) VALUES ('ETH-USDT', 1, 0, '{}')".to_owned(),
+        ),
+        (
+            "event market",
+            "INSERT INTO event_batches (market, seq, time_ms, events) VALUES ('ETH-USDT', 1, 0, '[]')".to_owned(),
+        ),
+        (
+            "trade market",
+            "INSERT INTO trades (market, id, seq, price, quantity, quote_amount, taker_side, maker_order_id,
+                 taker_order_id, maker_user_id, taker_user_id, maker_fee, taker_fee, time_ms)
+             VALUES ('ETH-USDT', 1, 1, 1, 1, 1, 'buy', 1, 2, 1, 1, 0, 0, 0)".to_owned(),
+        ),
+        (
+            "fill user",
+            "INSERT INTO fills (user_id, order_id, market, trade_id, side, price, quantity, quote_amount,
+                 fee, fee_asset, liquidity, time_ms)
+             VALUES (99, 1, 'BTC-USDT', 1, 'buy', 1, 1, 1, 0, 'BTC', 'maker', 0)".to_owned(),
+        ),
+    ] {
+        assert_eq!(code(sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await), fk, "{what}");
+    }
+    let none: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(none, 0, "a refused multi-row insert leaves no row behind");
+
+    sqlx::raw_sql(sqlx::AssertSqlSafe(order(40, 1, "BTC-USDT", "USDT")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let moved = sqlx::raw_sql("UPDATE orders SET market = 'ETH-USDT' WHERE id = 40")
+        .execute(&mut conn)
+        .await;
+    assert_eq!(code(moved), fk, "reference columns are not updatable");
+    sqlx::raw_sql("UPDATE orders SET status = 'canceled', market = market WHERE id = 40")
+        .execute(&mut conn)
+        .await
+        .expect("an update that keeps the references is allowed");
+}
