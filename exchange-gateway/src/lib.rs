@@ -198,7 +198,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let base = ServiceBase::new(config.clone(), SERVICE)?;
     describe_metrics();
-    let state = AppState {
+    let state = AppState::new(state::StateInner {
         passwords: password::Passwords::new().await?,
         tokens: Arc::new(tokens::Tokens::new(&config)),
         keys: keys::KeyCipher::new(&config),
@@ -209,7 +209,7 @@ pub async fn run(
         hub: ws::Hub::new(),
         shutdown: shutdown.clone(),
         base: base.clone(),
-    };
+    });
     let heartbeat = base
         .heartbeats()
         .register(ws::CONSUMER_NAME, "pubsub", ws::PUBSUB_STALE_AFTER);

@@ -13,8 +13,14 @@ use crate::tokens::Tokens;
 use crate::upstream::Upstream;
 use crate::ws::Hub;
 
+/// The handlers' state, behind one `Arc`: axum's `State` extractor clones
+/// it for every request, and cloning (then dropping) the fields themselves
+/// cost an atomic increment and decrement per `Arc` inside each of them.
+/// Fields are reached through `Deref`.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<StateInner>);
+
+pub struct StateInner {
     pub base: ServiceBase,
     pub passwords: Passwords,
     pub tokens: Arc<Tokens>,
@@ -32,8 +38,19 @@ pub struct AppState {
 }
 
 impl AppState {
+    pub fn new(inner: StateInner) -> Self {
+        Self(Arc::new(inner))
+    }
+
     pub fn db(&self) -> &sqlx::PgPool {
         &self.base.db
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = StateInner;
+    fn deref(&self) -> &StateInner {
+        &self.0
     }
 }
 
