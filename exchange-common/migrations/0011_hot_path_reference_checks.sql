@@ -13,9 +13,8 @@
 -- The guarantee stays: an insert naming a market, asset or user that does
 -- not exist fails with foreign_key_violation (23503), now checked by one
 -- statement-level AFTER INSERT trigger per table over the statement's new
--- rows (a transition table). The referencing columns can no longer be
--- changed by an UPDATE (no code does; a row-level trigger refuses it and
--- fires only for an UPDATE that names those columns). What a per-row foreign
+-- rows (a transition table), and per row for an UPDATE that changes a
+-- reference column (none does in the code). What a per-row foreign
 -- key also did — refuse to delete a referenced market, asset or user — is
 -- still done by the foreign keys that remain: a market with orders has its
 -- market_sequences row (written in the same transaction as its first
@@ -30,10 +29,39 @@ BEGIN
 END;
 $$;
 
-CREATE FUNCTION refs_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
+-- An UPDATE that changes a reference column (no code does) is checked per
+-- row, as the foreign key did; the trigger fires only for an UPDATE that
+-- names one of those columns, so settlement's updates do not pay for it.
+CREATE FUNCTION orders_refs_row_check() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    RAISE EXCEPTION '%: the columns % are not updatable', TG_TABLE_NAME, TG_ARGV[0]
-        USING ERRCODE = 'foreign_key_violation';
+    IF NOT EXISTS (SELECT 1 FROM markets m WHERE m.symbol = NEW.market) THEN
+        PERFORM refs_missing_raise('market', NEW.market);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM assets a WHERE a.symbol = NEW.reserve_asset) THEN
+        PERFORM refs_missing_raise('asset', NEW.reserve_asset);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM users u WHERE u.id = NEW.user_id) THEN
+        PERFORM refs_missing_raise('user', NEW.user_id::text);
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE FUNCTION market_ref_row_check() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM markets m WHERE m.symbol = NEW.market) THEN
+        PERFORM refs_missing_raise('market', NEW.market);
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE FUNCTION user_ref_row_check() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM users u WHERE u.id = NEW.user_id) THEN
+        PERFORM refs_missing_raise('user', NEW.user_id::text);
+    END IF;
+    RETURN NEW;
 END;
 $$;
 
@@ -89,7 +117,7 @@ CREATE TRIGGER orders_refs_update BEFORE UPDATE OF market, reserve_asset, user_i
     FOR EACH ROW WHEN (OLD.market IS DISTINCT FROM NEW.market
                        OR OLD.reserve_asset IS DISTINCT FROM NEW.reserve_asset
                        OR OLD.user_id IS DISTINCT FROM NEW.user_id)
-    EXECUTE FUNCTION refs_immutable('market, reserve_asset, user_id');
+    EXECUTE FUNCTION orders_refs_row_check();
 
 ALTER TABLE order_commands DROP CONSTRAINT order_commands_market_fkey;
 CREATE TRIGGER order_commands_refs_insert AFTER INSERT ON order_commands
@@ -97,7 +125,7 @@ CREATE TRIGGER order_commands_refs_insert AFTER INSERT ON order_commands
     FOR EACH STATEMENT EXECUTE FUNCTION market_refs_check();
 CREATE TRIGGER order_commands_refs_update BEFORE UPDATE OF market ON order_commands
     FOR EACH ROW WHEN (OLD.market IS DISTINCT FROM NEW.market)
-    EXECUTE FUNCTION refs_immutable('market');
+    EXECUTE FUNCTION market_ref_row_check();
 
 ALTER TABLE event_batches DROP CONSTRAINT event_batches_market_fkey;
 CREATE TRIGGER event_batches_refs_insert AFTER INSERT ON event_batches
@@ -105,7 +133,7 @@ CREATE TRIGGER event_batches_refs_insert AFTER INSERT ON event_batches
     FOR EACH STATEMENT EXECUTE FUNCTION market_refs_check();
 CREATE TRIGGER event_batches_refs_update BEFORE UPDATE OF market ON event_batches
     FOR EACH ROW WHEN (OLD.market IS DISTINCT FROM NEW.market)
-    EXECUTE FUNCTION refs_immutable('market');
+    EXECUTE FUNCTION market_ref_row_check();
 
 ALTER TABLE trades DROP CONSTRAINT trades_market_fkey;
 CREATE TRIGGER trades_refs_insert AFTER INSERT ON trades
@@ -113,7 +141,7 @@ CREATE TRIGGER trades_refs_insert AFTER INSERT ON trades
     FOR EACH STATEMENT EXECUTE FUNCTION market_refs_check();
 CREATE TRIGGER trades_refs_update BEFORE UPDATE OF market ON trades
     FOR EACH ROW WHEN (OLD.market IS DISTINCT FROM NEW.market)
-    EXECUTE FUNCTION refs_immutable('market');
+    EXECUTE FUNCTION market_ref_row_check();
 
 ALTER TABLE fills DROP CONSTRAINT fills_user_id_fkey;
 CREATE TRIGGER fills_refs_insert AFTER INSERT ON fills
@@ -121,4 +149,4 @@ CREATE TRIGGER fills_refs_insert AFTER INSERT ON fills
     FOR EACH STATEMENT EXECUTE FUNCTION user_refs_check();
 CREATE TRIGGER fills_refs_update BEFORE UPDATE OF user_id ON fills
     FOR EACH ROW WHEN (OLD.user_id IS DISTINCT FROM NEW.user_id)
-    EXECUTE FUNCTION refs_immutable('user_id');
+    EXECUTE FUNCTION user_ref_row_check();

@@ -96,8 +96,8 @@ async fn ledger_refuses_unbalanced_journal_entries_and_rewrites() {
 
 /// 0011 replaced the per-row foreign keys of the order path's tables by
 /// per-statement checks: a reference to a missing market, asset or user
-/// must still fail (23503), in a multi-row insert too, and the reference
-/// columns cannot be changed afterwards.
+/// must still fail (23503), in a multi-row insert too, and so must an
+/// update of a reference column to a missing row.
 #[tokio::test]
 async fn order_path_tables_refuse_references_to_missing_rows() {
     let env = testing::test_env().await;
@@ -165,9 +165,13 @@ async fn order_path_tables_refuse_references_to_missing_rows() {
     let moved = sqlx::raw_sql("UPDATE orders SET market = 'ETH-USDT' WHERE id = 40")
         .execute(&mut conn)
         .await;
-    assert_eq!(code(moved), fk, "reference columns are not updatable");
-    sqlx::raw_sql("UPDATE orders SET status = 'canceled', market = market WHERE id = 40")
+    assert_eq!(code(moved), fk, "an update to a missing market is refused");
+    let moved = sqlx::raw_sql("UPDATE orders SET reserve_asset = 'XXX' WHERE id = 40")
+        .execute(&mut conn)
+        .await;
+    assert_eq!(code(moved), fk, "an update to a missing asset is refused");
+    sqlx::raw_sql("UPDATE orders SET status = 'canceled', reserve_asset = 'BTC' WHERE id = 40")
         .execute(&mut conn)
         .await
-        .expect("an update that keeps the references is allowed");
+        .expect("an update to existing references is allowed");
 }
