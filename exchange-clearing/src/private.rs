@@ -188,6 +188,7 @@ pub async fn accepted_orders(
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {ORDER_VIEW_COLUMNS} FROM orders o WHERE o.id = ANY($1) ORDER BY o.id"
     )))
+    .persistent(false)
     .bind(ids)
     .fetch_all(&mut *tx)
     .await?;

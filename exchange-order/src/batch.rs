@@ -5,9 +5,10 @@
 //! with one pipelined `XADD` per batch, then answers each request.
 //!
 //! Inside the transaction, in this order (locks are taken as late as
-//! possible and always in the same order — balances sorted by
-//! `(user_id, asset)`, then `market_sequences` — so batches never deadlock
-//! each other or clearing):
+//! possible and always in the same order — amended orders by id, balances
+//! sorted by `(user_id, asset)`, then `market_sequences`, as clearing takes
+//! orders before balances — so batches never deadlock each other or
+//! clearing):
 //! 1. existing orders for `client_order_id`s (idempotency) and for the
 //!    ids that cancels and amends name;
 //! 2. the balance rows the batch may spend, read **without** locks;
@@ -17,8 +18,8 @@
 //!    balances` with the netted amounts (rows locked in key order, the
 //!    funds check `available >= amount` in its WHERE — if a row no longer
 //!    covers its amount the batch rolls back and is decided again with the
-//!    rows locked `FOR UPDATE` first), the amends' extra reserve, market
-//!    statuses, the sequence numbers (`market_sequences`, gapless), one
+//!    rows locked `FOR UPDATE` first), preceded by the amends' extra
+//!    reserve on their order rows; market statuses, the sequence numbers (`market_sequences`, gapless), one
 //!    `INSERT` of the new orders and one into the journal `order_commands`;
 //! 5. commit, then `XADD` — still under the sequencer, so each market's
 //!    stream receives its commands in sequence order.
@@ -588,6 +589,21 @@ async fn apply_batch(
         scales.insert(m.spec.quote().symbol.to_string(), m.spec.quote().scale);
     }
     let mut unknown_scale: BTreeSet<String> = BTreeSet::new();
+    let amended: Vec<i64> = requests
+        .iter()
+        .filter_map(|r| match r {
+            Request::Amend { order_id, .. } => Some(*order_id),
+            _ => None,
+        })
+        .collect();
+    if locked && !amended.is_empty() {
+        // Amended order rows before balances, as clearing and step 4 take them.
+        sqlx::query("SELECT id FROM orders WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .persistent(false)
+            .bind(&amended)
+            .execute(&mut *tx)
+            .await?;
+    }
     if !keys.is_empty() {
         let (users, assets): (Vec<i64>, Vec<String>) = keys.iter().cloned().unzip();
         let sql = if locked {
@@ -750,9 +766,10 @@ async fn apply_batch(
 
     // 4. Order ids (no locks), then, under the market sequencer, the
     //    writes that take row locks, kept to the end of the transaction:
-    //    balances (one statement, rows locked in key order, the funds check
-    //    in its WHERE), amends' extra reserve, statuses, sequence numbers,
-    //    the orders and the journal, commit, XADD.
+    //    amends' extra reserve (order rows in id order), balances (one
+    //    statement, rows locked in key order, the funds check in its
+    //    WHERE), statuses, sequence numbers, the orders and the journal,
+    //    commit, XADD.
     let mut order_ids: Vec<i64> = Vec::new();
     if new_orders > 0 {
         order_ids = sqlx::query_scalar("SELECT nextval('order_ids') FROM generate_series(1, $1)")
@@ -762,6 +779,44 @@ async fn apply_batch(
     }
     if guards.is_empty() {
         guards = sequencer.lock(&batch_markets).await;
+    }
+    // The amends' extra reserve on their order rows, in id order, before
+    // the balances: clearing locks an order's row before its owners'
+    // balances, so taking them the other way round could deadlock with a
+    // settlement of the amended order.
+    let mut extra_reserves: Vec<(i64, String)> = Vec::new();
+    for (plan, request) in plans.iter().zip(requests) {
+        if let (
+            Plan::Command {
+                command: Command::Amend(a),
+                ..
+            },
+            Request::Amend { .. },
+        ) = (plan, request)
+            && a.additional_reserve > 0
+        {
+            // plan_amend found the market; it cannot have gone since.
+            let scale = markets
+                .peek(&plan_market(plan))
+                .map(|m| m.spend_asset(a.side).scale)
+                .ok_or_else(|| anyhow::anyhow!("no market for amend of {}", a.order_id.0))?;
+            extra_reserves.push((
+                i64::try_from(a.order_id.0)?,
+                db_text(a.additional_reserve, scale),
+            ));
+        }
+    }
+    extra_reserves.sort();
+    for (order_id, amount) in &extra_reserves {
+        sqlx::query(
+            "UPDATE orders SET reserved = reserved + $2::numeric,
+                    locked_remaining = locked_remaining + $2::numeric, updated_at = now()
+             WHERE id = $1",
+        )
+        .bind(order_id)
+        .bind(amount)
+        .execute(&mut *tx)
+        .await?;
     }
     let deltas: Vec<((i64, String), u128)> =
         locked_delta.into_iter().filter(|(_, v)| *v > 0).collect();
@@ -808,31 +863,7 @@ async fn apply_batch(
             return Ok(None);
         }
     }
-    for (plan, request) in plans.iter().zip(requests) {
-        if let (
-            Plan::Command {
-                command: Command::Amend(a),
-                ..
-            },
-            Request::Amend { .. },
-        ) = (plan, request)
-            && a.additional_reserve > 0
-        {
-            // plan_amend found the market; it cannot have gone since.
-            let scale = markets
-                .peek(&plan_market(plan))
-                .map(|m| m.spend_asset(a.side).scale)
-                .ok_or_else(|| anyhow::anyhow!("no market for amend of {}", a.order_id.0))?;
-            sqlx::query(
-                "UPDATE orders SET reserved = reserved + $2::numeric,
-                        locked_remaining = locked_remaining + $2::numeric, updated_at = now()
-                 WHERE id = $1",
-            )
-            .bind(i64::try_from(a.order_id.0)?)
-            .bind(db_text(a.additional_reserve, scale))
-            .execute(&mut *tx)
-            .await?;
-        }
+    for request in requests {
         if let Request::SetStatus { market, status } = request {
             sqlx::query("UPDATE markets SET status = $2, updated_at = now() WHERE symbol = $1")
                 .bind(market.spec.symbol().to_string())
