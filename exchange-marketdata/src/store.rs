@@ -68,6 +68,10 @@ pub type Dirty = BTreeMap<(MarketSymbol, Interval, u64), Candle>;
 pub struct Core {
     pub db: PgPool,
     markets: RwLock<BTreeMap<MarketSymbol, Arc<Market>>>,
+    /// Scales by market, looked up once: they never change, and every
+    /// candle write needs them (one SELECT per write was as many statements
+    /// as the candle upserts themselves).
+    scale_cache: RwLock<BTreeMap<MarketSymbol, Scales>>,
     /// Serializes loads so a market is replayed once.
     loading: tokio::sync::Mutex<()>,
 }
@@ -88,6 +92,7 @@ impl Core {
         Self {
             db,
             markets: RwLock::default(),
+            scale_cache: RwLock::default(),
             loading: tokio::sync::Mutex::new(()),
         }
     }
@@ -131,7 +136,7 @@ impl Core {
         let mut state = MarketState::new(symbol, scales);
         let mut dirty = Dirty::new();
         self.replay(&mut state, u64::MAX, &mut dirty, true).await?;
-        write_klines(&self.db, &mut dirty).await?;
+        self.write_klines(&mut dirty).await?;
         tracing::info!(market = %symbol, seq = state.seq, "market loaded from postgres");
         let market = Arc::new(Market {
             symbol,
@@ -186,7 +191,18 @@ impl Core {
         Ok(n)
     }
 
+    /// The market's scales: from the cache, else from Postgres (and then
+    /// cached); `None` when Postgres does not know the market.
     async fn scales(&self, symbol: MarketSymbol) -> Result<Option<Scales>, sqlx::Error> {
+        let cached = self
+            .scale_cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&symbol)
+            .copied();
+        if cached.is_some() {
+            return Ok(cached);
+        }
         let row = sqlx::query(
             "SELECT b.scale, q.scale FROM markets m \
              JOIN assets b ON b.symbol = m.base JOIN assets q ON q.symbol = m.quote \
@@ -198,10 +214,15 @@ impl Core {
         let Some(row) = row else { return Ok(None) };
         let base: i16 = row.try_get(0)?;
         let quote: i16 = row.try_get(1)?;
-        Ok(Some(Scales {
+        let scales = Scales {
             base: u8::try_from(base).unwrap_or(0),
             quote: u8::try_from(quote).unwrap_or(0),
-        }))
+        };
+        self.scale_cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(symbol, scales);
+        Ok(Some(scales))
     }
 
     /// Applies stored batches after `state.seq` up to `until` (inclusive).
@@ -243,7 +264,7 @@ impl Core {
                 }
             }
             if dirty.len() >= KLINE_WRITE_ROWS_MAX {
-                write_klines(&self.db, dirty).await?;
+                self.write_klines(dirty).await?;
             }
             if i64::try_from(len).unwrap_or(0) < REPLAY_PAGE_LEN || state.seq >= until {
                 return Ok(());
@@ -327,6 +348,20 @@ fn note_dirty(dirty: &mut Dirty, market: MarketSymbol, applied: &Applied) {
     for (i, c) in &applied.candles {
         dirty.insert((market, *i, c.open_time), *c);
     }
+    cap_dirty(dirty);
+}
+
+/// Puts back candles whose write failed (they were taken out of `dirty` to
+/// be written without holding it). A candle noted again meanwhile is newer
+/// (candles only move forward) and is kept instead.
+pub fn restore_unwritten(dirty: &mut Dirty, unwritten: Dirty) {
+    for (k, c) in unwritten {
+        dirty.entry(k).or_insert(c);
+    }
+    cap_dirty(dirty);
+}
+
+fn cap_dirty(dirty: &mut Dirty) {
     while dirty.len() > DIRTY_CANDLES_MAX {
         if let Some((key, _)) = dirty.pop_first() {
             tracing::error!(market = %key.0, interval = %key.1, open_time = key.2,
@@ -402,90 +437,87 @@ const KLINE_UPSERT_SET: &str = "ON CONFLICT (market, interval, open_time) DO UPD
      trade_count = EXCLUDED.trade_count, last_seq = EXCLUDED.last_seq \
      WHERE klines.last_seq <= EXCLUDED.last_seq";
 
-/// Writes (and clears) `dirty` candles. Rows hold absolute values and only
-/// move forward in `last_seq`, so every replica may write the same candle.
-/// On error the candles stay in `dirty` for the next attempt.
-pub async fn write_klines(db: &PgPool, dirty: &mut Dirty) -> Result<(), sqlx::Error> {
-    while !dirty.is_empty() {
-        let chunk: Vec<_> = dirty
-            .iter()
-            .take(KLINE_WRITE_ROWS_MAX)
-            .map(|(k, c)| (*k, *c))
-            .collect();
-        // Scales are needed to write NUMERIC decimal values: look them up once per market.
-        let mut scales: BTreeMap<MarketSymbol, (i16, i16)> = BTreeMap::new();
-        for ((m, _, _), _) in &chunk {
-            if !scales.contains_key(m) {
-                let row = sqlx::query(
-                    "SELECT b.scale, q.scale FROM markets m \
-                     JOIN assets b ON b.symbol = m.base JOIN assets q ON q.symbol = m.quote \
-                     WHERE m.symbol = $1",
-                )
-                .bind(m.to_string())
-                .fetch_one(db)
+impl Core {
+    /// Writes (and clears) `dirty` candles. Rows hold absolute values and only
+    /// move forward in `last_seq`, so every replica may write the same candle.
+    /// On error the candles stay in `dirty` for the next attempt.
+    pub async fn write_klines(&self, dirty: &mut Dirty) -> Result<(), sqlx::Error> {
+        while !dirty.is_empty() {
+            let chunk: Vec<_> = dirty
+                .iter()
+                .take(KLINE_WRITE_ROWS_MAX)
+                .map(|(k, c)| (*k, *c))
+                .collect();
+            // Scales are needed to write NUMERIC decimal values (cached per market).
+            let mut scales: BTreeMap<MarketSymbol, Scales> = BTreeMap::new();
+            for ((m, _, _), _) in &chunk {
+                if !scales.contains_key(m) {
+                    let s = self.scales(*m).await?.ok_or(sqlx::Error::RowNotFound)?;
+                    scales.insert(*m, s);
+                }
+            }
+            let mut cols: [Vec<String>; 8] = Default::default();
+            let mut times = Vec::with_capacity(chunk.len());
+            let mut counts = Vec::with_capacity(chunk.len());
+            let mut seqs = Vec::with_capacity(chunk.len());
+            for ((m, i, open_time), c) in &chunk {
+                let Scales { base: b, quote: q } = scales
+                    .get(m)
+                    .copied()
+                    .unwrap_or(Scales { base: 0, quote: 0 });
+                cols[0].push(m.to_string());
+                cols[1].push(i.as_str().to_owned());
+                cols[2].push(format_units(c.open, q));
+                cols[3].push(format_units(c.high, q));
+                cols[4].push(format_units(c.low, q));
+                cols[5].push(format_units(c.close, q));
+                cols[6].push(format_units(c.volume, b));
+                cols[7].push(format_units(c.quote_volume, q));
+                times.push(i64::try_from(*open_time).unwrap_or(i64::MAX));
+                counts.push(i64::try_from(c.trades).unwrap_or(i64::MAX));
+                seqs.push(i64::try_from(c.last_seq).unwrap_or(i64::MAX));
+            }
+            let sql = format!(
+                "INSERT INTO klines (market, interval, open_time, open, high, low, close, volume, \
+                 quote_volume, trade_count, last_seq) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[]::numeric[], \
+                 $5::text[]::numeric[], $6::text[]::numeric[], $7::text[]::numeric[], \
+                 $8::text[]::numeric[], $9::text[]::numeric[], $10::int8[], $11::int8[]) {KLINE_UPSERT_SET}"
+            );
+            let [
+                markets,
+                intervals,
+                open,
+                high,
+                low,
+                close,
+                volume,
+                quote_volume,
+            ] = cols;
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(markets)
+                .bind(intervals)
+                .bind(times)
+                .bind(open)
+                .bind(high)
+                .bind(low)
+                .bind(close)
+                .bind(volume)
+                .bind(quote_volume)
+                .bind(counts)
+                .bind(seqs)
+                .execute(&self.db)
                 .await?;
-                scales.insert(*m, (row.try_get(0)?, row.try_get(1)?));
+            for (k, c) in chunk {
+                // Keep a candle that changed again meanwhile (not possible while
+                // the caller holds `dirty`, but cheap to be exact).
+                if dirty.get(&k) == Some(&c) {
+                    dirty.remove(&k);
+                }
             }
         }
-        let mut cols: [Vec<String>; 8] = Default::default();
-        let mut times = Vec::with_capacity(chunk.len());
-        let mut counts = Vec::with_capacity(chunk.len());
-        let mut seqs = Vec::with_capacity(chunk.len());
-        for ((m, i, open_time), c) in &chunk {
-            let (b, q) = scales.get(m).copied().unwrap_or((0, 0));
-            let (b, q) = (u8::try_from(b).unwrap_or(0), u8::try_from(q).unwrap_or(0));
-            cols[0].push(m.to_string());
-            cols[1].push(i.as_str().to_owned());
-            cols[2].push(format_units(c.open, q));
-            cols[3].push(format_units(c.high, q));
-            cols[4].push(format_units(c.low, q));
-            cols[5].push(format_units(c.close, q));
-            cols[6].push(format_units(c.volume, b));
-            cols[7].push(format_units(c.quote_volume, q));
-            times.push(i64::try_from(*open_time).unwrap_or(i64::MAX));
-            counts.push(i64::try_from(c.trades).unwrap_or(i64::MAX));
-            seqs.push(i64::try_from(c.last_seq).unwrap_or(i64::MAX));
-        }
-        let sql = format!(
-            "INSERT INTO klines (market, interval, open_time, open, high, low, close, volume, \
-             quote_volume, trade_count, last_seq) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[]::numeric[], \
-             $5::text[]::numeric[], $6::text[]::numeric[], $7::text[]::numeric[], \
-             $8::text[]::numeric[], $9::text[]::numeric[], $10::int8[], $11::int8[]) {KLINE_UPSERT_SET}"
-        );
-        let [
-            markets,
-            intervals,
-            open,
-            high,
-            low,
-            close,
-            volume,
-            quote_volume,
-        ] = cols;
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(markets)
-            .bind(intervals)
-            .bind(times)
-            .bind(open)
-            .bind(high)
-            .bind(low)
-            .bind(close)
-            .bind(volume)
-            .bind(quote_volume)
-            .bind(counts)
-            .bind(seqs)
-            .execute(db)
-            .await?;
-        for (k, c) in chunk {
-            // Keep a candle that changed again meanwhile (not possible while
-            // the caller holds `dirty`, but cheap to be exact).
-            if dirty.get(&k) == Some(&c) {
-                dirty.remove(&k);
-            }
-        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Recomputes the candles of every interval for `market` from the `trades`
@@ -567,4 +599,25 @@ pub async fn load_klines(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_is_put_back_without_undoing_newer_candles() {
+        let m = MarketSymbol::parse("BTC-USDT").unwrap_or_else(|e| panic!("{e}"));
+        let key = |t| (m, Interval::M1, t);
+        let older = Candle::first(0, 100, 1, 100, 1);
+        let newer = Candle::first(0, 100, 2, 200, 2);
+        let other = Candle::first(60_000, 101, 1, 101, 3);
+        // Noted while the write was in flight: the newer candle 0.
+        let mut dirty = Dirty::from([(key(0), newer)]);
+        restore_unwritten(
+            &mut dirty,
+            Dirty::from([(key(0), older), (key(60_000), other)]),
+        );
+        assert_eq!(dirty, Dirty::from([(key(0), newer), (key(60_000), other)]));
+    }
 }

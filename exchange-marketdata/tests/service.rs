@@ -468,6 +468,37 @@ async fn depth_snapshot_then_deltas_rebuild_the_rest_book_and_trades_klines_tick
     );
 }
 
+/// Candles are written on an interval, not after every read: one with no
+/// traffic after it must still reach Postgres (and REST) promptly.
+#[tokio::test]
+async fn a_lone_trade_batch_reaches_rest_klines_within_a_second() {
+    let (env, db, redis) = seeded().await;
+    let svc = start(env, db, redis, &[]).await;
+    let t0 = exchange_marketdata::kline::Interval::M1.open_time(now_ms());
+    svc.publish(&batch(
+        1,
+        t0 + 500,
+        vec![trade(1, Side::Buy, "50000", "0.25")],
+    ))
+    .await;
+    let published = Instant::now();
+    let candle = json!({"open_time": t0, "open": "50000", "high": "50000", "low": "50000",
+        "close": "50000", "volume": "0.25"});
+    loop {
+        let (status, k) = svc.get("/api/v1/markets/BTC-USDT/klines?interval=1m").await;
+        assert_eq!(status, 200);
+        if k == json!([candle]) {
+            break;
+        }
+        assert!(
+            published.elapsed() < Duration::from_secs(1),
+            "candle not in /klines 1 s after its batch (interval {:?}): {k}",
+            exchange_marketdata::KLINE_WRITE_INTERVAL
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn bad_requests_get_codes() {
     let (env, db, redis) = seeded().await;
