@@ -296,6 +296,10 @@ async fn session(s: AppState, mut socket: WebSocket, user: i64, listen_key: Stri
                 if !write_burst(&mut socket, &mut reg.rx, push, render).await {
                     break;
                 }
+                if translator.lost {
+                    close_socket(&mut socket, 1012, "events may have been lost: reconnect and re-read over REST").await;
+                    break;
+                }
             }
             msg = socket.recv() => match msg {
                 None | Some(Err(_) | Ok(Message::Close(_))) => break,
@@ -331,6 +335,10 @@ async fn session(s: AppState, mut socket: WebSocket, user: i64, listen_key: Stri
 #[derive(Default)]
 pub struct Translator {
     orders: BTreeMap<u64, Value>,
+    /// A resync went by: messages may have been lost. Binance has no such
+    /// event, so the session closes the stream and the client, as after
+    /// any drop, reconnects and re-reads orders and balances over REST.
+    pub lost: bool,
 }
 
 fn text(v: &Value) -> &str {
@@ -339,9 +347,8 @@ fn text(v: &Value) -> &str {
 
 impl Translator {
     pub fn translate(&mut self, push: &Push, now: u64) -> Vec<String> {
-        // A resync (messages may have been lost) has no Binance equivalent:
-        // clients re-read orders and balances over REST when they reconnect.
         let Push::Event { kind, data } = push else {
+            self.lost = true;
             return Vec::new();
         };
         let Ok(data) = serde_json::from_str::<Value>(data) else {
@@ -500,6 +507,25 @@ mod tests {
                "created_at": 1000, "updated_at": 2000, "quote_quantity": null, "stop_price": null,
                "time_in_force": "GTC", "post_only": false, "stp": "none",
                "average_price": if filled == "0" { Value::Null } else { json!("30000") }, "reason": null})
+    }
+
+    #[test]
+    fn a_resync_marks_the_stream_lost_so_the_session_closes_it() {
+        let mut t = Translator::default();
+        let before = t.translate(
+            &event(
+                "balance",
+                &json!({"asset": "BTC", "available": "1", "locked": "0"}),
+            ),
+            5,
+        );
+        assert_eq!(before.len(), 1);
+        assert!(!t.lost);
+        assert!(t.translate(&Push::Resync, 6).is_empty());
+        assert!(
+            t.lost,
+            "a resync must end the stream: Binance clients only re-read after a drop"
+        );
     }
 
     #[test]
