@@ -22,6 +22,12 @@
 -- reserves from one), both restricting; assets are referenced by markets
 -- and balances. No code deletes markets, assets or users.
 
+-- Dropping a foreign key locks both its table and the referenced one
+-- (markets, assets, users) exclusively, after the transactions running on
+-- them: wait at most 10 s for each lock, then fail (nothing applied) rather
+-- than hold every reader of those tables in the queue; run it again.
+SET LOCAL lock_timeout = '10s';
+
 CREATE FUNCTION refs_missing_raise(what text, key text) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION 'insert refers to a missing % %', what, key
