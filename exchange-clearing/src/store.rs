@@ -38,6 +38,12 @@ pub enum SettleError {
     MissingOrders(Vec<u64>),
     #[error("id {0} does not fit a bigint")]
     IdRange(u64),
+    /// A stored value this code cannot read, or a row a statement did not
+    /// return: retrying the same batch cannot help (unlike a `Db` error
+    /// of the connection, which is transient), so it is failed like a bad
+    /// batch.
+    #[error("stored data: {0}")]
+    Stored(String),
     /// Balance rows another transaction created while the settlement
     /// wanted to create them; a retry updates them.
     #[error("balance rows created concurrently: {0:?}")]
@@ -359,9 +365,7 @@ async fn apply_orders(
         };
         let units = |t: &str| {
             parse_units(t, m.base_scale).map_err(|e| {
-                SettleError::Db(sqlx::Error::Protocol(format!(
-                    "order {order_id}: stored quantity {t:?}: {e}"
-                )))
+                SettleError::Stored(format!("order {order_id}: stored quantity {t:?}: {e}"))
             })
         };
         // The order's total quantity is what was filled before its
@@ -656,11 +660,10 @@ async fn insert_ledger(tx: &mut PgConnection, plan: &Plan) -> Result<(), SettleE
     let (mut journal, mut kind, mut user, mut asset, mut amount) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (entry, reference) in plan.ledger.iter().zip(&references) {
-        let journal_id = ids.get(reference).copied().ok_or_else(|| {
-            SettleError::Db(sqlx::Error::Protocol(format!(
-                "journal {reference:?} not returned"
-            )))
-        })?;
+        let journal_id = ids
+            .get(reference)
+            .copied()
+            .ok_or_else(|| SettleError::Stored(format!("journal {reference:?} not returned")))?;
         for ((account, a), value) in &entry.postings {
             let scale = plan.scales.get(a).copied().unwrap_or(0);
             journal.push(journal_id);
