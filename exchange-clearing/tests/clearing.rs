@@ -261,6 +261,15 @@ impl Harness {
         entry(batch)
     }
 
+    /// [`Self::emit`] of each batch, in order.
+    async fn emit_all(&self, batches: &[EventBatch]) -> Vec<StreamEntry> {
+        let mut entries = Vec::with_capacity(batches.len());
+        for b in batches {
+            entries.push(self.emit(b).await);
+        }
+        entries
+    }
+
     async fn balance(&self, user: u64, asset: &str) -> (String, String) {
         let row = sqlx::query(
             "SELECT trim_scale(available)::text, trim_scale(locked)::text FROM balances
@@ -466,10 +475,7 @@ async fn assert_trade_settled(h: &Harness, a: u64, b: u64) {
 async fn a_trade_settles_exactly_with_maker_and_taker_fees() {
     let h = harness().await;
     let (a, b, batches) = trade_scenario(&h).await;
-    let mut entries = Vec::new();
-    for bt in &batches {
-        entries.push(h.emit(bt).await);
-    }
+    let entries = h.emit_all(&batches).await;
     let out = ok(&h, &entries).await;
     assert_eq!(out.settled.applied.len(), 2);
     assert_trade_settled(&h, a, b).await;
@@ -551,10 +557,7 @@ async fn a_trade_settles_exactly_with_maker_and_taker_fees() {
 async fn the_same_batch_delivered_twice_moves_balances_once() {
     let h = harness().await;
     let (a, b, batches) = trade_scenario(&h).await;
-    let mut entries = Vec::new();
-    for bt in &batches {
-        entries.push(h.emit(bt).await);
-    }
+    let entries = h.emit_all(&batches).await;
     ok(&h, &entries).await;
     // Again, separately, and duplicated inside one read.
     let again = ok(&h, &entries).await;
@@ -577,10 +580,7 @@ async fn the_same_batch_delivered_twice_moves_balances_once() {
 async fn a_duplicate_inside_one_read_is_applied_once() {
     let h = harness().await;
     let (a, b, batches) = trade_scenario(&h).await;
-    let mut entries = Vec::new();
-    for bt in &batches {
-        entries.push(h.emit(bt).await);
-    }
+    let entries = h.emit_all(&batches).await;
     let doubled = [entries.clone(), entries.clone()].concat();
     let out = ok(&h, &doubled).await;
     assert_eq!(out.settled.applied.len(), 2);
@@ -795,10 +795,7 @@ async fn a_rejected_placement_releases_everything_with_its_reason() {
 async fn reconcile_names_the_invariant_a_corruption_breaks() {
     let h = harness().await;
     let (a, _b, batches) = trade_scenario(&h).await;
-    let mut entries = Vec::new();
-    for bt in &batches {
-        entries.push(h.emit(bt).await);
-    }
+    let entries = h.emit_all(&batches).await;
     ok(&h, &entries).await;
     let report = h.reconcile().await;
     assert!(report.ok(), "{report}");
@@ -1032,10 +1029,7 @@ async fn private_events_are_published_after_commit() {
     let mut pubsub = h.redis.pubsub().await.unwrap();
     let channel_b = exchange_clearing::private::channel(&h.env.redis_prefix, b);
     pubsub.subscribe(&channel_b).await.unwrap();
-    let mut entries = Vec::new();
-    for bt in &batches {
-        entries.push(h.emit(bt).await);
-    }
+    let entries = h.emit_all(&batches).await;
     ok(&h, &entries).await;
     let mut stream = pubsub.on_message();
     let mut got = Vec::new();
@@ -1484,10 +1478,7 @@ async fn amends_applied_out_of_order_never_roll_the_order_back() {
                 ],
             ),
         ];
-        let mut entries = Vec::new();
-        for b in &batches {
-            entries.push(h.emit(b).await);
-        }
+        let entries = h.emit_all(&batches).await;
         for read in delivery.iter() {
             let read: Vec<StreamEntry> = read.iter().map(|i| entries[i - 1].clone()).collect();
             ok(&h, &read).await;
@@ -1627,10 +1618,7 @@ async fn accepted_orders_are_read_with_or_without_other_order_updates() {
 async fn a_first_time_balance_row_created_concurrently_is_retried() {
     let h = harness().await;
     let (a, b, batches) = trade_scenario(&h).await;
-    let mut entries = Vec::new();
-    for bt in &batches {
-        entries.push(h.emit(bt).await);
-    }
+    let entries = h.emit_all(&batches).await;
     // The deposit's transaction, held open across the settlement's start.
     let mut deposit = h.db.begin().await.unwrap();
     let journal: i64 =
