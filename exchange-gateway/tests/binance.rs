@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{App, read};
+use common::{App, Key, read, user_with_key};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -16,32 +16,6 @@ fn now_ms() -> u128 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis()
-}
-
-struct Key {
-    api_key: String,
-    secret: String,
-}
-
-async fn user_with_key(app: &App, email: &str, perms: &[&str]) -> (i64, Key) {
-    let user_id = app.register(email).await;
-    let token = app.login(email).await;
-    let (status, body) = app
-        .send(
-            Method::POST,
-            "/api/v1/api-keys",
-            &token,
-            Some(&json!({"permissions": perms})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    (
-        user_id,
-        Key {
-            api_key: body["api_key"].as_str().unwrap().to_owned(),
-            secret: body["secret"].as_str().unwrap().to_owned(),
-        },
-    )
 }
 
 /// A signed call; `in_body` puts everything (signature too) in a form body

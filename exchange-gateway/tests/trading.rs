@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{App, dead_addr, error_code, read, spawn, spawn_with};
+use common::{App, Ws, dead_addr, error_code, next_json, read, spawn, spawn_with};
 use futures_util::{SinkExt as _, StreamExt as _};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -474,24 +474,6 @@ async fn an_order_burst_past_the_user_budget_is_429_and_places_nothing_extra() {
     app.deposit(bob, "USDT", "1000").await;
     let (status, body) = app.place(&b, &buy("100", "0.01")).await;
     assert_eq!(status, 201, "{body}");
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn next_json(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("a message within 5 s")
-            .expect("stream open")
-            .expect("no error");
-        match msg {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => return json!({"other": other.to_string(), "close": other.is_close()}),
-        }
-    }
 }
 
 async fn nothing_more(ws: &mut Ws) {

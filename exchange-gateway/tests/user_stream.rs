@@ -9,55 +9,18 @@ mod common;
 
 use std::time::Duration;
 
-use common::{App, read, spawn};
-use futures_util::StreamExt as _;
-use reqwest::Method;
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn next_json(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("a message within 5 s")
-            .expect("stream open")
-            .expect("no error");
-        match msg {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-}
-
-/// A user with a read-only API key, and that key.
-async fn user_with_key(app: &App, email: &str) -> (i64, String) {
-    let user_id = app.register(email).await;
-    let token = app.login(email).await;
-    let (status, body) = app
-        .send(
-            Method::POST,
-            "/api/v1/api-keys",
-            &token,
-            Some(&json!({"permissions": ["read"]})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    (user_id, body["api_key"].as_str().unwrap().to_owned())
-}
+use common::{next_json, read, spawn, user_with_key};
+use serde_json::json;
 
 #[tokio::test]
 async fn a_burst_of_events_arrives_translated_complete_and_in_order() {
     let app = spawn().await;
-    let (alice, api_key) = user_with_key(&app, "alice@example.com").await;
+    let (alice, key) = user_with_key(&app, "alice@example.com", &["read"]).await;
     app.wait_subscriber_up().await;
     let (status, body) = read(
         app.client
             .post(format!("{}/api/v3/userDataStream", app.url))
-            .header("X-MBX-APIKEY", &api_key)
+            .header("X-MBX-APIKEY", &key.api_key)
             .send()
             .await
             .unwrap(),

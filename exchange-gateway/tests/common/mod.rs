@@ -249,3 +249,54 @@ pub async fn read(r: reqwest::Response) -> (u16, Value) {
 pub fn error_code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("<no error code>")
 }
+
+/// A client WebSocket of the tests.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next text message as JSON (pings and pongs skipped); any other
+/// frame comes back as `{"other": .., "close": ..}` for the test to judge.
+pub async fn next_json(ws: &mut Ws) -> Value {
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a message within 5 s")
+            .expect("stream open")
+            .expect("no error");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => return json!({"other": other.to_string(), "close": other.is_close()}),
+        }
+    }
+}
+
+/// An API key and its secret.
+pub struct Key {
+    pub api_key: String,
+    pub secret: String,
+}
+
+/// A registered user with an API key of `perms`.
+pub async fn user_with_key(app: &App, email: &str, perms: &[&str]) -> (i64, Key) {
+    let user_id = app.register(email).await;
+    let token = app.login(email).await;
+    let (status, body) = app
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/api-keys",
+            &token,
+            Some(&json!({"permissions": perms})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    (
+        user_id,
+        Key {
+            api_key: body["api_key"].as_str().unwrap().to_owned(),
+            secret: body["secret"].as_str().unwrap().to_owned(),
+        },
+    )
+}
