@@ -556,15 +556,7 @@ async fn private_ws_routes_each_users_events_to_them_only_with_consecutive_seq()
     assert_eq!(next_json(&mut wa).await, json!({"type":"pong"}));
 
     // The connection gauge counts both.
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"exchange_ws_connections{service="gateway",kind="private"}"#),
         "{metrics}"

@@ -35,15 +35,7 @@ async fn a_burst_of_events_arrives_translated_complete_and_in_order() {
     // registered with the hub before publishing.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let metrics = app
-            .client
-            .get(format!("{}/metrics", app.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.metrics().await;
         if metrics.contains(r#"exchange_ws_connections{service="gateway",kind="private"} 1"#) {
             break;
         }
