@@ -19,8 +19,9 @@
 //!    funds check `available >= amount` in its WHERE — if a row no longer
 //!    covers its amount the batch rolls back and is decided again with the
 //!    rows locked `FOR UPDATE` first), preceded by the amends' extra
-//!    reserve on their order rows; market statuses, the sequence numbers (`market_sequences`, gapless), one
-//!    `INSERT` of the new orders and one into the journal `order_commands`;
+//!    reserve on their order rows; market statuses, the sequence numbers
+//!    (`market_sequences`, gapless), one `INSERT` of the new orders and one
+//!    into the journal `order_commands`;
 //! 5. commit, then `XADD` — still under the sequencer, so each market's
 //!    stream receives its commands in sequence order.
 //!
@@ -28,8 +29,9 @@
 //! planned at each execution (`persistent(false)`), not once per
 //! connection: a plan cached while the tables were nearly empty (a new
 //! deployment, the first seconds of a bench) scans the whole table and
-//! stays cached, growing with the table until statistics change. Planning
-//! costs tens of microseconds per batch.
+//! stays cached, growing with the table until statistics change. That
+//! costs a plan and a round trip more per such statement (sqlx describes
+//! an unnamed statement before binding it): tens of microseconds a batch.
 //!
 //! Any database error before `COMMIT` fails the whole batch with a
 //! retryable 503 `UNAVAILABLE`: nothing of it was applied. A `COMMIT` whose
