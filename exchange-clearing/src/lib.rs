@@ -98,6 +98,10 @@ pub fn consumer_options(base: &ServiceBase, opts: &Options) -> ConsumerOptions {
     c.deliveries_max = Some(opts.deliveries_max);
     c.claim_idle = opts.claim_idle;
     c.claim_interval = opts.claim_interval;
+    // Balances and ledger postings are netted per settlement: waiting a
+    // little after a small read makes the next settlement cover more
+    // orders (at 64 bench users, 10 ms: +15 % orders/s, settled p50 +10 ms).
+    c.linger = base.config.clearing_read_linger;
     c
 }
 

@@ -102,7 +102,14 @@ pub struct Config {
     pub events_stream_max_len: u64,
     /// How often matching trims `<prefix>:events`.
     pub events_stream_trim_interval: Duration,
+    /// How long clearing waits after a read that found some but fewer
+    /// entries than it takes at once, so that the next settlement covers
+    /// more of them (balance and ledger rows are netted per settlement).
+    pub clearing_read_linger: Duration,
 }
+
+/// Largest accepted `CLEARING_READ_LINGER_MS`.
+pub const CLEARING_READ_LINGER_MS_MAX: u64 = 1_000;
 
 /// Largest accepted `GATEWAY_PLACE_BATCH_MAX` (and its default): what one
 /// order-service batch call may carry.
@@ -401,6 +408,11 @@ impl Config {
                 10,
                 "a number of seconds",
             )),
+            clearing_read_linger: Duration::from_millis(r.parsed(
+                "CLEARING_READ_LINGER_MS",
+                10,
+                "a number of milliseconds",
+            )),
         };
         for proxy in &config.trusted_proxies {
             if crate::net::IpNet::parse(proxy).is_none() {
@@ -422,6 +434,11 @@ impl Config {
         if config.events_stream_trim_interval.is_zero() {
             r.errors
                 .push("EVENTS_STREAM_TRIM_INTERVAL_SECONDS must be at least 1".to_owned());
+        }
+        if config.clearing_read_linger > Duration::from_millis(CLEARING_READ_LINGER_MS_MAX) {
+            r.errors.push(format!(
+                "CLEARING_READ_LINGER_MS must be at most {CLEARING_READ_LINGER_MS_MAX}"
+            ));
         }
         if config.db_pool_max == 0 {
             r.errors.push("DB_POOL_MAX must be at least 1".to_owned());
@@ -539,10 +556,11 @@ mod tests {
         assert_eq!(c.order_consumer.group, "order");
         assert_eq!(c.events_stream_max_len, 1_000_000);
         assert_eq!(c.events_stream_trim_interval, Duration::from_secs(10));
+        assert_eq!(c.clearing_read_linger, Duration::from_millis(10));
     }
 
     #[test]
-    fn events_stream_trimming_settings_are_checked() {
+    fn events_stream_trimming_and_clearing_linger_settings_are_checked() {
         for (key, value, needle) in [
             (
                 "EVENTS_STREAM_MAX_LEN",
@@ -564,6 +582,16 @@ mod tests {
                 "-1",
                 "EVENTS_STREAM_TRIM_INTERVAL_SECONDS=\"-1\" is not",
             ),
+            (
+                "CLEARING_READ_LINGER_MS",
+                "1001",
+                "CLEARING_READ_LINGER_MS must be at most 1000",
+            ),
+            (
+                "CLEARING_READ_LINGER_MS",
+                "soon",
+                "CLEARING_READ_LINGER_MS=\"soon\" is not",
+            ),
         ] {
             let mut env = DEV.to_vec();
             env.push((key, value));
@@ -574,10 +602,12 @@ mod tests {
         env.extend([
             ("EVENTS_STREAM_MAX_LEN", "50000"),
             ("EVENTS_STREAM_TRIM_INTERVAL_SECONDS", "2"),
+            ("CLEARING_READ_LINGER_MS", "0"),
         ]);
         let c = load(&env).unwrap();
         assert_eq!(c.events_stream_max_len, 50_000);
         assert_eq!(c.events_stream_trim_interval, Duration::from_secs(2));
+        assert_eq!(c.clearing_read_linger, Duration::ZERO);
     }
 
     #[test]

@@ -415,3 +415,51 @@ async fn entries_of_another_consumer_wait_for_the_claim_idle_time() {
     shutdown.trigger();
     b.await.unwrap();
 }
+
+/// Records the size of every read it is handed.
+struct BatchSizes(Arc<Mutex<Vec<usize>>>);
+
+impl exchange_common::streams::Handler for BatchSizes {
+    async fn handle(&self, entries: &[StreamEntry]) -> Vec<Result<(), String>> {
+        self.0.lock().unwrap().push(entries.len());
+        vec![Ok(()); entries.len()]
+    }
+}
+
+/// With `linger`, a read that found a few entries is followed by a pause:
+/// entries that arrive meanwhile are handed over together in the next
+/// read instead of one read each.
+#[tokio::test]
+async fn linger_gathers_what_arrives_after_a_small_read_into_one_read() {
+    let r = redis();
+    let stream = r.events_stream();
+    let mut conn = r.conn();
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let mut opts = fast(&stream, "c1");
+    opts.linger = Duration::from_secs(1);
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(run_consumer(
+        r.clone(),
+        Heartbeats::default(),
+        opts,
+        BatchSizes(sizes.clone()),
+        shutdown.clone(),
+    ));
+    let _: String = conn.xadd(&stream, "*", &[("n", "0")]).await.unwrap();
+    eventually("the first entry is read", async || {
+        !sizes.lock().unwrap().is_empty()
+    })
+    .await;
+    // Within the linger that follows the one-entry read.
+    for n in 1..=5 {
+        let _: String = conn.xadd(&stream, "*", &[("n", n)]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eventually("all six are read", async || {
+        sizes.lock().unwrap().iter().sum::<usize>() == 6
+    })
+    .await;
+    assert_eq!(*sizes.lock().unwrap(), vec![1, 5]);
+    shutdown.trigger();
+    task.await.unwrap();
+}
