@@ -106,7 +106,13 @@ pub struct Config {
     /// entries than it takes at once, so that the next settlement covers
     /// more of them (balance and ledger rows are netted per settlement).
     pub clearing_read_linger: Duration,
+    /// How long an order-service worker waits for more requests before it
+    /// starts a batch while another batch is in flight.
+    pub order_batch_linger: Duration,
 }
+
+/// Largest accepted `ORDER_BATCH_LINGER_US`.
+pub const ORDER_BATCH_LINGER_US_MAX: u64 = 100_000;
 
 /// Largest accepted `CLEARING_READ_LINGER_MS`.
 pub const CLEARING_READ_LINGER_MS_MAX: u64 = 1_000;
@@ -413,6 +419,11 @@ impl Config {
                 10,
                 "a number of milliseconds",
             )),
+            order_batch_linger: Duration::from_micros(r.parsed(
+                "ORDER_BATCH_LINGER_US",
+                2_000,
+                "a number of microseconds",
+            )),
         };
         for proxy in &config.trusted_proxies {
             if crate::net::IpNet::parse(proxy).is_none() {
@@ -438,6 +449,11 @@ impl Config {
         if config.clearing_read_linger > Duration::from_millis(CLEARING_READ_LINGER_MS_MAX) {
             r.errors.push(format!(
                 "CLEARING_READ_LINGER_MS must be at most {CLEARING_READ_LINGER_MS_MAX}"
+            ));
+        }
+        if config.order_batch_linger > Duration::from_micros(ORDER_BATCH_LINGER_US_MAX) {
+            r.errors.push(format!(
+                "ORDER_BATCH_LINGER_US must be at most {ORDER_BATCH_LINGER_US_MAX}"
             ));
         }
         if config.db_pool_max == 0 {
@@ -557,10 +573,11 @@ mod tests {
         assert_eq!(c.events_stream_max_len, 1_000_000);
         assert_eq!(c.events_stream_trim_interval, Duration::from_secs(10));
         assert_eq!(c.clearing_read_linger, Duration::from_millis(10));
+        assert_eq!(c.order_batch_linger, Duration::from_millis(2));
     }
 
     #[test]
-    fn events_stream_trimming_and_clearing_linger_settings_are_checked() {
+    fn events_stream_trimming_and_linger_settings_are_checked() {
         for (key, value, needle) in [
             (
                 "EVENTS_STREAM_MAX_LEN",
@@ -592,6 +609,11 @@ mod tests {
                 "soon",
                 "CLEARING_READ_LINGER_MS=\"soon\" is not",
             ),
+            (
+                "ORDER_BATCH_LINGER_US",
+                "100001",
+                "ORDER_BATCH_LINGER_US must be at most 100000",
+            ),
         ] {
             let mut env = DEV.to_vec();
             env.push((key, value));
@@ -603,11 +625,13 @@ mod tests {
             ("EVENTS_STREAM_MAX_LEN", "50000"),
             ("EVENTS_STREAM_TRIM_INTERVAL_SECONDS", "2"),
             ("CLEARING_READ_LINGER_MS", "0"),
+            ("ORDER_BATCH_LINGER_US", "500"),
         ]);
         let c = load(&env).unwrap();
         assert_eq!(c.events_stream_max_len, 50_000);
         assert_eq!(c.events_stream_trim_interval, Duration::from_secs(2));
         assert_eq!(c.clearing_read_linger, Duration::ZERO);
+        assert_eq!(c.order_batch_linger, Duration::from_micros(500));
     }
 
     #[test]

@@ -76,6 +76,13 @@ pub struct BatchOptions {
     /// (reads, decisions) while another of the same market writes, commits
     /// and publishes; batches of different markets run fully in parallel.
     pub workers: usize,
+    /// While another batch is in flight, a worker that took fewer than
+    /// `batch_len_max` requests waits this long for more before it starts:
+    /// one batch then carries what would have been several (its balance
+    /// rows netted, one transaction, one `XADD`), and its commit would
+    /// have queued behind the other anyway. An idle service (no batch in
+    /// flight) never waits.
+    pub linger: Duration,
 }
 
 impl Default for BatchOptions {
@@ -85,6 +92,7 @@ impl Default for BatchOptions {
             batch_len_max: 512,
             reply_timeout: Duration::from_secs(10),
             workers: 2,
+            linger: Duration::from_millis(2),
         }
     }
 }
@@ -152,7 +160,12 @@ impl Batcher {
     /// Starts the batcher task; it stops when every handle is dropped.
     pub fn start(db: PgPool, redis: Redis, markets: Markets, opts: BatchOptions) -> Self {
         let (tx, rx) = mpsc::channel(opts.queue_len_max);
-        let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
+        let intake = std::sync::Arc::new(Intake {
+            rx: tokio::sync::Mutex::new(rx),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            batch_len_max: opts.batch_len_max,
+            linger: opts.linger,
+        });
         let sequencer = Sequencer::default();
         for _ in 0..opts.workers.max(1) {
             tokio::spawn(run(
@@ -160,8 +173,7 @@ impl Batcher {
                 redis.clone(),
                 markets.clone(),
                 sequencer.clone(),
-                rx.clone(),
-                opts.batch_len_max,
+                intake.clone(),
             ));
         }
         Self {
@@ -228,21 +240,61 @@ impl Sequencer {
     }
 }
 
+/// The workers' shared queue end.
+struct Intake {
+    rx: tokio::sync::Mutex<mpsc::Receiver<Job>>,
+    /// Batches being applied now.
+    in_flight: std::sync::atomic::AtomicUsize,
+    batch_len_max: usize,
+    linger: Duration,
+}
+
+impl Intake {
+    /// The next batch: what is queued (waiting for at least one request),
+    /// plus, while another batch is in flight, what arrives within
+    /// `linger` (see [`BatchOptions::linger`]). Empty when every handle is
+    /// gone.
+    async fn next_batch(&self) -> Vec<Job> {
+        use std::sync::atomic::Ordering;
+        let mut jobs = Vec::with_capacity(self.batch_len_max);
+        let mut rx = self.rx.lock().await;
+        if rx.recv_many(&mut jobs, self.batch_len_max).await == 0 {
+            return jobs;
+        }
+        if !self.linger.is_zero()
+            && jobs.len() < self.batch_len_max
+            && self.in_flight.load(Ordering::Acquire) > 0
+        {
+            tokio::time::sleep(self.linger).await;
+            while jobs.len() < self.batch_len_max {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        jobs
+    }
+
+    fn batch_done(&self) {
+        self.in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 async fn run(
     db: PgPool,
     redis: Redis,
     markets: Markets,
     sequencer: Sequencer,
-    rx: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
-    batch_len_max: usize,
+    intake: std::sync::Arc<Intake>,
 ) {
-    let mut jobs = Vec::with_capacity(batch_len_max);
     loop {
-        jobs.clear();
-        if rx.lock().await.recv_many(&mut jobs, batch_len_max).await == 0 {
+        let batch = intake.next_batch().await;
+        if batch.is_empty() {
             return;
         }
-        let batch: Vec<Job> = std::mem::take(&mut jobs);
         metrics::histogram!("exchange_order_batch_len").record(batch.len() as f64);
         let (requests, replies): (Vec<Request>, Vec<oneshot::Sender<Outcome>>) =
             batch.into_iter().map(|j| (j.request, j.reply)).unzip();
@@ -280,6 +332,7 @@ async fn run(
             }
         };
         metrics::histogram!("exchange_order_batch_seconds").record(started.elapsed().as_secs_f64());
+        intake.batch_done();
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
             let _ = reply.send(outcome);
         }

@@ -59,7 +59,11 @@ pub async fn run(
     listeners: Listeners,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    run_with(config, listeners, shutdown, batch::BatchOptions::default()).await
+    let options = batch::BatchOptions {
+        linger: config.order_batch_linger,
+        ..batch::BatchOptions::default()
+    };
+    run_with(config, listeners, shutdown, options).await
 }
 
 /// [`run`] with explicit write-path limits (tests and benchmarks).

@@ -545,6 +545,39 @@ async fn the_republisher_puts_missing_commands_back_on_the_stream() {
     );
 }
 
+/// The batch linger applies only while another batch is in flight: a
+/// request to an idle service is applied at once, and requests arriving
+/// during a batch are gathered into the next one.
+#[tokio::test]
+async fn an_idle_service_never_lingers_and_a_busy_one_gathers_requests() {
+    let app = support::spawn_with(exchange_order::batch::BatchOptions {
+        linger: std::time::Duration::from_millis(1500),
+        ..Default::default()
+    })
+    .await;
+    let u = user_with(&app.db, "1000000", "0").await;
+    let started = std::time::Instant::now();
+    let (s, v) = app.place(limit(u, "buy", "10", "1")).await;
+    assert_eq!(s, 201, "{v}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(1000),
+        "an idle service waited {:?}",
+        started.elapsed()
+    );
+    // Many at once: the first batch starts at once, the rest linger behind
+    // it and are applied together, so they all answer, and in few batches.
+    let calls = (0..40).map(|_| app.place(limit(u, "buy", "10", "1")));
+    let results = futures_util::future::join_all(calls).await;
+    assert!(results.iter().all(|(s, _)| *s == 201), "{results:?}");
+    let batches: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT time_ms) FROM order_commands WHERE seq > 1",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert!(batches <= 3, "40 concurrent placements took {batches} batches");
+}
+
 #[tokio::test]
 async fn a_full_queue_answers_overloaded_and_a_dead_database_unavailable() {
     let app = support::spawn_with(exchange_order::batch::BatchOptions {
