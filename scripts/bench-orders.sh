@@ -4,8 +4,8 @@
 # `exchange bench` with USERS users for SECONDS, then the CPU each process
 # used per accepted order during the placing window, the statements that
 # took the most PostgreSQL time (when pg_stat_statements is loaded) and
-# `exchange admin reconcile`. The database is dropped afterwards
-# (KEEP=1 keeps it).
+# `exchange admin reconcile`. The database and the run's Redis keys are
+# dropped afterwards (KEEP=1 keeps them).
 #
 # Usage: scripts/bench-orders.sh [USERS] [SECONDS]        (default 64 20)
 #   EXCHANGE_BIN   the binary (default target/release/exchange; build it
@@ -36,6 +36,10 @@ cleanup() {
     [ -n "$exchange_pid" ] && kill -TERM "$exchange_pid" 2>/dev/null && wait "$exchange_pid" 2>/dev/null
     if [ -z "${KEEP:-}" ]; then
         psql -q "$admin_url" -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
+        # The run's streams and keys (all under its own prefix).
+        if command -v redis-cli >/dev/null 2>&1; then
+            redis-cli -u "$REDIS_URL" --scan --pattern "$db:*" | xargs -r redis-cli -u "$REDIS_URL" DEL >/dev/null 2>&1 || true
+        fi
     else
         log "kept database $db"
     fi
