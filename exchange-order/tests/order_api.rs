@@ -569,13 +569,15 @@ async fn an_idle_service_never_lingers_and_a_busy_one_gathers_requests() {
     let calls = (0..40).map(|_| app.place(limit(u, "buy", "10", "1")));
     let results = futures_util::future::join_all(calls).await;
     assert!(results.iter().all(|(s, _)| *s == 201), "{results:?}");
-    let batches: i64 = sqlx::query_scalar(
-        "SELECT count(DISTINCT time_ms) FROM order_commands WHERE seq > 1",
-    )
-    .fetch_one(&app.db)
-    .await
-    .unwrap();
-    assert!(batches <= 3, "40 concurrent placements took {batches} batches");
+    let batches: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT time_ms) FROM order_commands WHERE seq > 1")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert!(
+        batches <= 3,
+        "40 concurrent placements took {batches} batches"
+    );
 }
 
 #[tokio::test]

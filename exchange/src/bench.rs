@@ -449,7 +449,12 @@ async fn warm_up(
         let body = json!({"market": args.market, "side": side, "type": "limit", "price": price,
                           "quantity": args.quantity, "stp": "none"});
         let (status, v) = api
-            .call(reqwest::Method::POST, "/api/v1/orders", &user.token, Some(&body))
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/orders",
+                &user.token,
+                Some(&body),
+            )
             .await?;
         let id = v["id"].as_i64();
         match (status, id) {
@@ -461,13 +466,21 @@ async fn warm_up(
     for (user, id) in ids {
         loop {
             let (status, v) = api
-                .call(reqwest::Method::GET, &format!("/api/v1/orders/{id}"), &user.token, None)
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/orders/{id}"),
+                    &user.token,
+                    None,
+                )
                 .await?;
             if status == 200 && v["status"] == "filled" {
                 break;
             }
             if Instant::now() >= deadline {
-                bail!("warm-up order {id} not filled within {:?} (last seen: {status} {v})", args.settle_timeout);
+                bail!(
+                    "warm-up order {id} not filled within {:?} (last seen: {status} {v})",
+                    args.settle_timeout
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
