@@ -448,23 +448,14 @@ impl Core {
                 .take(KLINE_WRITE_ROWS_MAX)
                 .map(|(k, c)| (*k, *c))
                 .collect();
-            // Scales are needed to write NUMERIC decimal values (cached per market).
-            let mut scales: BTreeMap<MarketSymbol, Scales> = BTreeMap::new();
-            for ((m, _, _), _) in &chunk {
-                if !scales.contains_key(m) {
-                    let s = self.scales(*m).await?.ok_or(sqlx::Error::RowNotFound)?;
-                    scales.insert(*m, s);
-                }
-            }
             let mut cols: [Vec<String>; 8] = Default::default();
             let mut times = Vec::with_capacity(chunk.len());
             let mut counts = Vec::with_capacity(chunk.len());
             let mut seqs = Vec::with_capacity(chunk.len());
             for ((m, i, open_time), c) in &chunk {
-                let Scales { base: b, quote: q } = scales
-                    .get(m)
-                    .copied()
-                    .unwrap_or(Scales { base: 0, quote: 0 });
+                // NUMERIC values need the market's scales (cached in `self`).
+                let Scales { base: b, quote: q } =
+                    self.scales(*m).await?.ok_or(sqlx::Error::RowNotFound)?;
                 cols[0].push(m.to_string());
                 cols[1].push(i.as_str().to_owned());
                 cols[2].push(format_units(c.open, q));
