@@ -261,6 +261,15 @@ impl Harness {
         entry(batch)
     }
 
+    /// Two users: A holding 1 BTC, B holding 1,000 USDT.
+    async fn funded_pair(&self) -> (u64, u64) {
+        let a = self.user("a@x.io").await;
+        let b = self.user("b@x.io").await;
+        self.deposit(a, "BTC", BTC).await;
+        self.deposit(b, "USDT", 1_000 * USDT).await;
+        (a, b)
+    }
+
     /// [`Self::emit`] of each batch, in order.
     async fn emit_all(&self, batches: &[EventBatch]) -> Vec<StreamEntry> {
         let mut entries = Vec::with_capacity(batches.len());
@@ -394,10 +403,7 @@ async fn ok(h: &Harness, entries: &[StreamEntry]) -> exchange_clearing::consumer
 /// limit of 30100 (taker). Fees: maker 0.1 % of what A receives, taker 0.2 %
 /// of what B receives, rounded up to the unit.
 async fn trade_scenario(h: &Harness) -> (u64, u64, Vec<EventBatch>) {
-    let a = h.user("a@x.io").await;
-    let b = h.user("b@x.io").await;
-    h.deposit(a, "BTC", BTC).await;
-    h.deposit(b, "USDT", 1_000 * USDT).await;
+    let (a, b) = h.funded_pair().await;
     let qty = 1_500_000; // 0.015 BTC
     let price = 30_000 * USDT;
     let s1 = h.place(MARKET, 1, a, Side::Sell, price, qty, qty).await;
@@ -682,10 +688,7 @@ async fn a_crash_between_commit_and_ack_is_harmless() {
 #[tokio::test]
 async fn a_cancel_releases_the_reserve_and_a_partial_fill_keeps_the_rest_locked() {
     let h = harness().await;
-    let a = h.user("a@x.io").await;
-    let b = h.user("b@x.io").await;
-    h.deposit(a, "BTC", BTC).await;
-    h.deposit(b, "USDT", 1_000 * USDT).await;
+    let (a, b) = h.funded_pair().await;
     let price = 20_000 * USDT;
     // A sells 0.02, B buys 0.005 of it: A is partially filled, then cancels.
     let s1 = h
@@ -1337,10 +1340,7 @@ async fn the_service_settles_and_reports_a_halted_market() {
 #[tokio::test]
 async fn batches_delivered_out_of_order_converge() {
     let h = harness().await;
-    let a = h.user("a@x.io").await;
-    let b = h.user("b@x.io").await;
-    h.deposit(a, "BTC", BTC).await;
-    h.deposit(b, "USDT", 1_000 * USDT).await;
+    let (a, b) = h.funded_pair().await;
     let price = 20_000 * USDT;
     let s1 = h
         .place(MARKET, 10, a, Side::Sell, price, 2_000_000, 2_000_000)
@@ -1559,10 +1559,7 @@ async fn a_negative_delta_on_a_missing_balance_row_fails_and_applies_nothing() {
 #[tokio::test]
 async fn accepted_orders_are_read_with_or_without_other_order_updates() {
     let h = harness().await;
-    let a = h.user("a@x.io").await;
-    let b = h.user("b@x.io").await;
-    h.deposit(a, "BTC", BTC).await;
-    h.deposit(b, "USDT", 1_000 * USDT).await;
+    let (a, b) = h.funded_pair().await;
     let price = 20_000 * USDT;
     let s1 = h
         .place(MARKET, 21, a, Side::Sell, price, 1_000_000, 1_000_000)
