@@ -109,7 +109,7 @@ echo "CPU per accepted order (placing window): exchange $(per_order "$ex0" "$ex1
 if [ "$pgss" = 1 ]; then
     echo "PostgreSQL statements by total time:"
     psql "$DB_URL" -c "SELECT calls, round(total_exec_time::numeric) AS ms,
-            round((total_exec_time / calls)::numeric, 3) AS ms_per_call, rows,
+            round((total_exec_time / nullif(calls, 0))::numeric, 3) AS ms_per_call, rows,
             left(regexp_replace(query, '\s+', ' ', 'g'), 100) AS query
         FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = '$db')
         ORDER BY total_exec_time DESC LIMIT 15"
