@@ -14,7 +14,7 @@
 //!   row (after fixing the cause and replaying the DLQ in seq order).
 //! - After commit: private events on Redis Pub/Sub, then the runtime acks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,9 @@ use crate::store::{self, SettleError, Settled};
 pub const BATCH_FIELD: &str = "batch";
 /// Publishes per Redis pipeline round trip.
 pub const PUBLISH_PIPELINE_LEN_MAX: usize = 1_024;
+/// Events in one private message: well under a gateway connection's send
+/// queue (256), which takes a message whole or drops the connection.
+pub const PRIVATE_EVENTS_PER_MESSAGE_MAX: usize = 64;
 /// Rows of `event_batches` one catch-up query walks.
 const CATCH_UP_PAGE_LEN: i64 = 10_000;
 /// Backoff bounds while the database is unreachable.
@@ -486,9 +489,30 @@ impl Clearing {
     /// Pub/Sub loses messages anyway when nobody listens; clients resync
     /// over REST.
     pub async fn publish(&self, settled: &Settled) {
+        // A user's events of the settlement go out together, in order
+        // (orders, fills, balances), as JSON arrays of up to
+        // PRIVATE_EVENTS_PER_MESSAGE_MAX: a settlement of hundreds of orders
+        // costs Redis and every gateway about one message per user instead
+        // of one per event.
         let mut messages: Vec<(u64, String)> = Vec::new();
+        // Per user: the message being filled and how many events it holds.
+        let mut open: HashMap<u64, (usize, usize)> = HashMap::new();
+        let mut events = 0usize;
         let mut push = |user: u64, ev: PrivateEvent| match serde_json::to_string(&ev) {
-            Ok(s) => messages.push((user, s)),
+            Ok(s) => {
+                events += 1;
+                let slot = open.entry(user).or_insert((usize::MAX, 0));
+                if slot.0 == usize::MAX || slot.1 == PRIVATE_EVENTS_PER_MESSAGE_MAX {
+                    messages.push((user, String::from("[")));
+                    *slot = (messages.len() - 1, 0);
+                }
+                let body = &mut messages[slot.0].1;
+                if slot.1 > 0 {
+                    body.push(',');
+                }
+                body.push_str(&s);
+                slot.1 += 1;
+            }
             Err(e) => tracing::error!(error = %e, "cannot encode a private event"),
         };
         for o in &settled.orders {
@@ -502,6 +526,9 @@ impl Clearing {
         }
         if messages.is_empty() {
             return;
+        }
+        for (_, body) in &mut messages {
+            body.push(']');
         }
         let mut conn = self.redis.conn();
         let prefix = self.redis.prefix().to_owned();
@@ -520,7 +547,7 @@ impl Clearing {
             }
         }
         metrics::counter!("exchange_clearing_private_events_total")
-            .increment(u64::try_from(messages.len()).unwrap_or(0));
+            .increment(u64::try_from(events).unwrap_or(0));
     }
 }
 

@@ -1,6 +1,8 @@
 //! Private events published after a settlement commits, on the Redis
-//! Pub/Sub channel `<prefix>:private:<user_id>`. The gateway's private
-//! WebSocket adds the per-user `seq` and forwards them.
+//! Pub/Sub channel `<prefix>:private:<user_id>`, a user's events of one
+//! settlement together as a JSON array (up to
+//! [`crate::consumer::PRIVATE_EVENTS_PER_MESSAGE_MAX`] per message). The
+//! gateway's private WebSocket adds the per-user `seq` and forwards each.
 //!
 //! Shapes (amounts are decimal strings, times Unix milliseconds):
 //! - `{"type":"order","data":Order}`
@@ -89,7 +91,7 @@ pub struct BalanceView {
     pub locked: String,
 }
 
-/// One message on a user's private channel.
+/// One event on a user's private channel (an element of a message's array).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", content = "data", rename_all = "snake_case")]
 pub enum PrivateEvent {

@@ -1026,6 +1026,51 @@ async fn many_batches_in_one_transaction_equal_one_by_one() {
 }
 
 #[tokio::test]
+async fn a_users_many_events_go_out_in_order_in_arrays_of_at_most_64() {
+    let h = harness().await;
+    let mut pubsub = h.redis.pubsub().await.unwrap();
+    pubsub
+        .subscribe(exchange_clearing::private::channel(&h.env.redis_prefix, 7))
+        .await
+        .unwrap();
+    let balance = |i: usize| exchange_clearing::private::BalanceView {
+        asset: format!("A{i}"),
+        available: i.to_string(),
+        locked: "0".into(),
+    };
+    let settled = exchange_clearing::store::Settled {
+        // Another user's event in between must not split user 7's order.
+        balances: (0..150)
+            .map(|i| (if i == 70 { 8 } else { 7 }, balance(i)))
+            .collect(),
+        ..Default::default()
+    };
+    h.clearing.publish(&settled).await;
+    let mut stream = pubsub.on_message();
+    let mut sizes = Vec::new();
+    let mut assets = Vec::new();
+    while assets.len() < 149 {
+        let msg = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("private events within 5 s")
+            .unwrap();
+        let payload: String = msg.get_payload().unwrap();
+        let events: Vec<serde_json::Value> = serde_json::from_str(&payload).unwrap();
+        sizes.push(events.len());
+        for e in events {
+            assert_eq!(e["type"], "balance");
+            assets.push(e["data"]["asset"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(sizes, [64, 64, 21]);
+    let want: Vec<String> = (0..150)
+        .filter(|&i| i != 70)
+        .map(|i| format!("A{i}"))
+        .collect();
+    assert_eq!(assets, want);
+}
+
+#[tokio::test]
 async fn private_events_are_published_after_commit() {
     let h = harness().await;
     let (a, b, batches) = trade_scenario(&h).await;
@@ -1035,14 +1080,27 @@ async fn private_events_are_published_after_commit() {
     let entries = h.emit_all(&batches).await;
     ok(&h, &entries).await;
     let mut stream = pubsub.on_message();
-    let mut got = Vec::new();
+    // One message per user per settlement: the user's events as an array,
+    // orders before fills before balances.
+    let mut got: Vec<serde_json::Value> = Vec::new();
     while got.len() < 4 {
         let msg = tokio::time::timeout(Duration::from_secs(5), stream.next())
             .await
             .expect("a private event within 5 s")
             .unwrap();
         let payload: String = msg.get_payload().unwrap();
-        got.push(serde_json::from_str::<serde_json::Value>(&payload).unwrap());
+        let events = serde_json::from_str::<serde_json::Value>(&payload).unwrap();
+        let events = events.as_array().expect("an array of events").clone();
+        let rank = |v: &serde_json::Value| match v["type"].as_str().unwrap() {
+            "order" => 0,
+            "trade" => 1,
+            _ => 2,
+        };
+        assert!(
+            events.windows(2).all(|w| rank(&w[0]) <= rank(&w[1])),
+            "in order: {payload}"
+        );
+        got.extend(events);
     }
     let by_type: BTreeMap<String, Vec<serde_json::Value>> =
         got.into_iter().fold(BTreeMap::new(), |mut m, v| {

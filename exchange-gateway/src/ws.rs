@@ -2,10 +2,11 @@
 //! `privateEventsConsumer`, the one Redis Pub/Sub subscription per gateway
 //! process that feeds it.
 //!
-//! Clearing publishes `{"type":"order"|"trade"|"balance","data":{..}}` on
-//! `<prefix>:private:<user_id>` after each settlement commits. The consumer
-//! (`PSUBSCRIBE <prefix>:private:*`) routes each message to the connections
-//! of that user only; each connection numbers what it sends with a
+//! Clearing publishes `{"type":"order"|"trade"|"balance","data":{..}}`
+//! events on `<prefix>:private:<user_id>` after each settlement commits,
+//! several of one user's events in one message as a JSON array. The
+//! consumer (`PSUBSCRIBE <prefix>:private:*`) routes each event, in order,
+//! to the connections of that user only; each connection numbers what it sends with a
 //! consecutive `seq` (1, 2, 3, …), so a client sees a gap as a jump.
 //! Pub/Sub loses what is published while the subscriber is disconnected:
 //! after every (re)subscription each open connection gets
@@ -227,22 +228,40 @@ impl Hub {
     /// Queues `push` for every connection of `user_id`; a connection whose
     /// queue is full is evicted (it is told to close).
     pub fn dispatch(&self, user_id: i64, push: &Push) {
+        self.dispatch_all(user_id, std::slice::from_ref(push));
+    }
+
+    /// Queues `pushes`, in order, for each of the user's connections; a
+    /// connection whose queue cannot take them all is evicted.
+    pub fn dispatch_all(&self, user_id: i64, pushes: &[Push]) {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
         let mut evicted = 0;
         if let Some(conns) = inner.by_user.get_mut(&user_id) {
-            conns.retain(|c| match c.tx.try_send(push.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+            conns.retain(|c| {
+                // All or nothing: a connection is never left with part of
+                // a message (the queue only drains while we hold the lock).
+                if c.tx.capacity() < pushes.len() {
                     c.evict.notify_one();
                     evicted += 1;
-                    false
+                    return false;
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    evicted += 1;
-                    false
+                for push in pushes {
+                    match c.tx.try_send(push.clone()) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            c.evict.notify_one();
+                            evicted += 1;
+                            return false;
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            evicted += 1;
+                            return false;
+                        }
+                    }
                 }
+                true
             });
             if conns.is_empty() {
                 inner.by_user.remove(&user_id);
@@ -272,26 +291,36 @@ impl Hub {
     }
 }
 
+/// One private event as clearing publishes it; `data` is forwarded to the
+/// client as it was written, never parsed.
 #[derive(Deserialize)]
-struct Published {
-    #[serde(rename = "type")]
-    kind: String,
-    data: serde_json::Value,
+struct Published<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a serde_json::value::RawValue,
 }
 
-/// Parses one Pub/Sub message into its user and push.
-fn parse_message(channel: &str, prefix: &str, payload: &str) -> Option<(i64, Push)> {
+/// Parses one Pub/Sub message into its user and pushes, in order. A
+/// message is one user's events of one settlement as a JSON array, or (as
+/// clearing published before) a single event.
+fn parse_message(channel: &str, prefix: &str, payload: &str) -> Option<(i64, Vec<Push>)> {
     let user_id: i64 = channel.strip_prefix(prefix)?.parse().ok()?;
-    let msg: Published = serde_json::from_str(payload).ok()?;
-    let kind = serde_json::to_string(&msg.kind).ok()?;
-    let data = serde_json::to_string(&msg.data).ok()?;
-    Some((
-        user_id,
-        Push::Event {
-            kind: kind.into(),
-            data: data.into(),
-        },
-    ))
+    // Not an untagged enum: serde buffers those, and a RawValue cannot be
+    // read from the buffer.
+    let events: Vec<Published> = if payload.trim_start().starts_with('[') {
+        serde_json::from_str(payload).ok()?
+    } else {
+        vec![serde_json::from_str(payload).ok()?]
+    };
+    let mut pushes = Vec::with_capacity(events.len());
+    for e in events {
+        pushes.push(Push::Event {
+            kind: serde_json::to_string(&e.kind).ok()?.into(),
+            data: e.data.get().into(),
+        });
+    }
+    Some((user_id, pushes))
 }
 
 /// `privateEventsConsumer`: subscribes, routes, pings Redis as its
@@ -346,8 +375,15 @@ pub async fn run_private_events(redis: Redis, hub: Hub, heartbeat: Heartbeat, sh
                         continue;
                     };
                     match parse_message(&channel, &prefix, &payload) {
-                        Some((user, push)) => hub.dispatch(user, &push),
-                        None => tracing::warn!(%channel, "malformed private event dropped"),
+                        Some((user, pushes)) => hub.dispatch_all(user, &pushes),
+                        None => {
+                            tracing::warn!(%channel, "malformed private event dropped");
+                            // The user's clients cannot see this gap in `seq`:
+                            // have them re-read over REST.
+                            if let Some(user) = channel.strip_prefix(prefix.as_str()).and_then(|u| u.parse().ok()) {
+                                hub.dispatch(user, &Push::Resync);
+                            }
+                        }
                     }
                 }
                 _ = ping.tick() => {
@@ -639,15 +675,16 @@ mod tests {
 
     #[test]
     fn messages_are_routed_by_channel_and_numbered() {
-        let (user, push) = parse_message(
+        let (user, pushes) = parse_message(
             "p:private:42",
             "p:private:",
             r#"{"type":"balance","data":{"asset":"USDT","available":"1","locked":"0"}}"#,
         )
         .unwrap();
         assert_eq!(user, 42);
+        assert_eq!(pushes.len(), 1);
         assert_eq!(
-            push.render(7),
+            pushes[0].render(7),
             r#"{"type":"balance","seq":7,"data":{"asset":"USDT","available":"1","locked":"0"}}"#
         );
         assert_eq!(Push::Resync.render(8), r#"{"type":"resync","seq":8}"#);
@@ -657,6 +694,39 @@ mod tests {
                 "other:private:1",
                 "p:private:",
                 r#"{"type":"order","data":{}}"#
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn a_settlements_array_becomes_pushes_in_order_with_data_verbatim() {
+        let (user, pushes) = parse_message(
+            "p:private:7",
+            "p:private:",
+            r#"[{"type":"order","data":{"id":3,"status":"filled"}},{"type":"trade","data":{"trade_id":9}},{"type":"balance","data":{"asset":"BTC","available":"0.5","locked":"0"}}]"#,
+        )
+        .unwrap();
+        assert_eq!(user, 7);
+        let rendered: Vec<String> = pushes
+            .iter()
+            .zip(1..)
+            .map(|(p, seq)| p.render(seq))
+            .collect();
+        assert_eq!(
+            rendered,
+            [
+                r#"{"type":"order","seq":1,"data":{"id":3,"status":"filled"}}"#,
+                r#"{"type":"trade","seq":2,"data":{"trade_id":9}}"#,
+                r#"{"type":"balance","seq":3,"data":{"asset":"BTC","available":"0.5","locked":"0"}}"#,
+            ]
+        );
+        // One malformed element drops the message, not a part of it.
+        assert!(
+            parse_message(
+                "p:private:7",
+                "p:private:",
+                r#"[{"type":"order","data":{}},{"data":{}}]"#
             )
             .is_none()
         );
@@ -679,5 +749,38 @@ mod tests {
         drop(slow);
         drop(fast);
         assert_eq!(hub.connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_message_is_queued_whole_or_its_connection_is_evicted() {
+        let hub = Hub::default();
+        let mut half_full = hub.register(1).unwrap();
+        let mut empty = hub.register(1).unwrap();
+        let one = Push::Resync;
+        for _ in 0..WS_SEND_QUEUE_LEN_MAX - 3 {
+            hub.dispatch(1, &one);
+            assert!(empty.rx.try_recv().is_ok());
+        }
+        let pushes: Vec<Push> = (0..5)
+            .map(|i| Push::Event {
+                kind: "\"order\"".into(),
+                data: format!("{{\"id\":{i}}}").into(),
+            })
+            .collect();
+        hub.dispatch_all(1, &pushes);
+        assert_eq!(hub.connections(), 1, "3 free slots cannot take 5 pushes");
+        let mut got = Vec::new();
+        while let Ok(p) = empty.rx.try_recv() {
+            got.push(p.render(0));
+        }
+        let want: Vec<String> = pushes.iter().map(|p| p.render(0)).collect();
+        assert_eq!(got, want, "the other connection gets all five, in order");
+        // The evicted one holds only what it had before: nothing of the message.
+        let mut before = 0;
+        while let Ok(p) = half_full.rx.try_recv() {
+            assert!(matches!(p, Push::Resync));
+            before += 1;
+        }
+        assert_eq!(before, WS_SEND_QUEUE_LEN_MAX - 3);
     }
 }
