@@ -251,20 +251,22 @@ async fn apply_balances(
              INSERT INTO balances (user_id, asset, available, locked)
              SELECT d.user_id, d.asset, d.da, d.dl FROM d
              WHERE NOT EXISTS (
-                 SELECT 1 FROM balances b WHERE b.user_id = d.user_id AND b.asset = d.asset)
+                 SELECT 1 FROM balances b
+                 WHERE b.user_id = d.user_id AND b.asset = d.asset AND b.user_id = ANY($1))
              ORDER BY d.user_id, d.asset
              ON CONFLICT DO NOTHING
              RETURNING user_id, asset, available, locked
          ), l AS (
              SELECT b.user_id, b.asset FROM balances b
              JOIN d ON b.user_id = d.user_id AND b.asset = d.asset
-             WHERE NOT EXISTS (SELECT 1 FROM i WHERE i.user_id = d.user_id AND i.asset = d.asset)
+             WHERE b.user_id = ANY($1)
+               AND NOT EXISTS (SELECT 1 FROM i WHERE i.user_id = d.user_id AND i.asset = d.asset)
              ORDER BY b.user_id, b.asset FOR UPDATE OF b
          ), u AS (
              UPDATE balances b SET available = b.available + d.da, locked = b.locked + d.dl,
                     updated_at = now()
              FROM d JOIN l ON l.user_id = d.user_id AND l.asset = d.asset
-             WHERE b.user_id = d.user_id AND b.asset = d.asset
+             WHERE b.user_id = d.user_id AND b.asset = d.asset AND b.user_id = ANY($1)
              RETURNING b.user_id, b.asset, b.available, b.locked
          )
          SELECT user_id, asset, trim_scale(available)::text, trim_scale(locked)::text FROM i
@@ -444,7 +446,7 @@ async fn apply_orders(
                      $6::text[], $7::numeric[], $8::numeric[], $9::bigint[], $10::bigint[])
               AS d(id, fq, fquote, unlocked, status, reason, a_price, quantity, amend_seq,
                    applied_seq)
-         WHERE o.id = d.id
+         WHERE o.id = d.id AND o.id = ANY($1)
          RETURNING o.*)
          SELECT {ORDER_VIEW_COLUMNS} FROM u o
          UNION ALL
