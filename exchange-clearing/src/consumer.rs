@@ -61,8 +61,10 @@ pub struct Clearing {
     halts: Mutex<BTreeMap<String, (Halt, Heartbeat)>>,
     /// Failed catch-up attempts per batch, to halt like the stream path does.
     catch_up_failures: Mutex<BTreeMap<(String, u64), u64>>,
-    /// Per market: every stored batch up to this seq is cleared.
+    /// Per market: every stored batch up to this seq is cleared. Loaded
+    /// from `clearing_watermarks` on the first catch-up, stored when raised.
     watermarks: Mutex<BTreeMap<String, i64>>,
+    watermarks_loaded: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Clearing {
@@ -96,6 +98,7 @@ impl Clearing {
             halts: Mutex::new(BTreeMap::new()),
             catch_up_failures: Mutex::new(BTreeMap::new()),
             watermarks: Mutex::new(BTreeMap::new()),
+            watermarks_loaded: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -341,9 +344,25 @@ impl Clearing {
     ///
     /// Cost: per market it walks `event_batches` by primary key from a
     /// watermark below which everything is known to be cleared, so a round
-    /// reads only the batches still in flight (the first round after start
-    /// walks the market's history once).
+    /// reads only the batches still in flight. The watermarks are kept in
+    /// `clearing_watermarks`, so a restarted clearing does not walk the
+    /// history again.
     pub async fn catch_up(&self, older_than: Duration, limit: i64) -> Result<usize, SettleError> {
+        use std::sync::atomic::Ordering;
+        if !self.watermarks_loaded.load(Ordering::Relaxed) {
+            let stored: Vec<(String, i64)> =
+                sqlx::query_as("SELECT market, seq FROM clearing_watermarks")
+                    .fetch_all(&self.db)
+                    .await?;
+            if let Ok(mut w) = self.watermarks.lock() {
+                for (market, seq) in stored {
+                    let known = w.entry(market).or_insert(seq);
+                    *known = (*known).max(seq);
+                }
+            }
+            self.watermarks_loaded.store(true, Ordering::Relaxed);
+        }
+        let mut raised: (Vec<String>, Vec<i64>) = (Vec::new(), Vec::new());
         let markets: Vec<String> = self
             .markets()
             .keys()
@@ -356,11 +375,12 @@ impl Clearing {
             if rows.len() >= want {
                 break;
             }
-            let mut watermark = self
+            let start = self
                 .watermarks
                 .lock()
                 .map(|w| w.get(&market).copied().unwrap_or(0))
                 .unwrap_or(0);
+            let mut watermark = start;
             let mut missing: Vec<i64> = Vec::new();
             let mut cursor = watermark;
             let mut advancing = true;
@@ -401,6 +421,10 @@ impl Clearing {
             if let Ok(mut w) = self.watermarks.lock() {
                 w.insert(market.clone(), watermark);
             }
+            if watermark > start {
+                raised.0.push(market.clone());
+                raised.1.push(watermark);
+            }
             if missing.is_empty() {
                 continue;
             }
@@ -413,6 +437,18 @@ impl Clearing {
             .fetch_all(&self.db)
             .await?;
             rows.extend(found);
+        }
+        if !raised.0.is_empty() {
+            sqlx::query(
+                "INSERT INTO clearing_watermarks (market, seq)
+                 SELECT * FROM unnest($1::text[], $2::bigint[])
+                 ON CONFLICT (market) DO UPDATE
+                 SET seq = GREATEST(clearing_watermarks.seq, EXCLUDED.seq), updated_at = now()",
+            )
+            .bind(&raised.0)
+            .bind(&raised.1)
+            .execute(&self.db)
+            .await?;
         }
         if rows.is_empty() {
             return Ok(0);
