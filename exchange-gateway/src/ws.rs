@@ -6,8 +6,9 @@
 //! events on `<prefix>:private:<user_id>` after each settlement commits,
 //! several of one user's events in one message as a JSON array. The
 //! consumer (`PSUBSCRIBE <prefix>:private:*`) routes each event, in order,
-//! to the connections of that user only; each connection numbers what it sends with a
-//! consecutive `seq` (1, 2, 3, …), so a client sees a gap as a jump.
+//! to the connections of that user only; each connection numbers what it
+//! sends with a consecutive `seq` (1, 2, 3, …), so a client sees a gap as a
+//! jump.
 //! Pub/Sub loses what is published while the subscriber is disconnected:
 //! after every (re)subscription each open connection gets
 //! `{"type":"resync","seq":N}` (N taking the next number) and should

@@ -548,6 +548,28 @@ async fn private_ws_routes_each_users_events_to_them_only_with_consecutive_seq()
         got,
         json!({"type":"balance","seq":1,"data":{"asset":"BTC","available":"2","locked":"0"}})
     );
+    // Clearing's shape: one message holding a settlement's events, in order.
+    publish(
+        &app,
+        alice,
+        &json!([
+            {"type":"order","data":{"id":2,"status":"filled"}},
+            {"type":"balance","data":{"asset":"BTC","available":"3","locked":"0"}},
+        ]),
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut wa).await,
+        json!({"type":"order","seq":4,"data":{"id":2,"status":"filled"}})
+    );
+    assert_eq!(
+        next_json(&mut wa).await,
+        json!({"type":"balance","seq":5,"data":{"asset":"BTC","available":"3","locked":"0"}})
+    );
+    // A message the gateway cannot read is a gap the client cannot see in
+    // `seq`: it is told to resync instead.
+    publish(&app, alice, &json!({"no":"type"})).await;
+    assert_eq!(next_json(&mut wa).await, json!({"type":"resync","seq":6}));
     nothing_more(&mut wb).await;
     nothing_more(&mut wa).await;
 
