@@ -2,7 +2,8 @@
 # The order pipeline benchmark of docs/BENCHMARKS.md, one run: a fresh
 # database, `exchange all` on ports 180xx with the rate limits raised,
 # `exchange bench` with USERS users for SECONDS, then the CPU each process
-# used per accepted order during the placing window, the statements that
+# used per accepted order during the placing window (PostgreSQL's also per
+# service, by its backends' application_name), the statements that
 # took the most PostgreSQL time (when pg_stat_statements is loaded) and
 # `exchange admin reconcile`. The database and the run's Redis keys are
 # dropped afterwards (KEEP=1 keeps them).
@@ -84,6 +85,16 @@ pg_pids() {
 }
 # The Redis server of REDIS_URL (its command line names its port).
 redis_pids() { pgrep -f "redis-server .*:${REDIS_URL##*:}\$" || true; }
+# "pid service ticks" for each backend of this database (service = the
+# pool's application_name: exchange-order, exchange-clearing, ...).
+backend_ticks() {
+    local pid app
+    psql -Atq -F ' ' "$admin_url" -c "SELECT pid, application_name FROM pg_stat_activity
+        WHERE datname = '$db' AND application_name <> ''" |
+        while read -r pid app; do
+            [ -r "/proc/$pid/stat" ] && echo "$pid $app $(awk '{print $14 + $15}' "/proc/$pid/stat")"
+        done
+}
 
 "$bin" bench --gateway http://127.0.0.1:18080 --ws ws://127.0.0.1:18090 \
     --admin-token "$ADMIN_TOKEN" --users "$users" --duration "$seconds" --setup \
@@ -95,8 +106,10 @@ until grep -q "warm-up pair" "$work/bench.txt" || ! kill -0 "$bench_pid" 2>/dev/
 # shellcheck disable=SC2046
 {
     ex0=$(ticks "$exchange_pid"); pg0=$(ticks $(pg_pids)); rd0=$(ticks $(redis_pids)); bn0=$(ticks "$bench_pid")
+    backend_ticks >"$work/backends0"
     sleep "$seconds"
     ex1=$(ticks "$exchange_pid"); pg1=$(ticks $(pg_pids)); rd1=$(ticks $(redis_pids)); bn1=$(ticks "$bench_pid")
+    backend_ticks >"$work/backends1"
 }
 wait "$bench_pid" || { cat "$work/bench.txt" >&2; die "the bench failed"; }
 cat "$work/bench.txt"
@@ -106,6 +119,15 @@ per_order() { echo $(( ($2 - $1) * 1000000 / hz / accepted )); }
 echo "CPU per accepted order (placing window): exchange $(per_order "$ex0" "$ex1") us," \
     "postgres $(per_order "$pg0" "$pg1") us, redis $(per_order "$rd0" "$rd1") us," \
     "bench client $(per_order "$bn0" "$bn1") us"
+# Per service: each backend's ticks in the window (a backend opened during
+# it counts from 0), summed by application_name.
+by_service=$(
+    awk -v hz="$hz" -v n="$accepted" '
+        FNR == NR { start[$1] = $3; next }
+        { used[$2] += $3 - ($1 in start ? start[$1] : 0) }
+        END { for (s in used) printf "%s %d us\n", s, used[s] * 1000000 / hz / n }
+    ' "$work/backends0" "$work/backends1" | sort | paste -sd, - | sed 's/,/, /g')
+echo "PostgreSQL CPU per accepted order by service: $by_service"
 if [ "$pgss" = 1 ]; then
     echo "PostgreSQL statements by total time:"
     psql "$DB_URL" -c "SELECT calls, round(total_exec_time::numeric) AS ms,
