@@ -61,10 +61,10 @@ pub struct Clearing {
     halts: Mutex<BTreeMap<String, (Halt, Heartbeat)>>,
     /// Failed catch-up attempts per batch, to halt like the stream path does.
     catch_up_failures: Mutex<BTreeMap<(String, u64), u64>>,
-    /// Per market: every stored batch up to this seq is cleared. Loaded
-    /// from `clearing_watermarks` on the first catch-up, stored when raised.
-    watermarks: Mutex<BTreeMap<String, i64>>,
-    watermarks_loaded: std::sync::atomic::AtomicBool,
+    /// Per market: every stored batch up to this seq is cleared. `None`
+    /// until the first catch-up loads `clearing_watermarks`; stored when
+    /// raised.
+    watermarks: Mutex<Option<BTreeMap<String, i64>>>,
 }
 
 impl std::fmt::Debug for Clearing {
@@ -97,8 +97,7 @@ impl Clearing {
             markets: Mutex::new(Arc::new(BTreeMap::new())),
             halts: Mutex::new(BTreeMap::new()),
             catch_up_failures: Mutex::new(BTreeMap::new()),
-            watermarks: Mutex::new(BTreeMap::new()),
-            watermarks_loaded: std::sync::atomic::AtomicBool::new(false),
+            watermarks: Mutex::new(None),
         }
     }
 
@@ -348,19 +347,14 @@ impl Clearing {
     /// `clearing_watermarks`, so a restarted clearing does not walk the
     /// history again.
     pub async fn catch_up(&self, older_than: Duration, limit: i64) -> Result<usize, SettleError> {
-        use std::sync::atomic::Ordering;
-        if !self.watermarks_loaded.load(Ordering::Relaxed) {
+        if self.watermarks.lock().is_ok_and(|w| w.is_none()) {
             let stored: Vec<(String, i64)> =
                 sqlx::query_as("SELECT market, seq FROM clearing_watermarks")
                     .fetch_all(&self.db)
                     .await?;
             if let Ok(mut w) = self.watermarks.lock() {
-                for (market, seq) in stored {
-                    let known = w.entry(market).or_insert(seq);
-                    *known = (*known).max(seq);
-                }
+                *w = Some(stored.into_iter().collect());
             }
-            self.watermarks_loaded.store(true, Ordering::Relaxed);
         }
         let mut raised: (Vec<String>, Vec<i64>) = (Vec::new(), Vec::new());
         let markets: Vec<String> = self
@@ -378,7 +372,8 @@ impl Clearing {
             let start = self
                 .watermarks
                 .lock()
-                .map(|w| w.get(&market).copied().unwrap_or(0))
+                .ok()
+                .and_then(|w| w.as_ref()?.get(&market).copied())
                 .unwrap_or(0);
             let mut watermark = start;
             let mut missing: Vec<i64> = Vec::new();
@@ -418,8 +413,10 @@ impl Clearing {
                     break;
                 }
             }
-            if let Ok(mut w) = self.watermarks.lock() {
-                w.insert(market.clone(), watermark);
+            if let Ok(mut guard) = self.watermarks.lock() {
+                guard
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(market.clone(), watermark);
             }
             if watermark > start {
                 raised.0.push(market.clone());
