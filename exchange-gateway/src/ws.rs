@@ -248,18 +248,13 @@ impl Hub {
                     evicted += 1;
                     return false;
                 }
+                // Only a closed queue can refuse now (the hub sends only
+                // under its lock, and the room was checked): the session
+                // is gone already.
                 for push in pushes {
-                    match c.tx.try_send(push.clone()) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            c.evict.notify_one();
-                            evicted += 1;
-                            return false;
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
-                            evicted += 1;
-                            return false;
-                        }
+                    if c.tx.try_send(push.clone()).is_err() {
+                        evicted += 1;
+                        return false;
                     }
                 }
                 true
