@@ -12,8 +12,9 @@ use axum::http::{HeaderName, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::{ListenerExt, TapIo};
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
@@ -170,6 +171,20 @@ impl MakeRequestId for RandomRequestId {
     }
 }
 
+/// `listener` with TCP_NODELAY set on every accepted connection. With
+/// Nagle's algorithm, a small write that follows another before the peer
+/// has acknowledged it waits for that ACK, and a peer that only reads (a
+/// WebSocket client taking pushes) delays its ACKs by up to 40 ms: the
+/// second push of a burst would arrive that much later.
+fn without_nagle(listener: TcpListener) -> TapIo<TcpListener, fn(&mut TcpStream)> {
+    fn set_nodelay(tcp: &mut TcpStream) {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
+        }
+    }
+    listener.tap_io(set_nodelay)
+}
+
 /// Serves `router` until `shutdown`, then lets in-flight requests finish for
 /// at most `drain` before returning.
 pub async fn serve(
@@ -182,7 +197,7 @@ pub async fn serve(
     tracing::info!(%addr, "listening");
     let signal = shutdown.clone();
     let server = axum::serve(
-        listener,
+        without_nagle(listener),
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move { signal.wait().await })
@@ -208,4 +223,22 @@ pub fn spawn_ready_refresher(readiness: Readiness, shutdown: Shutdown) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::serve::Listener;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut listener = without_nagle(listener);
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, peer) = listener.accept().await;
+        assert_eq!(peer, client.local_addr().unwrap());
+        assert!(accepted.nodelay().unwrap(), "TCP_NODELAY is not set");
+    }
 }

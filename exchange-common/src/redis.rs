@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client};
+use redis::io::tcp::TcpSettings;
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo};
 
 use crate::config::Config;
 
@@ -36,7 +37,13 @@ impl Redis {
     }
 
     pub fn with_prefix(url: &str, prefix: &str) -> redis::RedisResult<Self> {
-        let client = Client::open(url)?;
+        // Commands from many tasks share one connection: with Nagle's
+        // algorithm each write behind an unanswered one would wait for
+        // the reply's ACK.
+        let info = url
+            .into_connection_info()?
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let client = Client::open(info)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT))
             .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
@@ -107,5 +114,16 @@ impl Redis {
                 .await,
             Ok(Ok(_))
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connections_have_nagle_off() {
+        let redis = Redis::with_prefix("redis://127.0.0.1:1/", "t").unwrap();
+        assert!(redis.client.get_connection_info().tcp_settings().nodelay());
     }
 }
