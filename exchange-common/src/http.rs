@@ -226,6 +226,7 @@ pub fn spawn_ready_refresher(readiness: Readiness, shutdown: Shutdown) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use axum::serve::Listener;
 
