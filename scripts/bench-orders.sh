@@ -14,6 +14,10 @@
 #   DB_URL/REDIS_URL  as for scripts/test.sh; unset: the local PostgreSQL
 #                  and Redis of scripts/lib/local-services.sh. PostgreSQL
 #                  started here loads pg_stat_statements.
+#   HTTP_FLOOR=1   afterwards, also the CPU per request of the cheapest
+#                  request (`GET /health` on the gateway, 64 connections,
+#                  `wrk`, installed if missing): the HTTP part of the floor
+#                  that scripts/bench-floor.sh prints.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -115,7 +119,8 @@ wait "$bench_pid" || { cat "$work/bench.txt" >&2; die "the bench failed"; }
 cat "$work/bench.txt"
 accepted=$(grep -oP 'accepted: \K[0-9]+' "$work/bench.txt")
 hz=$(getconf CLK_TCK)
-per_order() { echo $(( ($2 - $1) * 1000000 / hz / accepted )); }
+# CPU microseconds per order between two tick readings (or per $3 units).
+per_order() { echo $(( ($2 - $1) * 1000000 / hz / ${3:-$accepted} )); }
 echo "CPU per accepted order (placing window): exchange $(per_order "$ex0" "$ex1") us," \
     "postgres $(per_order "$pg0" "$pg1") us, redis $(per_order "$rd0" "$rd1") us," \
     "bench client $(per_order "$bn0" "$bn1") us"
@@ -137,3 +142,18 @@ if [ "$pgss" = 1 ]; then
         ORDER BY total_exec_time DESC LIMIT 15"
 fi
 "$bin" admin reconcile | tail -n 1
+
+if [ -n "${HTTP_FLOOR:-}" ]; then
+    command -v wrk >/dev/null 2>&1 || apt_install wrk
+    wrk -t1 -c64 -d12s http://127.0.0.1:18080/health >"$work/wrk.txt" &
+    wrk_pid=$!
+    sleep 1
+    ex0=$(ticks "$exchange_pid"); wk0=$(ticks "$wrk_pid")
+    sleep 10
+    ex1=$(ticks "$exchange_pid"); wk1=$(ticks "$wrk_pid")
+    wait "$wrk_pid"
+    # Requests in the 10 s window, at the run's average rate.
+    requests=$(awk '/Requests\/sec:/ { printf "%d", $2 * 10 }' "$work/wrk.txt")
+    echo "HTTP floor: $requests requests in 10s, CPU per request: exchange $(per_order "$ex0" "$ex1" "$requests") us," \
+        "wrk $(per_order "$wk0" "$wk1" "$requests") us"
+fi

@@ -1,0 +1,18 @@
+BEGIN;
+UPDATE balances b SET available = b.available - 0, locked = b.locked + 0, updated_at = now() FROM (SELECT DISTINCT user_id, reserve_asset FROM orders WHERE id BETWEEN 1 AND :N) r WHERE b.user_id = r.user_id AND b.asset = r.reserve_asset;
+INSERT INTO orders SELECT id + :B, user_id, NULL, market, side, type, time_in_force, post_only, stp, price, stop_price, quantity, quote_quantity, 0, 0, reserve_asset, reserved, locked_remaining, 'new', NULL, seq + :B, now(), now(), 0, 0 FROM orders WHERE id BETWEEN 1 AND :N;
+INSERT INTO order_commands SELECT market, seq + :B, time_ms, command, now() FROM order_commands WHERE market = :'M' AND seq BETWEEN 1 AND :N;
+UPDATE market_sequences SET last_seq = :B + :N WHERE market = :'M';
+COMMIT;
+BEGIN;
+INSERT INTO event_batches SELECT market, seq + :B, time_ms, events, now() FROM event_batches WHERE market = :'M' AND seq BETWEEN 1 AND :N;
+COMMIT;
+BEGIN;
+UPDATE orders SET filled_quantity = quantity, filled_quote = quantity * price, locked_remaining = 0, status = 'filled', updated_at = now(), applied_seq = seq WHERE id BETWEEN :B + 1 AND :B + :N;
+INSERT INTO fills (user_id, order_id, market, trade_id, side, price, quantity, quote_amount, fee, fee_asset, liquidity, time_ms) SELECT user_id, order_id + :B, market, trade_id + :B, side, price, quantity, quote_amount, fee, fee_asset, liquidity, time_ms FROM fills WHERE id BETWEEN 1 AND :N;
+INSERT INTO trades SELECT market, id + :B, seq + :B, price, quantity, quote_amount, taker_side, maker_order_id, taker_order_id, maker_user_id, taker_user_id, maker_fee, taker_fee, time_ms FROM trades WHERE market = :'M' AND id BETWEEN 1 AND :N / 2;
+INSERT INTO ledger_journal (kind, reference) VALUES ('trade', :'M' || ':' || (:B + :N));
+INSERT INTO ledger_postings (journal_id, account_kind, user_id, asset, amount) SELECT currval('ledger_journal_id_seq'), 'user', b.user_id, b.asset, 1 FROM balances b WHERE b.user_id IN (SELECT user_id FROM orders WHERE id BETWEEN 1 AND :N) UNION ALL SELECT currval('ledger_journal_id_seq'), 'fees', NULL, b.asset, -count(*) FROM balances b WHERE b.user_id IN (SELECT user_id FROM orders WHERE id BETWEEN 1 AND :N) GROUP BY b.asset;
+UPDATE balances SET available = available + 0, locked = locked - 0, updated_at = now() WHERE user_id IN (SELECT user_id FROM orders WHERE id BETWEEN 1 AND :N);
+INSERT INTO cleared_batches SELECT market, seq + :B FROM event_batches WHERE market = :'M' AND seq BETWEEN 1 AND :N;
+COMMIT;
