@@ -144,6 +144,9 @@ pub struct OrderDelta {
     pub fills: Vec<(u64, u128)>,
     /// The highest batch seq of the plan that touched the order.
     pub last_seq: u64,
+    /// When the plan's batches triggered this stop or take-profit (the
+    /// first such batch's time).
+    pub triggered_ms: Option<u64>,
 }
 
 impl OrderDelta {
@@ -470,8 +473,11 @@ impl Plan {
                         d.unlocked = cx.add(d.unlocked, *release)?;
                     }
                 }
+                Event::StopTriggered { order_id, .. } => {
+                    let d = self.order(&cx, order_id.0, None)?;
+                    d.triggered_ms.get_or_insert(batch.time_ms);
+                }
                 Event::OrderAccepted { .. }
-                | Event::StopTriggered { .. }
                 | Event::BookLevel { .. }
                 | Event::MarketStatusChanged { .. } => {}
             }

@@ -54,6 +54,10 @@ pub struct OrderView {
     /// `filled_quote / filled_quantity` at the quote scale, rounded down.
     pub average_price: Option<String>,
     pub reason: Option<String>,
+    /// When a stop or take-profit triggered (ms); absent while it waits
+    /// and for other types.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub triggered_at: Option<i64>,
 }
 
 /// The public status of a stored one.
@@ -120,7 +124,8 @@ pub const ORDER_VIEW_COLUMNS: &str =
      trim_scale(o.filled_quote)::text, o.status, o.reason,
      (extract(epoch FROM o.created_at) * 1000)::bigint,
      (extract(epoch FROM o.updated_at) * 1000)::bigint,
-     trim_scale(o.stop_price)::text, o.post_only, o.stp";
+     trim_scale(o.stop_price)::text, o.post_only, o.stp,
+     (extract(epoch FROM o.triggered_at) * 1000)::bigint";
 
 /// An order as pushed, from a row of [`ORDER_VIEW_COLUMNS`].
 pub fn order_view_of_row(
@@ -155,6 +160,7 @@ pub fn order_view_of_row(
         post_only: r.try_get(17)?,
         stp: r.try_get(18)?,
         average_price,
+        triggered_at: r.try_get(19)?,
     })
 }
 

@@ -346,6 +346,7 @@ async fn apply_orders(
     let mut new_qty: Vec<Option<String>> = Vec::with_capacity(n);
     let mut amend_seq: Vec<i64> = Vec::with_capacity(n);
     let mut applied_seq: Vec<i64> = Vec::with_capacity(n);
+    let mut triggered_ms: Vec<Option<i64>> = Vec::with_capacity(n);
     for (order_id, d) in &plan.orders {
         let m = markets
             .get(&d.market)
@@ -356,6 +357,7 @@ async fn apply_orders(
         unlocked.push(format_units(d.unlocked, reserve_scale));
         status.push(d.final_status.map(|s| wire(&s)));
         reason.push(d.reason.map(|r| wire(&r)));
+        triggered_ms.push(d.triggered_ms.map(id).transpose()?);
         // A missing row is reported below (MissingOrders) from the UPDATE.
         let Some((user, row_amend, row_applied, row_filled, row_qty)) = current.get(order_id)
         else {
@@ -441,11 +443,14 @@ async fn apply_orders(
             quantity = COALESCE(d.quantity, o.quantity),
             amend_seq = d.amend_seq,
             applied_seq = d.applied_seq,
+            triggered_at = COALESCE(o.triggered_at,
+                timestamptz 'epoch' + d.triggered_ms * interval '1 millisecond'),
             updated_at = now()
          FROM unnest($1::bigint[], $2::numeric[], $3::numeric[], $4::numeric[], $5::text[],
-                     $6::text[], $7::numeric[], $8::numeric[], $9::bigint[], $10::bigint[])
+                     $6::text[], $7::numeric[], $8::numeric[], $9::bigint[], $10::bigint[],
+                     $12::bigint[])
               AS d(id, fq, fquote, unlocked, status, reason, a_price, quantity, amend_seq,
-                   applied_seq)
+                   applied_seq, triggered_ms)
          WHERE o.id = d.id AND o.id = ANY($1)
          RETURNING o.*)
          SELECT {ORDER_VIEW_COLUMNS} FROM u o
@@ -464,6 +469,7 @@ async fn apply_orders(
     .bind(&amend_seq)
     .bind(&applied_seq)
     .bind(accepted)
+    .bind(&triggered_ms)
     .fetch_all(&mut *tx)
     .await?;
     let mut out = Vec::with_capacity(rows.len());

@@ -274,3 +274,99 @@ async fn a_resting_order_and_its_cancel_are_pushed_to_their_owner_only() {
         "bob receives nothing of alice's"
     );
 }
+
+/// A stop order that triggers and rests unfilled is seen as triggered:
+/// before, its row could not tell it from one still waiting for its stop
+/// price (both `new`, nothing filled), so the Binance API called it not
+/// working. The push and `GET /orders/{id}` carry `triggered_at` once it
+/// triggered, and nothing while it waits.
+#[tokio::test]
+async fn a_triggered_stop_that_rests_unfilled_is_reported_triggered() {
+    let app = spawn().await;
+    let _pipeline = start_pipeline(&app).await;
+    app.seed_market().await;
+    let seller = app.register("seller@example.com").await;
+    let s = app.login("seller@example.com").await;
+    let buyer = app.register("buyer@example.com").await;
+    let b = app.login("buyer@example.com").await;
+    let stopper = app.register("stopper@example.com").await;
+    let t = app.login("stopper@example.com").await;
+    app.deposit(seller, "BTC", "1").await;
+    app.deposit(buyer, "USDT", "100000").await;
+    app.deposit(stopper, "USDT", "1000").await;
+    app.wait_subscriber_up().await;
+    let trade_at = |price: &'static str| {
+        let (s, b) = (s.clone(), b.clone());
+        let app = &app;
+        async move {
+            let (status, sell) = app
+                .place(
+                    &s,
+                    &json!({"market":"BTC-USDT","side":"sell","type":"limit",
+                                    "price":price,"quantity":"0.01"}),
+                )
+                .await;
+            assert_eq!(status, 201, "{sell}");
+            let (status, buy) = app
+                .place(
+                    &b,
+                    &json!({"market":"BTC-USDT","side":"buy","type":"limit",
+                                    "price":price,"quantity":"0.01"}),
+                )
+                .await;
+            assert_eq!(status, 201, "{buy}");
+            wait_status(app, &s, sell["id"].as_i64().unwrap(), "filled").await;
+            wait_status(app, &b, buy["id"].as_i64().unwrap(), "filled").await;
+        }
+    };
+    // The last price: 50000.
+    trade_at("50000").await;
+
+    // A stop buy: works once the price rises to 51000, then bids 40000.
+    let mut ws_t = connect(&app, &t).await;
+    let (status, placed) = app
+        .place(
+            &t,
+            &json!({"market":"BTC-USDT","side":"buy","type":"stop_limit","price":"40000",
+                    "stop_price":"51000","quantity":"0.01"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{placed}");
+    let id = placed["id"].as_i64().unwrap();
+    let waiting = until(&mut ws_t, "order").await;
+    let waiting = waiting.last().unwrap();
+    assert_eq!(waiting["data"]["status"], "new", "{waiting}");
+    assert!(waiting["data"].get("triggered_at").is_none(), "{waiting}");
+    let (_, rest) = app.get_auth(&format!("/api/v1/orders/{id}"), &t).await;
+    assert!(rest.get("triggered_at").is_none(), "{rest}");
+
+    // A trade at 51000 triggers it; its bid at 40000 finds no seller.
+    let before_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    trade_at("51000").await;
+    let pushed = until(&mut ws_t, "order").await;
+    let pushed = &pushed.last().unwrap()["data"];
+    assert_eq!(pushed["id"].as_i64(), Some(id), "{pushed}");
+    assert_eq!(pushed["status"], "new", "{pushed}");
+    assert_eq!(pushed["filled_quantity"], "0", "{pushed}");
+    let triggered_at = pushed["triggered_at"]
+        .as_i64()
+        .expect("triggered_at pushed");
+    assert!(
+        triggered_at >= before_ms - 1_000,
+        "{triggered_at} < {before_ms}"
+    );
+    let (_, rest) = app.get_auth(&format!("/api/v1/orders/{id}"), &t).await;
+    assert_eq!(&rest, pushed, "push equals GET /orders/{{id}}");
+    let (_, bal) = app.get_auth("/api/v1/account/balances", &t).await;
+    assert_eq!(
+        bal,
+        json!([{"asset":"USDT","available":"600","locked":"400"}]),
+        "the resting bid holds its reserve"
+    );
+}

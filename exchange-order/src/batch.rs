@@ -1206,6 +1206,7 @@ fn new_order_row(
         seq: 0,
         created_ms: ms,
         updated_ms: ms,
+        triggered_ms: None,
     }
 }
 

@@ -14,7 +14,8 @@ pub const ORDER_COLUMNS: &str = "id, user_id, client_order_id, market, side, typ
     reserve_asset, reserved::text AS reserved, locked_remaining::text AS locked_remaining, \
     status, reason, seq, \
     (extract(epoch FROM created_at) * 1000)::bigint AS created_ms, \
-    (extract(epoch FROM updated_at) * 1000)::bigint AS updated_ms";
+    (extract(epoch FROM updated_at) * 1000)::bigint AS updated_ms, \
+    (extract(epoch FROM triggered_at) * 1000)::bigint AS triggered_ms";
 
 /// One `orders` row, numerics as their decimal text.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -42,6 +43,8 @@ pub struct OrderRow {
     pub seq: i64,
     pub created_ms: i64,
     pub updated_ms: i64,
+    /// When a stop or take-profit triggered; `None` while it waits.
+    pub triggered_ms: Option<i64>,
 }
 
 impl OrderRow {
@@ -72,6 +75,10 @@ pub struct OrderJson {
     pub stp: String,
     pub average_price: Option<String>,
     pub reason: Option<String>,
+    /// When a stop or take-profit triggered (ms); absent while it waits
+    /// and for other types.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub triggered_at: Option<i64>,
 }
 
 /// The public status: the database's `expired` shows as `canceled` (its
@@ -134,6 +141,7 @@ impl OrderJson {
             stp: row.stp.clone(),
             average_price: avg,
             reason: row.reason.clone(),
+            triggered_at: row.triggered_ms,
         }
     }
 }

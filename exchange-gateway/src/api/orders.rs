@@ -124,7 +124,7 @@ struct UserOnly {
     user_id: i64,
 }
 
-#[utoipa::path(get, path = "/api/v1/orders/{id}", responses((status = 200, description = "the order"), (status = 404, description = "ORDER_NOT_FOUND (also for another user's order)")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/api/v1/orders/{id}", responses((status = 200, description = "the order (API.md's fields plus quote_quantity, stop_price, time_in_force, post_only, stp, average_price, reason, and triggered_at in ms once a stop or take-profit triggered)"), (status = 404, description = "ORDER_NOT_FOUND (also for another user's order)")), security(("bearer" = [])))]
 pub async fn get_order(
     State(s): State<AppState>,
     Extension(user): Extension<AuthUser>,

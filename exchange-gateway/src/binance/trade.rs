@@ -59,6 +59,8 @@ pub struct OrderRow {
     pub seq: i64,
     pub created_ms: i64,
     pub updated_ms: i64,
+    /// When a stop or take-profit triggered; `None` while it waits.
+    pub triggered_ms: Option<i64>,
 }
 
 const ORDER_SQL: &str = "SELECT id, client_order_id, market, side, type AS order_type, time_in_force, post_only, stp, \
@@ -66,7 +68,8 @@ const ORDER_SQL: &str = "SELECT id, client_order_id, market, side, type AS order
     trim_scale(quantity)::text AS quantity, trim_scale(quote_quantity)::text AS quote_quantity, \
     trim_scale(filled_quantity)::text AS filled_quantity, trim_scale(filled_quote)::text AS filled_quote, \
     status, seq, (extract(epoch FROM created_at) * 1000)::bigint AS created_ms, \
-    (extract(epoch FROM updated_at) * 1000)::bigint AS updated_ms FROM orders";
+    (extract(epoch FROM updated_at) * 1000)::bigint AS updated_ms, \
+    (extract(epoch FROM triggered_at) * 1000)::bigint AS triggered_ms FROM orders";
 
 fn is_open(status: &str) -> bool {
     matches!(status, "new" | "partially_filled")
@@ -84,8 +87,11 @@ fn client_id(r: &OrderRow) -> String {
 
 /// An order as `GET /api/v3/order` shows it.
 pub fn order_json(r: &OrderRow) -> Value {
-    // A pending stop or take-profit is not working yet (as Binance).
-    let stop = is_conditional(&r.order_type);
+    // A stop or take-profit works once triggered (as Binance). One that
+    // filled something triggered, also if it did so before the row
+    // recorded triggers (migration 0013).
+    let waiting =
+        is_conditional(&r.order_type) && r.triggered_ms.is_none() && r.filled_quantity == "0";
     json!({
         "symbol": to_binance_symbol(&r.market),
         "orderId": r.id,
@@ -103,8 +109,8 @@ pub fn order_json(r: &OrderRow) -> Value {
         "icebergQty": pad8("0"),
         "time": r.created_ms,
         "updateTime": r.updated_ms,
-        "isWorking": !stop || r.status != "new" || r.filled_quantity != "0",
-        "workingTime": r.created_ms,
+        "isWorking": !waiting,
+        "workingTime": r.triggered_ms.unwrap_or(r.created_ms),
         "origQuoteOrderQty": opt8(r.quote_quantity.as_ref()),
         "selfTradePreventionMode": stp_mode(&r.stp),
     })
@@ -880,6 +886,7 @@ mod tests {
             seq: 3,
             created_ms: 1,
             updated_ms: 2,
+            triggered_ms: None,
         };
         let v = order_json(&r);
         assert_eq!(v["symbol"], "BTCUSDT");
@@ -894,5 +901,32 @@ mod tests {
         let res = result_json(&r);
         assert_eq!(res["transactTime"], 1);
         assert!(res.get("stopPrice").is_none());
+        assert_eq!(
+            (v["isWorking"].as_bool(), v["workingTime"].as_i64()),
+            (Some(true), Some(1))
+        );
+
+        // A stop-limit works from its trigger on, filled or not.
+        let mut stop = r;
+        stop.order_type = "stop_limit".into();
+        stop.stop_price = Some("51000".into());
+        stop.status = "new".into();
+        stop.filled_quantity = "0".into();
+        stop.filled_quote = "0".into();
+        let v = order_json(&stop);
+        assert_eq!(
+            (v["type"].as_str(), v["isWorking"].as_bool()),
+            (Some("STOP_LOSS_LIMIT"), Some(false))
+        );
+        stop.triggered_ms = Some(5);
+        let v = order_json(&stop);
+        assert_eq!(
+            (v["isWorking"].as_bool(), v["workingTime"].as_i64()),
+            (Some(true), Some(5))
+        );
+        // Canceled before it triggered: it never worked.
+        stop.triggered_ms = None;
+        stop.status = "canceled".into();
+        assert_eq!(order_json(&stop)["isWorking"], false);
     }
 }

@@ -416,10 +416,11 @@ fn report(o: &Value, exec: &str, fill: Option<&Value>, now: u64) -> Value {
     let created = o["created_at"].as_i64().unwrap_or(0);
     let updated = o["updated_at"].as_i64().unwrap_or(created);
     let status = order_status(o["status"].as_str().unwrap_or("new"));
-    // A stop or take-profit that is new and unfilled has (as far as the
-    // order row tells) not triggered yet: not working, as GET order says.
+    // A stop or take-profit that has not triggered (and, for orders from
+    // before triggers were recorded, filled nothing) is not working yet,
+    // as GET order says.
     let pending = is_conditional(o["type"].as_str().unwrap_or(""))
-        && status == "NEW"
+        && o["triggered_at"].is_null()
         && filled.bytes().all(|b| b == b'0' || b == b'.');
     let working = matches!(status, "NEW" | "PARTIALLY_FILLED") && !pending;
     // Binance's reject reason for the one rejection it names the same way.
@@ -484,7 +485,7 @@ fn report(o: &Value, exec: &str, fill: Option<&Value>, now: u64) -> Value {
         "Z": cum_quote,
         "Y": y,
         "Q": opt(&o["quote_quantity"]),
-        "W": created,
+        "W": o["triggered_at"].as_i64().unwrap_or(created),
         "V": stp_mode(o["stp"].as_str().unwrap_or("none")),
     })
 }
@@ -592,6 +593,14 @@ mod tests {
                 Some(false)
             )
         );
+        // Triggered, resting unfilled: working since the trigger.
+        tp["triggered_at"] = json!(1_700_000_000_123_i64);
+        let r: Value = serde_json::from_str(&t.translate(&event("order", &tp), 10)[0]).unwrap();
+        assert_eq!(
+            (r["X"].as_str(), r["w"].as_bool(), r["W"].as_i64()),
+            (Some("NEW"), Some(true), Some(1_700_000_000_123))
+        );
+        tp.as_object_mut().unwrap().remove("triggered_at");
         tp["id"] = json!(9);
         tp["type"] = json!("take_profit_market");
         tp["status"] = json!("rejected");
