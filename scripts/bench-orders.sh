@@ -120,7 +120,7 @@ cat "$work/bench.txt"
 accepted=$(grep -oP 'accepted: \K[0-9]+' "$work/bench.txt")
 hz=$(getconf CLK_TCK)
 # CPU microseconds per order between two tick readings (or per $3 units).
-per_order() { echo $(( ($2 - $1) * 1000000 / hz / ${3:-$accepted} )); }
+per_order() { echo $(( ($2 - $1) * 1000000 / hz / ${3-$accepted} )); }
 echo "CPU per accepted order (placing window): exchange $(per_order "$ex0" "$ex1") us," \
     "postgres $(per_order "$pg0" "$pg1") us, redis $(per_order "$rd0" "$rd1") us," \
     "bench client $(per_order "$bn0" "$bn1") us"
@@ -154,6 +154,7 @@ if [ -n "${HTTP_FLOOR:-}" ]; then
     wait "$wrk_pid"
     # Requests in the 10 s window, at the run's average rate.
     requests=$(awk '/Requests\/sec:/ { printf "%d", $2 * 10 }' "$work/wrk.txt")
+    [ "${requests:-0}" -gt 0 ] || { cat "$work/wrk.txt" >&2; die "wrk reported no requests"; }
     echo "HTTP floor: $requests requests in 10s, CPU per request: exchange $(per_order "$ex0" "$ex1" "$requests") us," \
         "wrk $(per_order "$wk0" "$wk1" "$requests") us"
 fi

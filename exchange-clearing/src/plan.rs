@@ -144,8 +144,8 @@ pub struct OrderDelta {
     pub fills: Vec<(u64, u128)>,
     /// The highest batch seq of the plan that touched the order.
     pub last_seq: u64,
-    /// When the plan's batches triggered this stop or take-profit (the
-    /// first such batch's time).
+    /// When this stop or take-profit triggered: the time of the batch
+    /// that triggered it, if it is in the plan.
     pub triggered_ms: Option<u64>,
 }
 
@@ -671,6 +671,29 @@ mod tests {
             plan.fills
                 .iter()
                 .any(|f| f.maker && f.side == Side::Sell && f.fee == 5)
+        );
+    }
+
+    #[test]
+    fn a_trigger_marks_its_order_with_the_batch_time_and_moves_no_money() {
+        let triggered = Event::StopTriggered {
+            order_id: OrderId(7),
+            user_id: UserId(30),
+            stop_price: 1,
+            last_price: 1,
+        };
+        let b = batch(4, vec![trade(1, Side::Buy, 100, 5_000, 5, 1), triggered]);
+        let plan = Plan::build(&[&b], &markets()).unwrap();
+        let d = &plan.orders[&7];
+        assert_eq!(d.triggered_ms, Some(1004));
+        assert_eq!(
+            (d.filled_quantity, d.unlocked, d.final_status),
+            (0, 0, None)
+        );
+        assert!(!plan.balances.keys().any(|(u, _)| *u == 30));
+        assert_eq!(
+            plan.orders[&1].triggered_ms, None,
+            "the trade's orders did not trigger"
         );
     }
 
