@@ -424,8 +424,8 @@ async fn apply_orders(
         applied_seq.push(id(d.last_seq.max(*row_applied))?);
     }
     // The accepted orders' read rides along (one round trip, not two);
-    // their ids are none of the updated ones. ($12, the trigger times, came
-    // after $11, the accepted ids.)
+    // their ids are none of the updated ones. $11 is the read's (accepted
+    // ids), $12 the update's trigger times.
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "WITH u AS (UPDATE orders o SET
             filled_quantity = o.filled_quantity + d.fq,

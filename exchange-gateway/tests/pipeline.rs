@@ -40,6 +40,19 @@ async fn start_pipeline(app: &App) -> Shutdown {
     shutdown
 }
 
+/// A seller holding 1 BTC and a buyer holding 100,000 USDT, logged in:
+/// their tokens.
+async fn seller_and_buyer(app: &App) -> (String, String) {
+    let seller = app.register("seller@example.com").await;
+    let buyer = app.register("buyer@example.com").await;
+    app.deposit(seller, "BTC", "1").await;
+    app.deposit(buyer, "USDT", "100000").await;
+    (
+        app.login("seller@example.com").await,
+        app.login("buyer@example.com").await,
+    )
+}
+
 async fn connect(app: &App, token: &str) -> Ws {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("{}/ws/private", app.ws_url))
         .await
@@ -98,12 +111,7 @@ async fn a_trade_reaches_each_user_privately_and_over_rest() {
     let app = spawn().await;
     let _pipeline = start_pipeline(&app).await;
     app.seed_market().await;
-    let seller = app.register("seller@example.com").await;
-    let s = app.login("seller@example.com").await;
-    let buyer = app.register("buyer@example.com").await;
-    let b = app.login("buyer@example.com").await;
-    app.deposit(seller, "BTC", "1").await;
-    app.deposit(buyer, "USDT", "100000").await;
+    let (s, b) = seller_and_buyer(&app).await;
     app.wait_subscriber_up().await;
     let mut ws_s = connect(&app, &s).await;
     let mut ws_b = connect(&app, &b).await;
@@ -285,14 +293,9 @@ async fn a_triggered_stop_that_rests_unfilled_is_reported_triggered() {
     let app = spawn().await;
     let _pipeline = start_pipeline(&app).await;
     app.seed_market().await;
-    let seller = app.register("seller@example.com").await;
-    let s = app.login("seller@example.com").await;
-    let buyer = app.register("buyer@example.com").await;
-    let b = app.login("buyer@example.com").await;
+    let (s, b) = seller_and_buyer(&app).await;
     let stopper = app.register("stopper@example.com").await;
     let t = app.login("stopper@example.com").await;
-    app.deposit(seller, "BTC", "1").await;
-    app.deposit(buyer, "USDT", "100000").await;
     app.deposit(stopper, "USDT", "1000").await;
     app.wait_subscriber_up().await;
     let trade_at = |price: &'static str| {
