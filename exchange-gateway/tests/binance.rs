@@ -517,3 +517,124 @@ async fn take_profit_orders_are_placed_stored_and_reported() {
         .unwrap();
     assert_eq!(n, 2, "the two good take-profits, nothing else");
 }
+
+/// Binance refuses a `LIMIT_MAKER` that would take and a stop that would
+/// trigger at once synchronously (`-2010`), whatever `newOrderRespType`
+/// says: with `ACK` (the default for stops) too, the placement waits for
+/// the engine's decision. Orders it accepts are still only acknowledged.
+#[tokio::test]
+async fn ack_placements_binance_would_refuse_answer_2010() {
+    let app = common::spawn().await;
+    let _pipeline = common::start_pipeline(&app).await;
+    app.seed_market().await;
+    let (maker, mk) = user_with_key(&app, "maker@example.com", &["read", "trade"]).await;
+    let (taker, tk) = user_with_key(&app, "taker@example.com", &["read", "trade"]).await;
+    app.deposit(maker, "BTC", "1").await;
+    app.deposit(taker, "USDT", "100000").await;
+
+    // The maker's ask at 30000 rests (retried while the gateway loads the
+    // new market).
+    let mut ask = (0, Value::Null);
+    for _ in 0..50 {
+        ask = place(
+            &app,
+            &mk,
+            "symbol=BTCUSDT&side=SELL&type=LIMIT&timeInForce=GTC&quantity=0.002&price=30000&newOrderRespType=RESULT",
+        )
+        .await;
+        if ask.1["code"] != -1121 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!((ask.0, &ask.1["status"]), (200, &json!("NEW")), "{}", ask.1);
+    // Matching picks a new market up within seconds: until then nothing is
+    // decided within the placement's bounded wait.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM cleared_batches")
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ask never settled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // A LIMIT_MAKER bid at the ask would take: refused, nothing traded.
+    let (s, v) = place(
+        &app,
+        &tk,
+        "symbol=BTCUSDT&side=BUY&type=LIMIT_MAKER&quantity=0.001&price=30000&newOrderRespType=ACK",
+    )
+    .await;
+    assert_eq!((s, v["code"].as_i64()), (400, Some(-2010)), "{v}");
+    assert_eq!(v["msg"], "Order would immediately match and take.");
+    // Below the ask it rests: acknowledged only.
+    let (s, v) = place(
+        &app,
+        &tk,
+        "symbol=BTCUSDT&side=BUY&type=LIMIT_MAKER&quantity=0.001&price=29000&newOrderRespType=ACK",
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v["orderId"].as_i64().is_some() && v.get("status").is_none(),
+        "{v}"
+    );
+
+    // A trade at 30000 sets the last price.
+    let (s, v) = place(
+        &app,
+        &tk,
+        "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.001&price=30000&newOrderRespType=RESULT",
+    )
+    .await;
+    assert_eq!((s, &v["status"]), (200, &json!("FILLED")), "{v}");
+
+    // A stop-loss sell at 31000 is already reached (ACK by default).
+    let (s, v) = place(
+        &app,
+        &mk,
+        "symbol=BTCUSDT&side=SELL&type=STOP_LOSS_LIMIT&timeInForce=GTC&quantity=0.001&price=31000&stopPrice=31000",
+    )
+    .await;
+    assert_eq!((s, v["code"].as_i64()), (400, Some(-2010)), "{v}");
+    assert_eq!(v["msg"], "Order would trigger immediately.");
+    // One at 29500 waits for the price to fall: acknowledged.
+    let (s, v) = place(
+        &app,
+        &mk,
+        "symbol=BTCUSDT&side=SELL&type=STOP_LOSS_LIMIT&timeInForce=GTC&quantity=0.001&price=29500&stopPrice=29500",
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v["orderId"].as_i64().is_some() && v.get("status").is_none(),
+        "{v}"
+    );
+
+    // The refused ones are on record as rejected, as documented.
+    let (_, all) = signed(
+        &app,
+        &tk,
+        Method::GET,
+        "/api/v3/allOrders",
+        "symbol=BTCUSDT",
+    )
+    .await;
+    let statuses: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["REJECTED", "NEW", "FILLED"], "{all}");
+}
+
+async fn place(app: &App, key: &Key, params: &str) -> (u16, Value) {
+    signed(app, key, Method::POST, "/api/v3/order", params).await
+}

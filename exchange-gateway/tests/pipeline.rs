@@ -10,35 +10,15 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{App, spawn};
-use exchange_common::Shutdown;
+use common::{App, spawn, start_pipeline};
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn start_pipeline(app: &App) -> Shutdown {
-    let shutdown = Shutdown::new();
-    let config = Arc::new(app.env.config.clone());
-    let m = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    tokio::spawn(exchange_matching::run(
-        config.clone(),
-        exchange_matching::Listeners { http: m },
-        shutdown.clone(),
-    ));
-    let c = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    tokio::spawn(exchange_clearing::run(
-        config,
-        exchange_clearing::Listeners { http: c },
-        shutdown.clone(),
-    ));
-    shutdown
-}
 
 /// A seller holding 1 BTC and a buyer holding 100,000 USDT, logged in:
 /// their tokens.

@@ -5,8 +5,10 @@
 //! Our placement is asynchronous (journaled, then matched). Binance answers
 //! `RESULT`/`FULL` with the order's state after matching, so those wait a
 //! bounded time ([`SETTLE_WAIT`]) for clearing to have applied the order's
-//! command, then report what is known; `ACK` answers at once. A cancel
-//! likewise waits, bounded, for the order to be final.
+//! command, then report what is known; `ACK` answers at once, except for
+//! the orders Binance may refuse synchronously (`LIMIT_MAKER`, stops and
+//! take-profits), which wait the same way first. A cancel likewise waits,
+//! bounded, for the order to be final.
 
 use std::time::Duration;
 
@@ -411,6 +413,12 @@ pub async fn new_order(State(s): State<BnState>, req: Request) -> Result<Json<Va
     let m = market_of(&s.app, p.require("symbol")?).await?;
     let order = parse_new_order(&p, &m.symbol)?;
     charge_order_budgets(&s, &user)?;
+    // Binance refuses synchronously, whatever the response type, a stop or
+    // take-profit that would trigger at once and a LIMIT_MAKER that would
+    // take (both -2010). Our engine decides after the order is journaled,
+    // so these wait for the outcome even with ACK (bounded, as RESULT).
+    let refusable = order.body["post_only"] == true
+        || is_conditional(order.body["type"].as_str().unwrap_or(""));
     let mut body = order.body;
     body["user_id"] = json!(user.user_id);
     let r = s
@@ -424,14 +432,17 @@ pub async fn new_order(State(s): State<BnState>, req: Request) -> Result<Json<Va
         return Err(upstream_error(&placed, Action::Place));
     }
     let id = placed["id"].as_i64().ok_or_else(BnError::internal)?;
-    if order.resp_type == "ACK" {
-        return Ok(Json(json!({
+    let ack = || {
+        Json(json!({
             "symbol": to_binance_symbol(&m.symbol),
             "orderId": id,
             "orderListId": -1,
             "clientOrderId": order.client_order_id,
             "transactTime": placed["created_at"].as_i64().unwrap_or_else(|| i64::try_from(now_ms()).unwrap_or(0)),
-        })));
+        }))
+    };
+    if order.resp_type == "ACK" && !refusable {
+        return Ok(ack());
     }
     let row = order_by_id(&s, user.user_id, id)
         .await?
@@ -440,11 +451,6 @@ pub async fn new_order(State(s): State<BnState>, req: Request) -> Result<Json<Va
     let row = order_by_id(&s, user.user_id, id)
         .await?
         .ok_or_else(BnError::internal)?;
-    // Binance refuses synchronously a stop or take-profit that would
-    // trigger at once and a LIMIT_MAKER that would take (both -2010); our
-    // engine rejects them after the order is journaled, so a caller waiting
-    // for the result gets Binance's answer (an ACK caller sees the order
-    // REJECTED).
     if row.status == "rejected" {
         let reason: Option<String> =
             sqlx::query_scalar("SELECT reason FROM orders WHERE id = $1 AND user_id = $2")
@@ -459,6 +465,9 @@ pub async fn new_order(State(s): State<BnState>, req: Request) -> Result<Json<Va
             Some("POST_ONLY_WOULD_TAKE") => return Err(BnError::would_take()),
             _ => {}
         }
+    }
+    if order.resp_type == "ACK" {
+        return Ok(ack());
     }
     let mut v = result_json(&row);
     if order.resp_type == "FULL" {

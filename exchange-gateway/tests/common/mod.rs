@@ -243,6 +243,26 @@ impl App {
     }
 }
 
+/// Matching and clearing in-process beside `app`'s gateway and order
+/// service: the whole pipeline, until the returned shutdown is triggered.
+pub async fn start_pipeline(app: &App) -> Shutdown {
+    let shutdown = Shutdown::new();
+    let config = Arc::new(app.env.config.clone());
+    let m = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    tokio::spawn(exchange_matching::run(
+        config.clone(),
+        exchange_matching::Listeners { http: m },
+        shutdown.clone(),
+    ));
+    let c = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    tokio::spawn(exchange_clearing::run(
+        config,
+        exchange_clearing::Listeners { http: c },
+        shutdown.clone(),
+    ));
+    shutdown
+}
+
 /// A loopback address where nothing listens.
 pub async fn dead_addr() -> std::net::SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
