@@ -565,26 +565,15 @@ async fn ack_placements_binance_would_refuse_answer_2010() {
     }
 
     // A LIMIT_MAKER bid at the ask would take: refused, nothing traded.
-    let (s, v) = place(
-        &app,
-        &tk,
-        "symbol=BTCUSDT&side=BUY&type=LIMIT_MAKER&quantity=0.001&price=30000&newOrderRespType=ACK",
-    )
-    .await;
-    assert_eq!((s, v["code"].as_i64()), (400, Some(-2010)), "{v}");
-    assert_eq!(v["msg"], "Order would immediately match and take.");
     // Below the ask it rests: acknowledged only.
-    let (s, v) = place(
-        &app,
-        &tk,
-        "symbol=BTCUSDT&side=BUY&type=LIMIT_MAKER&quantity=0.001&price=29000&newOrderRespType=ACK",
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    assert!(
-        v["orderId"].as_i64().is_some() && v.get("status").is_none(),
-        "{v}"
-    );
+    let maker_bid = |price: &str| {
+        format!(
+            "symbol=BTCUSDT&side=BUY&type=LIMIT_MAKER&quantity=0.001&price={price}&newOrderRespType=ACK"
+        )
+    };
+    let taken = place(&app, &tk, &maker_bid("30000")).await;
+    assert_refused(taken, "Order would immediately match and take.");
+    assert_acknowledged(place(&app, &tk, &maker_bid("29000")).await);
 
     // A trade at 30000 sets the last price.
     let (s, v) = place(
@@ -595,27 +584,16 @@ async fn ack_placements_binance_would_refuse_answer_2010() {
     .await;
     assert_eq!((s, &v["status"]), (200, &json!("FILLED")), "{v}");
 
-    // A stop-loss sell at 31000 is already reached (ACK by default).
-    let (s, v) = place(
-        &app,
-        &mk,
-        "symbol=BTCUSDT&side=SELL&type=STOP_LOSS_LIMIT&timeInForce=GTC&quantity=0.001&price=31000&stopPrice=31000",
-    )
-    .await;
-    assert_eq!((s, v["code"].as_i64()), (400, Some(-2010)), "{v}");
-    assert_eq!(v["msg"], "Order would trigger immediately.");
-    // One at 29500 waits for the price to fall: acknowledged.
-    let (s, v) = place(
-        &app,
-        &mk,
-        "symbol=BTCUSDT&side=SELL&type=STOP_LOSS_LIMIT&timeInForce=GTC&quantity=0.001&price=29500&stopPrice=29500",
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    assert!(
-        v["orderId"].as_i64().is_some() && v.get("status").is_none(),
-        "{v}"
-    );
+    // A stop-loss sell at 31000 is already reached (ACK by default); one at
+    // 29500 waits for the price to fall.
+    let stop_sell = |stop: &str| {
+        format!(
+            "symbol=BTCUSDT&side=SELL&type=STOP_LOSS_LIMIT&timeInForce=GTC&quantity=0.001&price={stop}&stopPrice={stop}"
+        )
+    };
+    let reached = place(&app, &mk, &stop_sell("31000")).await;
+    assert_refused(reached, "Order would trigger immediately.");
+    assert_acknowledged(place(&app, &mk, &stop_sell("29500")).await);
 
     // The refused ones are on record as rejected, as documented.
     let (_, all) = signed(
@@ -637,4 +615,22 @@ async fn ack_placements_binance_would_refuse_answer_2010() {
 
 async fn place(app: &App, key: &Key, params: &str) -> (u16, Value) {
     signed(app, key, Method::POST, "/api/v3/order", params).await
+}
+
+fn assert_refused((status, body): (u16, Value), msg: &str) {
+    assert_eq!(
+        (status, body["code"].as_i64()),
+        (400, Some(-2010)),
+        "{body}"
+    );
+    assert_eq!(body["msg"], msg);
+}
+
+/// An `ACK` answer: the order's id, not its state.
+fn assert_acknowledged((status, body): (u16, Value)) {
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["orderId"].as_i64().is_some() && body.get("status").is_none(),
+        "{body}"
+    );
 }
