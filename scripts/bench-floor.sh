@@ -5,7 +5,8 @@
 # over HTTP and stores what the pipeline stores in PostgreSQL.
 #
 # HTTP: a short `scripts/bench-orders.sh` run with HTTP_FLOOR=1, whose
-# last line is the CPU per `GET /health` of the gateway and of `wrk`.
+# last line is the CPU per `GET /health` of the exchange process (the
+# gateway serving it) and of `wrk`.
 # PostgreSQL: that run's database (kept) provides real rows; this script
 # then writes copies of them the way the three services'
 # transactions do (order service: reserve funds per user, the orders, the
