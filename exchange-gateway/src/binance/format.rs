@@ -112,6 +112,14 @@ pub fn is_conditional(order_type: &str) -> bool {
     )
 }
 
+/// Is this a stop or take-profit still waiting for its stop price (not
+/// working yet, as Binance says)? `filled` is the filled quantity as
+/// decimal text: one that filled something triggered, also when it did so
+/// before the row recorded triggers (migration 0013).
+pub fn waits_for_trigger(order_type: &str, triggered: bool, filled: &str) -> bool {
+    is_conditional(order_type) && !triggered && filled.bytes().all(|b| b == b'0' || b == b'.')
+}
+
 /// A plain decimal (`-?digits(.digits)?`), or `None`.
 fn split_decimal(text: &str) -> Option<(bool, &str, &str)> {
     let (neg, body) = match text.strip_prefix('-') {

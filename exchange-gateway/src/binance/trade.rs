@@ -24,7 +24,7 @@ use crate::state::now_ms;
 use super::error::{Action, BnError};
 use super::format::{
     is_conditional, normalize_decimal, order_status, order_type, pad8, parse_order_type, parse_stp,
-    stp_mode, to_binance_symbol,
+    stp_mode, to_binance_symbol, waits_for_trigger,
 };
 use super::signed::{Need, authenticate};
 use super::{BnState, MarketRow, Params, market_of};
@@ -89,11 +89,7 @@ fn client_id(r: &OrderRow) -> String {
 
 /// An order as `GET /api/v3/order` shows it.
 pub fn order_json(r: &OrderRow) -> Value {
-    // A stop or take-profit works once triggered (as Binance). One that
-    // filled something triggered, also if it did so before the row
-    // recorded triggers (migration 0013).
-    let waiting =
-        is_conditional(&r.order_type) && r.triggered_ms.is_none() && r.filled_quantity == "0";
+    let waiting = waits_for_trigger(&r.order_type, r.triggered_ms.is_some(), &r.filled_quantity);
     json!({
         "symbol": to_binance_symbol(&r.market),
         "orderId": r.id,

@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 
 use super::error::BnError;
 use super::format::{
-    is_conditional, mul8, order_status, order_type, pad8, stp_mode, to_binance_symbol,
+    mul8, order_status, order_type, pad8, stp_mode, to_binance_symbol, waits_for_trigger,
 };
 use super::{BnState, Params};
 use crate::ratelimit::request_ip;
@@ -416,12 +416,12 @@ fn report(o: &Value, exec: &str, fill: Option<&Value>, now: u64) -> Value {
     let created = o["created_at"].as_i64().unwrap_or(0);
     let updated = o["updated_at"].as_i64().unwrap_or(created);
     let status = order_status(o["status"].as_str().unwrap_or("new"));
-    // A stop or take-profit that has not triggered (and, for orders from
-    // before triggers were recorded, filled nothing) is not working yet,
-    // as GET order says.
-    let pending = is_conditional(o["type"].as_str().unwrap_or(""))
-        && o["triggered_at"].is_null()
-        && filled.bytes().all(|b| b == b'0' || b == b'.');
+    // Not working yet, as GET order says.
+    let pending = waits_for_trigger(
+        o["type"].as_str().unwrap_or(""),
+        !o["triggered_at"].is_null(),
+        filled,
+    );
     let working = matches!(status, "NEW" | "PARTIALLY_FILLED") && !pending;
     // Binance's reject reason for the one rejection it names the same way.
     let reject = match o["reason"].as_str() {
