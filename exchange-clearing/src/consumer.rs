@@ -67,6 +67,26 @@ pub struct Clearing {
     watermarks: Mutex<Option<BTreeMap<String, i64>>>,
 }
 
+/// Stores catch-up watermarks (`markets[i]` cleared up to `seqs[i]`),
+/// never lowering one: another replica may already have gone further.
+pub async fn store_watermarks(
+    db: &PgPool,
+    markets: &[String],
+    seqs: &[i64],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO clearing_watermarks (market, seq)
+         SELECT * FROM unnest($1::text[], $2::bigint[])
+         ON CONFLICT (market) DO UPDATE
+         SET seq = GREATEST(clearing_watermarks.seq, EXCLUDED.seq), updated_at = now()",
+    )
+    .bind(markets)
+    .bind(seqs)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 impl std::fmt::Debug for Clearing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Clearing").finish_non_exhaustive()
@@ -436,16 +456,7 @@ impl Clearing {
             rows.extend(found);
         }
         if !raised.0.is_empty() {
-            sqlx::query(
-                "INSERT INTO clearing_watermarks (market, seq)
-                 SELECT * FROM unnest($1::text[], $2::bigint[])
-                 ON CONFLICT (market) DO UPDATE
-                 SET seq = GREATEST(clearing_watermarks.seq, EXCLUDED.seq), updated_at = now()",
-            )
-            .bind(&raised.0)
-            .bind(&raised.1)
-            .execute(&self.db)
-            .await?;
+            store_watermarks(&self.db, &raised.0, &raised.1).await?;
         }
         if rows.is_empty() {
             return Ok(0);

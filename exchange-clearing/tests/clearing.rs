@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use exchange_clearing::consumer::store_watermarks;
 use exchange_clearing::reconcile::{self, Options as ReconcileOptions};
 use exchange_clearing::{Clearing, ClearingHandler};
 use exchange_common::Shutdown;
@@ -1322,15 +1323,9 @@ async fn a_restarted_clearing_resumes_catch_up_at_the_stored_watermark() {
         .unwrap();
     assert_eq!(stored, last);
     // A lower value from another replica never lowers it.
-    sqlx::query(
-        "INSERT INTO clearing_watermarks (market, seq) VALUES ($1, 0)
-         ON CONFLICT (market) DO UPDATE
-         SET seq = GREATEST(clearing_watermarks.seq, EXCLUDED.seq)",
-    )
-    .bind(MARKET)
-    .execute(&h.db)
-    .await
-    .unwrap();
+    store_watermarks(&h.db, &[MARKET.to_owned()], &[0])
+        .await
+        .unwrap();
     // Proof that a new instance starts at the stored watermark, not at 0:
     // a batch below it made to look uncleared (impossible in practice) is
     // not walked, while a new one above it is settled.
