@@ -539,14 +539,17 @@ impl Clearing {
         // costs Redis and every gateway about one message per user instead
         // of one per event.
         let mut messages: Vec<(u64, String)> = Vec::new();
-        // Per user: the message being filled and how many events it holds.
+        // Per user: the message being filled and how many events it holds
+        // (a user seen first counts as full, so that a message is opened).
         let mut open: HashMap<u64, (usize, usize)> = HashMap::new();
         let mut events = 0usize;
         let mut push = |user: u64, ev: PrivateEvent| match serde_json::to_string(&ev) {
             Ok(s) => {
                 events += 1;
-                let slot = open.entry(user).or_insert((usize::MAX, 0));
-                if slot.0 == usize::MAX || slot.1 == PRIVATE_EVENTS_PER_MESSAGE_MAX {
+                let slot = open
+                    .entry(user)
+                    .or_insert((0, PRIVATE_EVENTS_PER_MESSAGE_MAX));
+                if slot.1 == PRIVATE_EVENTS_PER_MESSAGE_MAX {
                     messages.push((user, String::from("[")));
                     *slot = (messages.len() - 1, 0);
                 }
