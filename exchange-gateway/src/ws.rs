@@ -297,11 +297,16 @@ struct Published<'a> {
     data: &'a serde_json::value::RawValue,
 }
 
+/// The user a private channel (`<prefix><user_id>`) belongs to.
+fn channel_user(channel: &str, prefix: &str) -> Option<i64> {
+    channel.strip_prefix(prefix)?.parse().ok()
+}
+
 /// Parses one Pub/Sub message into its user and pushes, in order. A
 /// message is one user's events of one settlement as a JSON array, or (as
 /// clearing published before) a single event.
 fn parse_message(channel: &str, prefix: &str, payload: &str) -> Option<(i64, Vec<Push>)> {
-    let user_id: i64 = channel.strip_prefix(prefix)?.parse().ok()?;
+    let user_id = channel_user(channel, prefix)?;
     // Not an untagged enum: serde buffers those, and a RawValue cannot be
     // read from the buffer.
     let events: Vec<Published> = if payload.trim_start().starts_with('[') {
@@ -376,7 +381,7 @@ pub async fn run_private_events(redis: Redis, hub: Hub, heartbeat: Heartbeat, sh
                             tracing::warn!(%channel, "malformed private event dropped");
                             // The user's clients cannot see this gap in `seq`:
                             // have them re-read over REST.
-                            if let Some(user) = channel.strip_prefix(prefix.as_str()).and_then(|u| u.parse().ok()) {
+                            if let Some(user) = channel_user(&channel, &prefix) {
                                 hub.dispatch(user, &Push::Resync);
                             }
                         }
