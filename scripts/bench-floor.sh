@@ -41,10 +41,7 @@ floor_file=""
 cleanup() {
     [ -n "$floor_file" ] && rm -f "$floor_file"
     [ -n "$db" ] || return 0
-    psql -q "$admin_url" -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
-    if command -v redis-cli >/dev/null 2>&1; then
-        redis-cli -u "$REDIS_URL" --scan --pattern "$db:*" | xargs -r redis-cli -u "$REDIS_URL" DEL >/dev/null 2>&1 || true
-    fi
+    drop_run_data "$admin_url" "$db"
 }
 trap cleanup EXIT
 floor_file=$(mktemp)

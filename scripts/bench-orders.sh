@@ -40,11 +40,7 @@ exchange_pid=""
 cleanup() {
     [ -n "$exchange_pid" ] && kill -TERM "$exchange_pid" 2>/dev/null && wait "$exchange_pid" 2>/dev/null
     if [ -z "${KEEP:-}" ]; then
-        psql -q "$admin_url" -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
-        # The run's streams and keys (all under its own prefix).
-        if command -v redis-cli >/dev/null 2>&1; then
-            redis-cli -u "$REDIS_URL" --scan --pattern "$db:*" | xargs -r redis-cli -u "$REDIS_URL" DEL >/dev/null 2>&1 || true
-        fi
+        drop_run_data "$admin_url" "$db"
     else
         log "kept database $db"
     fi

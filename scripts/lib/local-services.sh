@@ -115,6 +115,16 @@ local_services_up() {
     return 0
 }
 
+# drop_run_data ADMIN_URL NAME: drops a benchmark run's database NAME and
+# its Redis keys (all under the prefix NAME; REDIS_URL). Best effort.
+drop_run_data() {
+    local admin_url="$1" name="$2"
+    psql -q "$admin_url" -c "DROP DATABASE IF EXISTS $name" >/dev/null 2>&1 || true
+    if command -v redis-cli >/dev/null 2>&1; then
+        redis-cli -u "$REDIS_URL" --scan --pattern "$name:*" | xargs -r redis-cli -u "$REDIS_URL" DEL >/dev/null 2>&1 || true
+    fi
+}
+
 # local_services_down REPO_ROOT: stops what local_services_up started.
 local_services_down() {
     local root="$1" bindir
