@@ -562,8 +562,8 @@ impl Clearing {
             }
             Err(e) => tracing::error!(error = %e, "cannot encode a private event"),
         };
-        for o in &settled.orders {
-            push(o.user_id, PrivateEvent::Order(o.clone()));
+        for (user, o) in &settled.orders {
+            push(*user, PrivateEvent::Order(o.clone()));
         }
         for (user, f) in &settled.fills {
             push(*user, PrivateEvent::Trade(f.clone()));

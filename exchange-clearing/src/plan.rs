@@ -27,6 +27,14 @@ pub struct MarketAssets {
 }
 
 impl MarketAssets {
+    /// How this market's amounts are shown.
+    pub fn scales(&self) -> exchange_store::Scales {
+        exchange_store::Scales {
+            base: self.base_scale,
+            quote: self.quote_scale,
+        }
+    }
+
     pub fn asset(&self, role: AssetRole) -> &str {
         match role {
             AssetRole::Base => &self.base,

@@ -20,148 +20,29 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use exchange_domain::EventBatch;
 use exchange_domain::event::Event;
-use exchange_domain::money::{format_units, parse_units, pow10};
+use exchange_store::{BalanceJson, FillJson, ORDER_COLUMNS, OrderJson, OrderRow};
 use serde::Serialize;
-use sqlx::{PgConnection, Row as _};
+use sqlx::PgConnection;
 
 use crate::plan::MarketAssets;
-
-/// An order exactly as the order service's REST API shows it
-/// (`exchange-order/src/view.rs`, `OrderJson`): the database's `expired`
-/// shows as `canceled` with its `reason`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct OrderView {
-    pub id: u64,
-    /// The channel this goes to; not part of the message.
-    #[serde(skip)]
-    pub user_id: u64,
-    pub client_order_id: Option<String>,
-    pub market: String,
-    pub side: String,
-    #[serde(rename = "type")]
-    pub order_type: String,
-    pub price: Option<String>,
-    pub quantity: Option<String>,
-    pub filled_quantity: String,
-    pub status: String,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub quote_quantity: Option<String>,
-    pub stop_price: Option<String>,
-    pub time_in_force: String,
-    pub post_only: bool,
-    pub stp: String,
-    /// `filled_quote / filled_quantity` at the quote scale, rounded down.
-    pub average_price: Option<String>,
-    pub reason: Option<String>,
-    /// When a stop or take-profit triggered (ms); absent while it waits
-    /// and for other types.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub triggered_at: Option<i64>,
-}
-
-/// The public status of a stored one.
-pub fn api_status(db: &str) -> &'static str {
-    match db {
-        "partially_filled" => "partially_filled",
-        "filled" => "filled",
-        "canceled" | "expired" => "canceled",
-        "rejected" => "rejected",
-        _ => "new",
-    }
-}
-
-/// One side of a trade, as `GET /api/v1/account/trades` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FillView {
-    pub id: u64,
-    pub order_id: u64,
-    pub trade_id: u64,
-    pub market: String,
-    pub side: String,
-    pub price: String,
-    pub quantity: String,
-    pub quote_amount: String,
-    pub fee: String,
-    pub fee_asset: String,
-    pub liquidity: String,
-    pub time: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct BalanceView {
-    pub asset: String,
-    pub available: String,
-    pub locked: String,
-}
 
 /// One event on a user's private channel (an element of a message's array).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", content = "data", rename_all = "snake_case")]
 pub enum PrivateEvent {
-    Order(OrderView),
-    Trade(FillView),
-    Balance(BalanceView),
+    Order(OrderJson),
+    Trade(FillJson),
+    Balance(BalanceJson),
 }
 
-/// `filled_quote / filled_quantity` at the quote scale, rounded down.
-fn average_price(m: &MarketAssets, filled_quantity: &str, filled_quote: &str) -> Option<String> {
-    let q = parse_units(filled_quote, m.quote_scale).ok()?;
-    let b = parse_units(filled_quantity, m.base_scale).ok()?;
-    if b == 0 {
-        return None;
-    }
-    let p = q.checked_mul(pow10(m.base_scale))? / b;
-    Some(format_units(p, m.quote_scale))
-}
-
-/// The `orders o` columns an [`OrderView`] is read from, in the order
-/// [`order_view_of_row`] expects them.
-pub const ORDER_VIEW_COLUMNS: &str =
-    "o.id, o.user_id, o.client_order_id, o.market, o.side, o.type, o.time_in_force,
-     trim_scale(o.price)::text, trim_scale(o.quantity)::text,
-     trim_scale(o.quote_quantity)::text, trim_scale(o.filled_quantity)::text,
-     trim_scale(o.filled_quote)::text, o.status, o.reason,
-     (extract(epoch FROM o.created_at) * 1000)::bigint,
-     (extract(epoch FROM o.updated_at) * 1000)::bigint,
-     trim_scale(o.stop_price)::text, o.post_only, o.stp,
-     (extract(epoch FROM o.triggered_at) * 1000)::bigint";
-
-/// An order as pushed, from a row of [`ORDER_VIEW_COLUMNS`].
-pub fn order_view_of_row(
-    r: &sqlx::postgres::PgRow,
-    markets: &BTreeMap<String, MarketAssets>,
-) -> Result<OrderView, sqlx::Error> {
-    let uid = |v: i64| u64::try_from(v).unwrap_or_default();
-    let market: String = r.try_get(3)?;
-    let filled_quantity: String = r.try_get(10)?;
-    let filled_quote: String = r.try_get(11)?;
-    let status: String = r.try_get(12)?;
-    let average_price = markets
-        .get(&market)
-        .and_then(|m| average_price(m, &filled_quantity, &filled_quote));
-    Ok(OrderView {
-        id: uid(r.try_get(0)?),
-        user_id: uid(r.try_get(1)?),
-        client_order_id: r.try_get(2)?,
-        market,
-        side: r.try_get(4)?,
-        order_type: r.try_get(5)?,
-        time_in_force: r.try_get(6)?,
-        price: r.try_get(7)?,
-        quantity: r.try_get(8)?,
-        quote_quantity: r.try_get(9)?,
-        filled_quantity,
-        status: api_status(&status).to_owned(),
-        reason: r.try_get(13)?,
-        created_at: r.try_get(14)?,
-        updated_at: r.try_get(15)?,
-        stop_price: r.try_get(16)?,
-        post_only: r.try_get(17)?,
-        stp: r.try_get(18)?,
-        average_price,
-        triggered_at: r.try_get(19)?,
-    })
+/// An order as pushed, with its owner (the channel it goes to), from a
+/// row read by [`ORDER_COLUMNS`].
+pub fn order_view(row: &OrderRow, markets: &BTreeMap<String, MarketAssets>) -> (u64, OrderJson) {
+    let scales = markets.get(&row.market).map(MarketAssets::scales);
+    (
+        u64::try_from(row.user_id).unwrap_or_default(),
+        OrderJson::new(row, scales),
+    )
 }
 
 /// The ids of the orders `batches` accepted that `covered` (the orders the
@@ -189,22 +70,18 @@ pub async fn accepted_orders(
     tx: &mut PgConnection,
     ids: &[i64],
     markets: &BTreeMap<String, MarketAssets>,
-) -> Result<Vec<OrderView>, sqlx::Error> {
+) -> Result<Vec<(u64, OrderJson)>, sqlx::Error> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {ORDER_VIEW_COLUMNS} FROM orders o WHERE o.id = ANY($1) ORDER BY o.id"
+    let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE id = ANY($1) ORDER BY id"
     )))
     .persistent(false)
     .bind(ids)
     .fetch_all(&mut *tx)
     .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in &rows {
-        out.push(order_view_of_row(r, markets)?);
-    }
-    Ok(out)
+    Ok(rows.iter().map(|r| order_view(r, markets)).collect())
 }
 
 /// The channel of a user's private events, given the Redis key prefix.
@@ -219,7 +96,7 @@ mod tests {
 
     #[test]
     fn balance_message_shape() {
-        let m = PrivateEvent::Balance(BalanceView {
+        let m = PrivateEvent::Balance(BalanceJson {
             asset: "USDT".into(),
             available: "1.5".into(),
             locked: "0".into(),

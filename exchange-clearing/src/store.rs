@@ -22,11 +22,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use exchange_domain::money::{format_signed_units, format_units, parse_units};
 use exchange_domain::{EventBatch, Side};
-use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Row as _};
 
 use crate::plan::{Account, MarketAssets, Plan, PlanError};
-use crate::private::{BalanceView, FillView, ORDER_VIEW_COLUMNS, OrderView, order_view_of_row};
+use crate::private::order_view;
+use exchange_store::{BalanceJson, FillJson, ORDER_COLUMNS, OrderJson, OrderRow, wire_name};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettleError {
@@ -70,9 +70,10 @@ pub struct Settled {
     pub applied: BTreeSet<(String, u64)>,
     pub duplicates: usize,
     pub trades: usize,
-    pub orders: Vec<OrderView>,
-    pub fills: Vec<(u64, FillView)>,
-    pub balances: Vec<(u64, BalanceView)>,
+    /// Each with its owner, as the fills and balances.
+    pub orders: Vec<(u64, OrderJson)>,
+    pub fills: Vec<(u64, FillJson)>,
+    pub balances: Vec<(u64, BalanceJson)>,
 }
 
 /// market -> assets, from the markets table.
@@ -121,20 +122,6 @@ fn id(v: u64) -> Result<i64, SettleError> {
 
 fn uid(v: i64) -> u64 {
     u64::try_from(v).unwrap_or_default()
-}
-
-fn wire<T: Serialize>(v: &T) -> String {
-    match serde_json::to_value(v) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::new(),
-    }
-}
-
-fn side_str(s: Side) -> &'static str {
-    match s {
-        Side::Buy => "buy",
-        Side::Sell => "sell",
-    }
 }
 
 /// Settles `batches` in `tx` (which the caller commits). Batches already
@@ -211,7 +198,7 @@ pub async fn settle(
 async fn apply_balances(
     tx: &mut PgConnection,
     plan: &Plan,
-) -> Result<Vec<(u64, BalanceView)>, SettleError> {
+) -> Result<Vec<(u64, BalanceJson)>, SettleError> {
     if plan.balances.is_empty() {
         return Ok(Vec::new());
     }
@@ -284,7 +271,7 @@ async fn apply_balances(
     for r in rows {
         out.push((
             uid(r.try_get(0)?),
-            BalanceView {
+            BalanceJson {
                 asset: r.try_get(1)?,
                 available: r.try_get(2)?,
                 locked: r.try_get(3)?,
@@ -314,7 +301,7 @@ async fn apply_orders(
     plan: &Plan,
     accepted: &[i64],
     markets: &BTreeMap<String, MarketAssets>,
-) -> Result<Vec<OrderView>, SettleError> {
+) -> Result<Vec<(u64, OrderJson)>, SettleError> {
     if plan.orders.is_empty() {
         return Ok(crate::private::accepted_orders(tx, accepted, markets).await?);
     }
@@ -355,8 +342,8 @@ async fn apply_orders(
         fq.push(format_units(d.filled_quantity, m.base_scale));
         fquote.push(format_units(d.filled_quote, m.quote_scale));
         unlocked.push(format_units(d.unlocked, reserve_scale));
-        status.push(d.final_status.map(|s| wire(&s)));
-        reason.push(d.reason.map(|r| wire(&r)));
+        status.push(d.final_status.map(|s| wire_name(&s)));
+        reason.push(d.reason.map(|r| wire_name(&r)));
         triggered_ms.push(d.triggered_ms.map(id).transpose()?);
         // A missing row is reported below (MissingOrders) from the UPDATE.
         let Some((user, row_amend, row_applied, row_filled, row_qty)) = current.get(order_id)
@@ -426,7 +413,7 @@ async fn apply_orders(
     // The accepted orders' read rides along (one round trip, not two);
     // their ids are none of the updated ones. $11 is the read's (accepted
     // ids), $12 the update's trigger times.
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH u AS (UPDATE orders o SET
             filled_quantity = o.filled_quantity + d.fq,
             filled_quote = o.filled_quote + d.fquote,
@@ -454,9 +441,9 @@ async fn apply_orders(
                    applied_seq, triggered_ms)
          WHERE o.id = d.id AND o.id = ANY($1)
          RETURNING o.*)
-         SELECT {ORDER_VIEW_COLUMNS} FROM u o
+         SELECT {ORDER_COLUMNS} FROM u
          UNION ALL
-         SELECT {ORDER_VIEW_COLUMNS} FROM orders o WHERE o.id = ANY($11)"
+         SELECT {ORDER_COLUMNS} FROM orders WHERE id = ANY($11)"
     )))
     .persistent(false)
     .bind(&ids)
@@ -473,13 +460,13 @@ async fn apply_orders(
     .bind(&triggered_ms)
     .fetch_all(&mut *tx)
     .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in &rows {
-        out.push(order_view_of_row(r, markets)?);
-    }
-    let updated = out.iter().filter(|o| plan.orders.contains_key(&o.id));
-    if updated.count() != n {
-        let found: BTreeSet<u64> = out.iter().map(|o| o.id).collect();
+    let is_planned =
+        |r: &&OrderRow| u64::try_from(r.id).is_ok_and(|id| plan.orders.contains_key(&id));
+    if rows.iter().filter(is_planned).count() != n {
+        let found: BTreeSet<u64> = rows
+            .iter()
+            .filter_map(|r| u64::try_from(r.id).ok())
+            .collect();
         let missing = plan
             .orders
             .keys()
@@ -488,7 +475,8 @@ async fn apply_orders(
             .collect();
         return Err(SettleError::MissingOrders(missing));
     }
-    out.sort_by_key(|o| o.id);
+    let mut out: Vec<(u64, OrderJson)> = rows.iter().map(|r| order_view(r, markets)).collect();
+    out.sort_by_key(|(_, o)| o.id);
     Ok(out)
 }
 
@@ -514,7 +502,7 @@ async fn insert_trades(tx: &mut PgConnection, plan: &Plan) -> Result<(), SettleE
         price.push(format_units(t.price, qs));
         qty.push(format_units(t.quantity, bs));
         quote.push(format_units(t.quote_amount, qs));
-        taker_side.push(side_str(t.taker_side));
+        taker_side.push(t.taker_side.as_str());
         mo.push(id(t.maker_order_id)?);
         to.push(id(t.taker_order_id)?);
         mu.push(id(t.maker_user_id)?);
@@ -558,7 +546,7 @@ async fn insert_fills(
     tx: &mut PgConnection,
     plan: &Plan,
     markets: &BTreeMap<String, MarketAssets>,
-) -> Result<Vec<(u64, FillView)>, SettleError> {
+) -> Result<Vec<(u64, FillJson)>, SettleError> {
     if plan.fills.is_empty() {
         return Ok(Vec::new());
     }
@@ -573,19 +561,19 @@ async fn insert_fills(
         let m = markets
             .get(&f.market)
             .ok_or_else(|| PlanError::UnknownMarket(f.market.clone()))?;
-        let view = FillView {
+        let view = FillJson {
             id: 0,
-            order_id: f.order_id,
-            trade_id: f.trade_id,
+            order_id: id(f.order_id)?,
+            trade_id: id(f.trade_id)?,
             market: f.market.clone(),
-            side: side_str(f.side).to_owned(),
+            side: f.side.as_str().to_owned(),
             price: format_units(f.price, m.quote_scale),
             quantity: format_units(f.quantity, m.base_scale),
             quote_amount: format_units(f.quote_amount, m.quote_scale),
             fee: format_units(f.fee, m.scale(f.fee_role)),
             fee_asset: m.asset(f.fee_role).to_owned(),
             liquidity: if f.maker { "maker" } else { "taker" }.to_owned(),
-            time: f.time_ms,
+            time: id(f.time_ms)?,
         };
         user.push(id(f.user_id)?);
         order.push(id(f.order_id)?);
@@ -623,12 +611,9 @@ async fn insert_fills(
     .bind(&time)
     .fetch_all(&mut *tx)
     .await?;
-    let mut ids: BTreeMap<(String, u64, String), u64> = BTreeMap::new();
+    let mut ids: BTreeMap<(String, i64, String), i64> = BTreeMap::new();
     for r in rows {
-        ids.insert(
-            (r.try_get(1)?, uid(r.try_get(2)?), r.try_get(3)?),
-            uid(r.try_get(0)?),
-        );
+        ids.insert((r.try_get(1)?, r.try_get(2)?, r.try_get(3)?), r.try_get(0)?);
     }
     for (_, v) in &mut views {
         v.id = ids

@@ -1034,7 +1034,7 @@ async fn a_users_many_events_go_out_in_order_in_arrays_of_at_most_64() {
         .subscribe(exchange_clearing::private::channel(&h.env.redis_prefix, 7))
         .await
         .unwrap();
-    let balance = |i: usize| exchange_clearing::private::BalanceView {
+    let balance = |i: usize| exchange_store::BalanceJson {
         asset: format!("A{i}"),
         available: i.to_string(),
         locked: "0".into(),
@@ -1695,7 +1695,10 @@ async fn accepted_orders_are_read_with_or_without_other_order_updates() {
         out.settled
             .orders
             .iter()
-            .map(|o| (o.id, o.user_id, o.status.clone(), o.filled_quantity.clone()))
+            .map(|(user, o)| {
+                let id = u64::try_from(o.id).unwrap();
+                (id, *user, o.status.to_owned(), o.filled_quantity.clone())
+            })
             .collect::<Vec<_>>()
     };
     // Alone: order 21 rests, nothing else changes.

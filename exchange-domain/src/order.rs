@@ -36,6 +36,23 @@ pub enum Side {
 }
 
 impl Side {
+    /// The snake_case name used in JSON, the REST API and the tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Buy => "buy",
+            Side::Sell => "sell",
+        }
+    }
+
+    /// The inverse of [`Side::as_str`].
+    pub fn parse(name: &str) -> Option<Side> {
+        match name {
+            "buy" => Some(Side::Buy),
+            "sell" => Some(Side::Sell),
+            _ => None,
+        }
+    }
+
     pub fn opposite(self) -> Side {
         match self {
             Side::Buy => Side::Sell,
@@ -226,9 +243,51 @@ pub enum MarketStatus {
     Halted,
 }
 
+impl MarketStatus {
+    /// The snake_case name used in JSON, the REST API and `markets.status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MarketStatus::Trading => "trading",
+            MarketStatus::CancelOnly => "cancel_only",
+            MarketStatus::Halted => "halted",
+        }
+    }
+
+    /// The inverse of [`MarketStatus::as_str`].
+    pub fn parse(name: &str) -> Option<MarketStatus> {
+        [
+            MarketStatus::Trading,
+            MarketStatus::CancelOnly,
+            MarketStatus::Halted,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn side_and_market_status_names_round_trip_and_match_serde() {
+        for side in [Side::Buy, Side::Sell] {
+            assert_eq!(Side::parse(side.as_str()), Some(side));
+            let json = serde_json::to_string(&side).expect("serialize");
+            assert_eq!(json, format!("\"{}\"", side.as_str()));
+        }
+        for status in [
+            MarketStatus::Trading,
+            MarketStatus::CancelOnly,
+            MarketStatus::Halted,
+        ] {
+            assert_eq!(MarketStatus::parse(status.as_str()), Some(status));
+            let json = serde_json::to_string(&status).expect("serialize");
+            assert_eq!(json, format!("\"{}\"", status.as_str()));
+        }
+        assert_eq!(Side::parse("BUY"), None);
+        assert_eq!(MarketStatus::parse("open"), None);
+    }
 
     #[test]
     fn order_type_names_round_trip_and_match_serde() {

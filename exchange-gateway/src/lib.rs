@@ -12,14 +12,12 @@
 //! that is down is a 503, never a 500.
 
 pub mod api;
-pub mod authn;
+pub mod auth;
 pub mod binance;
 pub mod docs;
-pub mod keys;
-pub mod password;
+pub mod hub;
 pub mod ratelimit;
 pub mod state;
-pub mod tokens;
 pub mod upstream;
 pub mod ws;
 
@@ -35,6 +33,7 @@ use exchange_common::service::ServiceBase;
 use exchange_common::{ApiError, Config, Shutdown};
 use tokio::net::TcpListener;
 
+use crate::auth::{authn, keys, password, tokens};
 use crate::ratelimit::Limits;
 use crate::state::AppState;
 
@@ -206,14 +205,14 @@ pub async fn run(
         orders: upstream::Upstream::order_service(&config)?,
         marketdata: upstream::Upstream::marketdata(&config)?,
         limiter: ratelimit::RateLimiter::new(&config),
-        hub: ws::Hub::new(),
+        hub: hub::Hub::new(),
         shutdown: shutdown.clone(),
         base: base.clone(),
     });
-    let heartbeat = base
-        .heartbeats()
-        .register(ws::CONSUMER_NAME, "pubsub", ws::PUBSUB_STALE_AFTER);
-    tokio::spawn(ws::run_private_events(
+    let heartbeat =
+        base.heartbeats()
+            .register(hub::CONSUMER_NAME, "pubsub", hub::PUBSUB_STALE_AFTER);
+    tokio::spawn(hub::run_private_events(
         base.redis.clone(),
         state.hub.clone(),
         heartbeat,

@@ -6,12 +6,12 @@ use exchange_common::Shutdown;
 use exchange_common::net::IpNet;
 use exchange_common::service::ServiceBase;
 
-use crate::keys::KeyCipher;
-use crate::password::Passwords;
+use crate::auth::keys::KeyCipher;
+use crate::auth::password::Passwords;
+use crate::auth::tokens::Tokens;
+use crate::hub::Hub;
 use crate::ratelimit::RateLimiter;
-use crate::tokens::Tokens;
 use crate::upstream::Upstream;
-use crate::ws::Hub;
 
 /// The handlers' state, behind one `Arc`: axum's `State` extractor clones
 /// it for every request, and cloning (then dropping) the fields themselves

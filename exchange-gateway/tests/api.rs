@@ -70,7 +70,9 @@ async fn wrong_password_and_unknown_email_look_the_same() {
     let app = spawn().await;
     app.register("carol@example.com").await;
     // The cost floor: one Argon2 verification on this machine, right now.
-    let passwords = exchange_gateway::password::Passwords::new().await.unwrap();
+    let passwords = exchange_gateway::auth::password::Passwords::new()
+        .await
+        .unwrap();
     let hash = passwords.hash("whatever-password").await.unwrap();
     let mut floor = Duration::MAX;
     for _ in 0..3 {
@@ -648,7 +650,7 @@ async fn api_key_signed_requests() {
     assert_eq!(key["permissions"], json!(["read", "trade"]));
 
     let signed_get = |api_key: &str, secret: &str, query: String| {
-        let signature = exchange_gateway::keys::sign(secret, query.as_bytes());
+        let signature = exchange_gateway::auth::keys::sign(secret, query.as_bytes());
         app.client
             .get(format!(
                 "{}/api/v1/account/balances?{query}&signature={signature}",
@@ -721,7 +723,7 @@ async fn api_key_signed_requests() {
     assert_eq!((status, error_code(&body)), (400, "INVALID_RECV_WINDOW"));
     // The signature covers the parameters: changing one after signing fails.
     let query = format!("timestamp={}", now_ms());
-    let signature = exchange_gateway::keys::sign(&secret, query.as_bytes());
+    let signature = exchange_gateway::auth::keys::sign(&secret, query.as_bytes());
     let r = app
         .client
         .get(format!(
@@ -735,7 +737,7 @@ async fn api_key_signed_requests() {
     assert_eq!(read(r).await.0, 401);
     // An API key cannot mint more keys.
     let query = format!("timestamp={}", now_ms());
-    let signature = exchange_gateway::keys::sign(&secret, query.as_bytes());
+    let signature = exchange_gateway::auth::keys::sign(&secret, query.as_bytes());
     let r = app
         .client
         .post(format!(

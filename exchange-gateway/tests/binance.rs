@@ -34,7 +34,7 @@ async fn signed_at(
     } else {
         format!("{params}&timestamp={timestamp}")
     };
-    let sig = exchange_gateway::keys::sign(&key.secret, payload.as_bytes());
+    let sig = exchange_gateway::auth::keys::sign(&key.secret, payload.as_bytes());
     let signed = format!("{payload}&signature={sig}");
     let mut req = if in_body {
         app.client

@@ -232,7 +232,7 @@ async fn signed(
     let query = format!("timestamp={}", now_ms());
     let body_text = body.map(Value::to_string).unwrap_or_default();
     let payload = format!("{query}{body_text}");
-    let signature = exchange_gateway::keys::sign(secret, payload.as_bytes());
+    let signature = exchange_gateway::auth::keys::sign(secret, payload.as_bytes());
     let mut req = app
         .client
         .request(
@@ -643,7 +643,7 @@ async fn private_ws_refuses_bad_and_expired_tokens_and_accepts_a_signed_api_key(
     let secret = key["secret"].as_str().unwrap();
     let ts = now_ms();
     let auth_with = |payload: String| {
-        let signature = exchange_gateway::keys::sign(secret, payload.as_bytes());
+        let signature = exchange_gateway::auth::keys::sign(secret, payload.as_bytes());
         json!({"op":"auth","api_key":api_key,"timestamp":ts,"signature":signature}).to_string()
     };
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("{}/ws/private", app.ws_url))

@@ -191,7 +191,7 @@ async fn supervise(base: ServiceBase, registry: Registry, shutdown: Shutdown) {
     let mut running: BTreeSet<String> = BTreeSet::new();
     let mut tasks = Vec::new();
     while !shutdown.is_triggered() {
-        match exchange_order::markets::load_all(&base.db).await {
+        match exchange_store::markets::load_all(&base.db).await {
             Ok(markets) => {
                 for (symbol, info) in markets {
                     if running.contains(&symbol) || !owns(&base.config.matching_markets, &symbol) {

@@ -44,9 +44,10 @@ use sqlx::PgPool;
 use std::sync::Arc;
 
 use crate::batch::{Batcher, Reply, Request as BatchRequest};
-use crate::markets::{MarketInfo, Markets, status_str};
 use crate::rules::{self, PlaceInput};
-use crate::view::{FILL_COLUMNS, FillJson, FillRow, ORDER_COLUMNS, OrderJson, OrderRow};
+use exchange_store::{
+    FILL_COLUMNS, FillJson, FillRow, MarketInfo, Markets, ORDER_COLUMNS, OrderJson, OrderRow,
+};
 
 /// Default and largest page of order and fill lists.
 pub const LIST_LIMIT_DEFAULT: i64 = 100;
@@ -137,7 +138,7 @@ async fn market(state: &AppState, symbol: &str) -> Result<MarketInfo, ApiError> 
 }
 
 fn order_response(row: &OrderRow, state: &AppState) -> OrderJson {
-    OrderJson::new(row, state.markets.peek(&row.market).as_ref())
+    OrderJson::new(row, state.markets.peek(&row.market).map(|m| m.scales()))
 }
 
 fn db_error(e: sqlx::Error) -> ApiError {
@@ -433,7 +434,7 @@ async fn set_status(
     {
         Reply::Accepted { seq } => Ok(Json(StatusJson {
             market: symbol,
-            status: status_str(body.status),
+            status: body.status.as_str(),
             seq,
         })),
         _ => Err(ApiError::internal(anyhow::anyhow!(
@@ -522,7 +523,7 @@ async fn list_fills(
         .map_err(db_error)?;
     Ok(Json(
         rows.iter()
-            .map(|r| FillJson::new(r, state.markets.peek(&r.market).as_ref()))
+            .map(|r| FillJson::new(r, state.markets.peek(&r.market).map(|m| m.scales())))
             .collect(),
     ))
 }

@@ -60,12 +60,11 @@ use exchange_domain::{
     AmendOrder, Command, MarketStatus, MarketSymbol, OrderId, OrderType, PlaceOrder,
     SequencedCommand, Side, UserId,
 };
+use exchange_store::{MarketInfo, Markets, ORDER_COLUMNS, OrderRow, db_text, db_units, wire_name};
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::markets::{MarketInfo, Markets, db_text, db_units, status_str};
 use crate::rules::{self, AmendTarget, Reject, ValidPlace};
-use crate::view::{ORDER_COLUMNS, OrderRow};
 
 /// Limits of the write path.
 #[derive(Debug, Clone)]
@@ -400,37 +399,6 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn side_str(side: Side) -> &'static str {
-    match side {
-        Side::Buy => "buy",
-        Side::Sell => "sell",
-    }
-}
-
-fn parse_side(s: &str) -> Option<Side> {
-    match s {
-        "buy" => Some(Side::Buy),
-        "sell" => Some(Side::Sell),
-        _ => None,
-    }
-}
-
-fn type_str(t: OrderType) -> &'static str {
-    t.as_str()
-}
-
-fn parse_type(s: &str) -> Option<OrderType> {
-    OrderType::parse(s)
-}
-
-/// The JSON name of a serde enum value (`"GTC"`, `"expire_taker"`).
-fn wire_name<T: serde::Serialize>(v: &T) -> String {
-    match serde_json::to_value(v) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::new(),
-    }
 }
 
 fn reject(r: Reject) -> ApiError {
@@ -931,7 +899,7 @@ async fn apply_batch(
         if let Request::SetStatus { market, status } = request {
             sqlx::query("UPDATE markets SET status = $2, updated_at = now() WHERE symbol = $1")
                 .bind(market.spec.symbol().to_string())
-                .bind(status_str(*status))
+                .bind(status.as_str())
                 .execute(&mut *tx)
                 .await?;
         }
@@ -1118,8 +1086,8 @@ fn plan_amend(
     let (Some(info), Ok(symbol), Some(side), Some(order_type)) = (
         markets.peek(&o.market),
         MarketSymbol::parse(&o.market),
-        parse_side(&o.side),
-        parse_type(&o.order_type),
+        Side::parse(&o.side),
+        OrderType::parse(&o.order_type),
     ) else {
         return Plan::Done(Err(order_not_found()));
     };
@@ -1187,8 +1155,8 @@ fn new_order_row(
         user_id,
         client_order_id: order.client_order_id.clone(),
         market: market.spec.symbol().to_string(),
-        side: side_str(order.side).to_owned(),
-        order_type: type_str(order.order_type).to_owned(),
+        side: order.side.as_str().to_owned(),
+        order_type: order.order_type.as_str().to_owned(),
         time_in_force: wire_name(&order.time_in_force),
         post_only: order.post_only,
         stp: wire_name(&order.stp),

@@ -26,10 +26,8 @@
 
 pub mod api;
 pub mod batch;
-pub mod markets;
 pub mod republish;
 pub mod rules;
-pub mod view;
 
 use std::sync::Arc;
 
@@ -75,7 +73,7 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     let base = ServiceBase::new(config.clone(), SERVICE)?;
     describe_metrics();
-    let markets = markets::Markets::new(base.db.clone());
+    let markets = exchange_store::Markets::new(base.db.clone());
     if let Err(e) = markets.reload().await {
         tracing::warn!(error = %e, "markets not loaded at start; loading on first use");
     }

@@ -3,7 +3,8 @@
 # Checks the deployment and monitoring files the runbook relies on: preflight,
 # deploy.sh (dry run), both compose stacks, the Prometheus config, every
 # alert's unit test and runbook anchor, shellcheck on every script in git,
-# yamllint, the Grafana dashboard (parsed, and every panel's query run
+# yamllint, the crate and module graph (no service crate depends on another,
+# no module cycles), the Grafana dashboard (parsed, and every panel's query run
 # against a real Prometheus server), and, when the `exchange` binary and
 # DB_URL/REDIS_URL are available, a live stage that starts the services,
 # runs scripts/smoke.sh, scrapes them with Prometheus and checks that
@@ -82,6 +83,13 @@ done
 # docker-compose (Debian) brings python3 with PyYAML; the compose assertions use it.
 py=/usr/bin/python3
 [ -x "$py" ] || py="$(command -v python3 || echo python3)"
+
+# ---- the tree --------------------------------------------------------------------------
+section "the tree shows the architecture"
+check "no service crate depends on another service crate (cargo metadata)" bash "$here/crate_deps.sh"
+for crate_src in exchange-*/src; do
+    check "no modules of ${crate_src%/src} import each other in a circle" "$py" "$here/module_cycles.py" "$crate_src"
+done
 
 # ---- preflight -------------------------------------------------------------------------
 section "prod-preflight.sh"

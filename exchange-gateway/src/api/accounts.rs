@@ -10,9 +10,10 @@ use utoipa::ToSchema;
 use exchange_common::ApiError;
 use exchange_common::error::{Json, Path};
 use exchange_common::net::IpNet;
+use exchange_store::balances::{BALANCE_COLUMNS, BalanceJson};
 
-use crate::authn::AuthUser;
-use crate::password;
+use crate::auth::authn::AuthUser;
+use crate::auth::password;
 use crate::state::{AppState, now_ms};
 
 /// The longest API key label and the most allow-list entries per key.
@@ -128,23 +129,15 @@ pub async fn login(
     }))
 }
 
-#[derive(Serialize, ToSchema, sqlx::FromRow)]
-pub struct Balance {
-    pub asset: String,
-    pub available: String,
-    pub locked: String,
-}
-
-#[utoipa::path(get, path = "/api/v1/account/balances", responses((status = 200, body = [Balance])), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/api/v1/account/balances", responses((status = 200, body = [BalanceJson])), security(("bearer" = [])))]
 pub async fn balances(
     State(s): State<AppState>,
     Extension(user): Extension<AuthUser>,
-) -> Result<Json<Vec<Balance>>, ApiError> {
+) -> Result<Json<Vec<BalanceJson>>, ApiError> {
     user.require_read()?;
-    let rows: Vec<Balance> = sqlx::query_as(
-        "SELECT asset, trim_scale(available)::text AS available, trim_scale(locked)::text AS locked
-         FROM balances WHERE user_id = $1 ORDER BY asset",
-    )
+    let rows: Vec<BalanceJson> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {BALANCE_COLUMNS} FROM balances WHERE user_id = $1 ORDER BY asset"
+    )))
     .bind(user.user_id)
     .fetch_all(s.db())
     .await?;
@@ -244,7 +237,7 @@ pub async fn create_api_key(
             format!("at most {API_KEYS_PER_USER_MAX} API keys per user"),
         ));
     }
-    let (api_key, secret) = crate::keys::generate();
+    let (api_key, secret) = crate::auth::keys::generate();
     let (nonce, ciphertext) = s
         .keys
         .encrypt(&api_key, &secret)

@@ -14,7 +14,7 @@ use exchange_common::ApiError;
 use exchange_common::error::{Json, Path, Query};
 use exchange_domain::{OrderType, SelfTradePrevention, Side, TimeInForce};
 
-use crate::authn::{AuthUser, Credential};
+use crate::auth::authn::{AuthUser, Credential};
 use crate::ratelimit::{Kind, Limited};
 use crate::state::AppState;
 

@@ -1,13 +1,13 @@
 //! Binance's SIGNED endpoint security: `X-MBX-APIKEY`, `timestamp`,
 //! `recvWindow`, and `signature` = hex HMAC-SHA256 of the query string
 //! followed by the request body (without the `signature` parameter, which
-//! may sit in either). Built on the gateway's own scheme ([`crate::keys`],
-//! [`crate::authn::api_key_user`]); only the answers are Binance's.
+//! may sit in either). Built on the gateway's own scheme ([`crate::auth::keys`],
+//! [`crate::auth::authn::api_key_user`]); only the answers are Binance's.
 
 use axum::extract::Request;
 
-use crate::authn::{AuthUser, Credential, api_key_user};
-use crate::keys;
+use crate::auth::authn::{AuthUser, Credential, api_key_user};
+use crate::auth::keys;
 use crate::ratelimit::request_ip;
 use crate::state::now_ms;
 

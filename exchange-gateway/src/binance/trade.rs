@@ -14,10 +14,11 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Request, State};
+use exchange_store::{ORDER_COLUMNS, OrderRow};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::authn::{AuthUser, Credential};
+use crate::auth::authn::{AuthUser, Credential};
 use crate::ratelimit::Kind;
 use crate::state::now_ms;
 
@@ -40,42 +41,6 @@ pub const HISTORY_LIMIT_MAX: u64 = 1_000;
 pub const OPEN_ORDERS_MAX: i64 = 1_000;
 /// Longest client order id (Binance allows 36; we store up to 64).
 pub const CLIENT_ORDER_ID_LEN_MAX: usize = 36;
-
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct OrderRow {
-    pub id: i64,
-    pub client_order_id: Option<String>,
-    pub market: String,
-    pub side: String,
-    pub order_type: String,
-    pub time_in_force: String,
-    pub post_only: bool,
-    pub stp: String,
-    pub price: Option<String>,
-    pub stop_price: Option<String>,
-    pub quantity: Option<String>,
-    pub quote_quantity: Option<String>,
-    pub filled_quantity: String,
-    pub filled_quote: String,
-    pub status: String,
-    pub seq: i64,
-    pub created_ms: i64,
-    pub updated_ms: i64,
-    /// When a stop or take-profit triggered; `None` while it waits.
-    pub triggered_ms: Option<i64>,
-}
-
-const ORDER_SQL: &str = "SELECT id, client_order_id, market, side, type AS order_type, time_in_force, post_only, stp, \
-    trim_scale(price)::text AS price, trim_scale(stop_price)::text AS stop_price, \
-    trim_scale(quantity)::text AS quantity, trim_scale(quote_quantity)::text AS quote_quantity, \
-    trim_scale(filled_quantity)::text AS filled_quantity, trim_scale(filled_quote)::text AS filled_quote, \
-    status, seq, (extract(epoch FROM created_at) * 1000)::bigint AS created_ms, \
-    (extract(epoch FROM updated_at) * 1000)::bigint AS updated_ms, \
-    (extract(epoch FROM triggered_at) * 1000)::bigint AS triggered_ms FROM orders";
-
-fn is_open(status: &str) -> bool {
-    matches!(status, "new" | "partially_filled")
-}
 
 fn opt8(v: Option<&String>) -> String {
     pad8(v.map_or("0", String::as_str))
@@ -131,7 +96,7 @@ fn result_json(r: &OrderRow) -> Value {
 
 async fn order_by_id(s: &BnState, user: i64, id: i64) -> Result<Option<OrderRow>, BnError> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{ORDER_SQL} WHERE id = $1 AND user_id = $2"
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1 AND user_id = $2"
     )))
     .bind(id)
     .bind(user)
@@ -154,7 +119,7 @@ async fn find_order(
     }
     if let Some(cid) = p.get("origClientOrderId") {
         return Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{ORDER_SQL} WHERE user_id = $1 AND client_order_id = $2 AND market = $3"
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 AND client_order_id = $2 AND market = $3"
         )))
         .bind(user)
         .bind(cid)
@@ -192,13 +157,13 @@ async fn wait_final(s: &BnState, user: i64, ids: &[i64]) -> Result<Vec<OrderRow>
     let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
     loop {
         let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{ORDER_SQL} WHERE user_id = $1 AND id = ANY($2) ORDER BY id"
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 AND id = ANY($2) ORDER BY id"
         )))
         .bind(user)
         .bind(ids)
         .fetch_all(s.app.db())
         .await?;
-        if rows.iter().all(|r| !is_open(&r.status)) || tokio::time::Instant::now() >= deadline {
+        if rows.iter().all(|r| !r.is_open()) || tokio::time::Instant::now() >= deadline {
             return Ok(rows);
         }
         tokio::time::sleep(SETTLE_POLL).await;
@@ -511,7 +476,7 @@ pub async fn cancel_order(State(s): State<BnState>, req: Request) -> Result<Json
     let m = market_of(&s.app, p.require("symbol")?).await?;
     let row = find_order(&s, user.user_id, &m, &p)
         .await?
-        .filter(|r| is_open(&r.status))
+        .filter(|r| r.is_open())
         .ok_or_else(BnError::unknown_order)?;
     let r = s
         .app
@@ -537,7 +502,7 @@ pub async fn cancel_order(State(s): State<BnState>, req: Request) -> Result<Json
 
 async fn open_rows(s: &BnState, user: i64, market: Option<&str>) -> Result<Vec<OrderRow>, BnError> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{ORDER_SQL} WHERE user_id = $1 AND ($2::text IS NULL OR market = $2) \
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 AND ($2::text IS NULL OR market = $2) \
          AND status IN ('new', 'partially_filled') ORDER BY id LIMIT $3"
     )))
     .bind(user)
@@ -605,7 +570,7 @@ pub async fn all_orders(State(s): State<BnState>, req: Request) -> Result<Json<V
     // From `orderId` (or a start time) the oldest `limit`; else the newest.
     let ascending = from_id.is_some() || start.is_some();
     let sql = format!(
-        "SELECT * FROM ({ORDER_SQL} WHERE user_id = $1 AND market = $2 AND ($3::bigint IS NULL OR id >= $3) \
+        "SELECT * FROM (SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 AND market = $2 AND ($3::bigint IS NULL OR id >= $3) \
          AND ($4::bigint IS NULL OR created_at >= to_timestamp($4 / 1000.0)) \
          AND ($5::bigint IS NULL OR created_at <= to_timestamp($5 / 1000.0)) \
          ORDER BY id {} LIMIT $6) o ORDER BY id",
@@ -874,6 +839,7 @@ mod tests {
     fn order_json_fields() {
         let r = OrderRow {
             id: 7,
+            user_id: 1,
             client_order_id: None,
             market: "BTC-USDT".into(),
             side: "buy".into(),
@@ -887,7 +853,11 @@ mod tests {
             quote_quantity: None,
             filled_quantity: "0.05".into(),
             filled_quote: "2500".into(),
+            reserve_asset: "USDT".into(),
+            reserved: "5000".into(),
+            locked_remaining: "2500".into(),
             status: "partially_filled".into(),
+            reason: None,
             seq: 3,
             created_ms: 1,
             updated_ms: 2,

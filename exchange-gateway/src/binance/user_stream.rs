@@ -8,7 +8,7 @@
 //! (`<prefix>:bn:listenKey:<key>` → user id, and `<prefix>:bn:listenKeyOf:<user>`
 //! → key) with a [`LISTEN_KEY_TTL`] expiry that `PUT` renews; one key per
 //! user, so `POST` again returns (and renews) the same key, as Binance.
-//! The WebSocket registers with the private push hub ([`crate::ws::Hub`]),
+//! The WebSocket registers with the private push hub ([`crate::hub::Hub`]),
 //! so it gets exactly what `/ws/private` gets for that user, with the same
 //! bounded queue (a client that lets it fill is disconnected) and the same
 //! burst writes.
@@ -34,9 +34,10 @@ use super::format::{
     mul8, order_status, order_type, pad8, stp_mode, to_binance_symbol, waits_for_trigger,
 };
 use super::{BnState, Params};
+use crate::hub::Push;
 use crate::ratelimit::request_ip;
 use crate::state::{AppState, now_ms};
-use crate::ws::{Push, write_burst};
+use crate::ws::write_burst;
 
 /// How long a listenKey lives without a keep-alive (Binance: 60 minutes).
 pub const LISTEN_KEY_TTL: Duration = Duration::from_secs(60 * 60);

@@ -416,7 +416,7 @@ impl Cluster {
         .await;
         // The order service learns of a new market through a cache that
         // reloads on a miss at most every 250 ms
-        // (exchange_order::markets::MARKETS_MISS_RELOAD_INTERVAL): an order
+        // (exchange_store::markets::MARKETS_MISS_RELOAD_INTERVAL): an order
         // placed sooner is answered 404 MARKET_NOT_FOUND.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

@@ -14,7 +14,7 @@ use exchange_common::auth::{bearer_token, constant_time_eq};
 use exchange_common::http::REQUEST_BODY_BYTES_MAX;
 use exchange_common::net::{IpNet, client_ip};
 
-use crate::keys;
+use crate::auth::keys;
 use crate::state::{AppState, now_ms};
 
 /// How the caller authenticated.

@@ -1,10 +1,12 @@
-//! The order and fill rows as stored, and their JSON (API.md's shapes
-//! plus extensions), with amounts formatted at the asset's scale.
+//! The `orders` row as stored, and the order as every API shows it
+//! (API.md's `Order` plus extensions): the order service's REST answers,
+//! clearing's private pushes and the Binance views all read it through
+//! [`ORDER_COLUMNS`] into an [`OrderRow`].
 
 use exchange_domain::money::{format_units, pow10};
 use serde::Serialize;
 
-use crate::markets::{MarketInfo, db_units};
+use crate::numeric::{Scales, amount, db_units};
 
 /// The columns every order query selects, in [`OrderRow`]'s order.
 pub const ORDER_COLUMNS: &str = "id, user_id, client_order_id, market, side, type AS order_type, \
@@ -93,15 +95,6 @@ pub fn api_status(db: &str) -> &'static str {
     }
 }
 
-/// A numeric at `scale`, formatted shortest-exact; the raw text trimmed of
-/// trailing zeros should it not fit the scale (it cannot, by construction).
-fn amount(text: &str, scale: u8) -> String {
-    match db_units(text, scale) {
-        Ok(units) => format_units(units, scale),
-        Err(_) => text.to_owned(),
-    }
-}
-
 /// `filled_quote / filled_quantity` as a price at the quote scale, rounded down.
 pub fn average_price(filled_quote: u128, filled_qty: u128, base_scale: u8) -> Option<u128> {
     if filled_qty == 0 {
@@ -113,8 +106,13 @@ pub fn average_price(filled_quote: u128, filled_qty: u128, base_scale: u8) -> Op
 }
 
 impl OrderJson {
-    pub fn new(row: &OrderRow, market: Option<&MarketInfo>) -> Self {
-        let (bs, qs) = market.map_or((18, 18), |m| (m.spec.base().scale, m.spec.quote().scale));
+    /// The order as shown, its amounts at `scales` (those of its market;
+    /// `None`, for a market no longer known, shows them as stored).
+    pub fn new(row: &OrderRow, scales: Option<Scales>) -> Self {
+        let Scales {
+            base: bs,
+            quote: qs,
+        } = scales.unwrap_or(Scales::STORED);
         let avg = match (
             db_units(&row.filled_quote, qs),
             db_units(&row.filled_quantity, bs),
@@ -142,60 +140,6 @@ impl OrderJson {
             average_price: avg,
             reason: row.reason.clone(),
             triggered_at: row.triggered_ms,
-        }
-    }
-}
-
-pub const FILL_COLUMNS: &str = "id, order_id, market, side, price::text AS price, \
-    quantity::text AS quantity, fee::text AS fee, fee_asset, liquidity, time_ms";
-
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct FillRow {
-    pub id: i64,
-    pub order_id: i64,
-    pub market: String,
-    pub side: String,
-    pub price: String,
-    pub quantity: String,
-    pub fee: String,
-    pub fee_asset: String,
-    pub liquidity: String,
-    pub time_ms: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FillJson {
-    pub id: i64,
-    pub order_id: i64,
-    pub market: String,
-    pub side: String,
-    pub price: String,
-    pub quantity: String,
-    pub fee: String,
-    pub fee_asset: String,
-    pub liquidity: String,
-    pub time: i64,
-}
-
-impl FillJson {
-    pub fn new(row: &FillRow, market: Option<&MarketInfo>) -> Self {
-        let (bs, qs) = market.map_or((18, 18), |m| (m.spec.base().scale, m.spec.quote().scale));
-        let fee_scale = match market {
-            Some(m) if m.spec.base().symbol.as_str() == row.fee_asset => bs,
-            Some(_) => qs,
-            None => 18,
-        };
-        Self {
-            id: row.id,
-            order_id: row.order_id,
-            market: row.market.clone(),
-            side: row.side.clone(),
-            price: amount(&row.price, qs),
-            quantity: amount(&row.quantity, bs),
-            fee: amount(&row.fee, fee_scale),
-            fee_asset: row.fee_asset.clone(),
-            liquidity: row.liquidity.clone(),
-            time: row.time_ms,
         }
     }
 }

@@ -1,22 +1,17 @@
 //! Markets as the services see them: loaded from Postgres into
 //! [`MarketSpec`]s (checked by the exactness rule) plus their status, and
 //! an in-memory cache refreshed periodically and on a miss.
-//!
-//! Also the conversion between Postgres `NUMERIC` text and integer units:
-//! the database keeps decimal values of the asset (`0.015`), the code
-//! counts units (`1_500_000` at scale 8). Numerics cross the boundary as
-//! text (`::text` on the way out, `$n::numeric` on the way in), never as
-//! floats.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use exchange_domain::money::{format_units, parse_units};
 use exchange_domain::{
     Asset, AssetSymbol, FeeRate, MarketSpec, MarketSpecFields, MarketStatus, MarketSymbol,
 };
 use sqlx::PgPool;
+
+use crate::numeric::db_units;
 
 /// How often the cache reloads every market.
 pub const MARKETS_REFRESH_INTERVAL: Duration = Duration::from_secs(2);
@@ -28,50 +23,9 @@ pub const MARKETS_MISS_RELOAD_INTERVAL: Duration = Duration::from_millis(50);
 /// Negative-cache entries kept at most (older ones are dropped wholesale).
 const MARKETS_MISSES_MAX: usize = 1_024;
 
-/// Converts a Postgres numeric's text to units at `scale`. Trailing zeros
-/// beyond the scale (`1.50000000000`) are fine; real excess precision or a
-/// negative value is an error (it would be a bug elsewhere).
-pub fn db_units(text: &str, scale: u8) -> anyhow::Result<u128> {
-    let trimmed = match text.split_once('.') {
-        Some((int, frac)) => {
-            let frac = frac.trim_end_matches('0');
-            if frac.is_empty() {
-                int.to_owned()
-            } else {
-                format!("{int}.{frac}")
-            }
-        }
-        None => text.to_owned(),
-    };
-    parse_units(&trimmed, scale)
-        .map_err(|e| anyhow::anyhow!("numeric {text:?} at scale {scale}: {e}"))
-}
-
-/// Units as a decimal text for binding as `$n::numeric`.
-pub fn db_text(units: u128, scale: u8) -> String {
-    format_units(units, scale)
-}
-
 fn fee_ppm(text: &str) -> anyhow::Result<FeeRate> {
     let ppm = u32::try_from(db_units(text, 6)?)?;
     FeeRate::from_ppm(ppm).map_err(|e| anyhow::anyhow!("fee {text}: {e}"))
-}
-
-pub fn parse_status(text: &str) -> Option<MarketStatus> {
-    match text {
-        "trading" => Some(MarketStatus::Trading),
-        "cancel_only" => Some(MarketStatus::CancelOnly),
-        "halted" => Some(MarketStatus::Halted),
-        _ => None,
-    }
-}
-
-pub fn status_str(status: MarketStatus) -> &'static str {
-    match status {
-        MarketStatus::Trading => "trading",
-        MarketStatus::CancelOnly => "cancel_only",
-        MarketStatus::Halted => "halted",
-    }
 }
 
 /// One market: its rules and current status.
@@ -82,6 +36,14 @@ pub struct MarketInfo {
 }
 
 impl MarketInfo {
+    /// How this market's amounts are shown.
+    pub fn scales(&self) -> crate::Scales {
+        crate::Scales {
+            base: self.spec.base().scale,
+            quote: self.spec.quote().scale,
+        }
+    }
+
     /// The scale of the asset an order on `side` spends.
     pub fn spend_asset(&self, side: exchange_domain::Side) -> Asset {
         match side {
@@ -141,8 +103,8 @@ fn market_from_row(row: Row) -> anyhow::Result<(String, MarketInfo)> {
         taker_fee: fee_ppm(&taker)?,
     })
     .map_err(|e| anyhow::anyhow!("market {symbol}: {e}"))?;
-    let status =
-        parse_status(&status).ok_or_else(|| anyhow::anyhow!("market {symbol}: status {status}"))?;
+    let status = MarketStatus::parse(&status)
+        .ok_or_else(|| anyhow::anyhow!("market {symbol}: status {status}"))?;
     Ok((symbol, MarketInfo { spec, status }))
 }
 
@@ -307,15 +269,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn numeric_text_to_units() {
-        assert_eq!(db_units("1.50000000000", 8).unwrap(), 150_000_000);
-        assert_eq!(db_units("0.015", 3).unwrap(), 15);
-        assert_eq!(db_units("100", 2).unwrap(), 10_000);
-        assert_eq!(db_units("0", 2).unwrap(), 0);
-        assert_eq!(db_units("0.000", 2).unwrap(), 0);
-        assert!(db_units("0.001", 2).is_err());
-        assert!(db_units("-1", 2).is_err());
-        assert_eq!(db_text(150_000_000, 8), "1.5");
+    fn fee_text_to_ppm() {
         assert_eq!(fee_ppm("0.001").unwrap().ppm(), 1_000);
         assert_eq!(fee_ppm("0.0010").unwrap().ppm(), 1_000);
     }
