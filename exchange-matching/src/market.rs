@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use exchange_common::redis::Redis;
 use exchange_common::streams::{Handler, StreamEntry};
-use exchange_domain::{Command, Event, EventBatch, MarketSpec, MarketSymbol, SequencedCommand};
+use exchange_domain::{Event, EventBatch, MarketSpec, MarketSymbol, SequencedCommand};
 use exchange_engine::OrderBook;
 use sqlx::PgPool;
 
@@ -578,22 +578,6 @@ impl Handler for MarketHandler {
 /// The events of a command as JSON for the `events` column and the stream.
 pub fn events_json(events: &[Event]) -> serde_json::Result<String> {
     serde_json::to_string(events)
-}
-
-/// A journal row as [`Command`] JSON back into a [`SequencedCommand`].
-pub fn sequenced(
-    market: MarketSymbol,
-    seq: i64,
-    time_ms: i64,
-    body: &str,
-) -> anyhow::Result<SequencedCommand> {
-    let command: Command = serde_json::from_str(body)?;
-    Ok(SequencedCommand {
-        market,
-        seq: u64::try_from(seq)?,
-        time_ms: u64::try_from(time_ms)?,
-        command,
-    })
 }
 
 /// The contract counters: orders the engine accepted and trades it made,

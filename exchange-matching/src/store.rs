@@ -2,10 +2,8 @@
 //! storing event batches, publishing them.
 
 use exchange_common::redis::Redis;
-use exchange_domain::{Event, EventBatch, MarketSymbol, SequencedCommand};
+use exchange_domain::{Command, Event, EventBatch, MarketSymbol, SequencedCommand};
 use sqlx::PgPool;
-
-use crate::market::sequenced;
 
 /// Journal rows read per query while replaying.
 pub const REPLAY_PAGE_LEN: i64 = 10_000;
@@ -221,4 +219,20 @@ pub async fn insert_snapshot(db: &PgPool, market: &str, snap: &Snapshot) -> anyh
     .await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// A journal row as [`Command`] JSON back into a [`SequencedCommand`].
+pub fn sequenced(
+    market: MarketSymbol,
+    seq: i64,
+    time_ms: i64,
+    body: &str,
+) -> anyhow::Result<SequencedCommand> {
+    let command: Command = serde_json::from_str(body)?;
+    Ok(SequencedCommand {
+        market,
+        seq: u64::try_from(seq)?,
+        time_ms: u64::try_from(time_ms)?,
+        command,
+    })
 }
