@@ -1,8 +1,15 @@
-//! Auth primitives shared by services: constant-time comparison and bearer parsing.
+//! Auth primitives shared by services: constant-time comparison, bearer
+//! parsing, and the one middleware guarding every internal route.
 
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
-use crate::config::Secret;
+use crate::ApiError;
+use crate::config::{Config, Secret};
 
 /// Compares two byte strings in time independent of where they differ.
 /// (The length is not secret: tokens have public, fixed formats.)
@@ -27,6 +34,29 @@ pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
         .ok()?;
     let (scheme, token) = value.split_once(' ')?;
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token.trim())
+}
+
+/// Middleware of every internal route (services calling services): it
+/// requires `Authorization: Bearer $INTERNAL_TOKEN`, or
+/// `INTERNAL_TOKEN_PREVIOUS` during a rotation, compared in constant time;
+/// anything else is 401 `UNAUTHORIZED`. Layer it with
+/// `axum::middleware::from_fn_with_state(config, require_internal_token)`.
+pub async fn require_internal_token(
+    State(config): State<Arc<Config>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let ok = bearer_token(req.headers()).is_some_and(|t| {
+        matches_secret(
+            t,
+            &config.internal_token,
+            config.internal_token_previous.as_ref(),
+        )
+    });
+    if !ok {
+        return ApiError::unauthorized("a valid internal token is required").into_response();
+    }
+    next.run(req).await
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use exchange_common::auth::{bearer_token, matches_secret};
+use exchange_common::auth::require_internal_token;
 use exchange_common::error::Json;
 use exchange_common::service::ServiceBase;
 use exchange_common::streams::{ConsumerOptions, run_consumer};
@@ -119,8 +119,8 @@ pub async fn run(
     let routes = Router::new()
         .route("/internal/v1/markets", get(markets_status))
         .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            require_token,
+            state.config.clone(),
+            require_internal_token,
         ))
         .with_state(state);
     let served = base.serve(listeners.http, routes, shutdown.clone()).await;
@@ -134,20 +134,6 @@ pub async fn run(
         tracing::warn!("markets did not stop within the drain time");
     }
     served
-}
-
-async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let ok = bearer_token(req.headers()).is_some_and(|t| {
-        matches_secret(
-            t,
-            &state.config.internal_token,
-            state.config.internal_token_previous.as_ref(),
-        )
-    });
-    if !ok {
-        return ApiError::unauthorized("a valid internal token is required").into_response();
-    }
-    next.run(req).await
 }
 
 #[derive(Debug, Serialize)]

@@ -35,7 +35,7 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
-use exchange_common::auth::{bearer_token, matches_secret};
+use exchange_common::auth::require_internal_token;
 use exchange_common::error::{Json, Path, Query};
 use exchange_common::{ApiError, Config};
 use exchange_domain::{MarketStatus, OrderType, SelfTradePrevention, Side, TimeInForce};
@@ -90,26 +90,10 @@ pub fn routes(state: AppState) -> Router {
         .route("/internal/v1/fills", get(list_fills))
         .route("/internal/v1/markets/{symbol}/status", patch(set_status))
         .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            require_token,
+            state.config.clone(),
+            require_internal_token,
         ))
         .with_state(state)
-}
-
-/// Every route requires `Authorization: Bearer $INTERNAL_TOKEN` (or the
-/// previous token during a rotation), compared in constant time.
-async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let ok = bearer_token(req.headers()).is_some_and(|t| {
-        matches_secret(
-            t,
-            &state.config.internal_token,
-            state.config.internal_token_previous.as_ref(),
-        )
-    });
-    if !ok {
-        return ApiError::unauthorized("a valid internal token is required").into_response();
-    }
-    next.run(req).await
 }
 
 fn market_not_found() -> ApiError {
