@@ -26,8 +26,8 @@ use exchange_common::Shutdown;
 use exchange_domain::event::{Event, EventBatch};
 use exchange_domain::order::Side;
 use exchange_domain::symbol::MarketSymbol;
+use exchange_marketdata::registry::MarketRegistry;
 use exchange_marketdata::state::Scales;
-use exchange_marketdata::store::Core;
 use exchange_marketdata::ws::{App, Origins};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::tungstenite::Message;
@@ -82,10 +82,10 @@ async fn main() {
     let db = sqlx::postgres::PgPoolOptions::new()
         .connect_lazy("postgres://bench@127.0.0.1:1/none")
         .unwrap();
-    let core = Arc::new(Core::new(db));
-    let market = core.insert_empty(symbol, Scales { base: 8, quote: 6 });
+    let markets = Arc::new(MarketRegistry::new(db));
+    let market = markets.insert_empty(symbol, Scales { base: 8, quote: 6 });
     let shutdown = Shutdown::new();
-    let app = App::new(core, Origins::default(), shutdown.clone());
+    let app = App::new(markets, Origins::default(), shutdown.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server_stop = shutdown.clone();
@@ -189,10 +189,10 @@ async fn main() {
                 time_ms: 0,
                 events,
             };
-            let mut state = market.lock();
-            let applied = state.apply(&batch).expect("in order");
+            let mut feed = market.lock();
+            let applied = feed.apply(&batch).expect("in order");
             published[seq as usize].store(origin.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            state.publish(&applied, 0);
+            feed.publish(&applied, 0);
         }
     }
     let mut all: Vec<u32> = Vec::new();

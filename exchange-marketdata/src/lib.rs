@@ -2,7 +2,7 @@
 //! (`/api/v1/markets/{symbol}/depth|trades|klines|ticker`, the same paths
 //! the gateway proxies) and the public WebSocket `/ws`, which also serves
 //! Binance-style market streams (`/ws/<stream>`, `/stream?streams=`, live
-//! `SUBSCRIBE`; see [`binance`]).
+//! `SUBSCRIBE`; see [`render::binance`]).
 //!
 //! It consumes `<prefix>:events` in its **own consumer group per replica**
 //! (`MARKETDATA_CONSUMER_GROUP`, which every replica must set to a unique
@@ -21,10 +21,25 @@
 //! [`KLINE_WRITE_INTERVAL`] of the batch that changed them. No WebSocket
 //! client can slow the consumer or another client: queues are bounded and
 //! never awaited.
+//!
+//! Modules, each built only on those before it:
+//! - [`kline`]: intervals and candles; [`state`]: one market's pure state
+//!   (depth, trades, candles, ticker), applied batch by batch;
+//! - [`render`]: the state in its two wire formats, side by side:
+//!   [`render::native`] and [`render::binance`];
+//! - [`channel`]: what a connection subscribes to; [`outbox`]: one
+//!   connection's bounded send queue; [`fanout`]: a market's state with its
+//!   subscribers, publishing each applied batch;
+//! - [`store`]: the Postgres statements; [`registry`]: every market, loaded
+//!   on first use and kept live by the consumer;
+//! - [`ws`] and [`rest`]: the handlers; this file: the consumer and `run`.
 
-pub mod binance;
+pub mod channel;
+pub mod fanout;
 pub mod kline;
 pub mod outbox;
+pub mod registry;
+pub mod render;
 pub mod rest;
 pub mod state;
 pub mod store;
@@ -41,7 +56,8 @@ use exchange_common::{Config, Shutdown};
 use exchange_domain::event::EventBatch;
 use tokio::net::TcpListener;
 
-use crate::store::{Core, Dirty, KLINE_WRITE_ROWS_MAX, restore_unwritten};
+use crate::registry::MarketRegistry;
+use crate::store::{Dirty, KLINE_WRITE_ROWS_MAX, restore_unwritten};
 use crate::ws::{App, Origins};
 
 pub const SERVICE: &str = "marketdata";
@@ -121,13 +137,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let base = ServiceBase::new(config.clone(), SERVICE)?;
     describe_metrics();
-    let core = Arc::new(Core::new(base.db.clone()));
+    let markets = Arc::new(MarketRegistry::new(base.db.clone()));
     let app = App::new(
-        core.clone(),
+        markets.clone(),
         Origins::new(&config.marketdata_ws_allow_origins),
         shutdown.clone(),
     );
-    let consumer = tokio::spawn(consume(base.clone(), core, shutdown.clone()));
+    let consumer = tokio::spawn(consume(base.clone(), markets, shutdown.clone()));
     let served = base.serve(listeners.http, routes(app), shutdown).await;
     // Let the consumer finish its read and the candle writer its final
     // write; bounded, since a start-up replay is not interrupted (whatever
@@ -151,7 +167,7 @@ async fn retry_pause(shutdown: &Shutdown) {
 }
 
 /// Creates the group, rebuilds every market from Postgres, then follows the stream.
-async fn consume(base: ServiceBase, core: Arc<Core>, shutdown: Shutdown) {
+async fn consume(base: ServiceBase, markets: Arc<MarketRegistry>, shutdown: Shutdown) {
     let stream = base.redis.events_stream();
     let ident = &base.config.marketdata_consumer;
     let mut opts = ConsumerOptions::new(CONSUMER_LOOP, &stream, &ident.group, &ident.name);
@@ -171,7 +187,7 @@ async fn consume(base: ServiceBase, core: Arc<Core>, shutdown: Shutdown) {
         }
     }
     while !shutdown.is_triggered() {
-        match core.load_all().await {
+        match markets.load_all().await {
             Ok(n) => {
                 tracing::info!(markets = n, "markets rebuilt from postgres");
                 break;
@@ -184,13 +200,13 @@ async fn consume(base: ServiceBase, core: Arc<Core>, shutdown: Shutdown) {
     }
     let dirty = Arc::new(tokio::sync::Mutex::new(Dirty::new()));
     let writer = tokio::spawn(write_klines_every(
-        core.clone(),
+        markets.clone(),
         dirty.clone(),
         KLINE_WRITE_INTERVAL,
         shutdown.clone(),
     ));
     let handler = EventsHandler {
-        core: core.clone(),
+        markets: markets.clone(),
         dirty: dirty.clone(),
     };
     run_consumer(
@@ -203,13 +219,13 @@ async fn consume(base: ServiceBase, core: Arc<Core>, shutdown: Shutdown) {
     .await;
     let _ = writer.await;
     // The consumer's last read may have ended after the writer's final write.
-    write_dirty(&core, &dirty).await;
+    write_dirty(&markets, &dirty).await;
 }
 
 /// Writes the changed candles every `interval`, and once more when
 /// `shutdown` is triggered.
 async fn write_klines_every(
-    core: Arc<Core>,
+    markets: Arc<MarketRegistry>,
     dirty: Arc<tokio::sync::Mutex<Dirty>>,
     interval: Duration,
     shutdown: Shutdown,
@@ -219,22 +235,22 @@ async fn write_klines_every(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = ticks.tick() => write_dirty(&core, &dirty).await,
+            _ = ticks.tick() => write_dirty(&markets, &dirty).await,
             () = shutdown.wait() => break,
         }
     }
-    write_dirty(&core, &dirty).await;
+    write_dirty(&markets, &dirty).await;
 }
 
 /// Writes the changed candles. They are taken out of the shared set first so
 /// the consumer never waits on Postgres for them; a failed write puts back
 /// what was not written, to be retried on the next write.
-async fn write_dirty(core: &Core, dirty: &tokio::sync::Mutex<Dirty>) {
+async fn write_dirty(markets: &MarketRegistry, dirty: &tokio::sync::Mutex<Dirty>) {
     let mut pending = std::mem::take(&mut *dirty.lock().await);
     if pending.is_empty() {
         return;
     }
-    if let Err(e) = core.write_klines(&mut pending).await {
+    if let Err(e) = markets.write_klines(&mut pending).await {
         let mut dirty = dirty.lock().await;
         restore_unwritten(&mut dirty, pending);
         tracing::warn!(error = %e, pending = dirty.len(), "kline write failed, will retry");
@@ -245,7 +261,7 @@ async fn write_dirty(core: &Core, dirty: &tokio::sync::Mutex<Dirty>) {
 /// a background task writes them every [`KLINE_WRITE_INTERVAL`], the
 /// handler itself once [`KLINE_WRITE_ROWS_MAX`] are waiting.
 pub struct EventsHandler {
-    core: Arc<Core>,
+    markets: Arc<MarketRegistry>,
     dirty: Arc<tokio::sync::Mutex<Dirty>>,
 }
 
@@ -259,7 +275,7 @@ impl Handler for EventsHandler {
                 Some(text) => match serde_json::from_str::<EventBatch>(text) {
                     Err(e) => Err(format!("unreadable event batch: {e}")),
                     Ok(batch) => self
-                        .core
+                        .markets
                         .apply_live(&batch, &mut dirty)
                         .await
                         .map_err(|e| e.to_string()),
@@ -272,7 +288,7 @@ impl Handler for EventsHandler {
         let full = dirty.len() >= KLINE_WRITE_ROWS_MAX;
         drop(dirty);
         if full {
-            write_dirty(&self.core, &self.dirty).await;
+            write_dirty(&self.markets, &self.dirty).await;
         }
         out
     }

@@ -27,8 +27,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
 
-use crate::binance::bn_depth_json;
-use crate::state::{ChannelKind, DepthInfo, depth_delta_json};
+use exchange_domain::symbol::MarketSymbol;
+
+use crate::channel::ChannelKind;
+use crate::render::binance::{self, BnNames};
+use crate::render::native;
+use crate::state::Scales;
 
 /// Items waiting for one connection before conflation (and then the
 /// disconnect) starts.
@@ -40,8 +44,28 @@ pub const WS_CONFLATED_LEVELS_MAX: usize = 20_000;
 /// A depth channel of one market on one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DepthKey {
-    pub market: exchange_domain::symbol::MarketSymbol,
+    pub market: MarketSymbol,
     pub kind: ChannelKind,
+}
+
+/// What rendering a market's depth deltas needs without its state: a
+/// merged delta is rendered by the connection's writer, outside the
+/// market's lock.
+#[derive(Debug)]
+pub struct DepthInfo {
+    pub symbol: MarketSymbol,
+    pub scales: Scales,
+    pub bn: BnNames,
+}
+
+impl DepthInfo {
+    pub fn new(symbol: MarketSymbol, scales: Scales) -> Self {
+        Self {
+            symbol,
+            scales,
+            bn: BnNames::new(&symbol),
+        }
+    }
 }
 
 /// One published depth change, shared by every subscriber (kept beside
@@ -124,20 +148,32 @@ impl Merged {
     pub fn render(&self, combined: bool) -> Utf8Bytes {
         let bids = self.bids.iter().rev().map(|(p, q)| (*p, *q));
         let asks = self.asks.iter().map(|(p, q)| (*p, *q));
+        let info = &self.info;
         let text = match self.key.kind {
             ChannelKind::Bn(kind) => {
-                let raw =
-                    bn_depth_json(&self.info, self.first, self.last, self.time_ms, bids, asks);
+                let raw = binance::depth_update(
+                    &info.bn,
+                    info.scales,
+                    self.first,
+                    self.last,
+                    self.time_ms,
+                    bids,
+                    asks,
+                );
                 if combined {
-                    format!(
-                        "{{\"stream\":\"{}@{kind}\",\"data\":{raw}}}",
-                        self.info.bn_stream
-                    )
+                    binance::combined(&info.bn, kind, &raw)
                 } else {
                     raw
                 }
             }
-            _ => depth_delta_json(&self.info, Some(self.first), self.last, bids, asks),
+            _ => native::depth_delta(
+                &info.symbol,
+                info.scales,
+                Some(self.first),
+                self.last,
+                bids,
+                asks,
+            ),
         };
         Utf8Bytes::from(text)
     }
@@ -408,9 +444,7 @@ impl Outbox {
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::binance::BnKind;
-    use crate::state::Scales;
-    use exchange_domain::symbol::MarketSymbol;
+    use crate::render::binance::BnKind;
 
     fn info() -> Arc<DepthInfo> {
         Arc::new(DepthInfo::new(

@@ -12,13 +12,16 @@ use exchange_domain::symbol::MarketSymbol;
 use serde::Deserialize;
 
 use crate::kline::Interval;
-use crate::store::{Market, load_klines, wall_ms};
+use crate::registry::Market;
+use crate::render::native;
+use crate::state::RECENT_TRADES_LEN_MAX;
+use crate::store::load_klines;
 use crate::ws::App;
 
 pub const DEPTH_LIMIT_DEFAULT: usize = 50;
 pub const DEPTH_LIMIT_MAX: usize = 1_000;
 pub const TRADES_LIMIT_DEFAULT: usize = 100;
-pub const TRADES_LIMIT_MAX: usize = crate::state::RECENT_TRADES_LEN_MAX;
+pub const TRADES_LIMIT_MAX: usize = RECENT_TRADES_LEN_MAX;
 pub const KLINES_LIMIT_DEFAULT: usize = 500;
 pub const KLINES_LIMIT_MAX: usize = 1_000;
 
@@ -59,11 +62,18 @@ async fn market(app: &App, symbol: &str) -> Result<Arc<Market>, ApiError> {
     let Ok(sym) = MarketSymbol::parse(symbol) else {
         return Err(not_found(symbol));
     };
-    match app.core.market(sym).await {
+    match app.markets.market(sym).await {
         Ok(Some(m)) => Ok(m),
         Ok(None) => Err(not_found(symbol)),
         Err(e) => Err(ApiError::internal(e)),
     }
+}
+
+/// The wall clock in Unix ms (for the ticker window only).
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn json_body(body: String) -> Response {
@@ -77,7 +87,7 @@ pub async fn depth(
 ) -> Result<Response, ApiError> {
     let n = limit(p.limit.as_deref(), DEPTH_LIMIT_DEFAULT, DEPTH_LIMIT_MAX)?;
     let m = market(&app, &symbol).await?;
-    let body = m.lock().depth_json(n);
+    let body = native::depth_json(m.lock().state(), n);
     Ok(json_body(body))
 }
 
@@ -88,7 +98,7 @@ pub async fn trades(
 ) -> Result<Response, ApiError> {
     let n = limit(p.limit.as_deref(), TRADES_LIMIT_DEFAULT, TRADES_LIMIT_MAX)?;
     let m = market(&app, &symbol).await?;
-    let body = m.lock().trades_json(n);
+    let body = native::trades_json(m.lock().state(), n);
     Ok(json_body(body))
 }
 
@@ -110,7 +120,7 @@ pub async fn klines(
     let n = limit(p.limit.as_deref(), KLINES_LIMIT_DEFAULT, KLINES_LIMIT_MAX)?;
     let m = market(&app, &symbol).await?;
     let rows = load_klines(
-        &app.core.db,
+        &app.markets.db,
         m.symbol,
         interval,
         i64::try_from(n).unwrap_or(1),
@@ -124,7 +134,7 @@ pub async fn ticker(
     Path(symbol): Path<String>,
 ) -> Result<Response, ApiError> {
     let m = market(&app, &symbol).await?;
-    let body = m.lock().ticker_json(wall_ms());
+    let body = native::ticker_json(m.lock().state(), wall_ms());
     Ok(json_body(body))
 }
 

@@ -1,15 +1,8 @@
-//! The market registry and everything this service reads from or writes to
-//! Postgres: market scales, event-batch replay, the `klines` table.
-//!
-//! Rebuilding a market replays **every** stored event batch of it in seq
-//! order through the same code as live events (depth, recent trades,
-//! candles, ticker). Simple and exact, but the cost grows with the market's
-//! history (roughly a few µs per batch); a persisted snapshot of the derived
-//! state at a seq would bound it, and is the next step when start-up time
-//! matters. A gap in live delivery replays only the missing batches.
+//! Everything this service reads from or writes to Postgres, one function
+//! per statement: market names and scales, stored event batches (replay and
+//! gap fills), and the `klines` table with the candles waiting for it.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use exchange_domain::event::{Event, EventBatch};
 use exchange_domain::money::format_units;
@@ -17,7 +10,7 @@ use exchange_domain::symbol::MarketSymbol;
 use sqlx::{PgPool, Row as _};
 
 use crate::kline::{Candle, Interval};
-use crate::state::{Applied, MarketState, Order, Scales};
+use crate::state::{Applied, Scales};
 
 /// Event batches read per query while replaying.
 pub const REPLAY_PAGE_LEN: i64 = 1_000;
@@ -43,308 +36,64 @@ pub enum StoreError {
     UnknownMarket(String),
 }
 
-/// One market: its scales and its state behind a short-held lock (never
-/// held across an await).
-#[derive(Debug)]
-pub struct Market {
-    pub symbol: MarketSymbol,
-    pub scales: Scales,
-    state: Mutex<MarketState>,
+/// The markets Postgres knows (a name that does not parse is skipped).
+pub async fn market_symbols(db: &PgPool) -> Result<Vec<MarketSymbol>, sqlx::Error> {
+    let rows = sqlx::query("SELECT symbol FROM markets ORDER BY symbol")
+        .fetch_all(db)
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let text: String = row.try_get(0)?;
+        if let Ok(symbol) = MarketSymbol::parse(&text) {
+            out.push(symbol);
+        }
+    }
+    Ok(out)
 }
 
-impl Market {
-    pub fn lock(&self) -> MutexGuard<'_, MarketState> {
-        // A panic while holding the lock leaves a consistent-enough state
-        // for market data (the next gap rebuilds); keep serving.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
+/// The market whose dashless lowercase name is `lower` (`btcusdt`).
+pub async fn market_by_lower_name(
+    db: &PgPool,
+    lower: &str,
+) -> Result<Option<MarketSymbol>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT symbol FROM markets WHERE lower(replace(symbol, '-', '')) = $1 LIMIT 1",
+    )
+    .bind(lower)
+    .fetch_optional(db)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let text: String = row.try_get(0)?;
+    Ok(MarketSymbol::parse(&text).ok())
+}
+
+/// The scales of the market's assets; `None` when Postgres does not know it.
+pub async fn market_scales(
+    db: &PgPool,
+    symbol: MarketSymbol,
+) -> Result<Option<Scales>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT b.scale, q.scale FROM markets m \
+         JOIN assets b ON b.symbol = m.base JOIN assets q ON q.symbol = m.quote \
+         WHERE m.symbol = $1",
+    )
+    .bind(symbol.to_string())
+    .fetch_optional(db)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let base: i16 = row.try_get(0)?;
+    let quote: i16 = row.try_get(1)?;
+    Ok(Some(Scales {
+        base: u8::try_from(base).unwrap_or(0),
+        quote: u8::try_from(quote).unwrap_or(0),
+    }))
 }
 
 /// Candles changed since they were last written: (market, interval, open_time) → candle.
 pub type Dirty = BTreeMap<(MarketSymbol, Interval, u64), Candle>;
 
-/// Every market this replica knows, and the Postgres pool.
-#[derive(Debug)]
-pub struct Core {
-    pub db: PgPool,
-    markets: RwLock<BTreeMap<MarketSymbol, Arc<Market>>>,
-    /// Scales by market, looked up once: they never change, and every
-    /// candle write needs them (one SELECT per write was as many statements
-    /// as the candle upserts themselves).
-    scale_cache: RwLock<BTreeMap<MarketSymbol, Scales>>,
-    /// Serializes loads so a market is replayed once.
-    loading: tokio::sync::Mutex<()>,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// The wall clock in Unix ms (for the ticker window only).
-pub fn wall_ms() -> u64 {
-    now_ms()
-}
-
-impl Core {
-    pub fn new(db: PgPool) -> Self {
-        Self {
-            db,
-            markets: RwLock::default(),
-            scale_cache: RwLock::default(),
-            loading: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    pub fn get(&self, symbol: &MarketSymbol) -> Option<Arc<Market>> {
-        self.markets
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(symbol)
-            .cloned()
-    }
-
-    /// Registers an empty market (benchmarks and tests that drive the core
-    /// directly); an existing one is returned unchanged.
-    pub fn insert_empty(&self, symbol: MarketSymbol, scales: Scales) -> Arc<Market> {
-        let mut map = self.markets.write().unwrap_or_else(|e| e.into_inner());
-        map.entry(symbol)
-            .or_insert_with(|| {
-                Arc::new(Market {
-                    symbol,
-                    scales,
-                    state: Mutex::new(MarketState::new(symbol, scales)),
-                })
-            })
-            .clone()
-    }
-
-    /// The market, loading (and replaying) it on first use; `None` when
-    /// Postgres does not know it.
-    pub async fn market(&self, symbol: MarketSymbol) -> Result<Option<Arc<Market>>, StoreError> {
-        if let Some(m) = self.get(&symbol) {
-            return Ok(Some(m));
-        }
-        let _guard = self.loading.lock().await;
-        if let Some(m) = self.get(&symbol) {
-            return Ok(Some(m));
-        }
-        let Some(scales) = self.scales(symbol).await? else {
-            return Ok(None);
-        };
-        let mut state = MarketState::new(symbol, scales);
-        let mut dirty = Dirty::new();
-        self.replay(&mut state, u64::MAX, &mut dirty, true).await?;
-        self.write_klines(&mut dirty).await?;
-        tracing::info!(market = %symbol, seq = state.seq, "market loaded from postgres");
-        let market = Arc::new(Market {
-            symbol,
-            scales,
-            state: Mutex::new(state),
-        });
-        self.markets
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(symbol, market.clone());
-        Ok(Some(market))
-    }
-
-    /// The market whose dashless lowercase name is `lower` (`btcusdt`):
-    /// a loaded one, else Postgres is asked (then it is loaded on use).
-    pub async fn find_binance(&self, lower: &str) -> Result<Option<MarketSymbol>, StoreError> {
-        let found = self
-            .markets
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .find(|m| crate::binance::lower_name(m) == lower)
-            .copied();
-        if found.is_some() {
-            return Ok(found);
-        }
-        let row = sqlx::query(
-            "SELECT symbol FROM markets WHERE lower(replace(symbol, '-', '')) = $1 LIMIT 1",
-        )
-        .bind(lower)
-        .fetch_optional(&self.db)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let text: String = row.try_get(0)?;
-        Ok(MarketSymbol::parse(&text).ok())
-    }
-
-    /// Loads every market in Postgres.
-    pub async fn load_all(&self) -> Result<usize, StoreError> {
-        let rows = sqlx::query("SELECT symbol FROM markets ORDER BY symbol")
-            .fetch_all(&self.db)
-            .await?;
-        let mut n = 0;
-        for row in rows {
-            let text: String = row.try_get(0)?;
-            if let Ok(symbol) = MarketSymbol::parse(&text)
-                && self.market(symbol).await?.is_some()
-            {
-                n += 1;
-            }
-        }
-        Ok(n)
-    }
-
-    /// The market's scales: from the cache, else from Postgres (and then
-    /// cached); `None` when Postgres does not know the market.
-    async fn scales(&self, symbol: MarketSymbol) -> Result<Option<Scales>, sqlx::Error> {
-        let cached = self
-            .scale_cache
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&symbol)
-            .copied();
-        if cached.is_some() {
-            return Ok(cached);
-        }
-        let row = sqlx::query(
-            "SELECT b.scale, q.scale FROM markets m \
-             JOIN assets b ON b.symbol = m.base JOIN assets q ON q.symbol = m.quote \
-             WHERE m.symbol = $1",
-        )
-        .bind(symbol.to_string())
-        .fetch_optional(&self.db)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let base: i16 = row.try_get(0)?;
-        let quote: i16 = row.try_get(1)?;
-        let scales = Scales {
-            base: u8::try_from(base).unwrap_or(0),
-            quote: u8::try_from(quote).unwrap_or(0),
-        };
-        self.scale_cache
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(symbol, scales);
-        Ok(Some(scales))
-    }
-
-    /// Applies stored batches after `state.seq` up to `until` (inclusive).
-    /// `initial` marks a start-up rebuild: candles already stored (by this
-    /// or another replica) are not rewritten.
-    async fn replay(
-        &self,
-        state: &mut MarketState,
-        until: u64,
-        dirty: &mut Dirty,
-        initial: bool,
-    ) -> Result<(), StoreError> {
-        let stored = if initial {
-            stored_kline_seqs(&self.db, state.symbol).await?
-        } else {
-            BTreeMap::new()
-        };
-        loop {
-            let page =
-                fetch_batches(&self.db, state.symbol, state.seq, until, REPLAY_PAGE_LEN).await?;
-            let len = page.len();
-            for batch in page {
-                match state.apply(&batch) {
-                    Ok(applied) => {
-                        for (i, c) in applied.candles {
-                            if stored.get(&i).is_none_or(|s| c.last_seq > *s) {
-                                dirty.insert((state.symbol, i, c.open_time), c);
-                            }
-                        }
-                    }
-                    Err(Order::Duplicate) => {}
-                    Err(Order::Gap { expected }) => {
-                        return Err(StoreError::Missing {
-                            market: state.symbol.to_string(),
-                            from: expected,
-                            to: batch.seq,
-                        });
-                    }
-                }
-            }
-            if dirty.len() >= KLINE_WRITE_ROWS_MAX {
-                self.write_klines(dirty).await?;
-            }
-            if i64::try_from(len).unwrap_or(0) < REPLAY_PAGE_LEN || state.seq >= until {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Applies a live batch and publishes its changes. A duplicate is
-    /// skipped; a gap is first filled from Postgres.
-    pub async fn apply_live(
-        &self,
-        batch: &EventBatch,
-        dirty: &mut Dirty,
-    ) -> Result<(), StoreError> {
-        let market = self
-            .market(batch.market)
-            .await?
-            .ok_or_else(|| StoreError::UnknownMarket(batch.market.to_string()))?;
-        let gap = {
-            let mut state = market.lock();
-            match state.apply(batch) {
-                Ok(applied) => {
-                    note_dirty(dirty, batch.market, &applied);
-                    state.publish(&applied, batch.time_ms);
-                    return Ok(());
-                }
-                Err(Order::Duplicate) => return Ok(()),
-                Err(Order::Gap { expected }) => expected,
-            }
-        };
-        metrics::counter!("marketdata_gap_fills_total").increment(1);
-        tracing::warn!(market = %batch.market, expected = gap, got = batch.seq, "gap in event stream, filling from postgres");
-        let mut from = gap - 1;
-        while from + 1 < batch.seq {
-            let page =
-                fetch_batches(&self.db, batch.market, from, batch.seq - 1, REPLAY_PAGE_LEN).await?;
-            if page.is_empty() {
-                return Err(StoreError::Missing {
-                    market: batch.market.to_string(),
-                    from: from + 1,
-                    to: batch.seq,
-                });
-            }
-            let mut state = market.lock();
-            for b in &page {
-                from = b.seq;
-                match state.apply(b) {
-                    Ok(applied) => {
-                        note_dirty(dirty, batch.market, &applied);
-                        state.publish(&applied, b.time_ms);
-                    }
-                    Err(Order::Duplicate) => {}
-                    Err(Order::Gap { expected }) => {
-                        return Err(StoreError::Missing {
-                            market: batch.market.to_string(),
-                            from: expected,
-                            to: b.seq,
-                        });
-                    }
-                }
-            }
-        }
-        let mut state = market.lock();
-        match state.apply(batch) {
-            Ok(applied) => {
-                note_dirty(dirty, batch.market, &applied);
-                state.publish(&applied, batch.time_ms);
-                Ok(())
-            }
-            Err(Order::Duplicate) => Ok(()),
-            Err(Order::Gap { expected }) => Err(StoreError::Missing {
-                market: batch.market.to_string(),
-                from: expected,
-                to: batch.seq,
-            }),
-        }
-    }
-}
-
-fn note_dirty(dirty: &mut Dirty, market: MarketSymbol, applied: &Applied) {
+/// Notes the candles a batch changed, to be written.
+pub fn note_dirty(dirty: &mut Dirty, market: MarketSymbol, applied: &Applied) {
     for (i, c) in &applied.candles {
         dirty.insert((market, *i, c.open_time), *c);
     }
@@ -410,7 +159,7 @@ pub async fn fetch_batches(
 }
 
 /// The highest `last_seq` stored per interval for `market`.
-async fn stored_kline_seqs(
+pub async fn stored_kline_seqs(
     db: &PgPool,
     market: MarketSymbol,
 ) -> Result<BTreeMap<Interval, u64>, sqlx::Error> {
@@ -437,78 +186,63 @@ const KLINE_UPSERT_SET: &str = "ON CONFLICT (market, interval, open_time) DO UPD
      trade_count = EXCLUDED.trade_count, last_seq = EXCLUDED.last_seq \
      WHERE klines.last_seq <= EXCLUDED.last_seq";
 
-impl Core {
-    /// Writes (and clears) `dirty` candles. Rows hold absolute values and only
-    /// move forward in `last_seq`, so every replica may write the same candle.
-    /// On error the candles stay in `dirty` for the next attempt.
-    pub async fn write_klines(&self, dirty: &mut Dirty) -> Result<(), sqlx::Error> {
-        while !dirty.is_empty() {
-            let chunk: Vec<_> = dirty
-                .iter()
-                .take(KLINE_WRITE_ROWS_MAX)
-                .map(|(k, c)| (*k, *c))
-                .collect();
-            let mut cols: [Vec<String>; 8] = Default::default();
-            let mut times = Vec::with_capacity(chunk.len());
-            let mut counts = Vec::with_capacity(chunk.len());
-            let mut seqs = Vec::with_capacity(chunk.len());
-            for ((m, i, open_time), c) in &chunk {
-                // NUMERIC values need the market's scales (cached in `self`).
-                let Scales { base: b, quote: q } =
-                    self.scales(*m).await?.ok_or(sqlx::Error::RowNotFound)?;
-                cols[0].push(m.to_string());
-                cols[1].push(i.as_str().to_owned());
-                cols[2].push(format_units(c.open, q));
-                cols[3].push(format_units(c.high, q));
-                cols[4].push(format_units(c.low, q));
-                cols[5].push(format_units(c.close, q));
-                cols[6].push(format_units(c.volume, b));
-                cols[7].push(format_units(c.quote_volume, q));
-                times.push(i64::try_from(*open_time).unwrap_or(i64::MAX));
-                counts.push(i64::try_from(c.trades).unwrap_or(i64::MAX));
-                seqs.push(i64::try_from(c.last_seq).unwrap_or(i64::MAX));
-            }
-            let sql = format!(
-                "INSERT INTO klines (market, interval, open_time, open, high, low, close, volume, \
-                 quote_volume, trade_count, last_seq) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[]::numeric[], \
-                 $5::text[]::numeric[], $6::text[]::numeric[], $7::text[]::numeric[], \
-                 $8::text[]::numeric[], $9::text[]::numeric[], $10::int8[], $11::int8[]) {KLINE_UPSERT_SET}"
-            );
-            let [
-                markets,
-                intervals,
-                open,
-                high,
-                low,
-                close,
-                volume,
-                quote_volume,
-            ] = cols;
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(markets)
-                .bind(intervals)
-                .bind(times)
-                .bind(open)
-                .bind(high)
-                .bind(low)
-                .bind(close)
-                .bind(volume)
-                .bind(quote_volume)
-                .bind(counts)
-                .bind(seqs)
-                .execute(&self.db)
-                .await?;
-            for (k, c) in chunk {
-                // Keep a candle that changed again meanwhile (not possible while
-                // the caller holds `dirty`, but cheap to be exact).
-                if dirty.get(&k) == Some(&c) {
-                    dirty.remove(&k);
-                }
-            }
-        }
-        Ok(())
+/// Upserts candles, each with its market's scales (NUMERIC values are
+/// written from them). Rows hold absolute values and only move forward in
+/// `last_seq`, so every replica may write the same candle.
+pub async fn upsert_klines(
+    db: &PgPool,
+    rows: &[((MarketSymbol, Interval, u64), Candle, Scales)],
+) -> Result<(), sqlx::Error> {
+    let mut cols: [Vec<String>; 8] = Default::default();
+    let mut times = Vec::with_capacity(rows.len());
+    let mut counts = Vec::with_capacity(rows.len());
+    let mut seqs = Vec::with_capacity(rows.len());
+    for ((m, i, open_time), c, Scales { base: b, quote: q }) in rows {
+        let (b, q) = (*b, *q);
+        cols[0].push(m.to_string());
+        cols[1].push(i.as_str().to_owned());
+        cols[2].push(format_units(c.open, q));
+        cols[3].push(format_units(c.high, q));
+        cols[4].push(format_units(c.low, q));
+        cols[5].push(format_units(c.close, q));
+        cols[6].push(format_units(c.volume, b));
+        cols[7].push(format_units(c.quote_volume, q));
+        times.push(i64::try_from(*open_time).unwrap_or(i64::MAX));
+        counts.push(i64::try_from(c.trades).unwrap_or(i64::MAX));
+        seqs.push(i64::try_from(c.last_seq).unwrap_or(i64::MAX));
     }
+    let sql = format!(
+        "INSERT INTO klines (market, interval, open_time, open, high, low, close, volume, \
+         quote_volume, trade_count, last_seq) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[]::numeric[], \
+         $5::text[]::numeric[], $6::text[]::numeric[], $7::text[]::numeric[], \
+         $8::text[]::numeric[], $9::text[]::numeric[], $10::int8[], $11::int8[]) {KLINE_UPSERT_SET}"
+    );
+    let [
+        markets,
+        intervals,
+        open,
+        high,
+        low,
+        close,
+        volume,
+        quote_volume,
+    ] = cols;
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(markets)
+        .bind(intervals)
+        .bind(times)
+        .bind(open)
+        .bind(high)
+        .bind(low)
+        .bind(close)
+        .bind(volume)
+        .bind(quote_volume)
+        .bind(counts)
+        .bind(seqs)
+        .execute(db)
+        .await?;
+    Ok(())
 }
 
 /// Recomputes the candles of every interval for `market` from the `trades`

@@ -23,7 +23,7 @@
 //! `{"stream","data"}`), and on either, live `{"method":"SUBSCRIBE"|
 //! "UNSUBSCRIBE"|"LIST_SUBSCRIPTIONS","params":[..],"id":N}` messages. A
 //! message with `method` is Binance's protocol, one with `op` ours; both
-//! work on every path. See [`crate::binance`].
+//! work on every path. See [`crate::render::binance`].
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -41,11 +41,14 @@ use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::binance::split_stream;
+use crate::channel::{Channel, ChannelKind};
+use crate::fanout::Subscriber;
 pub use crate::outbox::WS_SEND_QUEUE_LEN_MAX;
 use crate::outbox::{DepthKey, Out, Outbox};
-use crate::state::{Channel, ChannelKind, Subscriber};
-use crate::store::Core;
+use crate::registry::MarketRegistry;
+use crate::render::binance::split_stream;
+use crate::render::native;
+
 /// Messages fed to the socket before one flush.
 pub const WS_WRITE_BATCH_LEN_MAX: usize = 256;
 /// Channels one connection may hold.
@@ -102,16 +105,16 @@ impl Origins {
 /// State shared by the WebSocket and REST handlers.
 #[derive(Debug, Clone)]
 pub struct App {
-    pub core: Arc<Core>,
+    pub markets: Arc<MarketRegistry>,
     pub origins: Arc<Origins>,
     pub shutdown: Shutdown,
     next_conn: Arc<AtomicU64>,
 }
 
 impl App {
-    pub fn new(core: Arc<Core>, origins: Origins, shutdown: Shutdown) -> Self {
+    pub fn new(markets: Arc<MarketRegistry>, origins: Origins, shutdown: Shutdown) -> Self {
         Self {
-            core,
+            markets,
             origins: Arc::new(origins),
             shutdown,
             next_conn: Arc::new(AtomicU64::new(1)),
@@ -178,7 +181,7 @@ async fn resolve_stream(app: &App, name: &str) -> Result<Channel, StreamError> {
     let Some((sym, kind)) = split_stream(name) else {
         return Err(invalid());
     };
-    match app.core.find_binance(&sym).await {
+    match app.markets.find_binance(&sym).await {
         Ok(Some(market)) => Ok(Channel {
             kind: ChannelKind::Bn(kind),
             market,
@@ -313,7 +316,7 @@ async fn connection(app: App, socket: WebSocket, initial: Vec<Channel>, combined
     tracing::debug!(conn = id, why, "websocket closed");
     outbox.close();
     for ch in &conn.subs {
-        if let Some(m) = app.core.get(&ch.market) {
+        if let Some(m) = app.markets.get(&ch.market) {
             m.lock().unsubscribe(ch.kind, id);
         }
     }
@@ -487,7 +490,7 @@ async fn subscribe(app: &App, conn: &mut Conn, requested: &[String]) {
     }
     let mut markets = Vec::with_capacity(channels.len());
     for ch in &channels {
-        match app.core.market(ch.market).await {
+        match app.markets.market(ch.market).await {
             Ok(Some(m)) => markets.push(m),
             Ok(None) => {
                 return conn.error("MARKET_NOT_FOUND", format!("no market {}", ch.market));
@@ -501,16 +504,16 @@ async fn subscribe(app: &App, conn: &mut Conn, requested: &[String]) {
     let reply = json!({"type": "subscribed", "channels": names(&channels)});
     conn.reply(Utf8Bytes::from(reply.to_string()));
     for (ch, market) in channels.iter().zip(markets) {
-        let mut state = market.lock();
+        let mut feed = market.lock();
         if ch.kind == ChannelKind::Depth {
             let key = DepthKey {
                 market: ch.market,
                 kind: ch.kind,
             };
-            let snapshot = state.depth_snapshot_message(WS_DEPTH_SNAPSHOT_LEVELS_MAX);
-            conn.outbox.offer_snapshot(key, snapshot);
+            let snapshot = native::depth_snapshot(feed.state(), WS_DEPTH_SNAPSHOT_LEVELS_MAX);
+            conn.outbox.offer_snapshot(key, Utf8Bytes::from(snapshot));
         }
-        state.subscribe(ch.kind, conn.subscriber());
+        feed.subscribe(ch.kind, conn.subscriber());
         conn.subs.insert(*ch);
     }
 }
@@ -521,7 +524,7 @@ fn unsubscribe(conn: &mut Conn, app: &App, requested: &[String]) {
     };
     for ch in &channels {
         if conn.subs.remove(ch)
-            && let Some(m) = app.core.get(&ch.market)
+            && let Some(m) = app.markets.get(&ch.market)
         {
             m.lock().unsubscribe(ch.kind, conn.id);
         }
@@ -551,7 +554,7 @@ mod tests {
 async fn add_channels(app: &App, conn: &mut Conn, channels: &[Channel]) -> Result<(), ()> {
     let mut markets = Vec::with_capacity(channels.len());
     for ch in channels {
-        match app.core.market(ch.market).await {
+        match app.markets.market(ch.market).await {
             Ok(Some(m)) => markets.push(m),
             Ok(None) | Err(_) => return Err(()),
         }
@@ -628,7 +631,7 @@ async fn bn_command(app: &App, conn: &mut Conn, value: Value) {
             } else {
                 for ch in &channels {
                     if conn.subs.remove(ch)
-                        && let Some(m) = app.core.get(&ch.market)
+                        && let Some(m) = app.markets.get(&ch.market)
                     {
                         m.lock().unsubscribe(ch.kind, conn.id);
                     }

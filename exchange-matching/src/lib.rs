@@ -6,7 +6,7 @@
 //! every market in the database). The list of markets is reloaded every
 //! [`MARKETS_REFRESH_INTERVAL`], so a new market starts without a restart.
 //!
-//! Per market ([`market::Engine`]):
+//! Per market ([`market::MarketBook`]):
 //! - at start the book is restored from the newest good snapshot
 //!   (`matching_snapshots`, migration 0005: engine snapshot bytes, checked
 //!   against the stored seq and state hash; a bad one is skipped for the
@@ -59,7 +59,7 @@ use exchange_common::{ApiError, Config, Shutdown};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::market::{Engine, MarketHandler, SharedStatus};
+use crate::market::{MarketBook, MarketHandler, SharedStatus};
 
 pub const SERVICE: &str = "matching";
 pub const MARKETS_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
@@ -190,7 +190,7 @@ async fn supervise(base: ServiceBase, registry: Registry, shutdown: Shutdown) {
                     }
                     tasks.push(tokio::spawn(run_market(
                         base.clone(),
-                        Engine::new(info.spec, status),
+                        MarketBook::new(info.spec, status),
                         shutdown.clone(),
                     )));
                 }
@@ -207,14 +207,14 @@ async fn supervise(base: ServiceBase, registry: Registry, shutdown: Shutdown) {
     }
 }
 
-async fn run_market(base: ServiceBase, mut engine: Engine, shutdown: Shutdown) {
-    let symbol = engine.symbol.to_string();
+async fn run_market(base: ServiceBase, mut market: MarketBook, shutdown: Shutdown) {
+    let symbol = market.symbol.to_string();
     // Recover before consuming; retry while a dependency is down.
     loop {
         if shutdown.is_triggered() {
             return;
         }
-        match engine.recover(&base.db, &base.redis).await {
+        match market.recover(&base.db, &base.redis).await {
             Ok(()) => break,
             Err(e) => {
                 tracing::warn!(market = %symbol, error = format!("{e:#}"), "recovery failed, retrying");
@@ -233,8 +233,8 @@ async fn run_market(base: ServiceBase, mut engine: Engine, shutdown: Shutdown) {
             local.trigger();
         });
     }
-    let status = engine.status.clone();
-    if engine.halted().is_none() {
+    let status = market.status.clone();
+    if market.halted().is_none() {
         let config = &base.config;
         let mut opts = ConsumerOptions::new(
             "orderStreamConsumer",
@@ -246,19 +246,19 @@ async fn run_market(base: ServiceBase, mut engine: Engine, shutdown: Shutdown) {
         opts.deliveries_max = None;
         opts.claim_idle = CLAIM_IDLE;
         opts.claim_interval = Duration::from_secs(1);
-        let engine = Arc::new(tokio::sync::Mutex::new(engine));
+        let market = Arc::new(tokio::sync::Mutex::new(market));
         // On the service's shutdown, not the market's: a market that halts
         // may still hold batches of commands applied before the halt, and
         // they must still be stored and published.
         tokio::spawn(flush_unpublished(
-            engine.clone(),
+            market.clone(),
             base.db.clone(),
             base.redis.clone(),
             shutdown.clone(),
         ));
-        let final_engine = engine.clone();
+        let final_market = market.clone();
         let handler = MarketHandler {
-            engine,
+            market,
             db: base.db.clone(),
             redis: base.redis.clone(),
             on_halt: market_shutdown.clone(),
@@ -272,7 +272,7 @@ async fn run_market(base: ServiceBase, mut engine: Engine, shutdown: Shutdown) {
         )
         .await;
         // A last snapshot, so the next start replays little.
-        if let Err(e) = final_engine
+        if let Err(e) = final_market
             .lock()
             .await
             .maybe_snapshot(&base.db, &base.redis, true)
@@ -296,7 +296,7 @@ async fn run_market(base: ServiceBase, mut engine: Engine, shutdown: Shutdown) {
 /// the service stops, or, once the market has halted, until nothing is left
 /// to store or publish.
 async fn flush_unpublished(
-    engine: Arc<tokio::sync::Mutex<Engine>>,
+    market: Arc<tokio::sync::Mutex<MarketBook>>,
     db: sqlx::PgPool,
     redis: exchange_common::redis::Redis,
     shutdown: Shutdown,
@@ -306,19 +306,19 @@ async fn flush_unpublished(
             () = tokio::time::sleep(FLUSH_INTERVAL) => {}
             () = shutdown.wait() => return,
         }
-        let mut engine = engine.lock().await;
-        if let Err(e) = engine.flush(&db, &redis).await {
-            tracing::warn!(market = %engine.symbol, error = format!("{e:#}"), "publishing events failed; will retry");
+        let mut market = market.lock().await;
+        if let Err(e) = market.flush(&db, &redis).await {
+            tracing::warn!(market = %market.symbol, error = format!("{e:#}"), "publishing events failed; will retry");
         }
-        if engine.halted().is_some() {
-            if engine.flushed() {
-                tracing::info!(market = %engine.symbol, "halted market: every batch before the halt is stored and published");
+        if market.halted().is_some() {
+            if market.flushed() {
+                tracing::info!(market = %market.symbol, "halted market: every batch before the halt is stored and published");
                 return;
             }
             continue;
         }
-        if let Err(e) = engine.maybe_snapshot(&db, &redis, false).await {
-            tracing::warn!(market = %engine.symbol, error = format!("{e:#}"), "snapshot failed; will retry");
+        if let Err(e) = market.maybe_snapshot(&db, &redis, false).await {
+            tracing::warn!(market = %market.symbol, error = format!("{e:#}"), "snapshot failed; will retry");
         }
     }
 }

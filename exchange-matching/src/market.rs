@@ -1,6 +1,7 @@
-//! One market's engine and the rules for feeding it: strict sequence
-//! order, duplicates skipped, gaps filled from the journal, every produced
-//! batch stored in `event_batches` before its stream entry is acknowledged.
+//! One market's order book as this service keeps it ([`MarketBook`]) and
+//! the rules for feeding it: strict sequence order, duplicates skipped, gaps
+//! filled from the journal, every produced batch stored in `event_batches`
+//! before its stream entry is acknowledged.
 //!
 //! Failure handling:
 //! - storing batches fails: the book has already moved and is right, so
@@ -74,7 +75,10 @@ pub struct Status {
 
 pub type SharedStatus = Arc<Mutex<Status>>;
 
-pub struct Engine {
+/// One market's [`OrderBook`] and what keeps it durable: the batches it
+/// produced that are not yet stored or published, its snapshot and
+/// stream-trim marks, and its status (the book is gone once it halts).
+pub struct MarketBook {
     pub symbol: MarketSymbol,
     pub spec: MarketSpec,
     book: Option<OrderBook>,
@@ -100,9 +104,9 @@ pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(30);
 /// ...or when this many commands were applied since the last one.
 pub const SNAPSHOT_COMMANDS: u64 = 100_000;
 
-impl std::fmt::Debug for Engine {
+impl std::fmt::Debug for MarketBook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine")
+        f.debug_struct("MarketBook")
             .field("symbol", &self.symbol)
             .field("last_seq", &self.last_seq())
             .finish_non_exhaustive()
@@ -121,7 +125,7 @@ pub fn apply_guarded(book: &mut OrderBook, cmd: &SequencedCommand) -> Result<Vec
     }
 }
 
-impl Engine {
+impl MarketBook {
     pub fn new(spec: MarketSpec, status: SharedStatus) -> Self {
         metrics::gauge!("exchange_market_halted", "market" => spec.symbol().to_string()).set(0.0);
         Self {
@@ -549,10 +553,10 @@ impl Engine {
     }
 }
 
-/// The stream handler of one market: one engine behind an async mutex
+/// The stream handler of one market: its book behind an async mutex
 /// (the consumer loop calls it sequentially; the mutex makes it `Sync`).
 pub struct MarketHandler {
-    pub engine: Arc<tokio::sync::Mutex<Engine>>,
+    pub market: Arc<tokio::sync::Mutex<MarketBook>>,
     pub db: PgPool,
     pub redis: Redis,
     /// Triggered when the market halts, to stop its consumer loop.
@@ -561,14 +565,14 @@ pub struct MarketHandler {
 
 impl Handler for MarketHandler {
     async fn handle(&self, entries: &[StreamEntry]) -> Vec<Result<(), String>> {
-        let mut engine = self.engine.lock().await;
-        let out = engine.handle(&self.db, &self.redis, entries).await;
+        let mut market = self.market.lock().await;
+        let out = market.handle(&self.db, &self.redis, entries).await;
         if let Some(last) = entries.last()
             && out.iter().all(Result::is_ok)
         {
-            engine.mark_consumed(last.id.clone());
+            market.mark_consumed(last.id.clone());
         }
-        if engine.halted().is_some() {
+        if market.halted().is_some() {
             self.on_halt.trigger();
         }
         out
