@@ -47,15 +47,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::extract::State;
 use axum::routing::get;
 use exchange_common::auth::require_internal_token;
 use exchange_common::error::Json;
 use exchange_common::service::ServiceBase;
 use exchange_common::streams::{ConsumerOptions, run_consumer};
-use exchange_common::{ApiError, Config, Shutdown};
+use exchange_common::{Config, Shutdown};
 use serde::Serialize;
 use tokio::net::TcpListener;
 

@@ -30,9 +30,8 @@
 //! when a balance's asset scale is not loaded (nothing applied; retry).
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use exchange_common::auth::require_internal_token;
