@@ -11,6 +11,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::ErrorCode;
+
 /// An API error: a status, a stable machine code and a human message.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -30,7 +32,19 @@ struct Inner<'a> {
     message: &'a str,
 }
 
+impl From<ErrorCode> for Cow<'static, str> {
+    fn from(code: ErrorCode) -> Self {
+        Cow::Borrowed(code.as_str())
+    }
+}
+
 impl ApiError {
+    /// The code, when this version knows it (an error relayed from a newer
+    /// service may carry one it does not).
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        ErrorCode::parse(&self.code)
+    }
+
     pub fn new(
         status: StatusCode,
         code: impl Into<Cow<'static, str>>,
@@ -46,13 +60,13 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
     }
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "FORBIDDEN", message)
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
     }
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
     }
     pub fn conflict(code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
@@ -63,12 +77,16 @@ impl ApiError {
         tracing::error!(error = format!("{error:#}"), "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "INTERNAL",
+            ErrorCode::Internal,
             "internal error",
         )
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            message,
+        )
     }
 }
 
@@ -106,7 +124,7 @@ impl From<sqlx::Error> for ApiError {
                 if matches!(db.code().as_deref(), Some("22021" | "22P05")) =>
             {
                 Self::bad_request(
-                    "INVALID_REQUEST",
+                    ErrorCode::InvalidRequest,
                     "the request contains characters that are not allowed",
                 )
             }
@@ -124,11 +142,11 @@ impl From<sqlx::Error> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         let code = match &r {
-            JsonRejection::JsonDataError(_) => "INVALID_REQUEST",
-            JsonRejection::JsonSyntaxError(_) => "INVALID_JSON",
-            JsonRejection::MissingJsonContentType(_) => "UNSUPPORTED_MEDIA_TYPE",
-            _ if r.status() == StatusCode::PAYLOAD_TOO_LARGE => "PAYLOAD_TOO_LARGE",
-            _ => "INVALID_REQUEST",
+            JsonRejection::JsonDataError(_) => ErrorCode::InvalidRequest,
+            JsonRejection::JsonSyntaxError(_) => ErrorCode::InvalidJson,
+            JsonRejection::MissingJsonContentType(_) => ErrorCode::UnsupportedMediaType,
+            _ if r.status() == StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+            _ => ErrorCode::InvalidRequest,
         };
         let status = if r.status().is_client_error() {
             r.status()
@@ -148,13 +166,13 @@ impl From<JsonRejection> for ApiError {
 
 impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
-        Self::bad_request("INVALID_PATH", r.body_text())
+        Self::bad_request(ErrorCode::InvalidPath, r.body_text())
     }
 }
 
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
-        Self::bad_request("INVALID_QUERY", r.body_text())
+        Self::bad_request(ErrorCode::InvalidQuery, r.body_text())
     }
 }
 
@@ -231,7 +249,7 @@ mod tests {
         for e in [lost, sqlx::Error::PoolClosed, sqlx::Error::PoolTimedOut] {
             let api = ApiError::from(e);
             assert_eq!(api.status, StatusCode::SERVICE_UNAVAILABLE);
-            assert_eq!(api.code, "UNAVAILABLE");
+            assert_eq!(api.code, ErrorCode::Unavailable);
         }
         let api = ApiError::from(sqlx::Error::RowNotFound);
         assert_eq!(api.status, StatusCode::INTERNAL_SERVER_ERROR);

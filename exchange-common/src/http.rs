@@ -107,7 +107,7 @@ async fn not_found() -> ApiError {
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "METHOD_NOT_ALLOWED",
+        crate::ErrorCode::MethodNotAllowed,
         "method not allowed on this route",
     )
 }

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod error_code;
 pub mod http;
 pub mod net;
 pub mod ready;
@@ -24,4 +25,5 @@ pub mod testing;
 
 pub use config::{Config, Secret};
 pub use error::ApiError;
+pub use error_code::ErrorCode;
 pub use shutdown::Shutdown;

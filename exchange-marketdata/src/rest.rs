@@ -6,8 +6,8 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use exchange_common::ApiError;
 use exchange_common::error::{Path, Query};
+use exchange_common::{ApiError, ErrorCode};
 use exchange_domain::symbol::MarketSymbol;
 use serde::Deserialize;
 
@@ -36,7 +36,7 @@ fn limit(text: Option<&str>, default: usize, max: usize) -> Result<usize, ApiErr
     let Some(text) = text else { return Ok(default) };
     let bad = || {
         ApiError::bad_request(
-            "INVALID_LIMIT",
+            ErrorCode::InvalidLimit,
             format!("limit must be an integer from 1 to {max}"),
         )
     };
@@ -53,7 +53,7 @@ fn not_found(symbol: &str) -> ApiError {
     let shown: String = symbol.chars().take(40).collect();
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "MARKET_NOT_FOUND",
+        ErrorCode::MarketNotFound,
         format!("no market {shown:?}"),
     )
 }
@@ -113,7 +113,7 @@ pub async fn klines(
     }
     .ok_or_else(|| {
         ApiError::bad_request(
-            "INVALID_INTERVAL",
+            ErrorCode::InvalidInterval,
             "interval must be one of 1m, 5m, 15m, 1h, 4h, 1d",
         )
     })?;

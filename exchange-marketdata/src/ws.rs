@@ -35,7 +35,7 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use exchange_common::{ApiError, Shutdown};
+use exchange_common::{ApiError, ErrorCode, Shutdown};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use serde::Deserialize;
@@ -197,7 +197,7 @@ async fn resolve_stream(app: &App, name: &str) -> Result<Channel, StreamError> {
 async fn resolve_streams(app: &App, names: &[&str]) -> Result<Vec<Channel>, ApiError> {
     if names.len() > WS_SUBSCRIPTIONS_MAX {
         return Err(ApiError::bad_request(
-            "TOO_MANY_SUBSCRIPTIONS",
+            ErrorCode::TooManySubscriptions,
             format!("at most {WS_SUBSCRIPTIONS_MAX} streams per connection"),
         ));
     }
@@ -210,12 +210,12 @@ async fn resolve_streams(app: &App, names: &[&str]) -> Result<Vec<Channel>, ApiE
                 }
             }
             Err(StreamError::Invalid(msg)) => {
-                return Err(ApiError::bad_request("INVALID_CHANNEL", msg));
+                return Err(ApiError::bad_request(ErrorCode::InvalidChannel, msg));
             }
             Err(StreamError::Unavailable) => {
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "UNAVAILABLE",
+                    ErrorCode::Unavailable,
                     "market data is not available, retry",
                 ));
             }
@@ -238,7 +238,7 @@ fn open(
         metrics::counter!("marketdata_ws_origin_refused_total").increment(1);
         return ApiError::new(
             StatusCode::FORBIDDEN,
-            "ORIGIN_NOT_ALLOWED",
+            ErrorCode::OriginNotAllowed,
             "this Origin is not allowed to open the market data WebSocket",
         )
         .into_response();
@@ -246,7 +246,8 @@ fn open(
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(r) => {
-            return ApiError::bad_request("WEBSOCKET_REQUIRED", r.body_text()).into_response();
+            return ApiError::bad_request(ErrorCode::WebsocketRequired, r.body_text())
+                .into_response();
         }
     };
     upgrade
@@ -277,8 +278,9 @@ impl Conn {
         self.outbox.offer(&msg);
     }
 
-    fn error(&self, code: &str, message: impl Into<String>) {
-        let msg = json!({"type": "error", "error": {"code": code, "message": message.into()}});
+    fn error(&self, code: ErrorCode, message: impl Into<String>) {
+        let msg =
+            json!({"type": "error", "error": {"code": code.as_str(), "message": message.into()}});
         self.reply(Utf8Bytes::from(msg.to_string()));
     }
 
@@ -300,7 +302,10 @@ async fn connection(app: App, socket: WebSocket, initial: Vec<Channel>, combined
     metrics::gauge!("exchange_ws_connections", "service" => "marketdata", "kind" => "public")
         .increment(1.0);
     if !initial.is_empty() && add_channels(&app, &mut conn, &initial).await.is_err() {
-        conn.error("UNAVAILABLE", "market data is not available, retry");
+        conn.error(
+            ErrorCode::Unavailable,
+            "market data is not available, retry",
+        );
     }
     let (sink, mut stream) = socket.split();
     let why = {
@@ -400,7 +405,7 @@ async fn read_loop(
         };
         match msg {
             Message::Text(text) => handle_text(app, conn, text.as_str()).await,
-            Message::Binary(_) => conn.error("INVALID_MESSAGE", "send JSON text messages"),
+            Message::Binary(_) => conn.error(ErrorCode::InvalidMessage, "send JSON text messages"),
             Message::Close(_) => return "closed by client",
             Message::Ping(_) | Message::Pong(_) => {}
         }
@@ -412,7 +417,7 @@ async fn handle_text(app: &App, conn: &mut Conn, text: &str) {
         Ok(v) => v,
         Err(_) => {
             return conn.error(
-                "INVALID_MESSAGE",
+                ErrorCode::InvalidMessage,
                 r#"expected {"op":"subscribe"|"unsubscribe","channels":[...]}"#,
             );
         }
@@ -424,7 +429,7 @@ async fn handle_text(app: &App, conn: &mut Conn, text: &str) {
         Ok(c) => c,
         Err(_) => {
             return conn.error(
-                "INVALID_MESSAGE",
+                ErrorCode::InvalidMessage,
                 r#"expected {"op":"subscribe"|"unsubscribe","channels":[...]}"#,
             );
         }
@@ -433,19 +438,22 @@ async fn handle_text(app: &App, conn: &mut Conn, text: &str) {
         "subscribe" => subscribe(app, conn, &cmd.channels).await,
         "unsubscribe" => unsubscribe(conn, app, &cmd.channels),
         "ping" => conn.reply(Utf8Bytes::from_static(r#"{"type":"pong"}"#)),
-        _ => conn.error("INVALID_OP", "op must be subscribe, unsubscribe or ping"),
+        _ => conn.error(
+            ErrorCode::InvalidOp,
+            "op must be subscribe, unsubscribe or ping",
+        ),
     }
 }
 
 /// Parses and de-duplicates channel names (order kept), or answers an error.
 fn parse_channels(conn: &Conn, names: &[String]) -> Option<Vec<Channel>> {
     if names.is_empty() {
-        conn.error("INVALID_CHANNEL", "channels must not be empty");
+        conn.error(ErrorCode::InvalidChannel, "channels must not be empty");
         return None;
     }
     if names.len() > WS_CHANNELS_PER_MESSAGE_MAX {
         conn.error(
-            "TOO_MANY_CHANNELS",
+            ErrorCode::TooManyChannels,
             format!("at most {WS_CHANNELS_PER_MESSAGE_MAX} channels per message"),
         );
         return None;
@@ -460,7 +468,7 @@ fn parse_channels(conn: &Conn, names: &[String]) -> Option<Vec<Channel>> {
             }
             None => {
                 conn.error(
-                    "INVALID_CHANNEL",
+                    ErrorCode::InvalidChannel,
                     format!(
                         "unknown channel {name:?}: use depth:<MARKET>, trades:<MARKET>, \
                          ticker:<MARKET> or kline:<1m|5m|15m|1h|4h|1d>:<MARKET>"
@@ -484,7 +492,7 @@ async fn subscribe(app: &App, conn: &mut Conn, requested: &[String]) {
     let added = channels.iter().filter(|c| !conn.subs.contains(c)).count();
     if conn.subs.len() + added > WS_SUBSCRIPTIONS_MAX {
         return conn.error(
-            "TOO_MANY_SUBSCRIPTIONS",
+            ErrorCode::TooManySubscriptions,
             format!("at most {WS_SUBSCRIPTIONS_MAX} channels per connection"),
         );
     }
@@ -493,11 +501,17 @@ async fn subscribe(app: &App, conn: &mut Conn, requested: &[String]) {
         match app.markets.market(ch.market).await {
             Ok(Some(m)) => markets.push(m),
             Ok(None) => {
-                return conn.error("MARKET_NOT_FOUND", format!("no market {}", ch.market));
+                return conn.error(
+                    ErrorCode::MarketNotFound,
+                    format!("no market {}", ch.market),
+                );
             }
             Err(e) => {
                 tracing::warn!(error = %e, market = %ch.market, "market load failed");
-                return conn.error("UNAVAILABLE", "market data is not available, retry");
+                return conn.error(
+                    ErrorCode::Unavailable,
+                    "market data is not available, retry",
+                );
             }
         }
     }

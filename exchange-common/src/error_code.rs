@@ -1,0 +1,163 @@
+//! Every machine code an error body may carry (`{"error":{"code",..}}`),
+//! as one enum: the order rules, every service's [`crate::ApiError`] and
+//! the gateway's Binance mapping name codes through it, so a misspelt code
+//! does not compile. Codes are part of the API contract (docs/API.md): add
+//! freely, never rename.
+
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $variant:ident = $text:literal,)*) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum ErrorCode {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in declaration order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The code as it appears on the wire.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $text,)*
+                }
+            }
+
+            /// The code of a wire name; `None` for one this version does
+            /// not know (a newer service may send it: pass it on as text).
+            pub fn parse(text: &str) -> Option<ErrorCode> {
+                match text {
+                    $($text => Some(ErrorCode::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    // Malformed input (400 unless noted).
+    /// A body or query that does not have the documented shape.
+    InvalidRequest = "INVALID_REQUEST",
+    InvalidJson = "INVALID_JSON",
+    InvalidPath = "INVALID_PATH",
+    InvalidQuery = "INVALID_QUERY",
+    /// 415: a JSON body without `Content-Type: application/json`.
+    UnsupportedMediaType = "UNSUPPORTED_MEDIA_TYPE",
+    /// 413.
+    PayloadTooLarge = "PAYLOAD_TOO_LARGE",
+    /// 431.
+    HeadersTooLarge = "HEADERS_TOO_LARGE",
+    /// 405.
+    MethodNotAllowed = "METHOD_NOT_ALLOWED",
+    InvalidAmount = "INVALID_AMOUNT",
+    InvalidSymbol = "INVALID_SYMBOL",
+    InvalidMarket = "INVALID_MARKET",
+    InvalidScale = "INVALID_SCALE",
+    InvalidFee = "INVALID_FEE",
+    InvalidStatus = "INVALID_STATUS",
+    InvalidLimit = "INVALID_LIMIT",
+    InvalidInterval = "INVALID_INTERVAL",
+    InvalidEmail = "INVALID_EMAIL",
+    WeakPassword = "WEAK_PASSWORD",
+    InvalidLabel = "INVALID_LABEL",
+    InvalidPermissions = "INVALID_PERMISSIONS",
+    InvalidIpAllowlist = "INVALID_IP_ALLOWLIST",
+    InvalidTimestamp = "INVALID_TIMESTAMP",
+    InvalidRecvWindow = "INVALID_RECV_WINDOW",
+    MissingTimestamp = "MISSING_TIMESTAMP",
+    MissingSignature = "MISSING_SIGNATURE",
+    /// A WebSocket message that is not one of the documented ops.
+    InvalidMessage = "INVALID_MESSAGE",
+    InvalidOp = "INVALID_OP",
+    InvalidChannel = "INVALID_CHANNEL",
+    /// 426: a plain HTTP request on a WebSocket route.
+    WebsocketRequired = "WEBSOCKET_REQUIRED",
+
+    // Orders (the order service's rules).
+    InvalidOrder = "INVALID_ORDER",
+    PriceNotOnTick = "PRICE_NOT_ON_TICK",
+    QuantityNotOnStep = "QUANTITY_NOT_ON_STEP",
+    QuantityTooSmall = "QUANTITY_TOO_SMALL",
+    NotionalTooSmall = "NOTIONAL_TOO_SMALL",
+    InsufficientBalance = "INSUFFICIENT_BALANCE",
+    MarketNotTrading = "MARKET_NOT_TRADING",
+    OrderNotAmendable = "ORDER_NOT_AMENDABLE",
+    OrderNotOpen = "ORDER_NOT_OPEN",
+    /// 503: an asset's scale is not loaded; nothing was applied, retry.
+    AssetScaleUnknown = "ASSET_SCALE_UNKNOWN",
+    /// 503: the order may or may not have been accepted; look it up by
+    /// `client_order_id` before retrying.
+    OutcomeUnknown = "OUTCOME_UNKNOWN",
+
+    // Who is calling (401 / 403).
+    Unauthorized = "UNAUTHORIZED",
+    Forbidden = "FORBIDDEN",
+    InvalidCredentials = "INVALID_CREDENTIALS",
+    InvalidToken = "INVALID_TOKEN",
+    TokenExpired = "TOKEN_EXPIRED",
+    InvalidSignature = "INVALID_SIGNATURE",
+    TimestampOutOfWindow = "TIMESTAMP_OUT_OF_WINDOW",
+    PermissionDenied = "PERMISSION_DENIED",
+    IpNotAllowed = "IP_NOT_ALLOWED",
+    OriginNotAllowed = "ORIGIN_NOT_ALLOWED",
+    AuthTimeout = "AUTH_TIMEOUT",
+
+    // Existence and conflicts (404 / 409).
+    NotFound = "NOT_FOUND",
+    OrderNotFound = "ORDER_NOT_FOUND",
+    MarketNotFound = "MARKET_NOT_FOUND",
+    UserNotFound = "USER_NOT_FOUND",
+    UnknownAsset = "UNKNOWN_ASSET",
+    EmailTaken = "EMAIL_TAKEN",
+    AssetExists = "ASSET_EXISTS",
+    MarketExists = "MARKET_EXISTS",
+
+    // Limits (429 unless noted).
+    RateLimited = "RATE_LIMITED",
+    TooManyApiKeys = "TOO_MANY_API_KEYS",
+    TooManyConnections = "TOO_MANY_CONNECTIONS",
+    TooManyChannels = "TOO_MANY_CHANNELS",
+    TooManySubscriptions = "TOO_MANY_SUBSCRIPTIONS",
+    /// 503: the service sheds load; retry later.
+    Overloaded = "OVERLOADED",
+
+    // The server.
+    /// 503: a dependency is down or slow; nothing was applied.
+    Unavailable = "UNAVAILABLE",
+    /// 500: a bug; the log has the details, the client none.
+    Internal = "INTERNAL",
+    /// A WebSocket the server closed.
+    Closed = "CLOSED",
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_round_trips_and_is_unique_screaming_snake() {
+        let mut seen = std::collections::BTreeSet::new();
+        for &code in ErrorCode::ALL {
+            let text = code.as_str();
+            assert_eq!(ErrorCode::parse(text), Some(code));
+            assert!(seen.insert(text), "{text} twice");
+            assert!(
+                text.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'),
+                "{text} is not SCREAMING_SNAKE_CASE"
+            );
+        }
+        assert_eq!(ErrorCode::parse("INSUFICIENT_BALANCE"), None);
+    }
+}
