@@ -669,3 +669,587 @@ fn insufficient() -> ApiError {
         "the available balance does not cover the order",
     )
 }
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::rules::PlaceInput;
+    use crate::rules::tests::spec;
+    use exchange_domain::{AssetSymbol, MarketSpec, SelfTradePrevention};
+
+    const ALICE: i64 = 1;
+    const BOB: i64 = 2;
+    /// One whole unit of each asset of BTC-USDT, in units.
+    const USDT: u128 = 1_000_000;
+    const BTC: u128 = 100_000_000;
+    const T: MarketStatus = MarketStatus::Trading;
+
+    fn btc_usdt(status: MarketStatus) -> MarketInfo {
+        MarketInfo {
+            spec: spec(),
+            status,
+        }
+    }
+
+    /// ETH (8) / USDT (6), otherwise like BTC-USDT.
+    fn eth_usdt() -> MarketInfo {
+        let mut fields = *spec().fields();
+        fields.symbol = MarketSymbol::parse("ETH-USDT").unwrap();
+        fields.base.symbol = AssetSymbol::parse("ETH").unwrap();
+        MarketInfo {
+            spec: MarketSpec::new(fields).unwrap(),
+            status: T,
+        }
+    }
+
+    fn markets(status: MarketStatus) -> BTreeMap<String, MarketInfo> {
+        [("BTC-USDT".to_owned(), btc_usdt(status))].into()
+    }
+
+    fn input(side: Side, order_type: OrderType) -> PlaceInput<'static> {
+        PlaceInput {
+            side,
+            order_type,
+            price: None,
+            quantity: None,
+            quote_quantity: None,
+            stop_price: None,
+            time_in_force: None,
+            post_only: false,
+            stp: SelfTradePrevention::None,
+            client_order_id: None,
+        }
+    }
+
+    fn limit(side: Side, price: &'static str, quantity: &'static str) -> PlaceInput<'static> {
+        PlaceInput {
+            price: Some(price),
+            quantity: Some(quantity),
+            ..input(side, OrderType::Limit)
+        }
+    }
+
+    fn market_by_quantity(side: Side, quantity: &'static str) -> PlaceInput<'static> {
+        PlaceInput {
+            quantity: Some(quantity),
+            ..input(side, OrderType::Market)
+        }
+    }
+
+    fn with_client_id(input: PlaceInput<'static>, id: &'static str) -> PlaceInput<'static> {
+        PlaceInput {
+            client_order_id: Some(id),
+            ..input
+        }
+    }
+
+    fn place_in(market: MarketInfo, user_id: i64, input: &PlaceInput<'_>) -> Request {
+        Request::Place {
+            user_id,
+            market,
+            order: rules::validate_place(&market.spec, market.status, input).unwrap(),
+        }
+    }
+
+    fn place(user_id: i64, input: &PlaceInput<'_>) -> Request {
+        place_in(btc_usdt(T), user_id, input)
+    }
+
+    fn amend(user_id: i64, order_id: i64, price: Option<&str>, quantity: Option<&str>) -> Request {
+        Request::Amend {
+            user_id,
+            order_id,
+            price: price.map(str::to_owned),
+            quantity: quantity.map(str::to_owned),
+        }
+    }
+
+    /// Alice's resting limit buy of 1 BTC at 100 USDT, holding its 100 USDT.
+    fn resting_buy(id: i64) -> OrderRow {
+        OrderRow {
+            id,
+            user_id: ALICE,
+            client_order_id: None,
+            market: "BTC-USDT".to_owned(),
+            side: "buy".to_owned(),
+            order_type: "limit".to_owned(),
+            time_in_force: "GTC".to_owned(),
+            post_only: false,
+            stp: "none".to_owned(),
+            price: Some("100.000000".to_owned()),
+            stop_price: None,
+            quantity: Some("1.00000000".to_owned()),
+            quote_quantity: None,
+            filled_quantity: "0".to_owned(),
+            filled_quote: "0".to_owned(),
+            reserve_asset: "USDT".to_owned(),
+            reserved: "100".to_owned(),
+            locked_remaining: "100.000000".to_owned(),
+            status: "new".to_owned(),
+            reason: None,
+            seq: 1,
+            created_ms: 1,
+            updated_ms: 1,
+            triggered_ms: None,
+        }
+    }
+
+    fn filled(order: OrderRow) -> OrderRow {
+        OrderRow {
+            filled_quantity: order.quantity.clone().unwrap(),
+            locked_remaining: "0".to_owned(),
+            status: "filled".to_owned(),
+            ..order
+        }
+    }
+
+    fn funds(balances: &[(i64, &str, u128)]) -> Loaded {
+        Loaded {
+            available: balances
+                .iter()
+                .map(|(u, a, v)| ((*u, (*a).to_owned()), *v))
+                .collect(),
+            ..Loaded::default()
+        }
+    }
+
+    fn with_orders(mut loaded: Loaded, orders: &[OrderRow]) -> Loaded {
+        loaded.by_id = orders.iter().map(|o| (o.id, o.clone())).collect();
+        loaded
+    }
+
+    /// What a batch did, as its clients and its writes show it.
+    struct Applied {
+        locks: BTreeMap<(i64, String), u128>,
+        amend_reserves: Vec<(i64, String)>,
+        statuses: Vec<(String, MarketStatus)>,
+        commands: Vec<SequencedCommand>,
+        outcomes: Vec<Outcome>,
+    }
+
+    impl Applied {
+        fn locked(&self, user: i64, asset: &str) -> u128 {
+            self.locks
+                .get(&(user, asset.to_owned()))
+                .copied()
+                .unwrap_or(0)
+        }
+    }
+
+    const TIME_MS: u64 = 1_700_000_000_000;
+
+    /// Decides and sequences a batch as a worker does, with new order ids
+    /// from 100 and every market's journal starting at seq 1.
+    fn apply(
+        requests: &[Request],
+        loaded: Loaded,
+        markets: &BTreeMap<String, MarketInfo>,
+    ) -> Applied {
+        let mut plan = decide(requests, loaded, markets);
+        let order_ids = (100..).take(plan.new_orders().count()).collect();
+        let first_seq = plan
+            .commands_per_market()
+            .into_keys()
+            .map(|m| (m, 1))
+            .collect();
+        let commands = sequence(&mut plan, order_ids, first_seq, TIME_MS).unwrap();
+        let (locks, amend_reserves, statuses) = (
+            plan.locks.clone(),
+            plan.amend_reserves.clone(),
+            plan.statuses.clone(),
+        );
+        Applied {
+            locks,
+            amend_reserves,
+            statuses,
+            outcomes: answers(plan, &commands),
+            commands,
+        }
+    }
+
+    fn refusal(outcome: &Outcome) -> (StatusCode, &str) {
+        let e = outcome.as_ref().expect_err("refused");
+        (e.status, &e.code)
+    }
+
+    /// `(order id, created)` of a placement's answer.
+    fn placed(outcome: &Outcome) -> (i64, bool) {
+        match outcome {
+            Ok(Reply::Placed { order, created }) => (order.id, *created),
+            other => panic!("not a placement: {other:?}"),
+        }
+    }
+
+    fn answered_order(outcome: &Outcome) -> i64 {
+        match outcome {
+            Ok(Reply::Order(order)) => order.id,
+            other => panic!("not an order: {other:?}"),
+        }
+    }
+
+    fn accepted_seq(outcome: &Outcome) -> u64 {
+        match outcome {
+            Ok(Reply::Accepted { seq }) => *seq,
+            other => panic!("not accepted: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_order_the_balance_does_not_cover_is_refused_and_locks_nothing() {
+        let requests = [
+            place(ALICE, &limit(Side::Buy, "100", "0.2")),
+            place(ALICE, &limit(Side::Sell, "100", "0.2")),
+            place(ALICE, &limit(Side::Buy, "100", "0.05")),
+        ];
+        let done = apply(&requests, funds(&[(ALICE, "USDT", 10 * USDT)]), &markets(T));
+        let insufficient = (StatusCode::BAD_REQUEST, "INSUFFICIENT_BALANCE");
+        assert_eq!(refusal(&done.outcomes[0]), insufficient);
+        // No BTC row at all.
+        assert_eq!(refusal(&done.outcomes[1]), insufficient);
+        // The refusals leave the balance to the order that fits.
+        assert_eq!(placed(&done.outcomes[2]), (100, true));
+        assert_eq!(done.locked(ALICE, "USDT"), 5 * USDT);
+        assert_eq!(done.locked(ALICE, "BTC"), 0);
+        assert_eq!(done.commands.len(), 1);
+    }
+
+    #[test]
+    fn requests_are_decided_in_arrival_order_and_never_overspend() {
+        let requests = [
+            place(ALICE, &limit(Side::Buy, "100", "0.06")),
+            place(ALICE, &limit(Side::Buy, "100", "0.06")),
+            place(ALICE, &limit(Side::Buy, "100", "0.04")),
+        ];
+        let done = apply(&requests, funds(&[(ALICE, "USDT", 10 * USDT)]), &markets(T));
+        assert_eq!(placed(&done.outcomes[0]), (100, true));
+        assert_eq!(
+            refusal(&done.outcomes[1]),
+            (StatusCode::BAD_REQUEST, "INSUFFICIENT_BALANCE")
+        );
+        assert_eq!(placed(&done.outcomes[2]), (101, true));
+        assert_eq!(done.locked(ALICE, "USDT"), 10 * USDT);
+    }
+
+    #[test]
+    fn a_market_buy_by_quantity_locks_the_whole_available_quote() {
+        let requests = [place(ALICE, &market_by_quantity(Side::Buy, "0.5"))];
+        let done = apply(&requests, funds(&[(ALICE, "USDT", 7 * USDT)]), &markets(T));
+        assert_eq!(placed(&done.outcomes[0]), (100, true));
+        assert_eq!(done.locked(ALICE, "USDT"), 7 * USDT);
+        let done = apply(&requests, funds(&[]), &markets(T));
+        assert_eq!(
+            refusal(&done.outcomes[0]),
+            (StatusCode::BAD_REQUEST, "INSUFFICIENT_BALANCE")
+        );
+    }
+
+    #[test]
+    fn a_client_order_id_placed_before_returns_that_order_and_locks_nothing() {
+        let mut existing = resting_buy(7);
+        existing.client_order_id = Some("a".to_owned());
+        let mut loaded = funds(&[(ALICE, "USDT", 1_000 * USDT)]);
+        loaded
+            .by_client_id
+            .insert((ALICE, "a".to_owned()), existing);
+        let requests = [place(
+            ALICE,
+            &with_client_id(limit(Side::Buy, "100", "1"), "a"),
+        )];
+        let done = apply(&requests, loaded, &markets(T));
+        assert_eq!(placed(&done.outcomes[0]), (7, false));
+        assert!(done.locks.is_empty());
+        assert!(done.commands.is_empty());
+    }
+
+    #[test]
+    fn a_client_order_id_repeated_within_a_batch_places_one_order() {
+        let requests = [
+            place(ALICE, &with_client_id(limit(Side::Buy, "100", "0.05"), "a")),
+            place(ALICE, &with_client_id(limit(Side::Buy, "100", "0.05"), "a")),
+            // Another user's id is another order.
+            place(BOB, &with_client_id(limit(Side::Buy, "100", "0.05"), "a")),
+            // A repeat of a refused placement gets the same refusal.
+            place(ALICE, &with_client_id(limit(Side::Buy, "100", "1"), "b")),
+            place(ALICE, &with_client_id(limit(Side::Buy, "100", "0.01"), "b")),
+        ];
+        let loaded = funds(&[(ALICE, "USDT", 10 * USDT), (BOB, "USDT", 10 * USDT)]);
+        let done = apply(&requests, loaded, &markets(T));
+        assert_eq!(placed(&done.outcomes[0]), (100, true));
+        assert_eq!(placed(&done.outcomes[1]), (100, false));
+        assert_eq!(placed(&done.outcomes[2]), (101, true));
+        let insufficient = (StatusCode::BAD_REQUEST, "INSUFFICIENT_BALANCE");
+        assert_eq!(refusal(&done.outcomes[3]), insufficient);
+        assert_eq!(refusal(&done.outcomes[4]), insufficient);
+        assert_eq!(done.locked(ALICE, "USDT"), 5 * USDT);
+        assert_eq!(done.locked(BOB, "USDT"), 5 * USDT);
+        assert_eq!(done.commands.len(), 2);
+    }
+
+    /// The extra reserve the amend's command carries, if it is journaled.
+    fn additional_reserve(done: &Applied) -> Option<u128> {
+        done.commands.iter().find_map(|c| match &c.command {
+            Command::Amend(a) => Some(a.additional_reserve),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn an_amend_up_locks_the_whole_new_reserve_when_the_balance_covers_it() {
+        let requests = [amend(ALICE, 7, Some("150"), None)];
+        let loaded = with_orders(funds(&[(ALICE, "USDT", 1_000 * USDT)]), &[resting_buy(7)]);
+        let done = apply(&requests, loaded, &markets(T));
+        assert_eq!(answered_order(&done.outcomes[0]), 7);
+        assert_eq!(done.locked(ALICE, "USDT"), 150 * USDT);
+        assert_eq!(additional_reserve(&done), Some(150 * USDT));
+        assert_eq!(done.amend_reserves, [(7, "150".to_owned())]);
+    }
+
+    #[test]
+    fn an_amend_up_locks_all_available_down_to_what_it_lacks_and_below_is_refused() {
+        let requests = [amend(ALICE, 7, Some("150"), None)];
+        let loaded = with_orders(funds(&[(ALICE, "USDT", 60 * USDT)]), &[resting_buy(7)]);
+        let done = apply(&requests, loaded, &markets(T));
+        assert_eq!(answered_order(&done.outcomes[0]), 7);
+        assert_eq!(done.locked(ALICE, "USDT"), 60 * USDT);
+        assert_eq!(additional_reserve(&done), Some(60 * USDT));
+        assert_eq!(done.amend_reserves, [(7, "60".to_owned())]);
+
+        // 150 needed, 100 held: 49.999999 available cannot make it.
+        let loaded = with_orders(funds(&[(ALICE, "USDT", 50 * USDT - 1)]), &[resting_buy(7)]);
+        let done = apply(&requests, loaded, &markets(T));
+        assert_eq!(
+            refusal(&done.outcomes[0]),
+            (StatusCode::BAD_REQUEST, "INSUFFICIENT_BALANCE")
+        );
+        assert!(done.locks.is_empty());
+        assert!(done.amend_reserves.is_empty());
+        assert!(done.commands.is_empty());
+    }
+
+    #[test]
+    fn an_amend_down_locks_nothing_more() {
+        let requests = [amend(ALICE, 7, None, Some("0.5"))];
+        let loaded = with_orders(funds(&[]), &[resting_buy(7)]);
+        let done = apply(&requests, loaded, &markets(T));
+        assert_eq!(answered_order(&done.outcomes[0]), 7);
+        assert_eq!(additional_reserve(&done), Some(0));
+        assert!(done.locks.is_empty());
+        assert!(done.amend_reserves.is_empty());
+    }
+
+    #[test]
+    fn amends_of_orders_that_cannot_be_amended_are_refused_and_lock_nothing() {
+        let rich = || funds(&[(ALICE, "USDT", 1_000 * USDT), (BOB, "USDT", 1_000 * USDT)]);
+        let cases = [
+            // Another user's order is no order of yours.
+            (
+                amend(BOB, 7, Some("150"), None),
+                with_orders(rich(), &[resting_buy(7)]),
+                markets(T),
+                (StatusCode::NOT_FOUND, "ORDER_NOT_FOUND"),
+            ),
+            (
+                amend(ALICE, 8, Some("150"), None),
+                rich(),
+                markets(T),
+                (StatusCode::NOT_FOUND, "ORDER_NOT_FOUND"),
+            ),
+            (
+                amend(ALICE, 7, Some("150"), None),
+                with_orders(rich(), &[filled(resting_buy(7))]),
+                markets(T),
+                (StatusCode::BAD_REQUEST, "ORDER_NOT_OPEN"),
+            ),
+            (
+                amend(ALICE, 7, Some("150"), None),
+                with_orders(rich(), &[resting_buy(7)]),
+                markets(MarketStatus::Halted),
+                (StatusCode::BAD_REQUEST, "MARKET_NOT_TRADING"),
+            ),
+            (
+                amend(ALICE, 7, Some("150"), None),
+                with_orders(rich(), &[resting_buy(7)]),
+                markets(MarketStatus::CancelOnly),
+                (StatusCode::BAD_REQUEST, "MARKET_NOT_TRADING"),
+            ),
+            (
+                amend(ALICE, 7, Some("150.001"), None),
+                with_orders(rich(), &[resting_buy(7)]),
+                markets(T),
+                (StatusCode::BAD_REQUEST, "PRICE_NOT_ON_TICK"),
+            ),
+        ];
+        for (request, loaded, markets, refused) in cases {
+            let done = apply(&[request], loaded, &markets);
+            assert_eq!(refusal(&done.outcomes[0]), refused);
+            assert!(done.locks.is_empty());
+            assert!(done.commands.is_empty());
+        }
+    }
+
+    #[test]
+    fn an_amend_spending_an_asset_of_unknown_scale_is_not_decided() {
+        let mut loaded = with_orders(funds(&[]), &[resting_buy(7)]);
+        loaded.unknown_scale.insert("USDT".to_owned());
+        let done = apply(&[amend(ALICE, 7, Some("150"), None)], loaded, &markets(T));
+        assert_eq!(
+            refusal(&done.outcomes[0]),
+            (StatusCode::SERVICE_UNAVAILABLE, "ASSET_SCALE_UNKNOWN")
+        );
+        assert!(done.commands.is_empty());
+    }
+
+    #[test]
+    fn a_market_order_by_quantity_must_reach_the_min_notional_at_the_last_price() {
+        let requests = [place(ALICE, &market_by_quantity(Side::Sell, "0.0001"))];
+        let at = |last_price: Option<u128>| {
+            let mut loaded = funds(&[(ALICE, "BTC", BTC)]);
+            loaded.last_price = last_price
+                .map(|p| ("BTC-USDT".to_owned(), p))
+                .into_iter()
+                .collect();
+            apply(&requests, loaded, &markets(T))
+        };
+        // 0.0001 BTC at 100 USDT is 0.01 USDT, below the 1 USDT minimum.
+        let done = at(Some(100 * USDT));
+        assert_eq!(
+            refusal(&done.outcomes[0]),
+            (StatusCode::BAD_REQUEST, "NOTIONAL_TOO_SMALL")
+        );
+        assert!(done.locks.is_empty());
+        // At 20,000 USDT it is 2 USDT.
+        let done = at(Some(20_000 * USDT));
+        assert_eq!(placed(&done.outcomes[0]), (100, true));
+        assert_eq!(done.locked(ALICE, "BTC"), BTC / 10_000);
+        // A market that never traded has no reference: the check passes.
+        let done = at(None);
+        assert_eq!(placed(&done.outcomes[0]), (100, true));
+    }
+
+    #[test]
+    fn cancels_journal_open_orders_and_answer_final_ones_as_they_are() {
+        let requests = [
+            Request::Cancel {
+                user_id: ALICE,
+                order_id: 7,
+            },
+            Request::Cancel {
+                user_id: ALICE,
+                order_id: 8,
+            },
+            Request::Cancel {
+                user_id: BOB,
+                order_id: 7,
+            },
+            Request::Cancel {
+                user_id: ALICE,
+                order_id: 9,
+            },
+            Request::CancelAll {
+                user_id: ALICE,
+                market: btc_usdt(T),
+            },
+        ];
+        let loaded = with_orders(funds(&[]), &[resting_buy(7), filled(resting_buy(8))]);
+        let done = apply(&requests, loaded, &markets(T));
+        assert_eq!(answered_order(&done.outcomes[0]), 7);
+        assert_eq!(answered_order(&done.outcomes[1]), 8);
+        let not_found = (StatusCode::NOT_FOUND, "ORDER_NOT_FOUND");
+        assert_eq!(refusal(&done.outcomes[2]), not_found);
+        assert_eq!(refusal(&done.outcomes[3]), not_found);
+        assert_eq!(accepted_seq(&done.outcomes[4]), 2);
+        let journaled: Vec<_> = done.commands.iter().map(|c| c.command.clone()).collect();
+        assert_eq!(
+            journaled,
+            [
+                Command::Cancel {
+                    order_id: OrderId(7),
+                    user_id: UserId(1),
+                },
+                Command::CancelAll { user_id: UserId(1) },
+            ]
+        );
+        assert!(done.locks.is_empty());
+    }
+
+    #[test]
+    fn each_market_numbers_its_commands_in_arrival_order() {
+        let requests = [
+            place(ALICE, &limit(Side::Buy, "100", "0.05")),
+            place_in(eth_usdt(), ALICE, &limit(Side::Buy, "100", "0.05")),
+            Request::SetStatus {
+                market: btc_usdt(T),
+                status: MarketStatus::Halted,
+            },
+            place(ALICE, &limit(Side::Buy, "100", "0.05")),
+        ];
+        let mut all = markets(T);
+        all.insert("ETH-USDT".to_owned(), eth_usdt());
+        let done = apply(&requests, funds(&[(ALICE, "USDT", 100 * USDT)]), &all);
+        let numbered: Vec<_> = done
+            .commands
+            .iter()
+            .map(|c| (c.market.to_string(), c.seq, c.time_ms))
+            .collect();
+        assert_eq!(
+            numbered,
+            [
+                ("BTC-USDT".to_owned(), 1, TIME_MS),
+                ("ETH-USDT".to_owned(), 1, TIME_MS),
+                ("BTC-USDT".to_owned(), 2, TIME_MS),
+                ("BTC-USDT".to_owned(), 3, TIME_MS),
+            ]
+        );
+        // New orders carry their id (in arrival order), seq and time, as
+        // their command does.
+        let Ok(Reply::Placed { order, .. }) = &done.outcomes[3] else {
+            panic!("not placed: {:?}", done.outcomes[3]);
+        };
+        assert_eq!((order.id, order.seq), (102, 3));
+        assert_eq!(u64::try_from(order.created_ms).unwrap(), TIME_MS);
+        assert!(matches!(
+            &done.commands[3].command,
+            Command::Place(p) if p.order_id == OrderId(102) && p.reserved == 5 * USDT
+        ));
+        assert_eq!(accepted_seq(&done.outcomes[2]), 2);
+        assert_eq!(
+            done.statuses,
+            [("BTC-USDT".to_owned(), MarketStatus::Halted)]
+        );
+        assert_eq!(done.locked(ALICE, "USDT"), 15 * USDT);
+    }
+
+    #[test]
+    fn a_batch_reads_the_orders_it_names_and_the_balances_it_may_spend() {
+        let requests = [
+            place(ALICE, &with_client_id(limit(Side::Buy, "100", "1"), "a")),
+            place(BOB, &market_by_quantity(Side::Sell, "1")),
+            Request::Cancel {
+                user_id: BOB,
+                order_id: 8,
+            },
+            amend(ALICE, 7, Some("150"), None),
+            // Bob's amend of Alice's order spends nothing.
+            amend(BOB, 7, Some("150"), None),
+        ];
+        let wanted = lookups(&requests);
+        assert_eq!(wanted.client_id_users, [ALICE]);
+        assert_eq!(wanted.client_ids, ["a"]);
+        assert_eq!(wanted.order_ids, [8, 7, 7]);
+        assert_eq!(
+            wanted.price_markets,
+            BTreeMap::from([("BTC-USDT".to_owned(), 6)])
+        );
+        let by_id = with_orders(funds(&[]), &[resting_buy(7)]).by_id;
+        assert_eq!(
+            balance_keys(&requests, &by_id),
+            BTreeSet::from([(ALICE, "USDT".to_owned()), (BOB, "BTC".to_owned()),])
+        );
+        assert_eq!(
+            batch_markets(&requests, &by_id),
+            BTreeSet::from(["BTC-USDT".to_owned()])
+        );
+        assert_eq!(amended_order_ids(&requests), [7, 7]);
+    }
+}
