@@ -675,8 +675,8 @@ fn insufficient() -> ApiError {
 mod tests {
     use super::*;
     use crate::rules::PlaceInput;
-    use crate::rules::tests::spec;
-    use exchange_domain::{AssetSymbol, MarketSpec, SelfTradePrevention};
+    use crate::rules::tests::{limit, spec};
+    use exchange_domain::{AssetSymbol, MarketSpec};
 
     const ALICE: i64 = 1;
     const BOB: i64 = 2;
@@ -684,6 +684,7 @@ mod tests {
     const USDT: u128 = 1_000_000;
     const BTC: u128 = 100_000_000;
     const T: MarketStatus = MarketStatus::Trading;
+    const INSUFFICIENT: (StatusCode, &str) = (StatusCode::BAD_REQUEST, "INSUFFICIENT_BALANCE");
 
     fn btc_usdt(status: MarketStatus) -> MarketInfo {
         MarketInfo {
@@ -707,33 +708,11 @@ mod tests {
         [("BTC-USDT".to_owned(), btc_usdt(status))].into()
     }
 
-    fn input(side: Side, order_type: OrderType) -> PlaceInput<'static> {
-        PlaceInput {
-            side,
-            order_type,
-            price: None,
-            quantity: None,
-            quote_quantity: None,
-            stop_price: None,
-            time_in_force: None,
-            post_only: false,
-            stp: SelfTradePrevention::None,
-            client_order_id: None,
-        }
-    }
-
-    fn limit(side: Side, price: &'static str, quantity: &'static str) -> PlaceInput<'static> {
-        PlaceInput {
-            price: Some(price),
-            quantity: Some(quantity),
-            ..input(side, OrderType::Limit)
-        }
-    }
-
     fn market_by_quantity(side: Side, quantity: &'static str) -> PlaceInput<'static> {
         PlaceInput {
-            quantity: Some(quantity),
-            ..input(side, OrderType::Market)
+            order_type: OrderType::Market,
+            price: None,
+            ..limit(side, "1", quantity)
         }
     }
 
@@ -903,10 +882,9 @@ mod tests {
             place(ALICE, &limit(Side::Buy, "100", "0.05")),
         ];
         let done = apply(&requests, funds(&[(ALICE, "USDT", 10 * USDT)]), &markets(T));
-        let insufficient = (StatusCode::BAD_REQUEST, "INSUFFICIENT_BALANCE");
-        assert_eq!(refusal(&done.outcomes[0]), insufficient);
+        assert_eq!(refusal(&done.outcomes[0]), INSUFFICIENT);
         // No BTC row at all.
-        assert_eq!(refusal(&done.outcomes[1]), insufficient);
+        assert_eq!(refusal(&done.outcomes[1]), INSUFFICIENT);
         // The refusals leave the balance to the order that fits.
         assert_eq!(placed(&done.outcomes[2]), (100, true));
         assert_eq!(done.locked(ALICE, "USDT"), 5 * USDT);
@@ -923,10 +901,7 @@ mod tests {
         ];
         let done = apply(&requests, funds(&[(ALICE, "USDT", 10 * USDT)]), &markets(T));
         assert_eq!(placed(&done.outcomes[0]), (100, true));
-        assert_eq!(
-            refusal(&done.outcomes[1]),
-            (StatusCode::BAD_REQUEST, "INSUFFICIENT_BALANCE")
-        );
+        assert_eq!(refusal(&done.outcomes[1]), INSUFFICIENT);
         assert_eq!(placed(&done.outcomes[2]), (101, true));
         assert_eq!(done.locked(ALICE, "USDT"), 10 * USDT);
     }
@@ -938,10 +913,7 @@ mod tests {
         assert_eq!(placed(&done.outcomes[0]), (100, true));
         assert_eq!(done.locked(ALICE, "USDT"), 7 * USDT);
         let done = apply(&requests, funds(&[]), &markets(T));
-        assert_eq!(
-            refusal(&done.outcomes[0]),
-            (StatusCode::BAD_REQUEST, "INSUFFICIENT_BALANCE")
-        );
+        assert_eq!(refusal(&done.outcomes[0]), INSUFFICIENT);
     }
 
     #[test]
@@ -978,9 +950,8 @@ mod tests {
         assert_eq!(placed(&done.outcomes[0]), (100, true));
         assert_eq!(placed(&done.outcomes[1]), (100, false));
         assert_eq!(placed(&done.outcomes[2]), (101, true));
-        let insufficient = (StatusCode::BAD_REQUEST, "INSUFFICIENT_BALANCE");
-        assert_eq!(refusal(&done.outcomes[3]), insufficient);
-        assert_eq!(refusal(&done.outcomes[4]), insufficient);
+        assert_eq!(refusal(&done.outcomes[3]), INSUFFICIENT);
+        assert_eq!(refusal(&done.outcomes[4]), INSUFFICIENT);
         assert_eq!(done.locked(ALICE, "USDT"), 5 * USDT);
         assert_eq!(done.locked(BOB, "USDT"), 5 * USDT);
         assert_eq!(done.commands.len(), 2);
@@ -995,33 +966,30 @@ mod tests {
     }
 
     #[test]
-    fn an_amend_up_locks_the_whole_new_reserve_when_the_balance_covers_it() {
+    fn an_amend_up_locks_its_whole_new_reserve_or_else_all_available() {
+        // 150 USDT needed, 100 held: 50 lacking.
         let requests = [amend(ALICE, 7, Some("150"), None)];
-        let loaded = with_orders(funds(&[(ALICE, "USDT", 1_000 * USDT)]), &[resting_buy(7)]);
-        let done = apply(&requests, loaded, &markets(T));
-        assert_eq!(answered_order(&done.outcomes[0]), 7);
-        assert_eq!(done.locked(ALICE, "USDT"), 150 * USDT);
-        assert_eq!(additional_reserve(&done), Some(150 * USDT));
-        assert_eq!(done.amend_reserves, [(7, "150".to_owned())]);
+        for (available, top_up, text) in [
+            (1_000 * USDT, 150 * USDT, "150"),
+            (60 * USDT, 60 * USDT, "60"),
+            (50 * USDT, 50 * USDT, "50"),
+        ] {
+            let loaded = with_orders(funds(&[(ALICE, "USDT", available)]), &[resting_buy(7)]);
+            let done = apply(&requests, loaded, &markets(T));
+            assert_eq!(answered_order(&done.outcomes[0]), 7);
+            assert_eq!(done.locked(ALICE, "USDT"), top_up);
+            assert_eq!(additional_reserve(&done), Some(top_up));
+            assert_eq!(done.amend_reserves, [(7, text.to_owned())]);
+        }
     }
 
     #[test]
-    fn an_amend_up_locks_all_available_down_to_what_it_lacks_and_below_is_refused() {
+    fn an_amend_up_the_balance_cannot_fund_is_refused_and_locks_nothing() {
         let requests = [amend(ALICE, 7, Some("150"), None)];
-        let loaded = with_orders(funds(&[(ALICE, "USDT", 60 * USDT)]), &[resting_buy(7)]);
-        let done = apply(&requests, loaded, &markets(T));
-        assert_eq!(answered_order(&done.outcomes[0]), 7);
-        assert_eq!(done.locked(ALICE, "USDT"), 60 * USDT);
-        assert_eq!(additional_reserve(&done), Some(60 * USDT));
-        assert_eq!(done.amend_reserves, [(7, "60".to_owned())]);
-
-        // 150 needed, 100 held: 49.999999 available cannot make it.
+        // 150 USDT needed, 100 held: 49.999999 available cannot make it.
         let loaded = with_orders(funds(&[(ALICE, "USDT", 50 * USDT - 1)]), &[resting_buy(7)]);
         let done = apply(&requests, loaded, &markets(T));
-        assert_eq!(
-            refusal(&done.outcomes[0]),
-            (StatusCode::BAD_REQUEST, "INSUFFICIENT_BALANCE")
-        );
+        assert_eq!(refusal(&done.outcomes[0]), INSUFFICIENT);
         assert!(done.locks.is_empty());
         assert!(done.amend_reserves.is_empty());
         assert!(done.commands.is_empty());

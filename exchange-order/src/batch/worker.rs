@@ -1,19 +1,21 @@
 //! The batch workers: each takes the next batch from the queue, applies it
 //! (load → plan → store → commit → publish) and answers its requests.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use exchange_common::ApiError;
 use exchange_common::redis::Redis;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::OwnedMutexGuard;
 
 use super::plan::{self, Loaded};
 use super::queue::Intake;
 use super::sequencer::Sequencer;
 use super::store::{self, CommitOutcomeUnknown};
 use super::{Outcome, Request, outcome_unknown};
-use crate::markets::Markets;
+use crate::markets::{MarketInfo, Markets};
 
 /// What a worker applies batches with.
 pub(super) struct Worker {
@@ -21,6 +23,20 @@ pub(super) struct Worker {
     pub redis: Redis,
     pub markets: Markets,
     pub sequencer: Sequencer,
+}
+
+/// What a batch read before deciding.
+struct Read {
+    loaded: Loaded,
+    /// The markets whose journals the batch appends to.
+    journals: BTreeSet<String>,
+    /// The market cache as the batch saw it.
+    markets: Arc<BTreeMap<String, MarketInfo>>,
+    /// Asset scales (`plan::asset_scales`).
+    scales: HashMap<String, u8>,
+    /// On the locked path, the sequencer's locks on `journals`, taken
+    /// before the balances were read.
+    guards: Option<Vec<OwnedMutexGuard<()>>>,
 }
 
 pub(super) async fn run(worker: Worker, intake: Arc<Intake>) {
@@ -102,49 +118,21 @@ impl Worker {
         let t0 = Instant::now();
         let mut tx = self.db.begin().await?;
 
-        // Load: the orders the batch names, then (locked, in a fixed
-        // order, on the retry path) the balances it may spend.
-        let lookups = plan::lookups(requests);
-        let by_client_id =
-            store::load_orders_by_client_id(&mut tx, &lookups.client_id_users, &lookups.client_ids)
-                .await?;
-        let last_price = store::load_last_prices(&mut tx, &lookups.price_markets).await?;
-        let by_id = store::load_orders_by_id(&mut tx, &lookups.order_ids).await?;
-        let batch_markets = plan::batch_markets(requests, &by_id);
-        let mut guards = if locked {
-            self.sequencer.lock(&batch_markets).await
-        } else {
-            Vec::new()
-        };
-        let markets = self.markets.all();
-        let scales = plan::asset_scales(&markets, requests);
-        if locked {
-            store::lock_orders(&mut tx, &plan::amended_order_ids(requests)).await?;
-        }
-        let keys = plan::balance_keys(requests, &by_id);
-        let (available, unknown_scale) =
-            store::load_available(&mut tx, &keys, &scales, locked).await?;
+        // Load, then plan.
+        let read = self.load(&mut tx, requests, locked).await?;
         let t_locked = t0.elapsed();
-
-        // Plan.
-        let loaded = Loaded {
-            by_client_id,
-            by_id,
-            last_price,
-            available,
-            unknown_scale,
-        };
-        let mut plan = plan::decide(requests, loaded, &markets);
+        let mut plan = plan::decide(requests, read.loaded, &read.markets);
 
         // Store: order ids (no locks), then, under the market sequencer,
         // the writes that take row locks, kept to the end of the
         // transaction.
         let order_ids = store::next_order_ids(&mut tx, plan.new_orders().count()).await?;
-        if guards.is_empty() {
-            guards = self.sequencer.lock(&batch_markets).await;
-        }
+        let guards = match read.guards {
+            Some(guards) => guards,
+            None => self.sequencer.lock(&read.journals).await,
+        };
         store::add_amend_reserves(&mut tx, &plan.amend_reserves).await?;
-        if !store::lock_funds(&mut tx, &plan.locks, &scales).await? {
+        if !store::lock_funds(&mut tx, &plan.locks, &read.scales).await? {
             tx.rollback().await?;
             return Ok(None);
         }
@@ -179,6 +167,50 @@ impl Worker {
             "order batch"
         );
         Ok(Some(plan::answers(plan, &commands)))
+    }
+
+    /// Reads what the batch decides on: the orders it names, then the
+    /// balances it may spend — on the locked path under the sequencer and
+    /// the rows' locks, taken in a fixed order (amended orders by id, then
+    /// balances by key).
+    async fn load(
+        &self,
+        tx: &mut PgConnection,
+        requests: &[Request],
+        locked: bool,
+    ) -> anyhow::Result<Read> {
+        let lookups = plan::lookups(requests);
+        let by_client_id =
+            store::load_orders_by_client_id(tx, &lookups.client_id_users, &lookups.client_ids)
+                .await?;
+        let last_price = store::load_last_prices(tx, &lookups.price_markets).await?;
+        let by_id = store::load_orders_by_id(tx, &lookups.order_ids).await?;
+        let journals = plan::batch_markets(requests, &by_id);
+        let guards = if locked {
+            Some(self.sequencer.lock(&journals).await)
+        } else {
+            None
+        };
+        let markets = self.markets.all();
+        let scales = plan::asset_scales(&markets, requests);
+        if locked {
+            store::lock_orders(tx, &plan::amended_order_ids(requests)).await?;
+        }
+        let keys = plan::balance_keys(requests, &by_id);
+        let (available, unknown_scale) = store::load_available(tx, &keys, &scales, locked).await?;
+        Ok(Read {
+            loaded: Loaded {
+                by_client_id,
+                by_id,
+                last_price,
+                available,
+                unknown_scale,
+            },
+            journals,
+            markets,
+            scales,
+            guards,
+        })
     }
 }
 
