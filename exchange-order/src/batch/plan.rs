@@ -47,7 +47,6 @@ pub(super) struct Lookups {
 
 pub(super) fn lookups(requests: &[Request]) -> Lookups {
     let mut out = Lookups::default();
-    let mut quote_scales: BTreeMap<String, u8> = BTreeMap::new();
     for r in requests {
         match r {
             Request::Place {
@@ -59,22 +58,17 @@ pub(super) fn lookups(requests: &[Request]) -> Lookups {
                     out.client_id_users.push(*user_id);
                     out.client_ids.push(c.clone());
                 }
-                let name = market.spec.symbol().to_string();
                 if is_market_by_quantity(order) {
-                    out.price_markets.insert(name.clone(), 0);
+                    out.price_markets
+                        .entry(market.spec.symbol().to_string())
+                        .or_insert(market.spec.quote().scale);
                 }
-                quote_scales
-                    .entry(name)
-                    .or_insert(market.spec.quote().scale);
             }
             Request::Cancel { order_id, .. } | Request::Amend { order_id, .. } => {
                 out.order_ids.push(*order_id);
             }
             _ => {}
         }
-    }
-    for (name, scale) in &mut out.price_markets {
-        *scale = quote_scales.get(name).copied().unwrap_or_default();
     }
     out
 }
