@@ -433,7 +433,7 @@ pub(crate) mod tests {
         .unwrap()
     }
 
-    fn limit<'a>(side: Side, price: &'a str, qty: &'a str) -> PlaceInput<'a> {
+    pub fn limit<'a>(side: Side, price: &'a str, qty: &'a str) -> PlaceInput<'a> {
         PlaceInput {
             side,
             order_type: OrderType::Limit,
