@@ -73,12 +73,34 @@ use axum::http::StatusCode;
 use exchange_common::ApiError;
 use exchange_domain::MarketStatus;
 
+use exchange_common::redis::Redis;
+use exchange_store::{MarketInfo, Markets, OrderRow};
+use sqlx::PgPool;
+
 use crate::rules::ValidPlace;
-use exchange_store::MarketInfo;
-use exchange_store::OrderRow;
 
 pub use queue::Batcher;
 pub use store::{CommitOutcomeUnknown, publish};
+
+impl Batcher {
+    /// Opens the queue and starts `opts.workers` batch workers behind it,
+    /// sharing one per-market sequencer; they stop when every handle is
+    /// dropped.
+    pub fn start(db: PgPool, redis: Redis, markets: Markets, opts: BatchOptions) -> Self {
+        let (batcher, intake) = queue::open(&opts);
+        let sequencer = sequencer::Sequencer::default();
+        for _ in 0..opts.workers.max(1) {
+            let worker = worker::Worker {
+                db: db.clone(),
+                redis: redis.clone(),
+                markets: markets.clone(),
+                sequencer: sequencer.clone(),
+            };
+            tokio::spawn(worker::run(worker, intake.clone()));
+        }
+        batcher
+    }
+}
 
 /// Limits of the write path.
 #[derive(Debug, Clone)]

@@ -8,13 +8,9 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use exchange_common::ApiError;
-use exchange_common::redis::Redis;
-use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::sequencer::Sequencer;
-use super::{BatchOptions, Outcome, Request, outcome_unknown, worker};
-use exchange_store::Markets;
+use super::{BatchOptions, Outcome, Request, outcome_unknown};
 
 /// One queued request and where its answer goes.
 pub(super) struct Job {
@@ -35,34 +31,24 @@ pub struct Batcher {
     reply_timeout: Duration,
 }
 
-impl Batcher {
-    /// Starts the batch workers; they stop when every handle is dropped.
-    pub fn start(db: PgPool, redis: Redis, markets: Markets, opts: BatchOptions) -> Self {
-        let (tx, rx) = mpsc::channel(opts.queue_len_max);
-        let intake = Arc::new(Intake {
-            rx: tokio::sync::Mutex::new(rx),
-            in_flight: AtomicUsize::new(0),
-            batch_len_max: opts.batch_len_max,
-            linger: opts.linger,
-        });
-        let sequencer = Sequencer::default();
-        for _ in 0..opts.workers.max(1) {
-            tokio::spawn(worker::run(
-                worker::Worker {
-                    db: db.clone(),
-                    redis: redis.clone(),
-                    markets: markets.clone(),
-                    sequencer: sequencer.clone(),
-                },
-                intake.clone(),
-            ));
-        }
-        Self {
-            tx,
-            reply_timeout: opts.reply_timeout,
-        }
-    }
+/// A queue of `opts.queue_len_max` requests: the handle handlers submit
+/// to, and the end the workers take batches from.
+pub(super) fn open(opts: &BatchOptions) -> (Batcher, Arc<Intake>) {
+    let (tx, rx) = mpsc::channel(opts.queue_len_max);
+    let intake = Arc::new(Intake {
+        rx: tokio::sync::Mutex::new(rx),
+        in_flight: AtomicUsize::new(0),
+        batch_len_max: opts.batch_len_max,
+        linger: opts.linger,
+    });
+    let batcher = Batcher {
+        tx,
+        reply_timeout: opts.reply_timeout,
+    };
+    (batcher, intake)
+}
 
+impl Batcher {
     pub async fn submit(&self, request: Request) -> Outcome {
         let (reply, rx) = oneshot::channel();
         match self.tx.try_send(Job { request, reply }) {
