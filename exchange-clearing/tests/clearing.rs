@@ -22,7 +22,7 @@ use exchange_common::Shutdown;
 use exchange_common::ready::Heartbeats;
 use exchange_common::redis::Redis;
 use exchange_common::streams::{ConsumerOptions, StreamEntry, run_consumer};
-use exchange_common::testing::{TestEnv, test_env};
+use exchange_common::testing::{TestEnv, TestMarket, seed_market, test_env};
 use exchange_domain::{
     AssetRole, Event, EventBatch, FinalStatus, MarketSymbol, OrderId, ReasonCode, Side, TradeId,
     UserId,
@@ -55,27 +55,13 @@ async fn harness() -> Harness {
     let env = test_env().await;
     let db = PgPool::connect(&env.db_url).await.unwrap();
     let redis = Redis::with_prefix(&env.redis_url, &env.redis_prefix).unwrap();
-    for (symbol, scale) in [("BTC", 8i16), ("USDT", 6), ("ETH", 18)] {
-        sqlx::query("INSERT INTO assets (symbol, scale) VALUES ($1, $2)")
-            .bind(symbol)
-            .bind(scale)
-            .execute(&db)
-            .await
-            .unwrap();
-    }
-    for (symbol, base, quote) in [(MARKET, "BTC", "USDT"), ("ETH-BTC", "ETH", "BTC")] {
-        sqlx::query(
-            "INSERT INTO markets (symbol, base, quote, price_tick, qty_step, min_qty, min_notional, maker_fee, taker_fee)
-             VALUES ($1, $2, $3, 0.01, 0.0001, 0.0001, 1, 0.001, 0.002)",
-        )
-        .bind(symbol)
-        .bind(base)
-        .bind(quote)
-        .execute(&db)
-        .await
-        .unwrap();
+    for market in [
+        TestMarket::new("BTC", scale("BTC"), "USDT", scale("USDT")),
+        TestMarket::new("ETH", scale("ETH"), "BTC", scale("BTC")),
+    ] {
+        seed_market(&db, &market).await;
         sqlx::query("INSERT INTO market_sequences (market, last_seq) VALUES ($1, 0)")
-            .bind(symbol)
+            .bind(market.symbol())
             .execute(&db)
             .await
             .unwrap();

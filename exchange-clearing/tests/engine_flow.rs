@@ -16,7 +16,7 @@ use exchange_common::Shutdown;
 use exchange_common::ready::Heartbeats;
 use exchange_common::redis::Redis;
 use exchange_common::streams::StreamEntry;
-use exchange_common::testing::test_env;
+use exchange_common::testing::{TestMarket, seed_market, test_env};
 use exchange_domain::money::format_units;
 use exchange_domain::{
     AmendOrder, Asset, AssetSymbol, Command, Event, EventBatch, FeeRate, MarketSpec,
@@ -70,11 +70,9 @@ fn spec() -> MarketSpec {
 }
 
 async fn setup(db: &PgPool, users: i64) {
+    seed_market(db, &TestMarket::new("BTC", BASE_SCALE, "USDT", QUOTE_SCALE)).await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO assets (symbol, scale) VALUES ('BTC', {BASE_SCALE}), ('USDT', {QUOTE_SCALE});
-         INSERT INTO markets (symbol, base, quote, price_tick, qty_step, min_qty, min_notional, maker_fee, taker_fee)
-           VALUES ('BTC-USDT', 'BTC', 'USDT', 0.01, 0.0001, 0.0001, 1, 0.001, 0.002);
-         INSERT INTO market_sequences (market, last_seq) VALUES ('BTC-USDT', 0);
+        "INSERT INTO market_sequences (market, last_seq) VALUES ('BTC-USDT', 0);
          INSERT INTO users (id, email, password_hash)
            SELECT g, 'u' || g || '@x.io', 'x' FROM generate_series(1, {users}) g;
          INSERT INTO ledger_journal (id, kind) VALUES (1, 'deposit');

@@ -21,7 +21,7 @@ use exchange_common::Shutdown;
 use exchange_common::ready::Heartbeats;
 use exchange_common::redis::Redis;
 use exchange_common::streams::{ConsumerOptions, run_consumer};
-use exchange_common::testing::test_env;
+use exchange_common::testing::{TestMarket, seed_market, test_env};
 use exchange_domain::{
     AssetRole, Event, EventBatch, FinalStatus, MarketSymbol, OrderId, Side, TradeId, UserId,
 };
@@ -46,11 +46,9 @@ async fn settle_throughput() {
     let db = PgPool::connect(&env.db_url).await.unwrap();
     let redis = Redis::with_prefix(&env.redis_url, &env.redis_prefix).unwrap();
     let setup = Instant::now();
+    seed_market(&db, &TestMarket::default()).await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO assets (symbol, scale) VALUES ('BTC', 8), ('USDT', 6);
-         INSERT INTO markets (symbol, base, quote, price_tick, qty_step, min_qty, min_notional, maker_fee, taker_fee)
-           VALUES ('BTC-USDT', 'BTC', 'USDT', 0.01, 0.0001, 0.0001, 1, 0.001, 0.002);
-         INSERT INTO market_sequences (market, last_seq) VALUES ('BTC-USDT', {orders});
+        "INSERT INTO market_sequences (market, last_seq) VALUES ('BTC-USDT', {orders});
          INSERT INTO users (id, email, password_hash)
            SELECT g, 'u' || g || '@x.io', 'x' FROM generate_series(1, {users}) g;
          INSERT INTO ledger_journal (id, kind) VALUES (1, 'deposit');

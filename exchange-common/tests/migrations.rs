@@ -102,15 +102,11 @@ async fn ledger_refuses_unbalanced_journal_entries_and_rewrites() {
 async fn order_path_tables_refuse_references_to_missing_rows() {
     let env = testing::test_env().await;
     let mut conn = sqlx::PgConnection::connect(&env.db_url).await.unwrap();
-    sqlx::raw_sql(
-        "INSERT INTO assets (symbol, scale) VALUES ('BTC', 8), ('USDT', 6);
-         INSERT INTO markets (symbol, base, quote, price_tick, qty_step, min_qty, min_notional, maker_fee, taker_fee)
-             VALUES ('BTC-USDT', 'BTC', 'USDT', 0.01, 0.0001, 0.0001, 1, 0.001, 0.002);
-         INSERT INTO users (id, email, password_hash) VALUES (1, 'a@b.c', 'x');",
-    )
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    testing::seed_market(&mut conn, &testing::TestMarket::default()).await;
+    sqlx::raw_sql("INSERT INTO users (id, email, password_hash) VALUES (1, 'a@b.c', 'x')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     let order = |id: i64, user: i64, market: &str, asset: &str| {
         format!(
             "INSERT INTO orders (id, user_id, market, side, type, time_in_force, price, quantity,

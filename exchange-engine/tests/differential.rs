@@ -2,14 +2,14 @@
 //! fixed seed, comparing every command's events and the state hash every
 //! 100 commands (as exchange-core does with its naive book).
 
-mod common;
+mod support;
 
 use exchange_engine::OrderBook;
 use exchange_engine::reference::ReferenceBook;
 
 fn compare(seed: u64, n: usize) {
-    let spec = common::spec();
-    let cmds = common::commands(seed, n);
+    let spec = support::spec();
+    let cmds = support::commands(seed, n);
     let mut fast = OrderBook::new(spec);
     let mut naive = ReferenceBook::new(spec);
     let mut trades = 0usize;

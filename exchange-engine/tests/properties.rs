@@ -2,12 +2,12 @@
 //! crossed, fills respect both limits, nothing is created or lost, fees are
 //! exact, and snapshot + replay equals running straight through.
 
-mod common;
+mod support;
 
-use common::{Decoder, Ledger, spec};
 use exchange_domain::{Command, Event, OrderId};
 use exchange_engine::OrderBook;
 use proptest::prelude::*;
+use support::{Decoder, Ledger, spec};
 
 fn raw_commands() -> impl Strategy<Value = Vec<[u32; 6]>> {
     proptest::collection::vec(any::<[u32; 6]>(), 1..400)
@@ -77,7 +77,7 @@ proptest! {
 #[test]
 fn ledger_detects_a_missing_release() {
     let spec = spec();
-    let cmds = common::commands(7, 300);
+    let cmds = support::commands(7, 300);
     let mut book = OrderBook::new(spec);
     let mut ledger = Ledger::default();
     let mut tampered = false;

@@ -6,7 +6,7 @@
 //! same value, and (c) still write byte-identical version-1 snapshots for
 //! books without take-profits.
 
-mod common;
+mod support;
 
 use exchange_domain::{
     Command, OrderId, OrderType, PlaceOrder, SelfTradePrevention, Side, TimeInForce, UserId,
@@ -51,7 +51,7 @@ fn place(
 /// both directions.
 fn scenario() -> Vec<Command> {
     use OrderType::{Limit, StopLimit, StopMarket};
-    use common::{BASE_ONE, STEP, TICK};
+    use support::{BASE_ONE, STEP, TICK};
     let k = TICK * STEP / BASE_ONE;
     vec![
         place(
@@ -130,7 +130,8 @@ fn v1_bytes() -> Vec<u8> {
 fn version_1_snapshots_restore_with_their_stored_hash_and_are_still_written() {
     let old = v1_bytes();
     assert_eq!(u16::from_le_bytes([old[8], old[9]]), 1);
-    let restored = OrderBook::restore(common::spec(), &old).expect("a version-1 snapshot restores");
+    let restored =
+        OrderBook::restore(support::spec(), &old).expect("a version-1 snapshot restores");
     assert_eq!(
         restored.state_hash(),
         V1_HASH,
@@ -140,7 +141,7 @@ fn version_1_snapshots_restore_with_their_stored_hash_and_are_still_written() {
     restored.check_invariants().expect("consistent");
     assert_eq!(restored.order_count(), 6, "3 resting, 3 pending stops");
 
-    let mut book = OrderBook::new(common::spec());
+    let mut book = OrderBook::new(support::spec());
     for (seq, cmd) in (1u64..).zip(scenario().iter()) {
         book.apply(seq, 999 + seq, cmd).expect("fresh seq");
     }

@@ -1,14 +1,14 @@
 //! The gateway over HTTP against real PostgreSQL and Redis (DB_URL, REDIS_URL).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{ADMIN, PASSWORD, error_code, read, spawn, spawn_with};
 use reqwest::Method;
 use serde_json::json;
+use support::{ADMIN, PASSWORD, error_code, read, spawn, spawn_with};
 
 #[tokio::test]
 async fn register_login_and_duplicate_email() {

@@ -3,13 +3,13 @@
 //! replay outside the window, permissions and Binance's error codes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod support;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{App, Key, read, user_with_key};
 use reqwest::Method;
 use serde_json::{Value, json};
+use support::{App, Key, read, user_with_key};
 
 fn now_ms() -> u128 {
     SystemTime::now()
@@ -71,7 +71,7 @@ async fn get(app: &App, path: &str) -> (u16, Value, reqwest::header::HeaderMap) 
 
 #[tokio::test]
 async fn public_endpoints_map_symbols_and_filters() {
-    let app = common::spawn().await;
+    let app = support::spawn().await;
     app.seed_market().await;
 
     let (s, v, h) = get(&app, "/api/v3/ping").await;
@@ -132,7 +132,7 @@ async fn public_endpoints_map_symbols_and_filters() {
 
 #[tokio::test]
 async fn signed_orders_errors_replay_and_permissions() {
-    let app = common::spawn().await;
+    let app = support::spawn().await;
     app.seed_market().await;
     let (uid, key) = user_with_key(&app, "bn@example.com", &["read", "trade"]).await;
     app.deposit(uid, "USDT", "1000").await;
@@ -373,7 +373,7 @@ async fn signed_orders_errors_replay_and_permissions() {
 
 #[tokio::test]
 async fn take_profit_orders_are_placed_stored_and_reported() {
-    let app = common::spawn().await;
+    let app = support::spawn().await;
     app.seed_market().await;
     let (uid, key) = user_with_key(&app, "tp@example.com", &["read", "trade"]).await;
     app.deposit(uid, "USDT", "1000").await;
@@ -524,8 +524,8 @@ async fn take_profit_orders_are_placed_stored_and_reported() {
 /// the engine's decision. Orders it accepts are still only acknowledged.
 #[tokio::test]
 async fn ack_placements_binance_would_refuse_answer_2010() {
-    let app = common::spawn().await;
-    let _pipeline = common::start_pipeline(&app).await;
+    let app = support::spawn().await;
+    let _pipeline = support::start_pipeline(&app).await;
     app.seed_market().await;
     let (maker, mk) = user_with_key(&app, "maker@example.com", &["read", "trade"]).await;
     let (taker, tk) = user_with_key(&app, "taker@example.com", &["read", "trade"]).await;

@@ -8,13 +8,13 @@
 //! `seq`; another user's connection receives nothing of it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::{App, spawn, start_pipeline};
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
+use support::{App, spawn, start_pipeline};
 use tokio_tungstenite::tungstenite::Message;
 
 type Ws =

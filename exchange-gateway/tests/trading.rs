@@ -2,14 +2,14 @@
 //! the private WebSocket, against real PostgreSQL and Redis.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{App, Ws, dead_addr, error_code, next_json, read, spawn, spawn_with};
 use futures_util::{SinkExt as _, StreamExt as _};
 use reqwest::Method;
 use serde_json::{Value, json};
+use support::{App, Ws, dead_addr, error_code, next_json, read, spawn, spawn_with};
 use tokio_tungstenite::tungstenite::Message;
 
 fn now_ms() -> u64 {
@@ -364,7 +364,7 @@ async fn the_eleventh_wrong_password_in_a_minute_is_429() {
     let r = app
         .client
         .post(format!("{}/api/v1/auth/login", app.url))
-        .json(&json!({"email":"victim@example.com","password":common::PASSWORD}))
+        .json(&json!({"email":"victim@example.com","password":support::PASSWORD}))
         .send()
         .await
         .unwrap();

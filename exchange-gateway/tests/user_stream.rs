@@ -5,12 +5,12 @@
 //! queue holds in bursts).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{next_json, read, spawn, user_with_key};
 use serde_json::json;
+use support::{next_json, read, spawn, user_with_key};
 
 #[tokio::test]
 async fn a_burst_of_events_arrives_translated_complete_and_in_order() {

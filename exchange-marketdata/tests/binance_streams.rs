@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use exchange_common::Shutdown;
 use exchange_common::redis::Redis;
-use exchange_common::testing::{TestEnv, test_env};
+use exchange_common::testing::{TestEnv, TestMarket, seed_market, test_env};
 use exchange_domain::event::{Event, EventBatch};
 use exchange_domain::money::parse_units;
 use exchange_domain::order::{OrderId, Side, TradeId, UserId};
@@ -56,17 +56,7 @@ fn sym() -> MarketSymbol {
 async fn seeded() -> (TestEnv, PgPool, Redis) {
     let env = test_env().await;
     let db = PgPool::connect(&env.db_url).await.unwrap();
-    sqlx::query("INSERT INTO assets (symbol, scale) VALUES ('BTC', 8), ('USDT', 6)")
-        .execute(&db)
-        .await
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO markets (symbol, base, quote, price_tick, qty_step, min_qty, min_notional, maker_fee, taker_fee) \
-         VALUES ('BTC-USDT', 'BTC', 'USDT', 0.01, 0.0001, 0.0001, 1, 0.001, 0.002)",
-    )
-    .execute(&db)
-    .await
-    .unwrap();
+    seed_market(&db, &TestMarket::default()).await;
     let redis = Redis::with_prefix(&env.redis_url, &env.redis_prefix).unwrap();
     (env, db, redis)
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use exchange_common::Shutdown;
 use exchange_common::redis::Redis;
-use exchange_common::testing::{TestEnv, test_env};
+use exchange_common::testing::{TestEnv, TestMarket, seed_market, test_env};
 use exchange_domain::event::{Event, EventBatch};
 use exchange_domain::money::parse_units;
 use exchange_domain::order::{OrderId, Side, TradeId, UserId};
@@ -63,17 +63,7 @@ fn now_ms() -> u64 {
 async fn seeded() -> (TestEnv, PgPool, Redis) {
     let env = test_env().await;
     let db = PgPool::connect(&env.db_url).await.unwrap();
-    sqlx::query("INSERT INTO assets (symbol, scale) VALUES ('BTC', 8), ('USDT', 6)")
-        .execute(&db)
-        .await
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO markets (symbol, base, quote, price_tick, qty_step, min_qty, min_notional, maker_fee, taker_fee) \
-         VALUES ('BTC-USDT', 'BTC', 'USDT', 0.01, 0.0001, 0.0001, 1, 0.001, 0.002)",
-    )
-    .execute(&db)
-    .await
-    .unwrap();
+    seed_market(&db, &TestMarket::default()).await;
     let redis = Redis::with_prefix(&env.redis_url, &env.redis_prefix).unwrap();
     (env, db, redis)
 }
@@ -576,19 +566,15 @@ async fn bad_requests_get_codes() {
     let mut all = Vec::new();
     for n in 0..8 {
         let asset = format!("X{n}");
-        sqlx::query("INSERT INTO assets (symbol, scale) VALUES ($1, 2)")
-            .bind(&asset)
-            .execute(&svc.db)
-            .await
-            .unwrap();
-        sqlx::query(
-            "INSERT INTO markets (symbol, base, quote, price_tick, qty_step, min_qty, min_notional, maker_fee, taker_fee) \
-             VALUES ($1 || '-USDT', $1, 'USDT', 0.01, 0.01, 0.01, 0, 0, 0)",
-        )
-        .bind(&asset)
-        .execute(&svc.db)
-        .await
-        .unwrap();
+        let market = TestMarket {
+            qty_step: "0.01",
+            min_qty: "0.01",
+            min_notional: "0",
+            maker_fee: "0",
+            taker_fee: "0",
+            ..TestMarket::new(&asset, 2, "USDT", 6)
+        };
+        seed_market(&svc.db, &market).await;
         for kind in [
             "trades",
             "ticker",

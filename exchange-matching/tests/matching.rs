@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use exchange_common::Shutdown;
 use exchange_common::redis::Redis;
-use exchange_common::testing::{TestEnv, test_env};
+use exchange_common::testing::{TestEnv, TestMarket, seed_market, test_env};
 use exchange_domain::{
     Command, Event, EventBatch, MarketSymbol, OrderId, OrderType, PlaceOrder, SelfTradePrevention,
     SequencedCommand, Side, TimeInForce, UserId,
@@ -27,17 +27,7 @@ struct Env {
 async fn setup() -> Env {
     let env = test_env().await;
     let db = PgPool::connect(&env.db_url).await.unwrap();
-    sqlx::query("INSERT INTO assets (symbol, scale) VALUES ('BTC', 8), ('USDT', 6)")
-        .execute(&db)
-        .await
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO markets (symbol, base, quote, price_tick, qty_step, min_qty, min_notional, maker_fee, taker_fee)
-         VALUES ('BTC-USDT', 'BTC', 'USDT', 0.01, 0.0001, 0.0001, 1, 0.001, 0.002)",
-    )
-    .execute(&db)
-    .await
-    .unwrap();
+    seed_market(&db, &TestMarket::default()).await;
     let redis = Redis::with_prefix(&env.redis_url, &env.redis_prefix).unwrap();
     Env { env, db, redis }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use exchange_common::Shutdown;
-use exchange_common::testing::test_env;
+use exchange_common::testing::{TestMarket, seed_market, test_env};
 use exchange_domain::{Event, FinalStatus, OrderId};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -32,17 +32,7 @@ impl Drop for Stack {
 async fn stack() -> Stack {
     let env = test_env().await;
     let db = PgPool::connect(&env.db_url).await.unwrap();
-    sqlx::query("INSERT INTO assets (symbol, scale) VALUES ('BTC', 8), ('USDT', 6)")
-        .execute(&db)
-        .await
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO markets (symbol, base, quote, price_tick, qty_step, min_qty, min_notional, maker_fee, taker_fee)
-         VALUES ('BTC-USDT', 'BTC', 'USDT', 0.01, 0.0001, 0.0001, 1, 0.001, 0.002)",
-    )
-    .execute(&db)
-    .await
-    .unwrap();
+    seed_market(&db, &TestMarket::default()).await;
     let config = Arc::new(env.config.clone());
     let shutdown = Shutdown::new();
     let order = TcpListener::bind("127.0.0.1:0").await.unwrap();

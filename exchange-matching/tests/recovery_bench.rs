@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use exchange_common::Shutdown;
-use exchange_common::testing::test_env;
+use exchange_common::testing::{TestMarket, seed_market, test_env};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
@@ -58,14 +58,7 @@ async fn recovery_with_a_large_book() {
         .unwrap_or(100_000);
     let env = test_env().await;
     let db = PgPool::connect(&env.db_url).await.unwrap();
-    sqlx::raw_sql(
-        "INSERT INTO assets (symbol, scale) VALUES ('BTC', 8), ('USDT', 6);
-         INSERT INTO markets (symbol, base, quote, price_tick, qty_step, min_qty, min_notional, maker_fee, taker_fee)
-         VALUES ('BTC-USDT', 'BTC', 'USDT', 0.01, 0.0001, 0.0001, 1, 0.001, 0.002);",
-    )
-    .execute(&db)
-    .await
-    .unwrap();
+    seed_market(&db, &TestMarket::default()).await;
     // Non-crossing limit orders: buys 80-90, sells 110-120 USDT, 0.1 BTC each.
     sqlx::query(
         "INSERT INTO order_commands (market, seq, time_ms, command)

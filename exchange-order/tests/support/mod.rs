@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use exchange_common::Shutdown;
 use exchange_common::redis::Redis;
-use exchange_common::testing::{TestEnv, test_env};
+use exchange_common::testing::{TestEnv, TestMarket, seed_market, test_env};
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -26,22 +26,6 @@ impl Drop for App {
     fn drop(&mut self) {
         self.shutdown.trigger();
     }
-}
-
-/// Creates the schema's reference data: assets and the BTC-USDT market
-/// (tick 0.01, step 0.0001, min qty 0.0001, min notional 1, fees 0.1 % / 0.2 %).
-pub async fn seed_market(db: &PgPool) {
-    sqlx::query("INSERT INTO assets (symbol, scale) VALUES ('BTC', 8), ('USDT', 6)")
-        .execute(db)
-        .await
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO markets (symbol, base, quote, price_tick, qty_step, min_qty, min_notional, maker_fee, taker_fee)
-         VALUES ('BTC-USDT', 'BTC', 'USDT', 0.01, 0.0001, 0.0001, 1, 0.001, 0.002)",
-    )
-    .execute(db)
-    .await
-    .unwrap();
 }
 
 /// A user with `usdt` and `btc` available (decimal text).
@@ -82,7 +66,7 @@ pub async fn spawn() -> App {
 pub async fn spawn_with(options: exchange_order::batch::BatchOptions) -> App {
     let env = test_env().await;
     let db = PgPool::connect(&env.db_url).await.unwrap();
-    seed_market(&db).await;
+    seed_market(&db, &TestMarket::default()).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = Shutdown::new();
