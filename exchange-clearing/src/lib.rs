@@ -48,7 +48,7 @@ pub struct Listeners {
 impl Listeners {
     pub async fn bind(config: &Config) -> std::io::Result<Self> {
         Ok(Self {
-            http: TcpListener::bind(config.clearing_http_addr).await?,
+            http: TcpListener::bind(config.clearing.http_addr).await?,
         })
     }
 }
@@ -92,7 +92,7 @@ impl Default for Options {
 
 /// The consumer options clearing runs its stream loop with.
 pub fn consumer_options(base: &ServiceBase, opts: &Options) -> ConsumerOptions {
-    let id = &base.config.clearing_consumer;
+    let id = &base.config.clearing.consumer;
     let mut c = ConsumerOptions::new(LOOP_NAME, &base.redis.events_stream(), &id.group, &id.name);
     c.batch_len_max = opts.batch_len_max;
     c.deliveries_max = Some(opts.deliveries_max);
@@ -101,7 +101,7 @@ pub fn consumer_options(base: &ServiceBase, opts: &Options) -> ConsumerOptions {
     // Balances and ledger postings are netted per settlement: waiting a
     // little after a small read makes the next settlement cover more
     // orders (at 64 bench users, 10 ms: +15 % orders/s, settled p50 +10 ms).
-    c.linger = base.config.clearing_read_linger;
+    c.linger = base.config.clearing.read_linger;
     c
 }
 

@@ -49,52 +49,83 @@ pub struct ConsumerIdentity {
     pub name: String,
 }
 
+/// Every service's configuration: what all of them read at the top, and
+/// a section per service (each reads its own section, and the gateway the
+/// addresses it relays to).
 #[derive(Debug, Clone)]
 pub struct Config {
     pub app_env: AppEnv,
     pub app_version: String,
-    /// Database URL; may carry a password, hence a secret.
-    pub db_url: Secret,
-    pub db_pool_max: u32,
-    pub db_statement_timeout: Duration,
-    pub redis_url: Secret,
-    pub redis_key_prefix: String,
+    pub log_level: String,
+    /// How long a stopping service waits for its work in flight.
+    pub shutdown_drain: Duration,
+    /// What services present to each other's internal routes.
     pub internal_token: Secret,
     pub internal_token_previous: Option<Secret>,
+    /// Required on `/metrics` when set.
+    pub metrics_token: Option<Secret>,
+    pub db: DbConfig,
+    pub redis: RedisConfig,
+    pub gateway: GatewayConfig,
+    pub order: OrderConfig,
+    pub matching: MatchingConfig,
+    pub clearing: ClearingConfig,
+    pub marketdata: MarketdataConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct DbConfig {
+    /// May carry a password, hence a secret.
+    pub url: Secret,
+    pub pool_max: u32,
+    pub statement_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: Secret,
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub http_addr: SocketAddr,
+    pub ws_addr: SocketAddr,
+    pub order_service_url: String,
+    pub marketdata_url: String,
+    pub consumer_name: String,
     pub auth_token_secret: Secret,
     pub auth_token_secret_previous: Option<Secret>,
     /// Key for API-key secrets at rest; when unset it is derived from
-    /// `AUTH_TOKEN_SECRET` (see the gateway's `keys` module).
+    /// `AUTH_TOKEN_SECRET` (see the gateway's `auth::keys` module).
     pub api_key_encryption_key: Option<Secret>,
     pub access_token_ttl: Duration,
     pub admin_token: Secret,
-    pub metrics_token: Option<Secret>,
     pub enable_docs: bool,
-    pub marketdata_ws_allow_origins: Vec<String>,
-    pub log_level: String,
-    pub shutdown_drain: Duration,
-    pub gateway_http_addr: SocketAddr,
-    pub gateway_ws_addr: SocketAddr,
-    pub order_http_addr: SocketAddr,
-    pub matching_http_addr: SocketAddr,
-    pub clearing_http_addr: SocketAddr,
-    pub marketdata_http_addr: SocketAddr,
-    pub order_service_url: String,
-    pub marketdata_url: String,
-    pub order_consumer: ConsumerIdentity,
-    pub matching_consumer: ConsumerIdentity,
-    pub clearing_consumer: ConsumerIdentity,
-    pub marketdata_consumer: ConsumerIdentity,
-    pub gateway_consumer_name: String,
-    /// Markets this matching replica owns; `["*"]` means all.
-    pub matching_markets: Vec<String>,
     pub rate_limit_login_per_minute: u32,
     pub rate_limit_orders_per_second: u32,
     pub rate_limit_ip_per_second: u32,
     pub trusted_proxies: Vec<String>,
     /// Placements the gateway coalesces into one call to the order service
     /// (`1` sends each alone).
-    pub gateway_place_batch_max: usize,
+    pub place_batch_max: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct OrderConfig {
+    pub http_addr: SocketAddr,
+    pub consumer: ConsumerIdentity,
+    /// How long an order-service worker waits for more requests before it
+    /// starts a batch while another batch is in flight.
+    pub batch_linger: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct MatchingConfig {
+    pub http_addr: SocketAddr,
+    pub consumer: ConsumerIdentity,
+    /// Markets this matching replica owns; `["*"]` means all.
+    pub markets: Vec<String>,
     /// Entries `<prefix>:events` keeps at most when a consumer group lags
     /// behind that far (a dead replica's group): beyond it such a group is
     /// no longer waited for (it refills from Postgres). Within it the stream
@@ -102,13 +133,24 @@ pub struct Config {
     pub events_stream_max_len: u64,
     /// How often matching trims `<prefix>:events`.
     pub events_stream_trim_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClearingConfig {
+    pub http_addr: SocketAddr,
+    pub consumer: ConsumerIdentity,
     /// How long clearing waits after a read that found some but fewer
     /// entries than it takes at once, so that the next settlement covers
     /// more of them (balance and ledger rows are netted per settlement).
-    pub clearing_read_linger: Duration,
-    /// How long an order-service worker waits for more requests before it
-    /// starts a batch while another batch is in flight.
-    pub order_batch_linger: Duration,
+    pub read_linger: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct MarketdataConfig {
+    pub http_addr: SocketAddr,
+    pub consumer: ConsumerIdentity,
+    /// Origins whose browsers may open the public WebSocket.
+    pub ws_allow_origins: Vec<String>,
 }
 
 /// Largest accepted `ORDER_BATCH_LINGER_US`.
@@ -344,123 +386,137 @@ impl Config {
         let config = Config {
             app_env,
             app_version,
-            db_url: r.url(
-                "DB_URL",
-                &["postgres", "postgresql"],
-                "postgres://user:password@host:5432/db",
-            ),
-            db_pool_max: r.parsed("DB_POOL_MAX", 10, "a positive integer"),
-            db_statement_timeout: Duration::from_millis(db_statement_timeout_ms),
-            redis_url: r.url("REDIS_URL", &["redis", "rediss"], "redis://host:6379"),
-            redis_key_prefix: r.or("REDIS_KEY_PREFIX", "exchange"),
             internal_token: r.secret("INTERNAL_TOKEN"),
             internal_token_previous: r.optional_secret("INTERNAL_TOKEN_PREVIOUS"),
-            auth_token_secret: r.secret("AUTH_TOKEN_SECRET"),
-            auth_token_secret_previous: r.optional_secret("AUTH_TOKEN_SECRET_PREVIOUS"),
-            api_key_encryption_key: r.optional_secret("API_KEY_ENCRYPTION_KEY"),
-            access_token_ttl: Duration::from_secs(access_token_ttl_seconds),
-            admin_token: r.secret("ADMIN_TOKEN"),
             metrics_token: r.optional_secret("METRICS_TOKEN"),
-            enable_docs,
-            marketdata_ws_allow_origins: origins,
             log_level,
             shutdown_drain: Duration::from_secs(r.parsed(
                 "SHUTDOWN_DRAIN_SECONDS",
                 10,
                 "a number of seconds",
             )),
-            gateway_http_addr: r.addr("GATEWAY_HTTP_ADDR", "0.0.0.0:8080"),
-            gateway_ws_addr: r.addr("GATEWAY_WS_ADDR", "0.0.0.0:8090"),
-            order_http_addr: r.addr("ORDER_HTTP_ADDR", "0.0.0.0:8091"),
-            matching_http_addr: r.addr("MATCHING_HTTP_ADDR", "0.0.0.0:8092"),
-            clearing_http_addr: r.addr("CLEARING_HTTP_ADDR", "0.0.0.0:8093"),
-            marketdata_http_addr: r.addr("MARKETDATA_HTTP_ADDR", "0.0.0.0:8094"),
-            order_service_url: r.or("ORDER_SERVICE_URL", "http://127.0.0.1:8091"),
-            marketdata_url: r.or("MARKETDATA_URL", "http://127.0.0.1:8094"),
-            order_consumer: r.consumer("order", &hostname),
-            matching_consumer: r.consumer("matching", &hostname),
-            clearing_consumer: r.consumer("clearing", &hostname),
-            marketdata_consumer: r.consumer("marketdata", &hostname),
-            gateway_consumer_name: r.or("GATEWAY_CONSUMER_NAME", &format!("gateway-{hostname}")),
-            matching_markets: r.list("MATCHING_MARKETS", "*"),
-            rate_limit_login_per_minute: r.parsed(
-                "RATE_LIMIT_LOGIN_PER_MINUTE",
-                10,
-                "a positive integer",
-            ),
-            rate_limit_orders_per_second: r.parsed(
-                "RATE_LIMIT_ORDERS_PER_SECOND",
-                50,
-                "a positive integer",
-            ),
-            rate_limit_ip_per_second: r.parsed(
-                "RATE_LIMIT_IP_PER_SECOND",
-                100,
-                "a positive integer",
-            ),
-            trusted_proxies: r.list("TRUSTED_PROXIES", ""),
-            gateway_place_batch_max: r.parsed(
-                "GATEWAY_PLACE_BATCH_MAX",
-                GATEWAY_PLACE_BATCH_MAX_LIMIT,
-                "a whole number of placements",
-            ),
-            events_stream_max_len: r.parsed(
-                "EVENTS_STREAM_MAX_LEN",
-                1_000_000,
-                "a whole number of entries",
-            ),
-            events_stream_trim_interval: Duration::from_secs(r.parsed(
-                "EVENTS_STREAM_TRIM_INTERVAL_SECONDS",
-                10,
-                "a number of seconds",
-            )),
-            clearing_read_linger: Duration::from_millis(r.parsed(
-                "CLEARING_READ_LINGER_MS",
-                10,
-                "a number of milliseconds",
-            )),
-            order_batch_linger: Duration::from_micros(r.parsed(
-                "ORDER_BATCH_LINGER_US",
-                2_000,
-                "a number of microseconds",
-            )),
+            db: DbConfig {
+                url: r.url(
+                    "DB_URL",
+                    &["postgres", "postgresql"],
+                    "postgres://user:password@host:5432/db",
+                ),
+                pool_max: r.parsed("DB_POOL_MAX", 10, "a positive integer"),
+                statement_timeout: Duration::from_millis(db_statement_timeout_ms),
+            },
+            redis: RedisConfig {
+                url: r.url("REDIS_URL", &["redis", "rediss"], "redis://host:6379"),
+                key_prefix: r.or("REDIS_KEY_PREFIX", "exchange"),
+            },
+            gateway: GatewayConfig {
+                auth_token_secret: r.secret("AUTH_TOKEN_SECRET"),
+                auth_token_secret_previous: r.optional_secret("AUTH_TOKEN_SECRET_PREVIOUS"),
+                api_key_encryption_key: r.optional_secret("API_KEY_ENCRYPTION_KEY"),
+                access_token_ttl: Duration::from_secs(access_token_ttl_seconds),
+                admin_token: r.secret("ADMIN_TOKEN"),
+                enable_docs,
+                http_addr: r.addr("GATEWAY_HTTP_ADDR", "0.0.0.0:8080"),
+                ws_addr: r.addr("GATEWAY_WS_ADDR", "0.0.0.0:8090"),
+                order_service_url: r.or("ORDER_SERVICE_URL", "http://127.0.0.1:8091"),
+                marketdata_url: r.or("MARKETDATA_URL", "http://127.0.0.1:8094"),
+                consumer_name: r.or("GATEWAY_CONSUMER_NAME", &format!("gateway-{hostname}")),
+                rate_limit_login_per_minute: r.parsed(
+                    "RATE_LIMIT_LOGIN_PER_MINUTE",
+                    10,
+                    "a positive integer",
+                ),
+                rate_limit_orders_per_second: r.parsed(
+                    "RATE_LIMIT_ORDERS_PER_SECOND",
+                    50,
+                    "a positive integer",
+                ),
+                rate_limit_ip_per_second: r.parsed(
+                    "RATE_LIMIT_IP_PER_SECOND",
+                    100,
+                    "a positive integer",
+                ),
+                trusted_proxies: r.list("TRUSTED_PROXIES", ""),
+                place_batch_max: r.parsed(
+                    "GATEWAY_PLACE_BATCH_MAX",
+                    GATEWAY_PLACE_BATCH_MAX_LIMIT,
+                    "a whole number of placements",
+                ),
+            },
+            order: OrderConfig {
+                http_addr: r.addr("ORDER_HTTP_ADDR", "0.0.0.0:8091"),
+                consumer: r.consumer("order", &hostname),
+                batch_linger: Duration::from_micros(r.parsed(
+                    "ORDER_BATCH_LINGER_US",
+                    2_000,
+                    "a number of microseconds",
+                )),
+            },
+            matching: MatchingConfig {
+                http_addr: r.addr("MATCHING_HTTP_ADDR", "0.0.0.0:8092"),
+                consumer: r.consumer("matching", &hostname),
+                markets: r.list("MATCHING_MARKETS", "*"),
+                events_stream_max_len: r.parsed(
+                    "EVENTS_STREAM_MAX_LEN",
+                    1_000_000,
+                    "a whole number of entries",
+                ),
+                events_stream_trim_interval: Duration::from_secs(r.parsed(
+                    "EVENTS_STREAM_TRIM_INTERVAL_SECONDS",
+                    10,
+                    "a number of seconds",
+                )),
+            },
+            clearing: ClearingConfig {
+                http_addr: r.addr("CLEARING_HTTP_ADDR", "0.0.0.0:8093"),
+                consumer: r.consumer("clearing", &hostname),
+                read_linger: Duration::from_millis(r.parsed(
+                    "CLEARING_READ_LINGER_MS",
+                    10,
+                    "a number of milliseconds",
+                )),
+            },
+            marketdata: MarketdataConfig {
+                ws_allow_origins: origins,
+                http_addr: r.addr("MARKETDATA_HTTP_ADDR", "0.0.0.0:8094"),
+                consumer: r.consumer("marketdata", &hostname),
+            },
         };
-        for proxy in &config.trusted_proxies {
+        for proxy in &config.gateway.trusted_proxies {
             if crate::net::IpNet::parse(proxy).is_none() {
                 r.errors.push(format!(
                     "TRUSTED_PROXIES entry {proxy:?} is not an IP address or CIDR network"
                 ));
             }
         }
-        if !(1..=GATEWAY_PLACE_BATCH_MAX_LIMIT).contains(&config.gateway_place_batch_max) {
+        if !(1..=GATEWAY_PLACE_BATCH_MAX_LIMIT).contains(&config.gateway.place_batch_max) {
             r.errors.push(format!(
                 "GATEWAY_PLACE_BATCH_MAX must be between 1 and {GATEWAY_PLACE_BATCH_MAX_LIMIT}"
             ));
         }
-        if config.events_stream_max_len < EVENTS_STREAM_MAX_LEN_MIN {
+        if config.matching.events_stream_max_len < EVENTS_STREAM_MAX_LEN_MIN {
             r.errors.push(format!(
                 "EVENTS_STREAM_MAX_LEN must be at least {EVENTS_STREAM_MAX_LEN_MIN}"
             ));
         }
-        if config.events_stream_trim_interval.is_zero() {
+        if config.matching.events_stream_trim_interval.is_zero() {
             r.errors
                 .push("EVENTS_STREAM_TRIM_INTERVAL_SECONDS must be at least 1".to_owned());
         }
-        if config.clearing_read_linger > Duration::from_millis(CLEARING_READ_LINGER_MS_MAX) {
+        if config.clearing.read_linger > Duration::from_millis(CLEARING_READ_LINGER_MS_MAX) {
             r.errors.push(format!(
                 "CLEARING_READ_LINGER_MS must be at most {CLEARING_READ_LINGER_MS_MAX}"
             ));
         }
-        if config.order_batch_linger > Duration::from_micros(ORDER_BATCH_LINGER_US_MAX) {
+        if config.order.batch_linger > Duration::from_micros(ORDER_BATCH_LINGER_US_MAX) {
             r.errors.push(format!(
                 "ORDER_BATCH_LINGER_US must be at most {ORDER_BATCH_LINGER_US_MAX}"
             ));
         }
-        if config.db_pool_max == 0 {
+        if config.db.pool_max == 0 {
             r.errors.push("DB_POOL_MAX must be at least 1".to_owned());
         }
-        if config.redis_key_prefix.contains(char::is_whitespace)
-            || config.redis_key_prefix.contains(['{', '}'])
+        if config.redis.key_prefix.contains(char::is_whitespace)
+            || config.redis.key_prefix.contains(['{', '}'])
         {
             r.errors
                 .push("REDIS_KEY_PREFIX must not contain spaces or braces".to_owned());
@@ -474,7 +530,8 @@ impl Config {
 
     /// `TRUSTED_PROXIES` parsed (validated at load).
     pub fn trusted_proxy_nets(&self) -> Vec<crate::net::IpNet> {
-        self.trusted_proxies
+        self.gateway
+            .trusted_proxies
             .iter()
             .filter_map(|p| crate::net::IpNet::parse(p))
             .collect()
@@ -486,7 +543,7 @@ impl Config {
 
     /// A key under this deployment's Redis prefix: `key("events")` → `exchange:events`.
     pub fn redis_key(&self, suffix: &str) -> String {
-        format!("{}:{suffix}", self.redis_key_prefix)
+        format!("{}:{suffix}", self.redis.key_prefix)
     }
 
     /// A configuration fit for tests and local tools: dev secrets, the given
@@ -562,18 +619,21 @@ mod tests {
     #[test]
     fn dev_defaults_load_with_documented_defaults() {
         let c = load(DEV).unwrap();
-        assert_eq!(c.gateway_http_addr.port(), 8080);
-        assert_eq!(c.gateway_ws_addr.port(), 8090);
-        assert_eq!(c.marketdata_http_addr.port(), 8094);
-        assert_eq!(c.redis_key_prefix, "exchange");
+        assert_eq!(c.gateway.http_addr.port(), 8080);
+        assert_eq!(c.gateway.ws_addr.port(), 8090);
+        assert_eq!(c.marketdata.http_addr.port(), 8094);
+        assert_eq!(c.redis.key_prefix, "exchange");
         assert_eq!(c.redis_key("events"), "exchange:events");
-        assert!(!c.enable_docs);
+        assert!(!c.gateway.enable_docs);
         assert_eq!(c.log_level, "info");
-        assert_eq!(c.order_consumer.group, "order");
-        assert_eq!(c.events_stream_max_len, 1_000_000);
-        assert_eq!(c.events_stream_trim_interval, Duration::from_secs(10));
-        assert_eq!(c.clearing_read_linger, Duration::from_millis(10));
-        assert_eq!(c.order_batch_linger, Duration::from_millis(2));
+        assert_eq!(c.order.consumer.group, "order");
+        assert_eq!(c.matching.events_stream_max_len, 1_000_000);
+        assert_eq!(
+            c.matching.events_stream_trim_interval,
+            Duration::from_secs(10)
+        );
+        assert_eq!(c.clearing.read_linger, Duration::from_millis(10));
+        assert_eq!(c.order.batch_linger, Duration::from_millis(2));
     }
 
     #[test]
@@ -628,10 +688,13 @@ mod tests {
             ("ORDER_BATCH_LINGER_US", "500"),
         ]);
         let c = load(&env).unwrap();
-        assert_eq!(c.events_stream_max_len, 50_000);
-        assert_eq!(c.events_stream_trim_interval, Duration::from_secs(2));
-        assert_eq!(c.clearing_read_linger, Duration::ZERO);
-        assert_eq!(c.order_batch_linger, Duration::from_micros(500));
+        assert_eq!(c.matching.events_stream_max_len, 50_000);
+        assert_eq!(
+            c.matching.events_stream_trim_interval,
+            Duration::from_secs(2)
+        );
+        assert_eq!(c.clearing.read_linger, Duration::ZERO);
+        assert_eq!(c.order.batch_linger, Duration::from_micros(500));
     }
 
     #[test]

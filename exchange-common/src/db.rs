@@ -44,12 +44,12 @@ pub fn connect_options(
 /// postgres down) even while the database is unreachable.
 pub fn pool(config: &Config, application_name: &str) -> Result<PgPool, sqlx::Error> {
     let options = connect_options(
-        config.db_url.expose(),
-        config.db_statement_timeout,
+        config.db.url.expose(),
+        config.db.statement_timeout,
         application_name,
     )?;
     Ok(PgPoolOptions::new()
-        .max_connections(config.db_pool_max)
+        .max_connections(config.db.pool_max)
         .acquire_timeout(DB_ACQUIRE_TIMEOUT)
         .idle_timeout(Some(Duration::from_secs(300)))
         .connect_lazy_with(options))

@@ -249,7 +249,7 @@ mod tests {
         for e in [lost, sqlx::Error::PoolClosed, sqlx::Error::PoolTimedOut] {
             let api = ApiError::from(e);
             assert_eq!(api.status, StatusCode::SERVICE_UNAVAILABLE);
-            assert_eq!(api.code, ErrorCode::Unavailable);
+            assert_eq!(api.error_code(), Some(ErrorCode::Unavailable));
         }
         let api = ApiError::from(sqlx::Error::RowNotFound);
         assert_eq!(api.status, StatusCode::INTERNAL_SERVER_ERROR);

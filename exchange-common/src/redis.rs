@@ -33,7 +33,7 @@ impl Redis {
     /// Creates the client and a lazily connecting manager: services start
     /// while Redis is down, and `/ready` says so.
     pub fn new(config: &Config) -> redis::RedisResult<Self> {
-        Self::with_prefix(config.redis_url.expose(), &config.redis_key_prefix)
+        Self::with_prefix(config.redis.url.expose(), &config.redis.key_prefix)
     }
 
     pub fn with_prefix(url: &str, prefix: &str) -> redis::RedisResult<Self> {

@@ -49,8 +49,8 @@ pub struct Listeners {
 impl Listeners {
     pub async fn bind(config: &Config) -> std::io::Result<Self> {
         Ok(Self {
-            http: TcpListener::bind(config.gateway_http_addr).await?,
-            ws: TcpListener::bind(config.gateway_ws_addr).await?,
+            http: TcpListener::bind(config.gateway.http_addr).await?,
+            ws: TcpListener::bind(config.gateway.ws_addr).await?,
         })
     }
 }
@@ -152,7 +152,7 @@ pub fn routes(state: AppState) -> Router {
         .route("/admin/v1/deposits", post(api::admin::deposit))
         .route_layer(from_fn_with_state(state.clone(), authn::require_admin));
     let mut router = public.merge(user).merge(admin).with_state(state.clone());
-    if state.base.config.enable_docs {
+    if state.base.config.gateway.enable_docs {
         router = router.merge(docs::router());
     }
     // Outermost first: header limits, then the per-IP budget (the

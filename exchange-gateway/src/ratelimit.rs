@@ -120,9 +120,18 @@ pub struct RateLimiter {
 impl RateLimiter {
     pub fn new(config: &Config) -> Self {
         Self::with_quotas(
-            Quota::per(config.rate_limit_ip_per_second, Duration::from_secs(1)),
-            Quota::per(config.rate_limit_login_per_minute, Duration::from_secs(60)),
-            Quota::per(config.rate_limit_orders_per_second, Duration::from_secs(1)),
+            Quota::per(
+                config.gateway.rate_limit_ip_per_second,
+                Duration::from_secs(1),
+            ),
+            Quota::per(
+                config.gateway.rate_limit_login_per_minute,
+                Duration::from_secs(60),
+            ),
+            Quota::per(
+                config.gateway.rate_limit_orders_per_second,
+                Duration::from_secs(1),
+            ),
             RATE_LIMIT_KEYS_MAX,
         )
     }

@@ -135,19 +135,27 @@ impl Upstream {
     pub fn order_service(config: &Config) -> anyhow::Result<Self> {
         Ok(Self {
             name: "order",
-            base_url: config.order_service_url.trim_end_matches('/').to_owned(),
+            base_url: config
+                .gateway
+                .order_service_url
+                .trim_end_matches('/')
+                .to_owned(),
             token: Some(config.internal_token.clone()),
             client: client()?,
             placer: Arc::default(),
             // `GATEWAY_PLACE_BATCH_MAX`, validated at start (1..=256).
-            place_batch_len_max: config.gateway_place_batch_max,
+            place_batch_len_max: config.gateway.place_batch_max,
         })
     }
 
     pub fn marketdata(config: &Config) -> anyhow::Result<Self> {
         Ok(Self {
             name: "marketdata",
-            base_url: config.marketdata_url.trim_end_matches('/').to_owned(),
+            base_url: config
+                .gateway
+                .marketdata_url
+                .trim_end_matches('/')
+                .to_owned(),
             // Public data: no reason to hand it the internal token.
             token: None,
             client: client()?,

@@ -117,7 +117,7 @@ async fn expired_tampered_and_unsigned_tokens_are_refused() {
     let id = app.register("dave@example.com").await;
     let token = app.login("dave@example.com").await;
     let now = chrono::Utc::now().timestamp();
-    let secret = app.env.config.auth_token_secret.expose().to_owned();
+    let secret = app.env.config.gateway.auth_token_secret.expose().to_owned();
     let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
     let expired = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
@@ -356,7 +356,7 @@ async fn docs_are_off_by_default_and_on_when_enabled() {
             .status(),
         404
     );
-    let app = spawn_with(|c| c.enable_docs = true).await;
+    let app = spawn_with(|c| c.gateway.enable_docs = true).await;
     let (status, spec) = read(
         app.client
             .get(format!("{}/docs/openapi.json", app.url))

@@ -187,7 +187,7 @@ async fn admin_market_status_goes_through_the_order_service_journal() {
 #[tokio::test]
 async fn internal_services_down_is_503_not_500() {
     let dead = dead_addr().await;
-    let app = spawn_with(|c| c.order_service_url = format!("http://{dead}")).await;
+    let app = spawn_with(|c| c.gateway.order_service_url = format!("http://{dead}")).await;
     let (_, a) = user(&app, "alice@example.com").await;
     for (method, path, body) in [
         (Method::POST, "/api/v1/orders", Some(buy("1", "1"))),
@@ -383,7 +383,7 @@ async fn the_eleventh_wrong_password_in_a_minute_is_429() {
 #[tokio::test]
 async fn spoofed_forwarded_for_from_an_untrusted_peer_shares_one_budget() {
     // TRUSTED_PROXIES empty: 127.0.0.1 is the client whatever XFF says.
-    let app = spawn_with(|c| c.rate_limit_login_per_minute = 3).await;
+    let app = spawn_with(|c| c.gateway.rate_limit_login_per_minute = 3).await;
     for xff in ["1.1.1.1", "2.2.2.2", "3.3.3.3"] {
         assert_eq!(wrong_login(&app, Some(xff)).await.status().as_u16(), 401);
     }
@@ -397,8 +397,8 @@ async fn spoofed_forwarded_for_from_an_untrusted_peer_shares_one_budget() {
 
     // The control: behind a trusted proxy, XFF names the client.
     let app = spawn_with(|c| {
-        c.rate_limit_login_per_minute = 3;
-        c.trusted_proxies = vec!["127.0.0.1".to_owned()];
+        c.gateway.rate_limit_login_per_minute = 3;
+        c.gateway.trusted_proxies = vec!["127.0.0.1".to_owned()];
     })
     .await;
     for _ in 0..3 {
@@ -426,7 +426,7 @@ async fn spoofed_forwarded_for_from_an_untrusted_peer_shares_one_budget() {
 
 #[tokio::test]
 async fn an_order_burst_past_the_user_budget_is_429_and_places_nothing_extra() {
-    let app = spawn_with(|c| c.rate_limit_orders_per_second = 5).await;
+    let app = spawn_with(|c| c.gateway.rate_limit_orders_per_second = 5).await;
     app.seed_market().await;
     let (alice, a) = user(&app, "alice@example.com").await;
     app.deposit(alice, "USDT", "100000").await;
@@ -593,7 +593,7 @@ async fn private_ws_refuses_bad_and_expired_tokens_and_accepts_a_signed_api_key(
     let expired = {
         let now = chrono::Utc::now().timestamp();
         let key = jsonwebtoken::EncodingKey::from_secret(
-            app.env.config.auth_token_secret.expose().as_bytes(),
+            app.env.config.gateway.auth_token_secret.expose().as_bytes(),
         );
         jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
@@ -719,7 +719,7 @@ async fn after_a_pubsub_outage_each_connection_is_told_to_resync() {
     let env_redis = std::env::var("REDIS_URL").unwrap();
     let proxy = CutProxy::start(&env_redis).await;
     let proxy_url = proxy.url.clone();
-    let app = spawn_with(move |c| c.redis_url = exchange_common::Secret::new(proxy_url)).await;
+    let app = spawn_with(move |c| c.redis.url = exchange_common::Secret::new(proxy_url)).await;
     let (alice, a) = user(&app, "alice@example.com").await;
     app.wait_subscriber_up().await;
     let (mut ws, _) =
@@ -779,7 +779,7 @@ async fn market_data_is_relayed_from_the_marketdata_service_unchanged() {
     let md = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let md_url = format!("http://{}", md.local_addr().unwrap());
     let md_url2 = md_url.clone();
-    let app = spawn_with(move |c| c.marketdata_url = md_url2).await;
+    let app = spawn_with(move |c| c.gateway.marketdata_url = md_url2).await;
     let shutdown = exchange_common::Shutdown::new();
     tokio::spawn(exchange_marketdata::run(
         std::sync::Arc::new(app.env.config.clone()),
@@ -939,7 +939,7 @@ async fn a_private_session_ends_when_its_token_expires() {
     // Expired 3 s ago: still inside the 5 s leeway, so accepted, for ~2 s.
     let now = chrono::Utc::now().timestamp();
     let key = jsonwebtoken::EncodingKey::from_secret(
-        app.env.config.auth_token_secret.expose().as_bytes(),
+        app.env.config.gateway.auth_token_secret.expose().as_bytes(),
     );
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
@@ -969,8 +969,8 @@ async fn a_private_session_ends_when_its_token_expires() {
 #[tokio::test]
 async fn concurrent_placements_each_get_their_own_answer() {
     let app = spawn_with(|c| {
-        c.rate_limit_orders_per_second = 100_000;
-        c.rate_limit_ip_per_second = 100_000;
+        c.gateway.rate_limit_orders_per_second = 100_000;
+        c.gateway.rate_limit_ip_per_second = 100_000;
     })
     .await;
     app.seed_market().await;

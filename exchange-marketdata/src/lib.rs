@@ -84,7 +84,7 @@ pub struct Listeners {
 impl Listeners {
     pub async fn bind(config: &Config) -> std::io::Result<Self> {
         Ok(Self {
-            http: TcpListener::bind(config.marketdata_http_addr).await?,
+            http: TcpListener::bind(config.marketdata.http_addr).await?,
         })
     }
 }
@@ -140,7 +140,7 @@ pub async fn run(
     let markets = Arc::new(MarketRegistry::new(base.db.clone()));
     let app = App::new(
         markets.clone(),
-        Origins::new(&config.marketdata_ws_allow_origins),
+        Origins::new(&config.marketdata.ws_allow_origins),
         shutdown.clone(),
     );
     let consumer = tokio::spawn(consume(base.clone(), markets, shutdown.clone()));
@@ -169,7 +169,7 @@ async fn retry_pause(shutdown: &Shutdown) {
 /// Creates the group, rebuilds every market from Postgres, then follows the stream.
 async fn consume(base: ServiceBase, markets: Arc<MarketRegistry>, shutdown: Shutdown) {
     let stream = base.redis.events_stream();
-    let ident = &base.config.marketdata_consumer;
+    let ident = &base.config.marketdata.consumer;
     let mut opts = ConsumerOptions::new(CONSUMER_LOOP, &stream, &ident.group, &ident.name);
     opts.start_id = "$".to_owned();
     // Down in /ready until the loop's first beat.

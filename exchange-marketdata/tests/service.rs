@@ -70,7 +70,7 @@ async fn seeded() -> (TestEnv, PgPool, Redis) {
 
 async fn start(env: TestEnv, db: PgPool, redis: Redis, origins: &[&str]) -> Svc {
     let mut config = env.config.clone();
-    config.marketdata_ws_allow_origins = origins.iter().map(|s| (*s).to_owned()).collect();
+    config.marketdata.ws_allow_origins = origins.iter().map(|s| (*s).to_owned()).collect();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = Shutdown::new();

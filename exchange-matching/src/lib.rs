@@ -79,7 +79,7 @@ pub struct Listeners {
 impl Listeners {
     pub async fn bind(config: &Config) -> std::io::Result<Self> {
         Ok(Self {
-            http: TcpListener::bind(config.matching_http_addr).await?,
+            http: TcpListener::bind(config.matching.http_addr).await?,
         })
     }
 }
@@ -109,8 +109,8 @@ pub async fn run(
     let supervisor = tokio::spawn(supervise(base.clone(), registry.clone(), shutdown.clone()));
     tokio::spawn(events_trim::run(
         base.redis.clone(),
-        config.events_stream_max_len,
-        config.events_stream_trim_interval,
+        config.matching.events_stream_max_len,
+        config.matching.events_stream_trim_interval,
         shutdown.clone(),
     ));
     let state = AppState { config, registry };
@@ -178,7 +178,7 @@ async fn supervise(base: ServiceBase, registry: Registry, shutdown: Shutdown) {
         match exchange_store::markets::load_all(&base.db).await {
             Ok(markets) => {
                 for (symbol, info) in markets {
-                    if running.contains(&symbol) || !owns(&base.config.matching_markets, &symbol) {
+                    if running.contains(&symbol) || !owns(&base.config.matching.markets, &symbol) {
                         continue;
                     }
                     running.insert(symbol.clone());
@@ -237,8 +237,8 @@ async fn run_market(base: ServiceBase, mut market: MarketBook, shutdown: Shutdow
         let mut opts = ConsumerOptions::new(
             "orderStreamConsumer",
             &base.redis.orders_stream(&symbol),
-            &config.matching_consumer.group,
-            &config.matching_consumer.name,
+            &config.matching.consumer.group,
+            &config.matching.consumer.name,
         );
         opts.batch_len_max = COMMAND_BATCH_LEN_MAX;
         opts.deliveries_max = None;

@@ -218,7 +218,7 @@ async fn the_matching_service_trims_the_events_stream_on_its_own() {
     ack(&redis, &stream, "clearing", &got).await;
 
     let mut config = env.config.clone();
-    config.events_stream_trim_interval = Duration::from_millis(200);
+    config.matching.events_stream_trim_interval = Duration::from_millis(200);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let shutdown = Shutdown::new();
     let handle = tokio::spawn(exchange_matching::run(

@@ -191,7 +191,7 @@ async fn pending(env: &Env) -> u64 {
     let mut conn = env.redis.conn();
     let reply: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
         .arg(env.redis.orders_stream("BTC-USDT"))
-        .arg(&env.env.config.matching_consumer.group)
+        .arg(&env.env.config.matching.consumer.group)
         .query_async(&mut conn)
         .await
         .unwrap();

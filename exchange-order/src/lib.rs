@@ -46,7 +46,7 @@ pub struct Listeners {
 impl Listeners {
     pub async fn bind(config: &Config) -> std::io::Result<Self> {
         Ok(Self {
-            http: TcpListener::bind(config.order_http_addr).await?,
+            http: TcpListener::bind(config.order.http_addr).await?,
         })
     }
 }
@@ -58,7 +58,7 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let options = batch::BatchOptions {
-        linger: config.order_batch_linger,
+        linger: config.order.batch_linger,
         ..batch::BatchOptions::default()
     };
     run_with(config, listeners, shutdown, options).await

@@ -607,7 +607,7 @@ async fn a_full_queue_answers_overloaded_and_a_dead_database_unavailable() {
 
     // The service's database goes away: retryable 503s, never a 500.
     let mut config = app.env.config.clone();
-    config.db_url = exchange_common::Secret::new("postgres://postgres@127.0.0.1:1/nowhere");
+    config.db.url = exchange_common::Secret::new("postgres://postgres@127.0.0.1:1/nowhere");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(exchange_order::run(

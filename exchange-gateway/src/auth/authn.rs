@@ -286,7 +286,7 @@ pub async fn require_admin(
             "admin calls need Authorization: Bearer $ADMIN_TOKEN",
         ));
     };
-    let expected = state.base.config.admin_token.expose();
+    let expected = state.base.config.gateway.admin_token.expose();
     if !constant_time_eq(token.as_bytes(), expected.as_bytes()) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -39,14 +39,15 @@ fn derive(material: &str) -> ChaCha20Poly1305 {
 
 impl KeyCipher {
     pub fn new(config: &Config) -> Self {
-        match &config.api_key_encryption_key {
+        match &config.gateway.api_key_encryption_key {
             Some(k) => Self {
                 current: derive(k.expose()),
                 previous: None,
             },
             None => Self {
-                current: derive(config.auth_token_secret.expose()),
+                current: derive(config.gateway.auth_token_secret.expose()),
                 previous: config
+                    .gateway
                     .auth_token_secret_previous
                     .as_ref()
                     .map(|p| derive(p.expose())),

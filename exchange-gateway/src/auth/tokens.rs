@@ -30,9 +30,9 @@ pub struct Tokens {
 impl Tokens {
     pub fn new(config: &Config) -> Self {
         let mut decoding = vec![DecodingKey::from_secret(
-            config.auth_token_secret.expose().as_bytes(),
+            config.gateway.auth_token_secret.expose().as_bytes(),
         )];
-        if let Some(prev) = &config.auth_token_secret_previous {
+        if let Some(prev) = &config.gateway.auth_token_secret_previous {
             decoding.push(DecodingKey::from_secret(prev.expose().as_bytes()));
         }
         let mut validation = Validation::new(Algorithm::HS256);
@@ -40,10 +40,12 @@ impl Tokens {
         validation.leeway = 5;
         validation.validate_exp = true;
         Self {
-            encoding: EncodingKey::from_secret(config.auth_token_secret.expose().as_bytes()),
+            encoding: EncodingKey::from_secret(
+                config.gateway.auth_token_secret.expose().as_bytes(),
+            ),
             decoding,
             validation,
-            ttl: config.access_token_ttl,
+            ttl: config.gateway.access_token_ttl,
         }
     }
 

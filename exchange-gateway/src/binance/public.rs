@@ -101,8 +101,8 @@ pub async fn exchange_info(State(s): State<BnState>, req: Request) -> Result<Jso
         "timezone": "UTC",
         "serverTime": now_ms(),
         "rateLimits": [
-            {"rateLimitType": "REQUEST_WEIGHT", "interval": "SECOND", "intervalNum": 1, "limit": cfg.rate_limit_ip_per_second},
-            {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 1, "limit": cfg.rate_limit_orders_per_second},
+            {"rateLimitType": "REQUEST_WEIGHT", "interval": "SECOND", "intervalNum": 1, "limit": cfg.gateway.rate_limit_ip_per_second},
+            {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 1, "limit": cfg.gateway.rate_limit_orders_per_second},
         ],
         "exchangeFilters": [],
         "symbols": markets.iter().map(symbol_info).collect::<Vec<_>>(),

@@ -44,9 +44,9 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> App {
         shutdown.clone(),
     ));
     let mut config = env.config.clone();
-    config.order_service_url = order_url;
+    config.gateway.order_service_url = order_url;
     // Nothing listens there unless a test says otherwise.
-    config.marketdata_url = format!("http://{}", dead_addr().await);
+    config.gateway.marketdata_url = format!("http://{}", dead_addr().await);
     tweak(&mut config);
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ws = TcpListener::bind("127.0.0.1:0").await.unwrap();
