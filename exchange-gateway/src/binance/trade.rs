@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Request, State};
-use exchange_store::{ORDER_COLUMNS, OrderRow};
+use exchange_store::{FILL_COLUMNS, FillRow, ORDER_COLUMNS, OrderRow};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -352,19 +352,18 @@ fn charge_order_budgets(s: &BnState, user: &AuthUser) -> Result<(), BnError> {
 }
 
 async fn fills_of(s: &BnState, user: i64, order_id: i64) -> Result<Vec<Value>, BnError> {
-    let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(
-        "SELECT trim_scale(price)::text, trim_scale(quantity)::text, trim_scale(fee)::text, fee_asset, trade_id \
-         FROM fills WHERE user_id = $1 AND order_id = $2 ORDER BY id",
-    )
+    let rows: Vec<FillRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {FILL_COLUMNS} FROM fills WHERE user_id = $1 AND order_id = $2 ORDER BY id"
+    )))
     .bind(user)
     .bind(order_id)
     .fetch_all(s.app.db())
     .await?;
     Ok(rows
-        .into_iter()
-        .map(|(price, qty, fee, asset, trade_id)| {
-            json!({"price": pad8(&price), "qty": pad8(&qty), "commission": pad8(&fee),
-                   "commissionAsset": asset, "tradeId": trade_id})
+        .iter()
+        .map(|f| {
+            json!({"price": pad8(&f.price), "qty": pad8(&f.quantity), "commission": pad8(&f.fee),
+                   "commissionAsset": f.fee_asset, "tradeId": f.trade_id})
         })
         .collect())
 }
@@ -588,20 +587,6 @@ pub async fn all_orders(State(s): State<BnState>, req: Request) -> Result<Json<V
     Ok(Json(Value::Array(rows.iter().map(order_json).collect())))
 }
 
-#[derive(Debug, sqlx::FromRow)]
-struct FillRow {
-    trade_id: i64,
-    order_id: i64,
-    side: String,
-    price: String,
-    quantity: String,
-    quote_amount: String,
-    fee: String,
-    fee_asset: String,
-    liquidity: String,
-    time_ms: i64,
-}
-
 pub async fn my_trades(State(s): State<BnState>, req: Request) -> Result<Json<Value>, BnError> {
     let (user, p) = authenticate(&s, req, Need::Read).await?;
     let m = market_of(&s.app, p.require("symbol")?).await?;
@@ -612,9 +597,7 @@ pub async fn my_trades(State(s): State<BnState>, req: Request) -> Result<Json<Va
     let end = i64_param(&p, "endTime")?;
     let ascending = from_id.is_some() || start.is_some();
     let sql = format!(
-        "SELECT * FROM (SELECT id, trade_id, order_id, side, trim_scale(price)::text AS price, \
-         trim_scale(quantity)::text AS quantity, trim_scale(quote_amount)::text AS quote_amount, \
-         trim_scale(fee)::text AS fee, fee_asset, liquidity, time_ms FROM fills \
+        "SELECT * FROM (SELECT {FILL_COLUMNS} FROM fills \
          WHERE user_id = $1 AND market = $2 AND ($3::bigint IS NULL OR order_id = $3) \
          AND ($4::bigint IS NULL OR trade_id >= $4) AND ($5::bigint IS NULL OR time_ms >= $5) \
          AND ($6::bigint IS NULL OR time_ms <= $6) ORDER BY id {} LIMIT $7) f ORDER BY id",
