@@ -303,8 +303,13 @@ fn param_schema(name: &str, required: bool) -> Object {
             .enum_values(Some(values.iter().copied().chain(empty)))
             .build()
     };
+    // format::valid_binance_symbol.
+    const SYMBOL_PATTERN: &str = "[A-Z0-9]{1,20}";
     match name {
-        "symbol" => text("^[A-Z0-9-_.]{1,20}$"),
+        "symbol" => text(&format!("^{SYMBOL_PATTERN}$")),
+        "symbols" => text(&format!(
+            r#"^\["{SYMBOL_PATTERN}"(,"{SYMBOL_PATTERN}")*\]$"#
+        )),
         "limit" => text("^[1-9][0-9]{0,17}$"),
         "orderId" | "fromId" | "startTime" | "endTime" | "timestamp" => text(INTEGER),
         "recvWindow" => text("^([1-9][0-9]{0,3}|[1-5][0-9]{4}|60000)$"),
@@ -416,5 +421,24 @@ mod tests {
             order["post"].is_object() && order["get"].is_object() && order["delete"].is_object()
         );
         assert!(json["paths"]["/api/v3/userDataStream"]["put"].is_object());
+    }
+
+    #[test]
+    fn parameter_schemas_follow_the_parsers() {
+        use super::super::format::{parse_symbol_list, valid_binance_symbol};
+        let pattern = |name: &str, required: bool| {
+            let schema =
+                serde_json::to_value(super::param_schema(name, required)).unwrap_or_default();
+            schema["pattern"].as_str().unwrap_or_default().to_owned()
+        };
+        assert_eq!(pattern("symbol", true), "^[A-Z0-9]{1,20}$");
+        assert!(valid_binance_symbol(&"A".repeat(20)) && !valid_binance_symbol(&"A".repeat(21)));
+        assert_eq!(
+            pattern("symbols", true),
+            r#"^\["[A-Z0-9]{1,20}"(,"[A-Z0-9]{1,20}")*\]$"#
+        );
+        assert!(parse_symbol_list(r#"["BTCUSDT","ETHUSDT"]"#).is_some());
+        // Optional: empty is absent.
+        assert_eq!(pattern("symbol", false), "^$|^[A-Z0-9]{1,20}$");
     }
 }
