@@ -536,42 +536,17 @@ mod tests {
     /// Every value an enum schema lists is one the server reads.
     #[test]
     fn enum_schemas_list_what_the_domain_reads() {
-        let values = |o: utoipa::openapi::schema::Object| -> Vec<serde_json::Value> {
-            o.enum_values
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|v| !v.is_null())
-                .collect()
-        };
-        for v in values(field::side()) {
-            assert!(
-                serde_json::from_value::<exchange_domain::Side>(v.clone()).is_ok(),
-                "{v}"
-            );
+        fn all_read<T: serde::de::DeserializeOwned>(schema: utoipa::openapi::schema::Object) {
+            for v in schema.enum_values.unwrap_or_default() {
+                if !v.is_null() {
+                    assert!(serde_json::from_value::<T>(v.clone()).is_ok(), "{v}");
+                }
+            }
         }
-        for v in values(field::order_type()) {
-            assert!(
-                serde_json::from_value::<exchange_domain::OrderType>(v.clone()).is_ok(),
-                "{v}"
-            );
-        }
-        for v in values(field::time_in_force()) {
-            assert!(
-                serde_json::from_value::<exchange_domain::TimeInForce>(v.clone()).is_ok(),
-                "{v}"
-            );
-        }
-        for v in values(field::self_trade_prevention()) {
-            assert!(
-                serde_json::from_value::<exchange_domain::SelfTradePrevention>(v.clone()).is_ok(),
-                "{v}"
-            );
-        }
-        for v in values(field::market_status()) {
-            assert!(
-                serde_json::from_value::<exchange_domain::MarketStatus>(v.clone()).is_ok(),
-                "{v}"
-            );
-        }
+        all_read::<exchange_domain::Side>(field::side());
+        all_read::<exchange_domain::OrderType>(field::order_type());
+        all_read::<exchange_domain::TimeInForce>(field::time_in_force());
+        all_read::<exchange_domain::SelfTradePrevention>(field::self_trade_prevention());
+        all_read::<exchange_domain::MarketStatus>(field::market_status());
     }
 }

@@ -75,8 +75,8 @@ fn form_urlencoded_pairs(q: &str) -> Result<Vec<(String, String)>, ApiError> {
         .collect()
 }
 
-/// Query of `depth`, `trades` and `klines` (documentation only: the query
-/// is relayed as it is, and the marketdata service checks it).
+// The query parameters of the relays, for the document only: the query is
+// relayed as it is, and the marketdata service checks it.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
