@@ -8,7 +8,9 @@
 # operators to run: /health /ready /metrics, scripts/smoke.sh, the redis-cli
 # inspection commands, `exchange admin dlq list` and `exchange admin reconcile`,
 # pg_dump/pg_restore; scrapes the services with a real Prometheus and runs every
-# dashboard query; finally stops matching and checks smoke.sh fails loudly.
+# dashboard query; checks the served OpenAPI document against the server with
+# schemathesis (every check: as a user, as admin, and the unsigned Binance
+# routes); finally stops matching and checks smoke.sh fails loudly.
 #
 # OPS_LIVE=auto (default): runs when the binary exists, is newer than every
 # Rust source, and DB_URL/REDIS_URL are set; otherwise prints why it skipped.
@@ -36,6 +38,37 @@ live_skip() {
     else
         printf 'skip  live stage: %s (OPS_LIVE=1 forces it)\n' "$1"
     fi
+}
+
+# The schemathesis command (a pinned major version, installed into the
+# repository's .local/venv when missing, as scripts/test.sh does for ccxt);
+# prints why on failure.
+live_schemathesis() {
+    local venv="$root/.local/venv"
+    if [ ! -x "$venv/bin/schemathesis" ]; then
+        if ! { [ -x "$venv/bin/python" ] || python3 -m venv "$venv"; } >&2 ||
+            ! "$venv/bin/python" -m pip install --quiet 'schemathesis>=4.3,<5' >&2; then
+            echo "cannot install schemathesis into $venv (python3-venv, network?)"
+            return 1
+        fi
+    fi
+    echo "$venv/bin/schemathesis"
+}
+
+# live_conformance NAME GATEWAY_URL SCHEMATHESIS_ARGS...: schemathesis with
+# every check against the served document, bounded (a few examples per
+# operation, a fixed seed, within the gateway's per-IP budget); run in $work,
+# where it keeps its example database.
+live_conformance() {
+    local name="$1" gateway="$2" st
+    shift 2
+    if ! st="$(live_schemathesis)"; then
+        not_ok "$name" "$st"
+        return 0
+    fi
+    check "$name" bash -c 'cd "$1" && shift && exec "$@"' _ "$work" \
+        "$st" --config-file "$here/schemathesis.toml" run "$gateway/docs/openapi.json" \
+        --checks all --max-examples 5 --seed 1 --workers 1 --rate-limit 25/s --max-response-time 5 "$@"
 }
 
 # url_with_db URL NAME: the same server URL with another database (path).
@@ -101,7 +134,7 @@ live_stage() {
         INTERNAL_TOKEN=dev-internal-token-change-me-please-000
         AUTH_TOKEN_SECRET=dev-auth-token-secret-change-me-please-0
         ADMIN_TOKEN="$admin_token" METRICS_TOKEN="$metrics_token"
-        ENABLE_DOCS=false MARKETDATA_WS_ALLOW_ORIGINS=http://localhost:3000
+        ENABLE_DOCS=true MARKETDATA_WS_ALLOW_ORIGINS=http://localhost:3000
         SHUTDOWN_DRAIN_SECONDS=2
         GATEWAY_HTTP_ADDR="127.0.0.1:${port[gateway]}" GATEWAY_WS_ADDR="127.0.0.1:${port[ws]}"
         ORDER_HTTP_ADDR="127.0.0.1:${port[order]}" MATCHING_HTTP_ADDR="127.0.0.1:${port[matching]}"
@@ -160,6 +193,27 @@ $(tail -n 20 "$logdir/$svc.log")"
     local svc_urls="${url[gateway]} ${url[order]} ${url[matching]} ${url[clearing]} ${url[marketdata]}"
     check "live: scripts/smoke.sh passes" env GATEWAY_URL="${url[gateway]}" SERVICE_URLS="$svc_urls" \
         ADMIN_TOKEN="$admin_token" bash scripts/smoke.sh --timeout 30
+
+    # ---- the OpenAPI document describes the API as it is ----
+    # No server error, no status code the document does not list, every
+    # field rule in the schema (tests/ops/schemathesis.toml says which
+    # operations refuse valid data for business rules, and why).
+    local st_email st_token
+    st_email="openapi-$$@example.com"
+    curl -fsS --max-time 10 -H 'Content-Type: application/json' "${url[gateway]}/api/v1/auth/register" \
+        -d "{\"email\":\"$st_email\",\"password\":\"openapi-conformance\"}" >/dev/null 2>&1
+    st_token="$(curl -fsS --max-time 10 -H 'Content-Type: application/json' "${url[gateway]}/api/v1/auth/login" \
+        -d "{\"email\":\"$st_email\",\"password\":\"openapi-conformance\"}" 2>/dev/null | jq -r '.access_token // empty')"
+    if [ -n "$st_token" ]; then
+        live_conformance "live: schemathesis, every check, as a user (v1 API)" "${url[gateway]}" \
+            --header "Authorization: Bearer $st_token" --exclude-path-regex '^/(admin|api/v3)/'
+    else
+        not_ok "live: schemathesis, every check, as a user (v1 API): cannot register and log in a user"
+    fi
+    live_conformance "live: schemathesis, every check, as admin (admin API)" "${url[gateway]}" \
+        --header "Authorization: Bearer $admin_token" --include-path-regex '^/admin/'
+    live_conformance "live: schemathesis, every check, the Binance-compatible API (unsigned)" "${url[gateway]}" \
+        --include-path-regex '^/api/v3/'
 
     # ---- contract metrics, after traffic ----
     all_metrics=""

@@ -14,18 +14,23 @@ use exchange_store::balances::{BALANCE_COLUMNS, BalanceJson};
 
 use crate::auth::authn::AuthUser;
 use crate::auth::password;
+use crate::docs::{ErrorBody, field};
 use crate::state::{AppState, now_ms};
 
 /// The longest API key label and the most allow-list entries per key.
 pub const API_KEY_LABEL_LEN_MAX: usize = 64;
 pub const API_KEY_IP_ALLOWLIST_LEN_MAX: usize = 32;
+/// The longest email, in characters (the `users_email_length` check).
+pub const EMAIL_LEN_MAX: usize = 254;
 /// API keys per user.
 pub const API_KEYS_PER_USER_MAX: i64 = 30;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
+    #[schema(schema_with = field::email)]
     pub email: String,
+    #[schema(schema_with = field::password)]
     pub password: String,
 }
 
@@ -35,7 +40,7 @@ pub struct Registered {
 }
 
 fn check_email(email: &str) -> Result<(), ApiError> {
-    let ok = email.len() <= 254
+    let ok = email.chars().count() <= EMAIL_LEN_MAX
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
         && email.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty()
@@ -55,7 +60,9 @@ fn check_email(email: &str) -> Result<(), ApiError> {
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/register", request_body = Credentials,
-    responses((status = 201, body = Registered), (status = 400, description = "invalid email or weak password"), (status = 409, description = "email taken")))]
+    responses((status = 201, body = Registered),
+              (status = 400, description = "INVALID_EMAIL, WEAK_PASSWORD, or malformed input", body = ErrorBody),
+              (status = 409, description = "EMAIL_TAKEN", body = ErrorBody)))]
 pub async fn register(
     State(s): State<AppState>,
     Json(req): Json<Credentials>,
@@ -92,7 +99,7 @@ pub struct LoggedIn {
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/login", request_body = Credentials,
-    responses((status = 200, body = LoggedIn), (status = 401, description = "INVALID_CREDENTIALS")))]
+    responses((status = 200, body = LoggedIn), (status = 401, description = "INVALID_CREDENTIALS", body = ErrorBody)))]
 pub async fn login(
     State(s): State<AppState>,
     Json(req): Json<Credentials>,
@@ -148,12 +155,15 @@ pub async fn balances(
 #[serde(deny_unknown_fields)]
 pub struct NewApiKey {
     #[serde(default)]
+    #[schema(schema_with = field::api_key_label)]
     pub label: String,
     /// `read` and/or `trade`; default `["read"]`.
     #[serde(default)]
+    #[schema(schema_with = field::api_key_permissions)]
     pub permissions: Option<Vec<String>>,
     /// IP addresses or CIDR networks; empty allows any address.
     #[serde(default)]
+    #[schema(schema_with = field::ip_allowlist)]
     pub ip_allowlist: Vec<String>,
 }
 
@@ -187,7 +197,11 @@ fn permissions(can_read: bool, can_trade: bool) -> Vec<&'static str> {
     p
 }
 
-#[utoipa::path(post, path = "/api/v1/api-keys", request_body = NewApiKey, responses((status = 201, body = CreatedApiKey)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/api-keys", request_body = NewApiKey,
+    responses((status = 201, body = CreatedApiKey),
+              (status = 400, description = "INVALID_LABEL, INVALID_PERMISSIONS, INVALID_IP_ALLOWLIST, TOO_MANY_API_KEYS (at most 30 per user), or malformed input", body = ErrorBody),
+              (status = 403, description = "PERMISSION_DENIED: API keys are managed with an access token", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn create_api_key(
     State(s): State<AppState>,
     Extension(user): Extension<AuthUser>,
@@ -280,7 +294,10 @@ struct KeyListRow {
     last_used_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-#[utoipa::path(get, path = "/api/v1/api-keys", responses((status = 200, body = [ApiKeyInfo])), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/api/v1/api-keys",
+    responses((status = 200, body = [ApiKeyInfo]),
+              (status = 403, description = "PERMISSION_DENIED: API keys are managed with an access token", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn list_api_keys(
     State(s): State<AppState>,
     Extension(user): Extension<AuthUser>,
@@ -308,7 +325,11 @@ pub async fn list_api_keys(
     ))
 }
 
-#[utoipa::path(delete, path = "/api/v1/api-keys/{id}", responses((status = 204), (status = 404)), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/api/v1/api-keys/{id}", params(("id" = i64, Path)),
+    responses((status = 204, description = "deleted"),
+              (status = 403, description = "PERMISSION_DENIED: API keys are managed with an access token", body = ErrorBody),
+              (status = 404, description = "NOT_FOUND: no such API key of this user", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn delete_api_key(
     State(s): State<AppState>,
     Extension(user): Extension<AuthUser>,

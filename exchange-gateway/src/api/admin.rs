@@ -13,6 +13,7 @@ use exchange_domain::money::{SCALE_MAX, format_units, parse_positive_units, pars
 use exchange_domain::symbol::{AssetSymbol, MarketSymbol};
 
 use super::public::{AssetView, MARKET_COLUMNS, MarketView};
+use crate::docs::{ErrorBody, field};
 use crate::state::AppState;
 
 /// Tries of a market status change while the order service does not know
@@ -26,11 +27,18 @@ const FEE_SCALE: u8 = 6;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAsset {
+    #[schema(schema_with = field::asset_symbol)]
     pub symbol: String,
+    #[serde(deserialize_with = "super::integer")]
+    #[schema(schema_with = field::scale)]
     pub scale: u8,
 }
 
-#[utoipa::path(post, path = "/admin/v1/assets", request_body = NewAsset, responses((status = 201, body = AssetView), (status = 409)), security(("admin" = [])))]
+#[utoipa::path(post, path = "/admin/v1/assets", request_body = NewAsset,
+    responses((status = 201, body = AssetView),
+              (status = 400, description = "INVALID_SYMBOL, INVALID_SCALE, or malformed input", body = ErrorBody),
+              (status = 409, description = "ASSET_EXISTS", body = ErrorBody)),
+    security(("admin" = [])))]
 pub async fn create_asset(
     State(s): State<AppState>,
     Json(req): Json<NewAsset>,
@@ -67,16 +75,25 @@ pub async fn create_asset(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMarket {
+    #[schema(schema_with = field::market_symbol)]
     pub symbol: String,
+    #[schema(schema_with = field::asset_symbol)]
     pub base: String,
+    #[schema(schema_with = field::asset_symbol)]
     pub quote: String,
+    #[schema(schema_with = field::positive_decimal)]
     pub price_tick: String,
+    #[schema(schema_with = field::positive_decimal)]
     pub qty_step: String,
     /// Defaults to `qty_step`.
     #[serde(default)]
+    #[schema(schema_with = field::optional_positive_decimal)]
     pub min_qty: Option<String>,
+    #[schema(schema_with = field::decimal)]
     pub min_notional: String,
+    #[schema(schema_with = field::fee_rate)]
     pub maker_fee: String,
+    #[schema(schema_with = field::fee_rate)]
     pub taker_fee: String,
 }
 
@@ -119,7 +136,12 @@ async fn market_view(s: &AppState, symbol: &str) -> Result<Option<MarketView>, A
     .await?)
 }
 
-#[utoipa::path(post, path = "/admin/v1/markets", request_body = NewMarket, responses((status = 201, body = MarketView), (status = 409)), security(("admin" = [])))]
+#[utoipa::path(post, path = "/admin/v1/markets", request_body = NewMarket,
+    responses((status = 201, body = MarketView),
+              (status = 400, description = "UNKNOWN_ASSET (base or quote does not exist), INVALID_MARKET (e.g. the symbol is not BASE-QUOTE of the two assets, \
+                or a minimum below the step), INVALID_AMOUNT (more decimal places than the asset's scale, or too large), INVALID_FEE, or malformed input", body = ErrorBody),
+              (status = 409, description = "MARKET_EXISTS", body = ErrorBody)),
+    security(("admin" = [])))]
 pub async fn create_market(
     State(s): State<AppState>,
     Json(req): Json<NewMarket>,
@@ -189,13 +211,18 @@ pub async fn create_market(
 #[serde(deny_unknown_fields)]
 pub struct MarketPatch {
     /// `trading`, `cancel_only` or `halted`.
+    #[schema(schema_with = field::market_status)]
     pub status: String,
 }
 
 /// Changes a market's status through the order service, which journals it
 /// in the market's command sequence (so matching applies it in order with
 /// the orders around it) and updates the table in the same transaction.
-#[utoipa::path(patch, path = "/admin/v1/markets/{symbol}", request_body = MarketPatch, responses((status = 200, body = MarketView), (status = 404), (status = 503, description = "order service unavailable")), security(("admin" = [])))]
+#[utoipa::path(patch, path = "/admin/v1/markets/{symbol}", request_body = MarketPatch, params(("symbol" = String, Path)),
+    responses((status = 200, body = MarketView),
+              (status = 400, description = "INVALID_STATUS, or malformed input", body = ErrorBody),
+              (status = 404, description = "MARKET_NOT_FOUND", body = ErrorBody)),
+    security(("admin" = [])))]
 pub async fn patch_market(
     State(s): State<AppState>,
     Path(symbol): Path<String>,
@@ -252,11 +279,15 @@ pub async fn patch_market(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewDeposit {
+    #[serde(deserialize_with = "super::integer")]
     pub user_id: i64,
+    #[schema(schema_with = field::asset_symbol)]
     pub asset: String,
+    #[schema(schema_with = field::positive_decimal)]
     pub amount: String,
     /// An external id (e.g. a chain transaction); repeating it credits once.
     #[serde(default)]
+    #[schema(schema_with = field::optional_stored_text)]
     pub reference: Option<String>,
 }
 
@@ -283,7 +314,10 @@ async fn existing_deposit(s: &AppState, reference: &str) -> Result<Option<Deposi
 /// user and `-amount` to the `deposits` system account, and the balance, in
 /// one transaction.
 #[utoipa::path(post, path = "/admin/v1/deposits", request_body = NewDeposit,
-    responses((status = 201, body = DepositView), (status = 200, description = "already credited (same reference)", body = DepositView)), security(("admin" = [])))]
+    responses((status = 201, body = DepositView), (status = 200, description = "already credited (same reference)", body = DepositView),
+              (status = 400, description = "UNKNOWN_ASSET, INVALID_SYMBOL, INVALID_AMOUNT (more decimal places than the asset's scale, or too large), or malformed input", body = ErrorBody),
+              (status = 404, description = "USER_NOT_FOUND", body = ErrorBody)),
+    security(("admin" = [])))]
 pub async fn deposit(
     State(s): State<AppState>,
     Json(req): Json<NewDeposit>,

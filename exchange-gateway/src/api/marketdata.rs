@@ -8,6 +8,7 @@ use reqwest::Method;
 use exchange_common::ApiError;
 use exchange_common::error::Path;
 
+use crate::docs::{ErrorBody, field};
 use crate::state::AppState;
 
 /// The longest query string relayed (the documented parameters fit easily).
@@ -74,6 +75,53 @@ fn form_urlencoded_pairs(q: &str) -> Result<Vec<(String, String)>, ApiError> {
         .collect()
 }
 
+// The query parameters of the relays, for the document only: the query is
+// relayed as it is, and the marketdata service checks it.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct DepthQuery {
+    /// Levels per side, default 50.
+    #[param(schema_with = depth_limit)]
+    limit: Option<i64>,
+}
+
+fn depth_limit() -> utoipa::openapi::schema::Object {
+    field::limit(field::DEPTH_LIMIT_MAX)
+}
+
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct TradesQuery {
+    /// Trades, newest first, default 100.
+    #[param(schema_with = trades_limit)]
+    limit: Option<i64>,
+}
+
+fn trades_limit() -> utoipa::openapi::schema::Object {
+    field::limit(field::TRADES_LIMIT_MAX)
+}
+
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct KlinesQuery {
+    #[param(value_type = field::KlineInterval, inline)]
+    interval: String,
+    /// Candles, default 500.
+    #[param(schema_with = klines_limit)]
+    limit: Option<i64>,
+}
+
+fn klines_limit() -> utoipa::openapi::schema::Object {
+    field::limit(field::KLINES_LIMIT_MAX)
+}
+
+#[utoipa::path(get, path = "/api/v1/markets/{symbol}/depth", params(("symbol" = String, Path), DepthQuery),
+    responses((status = 200, description = "{seq, bids: [[price, qty]], asks: [[price, qty]]}"),
+              (status = 400, description = "INVALID_LIMIT, INVALID_QUERY", body = ErrorBody),
+              (status = 404, description = "MARKET_NOT_FOUND", body = ErrorBody)))]
 pub async fn depth(
     State(s): State<AppState>,
     Path(symbol): Path<String>,
@@ -82,6 +130,10 @@ pub async fn depth(
     relay(&s, &symbol, "depth", q).await
 }
 
+#[utoipa::path(get, path = "/api/v1/markets/{symbol}/trades", params(("symbol" = String, Path), TradesQuery),
+    responses((status = 200, description = "[{id, price, quantity, taker_side, time}], newest first"),
+              (status = 400, description = "INVALID_LIMIT, INVALID_QUERY", body = ErrorBody),
+              (status = 404, description = "MARKET_NOT_FOUND", body = ErrorBody)))]
 pub async fn trades(
     State(s): State<AppState>,
     Path(symbol): Path<String>,
@@ -90,6 +142,10 @@ pub async fn trades(
     relay(&s, &symbol, "trades", q).await
 }
 
+#[utoipa::path(get, path = "/api/v1/markets/{symbol}/klines", params(("symbol" = String, Path), KlinesQuery),
+    responses((status = 200, description = "[{open_time, open, high, low, close, volume}]"),
+              (status = 400, description = "INVALID_INTERVAL, INVALID_LIMIT, INVALID_QUERY", body = ErrorBody),
+              (status = 404, description = "MARKET_NOT_FOUND", body = ErrorBody)))]
 pub async fn klines(
     State(s): State<AppState>,
     Path(symbol): Path<String>,
@@ -98,6 +154,9 @@ pub async fn klines(
     relay(&s, &symbol, "klines", q).await
 }
 
+#[utoipa::path(get, path = "/api/v1/markets/{symbol}/ticker", params(("symbol" = String, Path)),
+    responses((status = 200, description = "{last, open, high, low, volume, quote_volume, change_percent} over 24 h"),
+              (status = 404, description = "MARKET_NOT_FOUND", body = ErrorBody)))]
 pub async fn ticker(
     State(s): State<AppState>,
     Path(symbol): Path<String>,

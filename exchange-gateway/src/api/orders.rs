@@ -8,13 +8,14 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use exchange_common::ApiError;
 use exchange_common::error::{Json, Path, Query};
 use exchange_domain::{OrderType, SelfTradePrevention, Side, TimeInForce};
 
 use crate::auth::authn::{AuthUser, Credential};
+use crate::docs::{ErrorBody, field};
 use crate::ratelimit::{Kind, Limited};
 use crate::state::AppState;
 
@@ -50,8 +51,9 @@ impl IntoResponse for Rejection {
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOrder {
+    #[schema(schema_with = field::market_symbol)]
     pub market: String,
-    #[schema(value_type = String, example = "buy")]
+    #[schema(schema_with = field::side)]
     pub side: Side,
     /// `limit`, `market`, `stop_limit`, `stop_market`, `take_profit_limit`
     /// or `take_profit_market`. The last four wait for `stop_price`: a stop
@@ -59,25 +61,30 @@ pub struct NewOrder {
     /// to it, a take-profit the other way round; one whose condition
     /// already holds is rejected (`STOP_WOULD_TRIGGER_IMMEDIATELY`).
     #[serde(rename = "type")]
-    #[schema(value_type = String, example = "limit")]
+    #[schema(schema_with = field::order_type)]
     pub order_type: OrderType,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = field::optional_positive_decimal)]
     pub price: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = field::optional_positive_decimal)]
     pub quantity: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = field::optional_positive_decimal)]
     pub quote_quantity: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = field::optional_positive_decimal)]
     pub stop_price: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, example = "GTC")]
+    #[schema(schema_with = field::time_in_force)]
     pub time_in_force: Option<TimeInForce>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub post_only: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, example = "none")]
+    #[schema(schema_with = field::self_trade_prevention)]
     pub stp: Option<SelfTradePrevention>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = field::client_order_id)]
     pub client_order_id: Option<String>,
 }
 
@@ -100,8 +107,11 @@ fn charge_order_budgets(s: &AppState, user: &AuthUser) -> Result<(), Limited> {
 
 #[utoipa::path(post, path = "/api/v1/orders", request_body = NewOrder,
     responses((status = 201, description = "the order"), (status = 200, description = "the existing order for a repeated client_order_id"),
-              (status = 400, description = "invalid order, with a code"), (status = 403, description = "API key without trade permission"),
-              (status = 429, description = "RATE_LIMITED"), (status = 503, description = "UNAVAILABLE")),
+              (status = 400, description = "A rule of the market or the account, or malformed input: INVALID_ORDER (a combination the order type does not take, \
+                e.g. a limit order without price), INVALID_AMOUNT (more decimal places than the asset's scale), PRICE_NOT_ON_TICK, QUANTITY_NOT_ON_STEP, \
+                QUANTITY_TOO_SMALL, NOTIONAL_TOO_SMALL, MARKET_NOT_TRADING, STOP_WOULD_TRIGGER_IMMEDIATELY, INSUFFICIENT_BALANCE", body = ErrorBody),
+              (status = 403, description = "PERMISSION_DENIED: an API key without the trade permission", body = ErrorBody),
+              (status = 404, description = "MARKET_NOT_FOUND", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn place(
     State(s): State<AppState>,
@@ -119,12 +129,29 @@ pub async fn place(
     Ok(r.into_response())
 }
 
+/// A list's `market` filter becomes a database parameter in the order
+/// service, which answers any database error with a retryable 503: text
+/// Postgres cannot store (NUL) is refused here as the bad input it is.
+fn check_market_filter(market: Option<&str>) -> Result<(), ApiError> {
+    if market.is_some_and(|m| m.contains('\0')) {
+        return Err(ApiError::bad_request(
+            "INVALID_QUERY",
+            "market must not contain NUL characters",
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Serialize)]
 struct UserOnly {
     user_id: i64,
 }
 
-#[utoipa::path(get, path = "/api/v1/orders/{id}", responses((status = 200, description = "the order (API.md's fields plus quote_quantity, stop_price, time_in_force, post_only, stp, average_price, reason, and triggered_at in ms once a stop or take-profit triggered)"), (status = 404, description = "ORDER_NOT_FOUND (also for another user's order)")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/api/v1/orders/{id}", params(("id" = i64, Path)),
+    responses((status = 200, description = "the order (API.md's fields plus quote_quantity, stop_price, time_in_force, post_only, stp, average_price, reason, and triggered_at in ms once a stop or take-profit triggered)"),
+              (status = 403, description = "PERMISSION_DENIED: an API key without the read permission", body = ErrorBody),
+              (status = 404, description = "ORDER_NOT_FOUND (also for another user's order)", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn get_order(
     State(s): State<AppState>,
     Extension(user): Extension<AuthUser>,
@@ -146,26 +173,40 @@ pub async fn get_order(
     Ok(r.into_response())
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct OrderListQuery {
+    /// Only this market's orders.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(schema_with = field::stored_text)]
     pub market: Option<String>,
     /// `open` or `closed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(schema_with = field::order_list_status)]
     pub status: Option<String>,
+    /// Page size, default 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(schema_with = list_limit)]
     pub limit: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/api/v1/orders", params(("market" = Option<String>, Query), ("status" = Option<String>, Query, description = "open or closed"), ("limit" = Option<i64>, Query)),
-    responses((status = 200, description = "my orders, newest first")), security(("bearer" = [])))]
+/// The order service's page sizes.
+fn list_limit() -> utoipa::openapi::schema::Object {
+    field::limit(field::ORDER_LIST_LIMIT_MAX)
+}
+
+#[utoipa::path(get, path = "/api/v1/orders", params(OrderListQuery),
+    responses((status = 200, description = "my orders, newest first"),
+              (status = 403, description = "PERMISSION_DENIED: an API key without the read permission", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn list_orders(
     State(s): State<AppState>,
     Extension(user): Extension<AuthUser>,
     Query(q): Query<OrderListQuery>,
 ) -> Result<Response, ApiError> {
     user.require_read()?;
+    check_market_filter(q.market.as_deref())?;
     let q = WithUser {
         user_id: user.user_id,
         inner: &q,
@@ -177,7 +218,11 @@ pub async fn list_orders(
     Ok(r.into_response())
 }
 
-#[utoipa::path(delete, path = "/api/v1/orders/{id}", responses((status = 200, description = "the order as it is now; it becomes canceled once matching confirms"), (status = 404)), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/api/v1/orders/{id}", params(("id" = i64, Path)),
+    responses((status = 200, description = "the order as it is now; it becomes canceled once matching confirms"),
+              (status = 403, description = "PERMISSION_DENIED: an API key without the trade permission", body = ErrorBody),
+              (status = 404, description = "ORDER_NOT_FOUND (also for another user's order)", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn cancel(
     State(s): State<AppState>,
     Extension(user): Extension<AuthUser>,
@@ -199,14 +244,19 @@ pub async fn cancel(
     Ok(r.into_response())
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct CancelAllQuery {
+    #[param(value_type = field::MarketSymbol, inline)]
     pub market: String,
 }
 
-#[utoipa::path(delete, path = "/api/v1/orders", params(("market" = String, Query)),
-    responses((status = 200, description = "cancel-all accepted: {market, accepted, seq}")), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/api/v1/orders", params(CancelAllQuery),
+    responses((status = 200, description = "cancel-all accepted: {market, accepted, seq}"),
+              (status = 403, description = "PERMISSION_DENIED: an API key without the trade permission", body = ErrorBody),
+              (status = 404, description = "MARKET_NOT_FOUND", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn cancel_all(
     State(s): State<AppState>,
     Extension(user): Extension<AuthUser>,
@@ -233,14 +283,21 @@ pub async fn cancel_all(
 #[serde(deny_unknown_fields)]
 pub struct Amend {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = field::optional_positive_decimal)]
     pub price: Option<String>,
     /// The new open (unfilled) quantity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = field::optional_positive_decimal)]
     pub quantity: Option<String>,
 }
 
-#[utoipa::path(patch, path = "/api/v1/orders/{id}", request_body = Amend,
-    responses((status = 200, description = "the order as it is now"), (status = 404)), security(("bearer" = [])))]
+#[utoipa::path(patch, path = "/api/v1/orders/{id}", request_body = Amend, params(("id" = i64, Path)),
+    responses((status = 200, description = "the order as it is now"),
+              (status = 400, description = "A rule of the market or the order, or malformed input: INVALID_ORDER (neither price nor quantity), INVALID_AMOUNT, \
+                PRICE_NOT_ON_TICK, QUANTITY_NOT_ON_STEP, QUANTITY_TOO_SMALL, NOTIONAL_TOO_SMALL, MARKET_NOT_TRADING, ORDER_NOT_OPEN, ORDER_NOT_AMENDABLE, INSUFFICIENT_BALANCE", body = ErrorBody),
+              (status = 403, description = "PERMISSION_DENIED: an API key without the trade permission", body = ErrorBody),
+              (status = 404, description = "ORDER_NOT_FOUND (also for another user's order)", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn amend(
     State(s): State<AppState>,
     Extension(user): Extension<AuthUser>,
@@ -265,23 +322,31 @@ pub async fn amend(
     Ok(r.into_response())
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct TradesQuery {
+    /// Only this market's fills.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(schema_with = field::stored_text)]
     pub market: Option<String>,
+    /// Page size, default 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(schema_with = list_limit)]
     pub limit: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/api/v1/account/trades", params(("market" = Option<String>, Query), ("limit" = Option<i64>, Query)),
-    responses((status = 200, description = "my fills, newest first")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/api/v1/account/trades", params(TradesQuery),
+    responses((status = 200, description = "my fills, newest first"),
+              (status = 403, description = "PERMISSION_DENIED: an API key without the read permission", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn my_trades(
     State(s): State<AppState>,
     Extension(user): Extension<AuthUser>,
     Query(q): Query<TradesQuery>,
 ) -> Result<Response, ApiError> {
     user.require_read()?;
+    check_market_filter(q.market.as_deref())?;
     let q = WithUser {
         user_id: user.user_id,
         inner: &q,

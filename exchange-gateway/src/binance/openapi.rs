@@ -7,7 +7,7 @@
 use utoipa::Modify;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
 use utoipa::openapi::response::ResponseBuilder;
-use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{OpenApi, Required};
 
@@ -278,6 +278,57 @@ fn endpoints() -> Vec<Endpoint> {
     ]
 }
 
+/// The rule a parameter's value follows, by its name: the same name means
+/// the same rule on every endpoint (Params::u64, ::limit, the parsers of
+/// trade.rs). An empty value counts as absent: an optional parameter may
+/// be empty, a required one may not (-1102).
+fn param_schema(name: &str, required: bool) -> Object {
+    // Ids and times: digits only, and within i64 (else -1100).
+    const INTEGER: &str = "^[0-9]{1,18}$";
+    let text = |pattern: &str| {
+        let pattern = if required {
+            pattern.to_owned()
+        } else {
+            format!("^$|{pattern}")
+        };
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(pattern))
+            .build()
+    };
+    let one_of = |values: &[&str]| {
+        let empty = (!required).then_some("");
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(values.iter().copied().chain(empty)))
+            .build()
+    };
+    // format::valid_binance_symbol.
+    const SYMBOL_PATTERN: &str = "[A-Z0-9]{1,20}";
+    match name {
+        "symbol" => text(&format!("^{SYMBOL_PATTERN}$")),
+        "symbols" => text(&format!(
+            r#"^\["{SYMBOL_PATTERN}"(,"{SYMBOL_PATTERN}")*\]$"#
+        )),
+        "limit" => text("^[1-9][0-9]{0,17}$"),
+        "orderId" | "fromId" | "startTime" | "endTime" | "timestamp" => text(INTEGER),
+        "recvWindow" => text("^([1-9][0-9]{0,3}|[1-5][0-9]{4}|60000)$"),
+        "interval" => one_of(&["1m", "5m", "15m", "1h", "4h", "1d"]),
+        "side" => one_of(&["BUY", "SELL"]),
+        "type" => one_of(&super::format::ORDER_TYPES),
+        "timeInForce" => one_of(&["GTC", "IOC", "FOK"]),
+        "newOrderRespType" => one_of(&["ACK", "RESULT", "FULL"]),
+        "selfTradePreventionMode" => {
+            one_of(&["NONE", "EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"])
+        }
+        "omitZeroBalances" | "computeCommissionRates" => one_of(&["true", "false"]),
+        _ => ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(required.then_some(1))
+            .build(),
+    }
+}
+
 /// Adds the `/api/v3` paths and the `binanceApiKey` scheme.
 pub struct BinancePaths;
 
@@ -327,7 +378,7 @@ impl Modify for BinancePaths {
                             Required::False
                         })
                         .description((!description.is_empty()).then_some(description))
-                        .schema(Some(ObjectBuilder::new().schema_type(Type::String))),
+                        .schema(Some(param_schema(name, required))),
                 );
             }
             if auth != Auth::None {
@@ -370,5 +421,24 @@ mod tests {
             order["post"].is_object() && order["get"].is_object() && order["delete"].is_object()
         );
         assert!(json["paths"]["/api/v3/userDataStream"]["put"].is_object());
+    }
+
+    #[test]
+    fn parameter_schemas_follow_the_parsers() {
+        use super::super::format::{parse_symbol_list, valid_binance_symbol};
+        let pattern = |name: &str, required: bool| {
+            let schema =
+                serde_json::to_value(super::param_schema(name, required)).unwrap_or_default();
+            schema["pattern"].as_str().unwrap_or_default().to_owned()
+        };
+        assert_eq!(pattern("symbol", true), "^[A-Z0-9]{1,20}$");
+        assert!(valid_binance_symbol(&"A".repeat(20)) && !valid_binance_symbol(&"A".repeat(21)));
+        assert_eq!(
+            pattern("symbols", true),
+            r#"^\["[A-Z0-9]{1,20}"(,"[A-Z0-9]{1,20}")*\]$"#
+        );
+        assert!(parse_symbol_list(r#"["BTCUSDT","ETHUSDT"]"#).is_some());
+        // Optional: empty is absent.
+        assert_eq!(pattern("symbol", false), "^$|^[A-Z0-9]{1,20}$");
     }
 }
