@@ -1,5 +1,6 @@
 //! The exchange's pure vocabulary: money as fixed-point integers, asset and
-//! market symbols, market specifications, ids, commands and events. No I/O,
+//! market symbols, market specifications and the book-independent rules of
+//! a placement ([`placement`]), ids, commands and events. No I/O,
 //! no clock, no async runtime (serde and thiserror only).
 //!
 //! Invariants:
@@ -22,6 +23,7 @@ pub mod event;
 pub mod market;
 pub mod money;
 pub mod order;
+pub mod placement;
 pub mod symbol;
 
 pub use command::{AmendOrder, Command, PlaceOrder, SequencedCommand};
@@ -31,4 +33,5 @@ pub use order::{
     AssetRole, MarketStatus, OrderId, OrderType, SelfTradePrevention, Side, TimeInForce, TradeId,
     Trigger, UserId,
 };
+pub use placement::{CheckedPlacement, PlaceError, PlaceField, Placement, PlacementShape};
 pub use symbol::{AssetSymbol, MarketSymbol, SymbolError};

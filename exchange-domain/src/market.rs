@@ -116,6 +116,8 @@ pub struct MarketSpec {
     fields: MarketSpecFields,
     /// Quote units of one tick × one lot: `tick × step / 10^base_scale`.
     quote_per_tick_lot: u128,
+    /// `min_qty / qty_step`, capped at `u64::MAX`.
+    min_lots: u64,
 }
 
 /// The plain fields of a [`MarketSpec`]; validated by [`MarketSpec::new`].
@@ -187,6 +189,7 @@ impl MarketSpec {
         Ok(Self {
             fields,
             quote_per_tick_lot: tick_lot / one_base,
+            min_lots: u64::try_from(f.min_qty / f.qty_step).unwrap_or(u64::MAX),
         })
     }
 
@@ -224,6 +227,13 @@ impl MarketSpec {
     /// is `price_ticks × lots × quote_per_tick_lot`.
     pub fn quote_per_tick_lot(&self) -> u128 {
         self.quote_per_tick_lot
+    }
+    /// The minimum quantity in lots, as the engine compares it. A minimum
+    /// above `u64::MAX` lots counts as `u64::MAX`, so an order of exactly
+    /// `u64::MAX` lots meets it (the order service, comparing in units,
+    /// refuses that one on its own).
+    pub fn min_lots(&self) -> u64 {
+        self.min_lots
     }
 
     /// The exact quote amount of `qty` base units at `price` (quote units per

@@ -348,7 +348,7 @@ impl OrderBook {
 
     fn place(&mut self, cmd: &PlaceOrder, out: &mut Vec<Event>) {
         let o = match rules::validate_place(
-            &self.p,
+            &self.spec,
             self.status,
             cmd,
             self.last_price,

@@ -114,7 +114,7 @@ impl ReferenceBook {
 
     fn place(&mut self, cmd: &PlaceOrder, out: &mut Vec<Event>) {
         let o = match rules::validate_place(
-            &self.p,
+            &self.spec,
             self.status,
             cmd,
             self.last_price,

@@ -3,13 +3,15 @@
 //! arithmetic of one fill. Sharing these keeps the differential test about
 //! what differs (storage and matching), not about re-typed validation.
 
+use exchange_domain::placement;
 use exchange_domain::{
     AssetRole, Event, FeeRate, FinalStatus, MarketSpec, MarketStatus, OrderId, OrderType,
-    PlaceOrder, ReasonCode, SelfTradePrevention, Side, TimeInForce, TradeId, UserId,
+    PlaceError, PlaceField, PlaceOrder, Placement, PlacementShape, ReasonCode, SelfTradePrevention,
+    Side, TimeInForce, TradeId, UserId,
 };
 
 /// Largest price in ticks; `u64::MAX` is kept free as the "no ask" sentinel.
-pub(crate) const TICKS_MAX: u64 = u64::MAX - 1;
+pub(crate) const TICKS_MAX: u64 = placement::PRICE_TICKS_MAX;
 
 /// The market's numbers in the engine's integer world.
 #[derive(Debug, Clone, Copy)]
@@ -18,8 +20,6 @@ pub(crate) struct Params {
     pub step: u128,
     /// Quote units of one tick × one lot.
     pub k: u128,
-    pub min_lots: u64,
-    pub min_notional: u128,
     pub maker_fee: FeeRate,
     pub taker_fee: FeeRate,
 }
@@ -30,38 +30,17 @@ impl Params {
             tick: spec.price_tick(),
             step: spec.qty_step(),
             k: spec.quote_per_tick_lot(),
-            // min_qty is a positive multiple of the step (MarketSpec::new), and
-            // a minimum above u64::MAX lots simply refuses every order.
-            min_lots: u64::try_from(spec.min_qty() / spec.qty_step()).unwrap_or(u64::MAX),
-            min_notional: spec.min_notional(),
             maker_fee: spec.maker_fee(),
             taker_fee: spec.taker_fee(),
         }
     }
 
     pub fn ticks(&self, units: u128) -> Result<u64, ReasonCode> {
-        if units == 0 {
-            return Err(ReasonCode::InvalidOrder);
-        }
-        let (q, r) = div_rem(units, self.tick);
-        if r != 0 {
-            return Err(ReasonCode::PriceNotOnTick);
-        }
-        match u64::try_from(q) {
-            Ok(t) if t <= TICKS_MAX => Ok(t),
-            _ => Err(ReasonCode::OutOfRange),
-        }
+        placement::price_ticks(PlaceField::Price, units, self.tick).map_err(reason)
     }
 
     pub fn lots(&self, units: u128) -> Result<u64, ReasonCode> {
-        if units == 0 {
-            return Err(ReasonCode::InvalidOrder);
-        }
-        let (q, r) = div_rem(units, self.step);
-        if r != 0 {
-            return Err(ReasonCode::QuantityNotOnStep);
-        }
-        u64::try_from(q).map_err(|_| ReasonCode::OutOfRange)
+        placement::quantity_lots(units, self.step).map_err(reason)
     }
 
     pub fn price_units(&self, ticks: u64) -> u128 {
@@ -89,15 +68,6 @@ impl Params {
             Side::Buy => self.quote(ticks, lots),
             Side::Sell => Some(self.qty_units(lots)),
         }
-    }
-}
-
-/// u128 division with a 64-bit fast path (the common case on every command).
-fn div_rem(a: u128, b: u128) -> (u128, u128) {
-    if let (Ok(a), Ok(b)) = (u64::try_from(a), u64::try_from(b)) {
-        (u128::from(a / b), u128::from(a % b))
-    } else {
-        (a / b, a % b)
     }
 }
 
@@ -157,28 +127,21 @@ impl Order {
     }
 }
 
-/// Checks everything about a placement that does not depend on the book.
-/// The caller checks, in this order after it: duplicate id, post-only.
+/// Checks everything about a placement that does not depend on the book:
+/// the shared rules (`exchange_domain::placement`), then what only the
+/// engine checks, the reserve and a stop already reached. The caller
+/// checks, in this order after it: duplicate id, post-only.
 pub(crate) fn validate_place(
-    p: &Params,
+    spec: &MarketSpec,
     status: MarketStatus,
     cmd: &PlaceOrder,
     last_price: u64,
     arrival: u64,
 ) -> Result<Order, ReasonCode> {
-    match status {
-        MarketStatus::Trading => {}
-        MarketStatus::CancelOnly => return Err(ReasonCode::MarketCancelOnly),
-        MarketStatus::Halted => return Err(ReasonCode::MarketHalted),
-    }
-    let is_stop = cmd.order_type.is_conditional();
-    let is_limit = cmd.order_type.is_limit();
-    if is_stop != cmd.stop_price.is_some() {
-        return Err(ReasonCode::InvalidOrder);
-    }
-    if cmd.post_only && cmd.order_type != OrderType::Limit {
-        return Err(ReasonCode::InvalidOrder);
-    }
+    status.check_placement().map_err(reason)?;
+    let checked = spec
+        .check_placement(&Placement::from(cmd))
+        .map_err(reason)?;
     let mut order = Order {
         id: cmd.order_id.0,
         user: cmd.user_id.0,
@@ -189,82 +152,75 @@ pub(crate) fn validate_place(
         stp: cmd.stp,
         by_quote: false,
         price: 0,
-        stop: 0,
+        stop: checked.stop_ticks.unwrap_or(0),
         lots: 0,
         filled: 0,
         budget: 0,
         reserve: cmd.reserved,
         arrival,
     };
-    if let Some(stop) = cmd.stop_price {
-        order.stop = p.ticks(stop)?;
-    }
-    if is_limit {
-        let (Some(price), Some(qty), None) = (cmd.price, cmd.quantity, cmd.quote_quantity) else {
-            return Err(ReasonCode::InvalidOrder);
-        };
-        order.price = p.ticks(price)?;
-        order.lots = p.lots(qty)?;
-        if order.lots < p.min_lots {
-            return Err(ReasonCode::QuantityTooSmall);
+    let enough = match checked.shape {
+        PlacementShape::Limit {
+            price_ticks,
+            lots,
+            quantity,
+            notional,
+        } => {
+            order.price = price_ticks;
+            order.lots = lots;
+            let required = match order.side {
+                Side::Buy => notional,
+                Side::Sell => quantity,
+            };
+            cmd.reserved >= required
         }
-        let notional = p
-            .quote(order.price, order.lots)
-            .ok_or(ReasonCode::OutOfRange)?;
-        if notional < p.min_notional {
-            return Err(ReasonCode::NotionalTooSmall);
-        }
-        let required = p
-            .required_reserve(order.side, order.price, order.lots)
-            .ok_or(ReasonCode::OutOfRange)?;
-        if cmd.reserved < required {
-            return Err(ReasonCode::InsufficientReserve);
-        }
-    } else {
-        if cmd.price.is_some() {
-            return Err(ReasonCode::InvalidOrder);
-        }
-        match (cmd.quantity, cmd.quote_quantity, cmd.side) {
-            (Some(qty), None, side) => {
-                order.lots = p.lots(qty)?;
-                if order.lots < p.min_lots {
-                    return Err(ReasonCode::QuantityTooSmall);
-                }
-                let enough = match side {
-                    // A market buy by quantity spends at most its reserve.
-                    Side::Buy => cmd.reserved > 0,
-                    Side::Sell => cmd.reserved >= p.qty_units(order.lots),
-                };
-                if !enough {
-                    return Err(ReasonCode::InsufficientReserve);
-                }
+        PlacementShape::MarketByQuantity { lots, quantity } => {
+            order.lots = lots;
+            match order.side {
+                // A market buy by quantity spends at most its reserve.
+                Side::Buy => cmd.reserved > 0,
+                Side::Sell => cmd.reserved >= quantity,
             }
-            (None, Some(quote), Side::Buy) => {
-                // All-or-nothing on a quote budget has no exact meaning (a
-                // budget rarely divides into whole lots), so it is refused.
-                if quote == 0 || cmd.time_in_force == TimeInForce::Fok {
-                    return Err(ReasonCode::InvalidOrder);
-                }
-                if quote < p.min_notional {
-                    return Err(ReasonCode::NotionalTooSmall);
-                }
-                if cmd.reserved < quote {
-                    return Err(ReasonCode::InsufficientReserve);
-                }
-                order.by_quote = true;
-                order.budget = quote;
-            }
-            _ => return Err(ReasonCode::InvalidOrder),
         }
+        PlacementShape::MarketByQuote { budget } => {
+            order.by_quote = true;
+            order.budget = budget;
+            cmd.reserved >= budget
+        }
+    };
+    if !enough {
+        return Err(ReasonCode::InsufficientReserve);
     }
     // A stop or take-profit whose condition already holds is refused, not
     // triggered at once (as Binance's -2021): the user meant a conditional
     // order, and a plain one is what to send for an immediate one. Before
     // the first trade there is no last price, so nothing is reached.
-    if is_stop && last_price != 0 && order.triggers_at(last_price) {
+    if order.is_stop() && last_price != 0 && order.triggers_at(last_price) {
         return Err(ReasonCode::StopWouldTriggerImmediately);
     }
     Ok(order)
+}
+
+/// The engine's code for a broken placement rule.
+pub(crate) fn reason(e: PlaceError) -> ReasonCode {
+    match e {
+        PlaceError::MarketCancelOnly => ReasonCode::MarketCancelOnly,
+        PlaceError::MarketHalted => ReasonCode::MarketHalted,
+        PlaceError::NotOnTick(_) => ReasonCode::PriceNotOnTick,
+        PlaceError::QuantityNotOnStep => ReasonCode::QuantityNotOnStep,
+        PlaceError::QuantityTooSmall => ReasonCode::QuantityTooSmall,
+        PlaceError::ValueTooSmall | PlaceError::QuoteTooSmall => ReasonCode::NotionalTooSmall,
+        PlaceError::OutOfRange(_) | PlaceError::ValueOutOfRange => ReasonCode::OutOfRange,
+        PlaceError::StopPriceMissing
+        | PlaceError::StopPriceNotAllowed
+        | PlaceError::PostOnlyNotLimit
+        | PlaceError::Zero(_)
+        | PlaceError::LimitFields
+        | PlaceError::MarketWithPrice
+        | PlaceError::FillOrKillByQuote
+        | PlaceError::SellByQuote
+        | PlaceError::MarketAmounts => ReasonCode::InvalidOrder,
+    }
 }
 
 /// Does a taker on `side` with limit `limit` (0 = market) accept `maker_price`?

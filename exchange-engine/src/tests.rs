@@ -917,6 +917,33 @@ fn off_tick_off_step_and_small_orders_are_rejected_with_full_release() {
     assert!(matches!(ev[0], Event::OrderAccepted { .. }));
 }
 
+/// The order service refuses both of these (its minimum quantity is
+/// compared in units, and it needs `price × quantity` to fit in `u128`
+/// units); the engine never did, and must keep accepting what it accepted.
+#[test]
+fn the_engine_keeps_its_own_edges_of_the_64_bit_lots() {
+    let max_lots = u128::from(u64::MAX);
+    // A minimum above u64::MAX lots counts as u64::MAX lots.
+    let mut f = *spec().fields();
+    f.min_qty = max_lots + 1;
+    let mut h = H {
+        fast: OrderBook::new(MarketSpec::new(f).expect("valid")),
+        reference: ReferenceBook::new(MarketSpec::new(f).expect("valid")),
+        seq: 0,
+    };
+    let ev = h.place(limit(1, 1, Side::Sell, 100, max_lots));
+    assert!(matches!(ev[0], Event::OrderAccepted { .. }), "{ev:?}");
+    let ev = h.place(limit(2, 1, Side::Sell, 100, max_lots - 1));
+    assert_eq!(rejection(&ev), Some(ReasonCode::QuantityTooSmall));
+    // The highest price times u64::MAX lots overflows u128 in units, not
+    // in ticks × lots.
+    let mut h = H::new();
+    let top = u128::from(crate::rules::TICKS_MAX);
+    assert!(px(top).checked_mul(max_lots).is_none());
+    let ev = h.place(limit(1, 1, Side::Sell, top, max_lots));
+    assert!(matches!(ev[0], Event::OrderAccepted { .. }), "{ev:?}");
+}
+
 #[test]
 fn quote_amount_market_buy_leaves_dust_that_is_released() {
     let mut h = H::new();

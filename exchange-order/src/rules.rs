@@ -2,10 +2,15 @@
 //! to either a validated order (units, the reserve it needs) or a stable
 //! rejection code. Handlers and the batcher only translate.
 //!
-//! The checks mirror `exchange_engine`'s own validation in the same order,
-//! so an order this service accepts is rejected by the engine only for
-//! reasons that need the book (post-only would take, a stop already
-//! reached, a duplicate id) or a market status that changed in between.
+//! A placement goes through the same rules as in the engine
+//! (`MarketSpec::check_placement`, `exchange_domain::placement`), plus
+//! this service's own: the client order id, post-only only as GTC, the
+//! minimum notional of a stop-market order by quantity at its stop price, a
+//! quote budget for stop-market buys, two limits drawn tighter than the
+//! engine's (see [`validate_place`]) and the reserve. So an order this service
+//! accepts is rejected by the engine only for reasons that need the book
+//! (post-only would take, a stop already reached, a duplicate id) or a
+//! market status that changed in between.
 //!
 //! ## What an order reserves (moved from available to locked)
 //!
@@ -25,8 +30,10 @@
 //! stop-market buy must state its quote budget.
 
 use exchange_domain::money::{ParseError, parse_positive_units};
+use exchange_domain::placement;
 use exchange_domain::{
-    MarketSpec, MarketStatus, OrderType, SelfTradePrevention, Side, TimeInForce,
+    CheckedPlacement, MarketSpec, MarketStatus, OrderType, PlaceError, PlaceField, Placement,
+    PlacementShape, SelfTradePrevention, Side, TimeInForce,
 };
 
 /// The longest `client_order_id`, in bytes (the column's check).
@@ -99,36 +106,47 @@ fn amount(field: &str, text: Option<&str>, scale: u8) -> Result<Option<u128>, Re
     .transpose()
 }
 
-/// Checks `price` against the tick and the engine's 64-bit tick range.
-pub fn check_price(spec: &MarketSpec, field: &str, price: u128) -> Result<(), Reject> {
-    if !price.is_multiple_of(spec.price_tick()) {
-        return Err(Reject::new(
-            "PRICE_NOT_ON_TICK",
-            format!("{field} is not a multiple of the price tick"),
-        ));
-    }
-    if u64::try_from(price / spec.price_tick()).map_or(true, |t| t == u64::MAX) {
-        return Err(Reject::invalid(format!("{field} is out of range")));
-    }
-    Ok(())
+/// This service's code and message for a broken placement rule.
+pub fn reject(e: PlaceError) -> Reject {
+    let code = match e {
+        PlaceError::MarketCancelOnly | PlaceError::MarketHalted => "MARKET_NOT_TRADING",
+        PlaceError::Zero(_) => "INVALID_AMOUNT",
+        PlaceError::NotOnTick(_) => "PRICE_NOT_ON_TICK",
+        PlaceError::QuantityNotOnStep => "QUANTITY_NOT_ON_STEP",
+        PlaceError::QuantityTooSmall => "QUANTITY_TOO_SMALL",
+        PlaceError::ValueTooSmall | PlaceError::QuoteTooSmall => "NOTIONAL_TOO_SMALL",
+        PlaceError::StopPriceMissing
+        | PlaceError::StopPriceNotAllowed
+        | PlaceError::PostOnlyNotLimit
+        | PlaceError::OutOfRange(_)
+        | PlaceError::LimitFields
+        | PlaceError::ValueOutOfRange
+        | PlaceError::MarketWithPrice
+        | PlaceError::FillOrKillByQuote
+        | PlaceError::SellByQuote
+        | PlaceError::MarketAmounts => "INVALID_ORDER",
+    };
+    Reject::new(code, e.to_string())
 }
 
-/// Checks `qty` against the step, the minimum and the 64-bit lot range.
+/// Checks `price` against the tick and the engine's 64-bit tick range.
+pub fn check_price(spec: &MarketSpec, field: PlaceField, price: u128) -> Result<(), Reject> {
+    placement::price_ticks(field, price, spec.price_tick())
+        .map(drop)
+        .map_err(reject)
+}
+
+/// Checks `qty` against the step, the 64-bit lot range and the minimum.
 pub fn check_quantity(spec: &MarketSpec, qty: u128) -> Result<(), Reject> {
-    if !qty.is_multiple_of(spec.qty_step()) {
-        return Err(Reject::new(
-            "QUANTITY_NOT_ON_STEP",
-            "quantity is not a multiple of the quantity step",
-        ));
-    }
-    if u64::try_from(qty / spec.qty_step()).is_err() {
-        return Err(Reject::invalid("quantity is out of range"));
-    }
+    placement::quantity_lots(qty, spec.qty_step()).map_err(reject)?;
+    check_min_quantity(spec, qty)
+}
+
+/// The minimum quantity, compared in units (see [`MarketSpec::min_lots`]
+/// for how the engine compares it).
+fn check_min_quantity(spec: &MarketSpec, qty: u128) -> Result<(), Reject> {
     if qty < spec.min_qty() {
-        return Err(Reject::new(
-            "QUANTITY_TOO_SMALL",
-            "quantity is below the market minimum",
-        ));
+        return Err(reject(PlaceError::QuantityTooSmall));
     }
     Ok(())
 }
@@ -137,12 +155,9 @@ pub fn check_quantity(spec: &MarketSpec, qty: u128) -> Result<(), Reject> {
 pub fn check_notional(spec: &MarketSpec, price: u128, qty: u128) -> Result<u128, Reject> {
     let notional = spec
         .notional(price, qty)
-        .ok_or_else(|| Reject::invalid("order value is out of range"))?;
+        .ok_or_else(|| reject(PlaceError::ValueOutOfRange))?;
     if notional < spec.min_notional() {
-        return Err(Reject::new(
-            "NOTIONAL_TOO_SMALL",
-            "order value is below the market minimum notional",
-        ));
+        return Err(reject(PlaceError::ValueTooSmall));
     }
     Ok(notional)
 }
@@ -167,14 +182,7 @@ pub fn check_market_notional(
 
 /// Checks that the market accepts new orders.
 pub fn check_status_for_place(status: MarketStatus) -> Result<(), Reject> {
-    match status {
-        MarketStatus::Trading => Ok(()),
-        MarketStatus::CancelOnly => Err(Reject::new(
-            "MARKET_NOT_TRADING",
-            "the market accepts only cancels",
-        )),
-        MarketStatus::Halted => Err(Reject::new("MARKET_NOT_TRADING", "the market is halted")),
-    }
+    status.check_placement().map_err(reject)
 }
 
 pub fn check_client_order_id(id: &str) -> Result<(), Reject> {
@@ -189,7 +197,9 @@ pub fn check_client_order_id(id: &str) -> Result<(), Reject> {
     Ok(())
 }
 
-/// Validates a placement against the market and computes its reserve.
+/// Validates a placement against the market and computes its reserve:
+/// the rules shared with the engine (`exchange_domain::placement`), with
+/// this service's own rules where they always stood in the sequence.
 pub fn validate_place(
     spec: &MarketSpec,
     status: MarketStatus,
@@ -200,109 +210,109 @@ pub fn validate_place(
     }
     check_status_for_place(status)?;
     let (bs, qs) = (spec.base().scale, spec.quote().scale);
-    let price = amount("price", input.price, qs)?;
-    let quantity = amount("quantity", input.quantity, bs)?;
-    let quote_quantity = amount("quote_quantity", input.quote_quantity, qs)?;
-    let stop_price = amount("stop_price", input.stop_price, qs)?;
-    // Stops and take-profits: both wait for `stop_price` (in opposite
-    // directions, which only the engine cares about).
-    let is_stop = input.order_type.is_conditional();
-    let is_limit = input.order_type.is_limit();
-    let tif = input.time_in_force.unwrap_or_default();
-    if is_stop != stop_price.is_some() {
-        return Err(Reject::invalid(if is_stop {
-            "stop and take-profit orders need stop_price"
-        } else {
-            "stop_price is only for stop and take-profit orders"
-        }));
-    }
-    if input.post_only && input.order_type != OrderType::Limit {
-        return Err(Reject::invalid("post_only is only for limit orders"));
-    }
-    if input.post_only && tif != TimeInForce::Gtc {
+    let placement = Placement {
+        side: input.side,
+        order_type: input.order_type,
+        price: amount("price", input.price, qs)?,
+        quantity: amount("quantity", input.quantity, bs)?,
+        quote_quantity: amount("quote_quantity", input.quote_quantity, qs)?,
+        stop_price: amount("stop_price", input.stop_price, qs)?,
+        time_in_force: input.time_in_force.unwrap_or_default(),
+        post_only: input.post_only,
+    };
+    // Post-only must also be GTC here (the engine takes any time in
+    // force). It comes right after the shared post-only rule, which a
+    // post-only order passes only as a limit order without stop_price.
+    if placement.post_only
+        && placement.order_type == OrderType::Limit
+        && placement.stop_price.is_none()
+        && placement.time_in_force != TimeInForce::Gtc
+    {
         return Err(Reject::invalid("post_only orders must be GTC"));
     }
-    if let Some(stop) = stop_price {
-        check_price(spec, "stop_price", stop)?;
-    }
-    let reserve = if is_limit {
-        let (Some(p), Some(q), None) = (price, quantity, quote_quantity) else {
-            return Err(Reject::invalid(
-                "limit orders need price and quantity, and no quote_quantity",
-            ));
-        };
-        check_price(spec, "price", p)?;
-        check_quantity(spec, q)?;
-        let notional = check_notional(spec, p, q)?;
-        match input.side {
-            Side::Buy => Reserve::Exact(notional),
-            Side::Sell => Reserve::Exact(q),
-        }
-    } else {
-        if price.is_some() {
-            return Err(Reject::invalid("market orders take no price"));
-        }
-        match (quantity, quote_quantity, input.side) {
-            (Some(q), None, side) => {
-                check_quantity(spec, q)?;
-                // Min notional of a market order by base quantity (no
-                // price of its own): a stop/take-profit market order is
-                // checked at its stop price (it executes around there);
-                // a plain one against the last trade price, in the
-                // batcher ([`check_market_notional`]).
-                if let Some(stop) = stop_price {
-                    check_notional(spec, stop, q)?;
-                }
-                match side {
-                    Side::Sell => Reserve::Exact(q),
-                    // A pending buy by quantity would lock the whole quote
-                    // balance until it triggers.
-                    Side::Buy if is_stop => {
-                        return Err(Reject::invalid(
-                            "stop-market and take-profit-market buys need quote_quantity (the quote amount to spend)",
-                        ));
-                    }
-                    Side::Buy => Reserve::AllAvailable,
-                }
-            }
-            (None, Some(quote), Side::Buy) => {
-                if tif == TimeInForce::Fok {
-                    return Err(Reject::invalid(
-                        "fill-or-kill is not available with quote_quantity",
-                    ));
-                }
-                if quote < spec.min_notional() {
-                    return Err(Reject::new(
-                        "NOTIONAL_TOO_SMALL",
-                        "quote_quantity is below the market minimum notional",
-                    ));
-                }
-                Reserve::Exact(quote)
-            }
-            (None, Some(_), Side::Sell) => {
-                return Err(Reject::invalid(
-                    "market sells take quantity, not quote_quantity",
-                ));
-            }
-            _ => {
-                return Err(Reject::invalid(
-                    "market orders need exactly one of quantity and quote_quantity",
-                ));
-            }
-        }
-    };
+    let checked = spec.check_placement(&placement);
+    check_tighter_than_engine(spec, &placement, &checked)?;
+    let reserve = reserve_for(spec, &placement, checked.map_err(reject)?.shape)?;
     Ok(ValidPlace {
         side: input.side,
         order_type: input.order_type,
-        price,
-        quantity,
-        quote_quantity,
-        stop_price,
-        time_in_force: tif,
+        price: placement.price,
+        quantity: placement.quantity,
+        quote_quantity: placement.quote_quantity,
+        stop_price: placement.stop_price,
+        time_in_force: placement.time_in_force,
         post_only: input.post_only,
         stp: input.stp,
         client_order_id: input.client_order_id.map(str::to_owned),
         reserve,
+    })
+}
+
+/// Two limits drawn tighter here than in the engine, which must keep
+/// accepting what it once journaled. Both only bite near the engine's
+/// 64-bit range, and both stand where they always stood, after the
+/// quantity rules and before the minimum notional: they apply once the
+/// shared check got that far.
+fn check_tighter_than_engine(
+    spec: &MarketSpec,
+    placement: &Placement,
+    checked: &Result<CheckedPlacement, PlaceError>,
+) -> Result<(), Reject> {
+    let past_quantity = matches!(
+        checked,
+        Ok(_) | Err(PlaceError::ValueOutOfRange | PlaceError::ValueTooSmall)
+    );
+    let (true, Some(quantity)) = (past_quantity, placement.quantity) else {
+        return Ok(());
+    };
+    // The minimum in units, where the engine caps it at u64::MAX lots.
+    check_min_quantity(spec, quantity)?;
+    // price × quantity must fit in u128 before it is scaled down to quote
+    // units; the engine multiplies ticks by lots, which overflows later.
+    if let Some(price) = placement.price
+        && spec.notional(price, quantity).is_none()
+    {
+        return Err(reject(PlaceError::ValueOutOfRange));
+    }
+    Ok(())
+}
+
+/// What a placement that passed the shared rules must lock, with the last
+/// rules of this service that depend on its shape.
+fn reserve_for(
+    spec: &MarketSpec,
+    placement: &Placement,
+    shape: PlacementShape,
+) -> Result<Reserve, Reject> {
+    Ok(match shape {
+        PlacementShape::Limit {
+            quantity, notional, ..
+        } => Reserve::Exact(match placement.side {
+            Side::Buy => notional,
+            Side::Sell => quantity,
+        }),
+        PlacementShape::MarketByQuantity { quantity, .. } => {
+            // Min notional of a market order by base quantity (no price of
+            // its own): a stop/take-profit market order is checked at its
+            // stop price (it executes around there); a plain one against
+            // the last trade price, in the batcher
+            // ([`check_market_notional`]).
+            if let Some(stop) = placement.stop_price {
+                check_notional(spec, stop, quantity)?;
+            }
+            match placement.side {
+                Side::Sell => Reserve::Exact(quantity),
+                // A pending buy by quantity would lock the whole quote
+                // balance until it triggers.
+                Side::Buy if placement.order_type.is_conditional() => {
+                    return Err(Reject::invalid(
+                        "stop-market and take-profit-market buys need quote_quantity (the quote amount to spend)",
+                    ));
+                }
+                Side::Buy => Reserve::AllAvailable,
+            }
+        }
+        PlacementShape::MarketByQuote { budget } => Reserve::Exact(budget),
     })
 }
 
@@ -383,7 +393,7 @@ pub fn validate_amend(
         return Err(Reject::invalid("an amend needs price or quantity"));
     }
     if let Some(p) = new_price {
-        check_price(spec, "price", p)?;
+        check_price(spec, PlaceField::Price, p)?;
     }
     if let Some(q) = new_quantity {
         check_quantity(spec, q)?;
@@ -615,6 +625,81 @@ pub(crate) mod tests {
         assert_eq!(
             validate_place(&s, t, &tpm).unwrap().reserve,
             Reserve::Exact(100_000_000)
+        );
+    }
+
+    /// Where this service draws its limits tighter than the engine (see
+    /// `exchange_engine`'s `the_engine_keeps_its_own_edges_of_the_64_bit_lots`),
+    /// and where its own post-only rule stands in the sequence.
+    #[test]
+    fn rules_of_this_service_alone() {
+        let t = MarketStatus::Trading;
+        let reject = |s: &MarketSpec, input: &PlaceInput<'_>| {
+            let r = validate_place(s, t, input).expect_err("rejected");
+            (r.code, r.message)
+        };
+        let shared = |s: &MarketSpec, input: &PlaceInput<'_>| {
+            let v =
+                |text: Option<&str>, scale| text.map(|x| parse_positive_units(x, scale).unwrap());
+            s.check_placement(&Placement {
+                side: input.side,
+                order_type: input.order_type,
+                price: v(input.price, s.quote().scale),
+                quantity: v(input.quantity, s.base().scale),
+                quote_quantity: None,
+                stop_price: None,
+                time_in_force: TimeInForce::Gtc,
+                post_only: false,
+            })
+        };
+        // The minimum quantity in units: u64::MAX lots is still too few
+        // when the minimum is more.
+        let mut f = *spec().fields();
+        f.min_qty = (u128::from(u64::MAX) + 1) * f.qty_step;
+        let huge_min = MarketSpec::new(f).unwrap();
+        let max_lots = "1844674407370955.1615"; // u64::MAX × 0.0001 BTC
+        let order = limit(Side::Sell, "100", max_lots);
+        assert!(shared(&huge_min, &order).is_ok());
+        assert_eq!(
+            reject(&huge_min, &order),
+            (
+                "QUANTITY_TOO_SMALL",
+                "quantity is below the market minimum".into()
+            )
+        );
+        // price × quantity must fit in u128 units, even where the minimum
+        // notional is not met.
+        let order = limit(Side::Sell, "184467440737095516.14", max_lots);
+        assert!(shared(&spec(), &order).is_ok());
+        let out_of_range = ("INVALID_ORDER", "order value is out of range".to_string());
+        assert_eq!(reject(&spec(), &order), out_of_range);
+        let mut f = *spec().fields();
+        f.min_notional = u128::MAX;
+        assert_eq!(reject(&MarketSpec::new(f).unwrap(), &order), out_of_range);
+        // Post-only must be GTC, reported after the shared field rules.
+        let mut po = limit(Side::Buy, "1.001", "1");
+        po.post_only = true;
+        po.time_in_force = Some(TimeInForce::Ioc);
+        assert_eq!(
+            reject(&spec(), &po),
+            ("INVALID_ORDER", "post_only orders must be GTC".into())
+        );
+        po.stop_price = Some("1");
+        assert_eq!(
+            reject(&spec(), &po),
+            (
+                "INVALID_ORDER",
+                "stop_price is only for stop and take-profit orders".into()
+            )
+        );
+        po.stop_price = None;
+        po.order_type = OrderType::StopLimit;
+        assert_eq!(
+            reject(&spec(), &po),
+            (
+                "INVALID_ORDER",
+                "stop and take-profit orders need stop_price".into()
+            )
         );
     }
 
