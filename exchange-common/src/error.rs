@@ -32,12 +32,6 @@ struct Inner<'a> {
     message: &'a str,
 }
 
-impl From<ErrorCode> for Cow<'static, str> {
-    fn from(code: ErrorCode) -> Self {
-        Cow::Borrowed(code.as_str())
-    }
-}
-
 impl ApiError {
     /// The code, when this version knows it (an error relayed from a newer
     /// service may carry one it does not).
@@ -45,18 +39,23 @@ impl ApiError {
         ErrorCode::parse(&self.code)
     }
 
-    pub fn new(
-        status: StatusCode,
-        code: impl Into<Cow<'static, str>>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
-            code: code.into(),
+            code: Cow::Borrowed(code.as_str()),
             message: message.into(),
         }
     }
-    pub fn bad_request(code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+    /// An error another service answered, passed on as it came: its code
+    /// may be one this version does not know yet (a rolling upgrade).
+    pub fn relayed(status: StatusCode, code: String, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code: Cow::Owned(code),
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
     pub fn unauthorized(message: impl Into<String>) -> Self {
@@ -68,7 +67,7 @@ impl ApiError {
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
     }
-    pub fn conflict(code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+    pub fn conflict(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
     }
     /// A 500 that logs the whole error chain and tells the client nothing internal.

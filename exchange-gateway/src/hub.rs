@@ -29,6 +29,7 @@ use futures_util::StreamExt as _;
 use serde::Deserialize;
 use tokio::sync::{Notify, mpsc};
 
+use exchange_common::ErrorCode;
 use exchange_common::ready::Heartbeat;
 use exchange_common::redis::Redis;
 use exchange_common::{ApiError, Shutdown};
@@ -133,7 +134,7 @@ impl Hub {
         if conns.len() >= WS_CONNECTIONS_PER_USER_MAX {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "TOO_MANY_CONNECTIONS",
+                ErrorCode::TooManyConnections,
                 format!("at most {WS_CONNECTIONS_PER_USER_MAX} private connections per user"),
             ));
         }

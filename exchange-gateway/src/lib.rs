@@ -29,6 +29,7 @@ use axum::http::StatusCode;
 use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post};
+use exchange_common::ErrorCode;
 use exchange_common::service::ServiceBase;
 use exchange_common::{ApiError, Config, Shutdown};
 use tokio::net::TcpListener;
@@ -68,7 +69,7 @@ async fn limit_headers(req: Request, next: Next) -> Response {
     if headers.len() > REQUEST_HEADERS_COUNT_MAX || bytes > REQUEST_HEADERS_BYTES_MAX {
         return ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "HEADERS_TOO_LARGE",
+            ErrorCode::HeadersTooLarge,
             format!(
                 "at most {REQUEST_HEADERS_COUNT_MAX} headers and {REQUEST_HEADERS_BYTES_MAX} bytes of them"
             ),

@@ -29,6 +29,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use exchange_common::ErrorCode;
 use exchange_common::net::{IpNet, client_ip};
 use exchange_common::{ApiError, Config};
 
@@ -231,7 +232,7 @@ impl IntoResponse for Limited {
         let secs = self.retry_after_secs();
         let mut resp = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "RATE_LIMITED",
+            ErrorCode::RateLimited,
             format!("too many requests, retry in {secs} s"),
         )
         .into_response();

@@ -28,6 +28,7 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use exchange_common::ErrorCode;
 use exchange_common::{ApiError, Config, Secret};
 
 /// Time to open a TCP connection to an internal service.
@@ -176,7 +177,7 @@ impl Upstream {
         }
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "OUTCOME_UNKNOWN",
+            ErrorCode::OutcomeUnknown,
             format!(
                 "no answer from the {} service: the request may or may not have been applied; \
                  retry with the same client_order_id (safe), or check before placing again",
@@ -328,7 +329,7 @@ impl Upstream {
                     metrics::counter!("exchange_gateway_place_queue_expired_total").increment(1);
                     let _ = job.reply.send(Err(ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        "OVERLOADED",
+                        ErrorCode::Overloaded,
                         "too many placements waiting for the order service; this one was not sent: retry",
                     )));
                     return None;

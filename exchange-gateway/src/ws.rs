@@ -45,6 +45,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use exchange_common::ApiError;
+use exchange_common::ErrorCode;
 use exchange_common::error::Query;
 use exchange_common::net::client_ip;
 
@@ -94,7 +95,10 @@ struct AuthMessage {
 }
 
 fn invalid_token() -> ApiError {
-    authn::unauthorized("INVALID_TOKEN", "the access token is invalid or expired")
+    authn::unauthorized(
+        ErrorCode::InvalidToken,
+        "the access token is invalid or expired",
+    )
 }
 
 /// `GET /ws/private`.
@@ -108,8 +112,12 @@ pub async fn private(
     let ws = match ws {
         Ok(ws) => ws,
         Err(r) => {
-            return ApiError::new(StatusCode::BAD_REQUEST, "WEBSOCKET_REQUIRED", r.body_text())
-                .into_response();
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::WebsocketRequired,
+                r.body_text(),
+            )
+            .into_response();
         }
     };
     let user = match q.token.as_deref() {
@@ -192,16 +200,18 @@ async fn authenticate(s: &AppState, socket: &mut WebSocket, ip: IpAddr) -> Resul
         match tokio::time::timeout_at(deadline, socket.recv()).await {
             Err(_) => {
                 return Err(authn::unauthorized(
-                    "AUTH_TIMEOUT",
+                    ErrorCode::AuthTimeout,
                     "send {\"op\":\"auth\",...} first",
                 ));
             }
-            Ok(None | Some(Err(_))) => return Err(ApiError::bad_request("CLOSED", "closed")),
+            Ok(None | Some(Err(_))) => {
+                return Err(ApiError::bad_request(ErrorCode::Closed, "closed"));
+            }
             Ok(Some(Ok(Message::Text(t)))) => break t,
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
             Ok(Some(Ok(_))) => {
                 return Err(ApiError::bad_request(
-                    "INVALID_MESSAGE",
+                    ErrorCode::InvalidMessage,
                     "messages are JSON text",
                 ));
             }
@@ -209,13 +219,13 @@ async fn authenticate(s: &AppState, socket: &mut WebSocket, ip: IpAddr) -> Resul
     };
     let msg: AuthMessage = serde_json::from_str(text.as_str()).map_err(|_| {
         authn::unauthorized(
-            "UNAUTHORIZED",
+            ErrorCode::Unauthorized,
             "the first message must be {\"op\":\"auth\",\"token\":...} or an API key signature",
         )
     })?;
     if msg.op != "auth" {
         return Err(authn::unauthorized(
-            "UNAUTHORIZED",
+            ErrorCode::Unauthorized,
             "the first message must be {\"op\":\"auth\",...}",
         ));
     }
@@ -230,12 +240,12 @@ async fn authenticate(s: &AppState, socket: &mut WebSocket, ip: IpAddr) -> Resul
         (msg.api_key, msg.timestamp, msg.signature)
     else {
         return Err(authn::unauthorized(
-            "UNAUTHORIZED",
+            ErrorCode::Unauthorized,
             "auth needs a token, or api_key, timestamp and signature",
         ));
     };
     keys::check_timestamp(timestamp, keys::RECV_WINDOW_DEFAULT_MS, now_ms())
-        .map_err(|m| authn::unauthorized("TIMESTAMP_OUT_OF_WINDOW", m))?;
+        .map_err(|m| authn::unauthorized(ErrorCode::TimestampOutOfWindow, m))?;
     let payload = ws_auth_payload(&api_key, timestamp);
     let user: AuthUser =
         authn::api_key_user(s, &api_key, payload.as_bytes(), &signature, Some(ip)).await?;
@@ -293,7 +303,7 @@ async fn session(s: AppState, mut socket: WebSocket, user: Option<(i64, u64)>, i
                 break;
             }
             () = &mut expired => {
-                let e = authn::unauthorized("TOKEN_EXPIRED", "the access token expired; reconnect with a new one");
+                let e = authn::unauthorized(ErrorCode::TokenExpired, "the access token expired; reconnect with a new one");
                 send_error(&mut socket, &e).await;
                 close(&mut socket, 1008, "token expired").await;
                 break;
@@ -320,7 +330,7 @@ async fn session(s: AppState, mut socket: WebSocket, user: Option<(i64, u64)>, i
                         last_heard = Instant::now();
                         let reply = match serde_json::from_str::<serde_json::Value>(t.as_str()) {
                             Ok(v) if v["op"] == "ping" => json!({"type":"pong"}),
-                            _ => json!({"type":"error","error":{"code":"INVALID_MESSAGE","message":"only {\"op\":\"ping\"} is understood after auth"}}),
+                            _ => json!({"type":"error","error":{"code":ErrorCode::InvalidMessage,"message":"only {\"op\":\"ping\"} is understood after auth"}}),
                         };
                         if tokio::time::timeout(WS_SEND_TIMEOUT, socket.send(Message::Text(reply.to_string().into()))).await.is_err() {
                             break;

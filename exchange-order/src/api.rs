@@ -34,6 +34,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
+use exchange_common::ErrorCode;
 use exchange_common::auth::require_internal_token;
 use exchange_common::error::{Json, Path, Query};
 use exchange_common::{ApiError, Config};
@@ -96,13 +97,17 @@ pub fn routes(state: AppState) -> Router {
 }
 
 fn market_not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "MARKET_NOT_FOUND", "no such market")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::MarketNotFound,
+        "no such market",
+    )
 }
 
 fn check_user(user_id: i64) -> Result<i64, ApiError> {
     if user_id <= 0 {
         return Err(ApiError::bad_request(
-            "INVALID_REQUEST",
+            ErrorCode::InvalidRequest,
             "user_id must be positive",
         ));
     }
@@ -232,7 +237,7 @@ async fn place_batch(
 ) -> Result<Json<Vec<PlaceResult>>, ApiError> {
     if body.orders.is_empty() || body.orders.len() > PLACE_BATCH_LEN_MAX {
         return Err(ApiError::bad_request(
-            "INVALID_REQUEST",
+            ErrorCode::InvalidRequest,
             format!("orders must hold 1 to {PLACE_BATCH_LEN_MAX} placements"),
         ));
     }
@@ -284,7 +289,7 @@ async fn get_order(
         Some(r) => Ok(Json(order_response(&r, &state))),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "ORDER_NOT_FOUND",
+            ErrorCode::OrderNotFound,
             "no such order",
         )),
     }
@@ -440,7 +445,7 @@ fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
         None => Ok(LIST_LIMIT_DEFAULT),
         Some(n) if (1..=LIST_LIMIT_MAX).contains(&n) => Ok(n),
         Some(_) => Err(ApiError::bad_request(
-            "INVALID_QUERY",
+            ErrorCode::InvalidQuery,
             format!("limit must be between 1 and {LIST_LIMIT_MAX}"),
         )),
     }
@@ -458,7 +463,7 @@ async fn list_orders(
         Some("closed") => "AND status NOT IN ('new', 'partially_filled')",
         Some(_) => {
             return Err(ApiError::bad_request(
-                "INVALID_QUERY",
+                ErrorCode::InvalidQuery,
                 "status must be open or closed",
             ));
         }

@@ -29,6 +29,7 @@
 //! order that lock would last until the trigger, which could be days, so a
 //! stop-market buy must state its quote budget.
 
+use exchange_common::ErrorCode;
 use exchange_domain::money::{ParseError, parse_positive_units};
 use exchange_domain::placement;
 use exchange_domain::{
@@ -42,19 +43,19 @@ pub const CLIENT_ORDER_ID_LEN_MAX: usize = 64;
 /// A business rejection: a stable code and a message for the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reject {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl Reject {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
         }
     }
     fn invalid(message: impl Into<String>) -> Self {
-        Self::new("INVALID_ORDER", message)
+        Self::new(ErrorCode::InvalidOrder, message)
     }
 }
 
@@ -101,7 +102,7 @@ pub struct ValidPlace {
 fn amount(field: &str, text: Option<&str>, scale: u8) -> Result<Option<u128>, Reject> {
     text.map(|t| {
         parse_positive_units(t, scale)
-            .map_err(|e: ParseError| Reject::new("INVALID_AMOUNT", format!("{field} {e}")))
+            .map_err(|e: ParseError| Reject::new(ErrorCode::InvalidAmount, format!("{field} {e}")))
     })
     .transpose()
 }
@@ -109,12 +110,12 @@ fn amount(field: &str, text: Option<&str>, scale: u8) -> Result<Option<u128>, Re
 /// This service's code and message for a broken placement rule.
 pub fn reject(e: PlaceError) -> Reject {
     let code = match e {
-        PlaceError::MarketCancelOnly | PlaceError::MarketHalted => "MARKET_NOT_TRADING",
-        PlaceError::Zero(_) => "INVALID_AMOUNT",
-        PlaceError::NotOnTick(_) => "PRICE_NOT_ON_TICK",
-        PlaceError::QuantityNotOnStep => "QUANTITY_NOT_ON_STEP",
-        PlaceError::QuantityTooSmall => "QUANTITY_TOO_SMALL",
-        PlaceError::ValueTooSmall | PlaceError::QuoteTooSmall => "NOTIONAL_TOO_SMALL",
+        PlaceError::MarketCancelOnly | PlaceError::MarketHalted => ErrorCode::MarketNotTrading,
+        PlaceError::Zero(_) => ErrorCode::InvalidAmount,
+        PlaceError::NotOnTick(_) => ErrorCode::PriceNotOnTick,
+        PlaceError::QuantityNotOnStep => ErrorCode::QuantityNotOnStep,
+        PlaceError::QuantityTooSmall => ErrorCode::QuantityTooSmall,
+        PlaceError::ValueTooSmall | PlaceError::QuoteTooSmall => ErrorCode::NotionalTooSmall,
         PlaceError::StopPriceMissing
         | PlaceError::StopPriceNotAllowed
         | PlaceError::PostOnlyNotLimit
@@ -124,7 +125,7 @@ pub fn reject(e: PlaceError) -> Reject {
         | PlaceError::MarketWithPrice
         | PlaceError::FillOrKillByQuote
         | PlaceError::SellByQuote
-        | PlaceError::MarketAmounts => "INVALID_ORDER",
+        | PlaceError::MarketAmounts => ErrorCode::InvalidOrder,
     };
     Reject::new(code, e.to_string())
 }
@@ -383,7 +384,7 @@ pub fn validate_amend(
     check_status_for_place(status)?;
     if target.order_type != OrderType::Limit {
         return Err(Reject::new(
-            "ORDER_NOT_AMENDABLE",
+            ErrorCode::OrderNotAmendable,
             "only resting limit orders can be amended",
         ));
     }
@@ -400,7 +401,7 @@ pub fn validate_amend(
     }
     let price = new_price
         .or(target.price)
-        .ok_or_else(|| Reject::new("ORDER_NOT_AMENDABLE", "the order has no limit price"))?;
+        .ok_or_else(|| Reject::new(ErrorCode::OrderNotAmendable, "the order has no limit price"))?;
     let qty = new_quantity.unwrap_or(target.open_quantity);
     let notional = check_notional(spec, price, qty)?;
     let required = match target.side {
@@ -459,7 +460,7 @@ pub(crate) mod tests {
     }
 
     fn code(r: Result<ValidPlace, Reject>) -> &'static str {
-        r.expect_err("rejected").code
+        r.expect_err("rejected").code.as_str()
     }
 
     #[test]
@@ -636,7 +637,7 @@ pub(crate) mod tests {
         let t = MarketStatus::Trading;
         let reject = |s: &MarketSpec, input: &PlaceInput<'_>| {
             let r = validate_place(s, t, input).expect_err("rejected");
-            (r.code, r.message)
+            (r.code.as_str(), r.message)
         };
         let shared = |s: &MarketSpec, input: &PlaceInput<'_>| {
             let v =
@@ -737,7 +738,7 @@ pub(crate) mod tests {
         assert_eq!(down.new_quantity, Some(50_000_000));
         assert_eq!(
             validate_amend(&s, t, &target, None, None).unwrap_err().code,
-            "INVALID_ORDER"
+            ErrorCode::InvalidOrder
         );
         let sell = AmendTarget {
             side: Side::Sell,
@@ -758,7 +759,7 @@ pub(crate) mod tests {
             validate_amend(&s, t, &market, Some("1"), None)
                 .unwrap_err()
                 .code,
-            "ORDER_NOT_AMENDABLE"
+            ErrorCode::OrderNotAmendable
         );
     }
 }

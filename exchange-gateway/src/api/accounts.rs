@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use exchange_common::ApiError;
+use exchange_common::ErrorCode;
 use exchange_common::error::{Json, Path};
 use exchange_common::net::IpNet;
 use exchange_store::balances::{BALANCE_COLUMNS, BalanceJson};
@@ -53,7 +54,7 @@ fn check_email(email: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::bad_request(
-            "INVALID_EMAIL",
+            ErrorCode::InvalidEmail,
             "email must look like name@example.com",
         ))
     }
@@ -68,7 +69,8 @@ pub async fn register(
     Json(req): Json<Credentials>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_email(&req.email)?;
-    password::check_policy(&req.password).map_err(|m| ApiError::bad_request("WEAK_PASSWORD", m))?;
+    password::check_policy(&req.password)
+        .map_err(|m| ApiError::bad_request(ErrorCode::WeakPassword, m))?;
     let hash = s
         .passwords
         .hash(&req.password)
@@ -84,7 +86,7 @@ pub async fn register(
     match inserted {
         Ok(user_id) => Ok((StatusCode::CREATED, Json(Registered { user_id }))),
         Err(e) if super::is_unique_violation(&e) => Err(ApiError::conflict(
-            "EMAIL_TAKEN",
+            ErrorCode::EmailTaken,
             "this email is already registered",
         )),
         Err(e) => Err(e.into()),
@@ -120,7 +122,7 @@ pub async fn login(
         _ => {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "INVALID_CREDENTIALS",
+                ErrorCode::InvalidCredentials,
                 "email or password is wrong",
             ));
         }
@@ -210,14 +212,14 @@ pub async fn create_api_key(
     user.require_session()?;
     if req.label.chars().count() > API_KEY_LABEL_LEN_MAX {
         return Err(ApiError::bad_request(
-            "INVALID_LABEL",
+            ErrorCode::InvalidLabel,
             format!("label must have at most {API_KEY_LABEL_LEN_MAX} characters"),
         ));
     }
     let perms = req.permissions.unwrap_or_else(|| vec!["read".to_owned()]);
     if perms.is_empty() || perms.iter().any(|p| p != "read" && p != "trade") {
         return Err(ApiError::bad_request(
-            "INVALID_PERMISSIONS",
+            ErrorCode::InvalidPermissions,
             "permissions are \"read\" and/or \"trade\"",
         ));
     }
@@ -227,7 +229,7 @@ pub async fn create_api_key(
     );
     if req.ip_allowlist.len() > API_KEY_IP_ALLOWLIST_LEN_MAX {
         return Err(ApiError::bad_request(
-            "INVALID_IP_ALLOWLIST",
+            ErrorCode::InvalidIpAllowlist,
             format!("at most {API_KEY_IP_ALLOWLIST_LEN_MAX} entries"),
         ));
     }
@@ -235,7 +237,7 @@ pub async fn create_api_key(
     for entry in &req.ip_allowlist {
         let net = IpNet::parse(entry).ok_or_else(|| {
             ApiError::bad_request(
-                "INVALID_IP_ALLOWLIST",
+                ErrorCode::InvalidIpAllowlist,
                 format!("{entry:?} is not an IP address or CIDR network"),
             )
         })?;
@@ -247,7 +249,7 @@ pub async fn create_api_key(
         .await?;
     if count >= API_KEYS_PER_USER_MAX {
         return Err(ApiError::bad_request(
-            "TOO_MANY_API_KEYS",
+            ErrorCode::TooManyApiKeys,
             format!("at most {API_KEYS_PER_USER_MAX} API keys per user"),
         ));
     }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use exchange_common::ApiError;
+use exchange_common::ErrorCode;
 use exchange_common::error::{Json, Path};
 use exchange_domain::market::{Asset, FeeRate, MarketSpec, MarketSpecFields};
 use exchange_domain::money::{SCALE_MAX, format_units, parse_positive_units, parse_units};
@@ -44,10 +45,10 @@ pub async fn create_asset(
     Json(req): Json<NewAsset>,
 ) -> Result<impl IntoResponse, ApiError> {
     let symbol = AssetSymbol::parse(&req.symbol)
-        .map_err(|e| ApiError::bad_request("INVALID_SYMBOL", e.to_string()))?;
+        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidSymbol, e.to_string()))?;
     if req.scale > SCALE_MAX {
         return Err(ApiError::bad_request(
-            "INVALID_SCALE",
+            ErrorCode::InvalidScale,
             format!("scale must be 0 to {SCALE_MAX}"),
         ));
     }
@@ -65,7 +66,7 @@ pub async fn create_asset(
             }),
         )),
         Err(e) if super::is_unique_violation(&e) => Err(ApiError::conflict(
-            "ASSET_EXISTS",
+            ErrorCode::AssetExists,
             "this asset already exists",
         )),
         Err(e) => Err(e.into()),
@@ -103,7 +104,10 @@ async fn asset_scale(s: &AppState, symbol: &str) -> Result<u8, ApiError> {
         .fetch_optional(s.db())
         .await?;
     let scale = scale.ok_or_else(|| {
-        ApiError::bad_request("UNKNOWN_ASSET", format!("asset {symbol} does not exist"))
+        ApiError::bad_request(
+            ErrorCode::UnknownAsset,
+            format!("asset {symbol} does not exist"),
+        )
     })?;
     u8::try_from(scale).map_err(ApiError::internal)
 }
@@ -114,7 +118,7 @@ fn amount(field: &str, text: &str, scale: u8, positive: bool) -> Result<u128, Ap
     } else {
         parse_units(text, scale)
     };
-    parsed.map_err(|e| ApiError::bad_request("INVALID_AMOUNT", format!("{field} {e}")))
+    parsed.map_err(|e| ApiError::bad_request(ErrorCode::InvalidAmount, format!("{field} {e}")))
 }
 
 fn fee(field: &str, text: &str) -> Result<FeeRate, ApiError> {
@@ -123,7 +127,10 @@ fn fee(field: &str, text: &str) -> Result<FeeRate, ApiError> {
         .ok()
         .and_then(|p| FeeRate::from_ppm(p).ok())
         .ok_or_else(|| {
-            ApiError::bad_request("INVALID_FEE", format!("{field} must be between 0 and 1"))
+            ApiError::bad_request(
+                ErrorCode::InvalidFee,
+                format!("{field} must be between 0 and 1"),
+            )
         })
 }
 
@@ -146,7 +153,7 @@ pub async fn create_market(
     State(s): State<AppState>,
     Json(req): Json<NewMarket>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let invalid = |e: String| ApiError::bad_request("INVALID_MARKET", e);
+    let invalid = |e: String| ApiError::bad_request(ErrorCode::InvalidMarket, e);
     let symbol = MarketSymbol::parse(&req.symbol).map_err(|e| invalid(e.to_string()))?;
     let base_sym = AssetSymbol::parse(&req.base).map_err(|e| invalid(e.to_string()))?;
     let quote_sym = AssetSymbol::parse(&req.quote).map_err(|e| invalid(e.to_string()))?;
@@ -200,7 +207,7 @@ pub async fn create_market(
             Ok((StatusCode::CREATED, Json(view)))
         }
         Err(e) if super::is_unique_violation(&e) => Err(ApiError::conflict(
-            "MARKET_EXISTS",
+            ErrorCode::MarketExists,
             "this market already exists",
         )),
         Err(e) => Err(e.into()),
@@ -230,14 +237,14 @@ pub async fn patch_market(
 ) -> Result<axum::response::Response, ApiError> {
     if !matches!(req.status.as_str(), "trading" | "cancel_only" | "halted") {
         return Err(ApiError::bad_request(
-            "INVALID_STATUS",
+            ErrorCode::InvalidStatus,
             "status is \"trading\", \"cancel_only\" or \"halted\"",
         ));
     }
     if market_view(&s, &symbol).await?.is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "MARKET_NOT_FOUND",
+            ErrorCode::MarketNotFound,
             "no such market",
         ));
     }
@@ -257,7 +264,7 @@ pub async fn patch_market(
             .await?;
         let unknown = r.status == StatusCode::NOT_FOUND
             && r.json()
-                .is_some_and(|v| v["error"]["code"] == "MARKET_NOT_FOUND");
+                .is_some_and(|v| v["error"]["code"] == ErrorCode::MarketNotFound.as_str());
         attempts += 1;
         if !unknown || attempts >= MARKET_STATUS_ATTEMPTS_MAX {
             break r;
@@ -323,7 +330,7 @@ pub async fn deposit(
     Json(req): Json<NewDeposit>,
 ) -> Result<axum::response::Response, ApiError> {
     let asset = AssetSymbol::parse(&req.asset)
-        .map_err(|e| ApiError::bad_request("INVALID_SYMBOL", e.to_string()))?;
+        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidSymbol, e.to_string()))?;
     let scale = asset_scale(&s, asset.as_str()).await?;
     let units = amount("amount", &req.amount, scale, true)?;
     let amount_text = format_units(units, scale);
@@ -339,7 +346,7 @@ pub async fn deposit(
     if !exists {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "USER_NOT_FOUND",
+            ErrorCode::UserNotFound,
             "no such user",
         ));
     }

@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use reqwest::Method;
 
 use exchange_common::ApiError;
+use exchange_common::ErrorCode;
 use exchange_common::error::Path;
 
 use crate::docs::{ErrorBody, field};
@@ -29,14 +30,17 @@ async fn relay(
     {
         return Err(ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
-            "MARKET_NOT_FOUND",
+            ErrorCode::MarketNotFound,
             "no such market",
         ));
     }
     let pairs: Vec<(String, String)> = match query.as_deref() {
         None | Some("") => Vec::new(),
         Some(q) if q.len() > MARKETDATA_QUERY_LEN_MAX => {
-            return Err(ApiError::bad_request("INVALID_QUERY", "query too long"));
+            return Err(ApiError::bad_request(
+                ErrorCode::InvalidQuery,
+                "query too long",
+            ));
         }
         Some(q) => form_urlencoded_pairs(q)?,
     };
@@ -67,7 +71,7 @@ fn form_urlencoded_pairs(q: &str) -> Result<Vec<(String, String)>, ApiError> {
                 Ok((k.to_owned(), v.to_owned()))
             } else {
                 Err(ApiError::bad_request(
-                    "INVALID_QUERY",
+                    ErrorCode::InvalidQuery,
                     "malformed query string",
                 ))
             }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use exchange_common::ApiError;
+use exchange_common::ErrorCode;
 use exchange_common::error::{Json, Path, Query};
 use exchange_domain::{OrderType, SelfTradePrevention, Side, TimeInForce};
 
@@ -135,7 +136,7 @@ pub async fn place(
 fn check_market_filter(market: Option<&str>) -> Result<(), ApiError> {
     if market.is_some_and(|m| m.contains('\0')) {
         return Err(ApiError::bad_request(
-            "INVALID_QUERY",
+            ErrorCode::InvalidQuery,
             "market must not contain NUL characters",
         ));
     }

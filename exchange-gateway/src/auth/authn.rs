@@ -10,6 +10,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use exchange_common::ApiError;
+use exchange_common::ErrorCode;
 use exchange_common::auth::{bearer_token, constant_time_eq};
 use exchange_common::http::REQUEST_BODY_BYTES_MAX;
 use exchange_common::net::{IpNet, client_ip};
@@ -69,10 +70,10 @@ impl AuthUser {
 }
 
 fn permission_denied(msg: &str) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, "PERMISSION_DENIED", msg)
+    ApiError::new(StatusCode::FORBIDDEN, ErrorCode::PermissionDenied, msg)
 }
 
-pub fn unauthorized(code: &'static str, msg: &str) -> ApiError {
+pub fn unauthorized(code: ErrorCode, msg: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, code, msg)
 }
 
@@ -89,7 +90,10 @@ pub async fn require_user(
 ) -> Result<Response, ApiError> {
     if let Some(token) = bearer_token(req.headers()) {
         let user_id = state.tokens.verify(token).ok_or_else(|| {
-            unauthorized("INVALID_TOKEN", "the access token is invalid or expired")
+            unauthorized(
+                ErrorCode::InvalidToken,
+                "the access token is invalid or expired",
+            )
         })?;
         let mut req = req;
         req.extensions_mut().insert(AuthUser {
@@ -105,7 +109,7 @@ pub async fn require_user(
         .map(str::to_owned)
     else {
         return Err(unauthorized(
-            "UNAUTHORIZED",
+            ErrorCode::Unauthorized,
             "send Authorization: Bearer <access_token>, or X-MBX-APIKEY with a signed request",
         ));
     };
@@ -132,7 +136,7 @@ async fn verify_signed(state: &AppState, api_key: &str, req: Request) -> Result<
         .map_err(|_| {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "PAYLOAD_TOO_LARGE",
+                ErrorCode::PayloadTooLarge,
                 "request body too large",
             )
         })?;
@@ -147,13 +151,16 @@ async fn verify_signed(state: &AppState, api_key: &str, req: Request) -> Result<
     let timestamp: u64 = param("timestamp")
         .ok_or_else(|| {
             ApiError::bad_request(
-                "MISSING_TIMESTAMP",
+                ErrorCode::MissingTimestamp,
                 "signed requests need a timestamp parameter",
             )
         })?
         .parse()
         .map_err(|_| {
-            ApiError::bad_request("INVALID_TIMESTAMP", "timestamp must be Unix milliseconds")
+            ApiError::bad_request(
+                ErrorCode::InvalidTimestamp,
+                "timestamp must be Unix milliseconds",
+            )
         })?;
     let recv_window = match param("recvWindow") {
         None => keys::RECV_WINDOW_DEFAULT_MS,
@@ -163,7 +170,7 @@ async fn verify_signed(state: &AppState, api_key: &str, req: Request) -> Result<
             .filter(|w| *w > 0 && *w <= keys::RECV_WINDOW_MAX_MS)
             .ok_or_else(|| {
                 ApiError::bad_request(
-                    "INVALID_RECV_WINDOW",
+                    ErrorCode::InvalidRecvWindow,
                     "recvWindow must be 1 to 60000 milliseconds",
                 )
             })?,
@@ -171,12 +178,12 @@ async fn verify_signed(state: &AppState, api_key: &str, req: Request) -> Result<
     let (payload, signature) = keys::signed_payload(&raw_query, &body);
     let signature = signature.ok_or_else(|| {
         ApiError::bad_request(
-            "MISSING_SIGNATURE",
+            ErrorCode::MissingSignature,
             "signed requests need a signature parameter",
         )
     })?;
     keys::check_timestamp(timestamp, recv_window, now_ms())
-        .map_err(|m| unauthorized("TIMESTAMP_OUT_OF_WINDOW", m))?;
+        .map_err(|m| unauthorized(ErrorCode::TimestampOutOfWindow, m))?;
 
     let user = api_key_user(state, api_key, &payload, &signature, ip).await?;
     // Handlers never see the signing parameters.
@@ -195,7 +202,7 @@ async fn verify_signed(state: &AppState, api_key: &str, req: Request) -> Result<
     };
     parts.uri = new_uri
         .parse::<Uri>()
-        .map_err(|_| ApiError::bad_request("INVALID_QUERY", "malformed query string"))?;
+        .map_err(|_| ApiError::bad_request(ErrorCode::InvalidQuery, "malformed query string"))?;
     parts.extensions.insert(user);
     Ok(Request::from_parts(parts, Body::from(body)))
 }
@@ -217,7 +224,12 @@ pub async fn api_key_user(
     .bind(api_key)
     .fetch_optional(state.db())
     .await?;
-    let invalid = || unauthorized("INVALID_SIGNATURE", "API key or signature is invalid");
+    let invalid = || {
+        unauthorized(
+            ErrorCode::InvalidSignature,
+            "API key or signature is invalid",
+        )
+    };
     let row = row.ok_or_else(invalid)?;
     let secret = state
         .keys
@@ -242,7 +254,7 @@ pub async fn api_key_user(
         if !allowed {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
-                "IP_NOT_ALLOWED",
+                ErrorCode::IpNotAllowed,
                 "this API key is not allowed from this address",
             ));
         }
@@ -282,7 +294,7 @@ pub async fn require_admin(
 ) -> Result<Response, ApiError> {
     let Some(token) = bearer_token(req.headers()) else {
         return Err(unauthorized(
-            "UNAUTHORIZED",
+            ErrorCode::Unauthorized,
             "admin calls need Authorization: Bearer $ADMIN_TOKEN",
         ));
     };
@@ -290,7 +302,7 @@ pub async fn require_admin(
     if !constant_time_eq(token.as_bytes(), expected.as_bytes()) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "FORBIDDEN",
+            ErrorCode::Forbidden,
             "wrong admin token",
         ));
     }

@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use exchange_common::ApiError;
+use exchange_common::ErrorCode;
 
 /// What the failing call was doing: the same "not found" is -2011 on a
 /// cancel and -2013 on a query, as Binance answers.
@@ -185,25 +186,29 @@ impl BnError {
 
     /// Our error codes (order service, gateway) in Binance's terms.
     pub fn from_code(code: &str, message: &str, action: Action) -> Self {
-        match code {
-            "INSUFFICIENT_BALANCE" => Self::insufficient_balance(),
-            "PRICE_NOT_ON_TICK" => Self::filter("PRICE_FILTER"),
-            "QUANTITY_NOT_ON_STEP" | "QUANTITY_TOO_SMALL" => Self::filter("LOT_SIZE"),
-            "NOTIONAL_TOO_SMALL" => Self::filter("NOTIONAL"),
-            "MARKET_NOT_TRADING" => Self::bad(-1013, "Market is closed."),
-            "MARKET_NOT_FOUND" => Self::invalid_symbol(),
-            "ORDER_NOT_FOUND" | "ORDER_NOT_OPEN" => match action {
+        match ErrorCode::parse(code) {
+            Some(ErrorCode::InsufficientBalance) => Self::insufficient_balance(),
+            Some(ErrorCode::PriceNotOnTick) => Self::filter("PRICE_FILTER"),
+            Some(ErrorCode::QuantityNotOnStep | ErrorCode::QuantityTooSmall) => {
+                Self::filter("LOT_SIZE")
+            }
+            Some(ErrorCode::NotionalTooSmall) => Self::filter("NOTIONAL"),
+            Some(ErrorCode::MarketNotTrading) => Self::bad(-1013, "Market is closed."),
+            Some(ErrorCode::MarketNotFound) => Self::invalid_symbol(),
+            Some(ErrorCode::OrderNotFound | ErrorCode::OrderNotOpen) => match action {
                 Action::Cancel => Self::unknown_order(),
                 _ => Self::no_such_order(),
             },
-            "INVALID_AMOUNT" => Self::bad(
+            Some(ErrorCode::InvalidAmount) => Self::bad(
                 -1100,
                 format!("Illegal characters found in a parameter: {message}"),
             ),
-            "INVALID_ORDER" | "ORDER_NOT_AMENDABLE" => Self::bad(-1013, message.to_owned()),
-            "RATE_LIMITED" => Self::too_many(-1015, 1),
-            "PERMISSION_DENIED" | "IP_NOT_ALLOWED" => Self::rejected_key(),
-            "OVERLOADED" | "UNAVAILABLE" => Self::unavailable(),
+            Some(ErrorCode::InvalidOrder | ErrorCode::OrderNotAmendable) => {
+                Self::bad(-1013, message.to_owned())
+            }
+            Some(ErrorCode::RateLimited) => Self::too_many(-1015, 1),
+            Some(ErrorCode::PermissionDenied | ErrorCode::IpNotAllowed) => Self::rejected_key(),
+            Some(ErrorCode::Overloaded | ErrorCode::Unavailable) => Self::unavailable(),
             _ if message.is_empty() => Self::internal(),
             _ => Self::bad(-1013, message.to_owned()),
         }
@@ -211,7 +216,7 @@ impl BnError {
 
     pub fn from_api(e: &ApiError, action: Action) -> Self {
         if e.status.is_server_error() {
-            if e.code == "OUTCOME_UNKNOWN" {
+            if e.error_code() == Some(ErrorCode::OutcomeUnknown) {
                 return Self::outcome_unknown();
             }
             if e.status == StatusCode::SERVICE_UNAVAILABLE {
@@ -285,7 +290,11 @@ mod tests {
         );
         let down = ApiError::unavailable("down");
         assert_eq!(BnError::from_api(&down, Action::Place).code, -1008);
-        let unknown = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "OUTCOME_UNKNOWN", "?");
+        let unknown = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::OutcomeUnknown,
+            "?",
+        );
         let bn = BnError::from_api(&unknown, Action::Place);
         assert_eq!(
             (bn.status, bn.code),

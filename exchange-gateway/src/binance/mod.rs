@@ -32,6 +32,7 @@ use axum::http::HeaderValue;
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use exchange_common::ErrorCode;
 use exchange_common::http::REQUEST_BODY_BYTES_MAX;
 
 use crate::ratelimit::{Kind, ip_key, request_ip};
@@ -279,7 +280,7 @@ async fn not_found(req: Request) -> Response {
     } else {
         exchange_common::ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
-            "NOT_FOUND",
+            ErrorCode::NotFound,
             "no such route",
         )
         .into_response()

@@ -5,6 +5,7 @@
 //! [`crate::auth::authn::api_key_user`]); only the answers are Binance's.
 
 use axum::extract::Request;
+use exchange_common::ErrorCode;
 
 use crate::auth::authn::{AuthUser, Credential, api_key_user};
 use crate::auth::keys;
@@ -109,9 +110,9 @@ pub async fn authenticate(
     }
     let user = api_key_user(&s.app, &api_key, payload.as_bytes(), &signature, ip)
         .await
-        .map_err(|e| match e.code.as_ref() {
-            "INVALID_SIGNATURE" => BnError::bad_signature(),
-            "IP_NOT_ALLOWED" => BnError::rejected_key(),
+        .map_err(|e| match e.error_code() {
+            Some(ErrorCode::InvalidSignature) => BnError::bad_signature(),
+            Some(ErrorCode::IpNotAllowed) => BnError::rejected_key(),
             _ => BnError::from_api(&e, super::error::Action::Query),
         })?;
     let allowed = match (&user.credential, need) {

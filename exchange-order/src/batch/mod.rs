@@ -71,6 +71,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use exchange_common::ApiError;
+use exchange_common::ErrorCode;
 use exchange_domain::MarketStatus;
 
 use exchange_common::redis::Redis;
@@ -185,7 +186,7 @@ pub type Outcome = Result<Reply, ApiError>;
 pub fn outcome_unknown(why: &str) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        "OUTCOME_UNKNOWN",
+        ErrorCode::OutcomeUnknown,
         format!(
             "{why}: the request may or may not have been applied; retry with the same \
              client_order_id (safe), or check the order before placing again"

@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use axum::http::StatusCode;
 use exchange_common::ApiError;
+use exchange_common::ErrorCode;
 use exchange_domain::{
     AmendOrder, Command, MarketStatus, MarketSymbol, OrderId, OrderType, PlaceOrder,
     SequencedCommand, Side, UserId,
@@ -429,7 +430,7 @@ fn decide_amend(
     };
     if !o.is_open() {
         return Decision::Done(Err(ApiError::bad_request(
-            "ORDER_NOT_OPEN",
+            ErrorCode::OrderNotOpen,
             "the order is no longer open",
         )));
     }
@@ -450,7 +451,7 @@ fn decide_amend(
         num(&o.locked_remaining, spend_scale),
     ) else {
         return Decision::Done(Err(ApiError::bad_request(
-            "ORDER_NOT_AMENDABLE",
+            ErrorCode::OrderNotAmendable,
             "only resting limit orders can be amended",
         )));
     };
@@ -619,7 +620,11 @@ fn reject(r: Reject) -> ApiError {
 }
 
 fn order_not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "ORDER_NOT_FOUND", "no such order")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::OrderNotFound,
+        "no such order",
+    )
 }
 
 /// A balance in an asset whose scale this service has not loaded: its
@@ -629,14 +634,14 @@ fn order_not_found() -> ApiError {
 fn scale_unknown() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        "ASSET_SCALE_UNKNOWN",
+        ErrorCode::AssetScaleUnknown,
         "the asset's scale is not known to the order service; nothing was applied, retry",
     )
 }
 
 fn insufficient() -> ApiError {
     ApiError::bad_request(
-        "INSUFFICIENT_BALANCE",
+        ErrorCode::InsufficientBalance,
         "the available balance does not cover the order",
     )
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use exchange_common::ApiError;
+use exchange_common::ErrorCode;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{BatchOptions, Outcome, Request, outcome_unknown};
@@ -57,7 +58,7 @@ impl Batcher {
                 metrics::counter!("exchange_order_overloaded_total").increment(1);
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "OVERLOADED",
+                    ErrorCode::Overloaded,
                     "too many requests in flight, retry",
                 ));
             }
