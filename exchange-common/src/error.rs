@@ -1,8 +1,6 @@
 //! The one error body of the API: `{"error":{"code","message"}}`, and
 //! extractors whose rejections use it (so malformed input is a 400 with a code).
 
-use std::borrow::Cow;
-
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
@@ -17,7 +15,7 @@ use crate::ErrorCode;
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: Cow<'static, str>,
+    pub code: ErrorCode,
     pub message: String,
 }
 
@@ -33,25 +31,10 @@ struct Inner<'a> {
 }
 
 impl ApiError {
-    /// The code, when this version knows it (an error relayed from a newer
-    /// service may carry one it does not).
-    pub fn error_code(&self) -> Option<ErrorCode> {
-        ErrorCode::parse(&self.code)
-    }
-
     pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
-            code: Cow::Borrowed(code.as_str()),
-            message: message.into(),
-        }
-    }
-    /// An error another service answered, passed on as it came: its code
-    /// may be one this version does not know yet (a rolling upgrade).
-    pub fn relayed(status: StatusCode, code: String, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code: Cow::Owned(code),
+            code,
             message: message.into(),
         }
     }
@@ -105,7 +88,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Body {
             error: Inner {
-                code: &self.code,
+                code: self.code.as_str(),
                 message: &self.message,
             },
         };
@@ -248,7 +231,7 @@ mod tests {
         for e in [lost, sqlx::Error::PoolClosed, sqlx::Error::PoolTimedOut] {
             let api = ApiError::from(e);
             assert_eq!(api.status, StatusCode::SERVICE_UNAVAILABLE);
-            assert_eq!(api.error_code(), Some(ErrorCode::Unavailable));
+            assert_eq!(api.code, ErrorCode::Unavailable);
         }
         let api = ApiError::from(sqlx::Error::RowNotFound);
         assert_eq!(api.status, StatusCode::INTERNAL_SERVER_ERROR);

@@ -452,20 +452,20 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(
-            (e.status, e.code.as_ref()),
+            (e.status, e.code.as_str()),
             (StatusCode::SERVICE_UNAVAILABLE, "OUTCOME_UNKNOWN")
         );
         let e = cut
             .call::<(), _>(Method::DELETE, "/internal/v1/orders/1", None, None::<&()>)
             .await
             .unwrap_err();
-        assert_eq!(e.code.as_ref(), "OUTCOME_UNKNOWN");
+        assert_eq!(e.code.as_str(), "OUTCOME_UNKNOWN");
         // A read changes nothing: plain unavailable.
         let e = cut
             .call::<(), ()>(Method::GET, "/internal/v1/orders/1", None, None)
             .await
             .unwrap_err();
-        assert_eq!(e.code.as_ref(), "UNAVAILABLE");
+        assert_eq!(e.code.as_str(), "UNAVAILABLE");
         // Nothing listening: nothing was sent, so nothing was applied.
         // (Port 1, tcpmux, is not served here; a port freed by dropping a
         // listener could be taken by a test running alongside.)
@@ -474,7 +474,7 @@ mod tests {
             .call::<(), _>(Method::POST, "/internal/v1/orders", None, Some(&body))
             .await
             .unwrap_err();
-        assert_eq!(e.code.as_ref(), "UNAVAILABLE");
+        assert_eq!(e.code.as_str(), "UNAVAILABLE");
     }
 
     #[tokio::test]
@@ -513,7 +513,7 @@ mod tests {
         .await;
         let e = stale_rx.await.unwrap().unwrap_err();
         assert_eq!(
-            (e.status, e.code.as_ref()),
+            (e.status, e.code.as_str()),
             (StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED")
         );
         tokio::time::sleep(Duration::from_millis(100)).await;

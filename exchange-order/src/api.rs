@@ -223,7 +223,7 @@ pub struct PlaceResult {
 
 #[derive(Debug, Serialize)]
 pub struct ErrorJson {
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
 }
 
@@ -257,7 +257,7 @@ async fn place_batch(
                     status: e.status.as_u16(),
                     order: None,
                     error: Some(ErrorJson {
-                        code: e.code.into_owned(),
+                        code: e.code,
                         message: e.message,
                     }),
                 },

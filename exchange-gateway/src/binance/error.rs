@@ -216,7 +216,7 @@ impl BnError {
 
     pub fn from_api(e: &ApiError, action: Action) -> Self {
         if e.status.is_server_error() {
-            if e.error_code() == Some(ErrorCode::OutcomeUnknown) {
+            if e.code == ErrorCode::OutcomeUnknown {
                 return Self::outcome_unknown();
             }
             if e.status == StatusCode::SERVICE_UNAVAILABLE {
@@ -224,7 +224,7 @@ impl BnError {
             }
             return Self::internal();
         }
-        Self::from_code(&e.code, &e.message, action)
+        Self::from_code(e.code.as_str(), &e.message, action)
     }
 }
 

@@ -110,9 +110,9 @@ pub async fn authenticate(
     }
     let user = api_key_user(&s.app, &api_key, payload.as_bytes(), &signature, ip)
         .await
-        .map_err(|e| match e.error_code() {
-            Some(ErrorCode::InvalidSignature) => BnError::bad_signature(),
-            Some(ErrorCode::IpNotAllowed) => BnError::rejected_key(),
+        .map_err(|e| match e.code {
+            ErrorCode::InvalidSignature => BnError::bad_signature(),
+            ErrorCode::IpNotAllowed => BnError::rejected_key(),
             _ => BnError::from_api(&e, super::error::Action::Query),
         })?;
     let allowed = match (&user.credential, need) {

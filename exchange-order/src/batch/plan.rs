@@ -825,7 +825,7 @@ mod tests {
 
     fn refusal(outcome: &Outcome) -> (StatusCode, &str) {
         let e = outcome.as_ref().expect_err("refused");
-        (e.status, &e.code)
+        (e.status, e.code.as_str())
     }
 
     /// `(order id, created)` of a placement's answer.
