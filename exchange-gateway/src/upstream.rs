@@ -1,6 +1,8 @@
 //! The internal HTTP client: calls to the order service (with
 //! `INTERNAL_TOKEN`) and to marketdata (public data, no token), each with
-//! a timeout.
+//! a timeout. The order service's routes are typed methods here
+//! ([`Upstream::place`], [`Upstream::get_order`], …): handlers of both
+//! the v1 and the Binance API call them, and no path is written elsewhere.
 //!
 //! The gateway is a thin proxy here: a 2xx/4xx answer from upstream is
 //! passed to the client unchanged (status and JSON body). An upstream that
@@ -287,6 +289,76 @@ impl Upstream {
                 self.place_one(&job.body).await
             }
         }
+    }
+
+    // The rest of the order service's internal API, one method per route:
+    // its paths are written here and nowhere else.
+
+    /// `GET /internal/v1/orders/{id}` (the query names the user).
+    pub async fn get_order<Q: Serialize + ?Sized>(
+        &self,
+        id: i64,
+        query: &Q,
+    ) -> Result<Relayed, ApiError> {
+        let path = format!("/internal/v1/orders/{id}");
+        self.call::<_, ()>(Method::GET, &path, Some(query), None)
+            .await
+    }
+
+    /// `GET /internal/v1/orders`: a user's orders.
+    pub async fn list_orders<Q: Serialize + ?Sized>(&self, query: &Q) -> Result<Relayed, ApiError> {
+        self.call::<_, ()>(Method::GET, "/internal/v1/orders", Some(query), None)
+            .await
+    }
+
+    /// `DELETE /internal/v1/orders/{id}` (the query names the user).
+    pub async fn cancel_order<Q: Serialize + ?Sized>(
+        &self,
+        id: i64,
+        query: &Q,
+    ) -> Result<Relayed, ApiError> {
+        let path = format!("/internal/v1/orders/{id}");
+        self.call::<_, ()>(Method::DELETE, &path, Some(query), None)
+            .await
+    }
+
+    /// `POST /internal/v1/orders/cancel-all`.
+    pub async fn cancel_all<B: Serialize + ?Sized>(&self, body: &B) -> Result<Relayed, ApiError> {
+        self.call::<(), _>(
+            Method::POST,
+            "/internal/v1/orders/cancel-all",
+            None,
+            Some(body),
+        )
+        .await
+    }
+
+    /// `PATCH /internal/v1/orders/{id}`: an amend.
+    pub async fn amend_order<B: Serialize + ?Sized>(
+        &self,
+        id: i64,
+        body: &B,
+    ) -> Result<Relayed, ApiError> {
+        let path = format!("/internal/v1/orders/{id}");
+        self.call::<(), _>(Method::PATCH, &path, None, Some(body))
+            .await
+    }
+
+    /// `GET /internal/v1/fills`: a user's fills.
+    pub async fn list_fills<Q: Serialize + ?Sized>(&self, query: &Q) -> Result<Relayed, ApiError> {
+        self.call::<_, ()>(Method::GET, "/internal/v1/fills", Some(query), None)
+            .await
+    }
+
+    /// `PATCH /internal/v1/markets/{symbol}/status`.
+    pub async fn set_market_status<B: Serialize + ?Sized>(
+        &self,
+        symbol: &str,
+        body: &B,
+    ) -> Result<Relayed, ApiError> {
+        let path = format!("/internal/v1/markets/{symbol}/status");
+        self.call::<(), _>(Method::PATCH, &path, None, Some(body))
+            .await
     }
 
     fn start_placer(&self) -> Placer {

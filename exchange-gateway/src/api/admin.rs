@@ -253,15 +253,7 @@ pub async fn patch_market(
     // in the table is retried (bounded).
     let mut attempts = 0;
     let relayed = loop {
-        let r = s
-            .orders
-            .call::<(), _>(
-                reqwest::Method::PATCH,
-                &format!("/internal/v1/markets/{symbol}/status"),
-                None,
-                Some(&req),
-            )
-            .await?;
+        let r = s.orders.set_market_status(&symbol, &req).await?;
         let unknown = r.status == StatusCode::NOT_FOUND
             && r.json()
                 .is_some_and(|v| v["error"]["code"] == ErrorCode::MarketNotFound.as_str());

@@ -6,7 +6,6 @@
 use axum::Extension;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -162,15 +161,7 @@ pub async fn get_order(
     let q = UserOnly {
         user_id: user.user_id,
     };
-    let r = s
-        .orders
-        .call::<_, ()>(
-            Method::GET,
-            &format!("/internal/v1/orders/{id}"),
-            Some(&q),
-            None,
-        )
-        .await?;
+    let r = s.orders.get_order(id, &q).await?;
     Ok(r.into_response())
 }
 
@@ -212,10 +203,7 @@ pub async fn list_orders(
         user_id: user.user_id,
         inner: &q,
     };
-    let r = s
-        .orders
-        .call::<_, ()>(Method::GET, "/internal/v1/orders", Some(&q), None)
-        .await?;
+    let r = s.orders.list_orders(&q).await?;
     Ok(r.into_response())
 }
 
@@ -233,15 +221,7 @@ pub async fn cancel(
     let q = UserOnly {
         user_id: user.user_id,
     };
-    let r = s
-        .orders
-        .call::<_, ()>(
-            Method::DELETE,
-            &format!("/internal/v1/orders/{id}"),
-            Some(&q),
-            None,
-        )
-        .await?;
+    let r = s.orders.cancel_order(id, &q).await?;
     Ok(r.into_response())
 }
 
@@ -268,15 +248,7 @@ pub async fn cancel_all(
         user_id: user.user_id,
         inner: &q,
     };
-    let r = s
-        .orders
-        .call::<(), _>(
-            Method::POST,
-            "/internal/v1/orders/cancel-all",
-            None,
-            Some(&body),
-        )
-        .await?;
+    let r = s.orders.cancel_all(&body).await?;
     Ok(r.into_response())
 }
 
@@ -311,15 +283,7 @@ pub async fn amend(
         user_id: user.user_id,
         inner: &req,
     };
-    let r = s
-        .orders
-        .call::<(), _>(
-            Method::PATCH,
-            &format!("/internal/v1/orders/{id}"),
-            None,
-            Some(&body),
-        )
-        .await?;
+    let r = s.orders.amend_order(id, &body).await?;
     Ok(r.into_response())
 }
 
@@ -352,9 +316,6 @@ pub async fn my_trades(
         user_id: user.user_id,
         inner: &q,
     };
-    let r = s
-        .orders
-        .call::<_, ()>(Method::GET, "/internal/v1/fills", Some(&q), None)
-        .await?;
+    let r = s.orders.list_fills(&q).await?;
     Ok(r.into_response())
 }

@@ -15,7 +15,6 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Request, State};
 use exchange_store::{FILL_COLUMNS, FillRow, ORDER_COLUMNS, OrderRow};
-use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::auth::authn::{AuthUser, Credential};
@@ -384,7 +383,7 @@ pub async fn new_order(State(s): State<BnState>, req: Request) -> Result<Json<Va
     let r = s
         .app
         .orders
-        .call::<(), _>(Method::POST, "/internal/v1/orders", None, Some(&body))
+        .place(&body)
         .await
         .map_err(|e| BnError::from_api(&e, Action::Place))?;
     let placed = r.json().unwrap_or(Value::Null);
@@ -480,12 +479,7 @@ pub async fn cancel_order(State(s): State<BnState>, req: Request) -> Result<Json
     let r = s
         .app
         .orders
-        .call::<_, ()>(
-            Method::DELETE,
-            &format!("/internal/v1/orders/{}", row.id),
-            Some(&[("user_id", user.user_id)]),
-            None,
-        )
+        .cancel_order(row.id, &[("user_id", user.user_id)])
         .await
         .map_err(|e| BnError::from_api(&e, Action::Cancel))?;
     if !r.status.is_success() {
@@ -534,12 +528,7 @@ pub async fn cancel_open_orders(
     let r = s
         .app
         .orders
-        .call::<(), _>(
-            Method::POST,
-            "/internal/v1/orders/cancel-all",
-            None,
-            Some(&json!({"user_id": user.user_id, "market": m.symbol})),
-        )
+        .cancel_all(&json!({"user_id": user.user_id, "market": m.symbol}))
         .await
         .map_err(|e| BnError::from_api(&e, Action::Cancel))?;
     if !r.status.is_success() {
