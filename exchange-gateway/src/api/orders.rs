@@ -106,10 +106,11 @@ fn charge_order_budgets(s: &AppState, user: &AuthUser) -> Result<(), Limited> {
 }
 
 #[utoipa::path(post, path = "/api/v1/orders", request_body = NewOrder,
-    responses((status = 201, description = "the order"), (status = 200, description = "the existing order for a repeated client_order_id"),
+    responses((status = 201, description = "the order, accepted; matching decides the rest: a post-only order that would take, or a stop or take-profit \
+                whose condition already holds, then shows status rejected with reason POST_ONLY_WOULD_TAKE or STOP_WOULD_TRIGGER_IMMEDIATELY"), (status = 200, description = "the existing order for a repeated client_order_id"),
               (status = 400, description = "A rule of the market or the account, or malformed input: INVALID_ORDER (a combination the order type does not take, \
                 e.g. a limit order without price), INVALID_AMOUNT (more decimal places than the asset's scale), PRICE_NOT_ON_TICK, QUANTITY_NOT_ON_STEP, \
-                QUANTITY_TOO_SMALL, NOTIONAL_TOO_SMALL, MARKET_NOT_TRADING, STOP_WOULD_TRIGGER_IMMEDIATELY, INSUFFICIENT_BALANCE", body = ErrorBody),
+                QUANTITY_TOO_SMALL, NOTIONAL_TOO_SMALL, MARKET_NOT_TRADING, INSUFFICIENT_BALANCE", body = ErrorBody),
               (status = 403, description = "PERMISSION_DENIED: an API key without the trade permission", body = ErrorBody),
               (status = 404, description = "MARKET_NOT_FOUND", body = ErrorBody)),
     security(("bearer" = [])))]
