@@ -13,16 +13,13 @@ use exchange_common::error::{Json, Path};
 use exchange_common::net::IpNet;
 use exchange_store::balances::{BALANCE_COLUMNS, BalanceJson};
 
+use super::schema::{
+    API_KEY_IP_ALLOWLIST_LEN_MAX, API_KEY_LABEL_LEN_MAX, EMAIL_LEN_MAX, ErrorBody, field,
+};
 use crate::auth::authn::AuthUser;
 use crate::auth::password;
-use crate::docs::{ErrorBody, field};
 use crate::state::{AppState, now_ms};
 
-/// The longest API key label and the most allow-list entries per key.
-pub const API_KEY_LABEL_LEN_MAX: usize = 64;
-pub const API_KEY_IP_ALLOWLIST_LEN_MAX: usize = 32;
-/// The longest email, in characters (the `users_email_length` check).
-pub const EMAIL_LEN_MAX: usize = 254;
 /// API keys per user.
 pub const API_KEYS_PER_USER_MAX: i64 = 30;
 

@@ -14,7 +14,7 @@ use exchange_domain::money::{SCALE_MAX, format_units, parse_positive_units, pars
 use exchange_domain::symbol::{AssetSymbol, MarketSymbol};
 
 use super::public::{AssetView, MARKET_COLUMNS, MarketView};
-use crate::docs::{ErrorBody, field};
+use super::schema::{ErrorBody, field};
 use crate::state::AppState;
 
 /// Tries of a market status change while the order service does not know

@@ -9,7 +9,7 @@ use exchange_common::ApiError;
 use exchange_common::ErrorCode;
 use exchange_common::error::Path;
 
-use crate::docs::{ErrorBody, field};
+use super::schema::{ErrorBody, field};
 use crate::state::AppState;
 
 /// The longest query string relayed (the documented parameters fit easily).

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod marketdata;
 pub mod orders;
 pub mod public;
+pub mod schema;
 
 /// True when `e` is a unique-constraint violation.
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {

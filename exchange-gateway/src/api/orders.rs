@@ -14,8 +14,8 @@ use exchange_common::ErrorCode;
 use exchange_common::error::{Json, Path, Query};
 use exchange_domain::{OrderType, SelfTradePrevention, Side, TimeInForce};
 
+use super::schema::{ErrorBody, field};
 use crate::auth::authn::{AuthUser, Credential};
-use crate::docs::{ErrorBody, field};
 use crate::ratelimit::{Kind, Limited};
 use crate::state::AppState;
 
