@@ -108,6 +108,14 @@ pub async fn migrate(url: &str) -> anyhow::Result<Vec<&'static str>> {
     Ok(applied)
 }
 
+/// Whether `e` means a parameter held text PostgreSQL cannot store (a NUL
+/// character, invalid UTF-8): bad input, answered 400, never a server error.
+pub fn is_bad_text(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "22021" || c == "22P05")
+}
+
 /// Whether `e` means the database could not be reached or ended the session
 /// (connection lost, server restarting or shutting down, too many
 /// connections, lock or serialization race), so the statement was not

@@ -102,14 +102,10 @@ impl From<sqlx::Error> for ApiError {
             sqlx::Error::PoolTimedOut => Self::unavailable("database busy, retry"),
             // Text Postgres cannot store (a NUL character, invalid UTF-8) is
             // bad input, never a server error.
-            sqlx::Error::Database(db)
-                if matches!(db.code().as_deref(), Some("22021" | "22P05")) =>
-            {
-                Self::bad_request(
-                    ErrorCode::InvalidRequest,
-                    "the request contains characters that are not allowed",
-                )
-            }
+            bad if crate::db::is_bad_text(&bad) => Self::bad_request(
+                ErrorCode::InvalidRequest,
+                "the request contains characters that are not allowed",
+            ),
             // Postgres unreachable, restarting or shutting down: nothing was
             // applied, the client may retry (never a 500).
             other if crate::db::is_transient(&other) => {

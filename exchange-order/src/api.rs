@@ -129,7 +129,12 @@ fn order_response(row: &OrderRow, state: &AppState) -> OrderJson {
     OrderJson::new(row, state.markets.peek(&row.market).map(|m| m.scales()))
 }
 
+/// A failed read: text PostgreSQL cannot store in a parameter is the
+/// caller's 400, as everywhere; anything else is 503 (retry), never a 500.
 fn db_error(e: sqlx::Error) -> ApiError {
+    if exchange_common::db::is_bad_text(&e) {
+        return ApiError::from(e);
+    }
     tracing::warn!(error = %e, "database error");
     ApiError::unavailable("database unavailable, retry")
 }

@@ -321,6 +321,21 @@ async fn cancel_amend_and_reads_are_scoped_to_the_owner() {
         )
         .await;
     assert_eq!((s, list), (200, json!([])));
+    // Text PostgreSQL cannot store is the caller's mistake: 400, not 503.
+    for path in ["/internal/v1/orders", "/internal/v1/fills"] {
+        let (s, v) = app
+            .call(
+                Method::GET,
+                &format!("{path}?user_id={alice}&market=BTC%00USDT"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (400, Some("INVALID_REQUEST")),
+            "{path}"
+        );
+    }
 
     // Amend up: 1 BTC at 150. The whole new reserve (150) is locked on
     // top of the order's 100; matching hands the old 100 back.
