@@ -8,46 +8,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use exchange_common::Shutdown;
-use exchange_common::redis::Redis;
-use exchange_common::testing::{TestEnv, TestMarket, seed_market, test_env};
+use exchange_common::testing::{TestMarket, seed_market};
 use exchange_domain::event::{Event, EventBatch};
 use exchange_domain::money::parse_units;
-use exchange_domain::order::{OrderId, Side, TradeId, UserId};
-use exchange_domain::symbol::MarketSymbol;
-use exchange_marketdata::{Listeners, run};
+use exchange_domain::order::Side;
 use futures_util::{SinkExt as _, StreamExt as _};
-use redis::AsyncCommands as _;
 use serde_json::{Value, json};
-use sqlx::PgPool;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-const MARKET: &str = "BTC-USDT";
-const BASE_SCALE: u8 = 8;
-const QUOTE_SCALE: u8 = 6;
-
-struct Svc {
-    addr: std::net::SocketAddr,
-    db: PgPool,
-    redis: Redis,
-    http: reqwest::Client,
-    shutdown: Shutdown,
-    _env: TestEnv,
-}
-
-impl Drop for Svc {
-    fn drop(&mut self) {
-        self.shutdown.trigger();
-    }
-}
-
-fn sym() -> MarketSymbol {
-    MarketSymbol::parse(MARKET).unwrap()
-}
+mod support;
+use support::*;
 
 fn now_ms() -> u64 {
     u64::try_from(
@@ -57,103 +28,6 @@ fn now_ms() -> u64 {
             .as_millis(),
     )
     .unwrap()
-}
-
-/// A fresh database with BTC (8) / USDT (6) and the BTC-USDT market.
-async fn seeded() -> (TestEnv, PgPool, Redis) {
-    let env = test_env().await;
-    let db = PgPool::connect(&env.db_url).await.unwrap();
-    seed_market(&db, &TestMarket::default()).await;
-    let redis = Redis::with_prefix(&env.redis_url, &env.redis_prefix).unwrap();
-    (env, db, redis)
-}
-
-async fn start(env: TestEnv, db: PgPool, redis: Redis, origins: &[&str]) -> Svc {
-    let mut config = env.config.clone();
-    config.marketdata.ws_allow_origins = origins.iter().map(|s| (*s).to_owned()).collect();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = Shutdown::new();
-    tokio::spawn(run(
-        Arc::new(config),
-        Listeners { http: listener },
-        shutdown.clone(),
-    ));
-    let http = reqwest::Client::new();
-    let svc = Svc {
-        addr,
-        db,
-        redis,
-        http,
-        shutdown,
-        _env: env,
-    };
-    // Ready once the consumer loop beats (markets rebuilt, group in place).
-    for _ in 0..200 {
-        if let Ok(r) = svc.http.get(svc.url("/ready")).send().await
-            && r.status() == 200
-        {
-            return svc;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("marketdata did not become ready");
-}
-
-impl Svc {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self.http.get(self.url(path)).send().await.unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap())
-    }
-
-    async fn store(&self, batch: &EventBatch) {
-        sqlx::query(
-            "INSERT INTO event_batches (market, seq, time_ms, events) VALUES ($1, $2, $3, $4::text::jsonb)",
-        )
-        .bind(batch.market.to_string())
-        .bind(i64::try_from(batch.seq).unwrap())
-        .bind(i64::try_from(batch.time_ms).unwrap())
-        .bind(serde_json::to_string(&batch.events).unwrap())
-        .execute(&self.db)
-        .await
-        .unwrap();
-    }
-
-    async fn xadd(&self, batch: &EventBatch) {
-        let _: String = self
-            .redis
-            .conn()
-            .xadd(
-                self.redis.events_stream(),
-                "*",
-                &[("batch", serde_json::to_string(batch).unwrap())],
-            )
-            .await
-            .unwrap();
-    }
-
-    /// As matching does: store, then publish.
-    async fn publish(&self, batch: &EventBatch) {
-        self.store(batch).await;
-        self.xadd(batch).await;
-    }
-
-    async fn ws(&self, origin: Option<&str>) -> Result<Ws, tungstenite::Error> {
-        let mut req = format!("ws://{}/ws", self.addr)
-            .into_client_request()
-            .unwrap();
-        if let Some(o) = origin {
-            req.headers_mut().insert("Origin", o.parse().unwrap());
-        }
-        tokio_tungstenite::connect_async(req)
-            .await
-            .map(|(ws, _)| ws)
-    }
 }
 
 impl Svc {
@@ -189,58 +63,6 @@ impl Svc {
         }
         let () = pipe.query_async(&mut self.redis.conn()).await.unwrap();
     }
-}
-
-fn level(side: Side, price: &str, qty: &str) -> Event {
-    Event::BookLevel {
-        side,
-        price: parse_units(price, QUOTE_SCALE).unwrap(),
-        quantity: parse_units(qty, BASE_SCALE).unwrap(),
-    }
-}
-
-fn trade(id: u64, side: Side, price: &str, qty: &str) -> Event {
-    let price = parse_units(price, QUOTE_SCALE).unwrap();
-    let quantity = parse_units(qty, BASE_SCALE).unwrap();
-    Event::Trade {
-        trade_id: TradeId(id),
-        maker_order_id: OrderId(1),
-        maker_user_id: UserId(1),
-        taker_order_id: OrderId(2),
-        taker_user_id: UserId(2),
-        taker_side: side,
-        price,
-        quantity,
-        quote_amount: price * quantity / 10u128.pow(u32::from(BASE_SCALE)),
-        maker_fee: 0,
-        taker_fee: 0,
-    }
-}
-
-fn batch(seq: u64, time_ms: u64, events: Vec<Event>) -> EventBatch {
-    EventBatch {
-        market: sym(),
-        seq,
-        time_ms,
-        events,
-    }
-}
-
-async fn recv_json(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("a message within 10 s")
-            .expect("stream open")
-            .expect("valid frame");
-        if let Message::Text(t) = msg {
-            return serde_json::from_str(t.as_str()).unwrap();
-        }
-    }
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::Text(v.to_string().into())).await.unwrap();
 }
 
 /// A local order book rebuilt from snapshot + deltas, keyed by price units.
@@ -309,7 +131,7 @@ async fn depth_snapshot_then_deltas_rebuild_the_rest_book_and_trades_klines_tick
     })
     .await;
 
-    let mut ws = svc.ws(None).await.unwrap();
+    let mut ws = svc.ws("/ws", None).await.unwrap();
     let channels = json!([
         "depth:BTC-USDT",
         "trades:BTC-USDT",
@@ -536,7 +358,7 @@ async fn bad_requests_get_codes() {
     let (_, t) = svc.get("/api/v1/markets/BTC-USDT/ticker").await;
     assert_eq!(t["change_percent"], "0");
 
-    let mut ws = svc.ws(None).await.unwrap();
+    let mut ws = svc.ws("/ws", None).await.unwrap();
     for (msg, code) in [
         (
             json!({"op": "subscribe", "channels": ["depth:ETH-USDT"]}),
@@ -626,13 +448,13 @@ async fn bad_requests_get_codes() {
 async fn origin_is_checked_at_the_handshake() {
     let (env, db, redis) = seeded().await;
     let svc = start(env, db, redis, &["https://app.example.com"]).await;
-    match svc.ws(Some("https://evil.example.com")).await {
+    match svc.ws("/ws", Some("https://evil.example.com")).await {
         Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
         other => panic!("expected 403, got {:?}", other.map(|_| "connected")),
     }
-    assert!(svc.ws(Some("https://app.example.com")).await.is_ok());
+    assert!(svc.ws("/ws", Some("https://app.example.com")).await.is_ok());
     assert!(
-        svc.ws(None).await.is_ok(),
+        svc.ws("/ws", None).await.is_ok(),
         "non-browser clients send no Origin"
     );
     // `*` is refused by configuration in production.
@@ -694,7 +516,7 @@ async fn rebuilds_from_postgres_on_start_and_fills_gaps() {
     let (_, k) = svc.get("/api/v1/markets/BTC-USDT/klines?interval=1h").await;
     assert_eq!(k[0]["volume"], "0.5", "candles rebuilt and stored: {k}");
 
-    let mut ws = svc.ws(None).await.unwrap();
+    let mut ws = svc.ws("/ws", None).await.unwrap();
     send(
         &mut ws,
         json!({"op": "subscribe", "channels": ["depth:BTC-USDT"]}),
@@ -797,7 +619,7 @@ async fn a_client_that_never_reads_is_disconnected_and_does_not_delay_others() {
     let sub = json!({"op": "subscribe", "channels": ["depth:BTC-USDT"]});
     let mut slow = svc.ws_small_buffer().await;
     send(&mut slow, sub.clone()).await;
-    let mut fast = svc.ws(None).await.unwrap();
+    let mut fast = svc.ws("/ws", None).await.unwrap();
     send(&mut fast, sub).await;
     recv_json(&mut fast).await;
     assert_eq!(recv_json(&mut fast).await["type"], "snapshot");
