@@ -12,7 +12,6 @@ use std::time::Duration;
 use exchange_domain::event::EventBatch;
 use exchange_domain::money::parse_units;
 use exchange_domain::order::Side;
-use redis::AsyncCommands as _;
 use serde_json::{Value, json};
 
 mod support;
@@ -146,26 +145,7 @@ async fn binance_depth_sync_rebuilds_the_rest_book_exactly() {
         let redis = svc.redis.clone();
         tokio::spawn(async move {
             for seq in 11..=LAST {
-                let b = feed_batch(seq);
-                sqlx::query(
-                    "INSERT INTO event_batches (market, seq, time_ms, events) VALUES ($1, $2, $3, $4::text::jsonb)",
-                )
-                .bind(b.market.to_string())
-                .bind(i64::try_from(b.seq).unwrap())
-                .bind(i64::try_from(b.time_ms).unwrap())
-                .bind(serde_json::to_string(&b.events).unwrap())
-                .execute(&db)
-                .await
-                .unwrap();
-                let _: String = redis
-                    .conn()
-                    .xadd(
-                        redis.events_stream(),
-                        "*",
-                        &[("batch", serde_json::to_string(&b).unwrap())],
-                    )
-                    .await
-                    .unwrap();
+                publish_batch(&db, &redis, &feed_batch(seq)).await;
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })

@@ -100,35 +100,16 @@ impl Svc {
     }
 
     pub async fn store(&self, batch: &EventBatch) {
-        sqlx::query(
-            "INSERT INTO event_batches (market, seq, time_ms, events) VALUES ($1, $2, $3, $4::text::jsonb)",
-        )
-        .bind(batch.market.to_string())
-        .bind(i64::try_from(batch.seq).unwrap())
-        .bind(i64::try_from(batch.time_ms).unwrap())
-        .bind(serde_json::to_string(&batch.events).unwrap())
-        .execute(&self.db)
-        .await
-        .unwrap();
+        store_batch(&self.db, batch).await;
     }
 
     pub async fn xadd(&self, batch: &EventBatch) {
-        let _: String = self
-            .redis
-            .conn()
-            .xadd(
-                self.redis.events_stream(),
-                "*",
-                &[("batch", serde_json::to_string(batch).unwrap())],
-            )
-            .await
-            .unwrap();
+        xadd_batch(&self.redis, batch).await;
     }
 
     /// As matching does: store, then publish.
     pub async fn publish(&self, batch: &EventBatch) {
-        self.store(batch).await;
-        self.xadd(batch).await;
+        publish_batch(&self.db, &self.redis, batch).await;
     }
 
     pub async fn ws(&self, path: &str, origin: Option<&str>) -> Result<Ws, tungstenite::Error> {
@@ -194,4 +175,37 @@ pub async fn recv_json(ws: &mut Ws) -> Value {
 
 pub async fn send(ws: &mut Ws, v: Value) {
     ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+/// Stores `batch` in `event_batches`, as matching does first.
+pub async fn store_batch(db: &PgPool, batch: &EventBatch) {
+    sqlx::query(
+        "INSERT INTO event_batches (market, seq, time_ms, events) VALUES ($1, $2, $3, $4::text::jsonb)",
+    )
+    .bind(batch.market.to_string())
+    .bind(i64::try_from(batch.seq).unwrap())
+    .bind(i64::try_from(batch.time_ms).unwrap())
+    .bind(serde_json::to_string(&batch.events).unwrap())
+    .execute(db)
+    .await
+    .unwrap();
+}
+
+/// Adds `batch` to `<prefix>:events`, as matching does after storing it.
+pub async fn xadd_batch(redis: &Redis, batch: &EventBatch) {
+    let _: String = redis
+        .conn()
+        .xadd(
+            redis.events_stream(),
+            "*",
+            &[("batch", serde_json::to_string(batch).unwrap())],
+        )
+        .await
+        .unwrap();
+}
+
+/// As matching does: store, then publish.
+pub async fn publish_batch(db: &PgPool, redis: &Redis, batch: &EventBatch) {
+    store_batch(db, batch).await;
+    xadd_batch(redis, batch).await;
 }
