@@ -100,6 +100,8 @@ pub struct GatewayConfig {
     /// `AUTH_TOKEN_SECRET` (see the gateway's `auth::keys` module).
     pub api_key_encryption_key: Option<Secret>,
     pub access_token_ttl: Duration,
+    /// The issuer shown in authenticator apps (`TOTP_ISSUER`).
+    pub totp_issuer: String,
     pub admin_token: Secret,
     pub enable_docs: bool,
     pub rate_limit_login_per_minute: u32,
@@ -413,6 +415,7 @@ impl Config {
                 auth_token_secret_previous: r.optional_secret("AUTH_TOKEN_SECRET_PREVIOUS"),
                 api_key_encryption_key: r.optional_secret("API_KEY_ENCRYPTION_KEY"),
                 access_token_ttl: Duration::from_secs(access_token_ttl_seconds),
+                totp_issuer: r.or("TOTP_ISSUER", "exchange"),
                 admin_token: r.secret("ADMIN_TOKEN"),
                 enable_docs,
                 http_addr: r.addr("GATEWAY_HTTP_ADDR", "0.0.0.0:8080"),

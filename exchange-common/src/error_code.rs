@@ -102,6 +102,28 @@ error_codes! {
     OriginNotAllowed = "ORIGIN_NOT_ALLOWED",
     AuthTimeout = "AUTH_TIMEOUT",
 
+    // Account security (docs/API.md, "Account security").
+    /// 401: two-factor authentication is on and the request has no code.
+    TotpRequired = "TOTP_REQUIRED",
+    /// 401 (400 when confirming an enrolment): a wrong, expired or
+    /// already used code, or an unknown or used recovery code.
+    InvalidTotp = "INVALID_TOTP",
+    /// 409: enrolling while two-factor authentication is already on.
+    TotpAlreadyEnabled = "TOTP_ALREADY_ENABLED",
+    /// 409: confirming without an enrolment, or disabling while it is off.
+    TotpNotEnabled = "TOTP_NOT_ENABLED",
+    /// 429: too many wrong second-factor codes for this user; wait.
+    TooManyAttempts = "TOO_MANY_ATTEMPTS",
+    /// 403: an operator froze the account (login, orders, withdrawals).
+    AccountFrozen = "ACCOUNT_FROZEN",
+    /// 401: the API key's `expires_at` has passed.
+    ApiKeyExpired = "API_KEY_EXPIRED",
+    /// 401: the access token's session ended (logout, logout-all, a
+    /// password or 2FA change, a freeze); log in again.
+    SessionEnded = "SESSION_ENDED",
+    /// 400: an API key's `expires_at` that is not in the future.
+    InvalidExpiry = "INVALID_EXPIRY",
+
     // Existence and conflicts (404 / 409).
     NotFound = "NOT_FOUND",
     OrderNotFound = "ORDER_NOT_FOUND",

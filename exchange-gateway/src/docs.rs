@@ -16,7 +16,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::api::schema::{ErrorBody, field};
-use crate::api::{accounts, admin, marketdata, orders, public};
+use crate::api::{accounts, admin, marketdata, orders, public, security};
 use crate::binance::openapi::BinancePaths;
 
 #[derive(OpenApi)]
@@ -25,6 +25,8 @@ use crate::binance::openapi::BinancePaths;
     paths(
         accounts::register, accounts::login, accounts::balances,
         accounts::create_api_key, accounts::list_api_keys, accounts::delete_api_key,
+        security::logout, security::logout_all, security::change_password,
+        security::enrol_totp, security::confirm_totp, security::disable_totp,
         public::assets, public::markets,
         marketdata::depth, marketdata::trades, marketdata::klines, marketdata::ticker,
         admin::create_asset, admin::create_market, admin::patch_market, admin::deposit,

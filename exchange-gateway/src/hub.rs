@@ -51,6 +51,13 @@ pub const PUBSUB_RECONNECT_DELAY_MAX: Duration = Duration::from_secs(5);
 
 pub const CONSUMER_NAME: &str = "privateEventsConsumer";
 
+/// Published on a user's private channel by the gateway that ended a
+/// session or changed a credential, so every gateway has that user's
+/// connections check theirs. It carries no authority: a connection only
+/// closes when the database says its credential is no longer good, so a
+/// forged message costs a query, never a session.
+pub const CREDENTIALS_CHANGED: &str = r#"{"type":"credentials_changed"}"#;
+
 /// One message for a connection; `seq` is added when it is written.
 #[derive(Debug, Clone)]
 pub enum Push {
@@ -75,6 +82,7 @@ struct Conn {
     id: u64,
     tx: mpsc::Sender<Push>,
     evict: Arc<Notify>,
+    recheck: Arc<Notify>,
 }
 
 #[derive(Default)]
@@ -97,6 +105,9 @@ pub struct Registration {
     id: u64,
     pub rx: mpsc::Receiver<Push>,
     pub evict: Arc<Notify>,
+    /// Notified when the user's credentials changed (logout, freeze, key
+    /// deleted, ...): the session checks its own against the database.
+    pub recheck: Arc<Notify>,
 }
 
 impl Drop for Registration {
@@ -123,6 +134,7 @@ impl Hub {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(WS_SEND_QUEUE_LEN_MAX);
         let evict = Arc::new(Notify::new());
+        let recheck = Arc::new(Notify::new());
         let mut inner = self
             .inner
             .lock()
@@ -142,6 +154,7 @@ impl Hub {
             id,
             tx,
             evict: evict.clone(),
+            recheck: recheck.clone(),
         });
         inner.total += 1;
         connections_gauge(inner.total);
@@ -151,7 +164,19 @@ impl Hub {
             id,
             rx,
             evict,
+            recheck,
         })
+    }
+
+    /// Tells each of the user's connections to check its credential again.
+    pub fn recheck_user(&self, user_id: i64) {
+        if let Ok(inner) = self.inner.lock()
+            && let Some(conns) = inner.by_user.get(&user_id)
+        {
+            for c in conns {
+                c.recheck.notify_one();
+            }
+        }
     }
 
     fn remove(&self, user_id: i64, id: u64) {
@@ -321,6 +346,12 @@ pub async fn run_private_events(redis: Redis, hub: Hub, heartbeat: Heartbeat, sh
                         tracing::warn!(%channel, "private event payload is not text");
                         continue;
                     };
+                    if payload == CREDENTIALS_CHANGED {
+                        if let Some(user) = channel_user(&channel, &prefix) {
+                            hub.recheck_user(user);
+                        }
+                        continue;
+                    }
                     match parse_message(&channel, &prefix, &payload) {
                         Some((user, pushes)) => hub.dispatch_all(user, &pushes),
                         None => {

@@ -142,6 +142,20 @@ pub fn routes(state: AppState) -> Router {
             "/api/v1/api-keys/{id}",
             delete(api::accounts::delete_api_key),
         )
+        .route("/api/v1/auth/logout", post(api::security::logout))
+        .route("/api/v1/auth/logout-all", post(api::security::logout_all))
+        .route(
+            "/api/v1/account/password",
+            post(api::security::change_password),
+        )
+        .route(
+            "/api/v1/account/2fa/totp",
+            post(api::security::enrol_totp).delete(api::security::disable_totp),
+        )
+        .route(
+            "/api/v1/account/2fa/totp/confirm",
+            post(api::security::confirm_totp),
+        )
         .route_layer(from_fn_with_state(state.clone(), authn::require_user));
     let admin = Router::new()
         .route("/admin/v1/assets", post(api::admin::create_asset))

@@ -15,7 +15,15 @@
 //!   `read` permission.
 //!
 //! A session opened with an access token is closed (after a `TOKEN_EXPIRED`
-//! error message) when the token expires.
+//! error message) when the token expires. A session also ends, after an
+//! error message saying why, when its credential stops being good: the
+//! token's login session ended (`SESSION_ENDED`: logout, logout-all, a
+//! password or 2FA change), the API key was deleted or expired, the account
+//! was frozen (`ACCOUNT_FROZEN`), or all the user's sessions were ended.
+//! The gateway that makes such a change tells every gateway at once
+//! ([`crate::auth::sessions::announce`]); each session also re-checks its
+//! credential every [`WS_CREDENTIAL_RECHECK_INTERVAL`] in case that word
+//! was lost.
 //!
 //! A refused auth message gets `{"type":"error","error":{code,message}}`
 //! and the connection is closed (code 1008). Success answers
@@ -49,8 +57,8 @@ use exchange_common::ErrorCode;
 use exchange_common::error::Query;
 use exchange_common::net::client_ip;
 
-use crate::auth::authn::{self, AuthUser};
-use crate::auth::keys;
+use crate::auth::authn::{self, AuthUser, Credential};
+use crate::auth::{keys, sessions};
 use crate::hub::Push;
 use crate::state::{AppState, now_ms};
 
@@ -73,6 +81,10 @@ pub const WS_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pushes written before one flush: the one that woke the connection and
 /// what was already queued behind it.
 pub const WS_WRITE_BATCH_LEN_MAX: usize = 64;
+/// How often a session checks its credential in the database without being
+/// told to (the fallback for a lost announcement; API-key sessions end
+/// within this of the key's deletion, expiry or the owner's freeze).
+pub const WS_CREDENTIAL_RECHECK_INTERVAL: Duration = Duration::from_secs(20);
 
 #[derive(Deserialize)]
 pub struct HandshakeQuery {
@@ -94,11 +106,63 @@ struct AuthMessage {
     signature: Option<String>,
 }
 
-fn invalid_token() -> ApiError {
-    authn::unauthorized(
-        ErrorCode::InvalidToken,
-        "the access token is invalid or expired",
-    )
+/// Who a session serves, with what credential, and for a token the Unix
+/// second it stops being valid.
+struct Who {
+    user: AuthUser,
+    valid_until: Option<u64>,
+}
+
+async fn token_who(s: &AppState, token: &str) -> Result<Who, ApiError> {
+    let user = authn::token_user(s, token).await?;
+    let valid_until = s.tokens.verify(token).map(|v| v.valid_until);
+    Ok(Who { user, valid_until })
+}
+
+/// `Ok` while the session's credential is still good; otherwise the error
+/// to close with. A database that cannot answer keeps the session (it is
+/// checked again at the next interval).
+async fn still_good(s: &AppState, user: &AuthUser) -> Result<(), ApiError> {
+    match user.credential {
+        Credential::AccessToken { session_id } => {
+            match sessions::check(s.db(), user.user_id, session_id).await {
+                Ok(None) => Err(authn::session_ended()),
+                Ok(Some(open)) if open.frozen => Err(authn::account_frozen()),
+                Ok(Some(_)) => Ok(()),
+                Err(e) => return keep_on_db_error(&e),
+            }
+        }
+        Credential::ApiKey {
+            id, session_epoch, ..
+        } => {
+            let row: Result<Option<(bool, bool, i64)>, sqlx::Error> = sqlx::query_as(
+                "SELECT k.expires_at IS NOT NULL AND k.expires_at <= now(), u.frozen_at IS NOT NULL, u.session_epoch
+                 FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = $1",
+            )
+            .bind(id)
+            .fetch_optional(s.db())
+            .await;
+            match row {
+                Err(e) => return keep_on_db_error(&e),
+                Ok(None) => Err(authn::unauthorized(
+                    ErrorCode::SessionEnded,
+                    "the API key of this session was deleted",
+                )),
+                Ok(Some((true, _, _))) => Err(authn::unauthorized(
+                    ErrorCode::ApiKeyExpired,
+                    "the API key of this session has expired",
+                )),
+                Ok(Some((_, true, _))) => Err(authn::account_frozen()),
+                Ok(Some((_, _, epoch))) if epoch != session_epoch => Err(authn::session_ended()),
+                Ok(Some(_)) => Ok(()),
+            }
+        }
+    }
+}
+
+fn keep_on_db_error(e: &sqlx::Error) -> Result<(), ApiError> {
+    tracing::warn!(error = %e, "private ws credential re-check failed; keeping the session until the next one");
+    Ok(())
 }
 
 /// `GET /ws/private`.
@@ -122,9 +186,9 @@ pub async fn private(
     };
     let user = match q.token.as_deref() {
         None => None,
-        Some(t) => match s.tokens.verify_until(t) {
-            Some(who) => Some(who),
-            None => return invalid_token().into_response(),
+        Some(t) => match token_who(&s, t).await {
+            Ok(who) => Some(who),
+            Err(e) => return e.into_response(),
         },
     };
     let ip = client_ip(peer.ip(), &headers, &s.trusted_proxies);
@@ -137,6 +201,13 @@ pub async fn private(
 async fn send_error(socket: &mut WebSocket, e: &ApiError) {
     let text = json!({"type":"error","error":{"code": e.code, "message": e.message}}).to_string();
     let _ = tokio::time::timeout(WS_SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await;
+}
+
+/// Tells the client why its credential no longer holds, then closes
+/// (1008, policy violation, with the error code as the reason).
+async fn end_session(socket: &mut WebSocket, e: &ApiError) {
+    send_error(socket, e).await;
+    close(socket, 1008, e.code.as_str()).await;
 }
 
 async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
@@ -191,9 +262,6 @@ where
 }
 
 /// Waits for the auth message and checks it.
-/// The user, and for a token the Unix second it stops being valid.
-type Who = (i64, Option<u64>);
-
 async fn authenticate(s: &AppState, socket: &mut WebSocket, ip: IpAddr) -> Result<Who, ApiError> {
     let deadline = tokio::time::Instant::now() + WS_AUTH_TIMEOUT;
     let text = loop {
@@ -230,11 +298,7 @@ async fn authenticate(s: &AppState, socket: &mut WebSocket, ip: IpAddr) -> Resul
         ));
     }
     if let Some(token) = msg.token {
-        return s
-            .tokens
-            .verify_until(&token)
-            .map(|(user, until)| (user, Some(until)))
-            .ok_or_else(invalid_token);
+        return token_who(s, &token).await;
     }
     let (Some(api_key), Some(timestamp), Some(signature)) =
         (msg.api_key, msg.timestamp, msg.signature)
@@ -250,7 +314,13 @@ async fn authenticate(s: &AppState, socket: &mut WebSocket, ip: IpAddr) -> Resul
     let user: AuthUser =
         authn::api_key_user(s, &api_key, payload.as_bytes(), &signature, Some(ip)).await?;
     user.require_read()?;
-    Ok((user.user_id, None))
+    if user.frozen {
+        return Err(authn::account_frozen());
+    }
+    Ok(Who {
+        user,
+        valid_until: None,
+    })
 }
 
 /// What an API key signs to open a private WebSocket session (see the
@@ -259,9 +329,9 @@ pub fn ws_auth_payload(api_key: &str, timestamp: u64) -> String {
     format!("ws-private-auth\napi_key={api_key}&timestamp={timestamp}")
 }
 
-async fn session(s: AppState, mut socket: WebSocket, user: Option<(i64, u64)>, ip: IpAddr) {
-    let (user_id, valid_until) = match user {
-        Some((u, until)) => (u, Some(until)),
+async fn session(s: AppState, mut socket: WebSocket, who: Option<Who>, ip: IpAddr) {
+    let who = match who {
+        Some(who) => who,
         None => match authenticate(&s, &mut socket, ip).await {
             Ok(u) => u,
             Err(e) => {
@@ -271,6 +341,8 @@ async fn session(s: AppState, mut socket: WebSocket, user: Option<(i64, u64)>, i
             }
         },
     };
+    let Who { user, valid_until } = who;
+    let user_id = user.user_id;
     let mut reg = match s.hub.register(user_id) {
         Ok(r) => r,
         Err(e) => {
@@ -296,6 +368,12 @@ async fn session(s: AppState, mut socket: WebSocket, user: Option<(i64, u64)>, i
         tokio::time::Instant::now() + WS_PING_INTERVAL,
         WS_PING_INTERVAL,
     );
+    // Sessions opened together re-check at different moments.
+    let first_recheck = WS_CREDENTIAL_RECHECK_INTERVAL.mul_f64(rand::random_range(0.5..1.0));
+    let mut recheck = tokio::time::interval_at(
+        tokio::time::Instant::now() + first_recheck,
+        WS_CREDENTIAL_RECHECK_INTERVAL,
+    );
     loop {
         tokio::select! {
             () = shutdown.wait() => {
@@ -307,6 +385,18 @@ async fn session(s: AppState, mut socket: WebSocket, user: Option<(i64, u64)>, i
                 send_error(&mut socket, &e).await;
                 close(&mut socket, 1008, "token expired").await;
                 break;
+            }
+            () = reg.recheck.notified() => {
+                if let Err(e) = still_good(&s, &user).await {
+                    end_session(&mut socket, &e).await;
+                    break;
+                }
+            }
+            _ = recheck.tick() => {
+                if let Err(e) = still_good(&s, &user).await {
+                    end_session(&mut socket, &e).await;
+                    break;
+                }
             }
             () = reg.evict.notified() => {
                 tracing::info!(user_id, "private ws client too slow, disconnected");

@@ -1,8 +1,11 @@
-//! Register, login, balances and API keys.
+//! Register, login, balances and API keys (the second factor, logout and
+//! password change are in [`super::security`]).
+
+use std::net::SocketAddr;
 
 use axum::Extension;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -10,14 +13,15 @@ use utoipa::ToSchema;
 use exchange_common::ApiError;
 use exchange_common::ErrorCode;
 use exchange_common::error::{Json, Path};
-use exchange_common::net::IpNet;
+use exchange_common::net::{IpNet, client_ip};
 use exchange_store::balances::{BALANCE_COLUMNS, BalanceJson};
 
 use super::schema::{
     API_KEY_IP_ALLOWLIST_LEN_MAX, API_KEY_LABEL_LEN_MAX, EMAIL_LEN_MAX, ErrorBody, field,
 };
-use crate::auth::authn::AuthUser;
-use crate::auth::password;
+use super::security::{SecondFactor, require_second_factor};
+use crate::auth::authn::{AuthUser, account_frozen};
+use crate::auth::{password, sessions};
 use crate::state::{AppState, now_ms};
 
 /// API keys per user.
@@ -97,25 +101,50 @@ pub struct LoggedIn {
     pub expires_in: u64,
 }
 
-#[utoipa::path(post, path = "/api/v1/auth/login", request_body = Credentials,
-    responses((status = 200, body = LoggedIn), (status = 401, description = "INVALID_CREDENTIALS", body = ErrorBody)))]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    #[schema(schema_with = field::email)]
+    pub email: String,
+    #[schema(schema_with = field::password)]
+    pub password: String,
+    /// Required when 2FA is on (or `recovery_code`).
+    #[serde(default)]
+    #[schema(schema_with = field::optional_totp_code)]
+    pub totp: Option<String>,
+    /// A single-use recovery code, instead of `totp`.
+    #[serde(default)]
+    #[schema(schema_with = field::optional_recovery_code)]
+    pub recovery_code: Option<String>,
+}
+
+/// Checks the password, then (in this order) that the account is not
+/// frozen and the second factor when 2FA is on, and opens a session.
+#[utoipa::path(post, path = "/api/v1/auth/login", request_body = Login,
+    responses((status = 200, body = LoggedIn),
+              (status = 401, description = "INVALID_CREDENTIALS; TOTP_REQUIRED (2FA is on, no code); INVALID_TOTP (wrong, expired or reused code or recovery code)", body = ErrorBody),
+              (status = 403, description = "ACCOUNT_FROZEN", body = ErrorBody),
+              (status = 429, description = "RATE_LIMITED; TOO_MANY_ATTEMPTS (too many wrong codes for this account)", body = ErrorBody)))]
 pub async fn login(
     State(s): State<AppState>,
-    Json(req): Json<Credentials>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(req): Json<Login>,
 ) -> Result<Json<LoggedIn>, ApiError> {
-    let row: Option<(i64, String)> =
-        sqlx::query_as("SELECT id, password_hash FROM users WHERE lower(email) = lower($1)")
-            .bind(&req.email)
-            .fetch_optional(s.db())
-            .await?;
+    let row: Option<(i64, String, bool)> = sqlx::query_as(
+        "SELECT id, password_hash, frozen_at IS NOT NULL FROM users WHERE lower(email) = lower($1)",
+    )
+    .bind(&req.email)
+    .fetch_optional(s.db())
+    .await?;
     // Same work whether or not the user exists (dummy hash), same answer.
     let ok = s
         .passwords
-        .verify(&req.password, row.as_ref().map(|(_, h)| h.as_str()))
+        .verify(&req.password, row.as_ref().map(|(_, h, _)| h.as_str()))
         .await
         .map_err(ApiError::internal)?;
-    let user_id = match row {
-        Some((id, _)) if ok => id,
+    let (user_id, frozen) = match row {
+        Some((id, _, frozen)) if ok => (id, frozen),
         _ => {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -124,9 +153,19 @@ pub async fn login(
             ));
         }
     };
+    if frozen {
+        return Err(account_frozen());
+    }
+    let offered = SecondFactor {
+        totp: req.totp.as_deref(),
+        recovery_code: req.recovery_code.as_deref(),
+    };
+    require_second_factor(&s, user_id, offered).await?;
+    let ip = client_ip(peer.ip(), &headers, &s.trusted_proxies);
+    let session_id = sessions::start(s.db(), user_id, s.tokens.ttl, Some(ip)).await?;
     let token = s
         .tokens
-        .issue(user_id, now_ms() / 1000)
+        .issue(user_id, session_id, now_ms() / 1000)
         .map_err(ApiError::internal)?;
     Ok(Json(LoggedIn {
         access_token: token,
@@ -164,6 +203,14 @@ pub struct NewApiKey {
     #[serde(default)]
     #[schema(schema_with = field::ip_allowlist)]
     pub ip_allowlist: Vec<String>,
+    /// Unix ms after which the key stops working; absent: never.
+    #[serde(default)]
+    #[schema(schema_with = field::optional_expires_at)]
+    pub expires_at: Option<i64>,
+    /// Required when 2FA is on.
+    #[serde(default)]
+    #[schema(schema_with = field::optional_totp_code)]
+    pub totp: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -175,6 +222,8 @@ pub struct ApiKeyInfo {
     pub ip_allowlist: Vec<String>,
     pub created_at: i64,
     pub last_used_at: Option<i64>,
+    /// Unix ms after which the key is refused (401 `API_KEY_EXPIRED`).
+    pub expires_at: Option<i64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -198,8 +247,10 @@ fn permissions(can_read: bool, can_trade: bool) -> Vec<&'static str> {
 
 #[utoipa::path(post, path = "/api/v1/api-keys", request_body = NewApiKey,
     responses((status = 201, body = CreatedApiKey),
-              (status = 400, description = "INVALID_LABEL, INVALID_PERMISSIONS, INVALID_IP_ALLOWLIST, TOO_MANY_API_KEYS (at most 30 per user), or malformed input", body = ErrorBody),
-              (status = 403, description = "PERMISSION_DENIED: API keys are managed with an access token", body = ErrorBody)),
+              (status = 400, description = "INVALID_LABEL, INVALID_PERMISSIONS, INVALID_IP_ALLOWLIST, INVALID_EXPIRY, TOO_MANY_API_KEYS (at most 30 per user), or malformed input", body = ErrorBody),
+              (status = 401, description = "TOTP_REQUIRED, INVALID_TOTP (2FA is on)", body = ErrorBody),
+              (status = 403, description = "PERMISSION_DENIED: API keys are managed with an access token", body = ErrorBody),
+              (status = 429, description = "TOO_MANY_ATTEMPTS", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create_api_key(
     State(s): State<AppState>,
@@ -240,6 +291,19 @@ pub async fn create_api_key(
         })?;
         allow.push(net.to_string());
     }
+    let expires_at = match req.expires_at {
+        None => None,
+        Some(ms) => Some(
+            chrono::DateTime::from_timestamp_millis(ms)
+                .filter(|_| u64::try_from(ms).is_ok_and(|ms| ms > now_ms()))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        ErrorCode::InvalidExpiry,
+                        "expires_at must be a future time in Unix milliseconds",
+                    )
+                })?,
+        ),
+    };
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE user_id = $1")
         .bind(user.user_id)
         .fetch_one(s.db())
@@ -250,14 +314,19 @@ pub async fn create_api_key(
             format!("at most {API_KEYS_PER_USER_MAX} API keys per user"),
         ));
     }
+    let offered = SecondFactor {
+        totp: req.totp.as_deref(),
+        recovery_code: None,
+    };
+    require_second_factor(&s, user.user_id, offered).await?;
     let (api_key, secret) = crate::auth::keys::generate();
     let (nonce, ciphertext) = s
         .keys
         .encrypt(&api_key, &secret)
         .map_err(ApiError::internal)?;
     let (id, created_at): (i64, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
-        "INSERT INTO api_keys (api_key, user_id, label, can_read, can_trade, ip_allowlist, secret_nonce, secret_ciphertext)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id, created_at",
+        "INSERT INTO api_keys (api_key, user_id, label, can_read, can_trade, ip_allowlist, secret_nonce, secret_ciphertext, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id, created_at",
     )
     .bind(&api_key)
     .bind(user.user_id)
@@ -267,6 +336,7 @@ pub async fn create_api_key(
     .bind(&allow)
     .bind(&nonce)
     .bind(&ciphertext)
+    .bind(expires_at)
     .fetch_one(s.db())
     .await?;
     let info = ApiKeyInfo {
@@ -277,6 +347,7 @@ pub async fn create_api_key(
         ip_allowlist: allow,
         created_at: created_at.timestamp_millis(),
         last_used_at: None,
+        expires_at: expires_at.map(|t| t.timestamp_millis()),
     };
     Ok((StatusCode::CREATED, Json(CreatedApiKey { info, secret })))
 }
@@ -291,6 +362,7 @@ struct KeyListRow {
     ip_allowlist: Vec<String>,
     created_at: chrono::DateTime<chrono::Utc>,
     last_used_at: Option<chrono::DateTime<chrono::Utc>>,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[utoipa::path(get, path = "/api/v1/api-keys",
@@ -303,7 +375,7 @@ pub async fn list_api_keys(
 ) -> Result<Json<Vec<ApiKeyInfo>>, ApiError> {
     user.require_session()?;
     let rows: Vec<KeyListRow> = sqlx::query_as(
-        "SELECT id, api_key, label, can_read, can_trade, ip_allowlist, created_at, last_used_at
+        "SELECT id, api_key, label, can_read, can_trade, ip_allowlist, created_at, last_used_at, expires_at
          FROM api_keys WHERE user_id = $1 ORDER BY id",
     )
     .bind(user.user_id)
@@ -319,6 +391,7 @@ pub async fn list_api_keys(
                 ip_allowlist: r.ip_allowlist,
                 created_at: r.created_at.timestamp_millis(),
                 last_used_at: r.last_used_at.map(|t| t.timestamp_millis()),
+                expires_at: r.expires_at.map(|t| t.timestamp_millis()),
             })
             .collect(),
     ))
@@ -349,5 +422,7 @@ pub async fn delete_api_key(
     if let Err(e) = crate::binance::user_stream::revoke_user_listen_key(&s, user.user_id).await {
         tracing::warn!(user = user.user_id, error = ?e, "API key deleted but its user's listenKey could not be revoked");
     }
+    // Its private WebSocket sessions end now, on every gateway.
+    sessions::announce(&s, user.user_id).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -6,6 +6,7 @@ pub mod marketdata;
 pub mod orders;
 pub mod public;
 pub mod schema;
+pub mod security;
 
 /// True when `e` is a unique-constraint violation.
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {

@@ -282,4 +282,44 @@ pub mod field {
             ))
             .build()
     }
+
+    const TOTP_CODE: &str = "^[0-9]{6}$";
+
+    /// A 6-digit TOTP code from the authenticator app.
+    pub fn totp_code() -> Object {
+        text(
+            false,
+            TOTP_CODE,
+            "the 6-digit code from the authenticator app",
+        )
+    }
+
+    pub fn optional_totp_code() -> Object {
+        text(
+            true,
+            TOTP_CODE,
+            "the 6-digit code from the authenticator app; required when 2FA is on",
+        )
+    }
+
+    /// A recovery code as enrolment returned it (`XXXX-XXXX-XXXX-XXXX`;
+    /// case, spaces and dashes do not matter).
+    pub fn optional_recovery_code() -> Object {
+        text(
+            true,
+            r"^[^\x00]{1,64}$",
+            "a single-use recovery code, e.g. ABCD-EFGH-IJKL-MNOP",
+        )
+    }
+
+    /// A time in Unix milliseconds that must be in the future.
+    pub fn optional_expires_at() -> Object {
+        ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Integer, Type::Null]))
+            .minimum(Some(1))
+            .description(Some(
+                "when the key stops working, Unix ms (in the future); absent: never",
+            ))
+            .build()
+    }
 }

@@ -15,17 +15,21 @@ use exchange_common::auth::{bearer_token, constant_time_eq};
 use exchange_common::http::REQUEST_BODY_BYTES_MAX;
 use exchange_common::net::{IpNet, client_ip};
 
-use crate::auth::keys;
+use crate::auth::{keys, sessions};
 use crate::state::{AppState, now_ms};
 
 /// How the caller authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
-    AccessToken,
+    /// An access token of this open login session.
+    AccessToken { session_id: i64 },
     ApiKey {
         id: i64,
         can_read: bool,
         can_trade: bool,
+        /// The owner's `session_epoch` when the key was checked: a private
+        /// WebSocket opened with the key ends when it changes.
+        session_epoch: i64,
     },
 }
 
@@ -34,22 +38,27 @@ pub enum Credential {
 pub struct AuthUser {
     pub user_id: i64,
     pub credential: Credential,
+    /// An operator froze the account: reads still work, trading does not.
+    pub frozen: bool,
 }
 
 impl AuthUser {
     /// Reading account data: tokens always, API keys with `read`.
     pub fn require_read(&self) -> Result<(), ApiError> {
         match self.credential {
-            Credential::AccessToken | Credential::ApiKey { can_read: true, .. } => Ok(()),
+            Credential::AccessToken { .. } | Credential::ApiKey { can_read: true, .. } => Ok(()),
             Credential::ApiKey { .. } => {
                 Err(permission_denied("this API key lacks the read permission"))
             }
         }
     }
-    /// Trading: tokens always, API keys with `trade`.
+    /// Trading: tokens always, API keys with `trade`; never a frozen account.
     pub fn require_trade(&self) -> Result<(), ApiError> {
+        if self.frozen {
+            return Err(account_frozen());
+        }
         match self.credential {
-            Credential::AccessToken
+            Credential::AccessToken { .. }
             | Credential::ApiKey {
                 can_trade: true, ..
             } => Ok(()),
@@ -58,15 +67,24 @@ impl AuthUser {
             }
         }
     }
-    /// Managing API keys needs a login session, never an API key.
-    pub fn require_session(&self) -> Result<(), ApiError> {
+    /// Managing API keys, the password, the second factor and sessions
+    /// needs a login session, never an API key. Returns the session.
+    pub fn require_session(&self) -> Result<i64, ApiError> {
         match self.credential {
-            Credential::AccessToken => Ok(()),
+            Credential::AccessToken { session_id } => Ok(session_id),
             Credential::ApiKey { .. } => Err(permission_denied(
-                "API keys are managed with an access token",
+                "this needs an access token (log in), not an API key",
             )),
         }
     }
+}
+
+pub fn account_frozen() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        ErrorCode::AccountFrozen,
+        "this account is frozen; contact support",
+    )
 }
 
 fn permission_denied(msg: &str) -> ApiError {
@@ -89,17 +107,9 @@ pub async fn require_user(
     next: Next,
 ) -> Result<Response, ApiError> {
     if let Some(token) = bearer_token(req.headers()) {
-        let user_id = state.tokens.verify(token).ok_or_else(|| {
-            unauthorized(
-                ErrorCode::InvalidToken,
-                "the access token is invalid or expired",
-            )
-        })?;
+        let user = token_user(&state, token).await?;
         let mut req = req;
-        req.extensions_mut().insert(AuthUser {
-            user_id,
-            credential: Credential::AccessToken,
-        });
+        req.extensions_mut().insert(user);
         return Ok(next.run(req).await);
     }
     let Some(api_key) = req
@@ -117,6 +127,33 @@ pub async fn require_user(
     Ok(next.run(req).await)
 }
 
+/// The user of an access token whose session is still open.
+pub async fn token_user(state: &AppState, token: &str) -> Result<AuthUser, ApiError> {
+    let verified = state.tokens.verify(token).ok_or_else(|| {
+        unauthorized(
+            ErrorCode::InvalidToken,
+            "the access token is invalid or expired",
+        )
+    })?;
+    let open = sessions::check(state.db(), verified.user_id, verified.session_id)
+        .await?
+        .ok_or_else(session_ended)?;
+    Ok(AuthUser {
+        user_id: verified.user_id,
+        credential: Credential::AccessToken {
+            session_id: verified.session_id,
+        },
+        frozen: open.frozen,
+    })
+}
+
+pub fn session_ended() -> ApiError {
+    unauthorized(
+        ErrorCode::SessionEnded,
+        "this session has ended (logout, password or 2FA change); log in again",
+    )
+}
+
 #[derive(sqlx::FromRow)]
 struct KeyRow {
     id: i64,
@@ -126,6 +163,9 @@ struct KeyRow {
     ip_allowlist: Vec<String>,
     secret_nonce: Vec<u8>,
     secret_ciphertext: Vec<u8>,
+    expired: bool,
+    frozen: bool,
+    session_epoch: i64,
 }
 
 async fn verify_signed(state: &AppState, api_key: &str, req: Request) -> Result<Request, ApiError> {
@@ -218,8 +258,10 @@ pub async fn api_key_user(
     ip: Option<IpAddr>,
 ) -> Result<AuthUser, ApiError> {
     let row: Option<KeyRow> = sqlx::query_as(
-        "SELECT id, user_id, can_read, can_trade, ip_allowlist, secret_nonce, secret_ciphertext
-         FROM api_keys WHERE api_key = $1",
+        "SELECT k.id, k.user_id, k.can_read, k.can_trade, k.ip_allowlist, k.secret_nonce, k.secret_ciphertext,
+                k.expires_at IS NOT NULL AND k.expires_at <= now() AS expired,
+                u.frozen_at IS NOT NULL AS frozen, u.session_epoch
+         FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.api_key = $1",
     )
     .bind(api_key)
     .fetch_optional(state.db())
@@ -243,6 +285,13 @@ pub async fn api_key_user(
         })?;
     if !keys::verify_signature(&secret, payload, signature_hex) {
         return Err(invalid());
+    }
+    // Only a correctly signed request learns that the key expired.
+    if row.expired {
+        return Err(unauthorized(
+            ErrorCode::ApiKeyExpired,
+            "this API key has expired",
+        ));
     }
     if !row.ip_allowlist.is_empty() {
         let allowed = ip.is_some_and(|ip| {
@@ -269,7 +318,9 @@ pub async fn api_key_user(
             id: row.id,
             can_read: row.can_read,
             can_trade: row.can_trade,
+            session_epoch: row.session_epoch,
         },
+        frozen: row.frozen,
     })
 }
 

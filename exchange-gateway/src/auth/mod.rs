@@ -5,4 +5,6 @@
 pub mod authn;
 pub mod keys;
 pub mod password;
+pub mod sessions;
 pub mod tokens;
+pub mod totp;

@@ -207,7 +207,13 @@ impl BnError {
                 Self::bad(-1013, message.to_owned())
             }
             Some(ErrorCode::RateLimited) => Self::too_many(-1015, 1),
-            Some(ErrorCode::PermissionDenied | ErrorCode::IpNotAllowed) => Self::rejected_key(),
+            Some(
+                ErrorCode::PermissionDenied | ErrorCode::IpNotAllowed | ErrorCode::ApiKeyExpired,
+            ) => Self::rejected_key(),
+            // Binance's answer for an account whose trading is disabled.
+            Some(ErrorCode::AccountFrozen) => {
+                Self::bad(-2010, "This action is disabled on this account.")
+            }
             Some(ErrorCode::Overloaded | ErrorCode::Unavailable) => Self::unavailable(),
             _ if message.is_empty() => Self::internal(),
             _ => Self::bad(-1013, message.to_owned()),

@@ -112,16 +112,21 @@ pub async fn authenticate(
         .await
         .map_err(|e| match e.code {
             ErrorCode::InvalidSignature => BnError::bad_signature(),
-            ErrorCode::IpNotAllowed => BnError::rejected_key(),
+            ErrorCode::IpNotAllowed | ErrorCode::ApiKeyExpired => BnError::rejected_key(),
             _ => BnError::from_api(&e, super::error::Action::Query),
         })?;
     let allowed = match (&user.credential, need) {
         (Credential::ApiKey { can_read, .. }, Need::Read) => *can_read,
         (Credential::ApiKey { can_trade, .. }, Need::Trade) => *can_trade,
-        (Credential::AccessToken, _) => false,
+        (Credential::AccessToken { .. }, _) => false,
     };
     if !allowed {
         return Err(BnError::rejected_key());
+    }
+    if need == Need::Trade
+        && let Err(e) = user.require_trade()
+    {
+        return Err(BnError::from_api(&e, super::error::Action::Place));
     }
     Ok((user, params))
 }

@@ -641,13 +641,14 @@ pub async fn account(State(s): State<BnState>, req: Request) -> Result<Json<Valu
         .filter(|(_, free, locked)| !omit_zero || free != "0" || locked != "0")
         .map(|(asset, free, locked)| json!({"asset": asset, "free": pad8(free), "locked": pad8(locked)}))
         .collect();
-    let can_trade = matches!(
-        user.credential,
-        Credential::ApiKey {
-            can_trade: true,
-            ..
-        }
-    );
+    let can_trade = !user.frozen
+        && matches!(
+            user.credential,
+            Credential::ApiKey {
+                can_trade: true,
+                ..
+            }
+        );
     Ok(Json(json!({
         "makerCommission": 0,
         "takerCommission": 0,
