@@ -935,15 +935,21 @@ async fn header_limits_and_no_cors_by_default() {
 #[tokio::test]
 async fn a_private_session_ends_when_its_token_expires() {
     let app = spawn().await;
-    let (alice, _) = user(&app, "alice@example.com").await;
-    // Expired 3 s ago: still inside the 5 s leeway, so accepted, for ~2 s.
+    let (alice, login) = user(&app, "alice@example.com").await;
+    // The same open session as a real login, but a token that expired 3 s
+    // ago: still inside the 5 s leeway, so accepted, for ~2 s.
+    let claims = login.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims).unwrap(),
+    )
+    .unwrap();
     let now = chrono::Utc::now().timestamp();
     let key = jsonwebtoken::EncodingKey::from_secret(
         app.env.config.gateway.auth_token_secret.expose().as_bytes(),
     );
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({"sub": alice.to_string(), "iat": now - 3600, "exp": now - 3, "typ": "access"}),
+        &json!({"sub": alice.to_string(), "sid": claims["sid"], "iat": now - 3600, "exp": now - 3, "typ": "access"}),
         &key,
     )
     .unwrap();

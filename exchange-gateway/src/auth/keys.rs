@@ -8,7 +8,8 @@
 //! in production: it survives `AUTH_TOKEN_SECRET` rotations), otherwise
 //! `AUTH_TOKEN_SECRET` (and `AUTH_TOKEN_SECRET_PREVIOUS` is tried when
 //! decrypting, so a rotation keeps existing keys working during its grace
-//! period).
+//! period). Users' TOTP secrets are encrypted the same way, with
+//! `totp:<user id>` as associated data.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
@@ -26,7 +27,8 @@ pub const TIMESTAMP_AHEAD_MAX_MS: u64 = 1_000;
 #[derive(Clone)]
 pub struct KeyCipher {
     current: ChaCha20Poly1305,
-    previous: Option<ChaCha20Poly1305>,
+    /// Keys secrets may still be encrypted with, tried in order.
+    previous: Vec<ChaCha20Poly1305>,
 }
 
 fn derive(material: &str) -> ChaCha20Poly1305 {
@@ -39,18 +41,25 @@ fn derive(material: &str) -> ChaCha20Poly1305 {
 
 impl KeyCipher {
     pub fn new(config: &Config) -> Self {
+        let auth = &config.gateway.auth_token_secret;
+        let auth_previous = config.gateway.auth_token_secret_previous.as_ref();
         match &config.gateway.api_key_encryption_key {
+            // Secrets stored before the key was set were encrypted with
+            // AUTH_TOKEN_SECRET: still readable, so setting the key later
+            // loses nothing (new secrets use the key).
             Some(k) => Self {
                 current: derive(k.expose()),
-                previous: None,
+                previous: std::iter::once(auth)
+                    .chain(auth_previous)
+                    .map(|s| derive(s.expose()))
+                    .collect(),
             },
             None => Self {
-                current: derive(config.gateway.auth_token_secret.expose()),
-                previous: config
-                    .gateway
-                    .auth_token_secret_previous
-                    .as_ref()
-                    .map(|p| derive(p.expose())),
+                current: derive(auth.expose()),
+                previous: auth_previous
+                    .map(|p| derive(p.expose()))
+                    .into_iter()
+                    .collect(),
             },
         }
     }
@@ -79,16 +88,9 @@ impl KeyCipher {
             msg: ciphertext,
             aad: api_key.as_bytes(),
         };
-        let plain = self
-            .current
-            .decrypt(Nonce::from_slice(nonce), payload())
-            .or_else(|_| {
-                self.previous
-                    .as_ref()
-                    .ok_or(chacha20poly1305::Error)?
-                    .decrypt(Nonce::from_slice(nonce), payload())
-            })
-            .ok()?;
+        let plain = std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find_map(|c| c.decrypt(Nonce::from_slice(nonce), payload()).ok())?;
         String::from_utf8(plain).ok()
     }
 }
@@ -217,5 +219,24 @@ mod tests {
         assert_ne!(ct, b"s3cret");
         assert_eq!(c.decrypt("key1", &n, &ct).as_deref(), Some("s3cret"));
         assert_eq!(c.decrypt("key2", &n, &ct), None, "bound to its key id");
+    }
+
+    #[test]
+    fn setting_an_encryption_key_later_keeps_older_secrets_readable() {
+        let before = Config::for_tests("postgres://x/y", "redis://x", "t");
+        let (n, ct) = KeyCipher::new(&before).encrypt("key1", "s3cret").unwrap();
+        let mut after = before.clone();
+        after.gateway.api_key_encryption_key = Some(exchange_common::config::Secret::new(
+            "a-separate-encryption-key-of-32-chars".to_owned(),
+        ));
+        let c = KeyCipher::new(&after);
+        assert_eq!(c.decrypt("key1", &n, &ct).as_deref(), Some("s3cret"));
+        let (n2, ct2) = c.encrypt("key2", "other").unwrap();
+        assert_eq!(
+            KeyCipher::new(&before).decrypt("key2", &n2, &ct2),
+            None,
+            "new secrets use the key"
+        );
+        assert_eq!(c.decrypt("key2", &n2, &ct2).as_deref(), Some("other"));
     }
 }

@@ -74,6 +74,19 @@ pub(super) fn lookups(requests: &[Request]) -> Lookups {
     out
 }
 
+/// The users who place or amend orders in this batch: a frozen one may
+/// not (cancels stay allowed: they only reduce what is at risk).
+pub(super) fn trading_users(requests: &[Request]) -> Vec<i64> {
+    let users: BTreeSet<i64> = requests
+        .iter()
+        .filter_map(|r| match r {
+            Request::Place { user_id, .. } | Request::Amend { user_id, .. } => Some(*user_id),
+            _ => None,
+        })
+        .collect();
+    users.into_iter().collect()
+}
+
 /// The markets this batch will append to (cancels and amends of unknown
 /// orders append nothing; an extra market here only costs a lock).
 pub(super) fn batch_markets(
@@ -173,6 +186,9 @@ pub(super) struct Loaded {
     pub available: BTreeMap<(i64, String), u128>,
     /// Assets of balance rows read whose scale is unknown.
     pub unknown_scale: BTreeSet<String>,
+    /// Users of [`trading_users`] whose account is frozen (read only under
+    /// the sequencer: see `Worker::apply_batch`).
+    pub frozen: BTreeSet<i64>,
 }
 
 /// What one request does.
@@ -257,6 +273,11 @@ pub(super) fn decide(
     let mut decisions = Vec::with_capacity(requests.len());
     for (i, r) in requests.iter().enumerate() {
         let decision = match r {
+            Request::Place { user_id, .. } | Request::Amend { user_id, .. }
+                if loaded.frozen.contains(user_id) =>
+            {
+                Decision::Done(Err(account_frozen()))
+            }
             Request::Place {
                 user_id,
                 market,
@@ -639,6 +660,14 @@ fn scale_unknown() -> ApiError {
     )
 }
 
+fn account_frozen() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        ErrorCode::AccountFrozen,
+        "this account is frozen; contact support",
+    )
+}
+
 fn insufficient() -> ApiError {
     ApiError::bad_request(
         ErrorCode::InsufficientBalance,
@@ -866,6 +895,25 @@ mod tests {
         assert_eq!(done.locked(ALICE, "USDT"), 5 * USDT);
         assert_eq!(done.locked(ALICE, "BTC"), 0);
         assert_eq!(done.commands.len(), 1);
+    }
+
+    #[test]
+    fn a_frozen_user_may_not_place_or_amend_but_others_may() {
+        let mut loaded = funds(&[(ALICE, "USDT", 10 * USDT), (BOB, "USDT", 10 * USDT)]);
+        loaded.frozen.insert(ALICE);
+        let requests = [
+            place(ALICE, &limit(Side::Buy, "100", "0.01")),
+            place(BOB, &limit(Side::Buy, "100", "0.01")),
+        ];
+        let done = apply(&requests, loaded, &markets(T));
+        assert_eq!(
+            refusal(&done.outcomes[0]),
+            (StatusCode::FORBIDDEN, "ACCOUNT_FROZEN")
+        );
+        assert_eq!(placed(&done.outcomes[1]), (100, true));
+        assert_eq!(done.locked(ALICE, "USDT"), 0);
+        assert_eq!(done.commands.len(), 1);
+        assert_eq!(trading_users(&requests), vec![ALICE, BOB]);
     }
 
     #[test]

@@ -244,6 +244,22 @@ pub(super) async fn lock_funds(
     Ok(updated == locks.len() as u64)
 }
 
+/// The users among `users` whose account an operator froze.
+pub(super) async fn frozen_users(
+    tx: &mut PgConnection,
+    users: &[i64],
+) -> anyhow::Result<BTreeSet<i64>> {
+    if users.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let frozen: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM users WHERE id = ANY($1) AND frozen_at IS NOT NULL")
+            .bind(users)
+            .fetch_all(&mut *tx)
+            .await?;
+    Ok(frozen.into_iter().collect())
+}
+
 /// Stores market status changes, in order.
 pub(super) async fn set_market_statuses(
     tx: &mut PgConnection,

@@ -64,8 +64,9 @@ impl Worker {
     async fn apply(&self, requests: &[Request]) -> Vec<Outcome> {
         let mut result = self.apply_batch(requests, false).await;
         if matches!(result, Ok(None)) {
-            // A balance changed between our unlocked read and our write:
-            // decide again under row locks.
+            // A balance changed between our unlocked read and our write,
+            // or a user of the batch is frozen: decide again under row
+            // locks and the sequencer.
             metrics::counter!("exchange_order_batch_relocked_total").increment(1);
             result = self.apply_batch(requests, true).await;
         }
@@ -131,6 +132,19 @@ impl Worker {
             Some(guards) => guards,
             None => self.sequencer.lock(&read.journals).await,
         };
+        // A freeze is followed by a cancel-all through this sequencer. A
+        // placement decided before the freeze committed must take its
+        // sequence number before that cancel-all (which then cancels it),
+        // so the check is made here, holding the sequencer; a frozen user
+        // sends the batch to the locked path, which reads it there too.
+        if !locked
+            && !store::frozen_users(&mut tx, &plan::trading_users(requests))
+                .await?
+                .is_empty()
+        {
+            tx.rollback().await?;
+            return Ok(None);
+        }
         store::add_amend_reserves(&mut tx, &plan.amend_reserves).await?;
         if !store::lock_funds(&mut tx, &plan.locks, &read.scales).await? {
             tx.rollback().await?;
@@ -198,6 +212,13 @@ impl Worker {
         }
         let keys = plan::balance_keys(requests, &by_id);
         let (available, unknown_scale) = store::load_available(tx, &keys, &scales, locked).await?;
+        // Unlocked, this read would not hold: `apply_batch` checks again
+        // under the sequencer.
+        let frozen = if locked {
+            store::frozen_users(tx, &plan::trading_users(requests)).await?
+        } else {
+            BTreeSet::new()
+        };
         Ok(Read {
             loaded: Loaded {
                 by_client_id,
@@ -205,6 +226,7 @@ impl Worker {
                 last_price,
                 available,
                 unknown_scale,
+                frozen,
             },
             journals,
             markets,
