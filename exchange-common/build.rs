@@ -3,7 +3,12 @@
 use std::fmt::Write as _;
 
 fn main() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    // The directory of the crate being built, read when the script runs:
+    // `env!` would bake in where the script was first compiled, and a
+    // target directory copied from another checkout (a git worktree) would
+    // then embed that checkout's migrations.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default();
+    let dir = std::path::Path::new(&manifest_dir).join("migrations");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .map(|entries| {

@@ -118,9 +118,9 @@ for who in alice bob; do
         -d "{\"email\":\"$who@example.com\",\"password\":\"demo-password-1\"}")
     user_id=$(printf '%s' "$body" | jq -r '.user_id // empty')
     if [ -n "$user_id" ]; then
-        seed POST /admin/v1/deposits "{\"user_id\":$(printf '%s' "$body" | jq '.user_id'),\"asset\":\"USDT\",\"amount\":\"100000\"}"
-        seed POST /admin/v1/deposits "{\"user_id\":$(printf '%s' "$body" | jq '.user_id'),\"asset\":\"BTC\",\"amount\":\"2\"}"
-        seed POST /admin/v1/deposits "{\"user_id\":$(printf '%s' "$body" | jq '.user_id'),\"asset\":\"ETH\",\"amount\":\"20\"}"
+        seed POST /admin/v1/deposits "{\"user_id\":$user_id,\"asset\":\"USDT\",\"amount\":\"100000\",\"reference\":\"dev-seed-$user_id-USDT\"}"
+        seed POST /admin/v1/deposits "{\"user_id\":$user_id,\"asset\":\"BTC\",\"amount\":\"2\",\"reference\":\"dev-seed-$user_id-BTC\"}"
+        seed POST /admin/v1/deposits "{\"user_id\":$user_id,\"asset\":\"ETH\",\"amount\":\"20\",\"reference\":\"dev-seed-$user_id-ETH\"}"
         log "demo user $who@example.com (id $user_id) funded with 100000 USDT, 2 BTC, 20 ETH"
     fi
 done

@@ -179,10 +179,10 @@ seller_base=0.01
 buyer_quote=1000
 step "admin deposits: seller $seller_base $base, buyer $buyer_quote $quote"
 last_call="POST /admin/v1/deposits (seller)"
-api POST /admin/v1/deposits "{\"user_id\":${user_id[seller]},\"asset\":\"$base\",\"amount\":\"$seller_base\"}" "$ADMIN_TOKEN"
+api POST /admin/v1/deposits "{\"user_id\":${user_id[seller]},\"asset\":\"$base\",\"amount\":\"$seller_base\",\"reference\":\"smoke-${user_id[seller]}-$base\"}" "$ADMIN_TOKEN"
 expect 200 201
 last_call="POST /admin/v1/deposits (buyer)"
-api POST /admin/v1/deposits "{\"user_id\":${user_id[buyer]},\"asset\":\"$quote\",\"amount\":\"$buyer_quote\"}" "$ADMIN_TOKEN"
+api POST /admin/v1/deposits "{\"user_id\":${user_id[buyer]},\"asset\":\"$quote\",\"amount\":\"$buyer_quote\",\"reference\":\"smoke-${user_id[buyer]}-$quote\"}" "$ADMIN_TOKEN"
 expect 200 201
 # balance WHO ASSET FIELD VALUE: the user's balance field equals VALUE now.
 balance_is() {

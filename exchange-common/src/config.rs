@@ -91,6 +91,10 @@ pub struct RedisConfig {
 pub struct GatewayConfig {
     pub http_addr: SocketAddr,
     pub ws_addr: SocketAddr,
+    /// `ADMIN_HTTP_ADDR`: when set, the admin API is served on this address
+    /// only (e.g. loopback or an internal network) and the public port
+    /// answers 404 for `/admin`; when unset, it stays on `http_addr`.
+    pub admin_http_addr: Option<SocketAddr>,
     pub order_service_url: String,
     pub marketdata_url: String,
     pub consumer_name: String,
@@ -253,6 +257,19 @@ impl Reader<'_> {
             ));
             fallback
         })
+    }
+
+    fn optional_addr(&mut self, key: &str) -> Option<SocketAddr> {
+        let text = self.get(key)?;
+        match text.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.errors.push(format!(
+                    "{key}={text:?} is not a socket address like 127.0.0.1:8081"
+                ));
+                None
+            }
+        }
     }
 
     fn bool(&mut self, key: &str, default: bool) -> bool {
@@ -420,6 +437,7 @@ impl Config {
                 enable_docs,
                 http_addr: r.addr("GATEWAY_HTTP_ADDR", "0.0.0.0:8080"),
                 ws_addr: r.addr("GATEWAY_WS_ADDR", "0.0.0.0:8090"),
+                admin_http_addr: r.optional_addr("ADMIN_HTTP_ADDR"),
                 order_service_url: r.or("ORDER_SERVICE_URL", "http://127.0.0.1:8091"),
                 marketdata_url: r.or("MARKETDATA_URL", "http://127.0.0.1:8094"),
                 consumer_name: r.or("GATEWAY_CONSUMER_NAME", &format!("gateway-{hostname}")),
@@ -490,6 +508,13 @@ impl Config {
                     "TRUSTED_PROXIES entry {proxy:?} is not an IP address or CIDR network"
                 ));
             }
+        }
+        if let Some(admin) = config.gateway.admin_http_addr
+            && (admin == config.gateway.http_addr || admin == config.gateway.ws_addr)
+        {
+            r.errors.push(format!(
+                "ADMIN_HTTP_ADDR={admin} must differ from GATEWAY_HTTP_ADDR and GATEWAY_WS_ADDR"
+            ));
         }
         if !(1..=GATEWAY_PLACE_BATCH_MAX_LIMIT).contains(&config.gateway.place_batch_max) {
             r.errors.push(format!(
@@ -637,6 +662,30 @@ mod tests {
         );
         assert_eq!(c.clearing.read_linger, Duration::from_millis(10));
         assert_eq!(c.order.batch_linger, Duration::from_millis(2));
+    }
+
+    #[test]
+    fn the_admin_listener_is_optional_and_checked() {
+        assert_eq!(load(DEV).unwrap().gateway.admin_http_addr, None);
+        let with = |v: &str| {
+            let mut pairs = DEV.to_vec();
+            pairs.push(("ADMIN_HTTP_ADDR", v));
+            load(&pairs)
+        };
+        assert_eq!(
+            with("127.0.0.1:8081").unwrap().gateway.admin_http_addr,
+            Some(SocketAddr::from(([127, 0, 0, 1], 8081)))
+        );
+        let errors = with("localhost").unwrap_err().0;
+        assert!(
+            errors[0].starts_with("ADMIN_HTTP_ADDR=\"localhost\" is not"),
+            "{errors:?}"
+        );
+        let errors = with("0.0.0.0:8080").unwrap_err().0;
+        assert!(
+            errors[0].contains("must differ from GATEWAY_HTTP_ADDR"),
+            "{errors:?}"
+        );
     }
 
     #[test]

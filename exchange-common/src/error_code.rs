@@ -72,6 +72,12 @@ error_codes! {
     InvalidChannel = "INVALID_CHANNEL",
     /// 426: a plain HTTP request on a WebSocket route.
     WebsocketRequired = "WEBSOCKET_REQUIRED",
+    /// A deposit `reference` missing, empty or too long.
+    InvalidReference = "INVALID_REFERENCE",
+    /// An operator name outside `^[a-z0-9][a-z0-9._-]{0,63}$`, or reserved.
+    InvalidOperatorName = "INVALID_OPERATOR_NAME",
+    /// An operator role other than viewer, support, finance, admin.
+    InvalidRole = "INVALID_ROLE",
 
     // Orders (the order service's rules).
     InvalidOrder = "INVALID_ORDER",
@@ -133,6 +139,10 @@ error_codes! {
     EmailTaken = "EMAIL_TAKEN",
     AssetExists = "ASSET_EXISTS",
     MarketExists = "MARKET_EXISTS",
+    /// 409: a deposit reference already used with another body.
+    ReferenceConflict = "REFERENCE_CONFLICT",
+    OperatorExists = "OPERATOR_EXISTS",
+    OperatorNotFound = "OPERATOR_NOT_FOUND",
 
     // Limits (429 unless noted).
     RateLimited = "RATE_LIMITED",

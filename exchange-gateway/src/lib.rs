@@ -1,6 +1,8 @@
 //! The gateway: the public REST API, authentication (passwords with
 //! Argon2id, HS256 access tokens, API keys with Binance-style request
-//! signing), the admin API, order and market-data routes proxied to the
+//! signing), the admin API (root and named operators with roles, every
+//! change audited: [`auth::operators`]; optionally on its own listener,
+//! `ADMIN_HTTP_ADDR`), order and market-data routes proxied to the
 //! internal services ([`upstream`]), rate limits ([`ratelimit`]) and the
 //! private WebSocket push ([`ws`]).
 //!
@@ -34,6 +36,7 @@ use exchange_common::service::ServiceBase;
 use exchange_common::{ApiError, Config, Shutdown};
 use tokio::net::TcpListener;
 
+use crate::auth::operators::{self, Permission};
 use crate::auth::{authn, keys, password, tokens};
 use crate::ratelimit::Limits;
 use crate::state::AppState;
@@ -45,13 +48,21 @@ pub const SERVICE: &str = "gateway";
 pub struct Listeners {
     pub http: TcpListener,
     pub ws: TcpListener,
+    /// `ADMIN_HTTP_ADDR`: when present, the admin routes are served here
+    /// only (the public port answers 404 for them); when absent, on `http`.
+    pub admin: Option<TcpListener>,
 }
 
 impl Listeners {
     pub async fn bind(config: &Config) -> std::io::Result<Self> {
+        let admin = match config.gateway.admin_http_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
         Ok(Self {
             http: TcpListener::bind(config.gateway.http_addr).await?,
             ws: TcpListener::bind(config.gateway.ws_addr).await?,
+            admin,
         })
     }
 }
@@ -86,9 +97,64 @@ fn limits(state: &AppState) -> Limits {
     }
 }
 
-/// The REST routes (without the skeleton and common layers). No CORS layer:
-/// browsers on other origins are refused by default.
-pub fn routes(state: AppState) -> Router {
+/// The admin routes, one group per [`Permission`]: each group's layer
+/// authenticates the caller (root or an operator) and refuses a role
+/// without that permission (`auth::operators`). A new admin route goes in
+/// the group of the permission it needs.
+pub fn admin_routes(state: AppState) -> Router {
+    let gate = |permission: Permission| {
+        from_fn_with_state((state.clone(), permission), operators::require)
+    };
+    // Every role: reads.
+    let read = Router::new()
+        .route("/admin/v1/audit", get(api::operators::list_audit))
+        .route("/admin/v1/operators", get(api::operators::list_operators))
+        .route_layer(gate(Permission::Read));
+    // Support (and admin): freezing and unfreezing users. axum refuses a
+    // layer on a group without routes, so the group starts with its first
+    // route:
+    //   let support = Router::new()
+    //       .route("/admin/v1/users/{id}/freeze", post(..))
+    //       .route("/admin/v1/users/{id}/unfreeze", post(..))
+    //       .route_layer(gate(Permission::Support));
+    // Finance (and admin): money in and out.
+    let finance = Router::new()
+        .route("/admin/v1/deposits", post(api::admin::deposit))
+        .route_layer(gate(Permission::Finance));
+    // Admin only: what is traded, and who operates.
+    let admin = Router::new()
+        .route("/admin/v1/assets", post(api::admin::create_asset))
+        .route("/admin/v1/markets", post(api::admin::create_market))
+        .route(
+            "/admin/v1/markets/{symbol}",
+            patch(api::admin::patch_market),
+        )
+        .route("/admin/v1/operators", post(api::operators::create_operator))
+        .route(
+            "/admin/v1/operators/{id}",
+            delete(api::operators::delete_operator),
+        )
+        .route(
+            "/admin/v1/operators/{id}/token",
+            post(api::operators::rotate_operator_token),
+        )
+        .route_layer(gate(Permission::Admin));
+    read.merge(finance).merge(admin).with_state(state)
+}
+
+/// The admin routes as served on their own listener (`ADMIN_HTTP_ADDR`),
+/// with the same per-IP budget and header limits as the public port.
+fn admin_listener_routes(state: AppState) -> Router {
+    let limits = limits(&state);
+    admin_routes(state)
+        .layer(from_fn_with_state(limits, ratelimit::per_ip))
+        .layer(from_fn(limit_headers))
+}
+
+/// The REST routes (without the skeleton and common layers), admin routes
+/// included unless `admin_separate` (they are then on their own listener).
+/// No CORS layer: browsers on other origins are refused by default.
+pub fn routes(state: AppState, admin_separate: bool) -> Router {
     let limits = limits(&state);
     let public = Router::new()
         .route(
@@ -157,16 +223,10 @@ pub fn routes(state: AppState) -> Router {
             post(api::security::confirm_totp),
         )
         .route_layer(from_fn_with_state(state.clone(), authn::require_user));
-    let admin = Router::new()
-        .route("/admin/v1/assets", post(api::admin::create_asset))
-        .route("/admin/v1/markets", post(api::admin::create_market))
-        .route(
-            "/admin/v1/markets/{symbol}",
-            patch(api::admin::patch_market),
-        )
-        .route("/admin/v1/deposits", post(api::admin::deposit))
-        .route_layer(from_fn_with_state(state.clone(), authn::require_admin));
-    let mut router = public.merge(user).merge(admin).with_state(state.clone());
+    let mut router = public.merge(user).with_state(state.clone());
+    if !admin_separate {
+        router = router.merge(admin_routes(state.clone()));
+    }
     if state.base.config.gateway.enable_docs {
         router = router.merge(docs::router());
     }
@@ -197,6 +257,10 @@ fn describe_metrics() {
     metrics::describe_counter!(
         "exchange_gateway_upstream_errors_total",
         "Calls to an internal service that failed (down, timeout), by upstream"
+    );
+    metrics::describe_counter!(
+        "exchange_admin_auth_failures_total",
+        "Admin calls refused: missing or unknown token, or a role without the permission, by reason"
     );
     metrics::describe_counter!(
         "exchange_ws_slow_disconnects_total",
@@ -233,8 +297,26 @@ pub async fn run(
         heartbeat,
         shutdown.clone(),
     ));
-    let http = base.serve(listeners.http, routes(state.clone()), shutdown.clone());
+    let admin_separate = listeners.admin.is_some();
+    let http = base.serve(
+        listeners.http,
+        routes(state.clone(), admin_separate),
+        shutdown.clone(),
+    );
+    let admin = {
+        let (base, routes, shutdown) = (
+            base.clone(),
+            admin_listener_routes(state.clone()),
+            shutdown.clone(),
+        );
+        async move {
+            match listeners.admin {
+                Some(l) => base.serve(l, routes, shutdown).await,
+                None => Ok(()),
+            }
+        }
+    };
     let ws = base.serve(listeners.ws, ws_routes(state), shutdown);
-    tokio::try_join!(http, ws)?;
+    tokio::try_join!(http, ws, admin)?;
     Ok(())
 }

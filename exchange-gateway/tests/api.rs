@@ -393,7 +393,7 @@ async fn deposit_shows_in_balances_and_the_ledger_balances() {
         .admin(
             Method::POST,
             "/admin/v1/deposits",
-            &json!({"user_id": user, "asset": "USDT", "amount": "100.25"}),
+            &json!({"user_id": user, "asset": "USDT", "amount": "100.25", "reference": "tx-2"}),
         )
         .await;
     assert_eq!(status, 201);
@@ -429,23 +429,23 @@ async fn deposit_shows_in_balances_and_the_ledger_balances() {
     // Refused deposits change nothing.
     for (bad, code) in [
         (
-            json!({"user_id": user, "asset": "BTC", "amount": "1e5"}),
+            json!({"user_id": user, "asset": "BTC", "amount": "1e5", "reference": "tx-bad"}),
             "INVALID_AMOUNT",
         ),
         (
-            json!({"user_id": user, "asset": "BTC", "amount": "-1"}),
+            json!({"user_id": user, "asset": "BTC", "amount": "-1", "reference": "tx-bad"}),
             "INVALID_AMOUNT",
         ),
         (
-            json!({"user_id": user, "asset": "BTC", "amount": "0.000000001"}),
+            json!({"user_id": user, "asset": "BTC", "amount": "0.000000001", "reference": "tx-bad"}),
             "INVALID_AMOUNT",
         ),
         (
-            json!({"user_id": user, "asset": "DOGE", "amount": "1"}),
+            json!({"user_id": user, "asset": "DOGE", "amount": "1", "reference": "tx-bad"}),
             "UNKNOWN_ASSET",
         ),
         (
-            json!({"user_id": user, "asset": "BTC", "amount": "1", "memo": "x"}),
+            json!({"user_id": user, "asset": "BTC", "amount": "1", "reference": "tx-bad", "memo": "x"}),
             "INVALID_REQUEST",
         ),
     ] {
@@ -456,7 +456,7 @@ async fn deposit_shows_in_balances_and_the_ledger_balances() {
         .admin(
             Method::POST,
             "/admin/v1/deposits",
-            &json!({"user_id": 999_999, "asset": "BTC", "amount": "1"}),
+            &json!({"user_id": 999_999, "asset": "BTC", "amount": "1", "reference": "tx-bad"}),
         )
         .await;
     assert_eq!((status, error_code(&body)), (404, "USER_NOT_FOUND"));

@@ -15,7 +15,7 @@
 //! | `DELETE /internal/v1/orders/{id}?user_id=` | 200 the order as it is now (cancel journaled; an already final order is answered as it is, nothing journaled); 404 `ORDER_NOT_FOUND` |
 //! | `POST /internal/v1/orders/cancel-all` `{user_id, market}` | 200 `{market, accepted, seq}` |
 //! | `PATCH /internal/v1/orders/{id}` `{user_id, price?, quantity?}` (`quantity` = new open quantity) | 200 the order as it is now (amend journaled, with enough locked that matching applies it however far clearing lags, see `rules::amend_top_up`); 400 `ORDER_NOT_OPEN`, `ORDER_NOT_AMENDABLE`, `INSUFFICIENT_BALANCE`, validation codes; 404 |
-//! | `PATCH /internal/v1/markets/{symbol}/status` `{status: trading\|cancel_only\|halted}` | 200 `{market, status, seq}`; 404 `MARKET_NOT_FOUND` |
+//! | `PATCH /internal/v1/markets/{symbol}/status` `{status: trading\|cancel_only\|halted, audit: {actor, request_id, ip}}` | 200 `{market, status, seq}` (the audit row `market.status` is appended in the same transaction); 404 `MARKET_NOT_FOUND` |
 //! | `GET /internal/v1/fills?user_id=&market=&limit=` | 200 `[fill]`, newest first |
 //!
 //! Placement errors: 404 `MARKET_NOT_FOUND`; 400 `MARKET_NOT_TRADING`,
@@ -45,6 +45,7 @@ use std::sync::Arc;
 
 use crate::batch::{Batcher, Reply, Request as BatchRequest};
 use crate::rules::{self, PlaceInput};
+use exchange_store::audit::AuditContext;
 use exchange_store::{
     FILL_COLUMNS, FillJson, FillRow, MarketInfo, Markets, ORDER_COLUMNS, OrderJson, OrderRow,
 };
@@ -401,6 +402,8 @@ async fn amend(
 #[serde(deny_unknown_fields)]
 pub struct StatusBody {
     pub status: MarketStatus,
+    /// Who asked: the audit row of the change is written in its transaction.
+    pub audit: AuditContext,
 }
 
 #[derive(Debug, Serialize)]
@@ -422,6 +425,7 @@ async fn set_status(
         .submit(BatchRequest::SetStatus {
             market: info,
             status: body.status,
+            audit: body.audit,
         })
         .await?
     {

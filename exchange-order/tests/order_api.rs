@@ -438,11 +438,34 @@ async fn market_status_is_stored_and_journaled_and_enforced() {
         .call(
             Method::PATCH,
             "/internal/v1/markets/BTC-USDT/status",
-            Some(json!({"status": "halted"})),
+            Some(json!({"status": "halted", "audit": audit_context()})),
         )
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["status"], "halted");
+    // The change's audit row names the operator and request the gateway sent.
+    let row: (String, String, String, String, Option<String>) = sqlx::query_as(
+        "SELECT actor, action, target, details::text, ip FROM audit_log WHERE request_id = 'req-halt-1'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        row,
+        (
+            "alice".to_owned(),
+            "market.status".to_owned(),
+            "BTC-USDT".to_owned(),
+            r#"{"status":"halted"}"#.to_owned(),
+            Some("203.0.113.9".to_owned())
+        )
+    );
+    assert!(
+        exchange_store::audit::verify(&app.db)
+            .await
+            .unwrap()
+            .is_ok()
+    );
     let status: String = sqlx::query_scalar("SELECT status FROM markets WHERE symbol = 'BTC-USDT'")
         .fetch_one(&app.db)
         .await
@@ -461,7 +484,7 @@ async fn market_status_is_stored_and_journaled_and_enforced() {
         .call(
             Method::PATCH,
             "/internal/v1/markets/NOPE-USDT/status",
-            Some(json!({"status": "trading"})),
+            Some(json!({"status": "trading", "audit": audit_context()})),
         )
         .await;
     assert_eq!(
@@ -472,10 +495,28 @@ async fn market_status_is_stored_and_journaled_and_enforced() {
         .call(
             Method::PATCH,
             "/internal/v1/markets/BTC-USDT/status",
-            Some(json!({"status": "closed"})),
+            Some(json!({"status": "closed", "audit": audit_context()})),
         )
         .await;
     assert_eq!(s, 400);
+    // A change without its audit context is refused, and changes nothing.
+    let (s, _) = app
+        .call(
+            Method::PATCH,
+            "/internal/v1/markets/BTC-USDT/status",
+            Some(json!({"status": "trading"})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+}
+
+fn audit_context() -> serde_json::Value {
+    json!({"actor": "alice", "request_id": "req-halt-1", "ip": "203.0.113.9"})
 }
 
 #[tokio::test]

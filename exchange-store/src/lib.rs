@@ -1,13 +1,15 @@
 //! The shared schema: what several services read and write in PostgreSQL,
 //! in one place. The markets and their cache, the `orders`, `fills` and
 //! `balances` rows with the one column list each is read by, and the JSON
-//! each is shown as (REST answers and private pushes alike).
+//! each is shown as (REST answers and private pushes alike), and the
+//! audit log every admin writer appends to ([`audit`]).
 //!
 //! The tables themselves are created by `exchange-common/migrations`; a
 //! service that needs a row type of another service's table takes it from
 //! here, never from that service's crate, so no service crate depends on
 //! another.
 
+pub mod audit;
 pub mod balances;
 pub mod fills;
 pub mod markets;

@@ -267,7 +267,10 @@ async fn make_user(api: &Api, args: &Args, run_id: &str, i: usize) -> anyhow::Re
         api.admin(
             &args.admin_token,
             "/admin/v1/deposits",
-            &json!({"user_id": id, "asset": asset, "amount": amount}),
+            // The user is new, so the reference is too (and a retried
+            // call credits once).
+            &json!({"user_id": id, "asset": asset, "amount": amount,
+                    "reference": format!("bench-{id}-{asset}")}),
         )
         .await?;
     }

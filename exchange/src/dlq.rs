@@ -5,8 +5,10 @@
 //! `replay` puts the entry's original fields back on its stream (consumers
 //! are idempotent, so a replay of something already applied is harmless) and
 //! deletes it from the dead letters; `drop` only deletes. Both are recorded
-//! in the `dlq_audit` table before they happen, so no dead letter disappears
-//! without a trace; the operator is `EXCHANGE_OPERATOR`, else `USER`.
+//! before they happen, in one transaction, in the `dlq_audit` table and in
+//! the audit log (`dlq.replay` / `dlq.drop`, actor `cli:<operator>`), so no
+//! dead letter disappears without a trace; the operator is
+//! `EXCHANGE_OPERATOR`, else `USER`.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -182,6 +184,45 @@ async fn show(stream: &str, id: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Records a replay or drop about to happen: its `dlq_audit` row and its
+/// audit-log entry, in one transaction. Returns the `dlq_audit` id.
+async fn record(
+    db: &sqlx::PgPool,
+    action: Action,
+    stream: &str,
+    entry_id: &str,
+    original_id: Option<&str>,
+    error: Option<String>,
+    operator: &str,
+) -> sqlx::Result<i64> {
+    let mut tx = db.begin().await?;
+    let audit_id: i64 = sqlx::query_scalar(
+        "INSERT INTO dlq_audit (action, stream, dlq_entry, original_id, error, operator)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+    )
+    .bind(action.name())
+    .bind(stream)
+    .bind(entry_id)
+    .bind(original_id)
+    .bind(error)
+    .bind(operator)
+    .fetch_one(&mut *tx)
+    .await?;
+    let context = exchange_store::audit::AuditContext {
+        actor: format!("cli:{operator}"),
+        request_id: uuid::Uuid::new_v4().to_string(),
+        ip: None,
+    };
+    let entry = context.entry(
+        &format!("dlq.{}", action.name()),
+        &format!("{stream} {entry_id}"),
+        serde_json::json!({ "dlq_audit_id": audit_id, "original_id": original_id }),
+    );
+    exchange_store::audit::append(&mut tx, &entry).await?;
+    tx.commit().await?;
+    Ok(audit_id)
+}
+
 async fn resolve(action: Action, stream: &str, id: &str) -> anyhow::Result<()> {
     let db_url = env("DB_URL").context("the audit record needs Postgres")?;
     let operator = std::env::var("EXCHANGE_OPERATOR")
@@ -207,23 +248,22 @@ async fn resolve(action: Action, stream: &str, id: &str) -> anyhow::Result<()> {
         .context("connect to postgres: timed out")?
         .context("connect to postgres")?;
     // Audit first: if anything after this fails, the record shows the attempt.
-    let audit_id: i64 = tokio::time::timeout(
+    let original_id = field(entry, DLQ_FIELD_ID);
+    let audit_id = tokio::time::timeout(
         CALL_TIMEOUT,
-        sqlx::query_scalar(
-            "INSERT INTO dlq_audit (action, stream, dlq_entry, original_id, error, operator)
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        )
-        .bind(action.name())
-        .bind(stream)
-        .bind(id)
-        .bind(field(entry, DLQ_FIELD_ID))
-        .bind(field(entry, DLQ_FIELD_ERROR))
-        .bind(&operator)
-        .fetch_one(&db),
+        record(
+            &db,
+            action,
+            stream,
+            id,
+            original_id.as_deref(),
+            field(entry, DLQ_FIELD_ERROR),
+            &operator,
+        ),
     )
     .await
     .context("audit insert: timed out")?
-    .context("audit insert (is the dlq_audit migration applied?)")?;
+    .context("audit insert (are the dlq_audit and audit_log migrations applied?)")?;
 
     if let Action::Replay = action {
         let mut xadd = redis::cmd("XADD");

@@ -4,6 +4,7 @@
 //! code 64 listing every problem), installs JSON logs, binds, and runs the
 //! service(s) until SIGTERM/SIGINT, then drains.
 
+mod audit;
 mod bench;
 mod dlq;
 
@@ -32,6 +33,7 @@ commands:
   bench        load tool: users placing crossing orders over HTTP (exchange bench --help)
   admin reconcile            check every money invariant (DB_URL); non-zero exit on a violation
   admin dlq list|show|replay|drop   dead letters (exchange admin dlq --help)
+  admin audit verify|export  the audit log's hash chain, and its entries as JSON lines (DB_URL)
 
 configuration comes from the environment (and ENV_FILE when set); see docs/RUNBOOK.md";
 
@@ -60,6 +62,9 @@ fn main() -> ExitCode {
         "bench" => runtime.block_on(bench::run_cli(&args[1..])),
         "admin" if args.get(1).map(String::as_str) == Some("dlq") => {
             runtime.block_on(dlq::run_cli(&args[2..]))
+        }
+        "admin" if args.get(1).map(String::as_str) == Some("audit") => {
+            runtime.block_on(audit::run_cli(&args[2..]))
         }
         "admin" if args.get(1).map(String::as_str) == Some("reconcile") => {
             runtime.block_on(exchange_clearing::reconcile::run_cli())

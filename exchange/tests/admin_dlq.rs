@@ -119,6 +119,27 @@ async fn operator_lists_shows_replays_and_drops_dead_letters_with_an_audit_trail
     );
     assert_eq!(audit[1].0, "drop");
     assert_eq!(audit[1].1, second);
+    // The same two, in the audit log, by the command line's operator.
+    let logged: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT actor, action, target FROM audit_log ORDER BY id")
+            .fetch_all(&db)
+            .await
+            .expect("audit log");
+    assert_eq!(
+        logged,
+        [
+            (
+                "cli:test-operator".to_owned(),
+                "dlq.replay".to_owned(),
+                format!("{stream} {first}")
+            ),
+            (
+                "cli:test-operator".to_owned(),
+                "dlq.drop".to_owned(),
+                format!("{stream} {second}")
+            ),
+        ]
+    );
 
     // Usage errors exit 64.
     assert_eq!(admin(&env, &["bogus"]).status.code(), Some(64));

@@ -1,9 +1,14 @@
-//! The admin API (`ADMIN_TOKEN`): assets, markets, market status, deposits.
+//! The admin API: assets, markets, market status, deposits. Who may call
+//! each route: [`crate::auth::operators`]; every change appends its audit
+//! row ([`exchange_store::audit`]) in the change's own transaction (the
+//! market status change in the order service's).
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use utoipa::ToSchema;
 
 use exchange_common::ApiError;
@@ -12,9 +17,11 @@ use exchange_common::error::{Json, Path};
 use exchange_domain::market::{Asset, FeeRate, MarketSpec, MarketSpecFields};
 use exchange_domain::money::{SCALE_MAX, format_units, parse_positive_units, parse_units};
 use exchange_domain::symbol::{AssetSymbol, MarketSymbol};
+use exchange_store::audit::{self, AuditContext};
 
 use super::public::{AssetView, MARKET_COLUMNS, MarketView};
-use super::schema::{ErrorBody, field};
+use super::schema::{DEPOSIT_REFERENCE_LEN_MAX, ErrorBody, field};
+use crate::auth::operators::AdminCaller;
 use crate::state::AppState;
 
 /// Tries of a market status change while the order service does not know
@@ -42,6 +49,7 @@ pub struct NewAsset {
     security(("admin" = [])))]
 pub async fn create_asset(
     State(s): State<AppState>,
+    Extension(caller): Extension<AdminCaller>,
     Json(req): Json<NewAsset>,
 ) -> Result<impl IntoResponse, ApiError> {
     let symbol = AssetSymbol::parse(&req.symbol)
@@ -52,19 +60,29 @@ pub async fn create_asset(
             format!("scale must be 0 to {SCALE_MAX}"),
         ));
     }
+    let mut tx = s.db().begin().await?;
     let result = sqlx::query("INSERT INTO assets (symbol, scale) VALUES ($1, $2)")
         .bind(symbol.as_str())
         .bind(i16::from(req.scale))
-        .execute(s.db())
+        .execute(&mut *tx)
         .await;
     match result {
-        Ok(_) => Ok((
-            StatusCode::CREATED,
-            Json(AssetView {
-                symbol: symbol.to_string(),
-                scale: i16::from(req.scale),
-            }),
-        )),
+        Ok(_) => {
+            let entry = caller.entry(
+                "asset.create",
+                symbol.as_str(),
+                json!({ "scale": req.scale }),
+            );
+            audit::append(&mut tx, &entry).await?;
+            tx.commit().await?;
+            Ok((
+                StatusCode::CREATED,
+                Json(AssetView {
+                    symbol: symbol.to_string(),
+                    scale: i16::from(req.scale),
+                }),
+            ))
+        }
         Err(e) if super::is_unique_violation(&e) => Err(ApiError::conflict(
             ErrorCode::AssetExists,
             "this asset already exists",
@@ -151,6 +169,7 @@ async fn market_view(s: &AppState, symbol: &str) -> Result<Option<MarketView>, A
     security(("admin" = [])))]
 pub async fn create_market(
     State(s): State<AppState>,
+    Extension(caller): Extension<AdminCaller>,
     Json(req): Json<NewMarket>,
 ) -> Result<impl IntoResponse, ApiError> {
     let invalid = |e: String| ApiError::bad_request(ErrorCode::InvalidMarket, e);
@@ -183,6 +202,7 @@ pub async fn create_market(
     let spec = MarketSpec::new(fields).map_err(|e| invalid(e.to_string()))?;
     let f = spec.fields();
     let fee_text = |r: FeeRate| format_units(u128::from(r.ppm()), FEE_SCALE);
+    let mut tx = s.db().begin().await?;
     let result = sqlx::query(
         "INSERT INTO markets (symbol, base, quote, price_tick, qty_step, min_qty, min_notional, maker_fee, taker_fee)
          VALUES ($1, $2, $3, $4::numeric, $5::numeric, $6::numeric, $7::numeric, $8::numeric, $9::numeric)",
@@ -196,10 +216,26 @@ pub async fn create_market(
     .bind(format_units(f.min_notional, quote.scale))
     .bind(fee_text(f.maker_fee))
     .bind(fee_text(f.taker_fee))
-    .execute(s.db())
+    .execute(&mut *tx)
     .await;
     match result {
         Ok(_) => {
+            let entry = caller.entry(
+                "market.create",
+                &symbol.to_string(),
+                json!({
+                    "base": base_sym.as_str(),
+                    "quote": quote_sym.as_str(),
+                    "price_tick": format_units(f.price_tick, quote.scale),
+                    "qty_step": format_units(f.qty_step, base.scale),
+                    "min_qty": format_units(f.min_qty, base.scale),
+                    "min_notional": format_units(f.min_notional, quote.scale),
+                    "maker_fee": fee_text(f.maker_fee),
+                    "taker_fee": fee_text(f.taker_fee),
+                }),
+            );
+            audit::append(&mut tx, &entry).await?;
+            tx.commit().await?;
             metrics::gauge!("exchange_market_halted", "market" => symbol.to_string()).set(0.0);
             let view = market_view(&s, &symbol.to_string())
                 .await?
@@ -222,6 +258,14 @@ pub struct MarketPatch {
     pub status: String,
 }
 
+/// What the order service's status change receives: the new status, and
+/// who asked (its audit row is written in the order service's transaction).
+#[derive(Serialize)]
+struct StatusChange<'a> {
+    status: &'a str,
+    audit: &'a AuditContext,
+}
+
 /// Changes a market's status through the order service, which journals it
 /// in the market's command sequence (so matching applies it in order with
 /// the orders around it) and updates the table in the same transaction.
@@ -232,6 +276,7 @@ pub struct MarketPatch {
     security(("admin" = [])))]
 pub async fn patch_market(
     State(s): State<AppState>,
+    Extension(caller): Extension<AdminCaller>,
     Path(symbol): Path<String>,
     Json(req): Json<MarketPatch>,
 ) -> Result<axum::response::Response, ApiError> {
@@ -251,9 +296,13 @@ pub async fn patch_market(
     // The order service caches markets for a moment: one created just now
     // may be unknown to it yet, so a MARKET_NOT_FOUND for a market that is
     // in the table is retried (bounded).
+    let change = StatusChange {
+        status: &req.status,
+        audit: &caller.context,
+    };
     let mut attempts = 0;
     let relayed = loop {
-        let r = s.orders.set_market_status(&symbol, &req).await?;
+        let r = s.orders.set_market_status(&symbol, &change).await?;
         let unknown = r.status == StatusCode::NOT_FOUND
             && r.json()
                 .is_some_and(|v| v["error"]["code"] == ErrorCode::MarketNotFound.as_str());
@@ -266,7 +315,7 @@ pub async fn patch_market(
     if !relayed.status.is_success() {
         return Ok(relayed.into_response());
     }
-    tracing::info!(market = %symbol, status = %req.status, "market status changed");
+    tracing::info!(market = %symbol, status = %req.status, by = caller.actor(), "market status changed");
     metrics::gauge!("exchange_market_halted", "market" => symbol.clone())
         .set(if req.status == "halted" { 1.0 } else { 0.0 });
     let view = market_view(&s, &symbol)
@@ -284,9 +333,10 @@ pub struct NewDeposit {
     pub asset: String,
     #[schema(schema_with = field::positive_decimal)]
     pub amount: String,
-    /// An external id (e.g. a chain transaction); repeating it credits once.
+    /// Required. The same reference with the same body credits once (200
+    /// with the first deposit); with another body it is 409.
     #[serde(default)]
-    #[schema(schema_with = field::optional_stored_text)]
+    #[schema(schema_with = field::deposit_reference, required = true)]
     pub reference: Option<String>,
 }
 
@@ -300,36 +350,139 @@ pub struct DepositView {
     pub journal_id: i64,
 }
 
-async fn existing_deposit(s: &AppState, reference: &str) -> Result<Option<DepositView>, ApiError> {
+/// The reference of a deposit request: present, 1 to 128 characters, no NUL.
+fn check_reference(reference: Option<&str>) -> Result<&str, ApiError> {
+    let invalid = |why: &str| ApiError::bad_request(ErrorCode::InvalidReference, why);
+    let r = reference
+        .ok_or_else(|| invalid("reference is required (e.g. the chain transaction id)"))?;
+    let len = r.chars().count();
+    if len == 0 || len > DEPOSIT_REFERENCE_LEN_MAX {
+        return Err(invalid(&format!(
+            "reference must be 1 to {DEPOSIT_REFERENCE_LEN_MAX} characters"
+        )));
+    }
+    if r.contains('\0') {
+        return Err(invalid("reference must not contain NUL characters"));
+    }
+    Ok(r)
+}
+
+async fn existing_deposit(
+    db: impl sqlx::PgExecutor<'_>,
+    reference: &str,
+) -> Result<Option<DepositView>, ApiError> {
     Ok(sqlx::query_as(
         "SELECT id, user_id, asset, trim_scale(amount)::text AS amount, reference, journal_id FROM deposits WHERE reference = $1",
     )
     .bind(reference)
-    .fetch_optional(s.db())
+    .fetch_optional(db)
     .await?)
 }
 
+/// What a repeated reference answers: the first deposit (200) when the
+/// request asks for the same credit, else 409 `REFERENCE_CONFLICT`.
+fn repeated(
+    done: DepositView,
+    user_id: i64,
+    asset: AssetSymbol,
+    units: u128,
+    scale: u8,
+) -> Result<axum::response::Response, ApiError> {
+    let same = done.user_id == user_id
+        && done.asset == asset.as_str()
+        && parse_units(&done.amount, scale).is_ok_and(|u| u == units);
+    if !same {
+        return Err(ApiError::conflict(
+            ErrorCode::ReferenceConflict,
+            format!(
+                "reference already credited deposit {} with another user, asset or amount",
+                done.id
+            ),
+        ));
+    }
+    Ok((StatusCode::OK, Json(done)).into_response())
+}
+
+/// A deposit to credit, validated.
+struct Credit<'a> {
+    user_id: i64,
+    asset: AssetSymbol,
+    amount_text: String,
+    reference: &'a str,
+}
+
+/// Books the credit in `tx`: the ledger journal and its two postings, the
+/// balance, the deposit row. Returns `(deposit id, journal id)`, or the
+/// unique violation when a concurrent request took the reference first.
+async fn book_credit(
+    tx: &mut sqlx::PgConnection,
+    c: &Credit<'_>,
+) -> Result<Result<(i64, i64), sqlx::Error>, ApiError> {
+    let journal_id: i64 = sqlx::query_scalar(
+        "INSERT INTO ledger_journal (kind, reference) VALUES ('deposit', $1) RETURNING id",
+    )
+    .bind(c.reference)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO ledger_postings (journal_id, account_kind, user_id, asset, amount)
+         VALUES ($1, 'user', $2, $3, $4::numeric), ($1, 'deposits', NULL, $3, -($4::numeric))",
+    )
+    .bind(journal_id)
+    .bind(c.user_id)
+    .bind(c.asset.as_str())
+    .bind(&c.amount_text)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO balances (user_id, asset, available) VALUES ($1, $2, $3::numeric)
+         ON CONFLICT (user_id, asset) DO UPDATE SET available = balances.available + EXCLUDED.available, updated_at = now()",
+    )
+    .bind(c.user_id)
+    .bind(c.asset.as_str())
+    .bind(&c.amount_text)
+    .execute(&mut *tx)
+    .await?;
+    // The reference's UNIQUE index makes a concurrent duplicate wait here
+    // for the first one's commit, then fail: credited once.
+    let inserted = sqlx::query_scalar::<_, i64>(
+        "INSERT INTO deposits (user_id, asset, amount, reference, journal_id) VALUES ($1, $2, $3::numeric, $4, $5) RETURNING id",
+    )
+    .bind(c.user_id)
+    .bind(c.asset.as_str())
+    .bind(&c.amount_text)
+    .bind(c.reference)
+    .bind(journal_id)
+    .fetch_one(&mut *tx)
+    .await;
+    match inserted {
+        Ok(id) => Ok(Ok((id, journal_id))),
+        Err(e) if super::is_unique_violation(&e) => Ok(Err(e)),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Credits a user through the ledger: one journal entry, `+amount` to the
-/// user and `-amount` to the `deposits` system account, and the balance, in
-/// one transaction.
+/// user and `-amount` to the `deposits` system account, the balance, the
+/// deposit and its audit row, in one transaction. Idempotent on `reference`.
 #[utoipa::path(post, path = "/admin/v1/deposits", request_body = NewDeposit,
-    responses((status = 201, body = DepositView), (status = 200, description = "already credited (same reference)", body = DepositView),
-              (status = 400, description = "UNKNOWN_ASSET, INVALID_SYMBOL, INVALID_AMOUNT (more decimal places than the asset's scale, or too large), or malformed input", body = ErrorBody),
-              (status = 404, description = "USER_NOT_FOUND", body = ErrorBody)),
+    responses((status = 201, body = DepositView), (status = 200, description = "already credited (same reference, same body)", body = DepositView),
+              (status = 400, description = "INVALID_REFERENCE (missing, empty, over 128 characters), UNKNOWN_ASSET, INVALID_SYMBOL, INVALID_AMOUNT (more decimal places than the asset's scale, or too large), or malformed input", body = ErrorBody),
+              (status = 404, description = "USER_NOT_FOUND", body = ErrorBody),
+              (status = 409, description = "REFERENCE_CONFLICT: the reference credited another user, asset or amount", body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn deposit(
     State(s): State<AppState>,
+    Extension(caller): Extension<AdminCaller>,
     Json(req): Json<NewDeposit>,
 ) -> Result<axum::response::Response, ApiError> {
+    let reference = check_reference(req.reference.as_deref())?;
     let asset = AssetSymbol::parse(&req.asset)
         .map_err(|e| ApiError::bad_request(ErrorCode::InvalidSymbol, e.to_string()))?;
     let scale = asset_scale(&s, asset.as_str()).await?;
     let units = amount("amount", &req.amount, scale, true)?;
-    let amount_text = format_units(units, scale);
-    if let Some(reference) = &req.reference
-        && let Some(done) = existing_deposit(&s, reference).await?
-    {
-        return Ok((StatusCode::OK, Json(done)).into_response());
+    if let Some(done) = existing_deposit(s.db(), reference).await? {
+        return repeated(done, req.user_id, asset, units, scale);
     }
     let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)")
         .bind(req.user_id)
@@ -342,63 +495,45 @@ pub async fn deposit(
             "no such user",
         ));
     }
+    let credit = Credit {
+        user_id: req.user_id,
+        asset,
+        amount_text: format_units(units, scale),
+        reference,
+    };
     let mut tx = s.db().begin().await?;
-    let journal_id: i64 = sqlx::query_scalar(
-        "INSERT INTO ledger_journal (kind, reference) VALUES ('deposit', $1) RETURNING id",
-    )
-    .bind(&req.reference)
-    .fetch_one(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO ledger_postings (journal_id, account_kind, user_id, asset, amount)
-         VALUES ($1, 'user', $2, $3, $4::numeric), ($1, 'deposits', NULL, $3, -($4::numeric))",
-    )
-    .bind(journal_id)
-    .bind(req.user_id)
-    .bind(asset.as_str())
-    .bind(&amount_text)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO balances (user_id, asset, available) VALUES ($1, $2, $3::numeric)
-         ON CONFLICT (user_id, asset) DO UPDATE SET available = balances.available + EXCLUDED.available, updated_at = now()",
-    )
-    .bind(req.user_id)
-    .bind(asset.as_str())
-    .bind(&amount_text)
-    .execute(&mut *tx)
-    .await?;
-    let inserted = sqlx::query_scalar::<_, i64>(
-        "INSERT INTO deposits (user_id, asset, amount, reference, journal_id) VALUES ($1, $2, $3::numeric, $4, $5) RETURNING id",
-    )
-    .bind(req.user_id)
-    .bind(asset.as_str())
-    .bind(&amount_text)
-    .bind(&req.reference)
-    .bind(journal_id)
-    .fetch_one(&mut *tx)
-    .await;
-    let id = match inserted {
-        Ok(id) => id,
-        // A concurrent request with the same reference won: credit once.
-        Err(e) if super::is_unique_violation(&e) => {
+    let (id, journal_id) = match book_credit(&mut tx, &credit).await? {
+        Ok(ids) => ids,
+        Err(e) => {
+            // A concurrent request with the same reference won: nothing of
+            // ours is kept; answer as a repeat of theirs.
             drop(tx);
-            let reference = req.reference.as_deref().unwrap_or_default();
-            let done = existing_deposit(&s, reference)
+            let done = existing_deposit(s.db(), reference)
                 .await?
                 .ok_or_else(|| ApiError::internal(e))?;
-            return Ok((StatusCode::OK, Json(done)).into_response());
+            return repeated(done, req.user_id, asset, units, scale);
         }
-        Err(e) => return Err(e.into()),
     };
+    let entry = caller.entry(
+        "deposit.create",
+        &format!("user:{}", req.user_id),
+        json!({
+            "deposit_id": id,
+            "journal_id": journal_id,
+            "asset": asset.as_str(),
+            "amount": credit.amount_text,
+            "reference": reference,
+        }),
+    );
+    audit::append(&mut tx, &entry).await?;
     tx.commit().await?;
-    tracing::info!(user_id = req.user_id, asset = %asset, amount = %amount_text, journal_id, "deposit credited");
+    tracing::info!(user_id = req.user_id, asset = %asset, amount = %credit.amount_text, journal_id, by = caller.actor(), "deposit credited");
     let view = DepositView {
         id,
         user_id: req.user_id,
         asset: asset.to_string(),
-        amount: amount_text,
-        reference: req.reference,
+        amount: credit.amount_text,
+        reference: Some(reference.to_owned()),
         journal_id,
     };
     Ok((StatusCode::CREATED, Json(view)).into_response())

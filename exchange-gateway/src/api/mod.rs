@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod marketdata;
+pub mod operators;
 pub mod orders;
 pub mod public;
 pub mod schema;

@@ -11,6 +11,9 @@ pub const API_KEY_LABEL_LEN_MAX: usize = 64;
 pub const API_KEY_IP_ALLOWLIST_LEN_MAX: usize = 32;
 /// The longest email, in characters (the `users_email_length` check).
 pub const EMAIL_LEN_MAX: usize = 254;
+/// The longest deposit reference, in characters (the
+/// `deposits_reference_length` check).
+pub const DEPOSIT_REFERENCE_LEN_MAX: usize = 128;
 
 /// The body of every 4xx and 5xx answer of the v1 and admin APIs (API.md
 /// "Errors"); `code` is stable, `message` is for people.
@@ -142,6 +145,31 @@ pub mod field {
 
     pub fn optional_stored_text() -> Object {
         text(true, r"^[^\x00]*$", "text without NUL characters")
+    }
+
+    /// An operator's name (`crate::api::operators`).
+    pub fn operator_name() -> Object {
+        text(
+            false,
+            "^[a-z0-9][a-z0-9._-]{0,63}$",
+            "1 to 64 of a-z 0-9 . _ -, starting with a letter or digit; not root or unknown",
+        )
+    }
+
+    pub fn operator_role() -> Object {
+        one_of(false, &["viewer", "support", "finance", "admin"])
+    }
+
+    /// A deposit's reference: its idempotency key.
+    pub fn deposit_reference() -> Object {
+        string(false)
+            .pattern(Some(r"^[^\x00]*$"))
+            .min_length(Some(1))
+            .max_length(Some(super::DEPOSIT_REFERENCE_LEN_MAX))
+            .description(Some(
+                "an external id (e.g. a chain transaction); the same reference with the same body credits once",
+            ))
+            .build()
     }
 
     /// The asset scale (decimal places) of a new asset.

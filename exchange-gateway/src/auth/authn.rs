@@ -1,5 +1,5 @@
-//! Authentication middlewares: users (Bearer access token, or an API key
-//! with a Binance-style signature) and the admin token.
+//! Authentication middleware of users: a Bearer access token, or an API
+//! key with a Binance-style signature. (Admin callers: [`super::operators`].)
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -11,7 +11,7 @@ use axum::response::Response;
 
 use exchange_common::ApiError;
 use exchange_common::ErrorCode;
-use exchange_common::auth::{bearer_token, constant_time_eq};
+use exchange_common::auth::bearer_token;
 use exchange_common::http::REQUEST_BODY_BYTES_MAX;
 use exchange_common::net::{IpNet, client_ip};
 
@@ -335,27 +335,4 @@ fn form_pairs(query: &str) -> Vec<(String, String)> {
             None => (p.to_owned(), String::new()),
         })
         .collect()
-}
-
-/// Requires `Authorization: Bearer $ADMIN_TOKEN`: missing → 401, wrong → 403.
-pub async fn require_admin(
-    State(state): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let Some(token) = bearer_token(req.headers()) else {
-        return Err(unauthorized(
-            ErrorCode::Unauthorized,
-            "admin calls need Authorization: Bearer $ADMIN_TOKEN",
-        ));
-    };
-    let expected = state.base.config.gateway.admin_token.expose();
-    if !constant_time_eq(token.as_bytes(), expected.as_bytes()) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            "wrong admin token",
-        ));
-    }
-    Ok(next.run(req).await)
 }

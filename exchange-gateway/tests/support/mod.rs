@@ -14,6 +14,8 @@ pub const PASSWORD: &str = "correct horse battery";
 
 pub struct App {
     pub url: String,
+    /// The admin listener's URL when the test set `ADMIN_HTTP_ADDR`.
+    pub admin_url: Option<String>,
     pub ws_url: String,
     pub env: TestEnv,
     pub client: reqwest::Client,
@@ -52,7 +54,15 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> App {
     let ws = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", http.local_addr().unwrap());
     let ws_url = format!("ws://{}", ws.local_addr().unwrap());
-    let listeners = exchange_gateway::Listeners { http, ws };
+    // A test that sets ADMIN_HTTP_ADDR gets the admin listener on a free port.
+    let admin = match config.gateway.admin_http_addr {
+        Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        None => None,
+    };
+    let admin_url = admin
+        .as_ref()
+        .map(|l| format!("http://{}", l.local_addr().unwrap()));
+    let listeners = exchange_gateway::Listeners { http, ws, admin };
     tokio::spawn(exchange_gateway::run(
         Arc::new(config),
         listeners,
@@ -71,6 +81,7 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> App {
     let db = sqlx::PgPool::connect(&env.db_url).await.unwrap();
     App {
         url,
+        admin_url,
         ws_url,
         env,
         client,
@@ -143,13 +154,15 @@ impl App {
         read(req.send().await.unwrap()).await
     }
 
-    /// Credits `amount` of `asset` to `user_id` through the admin API.
+    /// Credits `amount` of `asset` to `user_id` through the admin API,
+    /// under a reference of its own.
     pub async fn deposit(&self, user_id: i64, asset: &str, amount: &str) {
         let (status, body) = self
             .admin(
                 reqwest::Method::POST,
                 "/admin/v1/deposits",
-                &json!({"user_id": user_id, "asset": asset, "amount": amount}),
+                &json!({"user_id": user_id, "asset": asset, "amount": amount,
+                        "reference": unique_reference("deposit")}),
             )
             .await;
         assert_eq!(status, 201, "{body}");
@@ -261,6 +274,13 @@ pub async fn start_pipeline(app: &App) -> Shutdown {
         shutdown.clone(),
     ));
     shutdown
+}
+
+/// A reference no other deposit of this test process uses.
+pub fn unique_reference(what: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("test-{what}-{}-{n}", std::process::id())
 }
 
 /// A loopback address where nothing listens.

@@ -32,7 +32,8 @@
 //!    rows locked `FOR UPDATE` first), preceded by the amends' extra
 //!    reserve on their order rows; market statuses, the sequence numbers
 //!    (`market_sequences`, gapless), one `INSERT` of the new orders and one
-//!    into the journal `order_commands`;
+//!    into the journal `order_commands`; last, the audit rows of market
+//!    status changes (the audit log's lock is always taken last);
 //! 5. commit, then `XADD` — still under the sequencer, so each market's
 //!    stream receives its commands in sequence order.
 //!
@@ -75,6 +76,7 @@ use exchange_common::ErrorCode;
 use exchange_domain::MarketStatus;
 
 use exchange_common::redis::Redis;
+use exchange_store::audit::AuditContext;
 use exchange_store::{MarketInfo, Markets, OrderRow};
 use sqlx::PgPool;
 
@@ -163,6 +165,9 @@ pub enum Request {
     SetStatus {
         market: MarketInfo,
         status: MarketStatus,
+        /// Who asked (an operator through the gateway): the change's audit
+        /// row, appended in the batch's transaction.
+        audit: AuditContext,
     },
 }
 

@@ -30,6 +30,7 @@ use exchange_domain::{
 use super::{Outcome, Reply, Request};
 use crate::rules::{self, AmendTarget, Reject, ValidPlace};
 use exchange_store::OrderRow;
+use exchange_store::audit::NewAuditEntry;
 use exchange_store::{MarketInfo, db_text, db_units, wire_name};
 
 /// What a batch reads before deciding, besides balances ([`balance_keys`]).
@@ -236,6 +237,8 @@ pub(super) struct Plan {
     pub amend_reserves: Vec<(i64, String)>,
     /// Market status changes, in arrival order.
     pub statuses: Vec<(String, MarketStatus)>,
+    /// Their audit rows, in the same order.
+    pub audits: Vec<NewAuditEntry>,
 }
 
 impl Plan {
@@ -270,6 +273,7 @@ pub(super) fn decide(
     let mut seen_client_id: HashMap<(i64, String), usize> = HashMap::new();
     let mut amend_reserves = Vec::new();
     let mut statuses = Vec::new();
+    let mut audits = Vec::new();
     let mut decisions = Vec::with_capacity(requests.len());
     for (i, r) in requests.iter().enumerate() {
         let decision = match r {
@@ -312,8 +316,18 @@ pub(super) fn decide(
                 },
                 reply_order: None,
             },
-            Request::SetStatus { market, status } => {
-                statuses.push((market.spec.symbol().to_string(), *status));
+            Request::SetStatus {
+                market,
+                status,
+                audit,
+            } => {
+                let symbol = market.spec.symbol().to_string();
+                audits.push(audit.entry(
+                    "market.status",
+                    &symbol,
+                    serde_json::json!({ "status": status.as_str() }),
+                ));
+                statuses.push((symbol, *status));
                 Decision::Command {
                     market: market.spec.symbol(),
                     command: Command::SetStatus { status: *status },
@@ -350,6 +364,7 @@ pub(super) fn decide(
         locks: funds.locks.into_iter().filter(|(_, v)| *v > 0).collect(),
         amend_reserves,
         statuses,
+        audits,
     }
 }
 
@@ -1173,6 +1188,11 @@ mod tests {
             Request::SetStatus {
                 market: btc_usdt(T),
                 status: MarketStatus::Halted,
+                audit: exchange_store::audit::AuditContext {
+                    actor: "alice".to_owned(),
+                    request_id: "r-1".to_owned(),
+                    ip: None,
+                },
             },
             place(ALICE, &limit(Side::Buy, "100", "0.05")),
         ];

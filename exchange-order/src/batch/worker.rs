@@ -156,6 +156,10 @@ impl Worker {
         let commands = plan::sequence(&mut plan, order_ids, first_seq, time_ms)?;
         store::insert_orders(&mut tx, plan.new_orders(), time_ms).await?;
         store::insert_commands(&mut tx, &commands, time_ms).await?;
+        // Last: the audit log's lock is taken after every row lock.
+        for entry in &plan.audits {
+            exchange_store::audit::append(&mut tx, entry).await?;
+        }
         let t_written = t0.elapsed();
 
         // Commit.

@@ -440,11 +440,16 @@ impl Cluster {
         }
     }
 
+    /// Credits `amount` of `asset` to `user`, under a reference of its own.
     pub async fn deposit(&self, user: &User, asset: &str, amount: &str) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // `admin` checks the answer is a success.
         self.admin(
             reqwest::Method::POST,
             "/admin/v1/deposits",
-            &json!({"user_id": user.id, "asset": asset, "amount": amount}),
+            &json!({"user_id": user.id, "asset": asset, "amount": amount,
+                    "reference": format!("test-{}-{asset}-{n}", user.id)}),
         )
         .await;
     }
