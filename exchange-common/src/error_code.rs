@@ -129,6 +129,9 @@ error_codes! {
     SessionEnded = "SESSION_ENDED",
     /// 400: an API key's `expires_at` that is not in the future.
     InvalidExpiry = "INVALID_EXPIRY",
+    /// 400: a freeze (or other operator action) reason that is empty, too
+    /// long or holds a NUL.
+    InvalidReason = "INVALID_REASON",
 
     // Existence and conflicts (404 / 409).
     NotFound = "NOT_FOUND",

@@ -16,7 +16,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::api::schema::{ErrorBody, field};
-use crate::api::{accounts, admin, marketdata, orders, public, security};
+use crate::api::{accounts, admin, marketdata, orders, public, security, users};
 use crate::binance::openapi::BinancePaths;
 
 #[derive(OpenApi)]
@@ -30,6 +30,7 @@ use crate::binance::openapi::BinancePaths;
         public::assets, public::markets,
         marketdata::depth, marketdata::trades, marketdata::klines, marketdata::ticker,
         admin::create_asset, admin::create_market, admin::patch_market, admin::deposit,
+        users::freeze, users::unfreeze, users::reset_second_factor,
         orders::place, orders::get_order, orders::list_orders, orders::cancel,
         orders::cancel_all, orders::amend, orders::my_trades,
     ),

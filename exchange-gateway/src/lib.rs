@@ -110,13 +110,15 @@ pub fn admin_routes(state: AppState) -> Router {
         .route("/admin/v1/audit", get(api::operators::list_audit))
         .route("/admin/v1/operators", get(api::operators::list_operators))
         .route_layer(gate(Permission::Read));
-    // Support (and admin): freezing and unfreezing users. axum refuses a
-    // layer on a group without routes, so the group starts with its first
-    // route:
-    //   let support = Router::new()
-    //       .route("/admin/v1/users/{id}/freeze", post(..))
-    //       .route("/admin/v1/users/{id}/unfreeze", post(..))
-    //       .route_layer(gate(Permission::Support));
+    // Support (and admin): the users' accounts.
+    let support = Router::new()
+        .route("/admin/v1/users/{id}/freeze", post(api::users::freeze))
+        .route("/admin/v1/users/{id}/unfreeze", post(api::users::unfreeze))
+        .route(
+            "/admin/v1/users/{id}/2fa/reset",
+            post(api::users::reset_second_factor),
+        )
+        .route_layer(gate(Permission::Support));
     // Finance (and admin): money in and out.
     let finance = Router::new()
         .route("/admin/v1/deposits", post(api::admin::deposit))
@@ -139,7 +141,10 @@ pub fn admin_routes(state: AppState) -> Router {
             post(api::operators::rotate_operator_token),
         )
         .route_layer(gate(Permission::Admin));
-    read.merge(finance).merge(admin).with_state(state)
+    read.merge(support)
+        .merge(finance)
+        .merge(admin)
+        .with_state(state)
 }
 
 /// The admin routes as served on their own listener (`ADMIN_HTTP_ADDR`),

@@ -510,3 +510,209 @@ async fn api_keys_expire_and_deleted_or_expired_keys_end_their_sessions() {
     assert_eq!(status, 200);
     assert_eq!(list[0]["expires_at"], expires_at, "{list}");
 }
+
+/// A request signed with an API key, as Binance clients sign it.
+async fn signed(
+    app: &App,
+    key: &support::Key,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let query = format!("timestamp={}", now_ms());
+    let body_text = body.map(Value::to_string).unwrap_or_default();
+    let signature =
+        exchange_gateway::auth::keys::sign(&key.secret, format!("{query}{body_text}").as_bytes());
+    let mut req = app
+        .client
+        .request(
+            method,
+            format!("{}{path}?{query}&signature={signature}", app.url),
+        )
+        .header("X-MBX-APIKEY", &key.api_key);
+    if body.is_some() {
+        req = req
+            .header("content-type", "application/json")
+            .body(body_text);
+    }
+    read(req.send().await.unwrap()).await
+}
+
+/// `asset → (available, locked)` as the user reads them with `key`.
+async fn balances(app: &App, key: &support::Key) -> Vec<(String, String, String)> {
+    let (status, body) = signed(app, key, Method::GET, "/api/v1/account/balances", None).await;
+    assert_eq!(status, 200, "{body}");
+    body.as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let text = |f: &str| b[f].as_str().unwrap().to_owned();
+            (text("asset"), text("available"), text("locked"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn freezing_ends_sessions_cancels_open_orders_keeps_balances_and_unfreezing_restores() {
+    let app = spawn().await;
+    let _pipeline = support::start_pipeline(&app).await;
+    app.wait_subscriber_up().await;
+    app.seed_market().await;
+    let email = "frozen@example.com";
+    let (user_id, key) = support::user_with_key(&app, email, &["read", "trade"]).await;
+    app.deposit(user_id, "USDT", "1000").await;
+    let token = app.login(email).await;
+    let order = |price: &str| json!({"market":"BTC-USDT","side":"buy","type":"limit","price":price,"quantity":"0.01"});
+    let mut ids = Vec::new();
+    for price in ["100", "200"] {
+        let (status, placed) = app.place(&token, &order(price)).await;
+        assert_eq!(status, 201, "{placed}");
+        ids.push(placed["id"].as_i64().unwrap());
+    }
+    let before = balances(&app, &key).await;
+    assert_eq!(before, [("USDT".into(), "997".into(), "3".into())]);
+    let mut ws_token = ws_with_token(&app, &token).await;
+    let mut ws_key = ws_with_key(&app, &key).await;
+
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/users/{user_id}/freeze"),
+            &json!({"reason": "suspected account takeover"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["frozen"], true);
+    assert_eq!(body["canceled_in"], json!(["BTC-USDT"]));
+    let (status, audit) = app
+        .admin(Method::GET, "/admin/v1/audit?limit=1000", &json!({}))
+        .await;
+    assert_eq!(status, 200, "{audit}");
+    let freeze = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "user.freeze")
+        .expect("the freeze is in the audit log");
+    assert_eq!(freeze["actor"], "root");
+    assert_eq!(freeze["target"], format!("user:{user_id}"));
+    assert_eq!(freeze["details"]["reason"], "suspected account takeover");
+
+    // Sessions end at once; the API key still reads but cannot trade.
+    let (status, body) = app.get_auth("/api/v1/account/balances", &token).await;
+    assert_eq!((status, error_code(&body)), (401, "SESSION_ENDED"));
+    ended_with(&mut ws_token, "SESSION_ENDED", Duration::from_secs(5)).await;
+    ended_with(&mut ws_key, "ACCOUNT_FROZEN", Duration::from_secs(5)).await;
+    let (status, body) = login_with(&app, email, json!({})).await;
+    assert_eq!((status, error_code(&body)), (403, "ACCOUNT_FROZEN"));
+    let (status, body) = signed(
+        &app,
+        &key,
+        Method::POST,
+        "/api/v1/orders",
+        Some(&order("150")),
+    )
+    .await;
+    assert_eq!((status, error_code(&body)), (403, "ACCOUNT_FROZEN"));
+
+    // The open orders are canceled through the pipeline; nothing is lost.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, list) = signed(&app, &key, Method::GET, "/api/v1/orders", None).await;
+        assert_eq!(status, 200, "{list}");
+        let statuses: Vec<&str> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["status"].as_str().unwrap())
+            .collect();
+        if statuses.len() == 2 && statuses.iter().all(|s| *s == "canceled") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "orders not canceled: {list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while balances(&app, &key).await != [("USDT".into(), "1000".into(), "0".into())] {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            balances(&app, &key).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Unfreezing restores login and trading.
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/users/{user_id}/unfreeze"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!((status, &body["frozen"]), (200, &json!(false)), "{body}");
+    let (status, body) = login_with(&app, email, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = signed(
+        &app,
+        &key,
+        Method::POST,
+        "/api/v1/orders",
+        Some(&order("150")),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/users/999999/freeze",
+            &json!({"reason": "x"}),
+        )
+        .await;
+    assert_eq!((status, error_code(&body)), (404, "USER_NOT_FOUND"));
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/users/{user_id}/freeze"),
+            &json!({"reason": "  "}),
+        )
+        .await;
+    assert_eq!((status, error_code(&body)), (400, "INVALID_REASON"));
+}
+
+#[tokio::test]
+async fn an_operator_resets_a_lost_second_factor_and_every_session_ends() {
+    let app = spawn().await;
+    let email = "lost-phone@example.com";
+    let user_id = app.register(email).await;
+    let token = app.login(email).await;
+    enable_2fa(&app, &token).await;
+    let (status, body) = login_with(&app, email, json!({})).await;
+    assert_eq!((status, error_code(&body)), (401, "TOTP_REQUIRED"));
+
+    let path = format!("/admin/v1/users/{user_id}/2fa/reset");
+    let (status, body) = app.admin(Method::POST, &path, &json!({})).await;
+    assert_eq!(status, 400, "a reason is required: {body}");
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            &path,
+            &json!({"reason": "ticket 7: identity verified"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["was_enabled"], true);
+    let (status, body) = app.get_auth("/api/v1/account/balances", &token).await;
+    assert_eq!((status, error_code(&body)), (401, "SESSION_ENDED"));
+    let (status, body) = login_with(&app, email, json!({})).await;
+    assert_eq!(status, 200, "no code needed any more: {body}");
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = 'user.2fa_reset' AND target = $1",
+    )
+    .bind(format!("user:{user_id}"))
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(rows, 1);
+}

@@ -8,6 +8,7 @@ pub mod orders;
 pub mod public;
 pub mod schema;
 pub mod security;
+pub mod users;
 
 /// True when `e` is a unique-constraint violation.
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {

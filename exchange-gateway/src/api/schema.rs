@@ -350,4 +350,14 @@ pub mod field {
             ))
             .build()
     }
+
+    /// Why an operator froze an account.
+    pub fn freeze_reason() -> Object {
+        string(false)
+            .pattern(Some(r"^[^\x00]*\S[^\x00]*$"))
+            .min_length(Some(1))
+            .max_length(Some(crate::api::users::FREEZE_REASON_LEN_MAX))
+            .description(Some("why, for the account's record and the audit log"))
+            .build()
+    }
 }
