@@ -573,6 +573,30 @@ async fn freezing_ends_sessions_cancels_open_orders_keeps_balances_and_unfreezin
     assert_eq!(before, [("USDT".into(), "997".into(), "3".into())]);
     let mut ws_token = ws_with_token(&app, &token).await;
     let mut ws_key = ws_with_key(&app, &key).await;
+    // And a Binance user data stream.
+    let user_data_stream = || {
+        app.client
+            .post(format!("{}/api/v3/userDataStream", app.url))
+            .header("X-MBX-APIKEY", &key.api_key)
+            .send()
+    };
+    let (status, body) = read(user_data_stream().await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    let listen_key = body["listenKey"].as_str().unwrap().to_owned();
+    let (mut ws_stream, _) =
+        tokio_tungstenite::connect_async(format!("{}/ws/{listen_key}", app.ws_url))
+            .await
+            .unwrap();
+    // Its session is registered once the hub counts three connections.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !app
+        .metrics()
+        .await
+        .contains(r#"exchange_ws_connections{service="gateway",kind="private"} 3"#)
+    {
+        assert!(Instant::now() < deadline, "the stream never registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let (status, body) = app
         .admin(
@@ -603,6 +627,14 @@ async fn freezing_ends_sessions_cancels_open_orders_keeps_balances_and_unfreezin
     assert_eq!((status, error_code(&body)), (401, "SESSION_ENDED"));
     ended_with(&mut ws_token, "SESSION_ENDED", Duration::from_secs(5)).await;
     ended_with(&mut ws_key, "ACCOUNT_FROZEN", Duration::from_secs(5)).await;
+    let expired = support::next_json(&mut ws_stream).await;
+    assert_eq!(expired["e"], "listenKeyExpired", "{expired}");
+    let (status, body) = read(user_data_stream().await.unwrap()).await;
+    assert_eq!(
+        (status, body["code"].as_i64()),
+        (401, Some(-2015)),
+        "{body}"
+    );
     let (status, body) = login_with(&app, email, json!({})).await;
     assert_eq!((status, error_code(&body)), (403, "ACCOUNT_FROZEN"));
     let (status, body) = signed(

@@ -109,6 +109,11 @@ pub async fn freeze(
     );
     exchange_store::audit::append(&mut tx, &entry).await?;
     tx.commit().await?;
+    // Its Binance user data stream too (the announcement makes open
+    // streams see the revoked listenKey at once).
+    if let Err(e) = crate::binance::user_stream::revoke_user_listen_key(&s, user_id).await {
+        tracing::warn!(user_id, error = ?e, "frozen account's listenKey could not be revoked; its streams end when it expires");
+    }
     sessions::announce(&s, user_id).await;
     tracing::warn!(user_id, actor = caller.actor(), "account frozen");
 

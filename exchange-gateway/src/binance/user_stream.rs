@@ -115,11 +115,14 @@ async fn key_user_of(
     ip: Option<IpAddr>,
 ) -> Result<i64, BnError> {
     let api_key = api_key.ok_or_else(BnError::bad_api_key_format)?;
-    let row: Option<(i64, bool, Vec<String>)> =
-        sqlx::query_as("SELECT user_id, can_read, ip_allowlist FROM api_keys WHERE api_key = $1")
-            .bind(api_key)
-            .fetch_optional(s.app.db())
-            .await?;
+    // An expired key, or one whose owner is frozen, gets no stream.
+    let row: Option<(i64, bool, Vec<String>)> = sqlx::query_as(
+        "SELECT k.user_id, k.can_read, k.ip_allowlist FROM api_keys k JOIN users u ON u.id = k.user_id
+         WHERE k.api_key = $1 AND (k.expires_at IS NULL OR k.expires_at > now()) AND u.frozen_at IS NULL",
+    )
+    .bind(api_key)
+    .fetch_optional(s.app.db())
+    .await?;
     let Some((user, can_read, allowlist)) = row else {
         return Err(BnError::rejected_key());
     };
@@ -260,6 +263,20 @@ async fn close_socket(socket: &mut WebSocket, code: u16, reason: &str) {
     let _ = tokio::time::timeout(WS_SEND_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
 }
 
+/// False only when Redis says the key is gone (an unreachable Redis keeps
+/// the stream until the next check).
+async fn listen_key_alive(s: &AppState, listen_key: &str) -> bool {
+    let alive: Result<bool, BnError> =
+        redis_call(s.base.redis.conn().exists(key_of(s, listen_key))).await;
+    !matches!(alive, Ok(false))
+}
+
+async fn end_expired(socket: &mut WebSocket, listen_key: &str) {
+    let text = json!({"e": "listenKeyExpired", "E": now_ms(), "listenKey": listen_key}).to_string();
+    let _ = send(socket, text).await;
+    close_socket(socket, 1000, "listenKey expired").await;
+}
+
 async fn session(s: AppState, mut socket: WebSocket, user: i64, listen_key: String) {
     let mut reg = match s.hub.register(user) {
         Ok(r) => r,
@@ -306,13 +323,18 @@ async fn session(s: AppState, mut socket: WebSocket, user: i64, listen_key: Stri
                 None | Some(Err(_) | Ok(Message::Close(_))) => break,
                 Some(Ok(_)) => last_heard = Instant::now(),
             },
+            // The periodic check, or at once when the user's credentials
+            // changed (a key deleted, the account frozen: both revoke the
+            // listenKey first).
             _ = check.tick() => {
-                let alive: Result<bool, BnError> =
-                    redis_call(s.base.redis.conn().exists(key_of(&s, &listen_key))).await;
-                if matches!(alive, Ok(false)) {
-                    let text = json!({"e": "listenKeyExpired", "E": now_ms(), "listenKey": listen_key}).to_string();
-                    let _ = send(&mut socket, text).await;
-                    close_socket(&mut socket, 1000, "listenKey expired").await;
+                if !listen_key_alive(&s, &listen_key).await {
+                    end_expired(&mut socket, &listen_key).await;
+                    break;
+                }
+            }
+            () = reg.recheck.notified() => {
+                if !listen_key_alive(&s, &listen_key).await {
+                    end_expired(&mut socket, &listen_key).await;
                     break;
                 }
             }
