@@ -18,6 +18,9 @@
 #                      comma list); default the gateway and 127.0.0.1:8091-8094.
 #                      Behind docker compose only the gateway is reachable:
 #                      SERVICE_URLS=$GATEWAY_URL (compose healthchecks cover the rest).
+#        ADMIN_URL     where the admin API is served, default the gateway URL;
+#                      with ADMIN_HTTP_ADDR set (the production compose file)
+#                      e.g. http://127.0.0.1:8081.
 #        SMOKE_MARKET  default BTC-USDT. In production use a market of its own
 #                      (e.g. SMOKE-USDT) so the smoke orders cannot meet real ones.
 #        SMOKE_PRICE (default 30000), SMOKE_QTY (default 0.001)
@@ -28,6 +31,7 @@ set -euo pipefail
 
 timeout_s="${SMOKE_TIMEOUT:-30}"
 gateway="${GATEWAY_URL:-http://127.0.0.1:8080}"
+admin_url="${ADMIN_URL:-}"
 market="${SMOKE_MARKET:-BTC-USDT}"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -91,7 +95,12 @@ http() {
         body="${out%$'\n'*}"
     fi
 }
-api() { http "$1" "$gateway$2" "${3:-}" "${4:-}"; }
+# Admin routes go to ADMIN_URL (the gateway's, unless set).
+api() {
+    local base="$gateway"
+    case "$2" in /admin/*) base="${admin_url:-$gateway}" ;; esac
+    http "$1" "$base$2" "${3:-}" "${4:-}"
+}
 expect() { # expect CODE... : the last request answered one of these
     local c
     for c in "$@"; do [ "$code" = "$c" ] && return 0; done

@@ -90,11 +90,13 @@ EXCHANGE_IMAGE="$(env_value EXCHANGE_IMAGE)"
 EXCHANGE_IMAGE="${EXCHANGE_IMAGE:-exchange}"
 PUBLISH_ADDR="$(env_value PUBLISH_ADDR)"
 PUBLISH_ADDR="${PUBLISH_ADDR:-0.0.0.0}"
+ADMIN_PUBLISH_ADDR="$(env_value ADMIN_PUBLISH_ADDR)"
+ADMIN_PUBLISH_ADDR="${ADMIN_PUBLISH_ADDR:-127.0.0.1}"
 COMPOSE_PROFILES="$(env_value COMPOSE_PROFILES)"
 LOCAL_DB_PASSWORD="$(env_value LOCAL_DB_PASSWORD)"
 VCS_REF="$(git -C "$root" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
 PROD_ENV_FILE="$env_file"
-export APP_VERSION EXCHANGE_IMAGE PUBLISH_ADDR COMPOSE_PROFILES LOCAL_DB_PASSWORD VCS_REF PROD_ENV_FILE
+export APP_VERSION EXCHANGE_IMAGE PUBLISH_ADDR ADMIN_PUBLISH_ADDR COMPOSE_PROFILES LOCAL_DB_PASSWORD VCS_REF PROD_ENV_FILE
 image="$EXCHANGE_IMAGE:$APP_VERSION"
 
 compose_files=(-f "$here/docker-compose.yml")
@@ -102,6 +104,12 @@ case "$(env_value EXPOSE_MARKETDATA | tr '[:upper:]' '[:lower:]')" in
     1 | true | yes | on)
         compose_files+=(-f "$here/docker-compose.public-marketdata.yml")
         info "EXPOSE_MARKETDATA: marketdata publishes :8094"
+        ;;
+esac
+case "$(env_value ADMIN_ON_PUBLIC_PORT | tr '[:upper:]' '[:lower:]')" in
+    1 | true | yes | on)
+        compose_files+=(-f "$here/docker-compose.admin-on-public-port.yml")
+        info "ADMIN_ON_PUBLIC_PORT: the admin API is served on the public port 8080"
         ;;
 esac
 
@@ -145,6 +153,7 @@ PREVIOUS_APP_VERSION=$previous
 EXCHANGE_IMAGE=$EXCHANGE_IMAGE
 PROD_ENV_FILE=$PROD_ENV_FILE
 PUBLISH_ADDR=$PUBLISH_ADDR
+ADMIN_PUBLISH_ADDR=$ADMIN_PUBLISH_ADDR
 COMPOSE_PROFILES=$COMPOSE_PROFILES
 LOCAL_DB_PASSWORD=$LOCAL_DB_PASSWORD
 VCS_REF=$VCS_REF

@@ -16,7 +16,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::api::schema::{ErrorBody, field};
-use crate::api::{accounts, admin, marketdata, orders, public, security, users};
+use crate::api::{accounts, admin, marketdata, operators, orders, public, security, users};
 use crate::binance::openapi::BinancePaths;
 
 #[derive(OpenApi)]
@@ -31,6 +31,8 @@ use crate::binance::openapi::BinancePaths;
         marketdata::depth, marketdata::trades, marketdata::klines, marketdata::ticker,
         admin::create_asset, admin::create_market, admin::patch_market, admin::deposit,
         users::freeze, users::unfreeze, users::reset_second_factor,
+        operators::create_operator, operators::list_operators, operators::delete_operator,
+        operators::rotate_operator_token, operators::list_audit,
         orders::place, orders::get_order, orders::list_orders, orders::cancel,
         orders::cancel_all, orders::amend, orders::my_trades,
     ),
@@ -99,7 +101,8 @@ const LAYER_ERRORS: [(&str, &str, Reach, &str); 8] = [
         "403",
         "Forbidden",
         Reach::Secured,
-        "Credentials that may not do this: FORBIDDEN (a wrong admin token), PERMISSION_DENIED \
+        "Credentials that may not do this: FORBIDDEN (an admin token that is neither ADMIN_TOKEN \
+         nor a live operator's, or an operator whose role lacks the permission), PERMISSION_DENIED \
          (an API key without the permission), IP_NOT_ALLOWED.",
     ),
     (
@@ -237,7 +240,29 @@ mod tests {
                 }
             }
         }
-        assert!(seen >= 23, "{seen}");
+        assert!(seen >= 28, "{seen}");
+    }
+
+    #[test]
+    fn every_operators_and_audit_route_is_documented() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+        for (path, method) in [
+            ("/admin/v1/operators", "get"),
+            ("/admin/v1/operators", "post"),
+            ("/admin/v1/operators/{id}", "delete"),
+            ("/admin/v1/operators/{id}/token", "post"),
+            ("/admin/v1/audit", "get"),
+            ("/admin/v1/deposits", "post"),
+        ] {
+            let op = &doc["paths"][path][method];
+            assert!(
+                op["security"][0]["admin"].is_array(),
+                "{method} {path}: {op}"
+            );
+        }
+        let deposit = &doc["components"]["schemas"]["NewDeposit"];
+        let required = deposit["required"].as_array().cloned().unwrap_or_default();
+        assert!(required.contains(&"reference".into()), "{deposit}");
     }
 
     #[test]

@@ -172,6 +172,9 @@ check_contains "deploy.sh rollback: APP_VERSION from the environment wins" "$out
 f="$(variant marketdata-public 's/^EXPOSE_MARKETDATA=.*/EXPOSE_MARKETDATA=true/')"
 out="$(DEPLOY_DRY_RUN=1 DOCKER_COMPOSE=docker-compose PROD_ENV_FILE="$f" bash deploy/prod/deploy.sh 2>&1)"
 check_contains "deploy.sh adds the public-marketdata file on EXPOSE_MARKETDATA=true" "$out" 'up -d .*|-f [^ ]*docker-compose.public-marketdata.yml'
+f="$(variant admin-public 's/^EXPOSE_MARKETDATA=.*/ADMIN_ON_PUBLIC_PORT=true/')"
+out="$(DEPLOY_DRY_RUN=1 DOCKER_COMPOSE=docker-compose PROD_ENV_FILE="$f" bash deploy/prod/deploy.sh 2>&1)"
+check_contains "deploy.sh adds the admin-on-public-port file on ADMIN_ON_PUBLIC_PORT=true" "$out" 'up -d .*|-f [^ ]*docker-compose.admin-on-public-port.yml'
 f="$(variant no-db '/^DB_URL=/d')"
 out="$(DEPLOY_DRY_RUN=1 DOCKER_COMPOSE=docker-compose PROD_ENV_FILE="$f" bash deploy/prod/deploy.sh 2>&1)"
 rc=$?
@@ -190,6 +193,7 @@ export_compose_env() { APP_VERSION=1.0.0 PROD_ENV_FILE="$fixtures/good.env" "$@"
 dc=(docker-compose -p exchange -f deploy/prod/docker-compose.yml)
 check "docker-compose.yml validates (config -q)" export_compose_env "${dc[@]}" config -q
 check "docker-compose.yml + public-marketdata validates" export_compose_env "${dc[@]}" -f deploy/prod/docker-compose.public-marketdata.yml config -q
+check "docker-compose.yml + admin-on-public-port validates" export_compose_env "${dc[@]}" -f deploy/prod/docker-compose.admin-on-public-port.yml config -q
 check "docker-compose.yml with the local-db profile validates" export_compose_env env COMPOSE_PROFILES=local-db LOCAL_DB_PASSWORD=x "${dc[@]}" config -q
 out="$(PROD_ENV_FILE="$fixtures/good.env" "${dc[@]}" config -q 2>&1)"
 rc=$?
@@ -233,6 +237,8 @@ if published != ["gateway"]: problems.append(f"services publishing ports by defa
 gw_ports = sorted(str(p.get("target") if isinstance(p, dict) else p) for p in s["gateway"].get("ports", []))
 if not all(any(str(t) in str(p) for p in s["gateway"]["ports"]) for t in (8080, 8090)): problems.append(f"gateway ports {s['gateway'].get('ports')} lack 8080/8090")
 if s["gateway"]["environment"].get("ORDER_SERVICE_URL") != "http://order:8091": problems.append("gateway ORDER_SERVICE_URL is not http://order:8091")
+if s["gateway"]["environment"].get("ADMIN_HTTP_ADDR") != "0.0.0.0:8081": problems.append("gateway does not serve the admin API on its own listener (ADMIN_HTTP_ADDR)")
+if not any("127.0.0.1" in str(p) and "8081" in str(p) for p in s["gateway"]["ports"]): problems.append(f"gateway does not publish the admin port 8081 on loopback: {s['gateway']['ports']}")
 for extra, profile in (("postgres", "local-db"), ("redis", "local-db"), ("migrate", "tools")):
     if s.get(extra, {}).get("profiles") != [profile]: problems.append(f"{extra} is not limited to profile {profile}")
 if base.get("networks", {}).get("default", {}).get("name") != "exchange-prod-net": problems.append("network is not exchange-prod-net")
@@ -330,6 +336,7 @@ done
 section "yamllint"
 check "yamllint deploy/prod and provisioning" yamllint -c "$here/yamllint.yml" \
     deploy/prod/docker-compose.yml deploy/prod/docker-compose.public-marketdata.yml \
+    deploy/prod/docker-compose.admin-on-public-port.yml \
     deploy/prod/docker-compose.monitoring.yml deploy/prod/docker-compose.monitoring.ports.yml \
     deploy/prod/prometheus.yml deploy/prod/alerts.yml deploy/prod/alerts.test.yml \
     deploy/prod/grafana/provisioning/datasources/prometheus.yml deploy/prod/grafana/provisioning/dashboards/exchange.yml

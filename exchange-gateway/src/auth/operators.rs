@@ -84,11 +84,13 @@ impl Role {
     /// support operator cannot move money, a finance one cannot freeze
     /// accounts); admin may do everything.
     pub fn allows(self, permission: Permission) -> bool {
-        match (self, permission) {
-            (Role::Admin, _) | (_, Permission::Read) => true,
-            (Role::Support, Permission::Support) | (Role::Finance, Permission::Finance) => true,
-            _ => false,
-        }
+        matches!(
+            (self, permission),
+            (Role::Admin, _)
+                | (_, Permission::Read)
+                | (Role::Support, Permission::Support)
+                | (Role::Finance, Permission::Finance)
+        )
     }
 }
 
