@@ -129,7 +129,7 @@ async fn still_good(s: &AppState, user: &AuthUser) -> Result<(), ApiError> {
                 Ok(None) => Err(authn::session_ended()),
                 Ok(Some(open)) if open.frozen => Err(authn::account_frozen()),
                 Ok(Some(_)) => Ok(()),
-                Err(e) => return keep_on_db_error(&e),
+                Err(e) => keep_on_db_error(&e),
             }
         }
         Credential::ApiKey {
@@ -143,7 +143,7 @@ async fn still_good(s: &AppState, user: &AuthUser) -> Result<(), ApiError> {
             .fetch_optional(s.db())
             .await;
             match row {
-                Err(e) => return keep_on_db_error(&e),
+                Err(e) => keep_on_db_error(&e),
                 Ok(None) => Err(authn::unauthorized(
                     ErrorCode::SessionEnded,
                     "the API key of this session was deleted",
@@ -351,6 +351,12 @@ async fn session(s: AppState, mut socket: WebSocket, who: Option<Who>, ip: IpAdd
             return;
         }
     };
+    // A credential that ended between its check and the registration was
+    // announced to no one here: check once more now that we listen.
+    if let Err(e) = still_good(&s, &user).await {
+        end_session(&mut socket, &e).await;
+        return;
+    }
     let hello = json!({"type":"authenticated","user_id":user_id}).to_string();
     if socket.send(Message::Text(hello.into())).await.is_err() {
         return;

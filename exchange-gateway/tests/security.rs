@@ -247,11 +247,17 @@ async fn wrong_codes_lock_the_second_factor_for_a_while() {
     app.register(email).await;
     let token = app.login(email).await;
     let (mut authenticator, _) = enable_2fa(&app, &token).await;
-    for _ in 0..5 {
-        let (status, body) =
-            login_with(&app, email, json!({"totp": authenticator.wrong_code()})).await;
-        assert_eq!((status, error_code(&body)), (401, "INVALID_TOTP"));
-    }
+    // Sent all at once, twelve wrong codes still get only five tries.
+    let wrong = authenticator.wrong_code();
+    let tries = (0..12).map(|_| login_with(&app, email, json!({"totp": wrong})));
+    let answers = futures_util::future::join_all(tries).await;
+    let mut codes: Vec<&str> = answers.iter().map(|(_, body)| error_code(body)).collect();
+    codes.sort_unstable();
+    assert_eq!(
+        codes,
+        [["INVALID_TOTP"; 5].as_slice(), &["TOO_MANY_ATTEMPTS"; 7]].concat(),
+        "{answers:?}"
+    );
     let (status, body) = login_with(
         &app,
         email,
@@ -674,6 +680,17 @@ async fn freezing_ends_sessions_cancels_open_orders_keeps_balances_and_unfreezin
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // A frozen account may still cancel (here: an order already canceled).
+    let (status, body) = signed(
+        &app,
+        &key,
+        Method::DELETE,
+        &format!("/api/v1/orders/{}", ids[0]),
+        None,
+    )
+    .await;
+    assert_ne!(error_code(&body), "ACCOUNT_FROZEN", "{status} {body}");
+
     // Unfreezing restores login and trading.
     let (status, body) = app
         .admin(
@@ -747,4 +764,50 @@ async fn an_operator_resets_a_lost_second_factor_and_every_session_ends() {
     .await
     .unwrap();
     assert_eq!(rows, 1);
+}
+
+#[tokio::test]
+async fn a_login_checked_before_its_sessions_were_ended_opens_none() {
+    use exchange_gateway::auth::sessions;
+    let app = spawn().await;
+    let email = "racing@example.com";
+    let user_id = app.register(email).await;
+    let token = app.login(email).await;
+    let epoch_of = || {
+        sqlx::query_scalar::<_, i64>("SELECT session_epoch FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_one(&app.db)
+    };
+    let read_at_login = epoch_of().await.unwrap();
+    let ttl = Duration::from_secs(60);
+    // What a login does once the password checked out, with the epoch it
+    // read alongside the password: opens a session while nothing changed...
+    let opened = sessions::start(&app.db, user_id, read_at_login, ttl, None)
+        .await
+        .unwrap();
+    assert!(opened.is_some());
+    // ...and none once every session was ended in between.
+    let (status, _) = app
+        .send(Method::POST, "/api/v1/auth/logout-all", &token, None)
+        .await;
+    assert_eq!(status, 204);
+    let late = sessions::start(&app.db, user_id, read_at_login, ttl, None)
+        .await
+        .unwrap();
+    assert_eq!(late, None);
+    assert_ne!(epoch_of().await.unwrap(), read_at_login);
+    // Nor for a frozen account, whatever the epoch.
+    let (status, _) = app
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/users/{user_id}/freeze"),
+            &json!({"reason": "test"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let epoch = epoch_of().await.unwrap();
+    let frozen = sessions::start(&app.db, user_id, epoch, ttl, None)
+        .await
+        .unwrap();
+    assert_eq!(frozen, None);
 }

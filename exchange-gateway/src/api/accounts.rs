@@ -131,8 +131,8 @@ pub async fn login(
     headers: HeaderMap,
     Json(req): Json<Login>,
 ) -> Result<Json<LoggedIn>, ApiError> {
-    let row: Option<(i64, String, bool)> = sqlx::query_as(
-        "SELECT id, password_hash, frozen_at IS NOT NULL FROM users WHERE lower(email) = lower($1)",
+    let row: Option<(i64, String, bool, i64)> = sqlx::query_as(
+        "SELECT id, password_hash, frozen_at IS NOT NULL, session_epoch FROM users WHERE lower(email) = lower($1)",
     )
     .bind(&req.email)
     .fetch_optional(s.db())
@@ -140,11 +140,11 @@ pub async fn login(
     // Same work whether or not the user exists (dummy hash), same answer.
     let ok = s
         .passwords
-        .verify(&req.password, row.as_ref().map(|(_, h, _)| h.as_str()))
+        .verify(&req.password, row.as_ref().map(|(_, h, _, _)| h.as_str()))
         .await
         .map_err(ApiError::internal)?;
-    let (user_id, frozen) = match row {
-        Some((id, _, frozen)) if ok => (id, frozen),
+    let (user_id, frozen, epoch) = match row {
+        Some((id, _, frozen, epoch)) if ok => (id, frozen, epoch),
         _ => {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -162,7 +162,17 @@ pub async fn login(
     };
     require_second_factor(&s, user_id, offered).await?;
     let ip = client_ip(peer.ip(), &headers, &s.trusted_proxies);
-    let session_id = sessions::start(s.db(), user_id, s.tokens.ttl, Some(ip)).await?;
+    // None: the password changed, every session was ended or the account
+    // was frozen while this login was being checked.
+    let session_id = sessions::start(s.db(), user_id, epoch, s.tokens.ttl, Some(ip))
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::InvalidCredentials,
+                "the account changed during this login; log in again",
+            )
+        })?;
     let token = s
         .tokens
         .issue(user_id, session_id, now_ms() / 1000)

@@ -218,7 +218,7 @@ pub async fn cancel(
     Extension(user): Extension<AuthUser>,
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {
-    user.require_trade()?;
+    user.require_cancel()?;
     let q = UserOnly {
         user_id: user.user_id,
     };
@@ -244,7 +244,7 @@ pub async fn cancel_all(
     Extension(user): Extension<AuthUser>,
     Query(q): Query<CancelAllQuery>,
 ) -> Result<Response, ApiError> {
-    user.require_trade()?;
+    user.require_cancel()?;
     let body = WithUser {
         user_id: user.user_id,
         inner: &q,

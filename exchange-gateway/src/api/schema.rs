@@ -11,6 +11,8 @@ pub const API_KEY_LABEL_LEN_MAX: usize = 64;
 pub const API_KEY_IP_ALLOWLIST_LEN_MAX: usize = 32;
 /// The longest email, in characters (the `users_email_length` check).
 pub const EMAIL_LEN_MAX: usize = 254;
+/// Characters of the reason an operator gives for a freeze or a 2FA reset.
+pub const REASON_LEN_MAX: usize = 512;
 /// The longest deposit reference, in characters (the
 /// `deposits_reference_length` check).
 pub const DEPOSIT_REFERENCE_LEN_MAX: usize = 128;
@@ -356,7 +358,7 @@ pub mod field {
         string(false)
             .pattern(Some(r"^[^\x00]*\S[^\x00]*$"))
             .min_length(Some(1))
-            .max_length(Some(crate::api::users::FREEZE_REASON_LEN_MAX))
+            .max_length(Some(super::REASON_LEN_MAX))
             .description(Some("why, for the account's record and the audit log"))
             .build()
     }

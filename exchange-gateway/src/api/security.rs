@@ -38,22 +38,43 @@ struct TotpState {
     enabled: bool,
     secret_nonce: Option<Vec<u8>>,
     secret_ciphertext: Option<Vec<u8>>,
-    locked: bool,
 }
 
 async fn totp_state(s: &AppState, user_id: i64) -> Result<TotpState, ApiError> {
     sqlx::query_as(
         "SELECT totp_enabled_at IS NOT NULL AS enabled,
-                totp_secret_nonce AS secret_nonce, totp_secret_ciphertext AS secret_ciphertext,
-                totp_failed_attempts >= $2 AND totp_failed_since > now() - $3::interval AS locked
+                totp_secret_nonce AS secret_nonce, totp_secret_ciphertext AS secret_ciphertext
          FROM users WHERE id = $1",
     )
     .bind(user_id)
-    .bind(TOTP_FAILURES_MAX)
-    .bind(TOTP_FAILURE_WINDOW)
     .fetch_optional(s.db())
     .await?
     .ok_or_else(|| ApiError::not_found("no such user"))
+}
+
+/// Counts an attempt before the code is checked (a right code then sets
+/// the count back to zero), in one statement, so parallel requests cannot
+/// each slip in under the limit; refuses when the window's attempts are
+/// used up.
+async fn reserve_attempt(s: &AppState, user_id: i64) -> Result<(), ApiError> {
+    let reserved = sqlx::query(
+        "UPDATE users SET
+            totp_failed_attempts = CASE WHEN totp_failed_since > now() - $2::interval
+                                        THEN totp_failed_attempts + 1 ELSE 1 END,
+            totp_failed_since = CASE WHEN totp_failed_since > now() - $2::interval
+                                     THEN totp_failed_since ELSE now() END
+         WHERE id = $1
+           AND NOT (totp_failed_attempts >= $3 AND totp_failed_since > now() - $2::interval)",
+    )
+    .bind(user_id)
+    .bind(TOTP_FAILURE_WINDOW)
+    .bind(TOTP_FAILURES_MAX)
+    .execute(s.db())
+    .await?;
+    if reserved.rows_affected() == 0 {
+        return Err(too_many_attempts());
+    }
+    Ok(())
 }
 
 /// The associated data binding a user's encrypted TOTP secret to them.
@@ -123,22 +144,6 @@ async fn consume_recovery_code(s: &AppState, user_id: i64, code: &str) -> Result
     Ok(used.rows_affected() == 1)
 }
 
-async fn record_failure(s: &AppState, user_id: i64) -> Result<(), ApiError> {
-    sqlx::query(
-        "UPDATE users SET
-            totp_failed_attempts = CASE WHEN totp_failed_since > now() - $2::interval
-                                        THEN totp_failed_attempts + 1 ELSE 1 END,
-            totp_failed_since = CASE WHEN totp_failed_since > now() - $2::interval
-                                     THEN totp_failed_since ELSE now() END
-         WHERE id = $1",
-    )
-    .bind(user_id)
-    .bind(TOTP_FAILURE_WINDOW)
-    .execute(s.db())
-    .await?;
-    Ok(())
-}
-
 fn too_many_attempts() -> ApiError {
     ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
@@ -170,9 +175,13 @@ async fn check_offered(
     offered: SecondFactor<'_>,
     what: &str,
 ) -> Result<(), ApiError> {
-    if st.locked {
-        return Err(too_many_attempts());
+    if offered.totp.is_none() && offered.recovery_code.is_none() {
+        return Err(unauthorized(
+            ErrorCode::TotpRequired,
+            &format!("two-factor authentication is on: send \"totp\" with {what}"),
+        ));
     }
+    reserve_attempt(s, user_id).await?;
     let accepted = match offered {
         SecondFactor {
             totp: Some(code), ..
@@ -181,17 +190,11 @@ async fn check_offered(
             recovery_code: Some(code),
             ..
         } => consume_recovery_code(s, user_id, code).await?,
-        SecondFactor { .. } => {
-            return Err(unauthorized(
-                ErrorCode::TotpRequired,
-                &format!("two-factor authentication is on: send \"totp\" with {what}"),
-            ));
-        }
+        SecondFactor { .. } => false,
     };
     if accepted {
         return Ok(());
     }
-    record_failure(s, user_id).await?;
     Err(unauthorized(
         ErrorCode::InvalidTotp,
         "the code is wrong, expired or already used",
@@ -306,21 +309,30 @@ pub async fn confirm_totp(
             "two-factor authentication is already on",
         ));
     }
-    if st.locked {
-        return Err(too_many_attempts());
-    }
+    reserve_attempt(&s, user.user_id).await?;
     if !consume_totp(&s, user.user_id, &st, &req.totp).await? {
-        record_failure(&s, user.user_id).await?;
         return Err(ApiError::bad_request(
             ErrorCode::InvalidTotp,
             "the code is wrong or expired",
         ));
     }
     let mut tx = s.db().begin().await?;
-    sqlx::query("UPDATE users SET totp_enabled_at = now() WHERE id = $1")
-        .bind(user.user_id)
-        .execute(&mut *tx)
-        .await?;
+    // Only the enrolment the code was checked against: a reset or a new
+    // enrolment in between leaves 2FA off.
+    let enabled = sqlx::query(
+        "UPDATE users SET totp_enabled_at = now()
+         WHERE id = $1 AND totp_enabled_at IS NULL AND totp_secret_ciphertext = $2",
+    )
+    .bind(user.user_id)
+    .bind(&st.secret_ciphertext)
+    .execute(&mut *tx)
+    .await?;
+    if enabled.rows_affected() == 0 {
+        return Err(ApiError::conflict(
+            ErrorCode::TotpNotEnabled,
+            "the enrolment changed meanwhile; enrol again",
+        ));
+    }
     sessions::end_all(
         &mut tx,
         user.user_id,
@@ -329,7 +341,7 @@ pub async fn confirm_totp(
     )
     .await?;
     tx.commit().await?;
-    sessions::announce(&s, user.user_id).await;
+    all_sessions_ended(&s, user.user_id).await;
     Ok(Json(TotpStatus { enabled: true }))
 }
 
@@ -398,8 +410,19 @@ pub async fn disable_totp(
     )
     .await?;
     tx.commit().await?;
-    sessions::announce(&s, user.user_id).await;
+    all_sessions_ended(&s, user.user_id).await;
     Ok(Json(TotpStatus { enabled: false }))
+}
+
+/// After a commit that ended every session of `user_id` (all but the
+/// caller's, for a password or 2FA change): its Binance listenKey is
+/// revoked too, since a user data stream is a session as well, and every
+/// gateway's open WebSockets of the user re-check their credential.
+pub async fn all_sessions_ended(s: &AppState, user_id: i64) {
+    if let Err(e) = crate::binance::user_stream::revoke_user_listen_key(s, user_id).await {
+        tracing::warn!(user_id, error = ?e, "the user's listenKey could not be revoked; its streams end when it expires");
+    }
+    sessions::announce(s, user_id).await;
 }
 
 /// Ends this access token's session at once (REST and private WebSocket).
@@ -433,7 +456,7 @@ pub async fn logout_all(
     let mut tx = s.db().begin().await?;
     sessions::end_all(&mut tx, user.user_id, EndReason::LogoutAll, None).await?;
     tx.commit().await?;
-    sessions::announce(&s, user.user_id).await;
+    all_sessions_ended(&s, user.user_id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -504,6 +527,6 @@ pub async fn change_password(
     )
     .await?;
     tx.commit().await?;
-    sessions::announce(&s, user.user_id).await;
+    all_sessions_ended(&s, user.user_id).await;
     Ok(StatusCode::NO_CONTENT)
 }

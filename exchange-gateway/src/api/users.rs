@@ -18,13 +18,11 @@ use exchange_common::ApiError;
 use exchange_common::ErrorCode;
 use exchange_common::error::{Json, Path};
 
-use super::schema::{ErrorBody, field};
+use super::schema::{ErrorBody, REASON_LEN_MAX, field};
+use super::security::all_sessions_ended;
 use crate::auth::operators::AdminCaller;
 use crate::auth::sessions::{self, EndReason};
 use crate::state::AppState;
-
-/// Characters a freeze reason may have.
-pub const FREEZE_REASON_LEN_MAX: usize = 512;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -54,15 +52,14 @@ pub struct CancelFailed {
     pub code: String,
 }
 
-/// A reason an operator gives, trimmed: 1 to [`FREEZE_REASON_LEN_MAX`]
+/// A reason an operator gives, trimmed: 1 to [`REASON_LEN_MAX`]
 /// characters, without NUL.
 fn checked_reason(reason: &str) -> Result<&str, ApiError> {
     let reason = reason.trim();
-    if reason.is_empty() || reason.chars().count() > FREEZE_REASON_LEN_MAX || reason.contains('\0')
-    {
+    if reason.is_empty() || reason.chars().count() > REASON_LEN_MAX || reason.contains('\0') {
         return Err(ApiError::bad_request(
             ErrorCode::InvalidReason,
-            format!("reason is 1 to {FREEZE_REASON_LEN_MAX} characters, without NUL"),
+            format!("reason is 1 to {REASON_LEN_MAX} characters, without NUL"),
         ));
     }
     Ok(reason)
@@ -109,12 +106,7 @@ pub async fn freeze(
     );
     exchange_store::audit::append(&mut tx, &entry).await?;
     tx.commit().await?;
-    // Its Binance user data stream too (the announcement makes open
-    // streams see the revoked listenKey at once).
-    if let Err(e) = crate::binance::user_stream::revoke_user_listen_key(&s, user_id).await {
-        tracing::warn!(user_id, error = ?e, "frozen account's listenKey could not be revoked; its streams end when it expires");
-    }
-    sessions::announce(&s, user_id).await;
+    all_sessions_ended(&s, user_id).await;
     tracing::warn!(user_id, actor = caller.actor(), "account frozen");
 
     let markets: Vec<String> = sqlx::query_scalar(
@@ -235,7 +227,7 @@ pub async fn reset_second_factor(
     );
     exchange_store::audit::append(&mut tx, &entry).await?;
     tx.commit().await?;
-    sessions::announce(&s, user_id).await;
+    all_sessions_ended(&s, user_id).await;
     tracing::warn!(
         user_id,
         actor = caller.actor(),

@@ -52,11 +52,17 @@ impl AuthUser {
             }
         }
     }
-    /// Trading: tokens always, API keys with `trade`; never a frozen account.
+    /// Placing or amending orders: tokens always, API keys with `trade`;
+    /// never a frozen account (the order service refuses it too).
     pub fn require_trade(&self) -> Result<(), ApiError> {
         if self.frozen {
             return Err(account_frozen());
         }
+        self.require_cancel()
+    }
+    /// Canceling: as trading, but a frozen account may still cancel (it
+    /// only reduces what is at risk).
+    pub fn require_cancel(&self) -> Result<(), ApiError> {
         match self.credential {
             Credential::AccessToken { .. }
             | Credential::ApiKey {

@@ -46,14 +46,23 @@ impl EndReason {
 /// before a later login of the same user deletes them.
 const ENDED_SESSIONS_KEPT: &str = "30 days";
 
-/// Opens a session for `user_id` lasting `ttl`; returns its id. Deletes the
-/// user's sessions that expired long ago, so the table stays bounded.
+/// Opens a session for `user_id` lasting `ttl`, if the user's sessions
+/// were not all ended and the account not frozen since the caller read
+/// `epoch` (with the password it checked): a login racing a password
+/// change, logout-all or freeze must not outlive it. `None` then. Deletes
+/// the user's sessions that expired long ago, so the table stays bounded.
+///
+/// Race-free with [`end_all`]: the insert share-locks the user row, and
+/// `end_all` bumps the epoch (updating that row) before ending sessions, so
+/// either this insert waits and sees the new epoch, or `end_all` waits and
+/// then ends the session inserted here.
 pub async fn start(
     db: &sqlx::PgPool,
     user_id: i64,
+    epoch: i64,
     ttl: Duration,
     ip: Option<IpAddr>,
-) -> sqlx::Result<i64> {
+) -> sqlx::Result<Option<i64>> {
     sqlx::query(
         "DELETE FROM user_sessions WHERE user_id = $1 AND expires_at < now() - $2::interval",
     )
@@ -63,12 +72,16 @@ pub async fn start(
     .await?;
     sqlx::query_scalar(
         "INSERT INTO user_sessions (user_id, expires_at, ip)
-         VALUES ($1, now() + make_interval(secs => $2), $3) RETURNING id",
+         SELECT id, now() + make_interval(secs => $3), $4 FROM users
+         WHERE id = $1 AND session_epoch = $2 AND frozen_at IS NULL
+         FOR SHARE
+         RETURNING id",
     )
     .bind(user_id)
+    .bind(epoch)
     .bind(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX))
     .bind(ip.map(|ip| ip.to_string()))
-    .fetch_one(db)
+    .fetch_optional(db)
     .await
 }
 
@@ -114,6 +127,11 @@ pub async fn end_all(
     reason: EndReason,
     keep: Option<i64>,
 ) -> sqlx::Result<()> {
+    // The epoch first: see `start`.
+    sqlx::query("UPDATE users SET session_epoch = session_epoch + 1 WHERE id = $1")
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query(
         "UPDATE user_sessions SET ended_at = now(), end_reason = $2
          WHERE user_id = $1 AND ended_at IS NULL AND id IS DISTINCT FROM $3",
@@ -123,10 +141,6 @@ pub async fn end_all(
     .bind(keep)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE users SET session_epoch = session_epoch + 1 WHERE id = $1")
-        .bind(user_id)
-        .execute(&mut *conn)
-        .await?;
     Ok(())
 }
 

@@ -41,8 +41,9 @@ use crate::ws::write_burst;
 
 /// How long a listenKey lives without a keep-alive (Binance: 60 minutes).
 pub const LISTEN_KEY_TTL: Duration = Duration::from_secs(60 * 60);
-/// How often an open stream checks that its listenKey still exists.
-pub const LISTEN_KEY_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+/// How often an open stream checks that its listenKey still exists (so a
+/// stream ends within this of its key's expiry).
+pub const LISTEN_KEY_CHECK_INTERVAL: Duration = Duration::from_secs(20);
 /// Length of a listenKey (Binance's are 60 characters).
 pub const LISTEN_KEY_LEN: usize = 60;
 /// Orders remembered per connection (to describe their fills).
@@ -109,23 +110,33 @@ fn credentials(s: &BnState, req: &Request) -> (Option<String>, Option<IpAddr>) {
 
 /// The user of an `X-MBX-APIKEY` (no signature: USER_STREAM); the key
 /// needs `read` and must allow the caller's IP.
+/// The user of an API key, and how long the listenKey it opens or renews
+/// may live: [`LISTEN_KEY_TTL`], or less when the key expires sooner (its
+/// streams then end when it does). An expired key, or one whose owner is
+/// frozen, gets none.
 async fn key_user_of(
     s: &BnState,
     api_key: Option<String>,
     ip: Option<IpAddr>,
-) -> Result<i64, BnError> {
+) -> Result<(i64, u64), BnError> {
     let api_key = api_key.ok_or_else(BnError::bad_api_key_format)?;
-    // An expired key, or one whose owner is frozen, gets no stream.
-    let row: Option<(i64, bool, Vec<String>)> = sqlx::query_as(
-        "SELECT k.user_id, k.can_read, k.ip_allowlist FROM api_keys k JOIN users u ON u.id = k.user_id
+    let row: Option<(i64, bool, Vec<String>, Option<i64>)> = sqlx::query_as(
+        "SELECT k.user_id, k.can_read, k.ip_allowlist,
+                ceil(extract(epoch FROM k.expires_at - now()))::bigint
+         FROM api_keys k JOIN users u ON u.id = k.user_id
          WHERE k.api_key = $1 AND (k.expires_at IS NULL OR k.expires_at > now()) AND u.frozen_at IS NULL",
     )
     .bind(api_key)
     .fetch_optional(s.app.db())
     .await?;
-    let Some((user, can_read, allowlist)) = row else {
+    let Some((user, can_read, allowlist, expires_in)) = row else {
         return Err(BnError::rejected_key());
     };
+    let ttl = expires_in
+        .and_then(|secs| u64::try_from(secs).ok())
+        .map_or(LISTEN_KEY_TTL.as_secs(), |secs| {
+            secs.clamp(1, LISTEN_KEY_TTL.as_secs())
+        });
     let ip_ok = allowlist.is_empty()
         || ip.is_some_and(|ip| {
             allowlist
@@ -136,16 +147,15 @@ async fn key_user_of(
     if !can_read || !ip_ok {
         return Err(BnError::rejected_key());
     }
-    Ok(user)
+    Ok((user, ttl))
 }
 
 /// `POST /api/v3/userDataStream` → `{"listenKey"}` (the user's current
 /// key, renewed, or a new one).
 pub async fn create(State(s): State<BnState>, req: Request) -> Result<Json<Value>, BnError> {
     let (api_key, ip) = credentials(&s, &req);
-    let user = key_user_of(&s, api_key, ip).await?;
+    let (user, ttl) = key_user_of(&s, api_key, ip).await?;
     let mut conn = s.app.base.redis.conn();
-    let ttl = LISTEN_KEY_TTL.as_secs();
     let existing: Option<String> = redis_call(conn.get(user_key(&s.app, user))).await?;
     if let Some(k) = existing.filter(|k| valid_listen_key(k)) {
         let renewed: bool = redis_call(conn.expire(key_of(&s.app, &k), ttl.cast_signed())).await?;
@@ -162,9 +172,9 @@ pub async fn create(State(s): State<BnState>, req: Request) -> Result<Json<Value
 }
 
 /// The caller's listenKey parameter, which must be theirs and alive.
-async fn own_key(s: &BnState, req: Request) -> Result<(i64, String), BnError> {
+async fn own_key(s: &BnState, req: Request) -> Result<(i64, String, u64), BnError> {
     let (api_key, ip) = credentials(s, &req);
-    let user = key_user_of(s, api_key, ip).await?;
+    let (user, ttl) = key_user_of(s, api_key, ip).await?;
     let p = Params::from_request(req).await?;
     let k = p.require("listenKey")?.to_owned();
     if !valid_listen_key(&k) {
@@ -174,13 +184,13 @@ async fn own_key(s: &BnState, req: Request) -> Result<(i64, String), BnError> {
     if owner != Some(user) {
         return Err(no_such_key());
     }
-    Ok((user, k))
+    Ok((user, k, ttl))
 }
 
 /// `PUT /api/v3/userDataStream?listenKey=` → `{}`: another 60 minutes.
 pub async fn keep_alive(State(s): State<BnState>, req: Request) -> Result<Json<Value>, BnError> {
-    let (user, k) = own_key(&s, req).await?;
-    let ttl = LISTEN_KEY_TTL.as_secs().cast_signed();
+    let (user, k, ttl) = own_key(&s, req).await?;
+    let ttl = ttl.cast_signed();
     let mut conn = s.app.base.redis.conn();
     let _: bool = redis_call(conn.expire(key_of(&s.app, &k), ttl)).await?;
     let _: bool = redis_call(conn.expire(user_key(&s.app, user), ttl)).await?;
@@ -190,7 +200,7 @@ pub async fn keep_alive(State(s): State<BnState>, req: Request) -> Result<Json<V
 /// `DELETE /api/v3/userDataStream?listenKey=` → `{}`: open streams get
 /// `listenKeyExpired` at their next check.
 pub async fn close(State(s): State<BnState>, req: Request) -> Result<Json<Value>, BnError> {
-    let (user, k) = own_key(&s, req).await?;
+    let (user, k, _) = own_key(&s, req).await?;
     let mut conn = s.app.base.redis.conn();
     let _: i64 = redis_call(conn.del(&[key_of(&s.app, &k), user_key(&s.app, user)])).await?;
     Ok(Json(json!({})))

@@ -244,7 +244,10 @@ pub(super) async fn lock_funds(
     Ok(updated == locks.len() as u64)
 }
 
-/// The users among `users` whose account an operator froze.
+/// The users among `users` whose account an operator froze. Their rows
+/// stay share-locked to the commit: a freeze (an UPDATE of the row) waits
+/// for this batch, so once it commits the batch's orders are visible to the
+/// freeze's cancel-all; and a batch after the freeze sees it.
 pub(super) async fn frozen_users(
     tx: &mut PgConnection,
     users: &[i64],
@@ -252,12 +255,16 @@ pub(super) async fn frozen_users(
     if users.is_empty() {
         return Ok(BTreeSet::new());
     }
-    let frozen: Vec<i64> =
-        sqlx::query_scalar("SELECT id FROM users WHERE id = ANY($1) AND frozen_at IS NOT NULL")
-            .bind(users)
-            .fetch_all(&mut *tx)
-            .await?;
-    Ok(frozen.into_iter().collect())
+    let rows: Vec<(i64, bool)> = sqlx::query_as(
+        "SELECT id, frozen_at IS NOT NULL FROM users WHERE id = ANY($1) ORDER BY id FOR SHARE",
+    )
+    .bind(users)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, frozen)| frozen.then_some(id))
+        .collect())
 }
 
 /// Stores market status changes, in order.

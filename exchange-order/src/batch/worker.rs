@@ -132,11 +132,11 @@ impl Worker {
             Some(guards) => guards,
             None => self.sequencer.lock(&read.journals).await,
         };
-        // A freeze is followed by a cancel-all through this sequencer. A
-        // placement decided before the freeze committed must take its
-        // sequence number before that cancel-all (which then cancels it),
-        // so the check is made here, holding the sequencer; a frozen user
-        // sends the batch to the locked path, which reads it there too.
+        // A freeze cancels the user's open orders once it commits. The
+        // placing users' rows are share-locked here, to the commit: a freeze
+        // committed before sends the batch to the locked path (which reads
+        // it again and refuses those users); a freeze after waits for this
+        // commit, so its cancel-all sees these orders.
         if !locked
             && !store::frozen_users(&mut tx, &plan::trading_users(requests))
                 .await?
