@@ -79,4 +79,9 @@ if [ -f tests/ops/run.sh ]; then
     log "operations checks (tests/ops/run.sh)"
     bash tests/ops/run.sh
 fi
+# The restore drill, short: a base backup, the database destroyed under
+# load, the latest point and a chosen time restored (its own PostgreSQL,
+# Redis and pgBackRest repository, on their own ports).
+log "restore drill (scripts/restore-drill.sh, short form)"
+EXCHANGE_BIN="${EXCHANGE_BIN:-$root/target/debug/exchange}" bash scripts/restore-drill.sh 6
 log "all tests passed"

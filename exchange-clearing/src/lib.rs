@@ -24,6 +24,7 @@ pub mod plan;
 pub mod private;
 pub mod reconcile;
 pub mod store;
+pub mod wal_archive;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -155,12 +156,15 @@ pub async fn run_with(
     served
 }
 
-/// Re-reads halts and runs reconcile on their schedules until shutdown.
+/// Re-reads halts, runs reconcile and reads the WAL archiver's state on
+/// their schedules until shutdown.
 async fn scheduled(clearing: Arc<Clearing>, opts: Options, shutdown: Shutdown) {
     let mut halts = tokio::time::interval(opts.halts_refresh_interval);
     let mut recon = tokio::time::interval(opts.reconcile_interval);
+    let mut archiving = tokio::time::interval(wal_archive::WAL_ARCHIVE_CHECK_INTERVAL);
     halts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     recon.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    archiving.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = shutdown.wait() => return,
@@ -188,6 +192,11 @@ async fn scheduled(clearing: Arc<Clearing>, opts: Options, shutdown: Shutdown) {
                     Err(e) => tracing::warn!(error = %e, "reconcile could not run"),
                 }
             }
+            _ = archiving.tick() => {
+                if let Err(e) = wal_archive::export(clearing.db()).await {
+                    tracing::warn!(error = %e, "cannot read the WAL archiver's state");
+                }
+            }
         }
     }
 }
@@ -207,6 +216,23 @@ pub fn describe_metrics() {
     describe_gauge!(
         "exchange_reconcile_violations",
         "Offending rows the invariant found at the last reconciliation."
+    );
+    describe_gauge!(
+        "exchange_pg_wal_archiving_enabled",
+        "1 when PostgreSQL's archive_mode is on (continuous WAL archiving for backups)."
+    );
+    describe_gauge!(
+        "exchange_pg_wal_archive_pending_segments",
+        "Completed WAL segments PostgreSQL has not archived yet."
+    );
+    describe_gauge!(
+        "exchange_pg_wal_archive_failing",
+        "1 when PostgreSQL's last WAL archiving attempt failed and none succeeded since."
+    );
+    describe_gauge!(
+        "exchange_pg_wal_archive_last_success_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time PostgreSQL last archived a WAL file."
     );
     describe_gauge!(
         "exchange_reconcile_last_run_timestamp_seconds",

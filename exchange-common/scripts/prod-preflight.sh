@@ -121,7 +121,7 @@ for name in INTERNAL_TOKEN AUTH_TOKEN_SECRET; do
     fi
 done
 
-secret_like=" INTERNAL_TOKEN AUTH_TOKEN_SECRET ADMIN_TOKEN METRICS_TOKEN INTERNAL_TOKEN_PREVIOUS AUTH_TOKEN_SECRET_PREVIOUS LOCAL_DB_PASSWORD "
+secret_like=" INTERNAL_TOKEN AUTH_TOKEN_SECRET ADMIN_TOKEN METRICS_TOKEN INTERNAL_TOKEN_PREVIOUS AUTH_TOKEN_SECRET_PREVIOUS LOCAL_DB_PASSWORD PGBACKREST_REPO1_CIPHER_PASS "
 while IFS= read -r key; do
     [ -n "$key" ] || continue
     [[ "$secret_like" == *" $key "* ]] && continue
@@ -196,6 +196,7 @@ done
 case ",$(get COMPOSE_PROFILES)," in
     *,local-db,*)
         check_secret LOCAL_DB_PASSWORD required
+        check_secret PGBACKREST_REPO1_CIPHER_PASS required
         ;;
 esac
 

@@ -244,7 +244,7 @@ mod tests {
     }
 
     #[test]
-    fn every_operators_and_audit_route_is_documented() {
+    fn every_account_security_operators_and_audit_route_is_documented() {
         let doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
         for (path, method) in [
             ("/admin/v1/operators", "get"),
@@ -253,10 +253,27 @@ mod tests {
             ("/admin/v1/operators/{id}/token", "post"),
             ("/admin/v1/audit", "get"),
             ("/admin/v1/deposits", "post"),
+            ("/admin/v1/users/{id}/freeze", "post"),
+            ("/admin/v1/users/{id}/unfreeze", "post"),
+            ("/admin/v1/users/{id}/2fa/reset", "post"),
         ] {
             let op = &doc["paths"][path][method];
             assert!(
                 op["security"][0]["admin"].is_array(),
+                "{method} {path}: {op}"
+            );
+        }
+        for (path, method) in [
+            ("/api/v1/auth/logout", "post"),
+            ("/api/v1/auth/logout-all", "post"),
+            ("/api/v1/account/password", "post"),
+            ("/api/v1/account/2fa/totp", "post"),
+            ("/api/v1/account/2fa/totp", "delete"),
+            ("/api/v1/account/2fa/totp/confirm", "post"),
+        ] {
+            let op = &doc["paths"][path][method];
+            assert!(
+                op["security"][0]["bearer"].is_array(),
                 "{method} {path}: {op}"
             );
         }

@@ -227,7 +227,8 @@ $(tail -n 20 "$logdir/$svc.log")"
     for name in 'http_requests_total\{' 'http_request_duration_seconds_bucket\{' 'exchange_ready\{' 'exchange_consumer_up\{' \
         'exchange_stream_lag\{' 'exchange_stream_pending\{' 'exchange_stream_dlq_length\{' 'exchange_orders_accepted_total\{' \
         'exchange_trades_total\{' 'exchange_ws_connections\{' 'exchange_market_halted\{' 'exchange_reconcile_ok\{' \
-        'exchange_reconcile_last_run_timestamp_seconds'; do
+        'exchange_reconcile_last_run_timestamp_seconds' 'exchange_pg_wal_archiving_enabled' \
+        'exchange_pg_wal_archive_pending_segments' 'exchange_pg_wal_archive_failing'; do
         if grep -qE "^$name" <<<"$all_metrics"; then ok "live: a service exports ${name%\\\{}"; else not_ok "live: a service exports ${name%\\\{} (contract metric missing from every /metrics)"; fi
     done
     for svc in gateway order matching clearing marketdata; do
