@@ -15,14 +15,19 @@
 #            with the services RUNNING again:
 #            1. Redis is not ahead of PostgreSQL: no market's order stream
 #               holds a command whose seq the database has not journaled;
-#            2. `exchange admin reconcile` passes (ledger balanced and equal
+#            2. matching replayed its journal against the stored batches
+#               without a difference (no market halted; its /metrics at
+#               MATCHING_URL, default http://127.0.0.1:8092, with
+#               METRICS_TOKEN when set);
+#            3. `exchange admin reconcile` passes (ledger balanced and equal
 #               to balances, locks equal to open orders, no journal gap,
 #               every command matched and every batch cleared), retried
 #               while the services catch up (RESTORE_CHECK_WAIT seconds,
 #               default 30).
 #            (There is no custody yet: once withdrawals exist, pending
 #            payouts are reviewed here before payouts resume.)
-# Env:   DB_URL, REDIS_URL, REDIS_KEY_PREFIX (default exchange), EXCHANGE_BIN
+# Env:   DB_URL, REDIS_URL, REDIS_KEY_PREFIX (default exchange), MATCHING_URL,
+#        METRICS_TOKEN, EXCHANGE_BIN
 #        (default target/release/exchange, else target/debug/exchange, else
 #        exchange on PATH).
 # Exit:  0 all good; 1 a check failed (the message says which); 64 usage.
@@ -74,7 +79,20 @@ while IFS= read -r market; do
 done < <(psql -Atq "$DB_URL" -c "SELECT market FROM market_sequences ORDER BY market")
 echo "restore-check: Redis is not ahead of PostgreSQL"
 
-# 2. Every money invariant, once the services caught up.
+# 2. Matching replayed its journal at start, from its newest snapshot, and
+# compared every batch it produced with the stored one: a difference halts
+# the market (exchange_market_halted 1, exchange_matching_replay_mismatch_total).
+matching="${MATCHING_URL:-http://127.0.0.1:8092}"
+auth=()
+[ -n "${METRICS_TOKEN:-}" ] && auth=(-H "Authorization: Bearer $METRICS_TOKEN")
+metrics=$(curl -fsS --max-time 5 "${auth[@]}" "$matching/metrics") || fail "cannot read $matching/metrics (set MATCHING_URL, METRICS_TOKEN)"
+halted=$(grep -E '^exchange_market_halted\{.*\} 1$' <<<"$metrics" || true)
+[ -z "$halted" ] || fail "matching halted a market after replaying its journal: $halted (docs/RUNBOOK.md, Market halted)"
+mismatched=$(grep -E '^exchange_matching_replay_mismatch_total\{' <<<"$metrics" | grep -v ' 0$' || true)
+[ -z "$mismatched" ] || fail "matching's replay differs from the stored batches: $mismatched"
+echo "restore-check: matching replayed its journal and matched the stored batches"
+
+# 3. Every money invariant, once the services caught up.
 deadline=$(( $(date +%s) + ${RESTORE_CHECK_WAIT:-30} ))
 until out=$("$bin" admin reconcile 2>&1); do
     [ "$(date +%s)" -lt "$deadline" ] || { echo "$out" >&2; fail "exchange admin reconcile"; }
