@@ -12,7 +12,9 @@
 #      services started, scripts/restore-check.sh run, and a smoke trade
 #      settled;
 #   5. a second restore, to time T into a scratch directory, must hold
-#      exactly the order count recorded at T.
+#      exactly the order count recorded at T;
+#   6. archiving is broken on purpose: clearing must report it
+#      (exchange_pg_wal_archive_failing, which the alert watches).
 #
 # It prints RPO (orders and ledger journals committed before the loss and
 # missing after the restore, and the seconds they span) and RTO (from the
@@ -275,11 +277,27 @@ scratch_url="postgres://postgres@127.0.0.1:$((pg_port + 1))/exchange"
 wait_promoted "$scratch" "$scratch_url" "$work/log/postgres-$((pg_port + 1)).log"
 pitr_got=$(psql -Atq "$scratch_url" -c "SELECT count(*) FROM orders")
 
+# The alert's input: archiving breaks (an archive command that fails), and
+# clearing, which reads pg_stat_archiver every 30 s, reports it.
+psql -q "$admin_url" -c "ALTER SYSTEM SET archive_command = 'false'" -c "SELECT pg_reload_conf()" >/dev/null
+psql -q "$DB_URL" -c "CREATE TABLE drill_archive_probe AS SELECT now() AS at" -c "SELECT pg_switch_wal()" >/dev/null
+broke=$(now_s)
+seen=""
+for _ in $(seq 90); do
+    if curl -fsS --max-time 5 "http://127.0.0.1:$((base + 4))/metrics" | grep -qx 'exchange_pg_wal_archive_failing 1'; then
+        seen=$(elapsed "$broke" "$(now_s)")
+        break
+    fi
+    sleep 0.5
+done
+[ -n "$seen" ] || die "clearing did not report the failing WAL archiver within 45 s"
+
 echo "restore drill: load ${load_seconds}s, archive_timeout ${archive_timeout}s, $(du -sh "$work/repo" | cut -f1) repository (encrypted)"
 echo "RPO: $lost_orders orders and $lost_journals ledger journals lost, spanning ${span}s before the loss (bound ${rpo_max}s)"
 echo "RTO: ${rto_ready}s from the loss to every service ready, ${rto_settled}s to the first settled trade (bound ${rto_max}s)"
 echo "     (stopping the services, restore and WAL replay $(elapsed "$loss" "$restored")s of it)"
 echo "restore-check caught Redis ahead of the restored database before the reset: $caught"
+echo "a failing archive command showed in clearing's exchange_pg_wal_archive_failing after ${seen}s"
 echo "point-in-time restore to $pitr_time: $pitr_got orders (expected $pitr_orders)"
 fail=0
 [ "$pitr_got" = "$pitr_orders" ] || { echo "FAIL: the point-in-time restore holds $pitr_got orders, not $pitr_orders"; fail=1; }

@@ -350,6 +350,11 @@ if command -v systemd-analyze >/dev/null 2>&1; then
         sed -i "s#/usr/local/bin/exchange#$d/exchange#" "$d/exchange@.service"; chmod +x "$d/exchange"
         out=$(systemd-analyze verify "$d/exchange@.service" 2>&1 | grep -v -e "Failed to connect" -e "not found" -e "^$" -e "exchange.target" || true); rm -rf "$d"
         [ -z "$out" ] || { echo "$out"; exit 1; }'
+    check "systemd-analyze verify the backup service and its two timers" bash -c '
+        d=$(mktemp -d); cp deploy/systemd/exchange-backup@.service deploy/systemd/exchange-backup-*.timer "$d/"
+        out=$(systemd-analyze verify "$d/exchange-backup@.service" "$d/exchange-backup-full.timer" "$d/exchange-backup-diff.timer" 2>&1 |
+            grep -v -e "Failed to connect" -e "not found" -e "^$" || true); rm -rf "$d"
+        [ -z "$out" ] || { echo "$out"; exit 1; }'
 fi
 check "systemd template runs the binary with an EnvironmentFile, hardening and Restart=on-failure" bash -c '
     u=deploy/systemd/exchange@.service
