@@ -3,7 +3,8 @@
 # it starts itself: a PostgreSQL with continuous WAL archiving to an
 # encrypted pgBackRest repository, a Redis, and `exchange all`.
 #
-#   1. full base backup; trading at load (`exchange bench`);
+#   1. full base backup; trading at load (`exchange bench`); a differential
+#      backup;
 #   2. the load pauses: the time T and the order count there are recorded
 #      (the point-in-time target); trading resumes;
 #   3. mid-run PostgreSQL is killed (-9) and its data directory deleted;
@@ -81,11 +82,12 @@ trap cleanup EXIT
 # The repository is encrypted (as it must be off the host); the passphrase
 # would live in a secret store, here in the drill's private config file.
 conf="$work/pgbackrest.conf"
+cipher="$(openssl rand -hex 32)"
 cat >"$conf" <<EOF
 [global]
 repo1-path=$work/repo
 repo1-cipher-type=aes-256-cbc
-repo1-cipher-pass=$(openssl rand -hex 32)
+repo1-cipher-pass=$cipher
 repo1-retention-full=2
 log-path=$work/log
 lock-path=$work/lock
@@ -153,10 +155,19 @@ gateway="http://127.0.0.1:$base"
 services="$gateway http://127.0.0.1:$((base + 2)) http://127.0.0.1:$((base + 3)) http://127.0.0.1:$((base + 4)) http://127.0.0.1:$((base + 5))"
 "$bin" migrate >/dev/null
 
-backrest stanza-create >/dev/null
-backrest check >/dev/null
-log "full backup"
-backrest backup --type=full >/dev/null
+# The first full backup is taken by the compose backup service's own
+# script, run here against this server (it then sleeps until its hour).
+log "full backup (deploy/prod/postgres/backup-loop.sh)"
+as_pg env PGBACKREST_CONFIG="$conf" PGBACKREST_STANZA=drill PGBACKREST_REPO1_CIPHER_PASS="$cipher" \
+    PGHOST="$sock" PGPORT="$pg_port" BACKUP_HOUR=$(( ($(date -u +%-H) + 12) % 24 )) \
+    sh deploy/prod/postgres/backup-loop.sh >"$work/log/backup-loop.log" 2>&1 &
+for _ in $(seq 600); do
+    grep -q "backup-loop: ready" "$work/log/backup-loop.log" && break
+    sleep 0.2
+done
+pkill -f "deploy/prod/postgres/backup-loop.sh" || true
+grep -q "backup-loop: ready" "$work/log/backup-loop.log" || { cat "$work/log/backup-loop.log" >&2; die "backup-loop.sh took no full backup"; }
+backrest info --output=json | grep -q '"type":"full"' || die "the repository holds no full backup"
 
 exchange_start() {
     "$bin" all >>"$work/log/exchange.log" 2>&1 &
@@ -185,6 +196,10 @@ wait_ready
 half=$(( (load_seconds + 1) / 2 ))
 log "trading at load for ${half}s"
 (bench "$half" "$work/bench-1.txt") || { cat "$work/bench-1.txt" >&2; die "the bench failed"; }
+# A differential backup on top of the full one, as the daily schedule takes:
+# the restores below start from it.
+log "differential backup"
+backrest backup --type=diff >/dev/null
 # The point-in-time target: nothing commits between the count and T (the load
 # is paused and settles first).
 sleep 2
@@ -210,8 +225,9 @@ bench_pid=$!
 sleep "$half"
 # The loss: what was committed just before it, then kill -9 and delete.
 IFS='|' read -r lost_orders_before lost_journals_before _ < <(count_now)
+# The newest orders and their times, to date the first one the restore loses.
+psql -q "$DB_URL" -c "\\copy (SELECT id, extract(epoch FROM created_at) FROM orders WHERE created_at > now() - interval '5 minutes' ORDER BY id) TO '$work/recent-orders.csv' CSV"
 loss=$(now_s)
-loss_time=$(date -u +"%Y-%m-%d %H:%M:%S.%N+00")
 postmaster=$(head -n 1 "$data/postmaster.pid")
 kill -9 "$postmaster"
 rm -rf "$data"
@@ -235,6 +251,9 @@ pg_start "$data" "$pg_port"
 # Recovery replays the archived WAL, then promotes.
 wait_promoted "$data" "$admin_url" "$work/log/postgres-$pg_port.log"
 restored=$(now_s)
+# What survived, before anything new is written.
+IFS='|' read -r orders_after journals_after _ < <(count_now)
+kept_id=$(psql -Atq "$DB_URL" -c "SELECT coalesce(max(id), 0) FROM orders")
 # Before the reset, Redis still holds the lost minutes' commands under seqs
 # the restored database will hand out again: the check must say so.
 if ahead=$(bash scripts/restore-check.sh 2>&1); then
@@ -257,10 +276,10 @@ for want in 'exchange_pg_wal_archiving_enabled 1' 'exchange_pg_wal_archive_faili
     grep -q "^$want\$" <<<"$metrics" || die "clearing's /metrics lacks '$want'"
 done
 
-IFS='|' read -r orders_after journals_after _ < <(count_now)
-# Seconds of history lost: from the newest order that survived to the loss.
-span=$(psql -Atq "$DB_URL" -c "SELECT round(extract(epoch FROM (timestamptz '$loss_time' - max(created_at)))::numeric, 1)
-    FROM orders WHERE created_at < timestamptz '$loss_time'")
+# Seconds of history lost: from the first order the restore lost (by the
+# list taken just before the loss) to the loss; 0 when none was lost.
+first_lost=$(awk -F, -v kept="$kept_id" '$1 > kept { print $2; exit }' "$work/recent-orders.csv")
+span=$(awk -v loss="$loss" -v first="${first_lost:-}" 'BEGIN { printf "%.1f", first == "" ? 0 : loss - first }')
 lost_orders=$((lost_orders_before - (orders_after < lost_orders_before ? orders_after : lost_orders_before)))
 lost_journals=$((lost_journals_before - (journals_after < lost_journals_before ? journals_after : lost_journals_before)))
 rto_ready=$(elapsed "$loss" "$ready")
@@ -293,7 +312,7 @@ done
 [ -n "$seen" ] || die "clearing did not report the failing WAL archiver within 45 s"
 
 echo "restore drill: load ${load_seconds}s, archive_timeout ${archive_timeout}s, $(du -sh "$work/repo" | cut -f1) repository (encrypted)"
-echo "RPO: $lost_orders orders and $lost_journals ledger journals lost, spanning ${span}s before the loss (bound ${rpo_max}s)"
+echo "RPO: $lost_orders orders and $lost_journals ledger journals lost: the ${span}s before the loss (bound ${rpo_max}s)"
 echo "RTO: ${rto_ready}s from the loss to every service ready, ${rto_settled}s to the first settled trade (bound ${rto_max}s)"
 echo "     (stopping the services, restore and WAL replay $(elapsed "$loss" "$restored")s of it)"
 echo "restore-check caught Redis ahead of the restored database before the reset: $caught"
