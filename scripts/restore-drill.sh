@@ -67,8 +67,10 @@ mkdir -p "$sock" "$work/repo" "$work/log" "$work/lock" "$work/spool"
 # PostgreSQL and pgBackRest run as the database's owner.
 if [ "$(id -u)" = 0 ]; then chown -R postgres "$work"; fi
 exchange_pid=""
+bench_pid=""
 # shellcheck disable=SC2317  # (run by the EXIT trap)
 cleanup() {
+    [ -n "$bench_pid" ] && kill "$bench_pid" 2>/dev/null
     [ -n "$exchange_pid" ] && kill -TERM "$exchange_pid" 2>/dev/null && wait "$exchange_pid" 2>/dev/null
     for d in "$data" "$scratch"; do
         [ -f "$d/postmaster.pid" ] && as_pg "$bindir/pg_ctl" -D "$d" -m immediate -w stop >/dev/null 2>&1
@@ -136,8 +138,11 @@ EOF
 pg_start "$data" "$pg_port"
 admin_url="postgres://postgres@127.0.0.1:$pg_port/postgres"
 psql -q "$admin_url" -c "CREATE DATABASE exchange" >/dev/null
+# A Redis left on the port (by a killed run) would bring its old streams.
+if redis-cli -p "$redis_port" ping >/dev/null 2>&1; then die "port $redis_port is taken (a Redis left by an earlier run? redis-cli -p $redis_port shutdown nosave)"; fi
 redis-server --port "$redis_port" --bind 127.0.0.1 --daemonize yes --save '' --appendonly no \
     --dir "$work" --logfile "$work/log/redis.log" >/dev/null
+for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 export DB_URL="postgres://postgres@127.0.0.1:$pg_port/exchange" REDIS_URL="redis://127.0.0.1:$redis_port" \
     REDIS_KEY_PREFIX=drill APP_ENV=dev LOG_LEVEL=warn DB_POOL_MAX=20 MATCHING_MARKETS='*' \
@@ -156,17 +161,12 @@ services="$gateway http://127.0.0.1:$((base + 2)) http://127.0.0.1:$((base + 3))
 "$bin" migrate >/dev/null
 
 # The first full backup is taken by the compose backup service's own
-# script, run here against this server (it then sleeps until its hour).
+# script, run once here against this server.
 log "full backup (deploy/prod/postgres/backup-loop.sh)"
 as_pg env PGBACKREST_CONFIG="$conf" PGBACKREST_STANZA=drill PGBACKREST_REPO1_CIPHER_PASS="$cipher" \
-    PGHOST="$sock" PGPORT="$pg_port" BACKUP_HOUR=$(( ($(date -u +%-H) + 12) % 24 )) \
-    sh deploy/prod/postgres/backup-loop.sh >"$work/log/backup-loop.log" 2>&1 &
-for _ in $(seq 600); do
-    grep -q "backup-loop: ready" "$work/log/backup-loop.log" && break
-    sleep 0.2
-done
-pkill -f "deploy/prod/postgres/backup-loop.sh" || true
-grep -q "backup-loop: ready" "$work/log/backup-loop.log" || { cat "$work/log/backup-loop.log" >&2; die "backup-loop.sh took no full backup"; }
+    PGHOST="$sock" PGPORT="$pg_port" BACKUP_LOOP_ONCE=1 \
+    sh deploy/prod/postgres/backup-loop.sh >"$work/log/backup-loop.log" 2>&1 \
+    || { cat "$work/log/backup-loop.log" >&2; die "backup-loop.sh failed"; }
 backrest info --output=json | grep -q '"type":"full"' || die "the repository holds no full backup"
 
 exchange_start() {
@@ -234,6 +234,7 @@ rm -rf "$data"
 log "PostgreSQL killed (-9) and its data directory deleted"
 kill "$bench_pid" 2>/dev/null || true
 wait "$bench_pid" 2>/dev/null || true
+bench_pid=""
 
 # Recovery, as the RUNBOOK says: stop the services (gracefully, or killed
 # after 20 s: their database is gone), restore, reset Redis, start the
@@ -270,6 +271,9 @@ bash scripts/restore-check.sh || die "restore-check failed after the restore"
 SERVICE_URLS="$services" GATEWAY_URL="$gateway" SMOKE_MARKET=DRILL-USDT bash scripts/smoke.sh --timeout 60 >"$work/smoke.txt" 2>&1 \
     || { cat "$work/smoke.txt" >&2; die "no trade settled after the restore"; }
 settled=$(now_s)
+# The smoke trade's orders took ids past the lost window's.
+newest_id=$(psql -Atq "$DB_URL" -c "SELECT max(id) FROM orders")
+[ "$newest_id" -gt $((kept_id + 1000000)) ] || die "order ids were not advanced past the lost window (newest $newest_id, kept $kept_id)"
 # Clearing watches the archiver: on, not failing, nothing left behind.
 metrics=$(curl -fsS --max-time 5 "http://127.0.0.1:$((base + 4))/metrics")
 for want in 'exchange_pg_wal_archiving_enabled 1' 'exchange_pg_wal_archive_failing 0'; do

@@ -121,7 +121,7 @@ for name in INTERNAL_TOKEN AUTH_TOKEN_SECRET; do
     fi
 done
 
-secret_like=" INTERNAL_TOKEN AUTH_TOKEN_SECRET ADMIN_TOKEN METRICS_TOKEN INTERNAL_TOKEN_PREVIOUS AUTH_TOKEN_SECRET_PREVIOUS LOCAL_DB_PASSWORD PGBACKREST_REPO1_CIPHER_PASS "
+secret_like=" INTERNAL_TOKEN AUTH_TOKEN_SECRET ADMIN_TOKEN METRICS_TOKEN INTERNAL_TOKEN_PREVIOUS AUTH_TOKEN_SECRET_PREVIOUS LOCAL_DB_PASSWORD "
 while IFS= read -r key; do
     [ -n "$key" ] || continue
     [[ "$secret_like" == *" $key "* ]] && continue
@@ -196,7 +196,16 @@ done
 case ",$(get COMPOSE_PROFILES)," in
     *,local-db,*)
         check_secret LOCAL_DB_PASSWORD required
-        check_secret PGBACKREST_REPO1_CIPHER_PASS required
+        backup_env="$(dirname "$env_file")/backup.env"
+        if [ ! -f "$backup_env" ]; then
+            fail "backup.env is missing next to $(basename "$env_file") (local-db backups: copy deploy/prod/backup.env.example, set PGBACKREST_REPO1_CIPHER_PASS, chmod 600)"
+        else
+            [ "$(stat -c %a "$backup_env")" = 600 ] || fail "$backup_env must be mode 600 (it holds the backups' passphrase): chmod 600 $backup_env"
+            pass="$(sed -n 's/^PGBACKREST_REPO1_CIPHER_PASS=//p' "$backup_env" | tail -n 1)"
+            if [ -z "$pass" ] || [ "${#pass}" -lt "$secret_min_len" ] || [[ "$pass" == *REPLACE* ]]; then
+                fail "PGBACKREST_REPO1_CIPHER_PASS in $backup_env is missing or weak (need at least $secret_min_len random characters: openssl rand -hex 32)"
+            fi
+        fi
         ;;
 esac
 

@@ -145,7 +145,7 @@ ENABLE_DOCS=1|s/^ENABLE_DOCS=.*/ENABLE_DOCS=1/|ENABLE_DOCS is true
 APP_VERSION=dev|s/^APP_VERSION=.*/APP_VERSION=dev/|APP_VERSION is 'dev'
 a quoted dev secret|s/^INTERNAL_TOKEN=.*/INTERNAL_TOKEN="dev-internal-token-change-me-please-000"/|INTERNAL_TOKEN is a development default
 local-db without a password|s/^COMPOSE_PROFILES=.*/COMPOSE_PROFILES=local-db/|LOCAL_DB_PASSWORD is missing
-local-db without a backup passphrase|s/^COMPOSE_PROFILES=.*/COMPOSE_PROFILES=local-db/; s/^LOCAL_DB_PASSWORD=.*/LOCAL_DB_PASSWORD=7d2c4e9f1a3b5c8d0e6f2a4b9c1d3e5f7a9b0c2d/|PGBACKREST_REPO1_CIPHER_PASS is missing
+local-db without a backup passphrase|s/^COMPOSE_PROFILES=.*/COMPOSE_PROFILES=local-db/; s/^LOCAL_DB_PASSWORD=.*/LOCAL_DB_PASSWORD=7d2c4e9f1a3b5c8d0e6f2a4b9c1d3e5f7a9b0c2d/|backup.env is missing
 EOF
 out="$(bash "$preflight" deploy/prod/prod.env.example 2>&1)"
 check_contains "preflight refuses prod.env.example's placeholders" "$out" "INTERNAL_TOKEN still holds the REPLACE placeholder"
@@ -190,12 +190,12 @@ fi
 
 # ---- compose -----------------------------------------------------------------------------
 section "docker compose files"
-export_compose_env() { APP_VERSION=1.0.0 PROD_ENV_FILE="$fixtures/good.env" "$@"; }
+export_compose_env() { APP_VERSION=1.0.0 PROD_ENV_FILE="$fixtures/good.env" BACKUP_ENV_FILE="$root/deploy/prod/backup.env.example" "$@"; }
 dc=(docker-compose -p exchange -f deploy/prod/docker-compose.yml)
 check "docker-compose.yml validates (config -q)" export_compose_env "${dc[@]}" config -q
 check "docker-compose.yml + public-marketdata validates" export_compose_env "${dc[@]}" -f deploy/prod/docker-compose.public-marketdata.yml config -q
 check "docker-compose.yml + admin-on-public-port validates" export_compose_env "${dc[@]}" -f deploy/prod/docker-compose.admin-on-public-port.yml config -q
-check "docker-compose.yml with the local-db profile validates" export_compose_env env COMPOSE_PROFILES=local-db LOCAL_DB_PASSWORD=x PGBACKREST_REPO1_CIPHER_PASS=x "${dc[@]}" config -q
+check "docker-compose.yml with the local-db profile validates" export_compose_env env COMPOSE_PROFILES=local-db LOCAL_DB_PASSWORD=x "${dc[@]}" config -q
 out="$(PROD_ENV_FILE="$fixtures/good.env" "${dc[@]}" config -q 2>&1)"
 rc=$?
 if [ "$rc" -ne 0 ] && grep -q 'APP_VERSION' <<<"$out"; then ok "docker-compose.yml refuses to run without APP_VERSION"; else not_ok "docker-compose.yml refuses to run without APP_VERSION" "$out"; fi

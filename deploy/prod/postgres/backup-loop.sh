@@ -6,7 +6,8 @@
 # container restarts and the failure shows in `dc ps` and its logs;
 # archiving failures raise ExchangeWalArchivingFailing.
 # Env: PGBACKREST_REPO1_CIPHER_PASS (required), PGBACKREST_STANZA (default
-# exchange), PGHOST (default /var/run/postgresql), BACKUP_HOUR; every
+# exchange), PGHOST (default /var/run/postgresql), BACKUP_HOUR,
+# BACKUP_LOOP_ONCE (set: stop after the first part, for tests); every
 # pgBackRest option also as PGBACKREST_<OPTION> (scripts/restore-drill.sh
 # runs this script against its own server that way).
 set -eu
@@ -19,6 +20,10 @@ pgbackrest stanza-create
 pgbackrest check
 # A new deployment is covered at once.
 pgbackrest info --output=json | grep -q '"label"' || pgbackrest backup --type=full
+if [ -n "${BACKUP_LOOP_ONCE:-}" ]; then
+    echo "backup-loop: ready (once)"
+    exit 0
+fi
 echo "backup-loop: ready, next backup at ${hour}:00 UTC"
 while true; do
     now=$(date -u +%s)
