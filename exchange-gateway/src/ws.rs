@@ -114,9 +114,11 @@ struct Who {
 }
 
 async fn token_who(s: &AppState, token: &str) -> Result<Who, ApiError> {
-    let user = authn::token_user(s, token).await?;
-    let valid_until = s.tokens.verify(token).map(|v| v.valid_until);
-    Ok(Who { user, valid_until })
+    let (user, valid_until) = authn::token_user(s, token).await?;
+    Ok(Who {
+        user,
+        valid_until: Some(valid_until),
+    })
 }
 
 /// `Ok` while the session's credential is still good; otherwise the error

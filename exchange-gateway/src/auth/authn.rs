@@ -113,7 +113,7 @@ pub async fn require_user(
     next: Next,
 ) -> Result<Response, ApiError> {
     if let Some(token) = bearer_token(req.headers()) {
-        let user = token_user(&state, token).await?;
+        let (user, _) = token_user(&state, token).await?;
         let mut req = req;
         req.extensions_mut().insert(user);
         return Ok(next.run(req).await);
@@ -133,8 +133,9 @@ pub async fn require_user(
     Ok(next.run(req).await)
 }
 
-/// The user of an access token whose session is still open.
-pub async fn token_user(state: &AppState, token: &str) -> Result<AuthUser, ApiError> {
+/// The user of an access token whose session is still open, and the Unix
+/// second after which the token is refused.
+pub async fn token_user(state: &AppState, token: &str) -> Result<(AuthUser, u64), ApiError> {
     let verified = state.tokens.verify(token).ok_or_else(|| {
         unauthorized(
             ErrorCode::InvalidToken,
@@ -144,13 +145,14 @@ pub async fn token_user(state: &AppState, token: &str) -> Result<AuthUser, ApiEr
     let open = sessions::check(state.db(), verified.user_id, verified.session_id)
         .await?
         .ok_or_else(session_ended)?;
-    Ok(AuthUser {
+    let user = AuthUser {
         user_id: verified.user_id,
         credential: Credential::AccessToken {
             session_id: verified.session_id,
         },
         frozen: open.frozen,
-    })
+    };
+    Ok((user, verified.valid_until))
 }
 
 pub fn session_ended() -> ApiError {
