@@ -71,6 +71,7 @@ pub struct Config {
     pub matching: MatchingConfig,
     pub clearing: ClearingConfig,
     pub marketdata: MarketdataConfig,
+    pub wallet: WalletConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +98,8 @@ pub struct GatewayConfig {
     pub admin_http_addr: Option<SocketAddr>,
     pub order_service_url: String,
     pub marketdata_url: String,
+    /// The custody service (`WALLET_SERVICE_URL`), called with `INTERNAL_TOKEN`.
+    pub wallet_service_url: String,
     pub consumer_name: String,
     pub auth_token_secret: Secret,
     pub auth_token_secret_previous: Option<Secret>,
@@ -157,6 +160,15 @@ pub struct MarketdataConfig {
     pub consumer: ConsumerIdentity,
     /// Origins whose browsers may open the public WebSocket.
     pub ws_allow_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WalletConfig {
+    pub http_addr: SocketAddr,
+    /// How long a new withdrawal address waits before it may be used
+    /// (`WITHDRAWAL_ADDRESS_COOLDOWN_SECS`), so a stolen session cannot add
+    /// an address and drain the account at once.
+    pub address_cooldown: Duration,
 }
 
 /// Largest accepted `ORDER_BATCH_LINGER_US`.
@@ -440,6 +452,7 @@ impl Config {
                 admin_http_addr: r.optional_addr("ADMIN_HTTP_ADDR"),
                 order_service_url: r.or("ORDER_SERVICE_URL", "http://127.0.0.1:8091"),
                 marketdata_url: r.or("MARKETDATA_URL", "http://127.0.0.1:8094"),
+                wallet_service_url: r.or("WALLET_SERVICE_URL", "http://127.0.0.1:8095"),
                 consumer_name: r.or("GATEWAY_CONSUMER_NAME", &format!("gateway-{hostname}")),
                 rate_limit_login_per_minute: r.parsed(
                     "RATE_LIMIT_LOGIN_PER_MINUTE",
@@ -500,6 +513,14 @@ impl Config {
                 ws_allow_origins: origins,
                 http_addr: r.addr("MARKETDATA_HTTP_ADDR", "0.0.0.0:8094"),
                 consumer: r.consumer("marketdata", &hostname),
+            },
+            wallet: WalletConfig {
+                http_addr: r.addr("WALLET_HTTP_ADDR", "0.0.0.0:8095"),
+                address_cooldown: Duration::from_secs(r.parsed(
+                    "WITHDRAWAL_ADDRESS_COOLDOWN_SECS",
+                    86_400,
+                    "a number of seconds",
+                )),
             },
         };
         for proxy in &config.gateway.trusted_proxies {

@@ -78,6 +78,18 @@ error_codes! {
     InvalidOperatorName = "INVALID_OPERATOR_NAME",
     /// An operator role other than viewer, support, finance, admin.
     InvalidRole = "INVALID_ROLE",
+    /// A malformed or wrong-checksum chain address for the asset's network.
+    InvalidAddress = "INVALID_ADDRESS",
+    /// The asset has no network (off-chain): no deposit address, no withdrawal.
+    NoNetwork = "NO_NETWORK",
+    /// A chain report for a network the asset is not on.
+    NetworkMismatch = "NETWORK_MISMATCH",
+    /// A chain report to an address no user was given.
+    UnknownAddress = "UNKNOWN_ADDRESS",
+    AmountBelowMinimum = "AMOUNT_BELOW_MINIMUM",
+    DailyLimitExceeded = "DAILY_LIMIT_EXCEEDED",
+    AddressCoolingDown = "ADDRESS_COOLING_DOWN",
+    InvalidSettings = "INVALID_SETTINGS",
 
     // Orders (the order service's rules).
     InvalidOrder = "INVALID_ORDER",
@@ -132,6 +144,10 @@ error_codes! {
     /// 400: a freeze (or other operator action) reason that is empty, too
     /// long or holds a NUL.
     InvalidReason = "INVALID_REASON",
+    /// 403: the asset's kill switch is off (`withdrawals_enabled: false`).
+    WithdrawalsDisabled = "WITHDRAWALS_DISABLED",
+    /// 403: a credited deposit of the asset left the chain; support must review.
+    WithdrawalsFrozen = "WITHDRAWALS_FROZEN",
 
     // Existence and conflicts (404 / 409).
     NotFound = "NOT_FOUND",
@@ -146,6 +162,21 @@ error_codes! {
     ReferenceConflict = "REFERENCE_CONFLICT",
     OperatorExists = "OPERATOR_EXISTS",
     OperatorNotFound = "OPERATOR_NOT_FOUND",
+    WithdrawalNotFound = "WITHDRAWAL_NOT_FOUND",
+    AddressNotFound = "ADDRESS_NOT_FOUND",
+    DepositNotFound = "DEPOSIT_NOT_FOUND",
+    FreezeNotFound = "FREEZE_NOT_FOUND",
+    /// 409: cancel once the payout is being signed or later.
+    WithdrawalInProgress = "WITHDRAWAL_IN_PROGRESS",
+    /// 409: approve/reject/report on a withdrawal in another state.
+    WithdrawalNotPending = "WITHDRAWAL_NOT_PENDING",
+    /// 409: the same operator approving a withdrawal twice.
+    SameApprover = "SAME_APPROVER",
+    /// 409: a chain report for a known (network, tx_hash, log_index) with
+    /// another user, asset or amount.
+    TransferConflict = "TRANSFER_CONFLICT",
+    /// 409: a payout call for a network that is not paid out by operators.
+    NotManualNetwork = "NOT_MANUAL_NETWORK",
 
     // Limits (429 unless noted).
     RateLimited = "RATE_LIMITED",
@@ -159,6 +190,8 @@ error_codes! {
     // The server.
     /// 503: a dependency is down or slow; nothing was applied.
     Unavailable = "UNAVAILABLE",
+    /// 503: no free deposit address is loaded for the network.
+    NoDepositAddress = "NO_DEPOSIT_ADDRESS",
     /// 500: a bug; the log has the details, the client none.
     Internal = "INTERNAL",
     /// A WebSocket the server closed.

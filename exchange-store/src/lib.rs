@@ -12,6 +12,7 @@
 pub mod audit;
 pub mod balances;
 pub mod fills;
+pub mod ledger;
 pub mod markets;
 pub mod numeric;
 pub mod orders;

@@ -1,4 +1,4 @@
-//! The one binary: `exchange gateway|order|matching|clearing|marketdata|all|migrate`.
+//! The one binary: `exchange gateway|order|matching|clearing|marketdata|wallet|all|migrate`.
 //!
 //! `main` validates the whole configuration before binding any port (exit
 //! code 64 listing every problem), installs JSON logs, binds, and runs the
@@ -28,6 +28,7 @@ commands:
   matching     matching engine (MATCHING_HTTP_ADDR)
   clearing     clearing and settlement (CLEARING_HTTP_ADDR)
   marketdata   market data (MARKETDATA_HTTP_ADDR)
+  wallet       custody: deposits, withdrawals, chain adapters (WALLET_HTTP_ADDR)
   all          every service in one process (local use)
   migrate      apply exchange-common/migrations to DB_URL
   bench        load tool: users placing crossing orders over HTTP (exchange bench --help)
@@ -69,7 +70,7 @@ fn main() -> ExitCode {
         "admin" if args.get(1).map(String::as_str) == Some("reconcile") => {
             runtime.block_on(exchange_clearing::reconcile::run_cli())
         }
-        "gateway" | "order" | "matching" | "clearing" | "marketdata" | "all" => {
+        "gateway" | "order" | "matching" | "clearing" | "marketdata" | "wallet" | "all" => {
             runtime.block_on(serve(command))
         }
         other => {
@@ -184,6 +185,15 @@ async fn run(command: &str, config: Arc<Config>, shutdown: Shutdown) -> anyhow::
     } else {
         None
     };
+    let wallet = if all || command == "wallet" {
+        Some(
+            exchange_wallet::Listeners::bind(&config)
+                .await
+                .context("cannot bind WALLET_HTTP_ADDR")?,
+        )
+    } else {
+        None
+    };
 
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(l) = gateway {
@@ -204,6 +214,9 @@ async fn run(command: &str, config: Arc<Config>, shutdown: Shutdown) -> anyhow::
             l,
             shutdown.clone(),
         ));
+    }
+    if let Some(l) = wallet {
+        tasks.spawn(exchange_wallet::run(config.clone(), l, shutdown.clone()));
     }
     // One service failing stops the others: a half-running `all` is worse
     // than a clear exit.
