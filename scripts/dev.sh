@@ -58,6 +58,7 @@ export ENABLE_DOCS="${ENABLE_DOCS:-true}"
 export MARKETDATA_WS_ALLOW_ORIGINS="${MARKETDATA_WS_ALLOW_ORIGINS:-http://localhost:3000,http://127.0.0.1:3000}"
 export ORDER_SERVICE_URL="${ORDER_SERVICE_URL:-http://127.0.0.1:8091}"
 export MARKETDATA_URL="${MARKETDATA_URL:-http://127.0.0.1:8094}"
+export WALLET_SERVICE_URL="${WALLET_SERVICE_URL:-http://127.0.0.1:8095}"
 for svc in ORDER MATCHING CLEARING MARKETDATA; do
     lower=$(printf '%s' "$svc" | tr '[:upper:]' '[:lower:]')
     export "${svc}_CONSUMER_GROUP=${lower}"
@@ -87,7 +88,7 @@ if [ "$detach" -eq 0 ]; then
     trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -f "$pidfile"' EXIT INT TERM
 fi
 
-ports="8080 8091 8092 8093 8094"
+ports="8080 8091 8092 8093 8094 8095"
 for port in $ports; do
     for _ in $(seq 300); do
         kill -0 "$pid" 2>/dev/null || { tail -n 30 "$logfile" >&2; die "the exchange exited during start"; }
@@ -132,7 +133,7 @@ cat <<EOT
   REST API        http://127.0.0.1:8080/api/v1      (OpenAPI: http://127.0.0.1:8080/docs)
   Private WS      ws://127.0.0.1:8090/ws/private?token=<access_token>
   Public WS       ws://127.0.0.1:8094/ws
-  Health / ready  http://127.0.0.1:{8080,8091,8092,8093,8094}/ready
+  Health / ready  http://127.0.0.1:{8080,8091,8092,8093,8094,8095}/ready
   Demo users      alice@example.com, bob@example.com   password: demo-password-1
   Admin token     $ADMIN_TOKEN
 

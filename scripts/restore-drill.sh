@@ -31,7 +31,7 @@
 #        RPO_MAX_SECONDS   default ARCHIVE_TIMEOUT + 10
 #        RTO_MAX_SECONDS   default 120
 #        DRILL_PG_PORT (default 54339), DRILL_REDIS_PORT (default 63809),
-#        DRILL_HTTP_BASE   first of six service ports (default 18180)
+#        DRILL_HTTP_BASE   first of seven service ports (default 18180)
 #        KEEP=1            keep the work directory (logs, repository)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -154,10 +154,12 @@ export DB_URL="postgres://postgres@127.0.0.1:$pg_port/exchange" REDIS_URL="redis
     GATEWAY_HTTP_ADDR=127.0.0.1:$base GATEWAY_WS_ADDR=127.0.0.1:$((base + 1)) \
     ORDER_HTTP_ADDR=127.0.0.1:$((base + 2)) MATCHING_HTTP_ADDR=127.0.0.1:$((base + 3)) \
     CLEARING_HTTP_ADDR=127.0.0.1:$((base + 4)) MARKETDATA_HTTP_ADDR=127.0.0.1:$((base + 5)) \
+    WALLET_HTTP_ADDR=127.0.0.1:$((base + 6)) \
     ORDER_SERVICE_URL=http://127.0.0.1:$((base + 2)) MARKETDATA_URL=http://127.0.0.1:$((base + 5)) \
+    WALLET_SERVICE_URL=http://127.0.0.1:$((base + 6)) \
     MATCHING_URL=http://127.0.0.1:$((base + 3)) EXCHANGE_BIN="$bin"
 gateway="http://127.0.0.1:$base"
-services="$gateway http://127.0.0.1:$((base + 2)) http://127.0.0.1:$((base + 3)) http://127.0.0.1:$((base + 4)) http://127.0.0.1:$((base + 5))"
+services="$gateway http://127.0.0.1:$((base + 2)) http://127.0.0.1:$((base + 3)) http://127.0.0.1:$((base + 4)) http://127.0.0.1:$((base + 5)) http://127.0.0.1:$((base + 6))"
 "$bin" migrate >/dev/null
 
 # The first full backup is taken by the compose backup service's own

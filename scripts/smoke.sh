@@ -15,7 +15,7 @@
 # Usage: ADMIN_TOKEN=... scripts/smoke.sh [--timeout SECONDS] [--gateway URL] [--market BASE-QUOTE]
 # Env:   GATEWAY_URL   default http://127.0.0.1:8080
 #        SERVICE_URLS  services whose /health and /ready are checked (space or
-#                      comma list); default the gateway and 127.0.0.1:8091-8094.
+#                      comma list); default the gateway and 127.0.0.1:8091-8095.
 #                      Behind docker compose only the gateway is reachable:
 #                      SERVICE_URLS=$GATEWAY_URL (compose healthchecks cover the rest).
 #        ADMIN_URL     where the admin API is served, default the gateway URL;
@@ -59,7 +59,7 @@ if [ -z "${ADMIN_TOKEN:-}" ]; then
     echo "smoke: ADMIN_TOKEN is not set (the gateway's admin token; prod: see deploy/prod/prod.env)" >&2
     exit 64
 fi
-service_urls="${SERVICE_URLS-$gateway http://127.0.0.1:8091 http://127.0.0.1:8092 http://127.0.0.1:8093 http://127.0.0.1:8094}"
+service_urls="${SERVICE_URLS-$gateway http://127.0.0.1:8091 http://127.0.0.1:8092 http://127.0.0.1:8093 http://127.0.0.1:8094 http://127.0.0.1:8095}"
 service_urls="${service_urls//,/ }"
 
 started=$SECONDS

@@ -244,23 +244,23 @@ fi
 # ---- 5. up ---------------------------------------------------------------------------------
 current_step=up
 step "start $image"
-run "${compose[@]}" up -d gateway order matching clearing marketdata \
+run "${compose[@]}" up -d gateway order matching clearing marketdata wallet \
     || die "docker compose up failed (output above)" \
         "roll back: APP_VERSION=<previous> deploy/prod/deploy.sh"
 
 # ---- 6. ready ------------------------------------------------------------------------------
 current_step=ready
 step "waiting up to ${ready_timeout}s for /ready"
-declare -A ports=([gateway]=8080 [order]=8091 [matching]=8092 [clearing]=8093 [marketdata]=8094)
+declare -A ports=([gateway]=8080 [order]=8091 [matching]=8092 [clearing]=8093 [marketdata]=8094 [wallet]=8095)
 if [ "$dry_run" = 1 ]; then
-    for svc in gateway order matching clearing marketdata; do
+    for svc in gateway order matching clearing marketdata wallet; do
         info "(dry run) would wait for $svc /ready on :${ports[$svc]}"
     done
     step "dry run complete: nothing was changed"
     exit 0
 fi
 deadline=$((SECONDS + ready_timeout))
-for svc in gateway order matching clearing marketdata; do
+for svc in gateway order matching clearing marketdata wallet; do
     url="http://127.0.0.1:${ports[$svc]}/ready"
     while :; do
         if body="$("${compose[@]}" exec -T "$svc" curl -fsS --max-time 3 "$url" 2>/dev/null)"; then

@@ -193,6 +193,20 @@ for name in RATE_LIMIT_LOGIN_PER_MINUTE RATE_LIMIT_ORDERS_PER_SECOND RATE_LIMIT_
     fi
 done
 
+# How long a new withdrawal address waits before use: what stops a stolen
+# session from adding an address and draining the account at once.
+cooldown="$(get WITHDRAWAL_ADDRESS_COOLDOWN_SECS)"
+if [ -n "$cooldown" ]; then
+    if [[ ! "$cooldown" =~ ^[0-9]+$ ]]; then
+        fail "WITHDRAWAL_ADDRESS_COOLDOWN_SECS must be a whole number of seconds (is '$cooldown')"
+    else
+        digits="${cooldown#"${cooldown%%[!0]*}"}" # no leading zeros; no overflow below
+        if [ "${#digits}" -lt 4 ] || { [ "${#digits}" -eq 4 ] && [ "$digits" -lt 3600 ]; }; then
+            warn "WITHDRAWAL_ADDRESS_COOLDOWN_SECS is $cooldown: under an hour, a stolen session can add an address and withdraw to it almost at once (default 86400)"
+        fi
+    fi
+fi
+
 case ",$(get COMPOSE_PROFILES)," in
     *,local-db,*)
         check_secret LOCAL_DB_PASSWORD required

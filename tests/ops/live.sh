@@ -2,7 +2,7 @@
 # Live stage of tests/ops/run.sh (sourced; uses its check/ok/not_ok helpers,
 # $work, $bg_pids, prom_queries and free_port).
 #
-# Starts the five services as separate processes from the built `exchange`
+# Starts the six services as separate processes from the built `exchange`
 # binary on free ports, against a fresh database on DB_URL's server and Redis
 # logical database 14 of REDIS_URL's server, then runs what the runbook tells
 # operators to run: /health /ready /metrics, scripts/smoke.sh, the redis-cli
@@ -125,7 +125,7 @@ live_stage() {
     # ---- environment: a development configuration on free ports ----
     local -A port=()
     local svc
-    for svc in gateway ws order matching clearing marketdata; do port[$svc]="$(free_port)"; done
+    for svc in gateway ws order matching clearing marketdata wallet; do port[$svc]="$(free_port)"; done
     local metrics_token="ops-live-metrics-token-0123456789abcdef"
     local admin_token="dev-admin-token-change-me-please-00000"
     local -a live_env=(
@@ -139,7 +139,9 @@ live_stage() {
         GATEWAY_HTTP_ADDR="127.0.0.1:${port[gateway]}" GATEWAY_WS_ADDR="127.0.0.1:${port[ws]}"
         ORDER_HTTP_ADDR="127.0.0.1:${port[order]}" MATCHING_HTTP_ADDR="127.0.0.1:${port[matching]}"
         CLEARING_HTTP_ADDR="127.0.0.1:${port[clearing]}" MARKETDATA_HTTP_ADDR="127.0.0.1:${port[marketdata]}"
+        WALLET_HTTP_ADDR="127.0.0.1:${port[wallet]}"
         ORDER_SERVICE_URL="http://127.0.0.1:${port[order]}" MARKETDATA_URL="http://127.0.0.1:${port[marketdata]}"
+        WALLET_SERVICE_URL="http://127.0.0.1:${port[wallet]}"
         ORDER_CONSUMER_GROUP=order ORDER_CONSUMER_NAME=order-ops-1
         MATCHING_CONSUMER_GROUP=matching MATCHING_CONSUMER_NAME=matching-ops-1
         CLEARING_CONSUMER_GROUP=clearing CLEARING_CONSUMER_NAME=clearing-ops-1
@@ -151,26 +153,26 @@ live_stage() {
     local -A pid=()
     local logdir="$work/live"
     mkdir -p "$logdir"
-    for svc in gateway order matching clearing marketdata; do
+    for svc in wallet gateway order matching clearing marketdata; do
         env "${live_env[@]}" "$bin" "$svc" >"$logdir/$svc.log" 2>&1 &
         pid[$svc]=$!
         bg_pids+=("$!")
     done
     local -A url=()
-    for svc in gateway order matching clearing marketdata; do url[$svc]="http://127.0.0.1:${port[$svc]}"; done
+    for svc in wallet gateway order matching clearing marketdata; do url[$svc]="http://127.0.0.1:${port[$svc]}"; done
 
     # ---- health, ready, metrics ----
     local deadline=$((SECONDS + 90)) all_ready
     while :; do
         all_ready=1
-        for svc in gateway order matching clearing marketdata; do
+        for svc in wallet gateway order matching clearing marketdata; do
             curl -fsS --max-time 2 "${url[$svc]}/ready" >/dev/null 2>&1 || all_ready=0
         done
         [ "$all_ready" = 1 ] || [ "$SECONDS" -ge "$deadline" ] && break
         sleep 0.5
     done
     local body all_metrics=""
-    for svc in gateway order matching clearing marketdata; do
+    for svc in wallet gateway order matching clearing marketdata; do
         body="$(curl -sS --max-time 3 "${url[$svc]}/health" 2>&1)"
         if jq -e '.status == "ok"' <<<"$body" >/dev/null 2>&1; then ok "live: $svc GET /health ok"; else not_ok "live: $svc GET /health ok" "$body
 $(tail -n 20 "$logdir/$svc.log")"; fi
@@ -190,7 +192,7 @@ $(tail -n 20 "$logdir/$svc.log")"
     done
 
     # ---- the end-to-end check ----
-    local svc_urls="${url[gateway]} ${url[order]} ${url[matching]} ${url[clearing]} ${url[marketdata]}"
+    local svc_urls="${url[gateway]} ${url[order]} ${url[matching]} ${url[clearing]} ${url[marketdata]} ${url[wallet]}"
     check "live: scripts/smoke.sh passes" env GATEWAY_URL="${url[gateway]}" SERVICE_URLS="$svc_urls" \
         ADMIN_TOKEN="$admin_token" bash scripts/smoke.sh --timeout 30
 
@@ -220,7 +222,7 @@ $(tail -n 20 "$logdir/$svc.log")"
 
     # ---- contract metrics, after traffic ----
     all_metrics=""
-    for svc in gateway order matching clearing marketdata; do
+    for svc in wallet gateway order matching clearing marketdata; do
         all_metrics+="$(curl -fsS --max-time 3 -H "Authorization: Bearer $metrics_token" "${url[$svc]}/metrics" 2>/dev/null)"$'\n'
     done
     local name
@@ -228,10 +230,11 @@ $(tail -n 20 "$logdir/$svc.log")"
         'exchange_stream_lag\{' 'exchange_stream_pending\{' 'exchange_stream_dlq_length\{' 'exchange_orders_accepted_total\{' \
         'exchange_trades_total\{' 'exchange_ws_connections\{' 'exchange_market_halted\{' 'exchange_reconcile_ok\{' \
         'exchange_reconcile_last_run_timestamp_seconds' 'exchange_pg_wal_archiving_enabled' \
-        'exchange_pg_wal_archive_pending_segments' 'exchange_pg_wal_archive_failing'; do
+        'exchange_pg_wal_archive_pending_segments' 'exchange_pg_wal_archive_failing' \
+        'exchange_wallet_custody_freezes_open' 'exchange_wallet_withdrawal_oldest_age_seconds\{'; do
         if grep -qE "^$name" <<<"$all_metrics"; then ok "live: a service exports ${name%\\\{}"; else not_ok "live: a service exports ${name%\\\{} (contract metric missing from every /metrics)"; fi
     done
-    for svc in gateway order matching clearing marketdata; do
+    for svc in wallet gateway order matching clearing marketdata; do
         if grep -qE "^exchange_ready\{[^}]*service=\"$svc\"" <<<"$all_metrics"; then ok "live: $svc exports exchange_ready{service=\"$svc\"}"; else not_ok "live: $svc exports exchange_ready{service=\"$svc\"}"; fi
     done
 
@@ -273,7 +276,8 @@ after:  $after"; fi
 
     # ---- Prometheus scraping the services, every dashboard query ----
     METRICS_TOKEN="$metrics_token" prom_queries live "gateway=127.0.0.1:${port[gateway]}" "order=127.0.0.1:${port[order]}" \
-        "matching=127.0.0.1:${port[matching]}" "clearing=127.0.0.1:${port[clearing]}" "marketdata=127.0.0.1:${port[marketdata]}"
+        "matching=127.0.0.1:${port[matching]}" "clearing=127.0.0.1:${port[clearing]}" "marketdata=127.0.0.1:${port[marketdata]}" \
+        "wallet=127.0.0.1:${port[wallet]}"
 
     # ---- a service down: smoke.sh must fail, loudly, naming it ----
     kill "${pid[matching]}" 2>/dev/null
@@ -286,7 +290,7 @@ after:  $after"; fi
         not_ok "live: scripts/smoke.sh fails loudly, naming matching, when matching is down (exit $rc)" "$body"
     fi
 
-    for svc in gateway order clearing marketdata; do kill "${pid[$svc]}" 2>/dev/null; done
-    for svc in gateway order clearing marketdata; do wait "${pid[$svc]}" 2>/dev/null; done
+    for svc in gateway order clearing marketdata wallet; do kill "${pid[$svc]}" 2>/dev/null; done
+    for svc in gateway order clearing marketdata wallet; do wait "${pid[$svc]}" 2>/dev/null; done
     live_cleanup
 }

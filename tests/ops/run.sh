@@ -145,6 +145,7 @@ ENABLE_DOCS=1|s/^ENABLE_DOCS=.*/ENABLE_DOCS=1/|ENABLE_DOCS is true
 APP_VERSION=dev|s/^APP_VERSION=.*/APP_VERSION=dev/|APP_VERSION is 'dev'
 a quoted dev secret|s/^INTERNAL_TOKEN=.*/INTERNAL_TOKEN="dev-internal-token-change-me-please-000"/|INTERNAL_TOKEN is a development default
 local-db without a password|s/^COMPOSE_PROFILES=.*/COMPOSE_PROFILES=local-db/|LOCAL_DB_PASSWORD is missing
+withdrawal address cooldown not a number|s/^WITHDRAWAL_ADDRESS_COOLDOWN_SECS=.*/WITHDRAWAL_ADDRESS_COOLDOWN_SECS=1d/|WITHDRAWAL_ADDRESS_COOLDOWN_SECS must be a whole number
 local-db without a backup passphrase|s/^COMPOSE_PROFILES=.*/COMPOSE_PROFILES=local-db/; s/^LOCAL_DB_PASSWORD=.*/LOCAL_DB_PASSWORD=7d2c4e9f1a3b5c8d0e6f2a4b9c1d3e5f7a9b0c2d/|backup.env is missing
 EOF
 out="$(bash "$preflight" deploy/prod/prod.env.example 2>&1)"
@@ -158,6 +159,10 @@ f="$(variant no-tls 's/?sslmode=verify-full//; s/^REDIS_URL=rediss/REDIS_URL=red
 out="$(bash "$preflight" "$f" 2>&1)"
 rc=$?
 if [ "$rc" -eq 0 ] && [ "$(grep -c WARN <<<"$out")" -eq 3 ]; then ok "preflight only warns on non-TLS URLs and unset METRICS_TOKEN"; else not_ok "preflight only warns on non-TLS URLs and unset METRICS_TOKEN (exit $rc)" "$out"; fi
+f="$(variant short-cooldown 's/^WITHDRAWAL_ADDRESS_COOLDOWN_SECS=.*/WITHDRAWAL_ADDRESS_COOLDOWN_SECS=60/')"
+out="$(bash "$preflight" "$f" 2>&1)"
+rc=$?
+if [ "$rc" -eq 0 ] && grep -qE 'WARN +WITHDRAWAL_ADDRESS_COOLDOWN_SECS is 60' <<<"$out"; then ok "preflight only warns on a withdrawal address cooldown under an hour"; else not_ok "preflight only warns on a withdrawal address cooldown under an hour (exit $rc)" "$out"; fi
 
 # ---- deploy.sh -----------------------------------------------------------------------------
 section "deploy.sh (dry run: no Docker engine here)"
@@ -167,7 +172,7 @@ if [ "$rc" -eq 0 ]; then ok "deploy.sh dry run succeeds with a good env"; else n
 steps="$(grep -oE '^==> (preflight|image|migrate|start|waiting)' <<<"$out" | awk '{print $2}' | tr '\n' ' ')"
 if [ "$steps" = "preflight image migrate start waiting " ]; then ok "deploy.sh runs preflight, image, migrate, up, ready in order"; else not_ok "deploy.sh runs preflight, image, migrate, up, ready in order" "got: $steps"; fi
 check_contains "deploy.sh migrates with the image" "$out" '\+ docker-compose -p exchange -f .*docker-compose.yml run --rm --no-deps migrate'
-check_contains "deploy.sh starts the five services" "$out" '\+ docker-compose .* up -d gateway order matching clearing marketdata'
+check_contains "deploy.sh starts the six services" "$out" '\+ docker-compose .* up -d gateway order matching clearing marketdata wallet( |$)'
 out="$(APP_VERSION=0.9.0 DEPLOY_DRY_RUN=1 DOCKER_COMPOSE=docker-compose PROD_ENV_FILE="$fixtures/good.env" bash deploy/prod/deploy.sh 2>&1)"
 check_contains "deploy.sh rollback: APP_VERSION from the environment wins" "$out" 'start exchange:0\.9\.0'
 f="$(variant marketdata-public 's/^EXPOSE_MARKETDATA=.*/EXPOSE_MARKETDATA=true/')"
@@ -214,7 +219,7 @@ out="$("$py" - "$work/compose.yml" "$work/compose-md.yml" "$work/monitoring.yml"
 import sys, yaml
 base, md, mon = (yaml.safe_load(open(p)) for p in sys.argv[1:4])
 problems = []
-services = {"gateway": 8080, "order": 8091, "matching": 8092, "clearing": 8093, "marketdata": 8094}
+services = {"gateway": 8080, "order": 8091, "matching": 8092, "clearing": 8093, "marketdata": 8094, "wallet": 8095}
 s = base["services"]
 for name, port in services.items():
     svc = s.get(name)
@@ -238,6 +243,10 @@ if published != ["gateway"]: problems.append(f"services publishing ports by defa
 gw_ports = sorted(str(p.get("target") if isinstance(p, dict) else p) for p in s["gateway"].get("ports", []))
 if not all(any(str(t) in str(p) for p in s["gateway"]["ports"]) for t in (8080, 8090)): problems.append(f"gateway ports {s['gateway'].get('ports')} lack 8080/8090")
 if s["gateway"]["environment"].get("ORDER_SERVICE_URL") != "http://order:8091": problems.append("gateway ORDER_SERVICE_URL is not http://order:8091")
+if s["gateway"]["environment"].get("WALLET_SERVICE_URL") != "http://wallet:8095": problems.append("gateway WALLET_SERVICE_URL is not http://wallet:8095")
+wallet = s.get("wallet", {})
+if wallet.get("environment", {}).get("WALLET_HTTP_ADDR") != "0.0.0.0:8095": problems.append("wallet WALLET_HTTP_ADDR is not 0.0.0.0:8095")
+if "8095" not in [str(p) for p in wallet.get("expose", [])]: problems.append(f"wallet does not expose 8095: {wallet.get('expose')}")
 if s["gateway"]["environment"].get("ADMIN_HTTP_ADDR") != "0.0.0.0:8081": problems.append("gateway does not serve the admin API on its own listener (ADMIN_HTTP_ADDR)")
 if not any("127.0.0.1" in str(p) and "8081" in str(p) for p in s["gateway"]["ports"]): problems.append(f"gateway does not publish the admin port 8081 on loopback: {s['gateway']['ports']}")
 for extra, profile in (("postgres", "local-db"), ("redis", "local-db"), ("migrate", "tools")):
@@ -257,7 +266,7 @@ sys.exit(1 if problems else 0)
 PY
 )"
 rc=$?
-if [ "$rc" -eq 0 ]; then ok "compose: five services from one image, /ready healthchecks, limits, log rotation, only gateway published, external network for monitoring"; else not_ok "compose structure" "$out"; fi
+if [ "$rc" -eq 0 ]; then ok "compose: six services from one image, /ready healthchecks, limits, log rotation, only gateway published, external network for monitoring"; else not_ok "compose structure" "$out"; fi
 check "Dockerfile: multi-stage, non-root, APP_VERSION label" bash -c '
     f=deploy/prod/Dockerfile
     grep -q "^FROM rust:\${RUST_VERSION}-\${DEBIAN_RELEASE} AS builder" $f &&
@@ -283,7 +292,7 @@ prom, alerts, tests, runbook = sys.argv[1:5]
 problems = []
 cfg = yaml.safe_load(open(prom))
 jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
-want = {"gateway": "gateway:8080", "order": "order:8091", "matching": "matching:8092", "clearing": "clearing:8093", "marketdata": "marketdata:8094"}
+want = {"gateway": "gateway:8080", "order": "order:8091", "matching": "matching:8092", "clearing": "clearing:8093", "marketdata": "marketdata:8094", "wallet": "wallet:8095"}
 for job, target in want.items():
     if job not in jobs: problems.append(f"prometheus.yml does not scrape job {job}"); continue
     targets = [t for sc in jobs[job].get("static_configs", []) for t in sc.get("targets", [])]
@@ -441,7 +450,7 @@ srv_port="$(free_port)"
 bg_pids+=("$!")
 for _ in $(seq 50); do curl -fsS "http://127.0.0.1:$srv_port/metrics" >/dev/null 2>&1 && break; sleep 0.1; done
 prom_queries strict "gateway=127.0.0.1:$srv_port" "order=127.0.0.1:$srv_port" "matching=127.0.0.1:$srv_port" \
-    "clearing=127.0.0.1:$srv_port" "marketdata=127.0.0.1:$srv_port"
+    "clearing=127.0.0.1:$srv_port" "marketdata=127.0.0.1:$srv_port" "wallet=127.0.0.1:$srv_port"
 
 # ---- migrations ---------------------------------------------------------------------------------------------
 # migrate.sh (what an operator runs with psql) twice on an empty database: the

@@ -1,7 +1,7 @@
 //! End-to-end harness: the real `exchange` binary started as separate
-//! processes (`gateway`, `order`, `matching`, `clearing`, `marketdata`) on
-//! free ports, against a fresh database (migrated by `exchange migrate`) and
-//! a random Redis key prefix.
+//! processes (`gateway`, `order`, `matching`, `clearing`, `marketdata`,
+//! `wallet`) on free ports, against a fresh database (migrated by
+//! `exchange migrate`) and a random Redis key prefix.
 //!
 //! Each process logs to a file under the target tmp dir; the logs are
 //! printed when the test panics. Every process is killed (SIGKILL) when the
@@ -34,7 +34,14 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The services, in start order (dependencies first).
-pub const SERVICES: [&str; 5] = ["order", "matching", "clearing", "marketdata", "gateway"];
+pub const SERVICES: [&str; 6] = [
+    "order",
+    "matching",
+    "clearing",
+    "marketdata",
+    "wallet",
+    "gateway",
+];
 
 struct Proc {
     child: Child,
@@ -142,6 +149,7 @@ impl Cluster {
             "matching",
             "clearing",
             "marketdata",
+            "wallet",
         ]
         .into_iter()
         .map(|s| (s, free_port()))
@@ -154,7 +162,7 @@ impl Cluster {
         set("APP_VERSION", "e2e".into());
         set("LOG_LEVEL", "info".into());
         set("DB_URL", db_url.clone());
-        // Five processes per test, tests in parallel: keep connections modest.
+        // Six processes per test, tests in parallel: keep connections modest.
         set("DB_POOL_MAX", "5".into());
         set("REDIS_URL", redis_url);
         set("REDIS_KEY_PREFIX", redis_prefix.clone());
@@ -171,6 +179,7 @@ impl Cluster {
         set("MATCHING_HTTP_ADDR", addr(ports["matching"]));
         set("CLEARING_HTTP_ADDR", addr(ports["clearing"]));
         set("MARKETDATA_HTTP_ADDR", addr(ports["marketdata"]));
+        set("WALLET_HTTP_ADDR", addr(ports["wallet"]));
         set(
             "ORDER_SERVICE_URL",
             format!("http://{}", addr(ports["order"])),
@@ -178,6 +187,10 @@ impl Cluster {
         set(
             "MARKETDATA_URL",
             format!("http://{}", addr(ports["marketdata"])),
+        );
+        set(
+            "WALLET_SERVICE_URL",
+            format!("http://{}", addr(ports["wallet"])),
         );
         for svc in ["order", "matching", "clearing", "marketdata"] {
             let upper = svc.to_ascii_uppercase();
@@ -214,6 +227,7 @@ impl Cluster {
                 "marketdata",
                 format!("http://{}/ready", addr(ports["marketdata"])),
             ),
+            ("wallet", format!("http://{}/ready", addr(ports["wallet"]))),
         ]);
         let client = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
