@@ -8,11 +8,22 @@
 //!
 //! Invariants:
 //! - `ledger_balanced`: per asset, all postings sum to zero;
-//! - `ledger_matches_balances`: per user and asset, the ledger sum equals
-//!   available + locked;
+//! - `ledger_matches_balances`: per user and asset, the ledger sum of the
+//!   user's holdings and what their open withdrawals hold equals available
+//!   + locked;
 //! - `no_negative_balance`;
 //! - `locked_matches_open_orders`: per user and asset, locked equals the
-//!   sum of `locked_remaining` of the user's open orders in that asset;
+//!   sum of `locked_remaining` of the user's open orders in that asset plus
+//!   `amount + fee` of the user's open withdrawals of it;
+//! - `custody_holds`: per user and asset, the `withdrawal_pending` ledger
+//!   account equals `amount + fee` of the open withdrawals;
+//! - `custody_flows`: per asset, what the `custody` ledger account says is
+//!   held on chain equals credited chain deposits minus confirmed payouts
+//!   (amount + network fee), so a custody booking without its deposit or
+//!   withdrawal (or the reverse) is found. With `ledger_balanced` and
+//!   `ledger_matches_balances` it closes the custody books: per asset,
+//!   users' balances (open withdrawals are in locked) + fee income -
+//!   operator credits = what custody holds;
 //! - `no_journal_gap`: per market the command journal holds exactly seqs
 //!   1..=last_seq of `market_sequences`;
 //! - `commands_matched`: every command older than the lag window has its
@@ -136,7 +147,7 @@ const CHECKS: &[(&str, &str)] = &[
     (
         "ledger_matches_balances",
         "WITH l AS (SELECT user_id, asset, sum(amount) AS total FROM ledger_postings
-                    WHERE account_kind = 'user' GROUP BY user_id, asset)
+                    WHERE account_kind IN ('user', 'withdrawal_pending') GROUP BY user_id, asset)
          SELECT count(*) OVER (),
                 format('user %s %s: ledger %s, balances %s (available %s, locked %s)',
                        coalesce(l.user_id, b.user_id), coalesce(l.asset, b.asset),
@@ -155,16 +166,52 @@ const CHECKS: &[(&str, &str)] = &[
     ),
     (
         "locked_matches_open_orders",
-        "WITH o AS (SELECT user_id, reserve_asset AS asset, sum(locked_remaining) AS total
-                    FROM orders WHERE status IN ('new', 'partially_filled')
-                    GROUP BY user_id, reserve_asset)
+        "WITH o AS (SELECT user_id, asset, sum(total) AS total FROM (
+                        SELECT user_id, reserve_asset AS asset, locked_remaining AS total
+                        FROM orders WHERE status IN ('new', 'partially_filled')
+                        UNION ALL
+                        SELECT user_id, asset, amount + fee FROM withdrawals
+                        WHERE status IN ('pending_approval', 'approved', 'signing', 'broadcast')) h
+                    GROUP BY user_id, asset)
          SELECT count(*) OVER (),
-                format('user %s %s: locked %s, open orders reserve %s',
+                format('user %s %s: locked %s, open orders and withdrawals hold %s',
                        coalesce(o.user_id, b.user_id), coalesce(o.asset, b.asset),
                        coalesce(b.locked, 0), coalesce(o.total, 0))
          FROM o FULL JOIN balances b ON b.user_id = o.user_id AND b.asset = o.asset
          WHERE coalesce(o.total, 0) <> coalesce(b.locked, 0)
          ORDER BY coalesce(o.user_id, b.user_id), coalesce(o.asset, b.asset) LIMIT $1",
+    ),
+    (
+        "custody_holds",
+        "WITH l AS (SELECT user_id, asset, sum(amount) AS total FROM ledger_postings
+                    WHERE account_kind = 'withdrawal_pending' GROUP BY user_id, asset),
+              w AS (SELECT user_id, asset, sum(amount + fee) AS total FROM withdrawals
+                    WHERE status IN ('pending_approval', 'approved', 'signing', 'broadcast')
+                    GROUP BY user_id, asset)
+         SELECT count(*) OVER (),
+                format('user %s %s: withdrawal_pending ledger %s, open withdrawals hold %s',
+                       coalesce(l.user_id, w.user_id), coalesce(l.asset, w.asset),
+                       coalesce(l.total, 0), coalesce(w.total, 0))
+         FROM l FULL JOIN w ON w.user_id = l.user_id AND w.asset = l.asset
+         WHERE coalesce(l.total, 0) <> coalesce(w.total, 0)
+         ORDER BY coalesce(l.user_id, w.user_id), coalesce(l.asset, w.asset) LIMIT $1",
+    ),
+    (
+        "custody_flows",
+        "WITH l AS (SELECT asset, -sum(amount) AS held FROM ledger_postings
+                    WHERE account_kind = 'custody' GROUP BY asset),
+              f AS (SELECT asset, sum(amount) AS held FROM (
+                        SELECT asset, amount FROM chain_deposits WHERE journal_id IS NOT NULL
+                        UNION ALL
+                        SELECT asset, -(amount + coalesce(network_fee, 0)) FROM withdrawals
+                        WHERE status = 'confirmed') m
+                    GROUP BY asset)
+         SELECT count(*) OVER (),
+                format('asset %s: custody ledger holds %s, credited deposits - confirmed payouts = %s',
+                       coalesce(l.asset, f.asset), coalesce(l.held, 0), coalesce(f.held, 0))
+         FROM l FULL JOIN f ON f.asset = l.asset
+         WHERE coalesce(l.held, 0) <> coalesce(f.held, 0)
+         ORDER BY coalesce(l.asset, f.asset) LIMIT $1",
     ),
     (
         "no_journal_gap",

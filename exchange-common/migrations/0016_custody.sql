@@ -179,3 +179,10 @@ CREATE TABLE chain_cursors (
     cursor     text NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- API keys may withdraw only when created with the `withdraw` permission,
+-- which needs an IP allowlist (a leaked key alone cannot move money out)
+-- and, with 2FA on, the second factor at creation.
+ALTER TABLE api_keys
+    ADD COLUMN can_withdraw boolean NOT NULL DEFAULT false,
+    ADD CONSTRAINT api_keys_withdraw_needs_allowlist CHECK (NOT can_withdraw OR cardinality(ip_allowlist) > 0);

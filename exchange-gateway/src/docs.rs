@@ -16,7 +16,9 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::api::schema::{ErrorBody, field};
-use crate::api::{accounts, admin, marketdata, operators, orders, public, security, users};
+use crate::api::{
+    accounts, admin, custody, custody_admin, marketdata, operators, orders, public, security, users,
+};
 use crate::binance::openapi::BinancePaths;
 
 #[derive(OpenApi)]
@@ -35,6 +37,16 @@ use crate::binance::openapi::BinancePaths;
         operators::rotate_operator_token, operators::list_audit,
         orders::place, orders::get_order, orders::list_orders, orders::cancel,
         orders::cancel_all, orders::amend, orders::my_trades,
+        admin::patch_asset,
+        custody::deposit_address, custody::list_deposits, custody::add_withdrawal_address,
+        custody::list_withdrawal_addresses, custody::delete_withdrawal_address,
+        custody::request_withdrawal, custody::list_withdrawals, custody::get_withdrawal,
+        custody::cancel_withdrawal,
+        custody_admin::list_withdrawals, custody_admin::approve, custody_admin::reject,
+        custody_admin::broadcast, custody_admin::confirm, custody_admin::fail,
+        custody_admin::report_deposit, custody_admin::list_deposits,
+        custody_admin::load_deposit_addresses, custody_admin::list_freezes,
+        custody_admin::release_freeze,
     ),
     components(schemas(ErrorBody)),
     modifiers(&Security, &LayerErrors, &BinancePaths)

@@ -109,6 +109,18 @@ pub fn admin_routes(state: AppState) -> Router {
     let read = Router::new()
         .route("/admin/v1/audit", get(api::operators::list_audit))
         .route("/admin/v1/operators", get(api::operators::list_operators))
+        .route(
+            "/admin/v1/withdrawals",
+            get(api::custody_admin::list_withdrawals),
+        )
+        .route(
+            "/admin/v1/custody/deposits",
+            get(api::custody_admin::list_deposits),
+        )
+        .route(
+            "/admin/v1/custody/freezes",
+            get(api::custody_admin::list_freezes),
+        )
         .route_layer(gate(Permission::Read));
     // Support (and admin): the users' accounts.
     let support = Router::new()
@@ -122,6 +134,39 @@ pub fn admin_routes(state: AppState) -> Router {
     // Finance (and admin): money in and out.
     let finance = Router::new()
         .route("/admin/v1/deposits", post(api::admin::deposit))
+        .route("/admin/v1/assets/{symbol}", patch(api::admin::patch_asset))
+        .route(
+            "/admin/v1/withdrawals/{id}/approve",
+            post(api::custody_admin::approve),
+        )
+        .route(
+            "/admin/v1/withdrawals/{id}/reject",
+            post(api::custody_admin::reject),
+        )
+        .route(
+            "/admin/v1/withdrawals/{id}/broadcast",
+            post(api::custody_admin::broadcast),
+        )
+        .route(
+            "/admin/v1/withdrawals/{id}/confirm",
+            post(api::custody_admin::confirm),
+        )
+        .route(
+            "/admin/v1/withdrawals/{id}/fail",
+            post(api::custody_admin::fail),
+        )
+        .route(
+            "/admin/v1/custody/deposits",
+            post(api::custody_admin::report_deposit),
+        )
+        .route(
+            "/admin/v1/custody/deposit-addresses",
+            post(api::custody_admin::load_deposit_addresses),
+        )
+        .route(
+            "/admin/v1/custody/freezes/{id}/release",
+            post(api::custody_admin::release_freeze),
+        )
         .route_layer(gate(Permission::Finance));
     // Admin only: what is traded, and who operates.
     let admin = Router::new()
@@ -193,6 +238,27 @@ pub fn routes(state: AppState, admin_separate: bool) -> Router {
     let user = Router::new()
         .route("/api/v1/account/balances", get(api::accounts::balances))
         .route("/api/v1/account/trades", get(api::orders::my_trades))
+        .route(
+            "/api/v1/account/deposit-address",
+            get(api::custody::deposit_address),
+        )
+        .route("/api/v1/account/deposits", get(api::custody::list_deposits))
+        .route(
+            "/api/v1/account/withdrawal-addresses",
+            post(api::custody::add_withdrawal_address).get(api::custody::list_withdrawal_addresses),
+        )
+        .route(
+            "/api/v1/account/withdrawal-addresses/{id}",
+            delete(api::custody::delete_withdrawal_address),
+        )
+        .route(
+            "/api/v1/withdrawals",
+            post(api::custody::request_withdrawal).get(api::custody::list_withdrawals),
+        )
+        .route(
+            "/api/v1/withdrawals/{id}",
+            get(api::custody::get_withdrawal).delete(api::custody::cancel_withdrawal),
+        )
         .route(
             "/api/v1/orders",
             post(api::orders::place)
@@ -288,6 +354,7 @@ pub async fn run(
         trusted_proxies: config.trusted_proxy_nets().into(),
         orders: upstream::Upstream::order_service(&config)?,
         marketdata: upstream::Upstream::marketdata(&config)?,
+        wallet: upstream::Upstream::wallet(&config)?,
         limiter: ratelimit::RateLimiter::new(&config),
         hub: hub::Hub::new(),
         shutdown: shutdown.clone(),

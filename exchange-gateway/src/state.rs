@@ -28,6 +28,8 @@ pub struct StateInner {
     pub trusted_proxies: Arc<[IpNet]>,
     /// The order service's internal API.
     pub orders: Upstream,
+    /// The custody service (exchange-wallet).
+    pub wallet: Upstream,
     /// The marketdata service.
     pub marketdata: Upstream,
     pub limiter: RateLimiter,

@@ -151,6 +151,21 @@ impl Upstream {
         })
     }
 
+    pub fn wallet(config: &Config) -> anyhow::Result<Self> {
+        Ok(Self {
+            name: "wallet",
+            base_url: config
+                .gateway
+                .wallet_service_url
+                .trim_end_matches('/')
+                .to_owned(),
+            token: Some(config.internal_token.clone()),
+            client: client()?,
+            placer: Arc::default(),
+            place_batch_len_max: 1,
+        })
+    }
+
     pub fn marketdata(config: &Config) -> anyhow::Result<Self> {
         Ok(Self {
             name: "marketdata",
@@ -182,7 +197,8 @@ impl Upstream {
             ErrorCode::OutcomeUnknown,
             format!(
                 "no answer from the {} service: the request may or may not have been applied; \
-                 retry with the same client_order_id (safe), or check before placing again",
+                 retry with the same client_order_id or client_withdrawal_id (safe), or check before \
+                 trying again",
                 self.name
             ),
         )
@@ -222,14 +238,6 @@ impl Upstream {
             }
         })?;
         let status = resp.status();
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            // Our own token was refused: a deployment mistake, not the client's.
-            tracing::error!(
-                upstream = self.name,
-                "upstream refused the internal token (INTERNAL_TOKEN differs?)"
-            );
-            return Err(self.unavailable());
-        }
         let mut body = Vec::new();
         loop {
             match resp.chunk().await {
@@ -255,7 +263,18 @@ impl Upstream {
             );
             return Err(self.failed_after_sending(&method));
         }
-        Ok(Relayed { status, body })
+        let relayed = Relayed { status, body };
+        // Our own token refused (the only 401 an internal service gives):
+        // a deployment mistake, not the client's. A 403 is a business
+        // answer (`ACCOUNT_FROZEN`, `WITHDRAWALS_DISABLED`, …) and is relayed.
+        if status == StatusCode::UNAUTHORIZED {
+            tracing::error!(
+                upstream = self.name,
+                "upstream refused the internal token (INTERNAL_TOKEN differs?)"
+            );
+            return Err(self.unavailable());
+        }
+        Ok(relayed)
     }
 
     /// Places one order (`POST /internal/v1/orders` with `body`), coalesced
@@ -358,6 +377,165 @@ impl Upstream {
     ) -> Result<Relayed, ApiError> {
         let path = format!("/internal/v1/markets/{symbol}/status");
         self.call::<(), _>(Method::PATCH, &path, None, Some(body))
+            .await
+    }
+
+    // The wallet's internal API (exchange-wallet's `api` module), one
+    // method per route.
+
+    /// `GET /internal/v1/users/{uid}/deposit-address?asset=`.
+    pub async fn deposit_address<Q: Serialize + ?Sized>(
+        &self,
+        uid: i64,
+        q: &Q,
+    ) -> Result<Relayed, ApiError> {
+        let path = format!("/internal/v1/users/{uid}/deposit-address");
+        self.call::<_, ()>(Method::GET, &path, Some(q), None).await
+    }
+
+    /// `GET /internal/v1/users/{uid}/deposits`.
+    pub async fn list_deposits<Q: Serialize + ?Sized>(
+        &self,
+        uid: i64,
+        q: &Q,
+    ) -> Result<Relayed, ApiError> {
+        let path = format!("/internal/v1/users/{uid}/deposits");
+        self.call::<_, ()>(Method::GET, &path, Some(q), None).await
+    }
+
+    /// `POST /internal/v1/users/{uid}/withdrawal-addresses`.
+    pub async fn add_withdrawal_address<B: Serialize + ?Sized>(
+        &self,
+        uid: i64,
+        body: &B,
+    ) -> Result<Relayed, ApiError> {
+        let path = format!("/internal/v1/users/{uid}/withdrawal-addresses");
+        self.call::<(), _>(Method::POST, &path, None, Some(body))
+            .await
+    }
+
+    /// `GET /internal/v1/users/{uid}/withdrawal-addresses`.
+    pub async fn list_withdrawal_addresses(&self, uid: i64) -> Result<Relayed, ApiError> {
+        let path = format!("/internal/v1/users/{uid}/withdrawal-addresses");
+        self.call::<(), ()>(Method::GET, &path, None, None).await
+    }
+
+    /// `DELETE /internal/v1/users/{uid}/withdrawal-addresses/{id}`.
+    pub async fn delete_withdrawal_address(&self, uid: i64, id: i64) -> Result<Relayed, ApiError> {
+        let path = format!("/internal/v1/users/{uid}/withdrawal-addresses/{id}");
+        self.call::<(), ()>(Method::DELETE, &path, None, None).await
+    }
+
+    /// `POST /internal/v1/users/{uid}/withdrawals`.
+    pub async fn request_withdrawal<B: Serialize + ?Sized>(
+        &self,
+        uid: i64,
+        body: &B,
+    ) -> Result<Relayed, ApiError> {
+        let path = format!("/internal/v1/users/{uid}/withdrawals");
+        self.call::<(), _>(Method::POST, &path, None, Some(body))
+            .await
+    }
+
+    /// `GET /internal/v1/users/{uid}/withdrawals`.
+    pub async fn list_withdrawals<Q: Serialize + ?Sized>(
+        &self,
+        uid: i64,
+        q: &Q,
+    ) -> Result<Relayed, ApiError> {
+        let path = format!("/internal/v1/users/{uid}/withdrawals");
+        self.call::<_, ()>(Method::GET, &path, Some(q), None).await
+    }
+
+    /// `GET /internal/v1/users/{uid}/withdrawals/{id}`.
+    pub async fn get_withdrawal(&self, uid: i64, id: i64) -> Result<Relayed, ApiError> {
+        let path = format!("/internal/v1/users/{uid}/withdrawals/{id}");
+        self.call::<(), ()>(Method::GET, &path, None, None).await
+    }
+
+    /// `DELETE /internal/v1/users/{uid}/withdrawals/{id}`: cancel.
+    pub async fn cancel_withdrawal(&self, uid: i64, id: i64) -> Result<Relayed, ApiError> {
+        let path = format!("/internal/v1/users/{uid}/withdrawals/{id}");
+        self.call::<(), ()>(Method::DELETE, &path, None, None).await
+    }
+
+    /// `GET /internal/v1/admin/withdrawals`.
+    pub async fn admin_withdrawals<Q: Serialize + ?Sized>(
+        &self,
+        q: &Q,
+    ) -> Result<Relayed, ApiError> {
+        self.call::<_, ()>(Method::GET, "/internal/v1/admin/withdrawals", Some(q), None)
+            .await
+    }
+
+    /// `POST /internal/v1/admin/withdrawals/{id}/{approve|reject|broadcast|confirm|fail}`.
+    pub async fn withdrawal_action<B: Serialize + ?Sized>(
+        &self,
+        id: i64,
+        action: WithdrawalAction,
+        body: &B,
+    ) -> Result<Relayed, ApiError> {
+        let path = format!("/internal/v1/admin/withdrawals/{id}/{}", action.as_str());
+        self.call::<(), _>(Method::POST, &path, None, Some(body))
+            .await
+    }
+
+    /// `POST /internal/v1/admin/deposits`: a chain transfer reported.
+    pub async fn report_chain_deposit<B: Serialize + ?Sized>(
+        &self,
+        body: &B,
+    ) -> Result<Relayed, ApiError> {
+        self.call::<(), _>(
+            Method::POST,
+            "/internal/v1/admin/deposits",
+            None,
+            Some(body),
+        )
+        .await
+    }
+
+    /// `GET /internal/v1/admin/deposits`.
+    pub async fn admin_chain_deposits<Q: Serialize + ?Sized>(
+        &self,
+        q: &Q,
+    ) -> Result<Relayed, ApiError> {
+        self.call::<_, ()>(Method::GET, "/internal/v1/admin/deposits", Some(q), None)
+            .await
+    }
+
+    /// `POST /internal/v1/admin/deposit-addresses`.
+    pub async fn load_deposit_addresses<B: Serialize + ?Sized>(
+        &self,
+        body: &B,
+    ) -> Result<Relayed, ApiError> {
+        self.call::<(), _>(
+            Method::POST,
+            "/internal/v1/admin/deposit-addresses",
+            None,
+            Some(body),
+        )
+        .await
+    }
+
+    /// `GET /internal/v1/admin/custody-freezes`.
+    pub async fn custody_freezes<Q: Serialize + ?Sized>(&self, q: &Q) -> Result<Relayed, ApiError> {
+        self.call::<_, ()>(
+            Method::GET,
+            "/internal/v1/admin/custody-freezes",
+            Some(q),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /internal/v1/admin/custody-freezes/{id}/release`.
+    pub async fn release_custody_freeze<B: Serialize + ?Sized>(
+        &self,
+        id: i64,
+        body: &B,
+    ) -> Result<Relayed, ApiError> {
+        let path = format!("/internal/v1/admin/custody-freezes/{id}/release");
+        self.call::<(), _>(Method::POST, &path, None, Some(body))
             .await
     }
 
@@ -594,5 +772,30 @@ mod tests {
             0,
             "nothing was sent to the order service"
         );
+    }
+}
+
+/// What an operator does to a withdrawal (the wallet route's last segment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WithdrawalAction {
+    Approve,
+    Reject,
+    /// Manual networks: the operator sent it under a tx hash.
+    Broadcast,
+    /// Manual networks: final on chain.
+    Confirm,
+    /// Manual networks: dropped or reverted (funds return).
+    Fail,
+}
+
+impl WithdrawalAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WithdrawalAction::Approve => "approve",
+            WithdrawalAction::Reject => "reject",
+            WithdrawalAction::Broadcast => "broadcast",
+            WithdrawalAction::Confirm => "confirm",
+            WithdrawalAction::Fail => "fail",
+        }
     }
 }

@@ -244,15 +244,15 @@ pub struct CreatedApiKey {
     pub secret: String,
 }
 
-fn permissions(can_read: bool, can_trade: bool) -> Vec<&'static str> {
-    let mut p = Vec::new();
-    if can_read {
-        p.push("read");
-    }
-    if can_trade {
-        p.push("trade");
-    }
-    p
+fn permissions(can_read: bool, can_trade: bool, can_withdraw: bool) -> Vec<&'static str> {
+    [
+        ("read", can_read),
+        ("trade", can_trade),
+        ("withdraw", can_withdraw),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect()
 }
 
 #[utoipa::path(post, path = "/api/v1/api-keys", request_body = NewApiKey,
@@ -275,16 +275,27 @@ pub async fn create_api_key(
         ));
     }
     let perms = req.permissions.unwrap_or_else(|| vec!["read".to_owned()]);
-    if perms.is_empty() || perms.iter().any(|p| p != "read" && p != "trade") {
+    if perms.is_empty()
+        || perms
+            .iter()
+            .any(|p| !matches!(p.as_str(), "read" | "trade" | "withdraw"))
+    {
         return Err(ApiError::bad_request(
             ErrorCode::InvalidPermissions,
-            "permissions are \"read\" and/or \"trade\"",
+            "permissions are \"read\", \"trade\" and/or \"withdraw\"",
         ));
     }
-    let (can_read, can_trade) = (
+    let (can_read, can_trade, can_withdraw) = (
         perms.iter().any(|p| p == "read"),
         perms.iter().any(|p| p == "trade"),
+        perms.iter().any(|p| p == "withdraw"),
     );
+    if can_withdraw && req.ip_allowlist.is_empty() {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidPermissions,
+            "a key with the withdraw permission needs an ip_allowlist",
+        ));
+    }
     if req.ip_allowlist.len() > API_KEY_IP_ALLOWLIST_LEN_MAX {
         return Err(ApiError::bad_request(
             ErrorCode::InvalidIpAllowlist,
@@ -335,8 +346,8 @@ pub async fn create_api_key(
         .encrypt(&api_key, &secret)
         .map_err(ApiError::internal)?;
     let (id, created_at): (i64, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
-        "INSERT INTO api_keys (api_key, user_id, label, can_read, can_trade, ip_allowlist, secret_nonce, secret_ciphertext, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id, created_at",
+        "INSERT INTO api_keys (api_key, user_id, label, can_read, can_trade, ip_allowlist, secret_nonce, secret_ciphertext, expires_at, can_withdraw)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id, created_at",
     )
     .bind(&api_key)
     .bind(user.user_id)
@@ -347,13 +358,14 @@ pub async fn create_api_key(
     .bind(&nonce)
     .bind(&ciphertext)
     .bind(expires_at)
+    .bind(can_withdraw)
     .fetch_one(s.db())
     .await?;
     let info = ApiKeyInfo {
         id,
         api_key,
         label: req.label,
-        permissions: permissions(can_read, can_trade),
+        permissions: permissions(can_read, can_trade, can_withdraw),
         ip_allowlist: allow,
         created_at: created_at.timestamp_millis(),
         last_used_at: None,
@@ -369,6 +381,7 @@ struct KeyListRow {
     label: String,
     can_read: bool,
     can_trade: bool,
+    can_withdraw: bool,
     ip_allowlist: Vec<String>,
     created_at: chrono::DateTime<chrono::Utc>,
     last_used_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -385,7 +398,7 @@ pub async fn list_api_keys(
 ) -> Result<Json<Vec<ApiKeyInfo>>, ApiError> {
     user.require_session()?;
     let rows: Vec<KeyListRow> = sqlx::query_as(
-        "SELECT id, api_key, label, can_read, can_trade, ip_allowlist, created_at, last_used_at, expires_at
+        "SELECT id, api_key, label, can_read, can_trade, can_withdraw, ip_allowlist, created_at, last_used_at, expires_at
          FROM api_keys WHERE user_id = $1 ORDER BY id",
     )
     .bind(user.user_id)
@@ -397,7 +410,7 @@ pub async fn list_api_keys(
                 id: r.id,
                 api_key: r.api_key,
                 label: r.label,
-                permissions: permissions(r.can_read, r.can_trade),
+                permissions: permissions(r.can_read, r.can_trade, r.can_withdraw),
                 ip_allowlist: r.ip_allowlist,
                 created_at: r.created_at.timestamp_millis(),
                 last_used_at: r.last_used_at.map(|t| t.timestamp_millis()),

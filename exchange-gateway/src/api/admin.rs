@@ -19,7 +19,7 @@ use exchange_domain::money::{SCALE_MAX, format_units, parse_positive_units, pars
 use exchange_domain::symbol::{AssetSymbol, MarketSymbol};
 use exchange_store::audit::{self, AuditContext};
 
-use super::public::{AssetView, MARKET_COLUMNS, MarketView};
+use super::public::{ASSET_COLUMNS, AssetView, MARKET_COLUMNS, MarketView};
 use super::schema::{DEPOSIT_REFERENCE_LEN_MAX, ErrorBody, field};
 use crate::auth::operators::AdminCaller;
 use crate::state::AppState;
@@ -40,11 +40,311 @@ pub struct NewAsset {
     #[serde(deserialize_with = "super::integer")]
     #[schema(schema_with = field::scale)]
     pub scale: u8,
+    /// Custody settings, as in `PATCH /admin/v1/assets/{symbol}` (all optional).
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub network: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub contract: Option<Option<String>>,
+    #[serde(default)]
+    pub confirmations: Option<i32>,
+    #[serde(default)]
+    #[schema(schema_with = field::optional_decimal)]
+    pub withdraw_fee: Option<String>,
+    #[serde(default)]
+    #[schema(schema_with = field::optional_decimal)]
+    pub withdraw_min: Option<String>,
+    #[serde(default)]
+    #[schema(schema_with = field::optional_decimal)]
+    pub auto_approve_limit: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub daily_withdraw_limit: Option<Option<String>>,
+    #[serde(default)]
+    pub withdrawals_enabled: Option<bool>,
+}
+
+impl NewAsset {
+    fn custody(&self) -> CustodySettings {
+        CustodySettings {
+            network: self.network.clone(),
+            contract: self.contract.clone(),
+            confirmations: self.confirmations,
+            withdraw_fee: self.withdraw_fee.clone(),
+            withdraw_min: self.withdraw_min.clone(),
+            auto_approve_limit: self.auto_approve_limit.clone(),
+            daily_withdraw_limit: self.daily_withdraw_limit.clone(),
+            withdrawals_enabled: self.withdrawals_enabled,
+        }
+    }
+}
+
+/// An absent field stays `None`; `null` is `Some(None)` (clear it).
+fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// An asset's custody settings as an operator sends them (API.md
+/// "Custody"); an absent field keeps its value (its default on creation).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustodySettings {
+    /// The chain (`ethereum`, …: lowercase letters, digits, `_`, `-`);
+    /// `null`: an off-chain asset. Fixed once it has chain deposits or
+    /// withdrawals.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub network: Option<Option<String>>,
+    /// The token contract; `null` for the chain's own coin.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub contract: Option<Option<String>>,
+    /// Confirmations before a deposit is credited (1 to 10,000; default 1).
+    #[serde(default)]
+    pub confirmations: Option<i32>,
+    #[serde(default)]
+    #[schema(schema_with = field::optional_decimal)]
+    pub withdraw_fee: Option<String>,
+    #[serde(default)]
+    #[schema(schema_with = field::optional_decimal)]
+    pub withdraw_min: Option<String>,
+    /// At or below it a withdrawal is approved at once; above it two
+    /// different operators approve (default 0: every withdrawal).
+    #[serde(default)]
+    #[schema(schema_with = field::optional_decimal)]
+    pub auto_approve_limit: Option<String>,
+    /// Per user over a rolling 24 hours; `null`: no limit.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub daily_withdraw_limit: Option<Option<String>>,
+    /// The kill switch: `false` stops new withdrawals and payouts at once.
+    #[serde(default)]
+    pub withdrawals_enabled: Option<bool>,
+}
+
+/// An asset as operators see it: the public view and the approval limit.
+#[derive(Serialize, ToSchema)]
+pub struct AdminAssetView {
+    #[serde(flatten)]
+    pub asset: AssetView,
+    pub auto_approve_limit: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct CustodyRow {
+    scale: i16,
+    network: Option<String>,
+    contract: Option<String>,
+    confirmations: i32,
+    withdraw_fee: String,
+    withdraw_min: String,
+    auto_approve_limit: String,
+    daily_withdraw_limit: Option<String>,
+    withdrawals_enabled: bool,
+    in_use: bool,
+}
+
+fn invalid_settings(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request(ErrorCode::InvalidSettings, message)
+}
+
+fn check_network(network: &str) -> Result<(), ApiError> {
+    let ok = (1..=32).contains(&network.len())
+        && network.bytes().enumerate().all(|(i, b)| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || (i > 0 && (b == b'_' || b == b'-'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid_settings(
+            "network is 1 to 32 lowercase letters, digits, '_' or '-' (e.g. \"ethereum\")",
+        ))
+    }
+}
+
+fn check_contract(contract: &str) -> Result<(), ApiError> {
+    if (1..=128).contains(&contract.len()) && contract.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(())
+    } else {
+        Err(invalid_settings("contract is 1 to 128 letters and digits"))
+    }
+}
+
+/// Applies `c` to the asset's custody settings in `tx` and returns what
+/// changed (for the audit row).
+async fn apply_custody(
+    tx: &mut sqlx::PgConnection,
+    symbol: &str,
+    c: &CustodySettings,
+) -> Result<serde_json::Value, ApiError> {
+    let row: Option<CustodyRow> = sqlx::query_as(
+        "SELECT scale, network, contract, confirmations, withdraw_fee::text AS withdraw_fee,
+                withdraw_min::text AS withdraw_min, auto_approve_limit::text AS auto_approve_limit,
+                daily_withdraw_limit::text AS daily_withdraw_limit, withdrawals_enabled,
+                EXISTS (SELECT 1 FROM chain_deposits WHERE asset = $1)
+                OR EXISTS (SELECT 1 FROM withdrawals WHERE asset = $1) AS in_use
+         FROM assets WHERE symbol = $1 FOR UPDATE",
+    )
+    .bind(symbol)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let mut row = row.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::UnknownAsset,
+            format!("no asset {symbol}"),
+        )
+    })?;
+    let scale = u8::try_from(row.scale).map_err(ApiError::internal)?;
+    let mut changed = serde_json::Map::new();
+    let decimal =
+        |name: &str, text: &str| amount(name, text, scale, false).map(|u| format_units(u, scale));
+    if let Some(network) = &c.network {
+        if let Some(n) = network {
+            check_network(n)?;
+        }
+        if row.in_use && *network != row.network {
+            return Err(invalid_settings(
+                "network cannot change once the asset has chain deposits or withdrawals",
+            ));
+        }
+        row.network.clone_from(network);
+        changed.insert("network".into(), json!(network));
+    }
+    if let Some(contract) = &c.contract {
+        if let Some(k) = contract {
+            check_contract(k)?;
+        }
+        if row.in_use && *contract != row.contract {
+            return Err(invalid_settings(
+                "contract cannot change once the asset has chain deposits or withdrawals",
+            ));
+        }
+        row.contract.clone_from(contract);
+        changed.insert("contract".into(), json!(contract));
+    }
+    if row.contract.is_some() && row.network.is_none() {
+        return Err(invalid_settings("a contract needs a network"));
+    }
+    if let Some(n) = c.confirmations {
+        if !(1..=10_000).contains(&n) {
+            return Err(invalid_settings("confirmations is 1 to 10000"));
+        }
+        row.confirmations = n;
+        changed.insert("confirmations".into(), json!(n));
+    }
+    for (name, value, slot) in [
+        ("withdraw_fee", &c.withdraw_fee, &mut row.withdraw_fee),
+        ("withdraw_min", &c.withdraw_min, &mut row.withdraw_min),
+        (
+            "auto_approve_limit",
+            &c.auto_approve_limit,
+            &mut row.auto_approve_limit,
+        ),
+    ] {
+        if let Some(text) = value {
+            *slot = decimal(name, text)?;
+            changed.insert(name.into(), json!(slot));
+        }
+    }
+    if let Some(limit) = &c.daily_withdraw_limit {
+        row.daily_withdraw_limit = limit
+            .as_deref()
+            .map(|t| decimal("daily_withdraw_limit", t))
+            .transpose()?;
+        changed.insert(
+            "daily_withdraw_limit".into(),
+            json!(row.daily_withdraw_limit),
+        );
+    }
+    if let Some(on) = c.withdrawals_enabled {
+        row.withdrawals_enabled = on;
+        changed.insert("withdrawals_enabled".into(), json!(on));
+    }
+    let updated = sqlx::query(
+        "UPDATE assets SET network = $2, contract = $3, confirmations = $4, withdraw_fee = $5::numeric,
+                withdraw_min = $6::numeric, auto_approve_limit = $7::numeric,
+                daily_withdraw_limit = $8::numeric, withdrawals_enabled = $9
+         WHERE symbol = $1",
+    )
+    .bind(symbol)
+    .bind(&row.network)
+    .bind(&row.contract)
+    .bind(row.confirmations)
+    .bind(&row.withdraw_fee)
+    .bind(&row.withdraw_min)
+    .bind(&row.auto_approve_limit)
+    .bind(&row.daily_withdraw_limit)
+    .bind(row.withdrawals_enabled)
+    .execute(&mut *tx)
+    .await;
+    match updated {
+        Ok(_) => Ok(serde_json::Value::Object(changed)),
+        Err(e) if super::is_unique_violation(&e) => Err(invalid_settings(
+            "another asset is already this network and contract",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn admin_asset_view(
+    db: impl sqlx::PgExecutor<'_>,
+    symbol: &str,
+) -> Result<AdminAssetView, ApiError> {
+    let asset: AssetView = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ASSET_COLUMNS} FROM assets WHERE symbol = $1"
+    )))
+    .bind(symbol)
+    .fetch_one(db)
+    .await?;
+    Ok(AdminAssetView {
+        asset,
+        auto_approve_limit: String::new(),
+    })
+}
+
+/// Changes an asset's custody settings (API.md "Custody"); `{"withdrawals_enabled": false}`
+/// is the kill switch: new withdrawals are refused and no payout not yet
+/// claimed leaves, from the commit on.
+#[utoipa::path(patch, path = "/admin/v1/assets/{symbol}", request_body = CustodySettings, params(("symbol" = String, Path)),
+    responses((status = 200, body = AdminAssetView),
+              (status = 400, description = "INVALID_SETTINGS, INVALID_AMOUNT (more decimal places than the asset's scale), or malformed input", body = ErrorBody),
+              (status = 404, description = "UNKNOWN_ASSET", body = ErrorBody)),
+    security(("admin" = [])))]
+pub async fn patch_asset(
+    State(s): State<AppState>,
+    Extension(caller): Extension<AdminCaller>,
+    Path(symbol): Path<String>,
+    Json(req): Json<CustodySettings>,
+) -> Result<Json<AdminAssetView>, ApiError> {
+    let mut tx = s.db().begin().await?;
+    let changed = apply_custody(&mut tx, &symbol, &req).await?;
+    let entry = caller.entry("asset.update", &symbol, changed);
+    audit::append(&mut tx, &entry).await?;
+    let mut view = admin_asset_view(&mut *tx, &symbol).await?;
+    view.auto_approve_limit = auto_approve_limit(&mut tx, &symbol).await?;
+    tx.commit().await?;
+    tracing::info!(asset = %symbol, by = caller.actor(), withdrawals_enabled = view.asset.withdrawals_enabled, "asset settings changed");
+    Ok(Json(view))
+}
+
+async fn auto_approve_limit(tx: &mut sqlx::PgConnection, symbol: &str) -> Result<String, ApiError> {
+    Ok(sqlx::query_scalar(
+        "SELECT trim_scale(auto_approve_limit)::text FROM assets WHERE symbol = $1",
+    )
+    .bind(symbol)
+    .fetch_one(&mut *tx)
+    .await?)
 }
 
 #[utoipa::path(post, path = "/admin/v1/assets", request_body = NewAsset,
-    responses((status = 201, body = AssetView),
-              (status = 400, description = "INVALID_SYMBOL, INVALID_SCALE, or malformed input", body = ErrorBody),
+    responses((status = 201, body = AdminAssetView),
+              (status = 400, description = "INVALID_SYMBOL, INVALID_SCALE, INVALID_SETTINGS, INVALID_AMOUNT, or malformed input", body = ErrorBody),
               (status = 409, description = "ASSET_EXISTS", body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn create_asset(
@@ -68,20 +368,17 @@ pub async fn create_asset(
         .await;
     match result {
         Ok(_) => {
+            let custody = apply_custody(&mut tx, symbol.as_str(), &req.custody()).await?;
             let entry = caller.entry(
                 "asset.create",
                 symbol.as_str(),
-                json!({ "scale": req.scale }),
+                json!({ "scale": req.scale, "custody": custody }),
             );
             audit::append(&mut tx, &entry).await?;
+            let mut view = admin_asset_view(&mut *tx, symbol.as_str()).await?;
+            view.auto_approve_limit = auto_approve_limit(&mut tx, symbol.as_str()).await?;
             tx.commit().await?;
-            Ok((
-                StatusCode::CREATED,
-                Json(AssetView {
-                    symbol: symbol.to_string(),
-                    scale: i16::from(req.scale),
-                }),
-            ))
+            Ok((StatusCode::CREATED, Json(view)))
         }
         Err(e) if super::is_unique_violation(&e) => Err(ApiError::conflict(
             ErrorCode::AssetExists,

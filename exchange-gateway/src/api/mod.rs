@@ -2,6 +2,8 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod custody;
+pub mod custody_admin;
 pub mod marketdata;
 pub mod operators;
 pub mod orders;

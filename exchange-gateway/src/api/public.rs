@@ -13,7 +13,24 @@ use crate::state::AppState;
 pub struct AssetView {
     pub symbol: String,
     pub scale: i16,
+    /// The chain it is deposited and withdrawn on; absent for an
+    /// off-chain asset.
+    pub network: Option<String>,
+    /// The token contract (absent for the chain's own coin).
+    pub contract: Option<String>,
+    /// Confirmations before a deposit is credited.
+    pub confirmations: i32,
+    pub withdraw_fee: String,
+    pub withdraw_min: String,
+    /// Per user over 24 hours; absent: no limit.
+    pub daily_withdraw_limit: Option<String>,
+    pub withdrawals_enabled: bool,
 }
+
+/// The columns of an [`AssetView`] (`assets`).
+pub const ASSET_COLUMNS: &str = "symbol, scale, network, contract, confirmations,
+    trim_scale(withdraw_fee)::text AS withdraw_fee, trim_scale(withdraw_min)::text AS withdraw_min,
+    trim_scale(daily_withdraw_limit)::text AS daily_withdraw_limit, withdrawals_enabled";
 
 #[derive(Serialize, ToSchema, sqlx::FromRow)]
 pub struct MarketView {
@@ -36,9 +53,11 @@ pub const MARKET_COLUMNS: &str = "symbol, base, quote, trim_scale(price_tick)::t
 
 #[utoipa::path(get, path = "/api/v1/assets", responses((status = 200, body = [AssetView])))]
 pub async fn assets(State(s): State<AppState>) -> Result<Json<Vec<AssetView>>, ApiError> {
-    let rows = sqlx::query_as("SELECT symbol, scale FROM assets ORDER BY symbol")
-        .fetch_all(s.db())
-        .await?;
+    let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ASSET_COLUMNS} FROM assets ORDER BY symbol"
+    )))
+    .fetch_all(s.db())
+    .await?;
     Ok(Json(rows))
 }
 

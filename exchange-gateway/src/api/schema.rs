@@ -131,6 +131,14 @@ pub mod field {
         )
     }
 
+    pub fn optional_decimal() -> Object {
+        text(
+            true,
+            DECIMAL,
+            &format!("a decimal string, zero or more{PRECISION}"),
+        )
+    }
+
     /// A fee rate from 0 to 1 with at most 6 decimal places (admin `FEE_SCALE`).
     pub fn fee_rate() -> Object {
         text(
@@ -290,9 +298,11 @@ pub mod field {
     pub fn api_key_permissions() -> Array {
         ArrayBuilder::new()
             .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
-            .items(one_of(false, &["read", "trade"]))
+            .items(one_of(false, &["read", "trade", "withdraw"]))
             .min_items(Some(1))
-            .description(Some("read and/or trade; absent or null: [\"read\"]"))
+            .description(Some(
+                "read, trade and/or withdraw (withdraw needs an ip_allowlist); absent or null: [\"read\"]",
+            ))
             .build()
     }
 

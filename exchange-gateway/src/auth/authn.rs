@@ -27,6 +27,8 @@ pub enum Credential {
         id: i64,
         can_read: bool,
         can_trade: bool,
+        /// May request withdrawals (to the address book only).
+        can_withdraw: bool,
         /// The owner's `session_epoch` when the key was checked: a private
         /// WebSocket opened with the key ends when it changes.
         session_epoch: i64,
@@ -71,6 +73,28 @@ impl AuthUser {
             Credential::ApiKey { .. } => {
                 Err(permission_denied("this API key lacks the trade permission"))
             }
+        }
+    }
+    /// Requesting a withdrawal: as [`Self::require_withdraw_permission`],
+    /// never a frozen account.
+    pub fn require_withdraw(&self) -> Result<(), ApiError> {
+        if self.frozen {
+            return Err(account_frozen());
+        }
+        self.require_withdraw_permission()
+    }
+    /// Canceling a withdrawal (a frozen account may: it only returns
+    /// funds): tokens, and API keys with `withdraw` (created with an IP
+    /// allowlist).
+    pub fn require_withdraw_permission(&self) -> Result<(), ApiError> {
+        match self.credential {
+            Credential::AccessToken { .. }
+            | Credential::ApiKey {
+                can_withdraw: true, ..
+            } => Ok(()),
+            Credential::ApiKey { .. } => Err(permission_denied(
+                "this API key lacks the withdraw permission",
+            )),
         }
     }
     /// Managing API keys, the password, the second factor and sessions
@@ -168,6 +192,7 @@ struct KeyRow {
     user_id: i64,
     can_read: bool,
     can_trade: bool,
+    can_withdraw: bool,
     ip_allowlist: Vec<String>,
     secret_nonce: Vec<u8>,
     secret_ciphertext: Vec<u8>,
@@ -266,7 +291,7 @@ pub async fn api_key_user(
     ip: Option<IpAddr>,
 ) -> Result<AuthUser, ApiError> {
     let row: Option<KeyRow> = sqlx::query_as(
-        "SELECT k.id, k.user_id, k.can_read, k.can_trade, k.ip_allowlist, k.secret_nonce, k.secret_ciphertext,
+        "SELECT k.id, k.user_id, k.can_read, k.can_trade, k.can_withdraw, k.ip_allowlist, k.secret_nonce, k.secret_ciphertext,
                 k.expires_at IS NOT NULL AND k.expires_at <= now() AS expired,
                 u.frozen_at IS NOT NULL AS frozen, u.session_epoch
          FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.api_key = $1",
@@ -326,6 +351,7 @@ pub async fn api_key_user(
             id: row.id,
             can_read: row.can_read,
             can_trade: row.can_trade,
+            can_withdraw: row.can_withdraw,
             session_epoch: row.session_epoch,
         },
         frozen: row.frozen,
