@@ -59,6 +59,8 @@ export MARKETDATA_WS_ALLOW_ORIGINS="${MARKETDATA_WS_ALLOW_ORIGINS:-http://localh
 export ORDER_SERVICE_URL="${ORDER_SERVICE_URL:-http://127.0.0.1:8091}"
 export MARKETDATA_URL="${MARKETDATA_URL:-http://127.0.0.1:8094}"
 export WALLET_SERVICE_URL="${WALLET_SERVICE_URL:-http://127.0.0.1:8095}"
+# A new withdrawal address waits a day in production; a minute here, to try it.
+export WITHDRAWAL_ADDRESS_COOLDOWN_SECS="${WITHDRAWAL_ADDRESS_COOLDOWN_SECS:-60}"
 for svc in ORDER MATCHING CLEARING MARKETDATA; do
     lower=$(printf '%s' "$svc" | tr '[:upper:]' '[:lower:]')
     export "${svc}_CONSUMER_GROUP=${lower}"
@@ -110,7 +112,11 @@ seed() {
     esac
 }
 seed POST /admin/v1/assets '{"symbol":"BTC","scale":8}'
-seed POST /admin/v1/assets '{"symbol":"ETH","scale":8}'
+seed POST /admin/v1/assets '{"symbol":"ETH","scale":8,"network":"ethereum","confirmations":3,"withdraw_fee":"0.001","withdraw_min":"0.01","auto_approve_limit":"1","daily_withdraw_limit":"100"}'
+# Deposit addresses for the manual chain adapter (an operator's custody system
+# would generate these).
+addresses=$(for n in $(seq 1 20); do printf '"0x%040x",' "$n"; done)
+seed POST /admin/v1/custody/deposit-addresses "{\"network\":\"ethereum\",\"addresses\":[${addresses%,}]}"
 seed POST /admin/v1/assets '{"symbol":"USDT","scale":8}'
 seed POST /admin/v1/markets '{"symbol":"BTC-USDT","base":"BTC","quote":"USDT","price_tick":"0.01","qty_step":"0.00001","min_notional":"1","maker_fee":"0.001","taker_fee":"0.002"}'
 seed POST /admin/v1/markets '{"symbol":"ETH-USDT","base":"ETH","quote":"USDT","price_tick":"0.01","qty_step":"0.0001","min_notional":"1","maker_fee":"0.001","taker_fee":"0.002"}'
@@ -143,6 +149,9 @@ cat <<EOT
     curl -s http://127.0.0.1:8080/api/v1/account/balances -H "Authorization: Bearer \$TOKEN"
     curl -s -X POST http://127.0.0.1:8080/api/v1/orders -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
       -d '{"market":"BTC-USDT","side":"sell","type":"limit","price":"50000","quantity":"0.01"}'
+    curl -s 'http://127.0.0.1:8080/api/v1/account/deposit-address?asset=ETH' -H "Authorization: Bearer \$TOKEN"
+    # then report a transfer to it as the custody system would (docs/RUNBOOK.md, "Custody"):
+    # POST /admin/v1/custody/deposits with the admin token
 
 EOT
 if [ "$detach" -eq 1 ]; then

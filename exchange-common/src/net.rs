@@ -27,6 +27,13 @@ impl IpNet {
         (prefix <= max).then_some(Self { addr, prefix })
     }
 
+    /// How many addresses the network holds, as the bits left free: 0 for
+    /// a single address, 32 for all of IPv4.
+    pub fn host_bits(&self) -> u8 {
+        let width = if self.addr.is_ipv4() { 32 } else { 128 };
+        width - self.prefix
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),

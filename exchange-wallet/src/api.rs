@@ -210,7 +210,7 @@ async fn add_address(
     let mut conn = w.db.acquire().await?;
     let asset = crate::store::asset(&mut conn, &req.asset, false)
         .await
-        .map_err(ApiError::internal)?
+        .map_err(crate::store::api_error)?
         .ok_or_else(|| {
             ApiError::bad_request(
                 ErrorCode::UnknownAsset,
@@ -423,21 +423,19 @@ async fn broadcast(
     Path(id): Path<i64>,
     Json(req): Json<Broadcast>,
 ) -> Result<Response, ApiError> {
-    let h = &req.tx_hash;
-    if h.is_empty()
-        || h.len() > 128
-        || !h
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_'))
-    {
-        return Err(ApiError::bad_request(
-            ErrorCode::InvalidRequest,
-            "tx_hash must be 1 to 128 letters, digits, ':', '-' or '_'",
-        ));
-    }
-    let report = PayoutReport::Broadcast {
-        tx_hash: req.tx_hash,
+    let network = {
+        let mut conn = w.db.acquire().await?;
+        crate::store::withdrawal(&mut conn, id, None, false)
+            .await?
+            .ok_or_else(withdrawals::not_found)?
+            .network
     };
+    let tx_hash = w
+        .adapters
+        .get(&network)
+        .canonical_tx_hash(&req.tx_hash)
+        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidRequest, e))?;
+    let report = PayoutReport::Broadcast { tx_hash };
     let row = withdrawals::report(&w, id, &report, Some(&req.audit)).await?;
     Ok(Json(row.admin_view()).into_response())
 }
@@ -462,7 +460,7 @@ async fn confirm(
             .ok_or_else(withdrawals::not_found)?;
         crate::store::asset(&mut conn, &row.asset, false)
             .await
-            .map_err(ApiError::internal)?
+            .map_err(crate::store::api_error)?
             .map_or(0, |a| a.scale)
     };
     let network_fee = withdrawals::parse_network_fee(req.network_fee.as_deref(), scale)?;

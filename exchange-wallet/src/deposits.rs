@@ -2,7 +2,7 @@
 //! transfer to it does. A transfer is recorded once per (network, tx hash,
 //! log index) and credited exactly once, in the transaction that records
 //! its confirmations reaching the asset's; a credited deposit that leaves
-//! the chain freezes the user's withdrawals of the asset instead of
+//! the chain freezes the user's withdrawals (every asset) instead of
 //! debiting ([`crate::rules::observe`]).
 
 use axum::http::StatusCode;
@@ -57,7 +57,7 @@ async fn assign(
     if let Some(address) = adapter
         .derive_address(index)
         .await
-        .map_err(ApiError::internal)?
+        .map_err(store::api_error)?
     {
         sqlx::query(
             "INSERT INTO deposit_addresses (network, address, user_id, derivation_index, assigned_at)
@@ -88,7 +88,7 @@ pub async fn address(w: &Wallet, user_id: i64, asset: &str) -> Result<DepositAdd
     let mut conn = w.db.acquire().await?;
     let custody = store::asset(&mut conn, asset, false)
         .await
-        .map_err(ApiError::internal)?
+        .map_err(store::api_error)?
         .ok_or_else(|| {
             ApiError::bad_request(
                 ErrorCode::UnknownAsset,
@@ -104,6 +104,7 @@ pub async fn address(w: &Wallet, user_id: i64, asset: &str) -> Result<DepositAdd
     if let Some(a) = assigned(&mut conn, user_id, &network).await? {
         return Ok(view(a));
     }
+    drop(conn);
     let mut tx = w.db.begin().await?;
     match assign(w, &mut tx, user_id, &network).await {
         Ok(Some(a)) => {
@@ -120,6 +121,7 @@ pub async fn address(w: &Wallet, user_id: i64, asset: &str) -> Result<DepositAdd
             // A concurrent request of the same user may have won (the
             // unique (user, network) index): theirs is the address.
             drop(tx);
+            let mut conn = w.db.acquire().await?;
             match assigned(&mut conn, user_id, &network).await? {
                 Some(a) => Ok(view(a)),
                 None => Err(e),
@@ -128,20 +130,10 @@ pub async fn address(w: &Wallet, user_id: i64, asset: &str) -> Result<DepositAdd
     }
 }
 
-/// Validates a reported transfer's fields that need no database.
-fn check_transfer(w: &Wallet, t: &Transfer) -> Result<String, ApiError> {
+/// Validates a reported transfer's fields that need no database; returns
+/// it with its address and hash in their canonical form.
+fn check_transfer(w: &Wallet, t: &Transfer) -> Result<Transfer, ApiError> {
     let bad = |m: String| ApiError::bad_request(ErrorCode::InvalidRequest, m);
-    if t.tx_hash.is_empty()
-        || t.tx_hash.len() > 128
-        || !t
-            .tx_hash
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == ':' || c == '-' || c == '_')
-    {
-        return Err(bad(
-            "tx_hash must be 1 to 128 letters, digits, ':', '-' or '_'".into(),
-        ));
-    }
     if t.log_index < 0 || t.confirmations < 0 || t.block_number.is_some_and(|b| b < 0) {
         return Err(bad(
             "log_index, confirmations and block_number are not negative".into(),
@@ -153,10 +145,16 @@ fn check_transfer(w: &Wallet, t: &Transfer) -> Result<String, ApiError> {
     {
         return Err(bad("block_hash must be 1 to 128 characters".into()));
     }
-    w.adapters
-        .get(&t.network)
+    let adapter = w.adapters.get(&t.network);
+    let address = adapter
         .validate_address(&t.address)
-        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidAddress, e))
+        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidAddress, e))?;
+    let tx_hash = adapter.canonical_tx_hash(&t.tx_hash).map_err(bad)?;
+    Ok(Transfer {
+        address,
+        tx_hash,
+        ..t.clone()
+    })
 }
 
 fn conflict(row: &DepositRow) -> ApiError {
@@ -177,11 +175,12 @@ pub async fn observe(
     t: &Transfer,
     who: Option<&AuditContext>,
 ) -> Result<DepositRow, ApiError> {
-    let address = check_transfer(w, t)?;
+    let t = &check_transfer(w, t)?;
+    let address = t.address.clone();
     let mut tx = w.db.begin().await?;
     let asset = store::asset(&mut tx, &t.asset, false)
         .await
-        .map_err(ApiError::internal)?
+        .map_err(store::api_error)?
         .ok_or_else(|| {
             ApiError::bad_request(
                 ErrorCode::UnknownAsset,
@@ -195,7 +194,17 @@ pub async fn observe(
         ));
     }
     let amount = parse_positive_units(&t.amount, asset.scale)
-        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidAmount, format!("amount {e}")))?;
+        .ok()
+        .filter(|u| *u <= rules::AMOUNT_UNITS_MAX)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                ErrorCode::InvalidAmount,
+                format!(
+                    "amount must be a positive decimal of at most {} places, not too large",
+                    asset.scale
+                ),
+            )
+        })?;
     let amount_text = format_units(amount, asset.scale);
     if !t.removed {
         let owner = store::address_owner(&mut tx, &t.network, &address)
@@ -263,7 +272,7 @@ pub async fn observe(
             &rules::credit_postings(row.user_id, amount),
         )
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(store::api_error)?;
         store::credit_available(&mut tx, row.user_id, &asset.symbol, &amount_text).await?;
         sqlx::query("UPDATE chain_deposits SET journal_id = $2, credited_at = now() WHERE id = $1")
             .bind(row.id)
@@ -324,8 +333,8 @@ pub async fn observe(
     Ok(after)
 }
 
-/// A credited deposit left the chain: its owner's withdrawals of the asset
-/// stop until an operator releases them. The credit stays; an alert
+/// A credited deposit left the chain: its owner's withdrawals (of every
+/// asset: the credit may have been traded into another one) stop until an operator releases them. The credit stays; an alert
 /// (`exchange_wallet_custody_freezes_open`) calls for a person.
 async fn freeze(conn: &mut PgConnection, row: &DepositRow) -> Result<(), ApiError> {
     sqlx::query(

@@ -10,7 +10,8 @@
 //! - a deposit is credited exactly once, on (network, tx hash, log index),
 //!   when it has its asset's confirmations; a credited deposit that leaves
 //!   the chain is never debited silently: it freezes the user's
-//!   withdrawals of that asset until an operator decides;
+//!   withdrawals (of every asset: the credit may have been traded) until an
+//!   operator decides;
 //! - a withdrawal holds `amount + fee` from request to end; concurrent
 //!   requests are checked one after another under the user's balance row,
 //!   so they can never hold more than is available;
@@ -86,7 +87,7 @@ fn describe_metrics() {
     );
     describe_counter!(
         "exchange_wallet_reorged_after_credit_total",
-        "Credited deposits that left the chain (withdrawals of the asset frozen for the user), by asset"
+        "Credited deposits that left the chain (the user's withdrawals frozen), by asset"
     );
     describe_counter!(
         "exchange_wallet_push_failures_total",

@@ -1,9 +1,11 @@
 //! `payoutLoop`: hands approved withdrawals to their chain adapter and
 //! follows the ones it sent. An approved withdrawal is claimed (→
 //! `signing`) only while its asset's kill switch is on, its owner is not
-//! frozen and no custody freeze stops it, so flipping
-//! `withdrawals_enabled` to false stops every payout not yet claimed at
-//! once. The manual adapter leaves claimed payouts to an operator.
+//! frozen and no custody freeze stops it. The claim holds the asset and
+//! user rows `FOR SHARE`, so flipping `withdrawals_enabled` to false (or a
+//! freeze) waits for a claim in flight and no claim passes it afterwards:
+//! from its commit on, no payout not yet claimed leaves. The manual adapter
+//! leaves claimed payouts to an operator.
 
 use std::time::Duration;
 
@@ -36,9 +38,10 @@ async fn claim(w: &Wallet) -> anyhow::Result<Vec<WithdrawalRow>> {
          JOIN users u ON u.id = w.user_id
          WHERE w.status = 'approved' AND a.withdrawals_enabled AND u.frozen_at IS NULL
            AND NOT EXISTS (SELECT 1 FROM custody_freezes f
-                           WHERE f.user_id = w.user_id AND f.asset = w.asset AND f.released_at IS NULL)
+                           WHERE f.user_id = w.user_id AND f.released_at IS NULL)
          ORDER BY w.id LIMIT $1
-         FOR UPDATE OF w SKIP LOCKED",
+         FOR UPDATE OF w SKIP LOCKED
+         FOR SHARE OF a, u",
     )
     .bind(CLAIM_LEN_MAX)
     .fetch_all(&mut *tx)

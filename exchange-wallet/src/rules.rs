@@ -107,8 +107,8 @@ pub struct RequestFacts {
     pub withdrawn_24h: u128,
     pub address_usable: bool,
     pub user_frozen: bool,
-    /// A credited deposit of this asset left the chain: an operator must
-    /// look first.
+    /// A credited deposit of the user left the chain: an operator must look
+    /// first.
     pub custody_frozen: bool,
 }
 
@@ -133,6 +133,10 @@ impl Hold {
         }
     }
 }
+
+/// The largest amount (in units) any custody movement may carry: far above
+/// any real one, and far below where sums of them could overflow.
+pub const AMOUNT_UNITS_MAX: u128 = 10u128.pow(30);
 
 /// Approvals a withdrawal above `auto_approve_limit` needs, from different
 /// operators.
@@ -161,16 +165,19 @@ pub fn check_request(asset: &AssetCustody, f: &RequestFacts) -> Result<Hold, Api
     if f.custody_frozen {
         return Err(forbidden(
             ErrorCode::WithdrawalsFrozen,
-            format!(
-                "withdrawals of {} are on hold for this account until support reviews a deposit",
-                asset.symbol
-            ),
+            "withdrawals are on hold for this account until support reviews a deposit".into(),
         ));
     }
     if !f.address_usable {
         return Err(ApiError::bad_request(
             ErrorCode::AddressCoolingDown,
             "this withdrawal address is new and not usable yet (see its usable_from)",
+        ));
+    }
+    if f.amount > AMOUNT_UNITS_MAX {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidAmount,
+            "amount is too large",
         ));
     }
     if f.amount < asset.withdraw_min || f.amount == 0 {
@@ -210,14 +217,14 @@ pub fn check_request(asset: &AssetCustody, f: &RequestFacts) -> Result<Hold, Api
             ),
         ));
     }
+    // The auto-approval limit bounds what leaves without a person looking
+    // over 24 hours, not each request: splitting a large withdrawal into
+    // small ones does not bypass the four eyes.
+    let auto = f.withdrawn_24h.saturating_add(f.amount) <= asset.auto_approve_limit;
     Ok(Hold {
         amount: f.amount,
         fee: asset.withdraw_fee,
-        approvals_required: if f.amount <= asset.auto_approve_limit {
-            0
-        } else {
-            APPROVALS_ABOVE_LIMIT
-        },
+        approvals_required: if auto { 0 } else { APPROVALS_ABOVE_LIMIT },
     })
 }
 
@@ -293,6 +300,19 @@ pub enum PayoutReport {
     Failed { reason: String },
 }
 
+/// A confirmed payout's network fee, in the asset: at most what the
+/// withdrawal holds (more is a typo, not a chain cost; for a token, whose gas
+/// is paid in the chain's coin, it is 0).
+pub fn check_network_fee(network_fee: u128, amount: u128, fee: u128) -> Result<(), ApiError> {
+    if network_fee > amount + fee {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidAmount,
+            "network_fee is more than the withdrawal's amount + fee",
+        ));
+    }
+    Ok(())
+}
+
 /// The status a payout report leads to; `Ok(None)` when it repeats what is
 /// already recorded (a retried call changes nothing).
 pub fn apply_report(
@@ -329,7 +349,10 @@ pub fn apply_report(
     }
 }
 
+/// Amounts reach the postings bounded by [`AMOUNT_UNITS_MAX`] (checked where
+/// they enter), so they fit an `i128` and their sums cannot overflow.
 fn units(u: u128) -> i128 {
+    debug_assert!(u <= 3 * AMOUNT_UNITS_MAX);
     i128::try_from(u).unwrap_or(i128::MAX)
 }
 
@@ -523,6 +546,14 @@ mod tests {
         let h = check_request(&eth(), &facts(50_001)).unwrap();
         assert_eq!(h.status(), WithdrawalStatus::PendingApproval);
         assert_eq!(h.approvals_required, 2);
+        let mut split = facts(30_000);
+        split.withdrawn_24h = 30_000;
+        let h = check_request(&eth(), &split).unwrap();
+        assert_eq!(
+            h.status(),
+            WithdrawalStatus::PendingApproval,
+            "split requests add up"
+        );
     }
 
     #[test]

@@ -2,8 +2,19 @@
 //! the withdrawal row (when there is one) before the user's balance row,
 //! so two flows never wait on each other in a cycle.
 
+use exchange_common::ApiError;
 use exchange_store::db_units;
 use sqlx::PgConnection;
+
+/// A store error as the API answers it: a database error as every service
+/// maps it (bad text 400, unreachable 503), anything else (a stored value
+/// that does not fit its scale) 500.
+pub fn api_error(e: anyhow::Error) -> ApiError {
+    match e.downcast::<sqlx::Error>() {
+        Ok(db) => ApiError::from(db),
+        Err(other) => ApiError::internal(other),
+    }
+}
 
 use crate::rules::{AssetCustody, DepositState, DepositStatus};
 use crate::views::{DEPOSIT_COLUMNS, DepositRow, WITHDRAWAL_COLUMNS, WithdrawalRow};
@@ -198,34 +209,35 @@ pub async fn withdrawn_24h(
     db_units(&text, scale)
 }
 
-pub async fn custody_frozen(
-    conn: &mut PgConnection,
-    user_id: i64,
-    asset: &str,
-) -> sqlx::Result<bool> {
+/// Whether an open custody freeze stops the user's withdrawals (of every
+/// asset: money credited by a deposit that left the chain may have been
+/// traded into another one).
+pub async fn custody_frozen(conn: &mut PgConnection, user_id: i64) -> sqlx::Result<bool> {
     sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM custody_freezes WHERE user_id = $1 AND asset = $2 AND released_at IS NULL)",
+        "SELECT EXISTS (SELECT 1 FROM custody_freezes WHERE user_id = $1 AND released_at IS NULL)",
     )
     .bind(user_id)
-    .bind(asset)
     .fetch_one(&mut *conn)
     .await
 }
 
-/// A user's address-book entry: (network, address, usable now).
+/// A user's address-book entry for `asset` on its current `network`:
+/// (address, usable now).
 pub async fn book_address(
     conn: &mut PgConnection,
     user_id: i64,
     address_id: i64,
     asset: &str,
-) -> sqlx::Result<Option<(String, String, bool)>> {
+    network: &str,
+) -> sqlx::Result<Option<(String, bool)>> {
     sqlx::query_as(
-        "SELECT network, address, usable_from <= now() FROM withdrawal_addresses
-         WHERE id = $1 AND user_id = $2 AND asset = $3",
+        "SELECT address, usable_from <= now() FROM withdrawal_addresses
+         WHERE id = $1 AND user_id = $2 AND asset = $3 AND network = $4",
     )
     .bind(address_id)
     .bind(user_id)
     .bind(asset)
+    .bind(network)
     .fetch_optional(&mut *conn)
     .await
 }
@@ -333,13 +345,28 @@ pub async fn set_status(
     Ok(())
 }
 
-pub async fn add_approval(conn: &mut PgConnection, id: i64, approver: &str) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO withdrawal_approvals (withdrawal_id, approver) VALUES ($1, $2)")
-        .bind(id)
-        .bind(approver)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+/// Records an approval; false when this approver approved already.
+pub async fn add_approval(conn: &mut PgConnection, id: i64, approver: &str) -> sqlx::Result<bool> {
+    let added = sqlx::query(
+        "INSERT INTO withdrawal_approvals (withdrawal_id, approver) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .bind(approver)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(added == 1)
+}
+
+/// Who approved a withdrawal, read after its row is locked (a subquery of
+/// the locking statement would see the snapshot from before the wait).
+pub async fn approvers(conn: &mut PgConnection, id: i64) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT approver FROM withdrawal_approvals WHERE withdrawal_id = $1 ORDER BY approved_at, approver",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await
 }
 
 /// A deposit by its chain identity, locked.

@@ -22,6 +22,11 @@ pub const CLIENT_ID_LEN_MAX: usize = 64;
 /// The longest reason an operator gives.
 pub const REASON_LEN_MAX: usize = 512;
 
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.code().as_deref() == Some("23505"))
+}
+
 pub fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -71,9 +76,9 @@ pub async fn request(w: &Wallet, r: Request) -> Result<(bool, WithdrawalRow), Ap
     let mut tx = w.db.begin().await?;
     let asset = store::asset(&mut tx, &r.asset, true)
         .await
-        .map_err(ApiError::internal)?
+        .map_err(store::api_error)?
         .ok_or_else(|| unknown_asset(&r.asset))?;
-    asset.network()?;
+    let network = asset.network()?.to_owned();
     let amount = parse_positive_units(&r.amount, asset.scale)
         .map_err(|e| ApiError::bad_request(ErrorCode::InvalidAmount, format!("amount {e}")))?;
     let user_frozen = store::user_frozen(&mut tx, r.user_id)
@@ -83,14 +88,14 @@ pub async fn request(w: &Wallet, r: Request) -> Result<(bool, WithdrawalRow), Ap
     // requests are checked one after another against what the others held.
     let available = store::lock_available(&mut tx, r.user_id, &asset.symbol, asset.scale)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(store::api_error)?;
     if let Some(cid) = &r.client_withdrawal_id
         && let Some(done) = store::withdrawal_by_client_id(&mut tx, r.user_id, cid).await?
     {
         return Ok((false, done));
     }
-    let (network, address, address_usable) =
-        store::book_address(&mut tx, r.user_id, r.address_id, &asset.symbol)
+    let (address, address_usable) =
+        store::book_address(&mut tx, r.user_id, r.address_id, &asset.symbol, &network)
             .await?
             .ok_or_else(|| {
                 ApiError::new(
@@ -107,10 +112,10 @@ pub async fn request(w: &Wallet, r: Request) -> Result<(bool, WithdrawalRow), Ap
         available,
         withdrawn_24h: store::withdrawn_24h(&mut tx, r.user_id, &asset.symbol, asset.scale)
             .await
-            .map_err(ApiError::internal)?,
+            .map_err(store::api_error)?,
         address_usable,
         user_frozen,
-        custody_frozen: store::custody_frozen(&mut tx, r.user_id, &asset.symbol).await?,
+        custody_frozen: store::custody_frozen(&mut tx, r.user_id).await?,
     };
     let hold = rules::check_request(&asset, &facts)?;
     let id = store::next_withdrawal_id(&mut tx).await?;
@@ -123,11 +128,11 @@ pub async fn request(w: &Wallet, r: Request) -> Result<(bool, WithdrawalRow), Ap
         &rules::hold_postings(r.user_id, hold.total()),
     )
     .await
-    .map_err(ApiError::internal)?;
+    .map_err(store::api_error)?;
     let total = format_units(hold.total(), asset.scale);
     store::move_available_locked(&mut tx, r.user_id, &asset.symbol, &total, true).await?;
     let status = hold.status();
-    store::insert_withdrawal(
+    let inserted = store::insert_withdrawal(
         &mut tx,
         &NewWithdrawal {
             id,
@@ -143,7 +148,20 @@ pub async fn request(w: &Wallet, r: Request) -> Result<(bool, WithdrawalRow), Ap
             hold_journal_id,
         },
     )
-    .await?;
+    .await;
+    if let (Err(e), Some(cid)) = (&inserted, &r.client_withdrawal_id)
+        && is_unique_violation(e)
+    {
+        // The same client id, requested for another asset at the same time
+        // (the balance row serialises one asset only): theirs is the one.
+        drop(tx);
+        let mut conn = w.db.acquire().await?;
+        let done = store::withdrawal_by_client_id(&mut conn, r.user_id, cid)
+            .await?
+            .ok_or_else(not_found)?;
+        return Ok((false, done));
+    }
+    inserted?;
     let row = store::withdrawal(&mut tx, id, None, false)
         .await?
         .ok_or_else(not_found)?;
@@ -186,7 +204,7 @@ fn status_of(row: &WithdrawalRow) -> Result<WithdrawalStatus, ApiError> {
 async fn held(conn: &mut PgConnection, row: &WithdrawalRow) -> Result<(u8, u128, u128), ApiError> {
     let asset = store::asset(conn, &row.asset, false)
         .await
-        .map_err(ApiError::internal)?
+        .map_err(store::api_error)?
         .ok_or_else(|| unknown_asset(&row.asset))?;
     let units = |t: &str| exchange_store::db_units(t, asset.scale).map_err(ApiError::internal);
     Ok((asset.scale, units(&row.amount)?, units(&row.fee)?))
@@ -209,7 +227,7 @@ async fn release(
         &rules::release_postings(row.user_id, amount + fee),
     )
     .await
-    .map_err(ApiError::internal)?;
+    .map_err(store::api_error)?;
     let total = format_units(amount + fee, scale);
     store::move_available_locked(conn, row.user_id, &row.asset, &total, false).await?;
     store::set_status(
@@ -289,13 +307,19 @@ pub async fn approve(w: &Wallet, id: i64, who: &AuditContext) -> Result<Withdraw
     let row = store::withdrawal(&mut tx, id, None, true)
         .await?
         .ok_or_else(not_found)?;
+    let approvers = store::approvers(&mut tx, id).await?;
     let next = rules::approve(
         status_of(&row)?,
         row.approvals_required,
-        &row.approvers,
+        &approvers,
         &who.actor,
     )?;
-    store::add_approval(&mut tx, id, &who.actor).await?;
+    if !store::add_approval(&mut tx, id, &who.actor).await? {
+        return Err(ApiError::conflict(
+            ErrorCode::SameApprover,
+            "you approved this withdrawal already: a second operator must approve it",
+        ));
+    }
     if next != WithdrawalStatus::PendingApproval {
         store::set_status(
             &mut tx,
@@ -372,6 +396,7 @@ pub async fn report(
         }
         PayoutReport::Confirmed { network_fee } => {
             let (scale, amount, fee) = held(&mut tx, &row).await?;
+            rules::check_network_fee(*network_fee, amount, fee)?;
             let journal_id = ledger::book(
                 &mut tx,
                 JournalKind::Withdrawal,
@@ -381,7 +406,7 @@ pub async fn report(
                 &rules::payout_postings(row.user_id, amount, fee, *network_fee),
             )
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(store::api_error)?;
             store::pay_out_locked(
                 &mut tx,
                 row.user_id,

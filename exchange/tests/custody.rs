@@ -26,6 +26,11 @@ const SETTLE: Duration = Duration::from_secs(20);
 /// Seconds a new withdrawal address cools down in these clusters.
 const COOLDOWN_SECS: u64 = 3;
 
+/// An Ethereum transaction hash made of one repeated byte.
+fn tx(byte: u8) -> String {
+    format!("0x{}", format!("{byte:02x}").repeat(32))
+}
+
 /// A lowercase (so checksum-free and valid) Ethereum address.
 fn eth_address(n: u64) -> String {
     format!("0x{n:040x}")
@@ -211,31 +216,38 @@ async fn deposits_credit_once_and_withdrawals_hold_pay_and_return_to_the_unit() 
         json!({"network": "ethereum", "tx_hash": tx, "log_index": 0, "address": address,
                "asset": "ETH", "amount": amount, "confirmations": confirmations, "removed": removed})
     };
-    let (s, d) = report(&c, &finance1, &transfer("0xd1", "5", 1, false)).await;
+    let (s, d) = report(&c, &finance1, &transfer(&tx(0xd1), "5", 1, false)).await;
     assert_eq!((s, d["status"].as_str()), (200, Some("pending")), "{d}");
     assert_eq!(
         balance(&c, &alice, "ETH").await,
         (0, 0),
         "not credited before 3 confirmations"
     );
-    for _ in 0..3 {
-        let (s, d) = report(&c, &finance1, &transfer("0xd1", "5", 3, false)).await;
+    // Delivered three times, once spelt in capitals (a second reporter):
+    // one deposit, one credit.
+    for hash in [
+        tx(0xd1),
+        tx(0xd1),
+        tx(0xd1).to_uppercase().replacen("0X", "0x", 1),
+    ] {
+        let (s, d) = report(&c, &finance1, &transfer(&hash, "5", 3, false)).await;
         assert_eq!((s, d["status"].as_str()), (200, Some("credited")), "{d}");
+        assert_eq!(d["tx_hash"].as_str(), Some(tx(0xd1).as_str()), "{d}");
     }
     assert_eq!(
         balance(&c, &alice, "ETH").await,
         (units("5"), 0),
         "credited exactly once"
     );
-    let (s, _) = report(&c, &finance1, &transfer("0xd1", "6", 4, false)).await;
+    let (s, _) = report(&c, &finance1, &transfer(&tx(0xd1), "6", 4, false)).await;
     assert_eq!(
         s, 409,
         "the same transfer with another amount is a conflict"
     );
 
     // Leaves the chain before its confirmations: never credited.
-    report(&c, &finance1, &transfer("0xd2", "7", 1, false)).await;
-    let (_, gone) = report(&c, &finance1, &transfer("0xd2", "7", 0, true)).await;
+    report(&c, &finance1, &transfer(&tx(0xd2), "7", 1, false)).await;
+    let (_, gone) = report(&c, &finance1, &transfer(&tx(0xd2), "7", 0, true)).await;
     assert_eq!(gone["status"], "reorged", "{gone}");
     assert_eq!(balance(&c, &alice, "ETH").await, (units("5"), 0));
     let (s, list) = c
@@ -368,7 +380,7 @@ async fn deposits_credit_once_and_withdrawals_hold_pay_and_return_to_the_unit() 
         &support_op,
         Method::POST,
         &format!("/admin/v1/withdrawals/{id}/broadcast"),
-        Some(&json!({"tx_hash": "0xp1"})),
+        Some(&json!({"tx_hash": tx(0xa1)})),
     )
     .await;
     assert_eq!(s, 403, "support cannot move money: {v}");
@@ -377,7 +389,7 @@ async fn deposits_credit_once_and_withdrawals_hold_pay_and_return_to_the_unit() 
         &finance1,
         Method::POST,
         &format!("/admin/v1/withdrawals/{id}/broadcast"),
-        Some(&json!({"tx_hash": "0xp1"})),
+        Some(&json!({"tx_hash": tx(0xa1)})),
     )
     .await;
     assert_eq!((s, v["status"].as_str()), (200, Some("broadcast")), "{v}");
@@ -481,7 +493,7 @@ async fn deposits_credit_once_and_withdrawals_hold_pay_and_return_to_the_unit() 
         &finance2,
         Method::POST,
         &format!("/admin/v1/withdrawals/{big_id}/broadcast"),
-        Some(&json!({"tx_hash": "0xp2"})),
+        Some(&json!({"tx_hash": tx(0xa2)})),
     )
     .await;
     let (s, v) = as_operator(
@@ -497,6 +509,31 @@ async fn deposits_credit_once_and_withdrawals_hold_pay_and_return_to_the_unit() 
         balance(&c, &alice, "ETH").await,
         (before.0 + units("2.001"), before.1 - units("2.001"))
     );
+
+    // Two operators approving at the same moment: approved, once each.
+    let (_, pair) = withdraw(
+        &c,
+        &alice,
+        &json!({"asset": "ETH", "address_id": address_id, "amount": "1.3"}),
+    )
+    .await;
+    let pair_id = pair["id"].as_i64().unwrap();
+    let approve = format!("/admin/v1/withdrawals/{pair_id}/approve");
+    let (a, b) = tokio::join!(
+        as_operator(&c, &finance1, Method::POST, &approve, None),
+        as_operator(&c, &finance2, Method::POST, &approve, None)
+    );
+    assert_eq!((a.0, b.0), (200, 200), "{a:?} {b:?}");
+    let w = wait_withdrawal(&c, &alice, pair_id, "signing").await;
+    assert_eq!(w["approvals"], 2, "{w}");
+    as_operator(
+        &c,
+        &finance1,
+        Method::POST,
+        &format!("/admin/v1/withdrawals/{pair_id}/fail"),
+        Some(&json!({"reason": "not sent"})),
+    )
+    .await;
 
     // Rejected and canceled return amount + fee.
     let start = balance(&c, &alice, "ETH").await;
@@ -628,8 +665,8 @@ async fn deposits_credit_once_and_withdrawals_hold_pay_and_return_to_the_unit() 
     assert_eq!(balance(&c, &alice, "ETH").await, start, "nothing held");
 
     // A credited deposit that leaves the chain is not debited: it freezes
-    // the user's withdrawals of the asset until an operator releases them.
-    let (_, d) = report(&c, &finance1, &transfer("0xd1", "5", 0, true)).await;
+    // the user's withdrawals until an operator releases them.
+    let (_, d) = report(&c, &finance1, &transfer(&tx(0xd1), "5", 0, true)).await;
     assert_eq!(
         d["status"], "credited",
         "never debited on the chain's word: {d}"
@@ -662,6 +699,71 @@ async fn deposits_credit_once_and_withdrawals_hold_pay_and_return_to_the_unit() 
     let (s, v) = withdraw(&c, &alice, &refused("0.1")).await;
     assert_eq!(s, 201, "{v}");
     reconcile_ok(&c);
+
+    // With 2FA on, adding an address and withdrawing need a code.
+    let (s, e) = c
+        .call(
+            Method::POST,
+            "/api/v1/account/2fa/totp",
+            Some(&bob.token),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{e}");
+    let raw = totp_rs::Secret::Encoded(e["secret"].as_str().unwrap().to_owned())
+        .to_bytes()
+        .unwrap();
+    let app = totp_rs::TOTP::new(totp_rs::Algorithm::SHA1, 6, 1, 30, raw).unwrap();
+    let step = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 30;
+    let (s, v) = c
+        .call(
+            Method::POST,
+            "/api/v1/account/2fa/totp/confirm",
+            Some(&bob.token),
+            Some(&json!({"totp": app.generate(step * 30)})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let bob_address = json!({"asset": "ETH", "address": eth_address(99)});
+    let (s, v) = c
+        .call(
+            Method::POST,
+            "/api/v1/account/withdrawal-addresses",
+            Some(&bob.token),
+            Some(&bob_address),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("TOTP_REQUIRED")),
+        "{v}"
+    );
+    let mut with_code = bob_address.clone();
+    with_code["totp"] = json!(app.generate((step + 1) * 30));
+    let (s, bob_book) = c
+        .call(
+            Method::POST,
+            "/api/v1/account/withdrawal-addresses",
+            Some(&bob.token),
+            Some(&with_code),
+        )
+        .await;
+    assert_eq!(s, 201, "{bob_book}");
+    let (s, v) = withdraw(
+        &c,
+        &bob,
+        &json!({"asset": "ETH", "address_id": bob_book["id"], "amount": "0.1"}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("TOTP_REQUIRED")),
+        "{v}"
+    );
 
     // Every operator step is in the audit log.
     let (_, audit) = c

@@ -244,6 +244,10 @@ pub struct CreatedApiKey {
     pub secret: String,
 }
 
+/// The widest allowlist entry a key with the withdraw permission may have:
+/// 256 addresses (an IPv4 /24, an IPv6 /120).
+const WITHDRAW_KEY_HOST_BITS_MAX: u8 = 8;
+
 fn permissions(can_read: bool, can_trade: bool, can_withdraw: bool) -> Vec<&'static str> {
     [
         ("read", can_read),
@@ -311,6 +315,23 @@ pub async fn create_api_key(
             )
         })?;
         allow.push(net.to_string());
+    }
+    // A withdrawing key is bound to a few addresses: a leaked key from
+    // anywhere else moves nothing (an allowlist of the whole internet would
+    // make the requirement void).
+    if can_withdraw
+        && let Some(wide) = req
+            .ip_allowlist
+            .iter()
+            .filter_map(|e| IpNet::parse(e))
+            .find(|n| n.host_bits() > WITHDRAW_KEY_HOST_BITS_MAX)
+    {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidIpAllowlist,
+            format!(
+                "{wide} is too wide for a key with the withdraw permission (at most /24 for IPv4, /120 for IPv6)"
+            ),
+        ));
     }
     let expires_at = match req.expires_at {
         None => None,

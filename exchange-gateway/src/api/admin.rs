@@ -21,7 +21,7 @@ use exchange_store::audit::{self, AuditContext};
 
 use super::public::{ASSET_COLUMNS, AssetView, MARKET_COLUMNS, MarketView};
 use super::schema::{DEPOSIT_REFERENCE_LEN_MAX, ErrorBody, field};
-use crate::auth::operators::AdminCaller;
+use crate::auth::operators::{AdminCaller, Role};
 use crate::state::AppState;
 
 /// Tries of a market status change while the order service does not know
@@ -187,8 +187,9 @@ async fn apply_custody(
                 withdraw_min::text AS withdraw_min, auto_approve_limit::text AS auto_approve_limit,
                 daily_withdraw_limit::text AS daily_withdraw_limit, withdrawals_enabled,
                 EXISTS (SELECT 1 FROM chain_deposits WHERE asset = $1)
-                OR EXISTS (SELECT 1 FROM withdrawals WHERE asset = $1) AS in_use
-         FROM assets WHERE symbol = $1 FOR UPDATE",
+                OR EXISTS (SELECT 1 FROM withdrawals WHERE asset = $1)
+                OR EXISTS (SELECT 1 FROM withdrawal_addresses WHERE asset = $1) AS in_use
+         FROM assets WHERE symbol = $1 FOR NO KEY UPDATE",
     )
     .bind(symbol)
     .fetch_optional(&mut *tx)
@@ -210,7 +211,7 @@ async fn apply_custody(
         }
         if row.in_use && *network != row.network {
             return Err(invalid_settings(
-                "network cannot change once the asset has chain deposits or withdrawals",
+                "network cannot change once the asset has chain deposits, withdrawals or withdrawal addresses",
             ));
         }
         row.network.clone_from(network);
@@ -222,7 +223,7 @@ async fn apply_custody(
         }
         if row.in_use && *contract != row.contract {
             return Err(invalid_settings(
-                "contract cannot change once the asset has chain deposits or withdrawals",
+                "contract cannot change once the asset has chain deposits, withdrawals or withdrawal addresses",
             ));
         }
         row.contract.clone_from(contract);
@@ -292,28 +293,55 @@ async fn apply_custody(
     }
 }
 
+#[derive(sqlx::FromRow)]
+struct AdminAssetRow {
+    #[sqlx(flatten)]
+    asset: AssetView,
+    auto_approve_limit: String,
+}
+
 async fn admin_asset_view(
     db: impl sqlx::PgExecutor<'_>,
     symbol: &str,
 ) -> Result<AdminAssetView, ApiError> {
-    let asset: AssetView = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {ASSET_COLUMNS} FROM assets WHERE symbol = $1"
+    let row: AdminAssetRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ASSET_COLUMNS}, trim_scale(auto_approve_limit)::text AS auto_approve_limit
+         FROM assets WHERE symbol = $1"
     )))
     .bind(symbol)
     .fetch_one(db)
     .await?;
     Ok(AdminAssetView {
-        asset,
-        auto_approve_limit: String::new(),
+        asset: row.asset,
+        auto_approve_limit: row.auto_approve_limit,
     })
+}
+
+impl CustodySettings {
+    /// Only the kill switch turned off: what a finance operator may do
+    /// alone. Everything else loosens or reshapes the controls and needs an
+    /// admin.
+    fn only_stops_withdrawals(&self) -> bool {
+        self.withdrawals_enabled == Some(false)
+            && self.network.is_none()
+            && self.contract.is_none()
+            && self.confirmations.is_none()
+            && self.withdraw_fee.is_none()
+            && self.withdraw_min.is_none()
+            && self.auto_approve_limit.is_none()
+            && self.daily_withdraw_limit.is_none()
+    }
 }
 
 /// Changes an asset's custody settings (API.md "Custody"); `{"withdrawals_enabled": false}`
 /// is the kill switch: new withdrawals are refused and no payout not yet
-/// claimed leaves, from the commit on.
+/// claimed leaves, from the commit on. The asset row is locked `FOR NO KEY
+/// UPDATE`: the wallet's requests and payout claims read it `FOR SHARE`, so
+/// the change waits for those in flight and every later one sees it.
 #[utoipa::path(patch, path = "/admin/v1/assets/{symbol}", request_body = CustodySettings, params(("symbol" = String, Path)),
     responses((status = 200, body = AdminAssetView),
               (status = 400, description = "INVALID_SETTINGS, INVALID_AMOUNT (more decimal places than the asset's scale), or malformed input", body = ErrorBody),
+              (status = 403, description = "FORBIDDEN: a finance operator changing anything but withdrawals_enabled to false", body = ErrorBody),
               (status = 404, description = "UNKNOWN_ASSET", body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn patch_asset(
@@ -322,24 +350,19 @@ pub async fn patch_asset(
     Path(symbol): Path<String>,
     Json(req): Json<CustodySettings>,
 ) -> Result<Json<AdminAssetView>, ApiError> {
+    if caller.role != Role::Admin && !req.only_stops_withdrawals() {
+        return Err(ApiError::forbidden(
+            "a finance operator may only stop withdrawals ({\"withdrawals_enabled\":false}); other settings need an admin",
+        ));
+    }
     let mut tx = s.db().begin().await?;
     let changed = apply_custody(&mut tx, &symbol, &req).await?;
     let entry = caller.entry("asset.update", &symbol, changed);
     audit::append(&mut tx, &entry).await?;
-    let mut view = admin_asset_view(&mut *tx, &symbol).await?;
-    view.auto_approve_limit = auto_approve_limit(&mut tx, &symbol).await?;
+    let view = admin_asset_view(&mut *tx, &symbol).await?;
     tx.commit().await?;
     tracing::info!(asset = %symbol, by = caller.actor(), withdrawals_enabled = view.asset.withdrawals_enabled, "asset settings changed");
     Ok(Json(view))
-}
-
-async fn auto_approve_limit(tx: &mut sqlx::PgConnection, symbol: &str) -> Result<String, ApiError> {
-    Ok(sqlx::query_scalar(
-        "SELECT trim_scale(auto_approve_limit)::text FROM assets WHERE symbol = $1",
-    )
-    .bind(symbol)
-    .fetch_one(&mut *tx)
-    .await?)
 }
 
 #[utoipa::path(post, path = "/admin/v1/assets", request_body = NewAsset,
@@ -375,8 +398,7 @@ pub async fn create_asset(
                 json!({ "scale": req.scale, "custody": custody }),
             );
             audit::append(&mut tx, &entry).await?;
-            let mut view = admin_asset_view(&mut *tx, symbol.as_str()).await?;
-            view.auto_approve_limit = auto_approve_limit(&mut tx, symbol.as_str()).await?;
+            let view = admin_asset_view(&mut *tx, symbol.as_str()).await?;
             tx.commit().await?;
             Ok((StatusCode::CREATED, Json(view)))
         }

@@ -197,7 +197,7 @@ pub struct ChainDeposit {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_hash: Option<String>,
     /// It left the chain: `reorged` if not credited yet; if credited, the
-    /// user's withdrawals of the asset freeze until an operator releases them.
+    /// user's withdrawals freeze until an operator releases them.
     #[serde(default)]
     pub removed: bool,
 }

@@ -54,6 +54,17 @@ pub fn checksummed(address: &str) -> Result<String, String> {
     Ok(expected)
 }
 
+/// A transaction hash: `0x` and 64 hex digits, lowercased.
+pub fn tx_hash(hash: &str) -> Result<String, String> {
+    let hex = hash
+        .strip_prefix("0x")
+        .ok_or("an Ethereum transaction hash starts with 0x")?;
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("an Ethereum transaction hash is 0x and 64 hex digits".into());
+    }
+    Ok(format!("0x{}", hex.to_ascii_lowercase()))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -75,5 +86,13 @@ mod tests {
         assert!(checksummed("0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeA").is_err());
         assert!(checksummed("5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed").is_err());
         assert!(checksummed("0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeg").is_err());
+    }
+
+    #[test]
+    fn a_transaction_hash_has_one_spelling() {
+        let upper = format!("0x{}", "AB".repeat(32));
+        assert_eq!(tx_hash(&upper).unwrap(), format!("0x{}", "ab".repeat(32)));
+        assert!(tx_hash(&"ab".repeat(32)).is_err(), "no 0x");
+        assert!(tx_hash("0xabc").is_err());
     }
 }

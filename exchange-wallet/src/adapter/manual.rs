@@ -36,6 +36,19 @@ fn validate_generic(address: &str) -> Result<String, String> {
     Ok(address.to_owned())
 }
 
+/// A transaction id on a network of unknown format: 1 to 128 letters,
+/// digits, `:`, `-` or `_`, kept as given (some chains' ids are
+/// case-sensitive).
+fn generic_tx_hash(hash: &str) -> Result<String, String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_');
+    if hash.is_empty() || hash.len() > ADDRESS_LEN_MAX || !hash.chars().all(ok_char) {
+        return Err(format!(
+            "a transaction hash is 1 to {ADDRESS_LEN_MAX} letters, digits, ':', '-' or '_'"
+        ));
+    }
+    Ok(hash.to_owned())
+}
+
 impl ChainAdapter for Manual {
     fn kind(&self) -> &'static str {
         "manual"
@@ -50,6 +63,14 @@ impl ChainAdapter for Manual {
             evm::checksummed(address)
         } else {
             validate_generic(address)
+        }
+    }
+
+    fn canonical_tx_hash(&self, hash: &str) -> Result<String, String> {
+        if self.evm {
+            evm::tx_hash(hash)
+        } else {
+            generic_tx_hash(hash)
         }
     }
 

@@ -78,6 +78,11 @@ pub trait ChainAdapter: Send + Sync {
     /// The canonical form of a valid address, or why it is not one.
     fn validate_address(&self, address: &str) -> Result<String, String>;
 
+    /// The canonical form of a transaction hash, or why it is not one: a
+    /// transfer is credited once per (network, hash, index), so one hash
+    /// must never have two spellings (`0xAB…` and `0xab…`).
+    fn canonical_tx_hash(&self, hash: &str) -> Result<String, String>;
+
     /// The deposit address at derivation `index`; `None` when the adapter
     /// does not derive (the wallet hands out an address an operator loaded).
     fn derive_address(&self, index: i64) -> BoxFuture<'_, anyhow::Result<Option<String>>>;
