@@ -605,8 +605,14 @@ async fn markets_are_validated_listed_and_halted() {
         (status, assets),
         (
             200,
-            json!([{"symbol":"BTC","scale":8},{"symbol":"USDT","scale":6}])
-        )
+            json!([
+                {"symbol":"BTC","scale":8,"network":null,"contract":null,"confirmations":1,
+                 "withdraw_fee":"0","withdraw_min":"0","daily_withdraw_limit":null,"withdrawals_enabled":true},
+                {"symbol":"USDT","scale":6,"network":null,"contract":null,"confirmations":1,
+                 "withdraw_fee":"0","withdraw_min":"0","daily_withdraw_limit":null,"withdrawals_enabled":true}
+            ])
+        ),
+        "the assets with their custody settings (off-chain by default)"
     );
 }
 
