@@ -30,7 +30,7 @@ pub const CLAIM_LEN_MAX: i64 = 32;
 pub const ADAPTER_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Moves the payable approved withdrawals to `signing`, in one transaction.
-async fn claim(w: &Wallet) -> anyhow::Result<Vec<WithdrawalRow>> {
+pub async fn claim(w: &Wallet) -> anyhow::Result<Vec<WithdrawalRow>> {
     let mut tx = w.db.begin().await?;
     let ids: Vec<i64> = sqlx::query_scalar(
         "SELECT w.id FROM withdrawals w
