@@ -151,7 +151,8 @@ const LAYER_ERRORS: [(&str, &str, Reach, &str); 8] = [
 ];
 
 /// Adds the layers' error answers to every v1 and admin operation (the
-/// `/api/v3` operations answer in Binance's shapes; see binance/openapi.rs).
+/// `/api/v3` and `/sapi/v1` operations answer in Binance's shapes; see
+/// binance/openapi.rs).
 struct LayerErrors;
 
 impl Modify for LayerErrors {
@@ -224,7 +225,8 @@ mod tests {
         let doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
         let mut seen = 0;
         for (path, item) in doc["paths"].as_object().into_iter().flatten() {
-            if path.starts_with("/api/v3/") {
+            // Binance's shapes (binance/openapi.rs).
+            if path.starts_with("/api/v3/") || path.starts_with("/sapi/") {
                 continue;
             }
             for (method, op) in item.as_object().into_iter().flatten() {

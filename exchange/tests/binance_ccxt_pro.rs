@@ -24,37 +24,9 @@ use std::process::Command;
 use futures_util::StreamExt as _;
 use reqwest::Method;
 use serde_json::{Value, json};
+use support::ccxt::{ensure_ccxt, python};
 use support::{Cluster, User};
 use tokio_tungstenite::tungstenite::Message;
-
-/// The pip requirement the check is written against.
-const CCXT_REQUIREMENT: &str = "ccxt>=4.5,<5";
-
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
-
-fn ensure_ccxt() {
-    let has = |py: &str| {
-        Command::new(py)
-            .args(["-c", "import ccxt.pro"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if has(&python()) {
-        return;
-    }
-    eprintln!("ccxt is missing; installing {CCXT_REQUIREMENT}");
-    let status = Command::new(python())
-        .args(["-m", "pip", "install", "--quiet", CCXT_REQUIREMENT])
-        .status()
-        .expect("run pip");
-    assert!(
-        status.success() && has(&python()),
-        "could not install {CCXT_REQUIREMENT}: run `{} -m pip install '{CCXT_REQUIREMENT}'`",
-        python()
-    );
-}
 
 async fn api_key(c: &Cluster, u: &User, perms: &[&str]) -> (String, String) {
     let (status, v) = c
@@ -74,7 +46,7 @@ async fn api_key(c: &Cluster, u: &User, perms: &[&str]) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmodified_ccxt_pro_binance_watches_our_streams() {
-    ensure_ccxt();
+    ensure_ccxt("ccxt.pro");
     let c = Cluster::start().await;
     c.setup_btc_usdt("0.001", "0.002").await;
     let maker = c.user("maker@example.com").await;

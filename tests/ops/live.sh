@@ -209,7 +209,7 @@ $(tail -n 20 "$logdir/$svc.log")"
     if [ -n "$st_token" ]; then
         # Logging out ends the token's session: those two run last, alone.
         live_conformance "live: schemathesis, every check, as a user (v1 API)" "${url[gateway]}" \
-            --header "Authorization: Bearer $st_token" --exclude-path-regex '^/(admin/|api/v3/|api/v1/auth/logout)'
+            --header "Authorization: Bearer $st_token" --exclude-path-regex '^/(admin/|api/v3/|sapi/|api/v1/auth/logout)'
         live_conformance "live: schemathesis, every check, logout and logout-all" "${url[gateway]}" \
             --header "Authorization: Bearer $st_token" --include-path-regex '^/api/v1/auth/logout'
     else
@@ -218,7 +218,7 @@ $(tail -n 20 "$logdir/$svc.log")"
     live_conformance "live: schemathesis, every check, as admin (admin API)" "${url[gateway]}" \
         --header "Authorization: Bearer $admin_token" --include-path-regex '^/admin/'
     live_conformance "live: schemathesis, every check, the Binance-compatible API (unsigned)" "${url[gateway]}" \
-        --include-path-regex '^/api/v3/'
+        --include-path-regex '^/(api/v3|sapi/v1)/'
 
     # ---- contract metrics, after traffic ----
     all_metrics=""

@@ -19,6 +19,7 @@ use super::schema::{ErrorBody, field};
 use super::security::{SecondFactor, require_second_factor};
 use crate::auth::authn::AuthUser;
 use crate::state::AppState;
+use crate::upstream::Relayed;
 
 #[derive(Debug, Deserialize, Serialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -205,22 +206,33 @@ pub async fn request_withdrawal(
     Extension(user): Extension<AuthUser>,
     Json(req): Json<NewWithdrawal>,
 ) -> Result<Response, ApiError> {
+    Ok(withdraw_for(&s, &user, &req).await?.into_response())
+}
+
+/// Requests a withdrawal for `user`: the one path of `POST
+/// /api/v1/withdrawals` and Binance's `POST /sapi/v1/capital/withdraw/apply`.
+/// The withdraw permission, never a frozen account, the second factor when
+/// it is on, then the wallet with the caller's user id. The wallet's answer
+/// (201 created, 200 the same `client_withdrawal_id` again, or a refusal)
+/// is returned as it came.
+pub async fn withdraw_for(
+    s: &AppState,
+    user: &AuthUser,
+    req: &NewWithdrawal,
+) -> Result<Relayed, ApiError> {
     user.require_withdraw()?;
     let offered = SecondFactor {
         totp: req.totp.as_deref(),
         recovery_code: None,
     };
-    require_second_factor(&s, user.user_id, offered).await?;
+    require_second_factor(s, user.user_id, offered).await?;
     let body = WithdrawalForWallet {
         asset: &req.asset,
         address_id: req.address_id,
         amount: &req.amount,
         client_withdrawal_id: req.client_withdrawal_id.as_deref(),
     };
-    Ok(s.wallet
-        .request_withdrawal(user.user_id, &body)
-        .await?
-        .into_response())
+    s.wallet.request_withdrawal(user.user_id, &body).await
 }
 
 #[utoipa::path(get, path = "/api/v1/withdrawals", params(CustodyListQuery),

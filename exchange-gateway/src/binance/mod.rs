@@ -11,9 +11,12 @@
 //! signed request is checked (timestamp window, HMAC-SHA256 over query
 //! string + body, key permissions) before anything else happens; the user
 //! acted for is always the key's owner. The user data stream (listenKey
-//! and its WebSocket on the gateway's WebSocket port) is [`user_stream`].
+//! and its WebSocket on the gateway's WebSocket port) is [`user_stream`];
+//! the wallet endpoints under `/sapi/v1/capital` (deposit address and
+//! history, withdrawals) are [`capital`], on our custody service.
 //! See docs/BINANCE.md.
 
+pub mod capital;
 pub mod error;
 pub mod format;
 pub mod openapi;
@@ -91,6 +94,7 @@ fn weight_of(path: &str, query: &str) -> u32 {
             }
         }
         "/api/v3/order" => 4,
+        "/sapi/v1/capital/deposit/address" => 10,
         _ => 1,
     }
 }
@@ -223,8 +227,9 @@ pub async fn market_of(s: &AppState, symbol: &str) -> Result<MarketRow, BnError>
     row.ok_or_else(BnError::invalid_symbol)
 }
 
-/// The `/api/v3` routes, with their own weight header and Binance-style
-/// 429 (merged next to the gateway's routes, outside its JSON-error layers).
+/// The `/api/v3` and `/sapi/v1/capital` routes, with their own weight
+/// header and Binance-style 429 (merged next to the gateway's routes,
+/// outside its JSON-error layers).
 pub fn router(app: AppState) -> Router {
     let state = BnState {
         app,
@@ -264,13 +269,30 @@ pub fn router(app: AppState) -> Router {
                 .put(user_stream::keep_alive)
                 .delete(user_stream::close),
         )
+        .route(
+            "/sapi/v1/capital/deposit/address",
+            get(capital::deposit_address),
+        )
+        .route(
+            "/sapi/v1/capital/deposit/hisrec",
+            get(capital::deposit_history),
+        )
+        .route(
+            "/sapi/v1/capital/withdraw/apply",
+            post(capital::withdraw_apply),
+        )
+        .route(
+            "/sapi/v1/capital/withdraw/history",
+            get(capital::withdraw_history),
+        )
         .fallback(not_found)
         .layer(from_fn_with_state(state.clone(), weigh))
         .with_state(state)
 }
 
 async fn not_found(req: Request) -> Response {
-    if req.uri().path().starts_with("/api/v3/") {
+    let path = req.uri().path();
+    if path.starts_with("/api/v3/") || path.starts_with("/sapi/") {
         BnError::new(
             axum::http::StatusCode::NOT_FOUND,
             -1000,
@@ -309,5 +331,6 @@ mod tests {
         assert_eq!(weight_of("/api/v3/ticker/24hr", ""), 80);
         assert_eq!(weight_of("/api/v3/ticker/24hr", "symbol=BTCUSDT"), 2);
         assert_eq!(weight_of("/api/v3/ping", ""), 1);
+        assert_eq!(weight_of("/sapi/v1/capital/deposit/address", ""), 10);
     }
 }

@@ -1,5 +1,5 @@
-//! The `/api/v3` endpoints in the gateway's OpenAPI document (tag
-//! `binance`): each path, method, security and parameter we accept.
+//! The `/api/v3` and `/sapi/v1/capital` endpoints in the gateway's
+//! OpenAPI document (tag `binance`): each path, method, security and parameter we accept.
 //! Responses are Binance's shapes; docs/BINANCE.md lists their fields and
 //! how ours differ. Kept beside the router so both change together
 //! (a test checks every routed path is described).
@@ -31,6 +31,13 @@ const ORDER_REF: [(&str, bool, &str); 3] = [
     ("origClientOrderId", false, "the client order id"),
 ];
 const LISTEN_KEY: (&str, bool, &str) = ("listenKey", true, "from POST userDataStream");
+const COIN: (&str, bool, &str) = ("coin", true, "an asset, e.g. ETH");
+const COIN_OPT: (&str, bool, &str) = ("coin", false, "an asset, e.g. ETH");
+const NETWORK: (&str, bool, &str) = (
+    "network",
+    false,
+    "our network name (e.g. ethereum); must be the coin's",
+);
 
 type Param = (&'static str, bool, &'static str);
 /// (methods, path, auth, summary, parameters).
@@ -42,7 +49,7 @@ type Endpoint = (
     Vec<Param>,
 );
 
-/// Every `/api/v3` endpoint.
+/// Every `/api/v3` and `/sapi/v1/capital` endpoint.
 fn endpoints() -> Vec<Endpoint> {
     use HttpMethod::{Delete, Get, Post, Put};
     vec![
@@ -275,6 +282,77 @@ fn endpoints() -> Vec<Endpoint> {
             "Close a listenKey",
             vec![LISTEN_KEY],
         ),
+        (
+            vec![Get],
+            "/sapi/v1/capital/deposit/address",
+            Auth::Signed,
+            "My deposit address of a coin (our custody; the same every time): {coin, address, tag, url}",
+            vec![COIN, NETWORK],
+        ),
+        (
+            vec![Get],
+            "/sapi/v1/capital/deposit/hisrec",
+            Auth::Signed,
+            "My chain deposits, newest first; status 0 pending, 1 credited, 2 left the chain before its confirmations",
+            vec![
+                COIN_OPT,
+                ("status", false, "0 | 1 | 2"),
+                ("startTime", false, "ms"),
+                ("endTime", false, "ms"),
+                ("txId", false, ""),
+                ("offset", false, ""),
+                ("limit", false, "default and max 1000"),
+            ],
+        ),
+        (
+            vec![Post],
+            "/sapi/v1/capital/withdraw/apply",
+            Auth::Signed,
+            "Withdraw to an address of my withdrawal address book (past its cooldown); needs the key's withdraw permission: {id}",
+            vec![
+                COIN,
+                (
+                    "address",
+                    true,
+                    "an address of my address book for this coin (POST /api/v1/account/withdrawal-addresses)",
+                ),
+                (
+                    "amount",
+                    true,
+                    "what reaches the address; the fee is charged on top",
+                ),
+                NETWORK,
+                (
+                    "withdrawOrderId",
+                    false,
+                    "idempotency key: the same one again answers the same withdrawal",
+                ),
+                (
+                    "totp",
+                    false,
+                    "our addition: the TOTP code, required when 2FA is on",
+                ),
+                ("walletType", false, "0 (spot) only"),
+                ("transactionFeeFlag", false, "false only"),
+                ("name", false, "ignored"),
+            ],
+        ),
+        (
+            vec![Get],
+            "/sapi/v1/capital/withdraw/history",
+            Auth::Signed,
+            "My withdrawals, newest first; status 2 awaiting approval, 4 processing, 6 completed, 3 rejected, 1 canceled, 5 failed",
+            vec![
+                COIN_OPT,
+                ("withdrawOrderId", false, ""),
+                ("status", false, "0 to 6"),
+                ("idList", false, "ids, comma-separated"),
+                ("startTime", false, "ms"),
+                ("endTime", false, "ms"),
+                ("offset", false, ""),
+                ("limit", false, "default and max 1000"),
+            ],
+        ),
     ]
 }
 
@@ -311,7 +389,11 @@ fn param_schema(name: &str, required: bool) -> Object {
             r#"^\["{SYMBOL_PATTERN}"(,"{SYMBOL_PATTERN}")*\]$"#
         )),
         "limit" => text("^[1-9][0-9]{0,17}$"),
-        "orderId" | "fromId" | "startTime" | "endTime" | "timestamp" => text(INTEGER),
+        "orderId" | "fromId" | "startTime" | "endTime" | "timestamp" | "offset" => text(INTEGER),
+        "status" => text("^[0-9]{1,18}$"),
+        "amount" => text("^[0-9.]{1,40}$"),
+        "walletType" => one_of(&["0"]),
+        "transactionFeeFlag" => one_of(&["false"]),
         "recvWindow" => text("^([1-9][0-9]{0,3}|[1-5][0-9]{4}|60000)$"),
         "interval" => one_of(&["1m", "5m", "15m", "1h", "4h", "1d"]),
         "side" => one_of(&["BUY", "SELL"]),
@@ -322,6 +404,7 @@ fn param_schema(name: &str, required: bool) -> Object {
             one_of(&["NONE", "EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"])
         }
         "omitZeroBalances" | "computeCommissionRates" => one_of(&["true", "false"]),
+        "totp" => text("^[0-9]{6}$"),
         _ => ObjectBuilder::new()
             .schema_type(Type::String)
             .min_length(required.then_some(1))
@@ -329,7 +412,7 @@ fn param_schema(name: &str, required: bool) -> Object {
     }
 }
 
-/// Adds the `/api/v3` paths and the `binanceApiKey` scheme.
+/// Adds the `/api/v3` and `/sapi/v1/capital` paths and the `binanceApiKey` scheme.
 pub struct BinancePaths;
 
 impl Modify for BinancePaths {
@@ -404,12 +487,17 @@ mod tests {
             let _ = std::fs::write(path, json.to_string());
         }
         let source = include_str!("mod.rs");
-        let routed: Vec<&str> = source
-            .match_indices("\"/api/v3/")
+        let routed: Vec<&str> = ["\"/api/v3/", "\"/sapi/v1/"]
+            .iter()
+            .flat_map(|prefix| source.match_indices(prefix))
             .filter_map(|(i, _)| source[i + 1..].split('"').next())
             .filter(|p| !p.ends_with('/'))
             .collect();
-        assert!(routed.len() >= 20, "{routed:?}");
+        assert!(routed.len() >= 24, "{routed:?}");
+        assert!(
+            routed.contains(&"/sapi/v1/capital/withdraw/apply"),
+            "{routed:?}"
+        );
         for path in routed {
             assert!(
                 json["paths"][path].is_object(),
@@ -421,6 +509,7 @@ mod tests {
             order["post"].is_object() && order["get"].is_object() && order["delete"].is_object()
         );
         assert!(json["paths"]["/api/v3/userDataStream"]["put"].is_object());
+        assert!(json["paths"]["/sapi/v1/capital/withdraw/apply"]["post"].is_object());
     }
 
     #[test]

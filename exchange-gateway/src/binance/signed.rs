@@ -20,6 +20,8 @@ use super::{BnState, Params, read_body};
 pub enum Need {
     Read,
     Trade,
+    /// Requesting a withdrawal (the key's `withdraw` permission).
+    Withdraw,
 }
 
 /// Removes the `signature=` parameter from `text`; returns the rest and the
@@ -118,6 +120,7 @@ pub async fn authenticate(
     let allowed = match (&user.credential, need) {
         (Credential::ApiKey { can_read, .. }, Need::Read) => *can_read,
         (Credential::ApiKey { can_trade, .. }, Need::Trade) => *can_trade,
+        (Credential::ApiKey { can_withdraw, .. }, Need::Withdraw) => *can_withdraw,
         (Credential::AccessToken { .. }, _) => false,
     };
     if !allowed {

@@ -196,7 +196,7 @@ fn valid_client_id(id: &str) -> bool {
 }
 
 /// A decimal parameter, normalized for our strict parser.
-fn decimal(p: &Params, name: &str) -> Result<Option<String>, BnError> {
+pub(super) fn decimal(p: &Params, name: &str) -> Result<Option<String>, BnError> {
     match p.get(name) {
         None => Ok(None),
         Some(v) if v.len() <= 40 && v.bytes().all(|b| b.is_ascii_digit() || b == b'.') => {
@@ -542,7 +542,7 @@ pub async fn cancel_open_orders(
     Ok(Json(Value::Array(rows.iter().map(cancel_json).collect())))
 }
 
-fn i64_param(p: &Params, name: &str) -> Result<Option<i64>, BnError> {
+pub(super) fn i64_param(p: &Params, name: &str) -> Result<Option<i64>, BnError> {
     p.u64(name)?
         .map(|v| i64::try_from(v).map_err(|_| BnError::illegal(name)))
         .transpose()
@@ -649,6 +649,18 @@ pub async fn account(State(s): State<BnState>, req: Request) -> Result<Json<Valu
                 ..
             }
         );
+    // Withdrawals (`/sapi/v1/capital/withdraw/apply`) need the key's
+    // `withdraw` permission; deposits work for any key. Neither for a
+    // frozen account.
+    let can_withdraw = !user.frozen
+        && matches!(
+            user.credential,
+            Credential::ApiKey {
+                can_withdraw: true,
+                ..
+            }
+        );
+    let can_deposit = !user.frozen;
     Ok(Json(json!({
         "makerCommission": 0,
         "takerCommission": 0,
@@ -656,8 +668,8 @@ pub async fn account(State(s): State<BnState>, req: Request) -> Result<Json<Valu
         "sellerCommission": 0,
         "commissionRates": {"maker": pad8("0"), "taker": pad8("0"), "buyer": pad8("0"), "seller": pad8("0")},
         "canTrade": can_trade,
-        "canWithdraw": false,
-        "canDeposit": false,
+        "canWithdraw": can_withdraw,
+        "canDeposit": can_deposit,
         "brokered": false,
         "requireSelfTradePrevention": false,
         "preventSor": false,

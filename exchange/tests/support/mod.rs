@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod ccxt;
 pub mod private;
 pub mod workload;
 
