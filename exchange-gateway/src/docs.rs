@@ -258,7 +258,7 @@ mod tests {
     }
 
     #[test]
-    fn every_account_security_operators_and_audit_route_is_documented() {
+    fn every_account_security_operators_audit_and_custody_route_is_documented() {
         let doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
         for (path, method) in [
             ("/admin/v1/operators", "get"),
@@ -288,6 +288,40 @@ mod tests {
             let op = &doc["paths"][path][method];
             assert!(
                 op["security"][0]["bearer"].is_array(),
+                "{method} {path}: {op}"
+            );
+        }
+        // Custody (API.md "Custody").
+        for (path, method, scheme) in [
+            ("/api/v1/account/deposit-address", "get", "bearer"),
+            ("/api/v1/account/deposits", "get", "bearer"),
+            ("/api/v1/account/withdrawal-addresses", "post", "bearer"),
+            ("/api/v1/account/withdrawal-addresses", "get", "bearer"),
+            (
+                "/api/v1/account/withdrawal-addresses/{id}",
+                "delete",
+                "bearer",
+            ),
+            ("/api/v1/withdrawals", "post", "bearer"),
+            ("/api/v1/withdrawals", "get", "bearer"),
+            ("/api/v1/withdrawals/{id}", "get", "bearer"),
+            ("/api/v1/withdrawals/{id}", "delete", "bearer"),
+            ("/admin/v1/assets/{symbol}", "patch", "admin"),
+            ("/admin/v1/withdrawals", "get", "admin"),
+            ("/admin/v1/withdrawals/{id}/approve", "post", "admin"),
+            ("/admin/v1/withdrawals/{id}/reject", "post", "admin"),
+            ("/admin/v1/withdrawals/{id}/broadcast", "post", "admin"),
+            ("/admin/v1/withdrawals/{id}/confirm", "post", "admin"),
+            ("/admin/v1/withdrawals/{id}/fail", "post", "admin"),
+            ("/admin/v1/custody/deposits", "post", "admin"),
+            ("/admin/v1/custody/deposits", "get", "admin"),
+            ("/admin/v1/custody/deposit-addresses", "post", "admin"),
+            ("/admin/v1/custody/freezes", "get", "admin"),
+            ("/admin/v1/custody/freezes/{id}/release", "post", "admin"),
+        ] {
+            let op = &doc["paths"][path][method];
+            assert!(
+                op["security"][0][scheme].is_array(),
                 "{method} {path}: {op}"
             );
         }

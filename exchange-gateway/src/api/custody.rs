@@ -66,14 +66,44 @@ fn list_limit() -> utoipa::openapi::schema::Object {
     field::limit(1_000)
 }
 
-#[utoipa::path(get, path = "/api/v1/account/deposits", params(CustodyListQuery),
+/// `GET /api/v1/account/deposits`'s query (the wallet's list query).
+#[derive(Debug, Deserialize, Serialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DepositListQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(schema_with = field::deposit_status)]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(schema_with = list_limit)]
+    pub limit: Option<i64>,
+}
+
+/// `GET /api/v1/withdrawals`'s query (the wallet's list query).
+#[derive(Debug, Deserialize, Serialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WithdrawalListQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(schema_with = field::withdrawal_status)]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(schema_with = list_limit)]
+    pub limit: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/account/deposits", params(DepositListQuery),
     responses((status = 200, description = "my chain deposits, newest first: `[{id, asset, network, address, amount, tx_hash, log_index, confirmations, required_confirmations, status, time}]`"),
               (status = 400, description = "INVALID_STATUS, INVALID_LIMIT", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_deposits(
     State(s): State<AppState>,
     Extension(user): Extension<AuthUser>,
-    Query(q): Query<CustodyListQuery>,
+    Query(q): Query<DepositListQuery>,
 ) -> Result<Response, ApiError> {
     user.require_read()?;
     Ok(s.wallet
@@ -235,14 +265,14 @@ pub async fn withdraw_for(
     s.wallet.request_withdrawal(user.user_id, &body).await
 }
 
-#[utoipa::path(get, path = "/api/v1/withdrawals", params(CustodyListQuery),
+#[utoipa::path(get, path = "/api/v1/withdrawals", params(WithdrawalListQuery),
     responses((status = 200, description = "my withdrawals, newest first"),
               (status = 400, description = "INVALID_STATUS, INVALID_LIMIT", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_withdrawals(
     State(s): State<AppState>,
     Extension(user): Extension<AuthUser>,
-    Query(q): Query<CustodyListQuery>,
+    Query(q): Query<WithdrawalListQuery>,
 ) -> Result<Response, ApiError> {
     user.require_read()?;
     Ok(s.wallet

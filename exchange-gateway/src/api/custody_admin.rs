@@ -35,8 +35,25 @@ struct Nothing {}
 #[derive(Debug, Deserialize, Serialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct AdminCustodyQuery {
+pub struct AdminWithdrawalQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(schema_with = field::withdrawal_status)]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(schema_with = list_limit)]
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, Serialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AdminDepositQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(schema_with = field::deposit_status)]
     pub status: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<i64>,
@@ -51,13 +68,13 @@ fn list_limit() -> utoipa::openapi::schema::Object {
     field::limit(1_000)
 }
 
-#[utoipa::path(get, path = "/admin/v1/withdrawals", params(AdminCustodyQuery),
+#[utoipa::path(get, path = "/admin/v1/withdrawals", operation_id = "admin_list_withdrawals", params(AdminWithdrawalQuery),
     responses((status = 200, description = "withdrawals, oldest first, with `user_id`, `approvals_required`, `approved_by`, `network_fee`"),
               (status = 400, description = "INVALID_STATUS, INVALID_LIMIT", body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn list_withdrawals(
     State(s): State<AppState>,
-    Query(q): Query<AdminCustodyQuery>,
+    Query(q): Query<AdminWithdrawalQuery>,
 ) -> Result<Response, ApiError> {
     Ok(s.wallet.admin_withdrawals(&q).await?.into_response())
 }
@@ -79,7 +96,7 @@ async fn act<T: Serialize>(
         .into_response())
 }
 
-#[utoipa::path(post, path = "/admin/v1/withdrawals/{id}/approve", params(("id" = i64, Path)),
+#[utoipa::path(post, path = "/admin/v1/withdrawals/{id}/approve", operation_id = "approve_withdrawal", params(("id" = i64, Path)),
     responses((status = 200, description = "the withdrawal: `approved` once two different operators approved (above auto_approve_limit)"),
               (status = 404, description = "WITHDRAWAL_NOT_FOUND", body = ErrorBody),
               (status = 409, description = "SAME_APPROVER (you approved it already), WITHDRAWAL_NOT_PENDING", body = ErrorBody)),
@@ -99,7 +116,7 @@ pub struct Reason {
     pub reason: String,
 }
 
-#[utoipa::path(post, path = "/admin/v1/withdrawals/{id}/reject", params(("id" = i64, Path)), request_body = Reason,
+#[utoipa::path(post, path = "/admin/v1/withdrawals/{id}/reject", operation_id = "reject_withdrawal", params(("id" = i64, Path)), request_body = Reason,
     responses((status = 200, description = "rejected: `amount + fee` back to the user's available"),
               (status = 400, description = "INVALID_REASON", body = ErrorBody),
               (status = 404, description = "WITHDRAWAL_NOT_FOUND", body = ErrorBody),
@@ -118,10 +135,11 @@ pub async fn reject(
 #[serde(deny_unknown_fields)]
 pub struct Broadcast {
     /// The payout transaction's hash.
+    #[schema(schema_with = field::tx_hash)]
     pub tx_hash: String,
 }
 
-#[utoipa::path(post, path = "/admin/v1/withdrawals/{id}/broadcast", params(("id" = i64, Path)), request_body = Broadcast,
+#[utoipa::path(post, path = "/admin/v1/withdrawals/{id}/broadcast", operation_id = "broadcast_withdrawal", params(("id" = i64, Path)), request_body = Broadcast,
     responses((status = 200, description = "manual network: the operator sent the payout (signing → broadcast)"),
               (status = 404, description = "WITHDRAWAL_NOT_FOUND", body = ErrorBody),
               (status = 409, description = "NOT_MANUAL_NETWORK, WITHDRAWAL_NOT_PENDING", body = ErrorBody)),
@@ -145,7 +163,7 @@ pub struct Confirm {
     pub network_fee: Option<String>,
 }
 
-#[utoipa::path(post, path = "/admin/v1/withdrawals/{id}/confirm", params(("id" = i64, Path)), request_body = Confirm,
+#[utoipa::path(post, path = "/admin/v1/withdrawals/{id}/confirm", operation_id = "confirm_withdrawal", params(("id" = i64, Path)), request_body = Confirm,
     responses((status = 200, description = "manual network: final on chain (broadcast → confirmed); the funds leave the ledger to custody"),
               (status = 400, description = "INVALID_AMOUNT", body = ErrorBody),
               (status = 404, description = "WITHDRAWAL_NOT_FOUND", body = ErrorBody),
@@ -160,7 +178,7 @@ pub async fn confirm(
     act(&s, &caller, id, WithdrawalAction::Confirm, &req).await
 }
 
-#[utoipa::path(post, path = "/admin/v1/withdrawals/{id}/fail", params(("id" = i64, Path)), request_body = Reason,
+#[utoipa::path(post, path = "/admin/v1/withdrawals/{id}/fail", operation_id = "fail_withdrawal", params(("id" = i64, Path)), request_body = Reason,
     responses((status = 200, description = "manual network: dropped or reverted (signing/broadcast → failed); `amount + fee` back to the user"),
               (status = 400, description = "INVALID_REASON", body = ErrorBody),
               (status = 404, description = "WITHDRAWAL_NOT_FOUND", body = ErrorBody),
@@ -179,10 +197,13 @@ pub async fn fail(
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChainDeposit {
+    #[schema(schema_with = field::network)]
     pub network: String,
+    #[schema(schema_with = field::tx_hash)]
     pub tx_hash: String,
     /// With `tx_hash`, the transfer's identity: reported any number of
     /// times, it is credited once.
+    #[schema(minimum = 0)]
     pub log_index: i32,
     /// A deposit address the wallet gave a user.
     pub address: String,
@@ -191,8 +212,10 @@ pub struct ChainDeposit {
     #[schema(schema_with = field::positive_decimal)]
     pub amount: String,
     /// Credited when it reaches the asset's `confirmations`.
+    #[schema(minimum = 0)]
     pub confirmations: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
     pub block_number: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_hash: Option<String>,
@@ -202,7 +225,7 @@ pub struct ChainDeposit {
     pub removed: bool,
 }
 
-#[utoipa::path(post, path = "/admin/v1/custody/deposits", request_body = ChainDeposit,
+#[utoipa::path(post, path = "/admin/v1/custody/deposits", operation_id = "report_chain_deposit", request_body = ChainDeposit,
     responses((status = 200, description = "the deposit as it is now (pending, credited once at its confirmations, or reorged)"),
               (status = 400, description = "UNKNOWN_ADDRESS, UNKNOWN_ASSET, NETWORK_MISMATCH, INVALID_ADDRESS, INVALID_AMOUNT", body = ErrorBody),
               (status = 404, description = "DEPOSIT_NOT_FOUND (removing a transfer never seen)", body = ErrorBody),
@@ -220,13 +243,13 @@ pub async fn report_deposit(
     Ok(s.wallet.report_chain_deposit(&body).await?.into_response())
 }
 
-#[utoipa::path(get, path = "/admin/v1/custody/deposits", params(AdminCustodyQuery),
+#[utoipa::path(get, path = "/admin/v1/custody/deposits", operation_id = "admin_list_deposits", params(AdminDepositQuery),
     responses((status = 200, description = "chain deposits, newest first"),
               (status = 400, description = "INVALID_STATUS, INVALID_LIMIT", body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn list_deposits(
     State(s): State<AppState>,
-    Query(q): Query<AdminCustodyQuery>,
+    Query(q): Query<AdminDepositQuery>,
 ) -> Result<Response, ApiError> {
     Ok(s.wallet.admin_chain_deposits(&q).await?.into_response())
 }
@@ -234,6 +257,7 @@ pub async fn list_deposits(
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DepositAddresses {
+    #[schema(schema_with = field::network)]
     pub network: String,
     /// 1 to 1,000 addresses made by the external custody system; all are
     /// validated before any is added; known ones are skipped.
@@ -268,7 +292,7 @@ pub struct FreezeQuery {
     pub open: Option<bool>,
 }
 
-#[utoipa::path(get, path = "/admin/v1/custody/freezes", params(FreezeQuery),
+#[utoipa::path(get, path = "/admin/v1/custody/freezes", operation_id = "list_custody_freezes", params(FreezeQuery),
     responses((status = 200, description = "custody freezes (a credited deposit left the chain), newest first")),
     security(("admin" = [])))]
 pub async fn list_freezes(
@@ -278,7 +302,7 @@ pub async fn list_freezes(
     Ok(s.wallet.custody_freezes(&q).await?.into_response())
 }
 
-#[utoipa::path(post, path = "/admin/v1/custody/freezes/{id}/release", params(("id" = i64, Path)), request_body = Reason,
+#[utoipa::path(post, path = "/admin/v1/custody/freezes/{id}/release", operation_id = "release_custody_freeze", params(("id" = i64, Path)), request_body = Reason,
     responses((status = 200, description = "released (repeating it answers the same)"),
               (status = 400, description = "INVALID_REASON", body = ErrorBody),
               (status = 404, description = "FREEZE_NOT_FOUND", body = ErrorBody)),

@@ -224,6 +224,45 @@ pub mod field {
         one_of(false, &["trading", "cancel_only", "halted"])
     }
 
+    pub fn deposit_status() -> Object {
+        one_of(true, &["pending", "credited", "reorged"])
+    }
+
+    pub fn withdrawal_status() -> Object {
+        one_of(
+            true,
+            &[
+                "pending_approval",
+                "approved",
+                "signing",
+                "broadcast",
+                "confirmed",
+                "rejected",
+                "canceled",
+                "failed",
+            ],
+        )
+    }
+
+    /// A chain's name as assets carry it (`ethereum`).
+    pub fn network() -> Object {
+        text(
+            false,
+            "^[a-z0-9][a-z0-9_-]{0,31}$",
+            "a network name: lowercase letters, digits, '_' or '-' (e.g. ethereum)",
+        )
+    }
+
+    /// A transaction hash as a network writes it (`0x` and 64 hex digits on
+    /// Ethereum and its kin).
+    pub fn tx_hash() -> Object {
+        text(
+            false,
+            "^[A-Za-z0-9:_-]{1,128}$",
+            "1 to 128 letters, digits, ':', '_' or '-'; on Ethereum networks 0x and 64 hex digits",
+        )
+    }
+
     pub fn order_list_status() -> Object {
         one_of(false, &["open", "closed"])
     }
