@@ -82,6 +82,8 @@ error_codes! {
     InvalidAddress = "INVALID_ADDRESS",
     /// The asset has no network (off-chain): no deposit address, no withdrawal.
     NoNetwork = "NO_NETWORK",
+    /// A `cursor` that is not a `next_cursor` of this list and caller.
+    InvalidCursor = "INVALID_CURSOR",
     /// A chain report for a network the asset is not on.
     NetworkMismatch = "NETWORK_MISMATCH",
     /// A chain report to an address no user was given.

@@ -46,13 +46,14 @@ use std::sync::Arc;
 use crate::batch::{Batcher, Reply, Request as BatchRequest};
 use crate::rules::{self, PlaceInput};
 use exchange_store::audit::AuditContext;
+use exchange_store::page::{self, PageQuery, Position};
 use exchange_store::{
     FILL_COLUMNS, FillJson, FillRow, MarketInfo, Markets, ORDER_COLUMNS, OrderJson, OrderRow,
 };
 
 /// Default and largest page of order and fill lists.
-pub const LIST_LIMIT_DEFAULT: i64 = 100;
-pub const LIST_LIMIT_MAX: i64 = 1_000;
+pub const LIST_LIMIT_DEFAULT: i64 = exchange_store::page::PAGE_LIMIT_DEFAULT;
+pub const LIST_LIMIT_MAX: i64 = exchange_store::page::PAGE_LIMIT_MAX;
 
 /// The handlers' state; one `Arc` so that axum's per-request clones are
 /// a single atomic increment.
@@ -447,25 +448,46 @@ pub struct ListQuery {
     pub market: Option<String>,
     pub status: Option<String>,
     pub limit: Option<i64>,
+    pub start_time: Option<i64>,
+    pub end_time: Option<i64>,
+    pub cursor: Option<String>,
+    pub paginate: Option<bool>,
 }
 
-fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
-    match limit {
-        None => Ok(LIST_LIMIT_DEFAULT),
-        Some(n) if (1..=LIST_LIMIT_MAX).contains(&n) => Ok(n),
-        Some(_) => Err(ApiError::bad_request(
-            ErrorCode::InvalidQuery,
-            format!("limit must be between 1 and {LIST_LIMIT_MAX}"),
-        )),
-    }
+/// The paging parameters of a list query (`exchange_store::page`).
+macro_rules! page_query {
+    ($q:expr) => {
+        PageQuery {
+            limit: $q.limit,
+            start_time: $q.start_time,
+            end_time: $q.end_time,
+            cursor: $q.cursor.clone(),
+            paginate: $q.paginate,
+        }
+    };
 }
 
+/// The scopes of this service's cursors.
+const ORDERS_SCOPE: &str = "orders";
+const FILLS_SCOPE: &str = "fills";
+
+/// A row with its page key (`exchange_store::page`).
+#[derive(sqlx::FromRow)]
+struct Keyed<T> {
+    #[sqlx(flatten)]
+    row: T,
+    page_key: i64,
+}
+
+/// My orders, newest first by `(created_at, id)` (the page key is
+/// `created_at` in microseconds); `start_time`/`end_time` bound
+/// `created_at`.
 async fn list_orders(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Vec<OrderJson>>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let user_id = check_user(q.user_id)?;
-    let limit = page_limit(q.limit)?;
+    let page = page_query!(q).page(ORDERS_SCOPE, user_id)?;
     let status_filter = match q.status.as_deref() {
         None => "",
         Some("open") => "AND status IN ('new', 'partially_filled')",
@@ -478,19 +500,33 @@ async fn list_orders(
         }
     };
     let sql = format!(
-        "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 AND ($2::text IS NULL OR market = $2) \
-         {status_filter} ORDER BY created_at DESC, id DESC LIMIT $3"
+        "SELECT {ORDER_COLUMNS}, (extract(epoch FROM created_at) * 1000000)::int8 AS page_key
+         FROM orders WHERE user_id = $1 AND ($2::text IS NULL OR market = $2) {status_filter}
+           AND ($3::int8 IS NULL OR created_at >= timestamptz 'epoch' + $3 * interval '1 millisecond')
+           AND ($4::int8 IS NULL OR created_at < timestamptz 'epoch' + $4 * interval '1 millisecond')
+           AND ($5::int8 IS NULL OR (created_at, id) < (timestamptz 'epoch' + $5 * interval '1 microsecond', $6))
+         ORDER BY created_at DESC, id DESC LIMIT $7"
     );
-    let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    let rows: Vec<Keyed<OrderRow>> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(user_id)
         .bind(q.market.as_deref())
-        .bind(limit)
+        .bind(page.start_ms)
+        .bind(page.end_ms)
+        .bind(page.before.map(|p| p.key))
+        .bind(page.before.map(|p| p.id))
+        .bind(page.limit + 1)
         .fetch_all(&state.db)
         .await
         .map_err(db_error)?;
-    Ok(Json(
-        rows.iter().map(|r| order_response(r, &state)).collect(),
-    ))
+    let (rows, next) = page::finish(rows, &page, ORDERS_SCOPE, user_id, |r| Position {
+        key: r.page_key,
+        id: r.row.id,
+    });
+    let items: Vec<OrderJson> = rows
+        .iter()
+        .map(|r| order_response(&r.row, &state))
+        .collect();
+    Ok(Json(page::answer(items, next, &page)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -499,28 +535,43 @@ pub struct FillsQuery {
     pub user_id: i64,
     pub market: Option<String>,
     pub limit: Option<i64>,
+    pub start_time: Option<i64>,
+    pub end_time: Option<i64>,
+    pub cursor: Option<String>,
+    pub paginate: Option<bool>,
 }
 
+/// My fills, newest first by id (the order clearing stored them in; the
+/// page key is the id); `start_time`/`end_time` bound the fill's time.
 async fn list_fills(
     State(state): State<AppState>,
     Query(q): Query<FillsQuery>,
-) -> Result<Json<Vec<FillJson>>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let user_id = check_user(q.user_id)?;
-    let limit = page_limit(q.limit)?;
+    let page = page_query!(q).page(FILLS_SCOPE, user_id)?;
     let sql = format!(
-        "SELECT {FILL_COLUMNS} FROM fills WHERE user_id = $1 AND ($2::text IS NULL OR market = $2) \
-         ORDER BY id DESC LIMIT $3"
+        "SELECT {FILL_COLUMNS} FROM fills WHERE user_id = $1 AND ($2::text IS NULL OR market = $2)
+           AND ($3::int8 IS NULL OR time_ms >= $3) AND ($4::int8 IS NULL OR time_ms < $4)
+           AND ($5::int8 IS NULL OR id < $5)
+         ORDER BY id DESC LIMIT $6"
     );
     let rows: Vec<FillRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(user_id)
         .bind(q.market.as_deref())
-        .bind(limit)
+        .bind(page.start_ms)
+        .bind(page.end_ms)
+        .bind(page.before.map(|p| p.id))
+        .bind(page.limit + 1)
         .fetch_all(&state.db)
         .await
         .map_err(db_error)?;
-    Ok(Json(
-        rows.iter()
-            .map(|r| FillJson::new(r, state.markets.peek(&r.market).map(|m| m.scales())))
-            .collect(),
-    ))
+    let (rows, next) = page::finish(rows, &page, FILLS_SCOPE, user_id, |r| Position {
+        key: r.id,
+        id: r.id,
+    });
+    let items: Vec<FillJson> = rows
+        .iter()
+        .map(|r| FillJson::new(r, state.markets.peek(&r.market).map(|m| m.scales())))
+        .collect();
+    Ok(Json(page::answer(items, next, &page)))
 }

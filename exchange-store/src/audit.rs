@@ -333,6 +333,33 @@ pub async fn list(db: &PgPool, after_id: i64, limit: i64) -> sqlx::Result<Vec<Au
         .collect()
 }
 
+/// A page of the log newest first (the paginated form): ids below
+/// `before_id`, `time` in `[start_ms, end_ms)`; at most `limit` entries.
+pub async fn list_newest(
+    db: &PgPool,
+    before_id: Option<i64>,
+    start_ms: Option<i64>,
+    end_ms: Option<i64>,
+    limit: i64,
+) -> sqlx::Result<Vec<AuditEntry>> {
+    let rows: Vec<AuditRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {AUDIT_COLUMNS} FROM audit_log
+         WHERE ($1::int8 IS NULL OR id < $1)
+           AND ($2::int8 IS NULL OR time >= timestamptz 'epoch' + $2 * interval '1 millisecond')
+           AND ($3::int8 IS NULL OR time < timestamptz 'epoch' + $3 * interval '1 millisecond')
+         ORDER BY id DESC LIMIT $4"
+    )))
+    .bind(before_id)
+    .bind(start_ms)
+    .bind(end_ms)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    rows.into_iter()
+        .map(|r| r.into_entry().map_err(|e| sqlx::Error::Decode(Box::new(e))))
+        .collect()
+}
+
 /// A chain [`verify`] walked to its end without a fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedChain {

@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod markets;
 pub mod numeric;
 pub mod orders;
+pub mod page;
 
 pub use balances::BalanceJson;
 pub use fills::{FILL_COLUMNS, FillJson, FillRow};

@@ -35,6 +35,7 @@ use exchange_common::auth::require_internal_token;
 use exchange_common::error::{Json, Path, Query};
 use exchange_common::{ApiError, ErrorCode};
 use exchange_store::audit::AuditContext;
+use exchange_store::page::{self, Page, PageQuery, Position};
 use serde::Deserialize;
 
 use crate::Wallet;
@@ -47,9 +48,8 @@ use crate::views::{
 };
 use crate::withdrawals::{self, Request};
 
-/// Items per list page at most, and by default.
-pub const LIST_LIMIT_MAX: i64 = 1_000;
-pub const LIST_LIMIT_DEFAULT: i64 = 100;
+/// Items per list page at most (`exchange_store::page`).
+pub const LIST_LIMIT_MAX: i64 = page::PAGE_LIMIT_MAX;
 /// Entries in one user's address book at most.
 pub const ADDRESS_BOOK_LEN_MAX: i64 = 200;
 /// The longest address label.
@@ -105,17 +105,6 @@ pub fn routes(w: Wallet) -> Router {
         .with_state(w)
 }
 
-fn limit(l: Option<i64>) -> Result<i64, ApiError> {
-    let l = l.unwrap_or(LIST_LIMIT_DEFAULT);
-    if !(1..=LIST_LIMIT_MAX).contains(&l) {
-        return Err(ApiError::bad_request(
-            ErrorCode::InvalidLimit,
-            format!("limit must be 1 to {LIST_LIMIT_MAX}"),
-        ));
-    }
-    Ok(l)
-}
-
 fn withdrawal_status(s: Option<&str>) -> Result<Option<&str>, ApiError> {
     s.map(|t| {
         WithdrawalStatus::parse(t).map(WithdrawalStatus::as_str).ok_or_else(|| {
@@ -149,31 +138,108 @@ struct ListQuery {
     status: Option<String>,
     limit: Option<i64>,
     user_id: Option<i64>,
+    start_time: Option<i64>,
+    end_time: Option<i64>,
+    cursor: Option<String>,
+    paginate: Option<bool>,
 }
 
+impl ListQuery {
+    /// The page asked for, in the list `scope` of `owner` (a user, or 0 for
+    /// an operator's list of everyone's).
+    fn page(&self, scope: &str, owner: i64) -> Result<Page, ApiError> {
+        let q = PageQuery {
+            limit: self.limit,
+            start_time: self.start_time,
+            end_time: self.end_time,
+            cursor: self.cursor.clone(),
+            paginate: self.paginate,
+        };
+        Ok(q.page(scope, owner)?)
+    }
+}
+
+/// A row with its page key (`created_at` in microseconds).
+#[derive(sqlx::FromRow)]
+struct Keyed<T> {
+    #[sqlx(flatten)]
+    row: T,
+    page_key: i64,
+}
+
+/// The `WHERE` terms and order of a page of the table aliased `t` keyed by
+/// `(created_at, id)` (`DESC`: newest first); binds `$2` start, `$3` end
+/// (ms), `$4`, `$5` the cursor's key (µs) and id, `$6` the limit.
+fn page_terms(t: &str, order: &str) -> String {
+    let (older, newer) = if order == "DESC" {
+        ("<", "DESC")
+    } else {
+        (">", "ASC")
+    };
+    format!(
+        "AND ($2::int8 IS NULL OR {t}.created_at >= timestamptz 'epoch' + $2 * interval '1 millisecond')
+         AND ($3::int8 IS NULL OR {t}.created_at < timestamptz 'epoch' + $3 * interval '1 millisecond')
+         AND ($4::int8 IS NULL OR ({t}.created_at, {t}.id) {older} (timestamptz 'epoch' + $4 * interval '1 microsecond', $5))
+         ORDER BY {t}.created_at {newer}, {t}.id {newer} LIMIT $6"
+    )
+}
+
+/// The page key column of the table aliased `t`.
+fn page_key(t: &str) -> String {
+    format!("(extract(epoch FROM {t}.created_at) * 1000000)::int8 AS page_key")
+}
+
+/// A page of chain deposits (of `user_id`, or everyone's), newest first.
 async fn deposits_page(
     w: &Wallet,
     user_id: Option<i64>,
     q: &ListQuery,
-) -> Result<Vec<DepositRow>, ApiError> {
+    scope: &str,
+) -> Result<Response, ApiError> {
+    let owner = user_id.unwrap_or(0);
+    let page = q.page(scope, owner)?;
     let status = q
         .status
         .as_deref()
         .map(deposits::parse_status)
         .transpose()?
         .map(|s| s.as_str());
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {DEPOSIT_COLUMNS} FROM chain_deposits d
-         WHERE ($1::int8 IS NULL OR d.user_id = $1) AND ($2::text IS NULL OR d.asset = $2)
-           AND ($3::text IS NULL OR d.status = $3)
-         ORDER BY d.created_at DESC, d.id DESC LIMIT $4"
-    )))
-    .bind(user_id)
-    .bind(&q.asset)
-    .bind(status)
-    .bind(limit(q.limit)?)
-    .fetch_all(&w.db)
-    .await?)
+    let sql = format!(
+        "SELECT {DEPOSIT_COLUMNS}, {} FROM chain_deposits d
+         WHERE ($1::int8 IS NULL OR d.user_id = $1) AND ($7::text IS NULL OR d.asset = $7)
+           AND ($8::text IS NULL OR d.status = $8) {}",
+        page_key("d"),
+        page_terms("d", "DESC")
+    );
+    let rows: Vec<Keyed<DepositRow>> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(user_id.or(q.user_id))
+        .bind(page.start_ms)
+        .bind(page.end_ms)
+        .bind(page.before.map(|p| p.key))
+        .bind(page.before.map(|p| p.id))
+        .bind(page.limit + 1)
+        .bind(&q.asset)
+        .bind(status)
+        .fetch_all(&w.db)
+        .await?;
+    let (rows, next) = page::finish(rows, &page, scope, owner, |r| Position {
+        key: r.page_key,
+        id: r.row.id,
+    });
+    let items: Vec<_> = if user_id.is_some() {
+        rows.iter()
+            .map(|r| serde_json::to_value(r.row.user_view()))
+            .collect()
+    } else {
+        rows.iter()
+            .map(|r| serde_json::to_value(r.row.admin_view()))
+            .collect()
+    };
+    let items: Vec<serde_json::Value> = items
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(ApiError::internal)?;
+    Ok(Json(page::answer(items, next, &page)).into_response())
 }
 
 async fn list_deposits(
@@ -181,9 +247,7 @@ async fn list_deposits(
     Path(uid): Path<i64>,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let rows = deposits_page(&w, Some(uid), &q).await?;
-    let views: Vec<_> = rows.iter().map(DepositRow::user_view).collect();
-    Ok(Json(views).into_response())
+    deposits_page(&w, Some(uid), &q, "deposits").await
 }
 
 #[derive(Deserialize)]
@@ -321,25 +385,52 @@ async fn request_withdrawal(
     Ok((status, Json(row.user_view())).into_response())
 }
 
+/// A page of withdrawals (of `user_id`, or everyone's for operators),
+/// newest first. Operators' bare list (no cursor, no `paginate`) stays
+/// oldest first: the approval queue in the order it arrived.
 async fn withdrawals_page(
     w: &Wallet,
     user_id: Option<i64>,
     q: &ListQuery,
-    oldest_first: bool,
-) -> Result<Vec<WithdrawalRow>, ApiError> {
-    let order = if oldest_first { "ASC" } else { "DESC" };
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {WITHDRAWAL_COLUMNS} FROM withdrawals w
-         WHERE ($1::int8 IS NULL OR w.user_id = $1) AND ($2::text IS NULL OR w.asset = $2)
-           AND ($3::text IS NULL OR w.status = $3)
-         ORDER BY w.created_at {order}, w.id {order} LIMIT $4"
-    )))
-    .bind(user_id)
-    .bind(&q.asset)
-    .bind(withdrawal_status(q.status.as_deref())?)
-    .bind(limit(q.limit)?)
-    .fetch_all(&w.db)
-    .await?)
+    scope: &str,
+) -> Result<Response, ApiError> {
+    let owner = user_id.unwrap_or(0);
+    let page = q.page(scope, owner)?;
+    let queue = user_id.is_none() && !page.envelope;
+    let sql = format!(
+        "SELECT {WITHDRAWAL_COLUMNS}, {} FROM withdrawals w
+         WHERE ($1::int8 IS NULL OR w.user_id = $1) AND ($7::text IS NULL OR w.asset = $7)
+           AND ($8::text IS NULL OR w.status = $8) {}",
+        page_key("w"),
+        page_terms("w", if queue { "ASC" } else { "DESC" })
+    );
+    let rows: Vec<Keyed<WithdrawalRow>> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(user_id.or(q.user_id))
+        .bind(page.start_ms)
+        .bind(page.end_ms)
+        .bind(page.before.map(|p| p.key))
+        .bind(page.before.map(|p| p.id))
+        .bind(page.limit + 1)
+        .bind(&q.asset)
+        .bind(withdrawal_status(q.status.as_deref())?)
+        .fetch_all(&w.db)
+        .await?;
+    let (rows, next) = page::finish(rows, &page, scope, owner, |r| Position {
+        key: r.page_key,
+        id: r.row.id,
+    });
+    let items: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            if user_id.is_some() {
+                serde_json::to_value(r.row.user_view())
+            } else {
+                serde_json::to_value(r.row.admin_view())
+            }
+        })
+        .collect::<Result<_, _>>()
+        .map_err(ApiError::internal)?;
+    Ok(Json(page::answer(items, next, &page)).into_response())
 }
 
 async fn list_withdrawals(
@@ -347,9 +438,7 @@ async fn list_withdrawals(
     Path(uid): Path<i64>,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let rows = withdrawals_page(&w, Some(uid), &q, false).await?;
-    let views: Vec<_> = rows.iter().map(WithdrawalRow::user_view).collect();
-    Ok(Json(views).into_response())
+    withdrawals_page(&w, Some(uid), &q, "withdrawals").await
 }
 
 async fn get_withdrawal(
@@ -375,9 +464,7 @@ async fn admin_withdrawals(
     State(w): State<Wallet>,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let rows = withdrawals_page(&w, q.user_id, &q, true).await?;
-    let views: Vec<_> = rows.iter().map(WithdrawalRow::admin_view).collect();
-    Ok(Json(views).into_response())
+    withdrawals_page(&w, None, &q, "admin-withdrawals").await
 }
 
 #[derive(Deserialize)]
@@ -528,9 +615,7 @@ async fn admin_deposits(
     State(w): State<Wallet>,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let rows = deposits_page(&w, q.user_id, &q).await?;
-    let views: Vec<_> = rows.iter().map(DepositRow::admin_view).collect();
-    Ok(Json(views).into_response())
+    deposits_page(&w, None, &q, "admin-deposits").await
 }
 
 #[derive(Deserialize)]

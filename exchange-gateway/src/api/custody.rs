@@ -79,6 +79,21 @@ pub struct DepositListQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[param(schema_with = list_limit)]
     pub limit: Option<i64>,
+    /// Unix ms, inclusive: items at or after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 0)]
+    pub start_time: Option<i64>,
+    /// Unix ms, exclusive: items before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 0)]
+    pub end_time: Option<i64>,
+    /// The previous page's `next_cursor` (answers `{items, next_cursor}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(max_length = 256)]
+    pub cursor: Option<String>,
+    /// `true`: answer `{items, next_cursor}` from the first page on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paginate: Option<bool>,
 }
 
 /// `GET /api/v1/withdrawals`'s query (the wallet's list query).
@@ -94,6 +109,21 @@ pub struct WithdrawalListQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[param(schema_with = list_limit)]
     pub limit: Option<i64>,
+    /// Unix ms, inclusive: items at or after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 0)]
+    pub start_time: Option<i64>,
+    /// Unix ms, exclusive: items before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 0)]
+    pub end_time: Option<i64>,
+    /// The previous page's `next_cursor` (answers `{items, next_cursor}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(max_length = 256)]
+    pub cursor: Option<String>,
+    /// `true`: answer `{items, next_cursor}` from the first page on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paginate: Option<bool>,
 }
 
 #[utoipa::path(get, path = "/api/v1/account/deposits", params(DepositListQuery),

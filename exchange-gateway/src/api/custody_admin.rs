@@ -46,6 +46,21 @@ pub struct AdminWithdrawalQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[param(schema_with = list_limit)]
     pub limit: Option<i64>,
+    /// Unix ms, inclusive: items at or after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 0)]
+    pub start_time: Option<i64>,
+    /// Unix ms, exclusive: items before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 0)]
+    pub end_time: Option<i64>,
+    /// The previous page's `next_cursor` (answers `{items, next_cursor}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(max_length = 256)]
+    pub cursor: Option<String>,
+    /// `true`: answer `{items, next_cursor}` from the first page on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paginate: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Serialize, IntoParams)]
@@ -62,6 +77,21 @@ pub struct AdminDepositQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[param(schema_with = list_limit)]
     pub limit: Option<i64>,
+    /// Unix ms, inclusive: items at or after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 0)]
+    pub start_time: Option<i64>,
+    /// Unix ms, exclusive: items before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 0)]
+    pub end_time: Option<i64>,
+    /// The previous page's `next_cursor` (answers `{items, next_cursor}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(max_length = 256)]
+    pub cursor: Option<String>,
+    /// `true`: answer `{items, next_cursor}` from the first page on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paginate: Option<bool>,
 }
 
 fn list_limit() -> utoipa::openapi::schema::Object {

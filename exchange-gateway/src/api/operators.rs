@@ -13,6 +13,7 @@ use exchange_common::ApiError;
 use exchange_common::ErrorCode;
 use exchange_common::error::{Json, Path, Query};
 use exchange_store::audit::{self, AuditEntry};
+use exchange_store::page::{PageQuery, Position};
 
 use super::schema::{ErrorBody, field};
 use crate::auth::operators::{AdminCaller, ROOT_ACTOR, Role, UNKNOWN_ACTOR, new_token, token_hash};
@@ -21,8 +22,7 @@ use crate::state::AppState;
 /// The longest operator name.
 pub const OPERATOR_NAME_LEN_MAX: usize = 64;
 /// Audit entries one page holds at most, and by default.
-pub const AUDIT_PAGE_LEN_MAX: i64 = 1_000;
-pub const AUDIT_PAGE_LEN_DEFAULT: i64 = 100;
+pub const AUDIT_PAGE_LEN_MAX: i64 = exchange_store::page::PAGE_LIMIT_MAX;
 /// Operators `GET /admin/v1/operators` lists at most (deleted ones included).
 const OPERATOR_LIST_LEN_MAX: i64 = 1_000;
 
@@ -240,27 +240,72 @@ pub struct AuditQuery {
     /// Page size, 1 to 1000, default 100.
     #[param(schema_with = audit_limit)]
     pub limit: Option<i64>,
+    /// Unix ms, inclusive (the paginated form).
+    #[param(minimum = 0)]
+    pub start_time: Option<i64>,
+    /// Unix ms, exclusive (the paginated form).
+    #[param(minimum = 0)]
+    pub end_time: Option<i64>,
+    /// The previous page's `next_cursor`: entries newest first, `{items, next_cursor}`.
+    #[param(max_length = 256)]
+    pub cursor: Option<String>,
+    /// `true`: the paginated form (newest first) from the first page on.
+    pub paginate: Option<bool>,
 }
+
+/// The cursor scope of the audit log (one list for every operator).
+const AUDIT_SCOPE: &str = "audit";
 
 fn audit_limit() -> utoipa::openapi::schema::Object {
     field::limit(AUDIT_PAGE_LEN_MAX)
 }
 
 /// The audit log, ascending by id: walk it with `after_id` = the last id
-/// seen. Recompute the hash chain from these entries (docs/API.md).
+/// seen. Recompute the hash chain from these entries (docs/API.md). With
+/// `cursor` or `paginate=true` (API.md "History and statements"): newest
+/// first, `start_time`/`end_time` on the entry's time, `{items, next_cursor}`.
 #[utoipa::path(get, path = "/admin/v1/audit", params(AuditQuery),
-    responses((status = 200, body = [AuditEntry]),
-              (status = 400, description = "INVALID_LIMIT, INVALID_QUERY (after_id negative or not an integer)", body = ErrorBody)),
+    responses((status = 200, body = [AuditEntry], description = "ascending from after_id; or, paginated, `{items, next_cursor}` newest first"),
+              (status = 400, description = "INVALID_LIMIT, INVALID_QUERY (after_id negative or not an integer, or after_id with the paginated form, or a time range that is not start < end), INVALID_CURSOR", body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn list_audit(
     State(s): State<AppState>,
     Query(q): Query<AuditQuery>,
-) -> Result<Json<Vec<AuditEntry>>, ApiError> {
-    let limit = q.limit.unwrap_or(AUDIT_PAGE_LEN_DEFAULT);
-    if !(1..=AUDIT_PAGE_LEN_MAX).contains(&limit) {
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let page = PageQuery {
+        limit: q.limit,
+        start_time: q.start_time,
+        end_time: q.end_time,
+        cursor: q.cursor.clone(),
+        paginate: q.paginate,
+    }
+    .page(AUDIT_SCOPE, 0)?;
+    if page.envelope {
+        if q.after_id.is_some() {
+            return Err(ApiError::bad_request(
+                ErrorCode::InvalidQuery,
+                "after_id walks the log oldest first; the paginated form walks it with cursor",
+            ));
+        }
+        let rows = audit::list_newest(
+            s.db(),
+            page.before.map(|p| p.id),
+            page.start_ms,
+            page.end_ms,
+            page.limit + 1,
+        )
+        .await?;
+        let (rows, next) =
+            exchange_store::page::finish(rows, &page, AUDIT_SCOPE, 0, |e| Position {
+                key: e.id,
+                id: e.id,
+            });
+        return Ok(Json(exchange_store::page::answer(rows, next, &page)));
+    }
+    if q.start_time.is_some() || q.end_time.is_some() {
         return Err(ApiError::bad_request(
-            ErrorCode::InvalidLimit,
-            format!("limit must be 1 to {AUDIT_PAGE_LEN_MAX}"),
+            ErrorCode::InvalidQuery,
+            "start_time and end_time take the paginated form (paginate=true)",
         ));
     }
     let after_id = q.after_id.unwrap_or(0);
@@ -270,7 +315,10 @@ pub async fn list_audit(
             "after_id must be 0 or more",
         ));
     }
-    Ok(Json(audit::list(s.db(), after_id, limit).await?))
+    let entries = audit::list(s.db(), after_id, page.limit).await?;
+    Ok(Json(
+        serde_json::to_value(entries).map_err(ApiError::internal)?,
+    ))
 }
 
 #[cfg(test)]

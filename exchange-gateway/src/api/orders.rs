@@ -182,6 +182,21 @@ pub struct OrderListQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[param(schema_with = list_limit)]
     pub limit: Option<i64>,
+    /// Unix ms, inclusive: items at or after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 0)]
+    pub start_time: Option<i64>,
+    /// Unix ms, exclusive: items before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 0)]
+    pub end_time: Option<i64>,
+    /// The previous page's `next_cursor` (answers `{items, next_cursor}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(max_length = 256)]
+    pub cursor: Option<String>,
+    /// `true`: answer `{items, next_cursor}` from the first page on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paginate: Option<bool>,
 }
 
 /// The order service's page sizes.
@@ -190,7 +205,8 @@ fn list_limit() -> utoipa::openapi::schema::Object {
 }
 
 #[utoipa::path(get, path = "/api/v1/orders", params(OrderListQuery),
-    responses((status = 200, description = "my orders, newest first"),
+    responses((status = 200, description = "my orders, newest first (by creation): a bare array, or `{items, next_cursor}` with `cursor` or `paginate=true` (next_cursor null on the last page)"),
+              (status = 400, description = "INVALID_LIMIT, INVALID_CURSOR (not a next_cursor of this list and user), INVALID_QUERY (a time range that is not start < end)", body = ErrorBody),
               (status = 403, description = "PERMISSION_DENIED: an API key without the read permission", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_orders(
@@ -300,10 +316,26 @@ pub struct TradesQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[param(schema_with = list_limit)]
     pub limit: Option<i64>,
+    /// Unix ms, inclusive: items at or after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 0)]
+    pub start_time: Option<i64>,
+    /// Unix ms, exclusive: items before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 0)]
+    pub end_time: Option<i64>,
+    /// The previous page's `next_cursor` (answers `{items, next_cursor}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(max_length = 256)]
+    pub cursor: Option<String>,
+    /// `true`: answer `{items, next_cursor}` from the first page on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paginate: Option<bool>,
 }
 
 #[utoipa::path(get, path = "/api/v1/account/trades", params(TradesQuery),
-    responses((status = 200, description = "my fills, newest first"),
+    responses((status = 200, description = "my fills, newest first: a bare array, or `{items, next_cursor}` with `cursor` or `paginate=true` (next_cursor null on the last page)"),
+              (status = 400, description = "INVALID_LIMIT, INVALID_CURSOR (not a next_cursor of this list and user), INVALID_QUERY (a time range that is not start < end)", body = ErrorBody),
               (status = 403, description = "PERMISSION_DENIED: an API key without the read permission", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn my_trades(
