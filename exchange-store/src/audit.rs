@@ -345,8 +345,7 @@ pub async fn list_newest(
     let rows: Vec<AuditRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {AUDIT_COLUMNS} FROM audit_log
          WHERE ($1::int8 IS NULL OR id < $1)
-           AND ($2::int8 IS NULL OR time >= timestamptz 'epoch' + $2 * interval '1 millisecond')
-           AND ($3::int8 IS NULL OR time < timestamptz 'epoch' + $3 * interval '1 millisecond')
+           AND ($2::int8 IS NULL OR time >= $2) AND ($3::int8 IS NULL OR time < $3)
          ORDER BY id DESC LIMIT $4"
     )))
     .bind(before_id)

@@ -765,6 +765,40 @@ async fn deposits_credit_once_and_withdrawals_hold_pay_and_return_to_the_unit() 
         "{v}"
     );
 
+    // Withdrawals page like every list: each once, newest first.
+    let (_, all) = c
+        .call(
+            Method::GET,
+            "/api/v1/withdrawals?limit=1000",
+            Some(&alice.token),
+            None,
+        )
+        .await;
+    let mut walked = Vec::new();
+    let mut path = "/api/v1/withdrawals?limit=2&paginate=true".to_owned();
+    loop {
+        let (s, page) = c.call(Method::GET, &path, Some(&alice.token), None).await;
+        assert_eq!(s, 200, "{page}");
+        walked.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w["id"].as_i64().unwrap()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(k) => path = format!("/api/v1/withdrawals?limit=2&cursor={k}"),
+            None => break,
+        }
+    }
+    let bare: Vec<i64> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(walked, bare, "the pages are the list, newest first");
+
     // Every operator step is in the audit log.
     let (_, audit) = c
         .call(
