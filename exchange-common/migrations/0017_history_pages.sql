@@ -7,3 +7,13 @@
 -- market's). Deposits, withdrawals and the audit log have theirs already.
 CREATE INDEX orders_user_created_idx ON orders (user_id, created_at DESC, id DESC);
 CREATE INDEX fills_user_idx ON fills (user_id, id DESC);
+
+-- The statement (exchange-store/src/statement.rs) reads each source on its
+-- owner's time index: fills by their time, operator credits by creation,
+-- chain deposits by crediting, withdrawals by confirmation.
+CREATE INDEX fills_user_time_idx ON fills (user_id, time_ms DESC, id DESC);
+CREATE INDEX deposits_user_created_idx ON deposits (user_id, created_at DESC, id DESC);
+CREATE INDEX chain_deposits_user_credited_idx ON chain_deposits (user_id, credited_at DESC, id DESC)
+    WHERE journal_id IS NOT NULL;
+CREATE INDEX withdrawals_user_confirmed_idx ON withdrawals (user_id, updated_at DESC, id DESC)
+    WHERE status = 'confirmed';

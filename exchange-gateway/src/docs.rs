@@ -17,7 +17,8 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::api::schema::{ErrorBody, field};
 use crate::api::{
-    accounts, admin, custody, custody_admin, marketdata, operators, orders, public, security, users,
+    accounts, admin, custody, custody_admin, marketdata, operators, orders, public, security,
+    statement, users,
 };
 use crate::binance::openapi::BinancePaths;
 
@@ -47,6 +48,7 @@ use crate::binance::openapi::BinancePaths;
         custody_admin::report_deposit, custody_admin::list_deposits,
         custody_admin::load_deposit_addresses, custody_admin::list_freezes,
         custody_admin::release_freeze,
+        statement::ledger, statement::statement_csv,
     ),
     components(schemas(ErrorBody)),
     modifiers(&Security, &LayerErrors, &BinancePaths)

@@ -243,6 +243,11 @@ pub fn routes(state: AppState, admin_separate: bool) -> Router {
             get(api::custody::deposit_address),
         )
         .route("/api/v1/account/deposits", get(api::custody::list_deposits))
+        .route("/api/v1/account/ledger", get(api::statement::ledger))
+        .route(
+            "/api/v1/account/statement.csv",
+            get(api::statement::statement_csv),
+        )
         .route(
             "/api/v1/account/withdrawal-addresses",
             post(api::custody::add_withdrawal_address).get(api::custody::list_withdrawal_addresses),

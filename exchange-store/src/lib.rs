@@ -17,6 +17,7 @@ pub mod markets;
 pub mod numeric;
 pub mod orders;
 pub mod page;
+pub mod statement;
 
 pub use balances::BalanceJson;
 pub use fills::{FILL_COLUMNS, FillJson, FillRow};

@@ -10,6 +10,7 @@ pub mod orders;
 pub mod public;
 pub mod schema;
 pub mod security;
+pub mod statement;
 pub mod users;
 
 /// True when `e` is a unique-constraint violation.

@@ -314,6 +314,15 @@ impl Cluster {
         }
     }
 
+    /// The process id of a running service (to read its memory in /proc).
+    pub fn pid(&self, service: &'static str) -> u32 {
+        self.procs
+            .get(service)
+            .expect("a started service")
+            .child
+            .id()
+    }
+
     /// `kill -9` of one service.
     pub fn kill(&mut self, service: &'static str) {
         let p = self.procs.get_mut(service).expect("a started service");
