@@ -9,7 +9,12 @@
 //! database must agree with it, and at the end every reconcile invariant
 //! holds and the model's books close: what was credited equals what users
 //! hold + what left + the fee income.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::cast_possible_truncation)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

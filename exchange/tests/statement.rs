@@ -6,7 +6,12 @@
 //! entries, cursors cannot be edited or borrowed, and the CSV carries the
 //! same entries — streamed: a large account's statement costs the gateway a
 //! bounded amount of memory (its peak RSS measured).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::cast_possible_truncation)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
 
 mod support;
 
