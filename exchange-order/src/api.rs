@@ -541,8 +541,9 @@ pub struct FillsQuery {
     pub paginate: Option<bool>,
 }
 
-/// My fills, newest first by id (the order clearing stored them in; the
-/// page key is the id); `start_time`/`end_time` bound the fill's time.
+/// My fills, newest first by `(time, id)` on `fills_user_time_idx` (a
+/// market's: the same index, filtered); `start_time`/`end_time` bound the
+/// fill's time.
 async fn list_fills(
     State(state): State<AppState>,
     Query(q): Query<FillsQuery>,
@@ -552,21 +553,22 @@ async fn list_fills(
     let sql = format!(
         "SELECT {FILL_COLUMNS} FROM fills WHERE user_id = $1 AND ($2::text IS NULL OR market = $2)
            AND ($3::int8 IS NULL OR time_ms >= $3) AND ($4::int8 IS NULL OR time_ms < $4)
-           AND ($5::int8 IS NULL OR id < $5)
-         ORDER BY id DESC LIMIT $6"
+           AND ($5::int8 IS NULL OR (time_ms, id) < ($5, $6))
+         ORDER BY time_ms DESC, id DESC LIMIT $7"
     );
     let rows: Vec<FillRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(user_id)
         .bind(q.market.as_deref())
         .bind(page.start_ms)
         .bind(page.end_ms)
+        .bind(page.before.map(|p| p.key))
         .bind(page.before.map(|p| p.id))
         .bind(page.limit + 1)
         .fetch_all(&state.db)
         .await
         .map_err(db_error)?;
     let (rows, next) = page::finish(rows, &page, FILLS_SCOPE, user_id, |r| Position {
-        key: r.id,
+        key: r.time_ms,
         id: r.id,
     });
     let items: Vec<FillJson> = rows

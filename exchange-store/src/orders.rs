@@ -15,9 +15,9 @@ pub const ORDER_COLUMNS: &str = "id, user_id, client_order_id, market, side, typ
     filled_quantity::text AS filled_quantity, filled_quote::text AS filled_quote, \
     reserve_asset, reserved::text AS reserved, locked_remaining::text AS locked_remaining, \
     status, reason, seq, \
-    (extract(epoch FROM created_at) * 1000)::bigint AS created_ms, \
-    (extract(epoch FROM updated_at) * 1000)::bigint AS updated_ms, \
-    (extract(epoch FROM triggered_at) * 1000)::bigint AS triggered_ms";
+    floor(extract(epoch FROM created_at) * 1000)::bigint AS created_ms, \
+    floor(extract(epoch FROM updated_at) * 1000)::bigint AS updated_ms, \
+    floor(extract(epoch FROM triggered_at) * 1000)::bigint AS triggered_ms";
 
 /// One `orders` row, numerics as their decimal text.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]

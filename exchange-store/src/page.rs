@@ -24,6 +24,18 @@ pub const PAGE_LIMIT_MAX: i64 = 1_000;
 pub const PAGE_LIMIT_DEFAULT: i64 = 100;
 /// The longest cursor accepted (one is ~60 characters).
 pub const CURSOR_LEN_MAX: usize = 256;
+/// The latest time a query may name: 9999-12-31T23:59:59.999Z in Unix ms
+/// (PostgreSQL's timestamps end soon after; beyond, arithmetic would fail).
+pub const TIME_MS_MAX: i64 = 253_402_300_799_999;
+/// The largest key or id a cursor may carry (a time in µs fits).
+pub const CURSOR_VALUE_MAX: i64 = TIME_MS_MAX * 1_000;
+
+/// Whether `[start, end)` is a range a query may name: each time 0 to
+/// [`TIME_MS_MAX`], the start before the end.
+pub fn valid_range(start: Option<i64>, end: Option<i64>) -> bool {
+    let ok = |t: Option<i64>| t.is_none_or(|t| (0..=TIME_MS_MAX).contains(&t));
+    ok(start) && ok(end) && !matches!((start, end), (Some(s), Some(e)) if s >= e)
+}
 
 /// A row's place in its list: newest first by `(key, id)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -105,11 +117,7 @@ impl PageQuery {
         if !(1..=PAGE_LIMIT_MAX).contains(&limit) {
             return Err(PageError::Limit);
         }
-        let negative = |t: Option<i64>| t.is_some_and(|t| t < 0);
-        if negative(self.start_time)
-            || negative(self.end_time)
-            || matches!((self.start_time, self.end_time), (Some(s), Some(e)) if s >= e)
-        {
+        if !valid_range(self.start_time, self.end_time) {
             return Err(PageError::TimeRange);
         }
         let before = self
@@ -146,9 +154,16 @@ pub fn decode(text: &str, scope: &str, owner: i64) -> Result<Position, PageError
     if version != "v1" || s != scope || o.parse::<i64>() != Ok(owner) {
         return Err(PageError::Cursor);
     }
-    let key = key.parse().map_err(|_| PageError::Cursor)?;
-    let id = id.parse().map_err(|_| PageError::Cursor)?;
-    Ok(Position { key, id })
+    let value = |t: &str| {
+        t.parse::<i64>()
+            .ok()
+            .filter(|v| (0..=CURSOR_VALUE_MAX).contains(v))
+            .ok_or(PageError::Cursor)
+    };
+    Ok(Position {
+        key: value(key)?,
+        id: value(id)?,
+    })
 }
 
 /// A fetched page: `rows` were read with `LIMIT page.limit + 1`; the extra

@@ -24,14 +24,15 @@ use sqlx::PgConnection;
 
 use crate::numeric::db_units;
 
-/// A position in the statement: `(time_ms, rank, source id, part)`.
+/// A position in the statement: `(time in µs, rank, source id, part)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Key(pub i64, pub i32, pub i64, pub i32);
 
 /// One movement.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Entry {
-    pub time_ms: i64,
+    /// Unix microseconds (a fill's time is in ms: ×1000).
+    pub time_us: i64,
     pub rank: i32,
     pub src: i64,
     pub part: i32,
@@ -47,7 +48,12 @@ pub struct Entry {
 
 impl Entry {
     pub fn key(&self) -> Key {
-        Key(self.time_ms, self.rank, self.src, self.part)
+        Key(self.time_us, self.rank, self.src, self.part)
+    }
+
+    /// Unix milliseconds, as the API shows times.
+    pub fn time_ms(&self) -> i64 {
+        self.time_us.div_euclid(1_000)
     }
 
     /// A stable id: the source and its part.
@@ -68,8 +74,8 @@ impl Entry {
                 serde_json::json!({ "trade_id": self.trade_id, "order_id": self.order_id, "fill_id": self.src })
             }
             "withdrawal" => serde_json::json!({ "withdrawal_id": self.src }),
-            "chain" => serde_json::json!({ "deposit_id": self.src }),
-            _ => serde_json::json!({ "operator_deposit_id": self.src }),
+            "chain" => serde_json::json!({ "deposit_id": self.src, "deposit_source": "chain" }),
+            _ => serde_json::json!({ "deposit_id": self.src, "deposit_source": "operator" }),
         }
     }
 }
@@ -90,55 +96,84 @@ pub struct Filter<'a> {
 /// most source rows read from each source.
 const ENTRIES: &str = "
 WITH f AS (
-    SELECT id, time_ms, order_id, trade_id, market, side, quantity, quote_amount, fee, fee_asset
+    SELECT id, time_ms * 1000 AS time_us, order_id, trade_id, market, side, quantity, quote_amount, fee, fee_asset
     FROM fills WHERE user_id = $1
       AND ($2::text IS NULL OR split_part(market, '-', 1) = $2 OR split_part(market, '-', 2) = $2)
       AND ($3::int8 IS NULL OR time_ms >= $3) AND ($4::int8 IS NULL OR time_ms < $4)
-      AND ($5::int8 IS NULL OR (time_ms, 3, id) <= ($5, $6::int4, $7))
-    ORDER BY time_ms DESC, id DESC LIMIT $9),
+      AND ($5::int8 IS NULL OR time_ms <= $5 / 1000)
+      AND ($5::int8 IS NULL OR (time_ms * 1000, 3, id) <= ($5, $6::int4, $7))
+    ORDER BY time_ms DESC, id DESC LIMIT $9 + 1),
 d AS (
-    SELECT id, floor(extract(epoch FROM created_at) * 1000)::int8 AS time_ms, asset, amount
+    SELECT id, (extract(epoch FROM created_at) * 1000000)::int8 AS time_us, asset, amount
     FROM deposits WHERE user_id = $1 AND ($2::text IS NULL OR asset = $2)
       AND ($3::int8 IS NULL OR created_at >= timestamptz 'epoch' + $3 * interval '1 millisecond')
       AND ($4::int8 IS NULL OR created_at < timestamptz 'epoch' + $4 * interval '1 millisecond')
-      AND ($5::int8 IS NULL OR created_at < timestamptz 'epoch' + ($5 + 1) * interval '1 millisecond')
-    ORDER BY created_at DESC, id DESC LIMIT $9),
+      AND ($5::int8 IS NULL OR created_at <= timestamptz 'epoch' + $5 * interval '1 microsecond')
+      AND ($5::int8 IS NULL OR ((extract(epoch FROM created_at) * 1000000)::int8, 1, id) <= ($5, $6::int4, $7))
+    ORDER BY created_at DESC, id DESC LIMIT $9 + 1),
 c AS (
-    SELECT id, floor(extract(epoch FROM credited_at) * 1000)::int8 AS time_ms, asset, amount
+    SELECT id, (extract(epoch FROM credited_at) * 1000000)::int8 AS time_us, asset, amount
     FROM chain_deposits WHERE user_id = $1 AND journal_id IS NOT NULL AND ($2::text IS NULL OR asset = $2)
       AND ($3::int8 IS NULL OR credited_at >= timestamptz 'epoch' + $3 * interval '1 millisecond')
       AND ($4::int8 IS NULL OR credited_at < timestamptz 'epoch' + $4 * interval '1 millisecond')
-      AND ($5::int8 IS NULL OR credited_at < timestamptz 'epoch' + ($5 + 1) * interval '1 millisecond')
-    ORDER BY credited_at DESC, id DESC LIMIT $9),
+      AND ($5::int8 IS NULL OR credited_at <= timestamptz 'epoch' + $5 * interval '1 microsecond')
+      AND ($5::int8 IS NULL OR ((extract(epoch FROM credited_at) * 1000000)::int8, 2, id) <= ($5, $6::int4, $7))
+    ORDER BY credited_at DESC, id DESC LIMIT $9 + 1),
 w AS (
-    SELECT id, floor(extract(epoch FROM updated_at) * 1000)::int8 AS time_ms, asset, amount, fee
+    SELECT id, (extract(epoch FROM updated_at) * 1000000)::int8 AS time_us, asset, amount, fee
     FROM withdrawals WHERE user_id = $1 AND status = 'confirmed' AND ($2::text IS NULL OR asset = $2)
       AND ($3::int8 IS NULL OR updated_at >= timestamptz 'epoch' + $3 * interval '1 millisecond')
       AND ($4::int8 IS NULL OR updated_at < timestamptz 'epoch' + $4 * interval '1 millisecond')
-      AND ($5::int8 IS NULL OR updated_at < timestamptz 'epoch' + ($5 + 1) * interval '1 millisecond')
-    ORDER BY updated_at DESC, id DESC LIMIT $9),
+      AND ($5::int8 IS NULL OR updated_at <= timestamptz 'epoch' + $5 * interval '1 microsecond')
+      AND ($5::int8 IS NULL OR ((extract(epoch FROM updated_at) * 1000000)::int8, 4, id) <= ($5, $6::int4, $7))
+    ORDER BY updated_at DESC, id DESC LIMIT $9 + 1),
 e AS (
-    SELECT d.time_ms, 1 AS rank, d.id AS src, 0 AS part, d.asset, d.amount, 'deposit' AS kind,
+    SELECT d.time_us, 1 AS rank, d.id AS src, 0 AS part, d.asset, d.amount, 'deposit' AS kind,
            'operator' AS source, NULL::int8 AS order_id, NULL::int8 AS trade_id FROM d
     UNION ALL
-    SELECT c.time_ms, 2, c.id, 0, c.asset, c.amount, 'deposit', 'chain', NULL, NULL FROM c
+    SELECT c.time_us, 2, c.id, 0, c.asset, c.amount, 'deposit', 'chain', NULL, NULL FROM c
     UNION ALL
-    SELECT f.time_ms, 3, f.id, x.part, x.asset, x.amount, x.kind, 'fill', f.order_id, f.trade_id
+    SELECT f.time_us, 3, f.id, x.part, x.asset, x.amount, x.kind, 'fill', f.order_id, f.trade_id
     FROM f CROSS JOIN LATERAL (VALUES
         (2, split_part(f.market, '-', 1), CASE WHEN f.side = 'buy' THEN f.quantity ELSE -f.quantity END, 'trade'),
         (1, split_part(f.market, '-', 2), CASE WHEN f.side = 'buy' THEN -f.quote_amount ELSE f.quote_amount END, 'trade'),
         (0, f.fee_asset, -f.fee, 'fee')) AS x(part, asset, amount, kind)
     WHERE x.amount <> 0
     UNION ALL
-    SELECT w.time_ms, 4, w.id, x.part, w.asset, x.amount, x.kind, 'withdrawal', NULL, NULL
+    SELECT w.time_us, 4, w.id, x.part, w.asset, x.amount, x.kind, 'withdrawal', NULL, NULL
     FROM w CROSS JOIN LATERAL (VALUES (1, -w.amount, 'withdrawal'), (0, -w.fee, 'fee')) AS x(part, amount, kind)
     WHERE x.amount <> 0)
-SELECT time_ms, rank, src, part, asset, trim_scale(amount)::text AS amount, kind, source, order_id, trade_id
+SELECT time_us, rank, src, part, asset, trim_scale(amount)::text AS amount, kind, source, order_id, trade_id
 FROM e
 WHERE ($2::text IS NULL OR asset = $2)
-  AND ($5::int8 IS NULL OR (time_ms, rank, src, part) < ($5, $6::int4, $7, $8::int4))
-ORDER BY time_ms DESC, rank DESC, src DESC, part DESC
+  AND ($5::int8 IS NULL OR (time_us, rank, src, part) < ($5, $6::int4, $7, $8::int4))
+ORDER BY time_us DESC, rank DESC, src DESC, part DESC
 LIMIT $9";
+
+/// What every entry after `$2` (Unix ms) adds to each asset: one pass per
+/// source on its owner's time index.
+const LATER_SUMS: &str = "
+SELECT asset, sum(amount)::text FROM (
+    SELECT split_part(market, '-', 1) AS asset,
+           CASE WHEN side = 'buy' THEN quantity ELSE -quantity END AS amount
+    FROM fills WHERE user_id = $1 AND time_ms >= $2
+    UNION ALL
+    SELECT split_part(market, '-', 2), CASE WHEN side = 'buy' THEN -quote_amount ELSE quote_amount END
+    FROM fills WHERE user_id = $1 AND time_ms >= $2
+    UNION ALL
+    SELECT fee_asset, -fee FROM fills WHERE user_id = $1 AND time_ms >= $2
+    UNION ALL
+    SELECT asset, amount FROM deposits
+    WHERE user_id = $1 AND created_at >= timestamptz 'epoch' + $2 * interval '1 millisecond'
+    UNION ALL
+    SELECT asset, amount FROM chain_deposits
+    WHERE user_id = $1 AND journal_id IS NOT NULL
+      AND credited_at >= timestamptz 'epoch' + $2 * interval '1 millisecond'
+    UNION ALL
+    SELECT asset, -(amount + fee) FROM withdrawals
+    WHERE user_id = $1 AND status = 'confirmed'
+      AND updated_at >= timestamptz 'epoch' + $2 * interval '1 millisecond') later
+GROUP BY asset";
 
 /// Up to `limit` entries below `filter.before`, newest first.
 pub async fn entries(
@@ -182,25 +217,14 @@ pub async fn balances_before(
         out.insert(asset, i128::try_from(db_units(&total, scale)?)?);
     }
     if let Some(end) = end_ms {
-        // Everything from `end` on, newest first, page by page.
-        let later = Filter {
-            user_id,
-            asset: None,
-            start_ms: Some(end),
-            end_ms: None,
-            before: None,
-        };
-        let mut filter = later;
-        loop {
-            let page = entries(conn, &filter, 1_000).await?;
-            for e in &page {
-                let scale = scales.get(&e.asset).copied().unwrap_or(18);
-                *out.entry(e.asset.clone()).or_default() -= signed_units(&e.amount, scale)?;
-            }
-            match page.last() {
-                Some(last) if page.len() == 1_000 => filter.before = Some(last.key()),
-                _ => break,
-            }
+        let later: Vec<(String, String)> = sqlx::query_as(LATER_SUMS)
+            .bind(user_id)
+            .bind(end)
+            .fetch_all(&mut *conn)
+            .await?;
+        for (asset, sum) in later {
+            let scale = scales.get(&asset).copied().unwrap_or(18);
+            *out.entry(asset).or_default() -= signed_units(&sum, scale)?;
         }
     }
     Ok(out)
@@ -250,7 +274,7 @@ mod tests {
 
     fn entry(asset: &str, amount: &str, src: i64) -> Entry {
         Entry {
-            time_ms: 10 - src,
+            time_us: 10 - src,
             rank: 3,
             src,
             part: 1,

@@ -10,8 +10,8 @@ pub const WITHDRAWAL_COLUMNS: &str =
     trim_scale(w.network_fee)::text AS network_fee, w.reason, w.approvals_required,
     coalesce((SELECT array_agg(a.approver ORDER BY a.approved_at, a.approver)
               FROM withdrawal_approvals a WHERE a.withdrawal_id = w.id), '{}') AS approvers,
-    (extract(epoch FROM w.created_at) * 1000)::int8 AS created_at,
-    (extract(epoch FROM w.updated_at) * 1000)::int8 AS updated_at";
+    floor(extract(epoch FROM w.created_at) * 1000)::int8 AS created_at,
+    floor(extract(epoch FROM w.updated_at) * 1000)::int8 AS updated_at";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct WithdrawalRow {
@@ -97,8 +97,8 @@ impl WithdrawalRow {
 pub const DEPOSIT_COLUMNS: &str = "d.id, d.user_id, d.asset, d.network, d.address,
     trim_scale(d.amount)::text AS amount, d.tx_hash, d.log_index, d.block_number, d.block_hash,
     d.confirmations, d.required_confirmations, d.status, d.reorged_after_credit,
-    (extract(epoch FROM d.created_at) * 1000)::int8 AS time,
-    (extract(epoch FROM d.credited_at) * 1000)::int8 AS credited_at";
+    floor(extract(epoch FROM d.created_at) * 1000)::int8 AS time,
+    floor(extract(epoch FROM d.credited_at) * 1000)::int8 AS credited_at";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DepositRow {
@@ -179,7 +179,7 @@ impl DepositRow {
 
 /// Columns of an [`AddressJson`] (`withdrawal_addresses`).
 pub const ADDRESS_COLUMNS: &str = "id, asset, network, address, label,
-    (extract(epoch FROM usable_from) * 1000)::int8 AS usable_from";
+    floor(extract(epoch FROM usable_from) * 1000)::int8 AS usable_from";
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct AddressJson {
@@ -194,8 +194,8 @@ pub struct AddressJson {
 
 /// Columns of a [`FreezeJson`] (`custody_freezes`).
 pub const FREEZE_COLUMNS: &str = "id, user_id, asset, deposit_id, reason,
-    (extract(epoch FROM created_at) * 1000)::int8 AS created_at,
-    (extract(epoch FROM released_at) * 1000)::int8 AS released_at, released_by, release_reason";
+    floor(extract(epoch FROM created_at) * 1000)::int8 AS created_at,
+    floor(extract(epoch FROM released_at) * 1000)::int8 AS released_at, released_by, release_reason";
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct FreezeJson {

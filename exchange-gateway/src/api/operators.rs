@@ -59,8 +59,8 @@ pub struct OperatorView {
 }
 
 const OPERATOR_COLUMNS: &str = "id, name, role, \
-    (extract(epoch FROM created_at) * 1000)::bigint AS created_at, created_by, \
-    (extract(epoch FROM deleted_at) * 1000)::bigint AS deleted_at";
+    floor(extract(epoch FROM created_at) * 1000)::bigint AS created_at, created_by, \
+    floor(extract(epoch FROM deleted_at) * 1000)::bigint AS deleted_at";
 
 /// `^[a-z0-9][a-z0-9._-]{0,63}$`, and not an actor the server writes itself.
 fn check_operator_name(name: &str) -> Result<(), ApiError> {

@@ -60,7 +60,7 @@ pub struct LedgerQuery {
     pub limit: Option<i64>,
     /// The previous page's `next_cursor` (the walk keeps its asset and range).
     #[serde(default)]
-    #[param(max_length = 1024)]
+    #[param(max_length = 16384)]
     pub cursor: Option<String>,
     /// `true`: `{items, next_cursor}` from the first page on.
     #[serde(default)]
@@ -79,6 +79,15 @@ struct WalkCursor {
     start_ms: Option<i64>,
     end_ms: Option<i64>,
     walk: Walk,
+}
+
+/// A statement read's error as the API answers it (database errors as every
+/// handler maps them: 503 when unreachable or timed out, 400 for bad text).
+fn store_error(e: anyhow::Error) -> ApiError {
+    match e.downcast::<sqlx::Error>() {
+        Ok(db) => ApiError::from(db),
+        Err(other) => ApiError::internal(other),
+    }
 }
 
 fn cursor_key(s: &AppState) -> [u8; 32] {
@@ -130,27 +139,51 @@ async fn scales(conn: &mut sqlx::PgConnection) -> Result<BTreeMap<String, u8>, A
 }
 
 fn check_range(start: Option<i64>, end: Option<i64>) -> Result<(), ApiError> {
-    let negative = |t: Option<i64>| t.is_some_and(|t| t < 0);
-    if negative(start) || negative(end) || matches!((start, end), (Some(s), Some(e)) if s >= e) {
+    if !exchange_store::page::valid_range(start, end) {
         return Err(PageError::TimeRange.into());
     }
     Ok(())
 }
 
-/// A read-only transaction on one snapshot.
+/// A read-only transaction on one snapshot. Its statements may take
+/// [`STATEMENT_QUERY_TIMEOUT`] (a first page sums what came after its
+/// range), and it is ended by the server when it idles for
+/// [`STATEMENT_IDLE_TIMEOUT`] (a CSV reader that stopped reading).
 async fn snapshot(s: &AppState) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, ApiError> {
     let mut tx = s.db().begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
+    for (setting, limit) in [
+        ("statement_timeout", STATEMENT_QUERY_TIMEOUT),
+        (
+            "idle_in_transaction_session_timeout",
+            STATEMENT_IDLE_TIMEOUT,
+        ),
+    ] {
+        sqlx::query("SELECT set_config($1, $2, true)")
+            .bind(setting)
+            .bind(format!("{}s", limit.as_secs()))
+            .execute(&mut *tx)
+            .await?;
+    }
     Ok(tx)
 }
+
+/// The longest one statement query may run.
+pub const STATEMENT_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The longest a statement's snapshot may wait for its reader.
+pub const STATEMENT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// CSV statements written at once by one gateway: each holds a database
+/// connection for its whole download, so they must not take the pool.
+pub const CSV_STREAMS_MAX: usize = 2;
+static CSV_STREAMS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CSV_STREAMS_MAX);
 
 fn item(e: &Entry, after: i128, scales: &BTreeMap<String, u8>) -> serde_json::Value {
     let scale = scales.get(&e.asset).copied().unwrap_or(18);
     serde_json::json!({
         "id": e.id(),
-        "time": e.time_ms,
+        "time": e.time_ms(),
         "asset": e.asset,
         "amount": e.amount,
         "balance_after": format_signed_units(after, scale),
@@ -195,9 +228,14 @@ pub async fn ledger(
         }
         None => {
             check_range(q.start_time, q.end_time)?;
-            let running = statement::balances_before(&mut tx, user.user_id, q.end_time, &scales)
-                .await
-                .map_err(ApiError::internal)?;
+            let mut running =
+                statement::balances_before(&mut tx, user.user_id, q.end_time, &scales)
+                    .await
+                    .map_err(store_error)?;
+            // The cursor carries the running balances it needs, no more.
+            if let Some(asset) = &q.asset {
+                running.retain(|a, _| a == asset);
+            }
             WalkCursor {
                 user_id: user.user_id,
                 asset: q.asset.clone(),
@@ -284,7 +322,7 @@ fn csv_line(e: &Entry, after: i128, scales: &BTreeMap<String, u8>) -> String {
     format!(
         "{},{},{},{},{},{},{}\n",
         csv_field(&e.id()),
-        e.time_ms,
+        e.time_ms(),
         csv_field(&e.asset),
         e.amount,
         format_signed_units(after, scale),
@@ -297,7 +335,8 @@ pub const CSV_HEADER: &str = "id,time,asset,amount,balance_after,kind,reference\
 
 #[utoipa::path(get, path = "/api/v1/account/statement.csv", params(StatementQuery),
     responses((status = 200, description = "text/csv, streamed: a header line, then one entry a line, newest first (as the ledger)", content_type = "text/csv"),
-              (status = 400, description = "INVALID_QUERY: a range that is not start < end, or longer than 366 days", body = ErrorBody)),
+              (status = 400, description = "INVALID_QUERY: a range that is not start < end, or longer than 366 days", body = ErrorBody),
+              (status = 503, description = "OVERLOADED: other statements are being written (at most two at once per gateway)", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn statement_csv(
     State(s): State<AppState>,
@@ -323,14 +362,22 @@ pub async fn statement_csv(
             "a statement covers at most 366 days: ask for several",
         ));
     }
+    let Ok(slot) = CSV_STREAMS.try_acquire() else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Overloaded,
+            "other statements are being written right now; retry in a minute",
+        ));
+    };
     let mut tx = snapshot(&s).await?;
     let scales = scales(&mut tx).await?;
     let running = statement::balances_before(&mut tx, user.user_id, Some(end), &scales)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(store_error)?;
     let (lines, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(CSV_QUEUE_LEN);
     let (user_id, asset) = (user.user_id, q.asset.clone());
     tokio::spawn(async move {
+        let _slot = slot;
         let mut walk = Walk {
             before: None,
             running,
@@ -371,7 +418,11 @@ pub async fn statement_csv(
                 .zip(afters)
                 .map(|(e, a)| csv_line(e, a, &scales))
                 .collect();
-            if !chunk.is_empty() && lines.send(Ok(Bytes::from(chunk))).await.is_err() {
+            // A reader that stops reading ends the statement (and frees its
+            // connection) rather than holding it.
+            let sent =
+                tokio::time::timeout(STATEMENT_IDLE_TIMEOUT, lines.send(Ok(Bytes::from(chunk))));
+            if !matches!(sent.await, Ok(Ok(()))) {
                 return;
             }
             if page.len() < usize::try_from(CSV_PAGE_LEN).unwrap_or(usize::MAX) {
