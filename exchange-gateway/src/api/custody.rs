@@ -66,64 +66,32 @@ fn list_limit() -> utoipa::openapi::schema::Object {
     field::limit(1_000)
 }
 
-/// `GET /api/v1/account/deposits`'s query (the wallet's list query).
-#[derive(Debug, Deserialize, Serialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct DepositListQuery {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub asset: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(schema_with = field::deposit_status)]
-    pub status: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(schema_with = list_limit)]
-    pub limit: Option<i64>,
-    /// Unix ms, inclusive: items at or after it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(minimum = 0)]
-    pub start_time: Option<i64>,
-    /// Unix ms, exclusive: items before it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(minimum = 0)]
-    pub end_time: Option<i64>,
-    /// The previous page's `next_cursor` (answers `{items, next_cursor}`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(max_length = 256)]
-    pub cursor: Option<String>,
-    /// `true`: answer `{items, next_cursor}` from the first page on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub paginate: Option<bool>,
+super::list_query! {
+    /// `GET /api/v1/account/deposits`'s query (the wallet's list query).
+    pub struct DepositListQuery {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub asset: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[param(schema_with = field::deposit_status)]
+        pub status: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[param(schema_with = list_limit)]
+        pub limit: Option<i64>,
+    }
 }
 
-/// `GET /api/v1/withdrawals`'s query (the wallet's list query).
-#[derive(Debug, Deserialize, Serialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct WithdrawalListQuery {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub asset: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(schema_with = field::withdrawal_status)]
-    pub status: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(schema_with = list_limit)]
-    pub limit: Option<i64>,
-    /// Unix ms, inclusive: items at or after it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(minimum = 0)]
-    pub start_time: Option<i64>,
-    /// Unix ms, exclusive: items before it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(minimum = 0)]
-    pub end_time: Option<i64>,
-    /// The previous page's `next_cursor` (answers `{items, next_cursor}`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(max_length = 256)]
-    pub cursor: Option<String>,
-    /// `true`: answer `{items, next_cursor}` from the first page on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub paginate: Option<bool>,
+super::list_query! {
+    /// `GET /api/v1/withdrawals`'s query (the wallet's list query).
+    pub struct WithdrawalListQuery {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub asset: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[param(schema_with = field::withdrawal_status)]
+        pub status: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[param(schema_with = list_limit)]
+        pub limit: Option<i64>,
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/account/deposits", params(DepositListQuery),

@@ -32,66 +32,34 @@ struct Audited<'a, T: Serialize> {
 #[derive(Serialize)]
 struct Nothing {}
 
-#[derive(Debug, Deserialize, Serialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct AdminWithdrawalQuery {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(schema_with = field::withdrawal_status)]
-    pub status: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub asset: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(schema_with = list_limit)]
-    pub limit: Option<i64>,
-    /// Unix ms, inclusive: items at or after it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(minimum = 0)]
-    pub start_time: Option<i64>,
-    /// Unix ms, exclusive: items before it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(minimum = 0)]
-    pub end_time: Option<i64>,
-    /// The previous page's `next_cursor` (answers `{items, next_cursor}`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(max_length = 256)]
-    pub cursor: Option<String>,
-    /// `true`: answer `{items, next_cursor}` from the first page on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub paginate: Option<bool>,
+super::list_query! {
+    pub struct AdminWithdrawalQuery {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[param(schema_with = field::withdrawal_status)]
+        pub status: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub user_id: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub asset: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[param(schema_with = list_limit)]
+        pub limit: Option<i64>,
+    }
 }
 
-#[derive(Debug, Deserialize, Serialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct AdminDepositQuery {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(schema_with = field::deposit_status)]
-    pub status: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub asset: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(schema_with = list_limit)]
-    pub limit: Option<i64>,
-    /// Unix ms, inclusive: items at or after it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(minimum = 0)]
-    pub start_time: Option<i64>,
-    /// Unix ms, exclusive: items before it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(minimum = 0)]
-    pub end_time: Option<i64>,
-    /// The previous page's `next_cursor` (answers `{items, next_cursor}`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(max_length = 256)]
-    pub cursor: Option<String>,
-    /// `true`: answer `{items, next_cursor}` from the first page on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub paginate: Option<bool>,
+super::list_query! {
+    pub struct AdminDepositQuery {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[param(schema_with = field::deposit_status)]
+        pub status: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub user_id: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub asset: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[param(schema_with = list_limit)]
+        pub limit: Option<i64>,
+    }
 }
 
 fn list_limit() -> utoipa::openapi::schema::Object {

@@ -13,6 +13,40 @@ pub mod security;
 pub mod statement;
 pub mod users;
 
+/// A list's query struct: its own fields, then the paging fields every list
+/// takes (API.md "History and statements"; `exchange_store::page`). A
+/// macro rather than a flattened struct: query strings carry every value as
+/// text, which serde's `flatten` cannot turn into numbers.
+macro_rules! list_query {
+    ($(#[$meta:meta])* pub struct $name:ident {
+        $($(#[$fmeta:meta])* pub $field:ident: $ty:ty,)*
+    }) => {
+        $(#[$meta])*
+        #[derive(Debug, serde::Deserialize, serde::Serialize, utoipa::IntoParams)]
+        #[serde(deny_unknown_fields)]
+        #[into_params(parameter_in = Query)]
+        pub struct $name {
+            $($(#[$fmeta])* pub $field: $ty,)*
+            /// Unix ms, inclusive: items at or after it.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[param(minimum = 0)]
+            pub start_time: Option<i64>,
+            /// Unix ms, exclusive: items before it.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[param(minimum = 0)]
+            pub end_time: Option<i64>,
+            /// The previous page's `next_cursor` (answers `{items, next_cursor}`).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[param(max_length = 256)]
+            pub cursor: Option<String>,
+            /// `true`: answer `{items, next_cursor}` from the first page on.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub paginate: Option<bool>,
+        }
+    };
+}
+pub(crate) use list_query;
+
 /// True when `e` is a unique-constraint violation.
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     e.as_database_error()

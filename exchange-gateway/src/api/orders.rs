@@ -166,37 +166,21 @@ pub async fn get_order(
     Ok(r.into_response())
 }
 
-#[derive(Debug, Deserialize, Serialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct OrderListQuery {
-    /// Only this market's orders.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(schema_with = field::stored_text)]
-    pub market: Option<String>,
-    /// `open` or `closed`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(schema_with = field::order_list_status)]
-    pub status: Option<String>,
-    /// Page size, default 100.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(schema_with = list_limit)]
-    pub limit: Option<i64>,
-    /// Unix ms, inclusive: items at or after it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(minimum = 0)]
-    pub start_time: Option<i64>,
-    /// Unix ms, exclusive: items before it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(minimum = 0)]
-    pub end_time: Option<i64>,
-    /// The previous page's `next_cursor` (answers `{items, next_cursor}`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(max_length = 256)]
-    pub cursor: Option<String>,
-    /// `true`: answer `{items, next_cursor}` from the first page on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub paginate: Option<bool>,
+super::list_query! {
+    pub struct OrderListQuery {
+        /// Only this market's orders.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[param(schema_with = field::stored_text)]
+        pub market: Option<String>,
+        /// `open` or `closed`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[param(schema_with = field::order_list_status)]
+        pub status: Option<String>,
+        /// Page size, default 100.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[param(schema_with = list_limit)]
+        pub limit: Option<i64>,
+    }
 }
 
 /// The order service's page sizes.
@@ -304,33 +288,17 @@ pub async fn amend(
     Ok(r.into_response())
 }
 
-#[derive(Debug, Deserialize, Serialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct TradesQuery {
-    /// Only this market's fills.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(schema_with = field::stored_text)]
-    pub market: Option<String>,
-    /// Page size, default 100.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(schema_with = list_limit)]
-    pub limit: Option<i64>,
-    /// Unix ms, inclusive: items at or after it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(minimum = 0)]
-    pub start_time: Option<i64>,
-    /// Unix ms, exclusive: items before it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(minimum = 0)]
-    pub end_time: Option<i64>,
-    /// The previous page's `next_cursor` (answers `{items, next_cursor}`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(max_length = 256)]
-    pub cursor: Option<String>,
-    /// `true`: answer `{items, next_cursor}` from the first page on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub paginate: Option<bool>,
+super::list_query! {
+    pub struct TradesQuery {
+        /// Only this market's fills.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[param(schema_with = field::stored_text)]
+        pub market: Option<String>,
+        /// Page size, default 100.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[param(schema_with = list_limit)]
+        pub limit: Option<i64>,
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/account/trades", params(TradesQuery),
