@@ -226,17 +226,12 @@ async fn deposits_page(
         key: r.page_key,
         id: r.row.id,
     });
-    let items: Vec<_> = if user_id.is_some() {
-        rows.iter()
-            .map(|r| serde_json::to_value(r.row.user_view()))
-            .collect()
-    } else {
-        rows.iter()
-            .map(|r| serde_json::to_value(r.row.admin_view()))
-            .collect()
-    };
-    let items: Vec<serde_json::Value> = items
-        .into_iter()
+    let items: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| match user_id {
+            Some(_) => serde_json::to_value(r.row.user_view()),
+            None => serde_json::to_value(r.row.admin_view()),
+        })
         .collect::<Result<_, _>>()
         .map_err(ApiError::internal)?;
     Ok(Json(page::answer(items, next, &page)).into_response())
@@ -421,12 +416,9 @@ async fn withdrawals_page(
     });
     let items: Vec<serde_json::Value> = rows
         .iter()
-        .map(|r| {
-            if user_id.is_some() {
-                serde_json::to_value(r.row.user_view())
-            } else {
-                serde_json::to_value(r.row.admin_view())
-            }
+        .map(|r| match user_id {
+            Some(_) => serde_json::to_value(r.row.user_view()),
+            None => serde_json::to_value(r.row.admin_view()),
         })
         .collect::<Result<_, _>>()
         .map_err(ApiError::internal)?;

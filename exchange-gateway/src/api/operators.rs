@@ -253,6 +253,18 @@ pub struct AuditQuery {
     pub paginate: Option<bool>,
 }
 
+/// What `GET /admin/v1/audit` answers: the entries ascending from
+/// `after_id`, or (paginated) a page of them newest first.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum AuditAnswer {
+    Entries(Vec<AuditEntry>),
+    Page {
+        items: Vec<AuditEntry>,
+        next_cursor: Option<String>,
+    },
+}
+
 /// The cursor scope of the audit log (one list for every operator).
 const AUDIT_SCOPE: &str = "audit";
 
@@ -265,7 +277,7 @@ fn audit_limit() -> utoipa::openapi::schema::Object {
 /// `cursor` or `paginate=true` (API.md "History and statements"): newest
 /// first, `start_time`/`end_time` on the entry's time, `{items, next_cursor}`.
 #[utoipa::path(get, path = "/admin/v1/audit", params(AuditQuery),
-    responses((status = 200, body = [AuditEntry], description = "ascending from after_id; or, paginated, `{items, next_cursor}` newest first"),
+    responses((status = 200, body = AuditAnswer, description = "ascending from after_id; or, paginated, `{items, next_cursor}` newest first"),
               (status = 400, description = "INVALID_LIMIT, INVALID_QUERY (after_id negative or not an integer, or after_id with the paginated form, or a time range that is not start < end), INVALID_CURSOR", body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn list_audit(
