@@ -631,20 +631,48 @@ async fn load_addresses(
 struct FreezeQuery {
     #[serde(default)]
     open: Option<bool>,
+    limit: Option<i64>,
+    start_time: Option<i64>,
+    end_time: Option<i64>,
+    cursor: Option<String>,
+    paginate: Option<bool>,
 }
 
+/// Custody freezes, newest first (operators' list: cursor owner 0).
 async fn list_freezes(
     State(w): State<Wallet>,
     Query(q): Query<FreezeQuery>,
 ) -> Result<Response, ApiError> {
-    let rows: Vec<FreezeJson> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {FREEZE_COLUMNS} FROM custody_freezes
-         WHERE $1::bool IS NULL OR (released_at IS NULL) = $1 ORDER BY id DESC LIMIT 1000"
-    )))
-    .bind(q.open)
-    .fetch_all(&w.db)
-    .await?;
-    Ok(Json(rows).into_response())
+    const SCOPE: &str = "admin-freezes";
+    let page = PageQuery {
+        limit: q.limit,
+        start_time: q.start_time,
+        end_time: q.end_time,
+        cursor: q.cursor.clone(),
+        paginate: q.paginate,
+    }
+    .page(SCOPE, 0)?;
+    let sql = format!(
+        "SELECT {FREEZE_COLUMNS}, {} FROM custody_freezes f
+         WHERE ($1::bool IS NULL OR (f.released_at IS NULL) = $1) {}",
+        page_key("f"),
+        page_terms("f", "DESC")
+    );
+    let rows: Vec<Keyed<FreezeJson>> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(q.open)
+        .bind(page.start_ms)
+        .bind(page.end_ms)
+        .bind(page.before.map(|p| p.key))
+        .bind(page.before.map(|p| p.id))
+        .bind(page.limit + 1)
+        .fetch_all(&w.db)
+        .await?;
+    let (rows, next) = page::finish(rows, &page, SCOPE, 0, |r| Position {
+        key: r.page_key,
+        id: r.row.id,
+    });
+    let items: Vec<FreezeJson> = rows.into_iter().map(|r| r.row).collect();
+    Ok(Json(page::answer(items, next, &page)).into_response())
 }
 
 async fn release_freeze(

@@ -687,6 +687,22 @@ async fn deposits_credit_once_and_withdrawals_hold_pay_and_return_to_the_unit() 
     )
     .await;
     let freeze_id = freezes[0]["id"].as_i64().unwrap();
+    let (_, paged) = as_operator(
+        &c,
+        &finance1,
+        Method::GET,
+        "/admin/v1/custody/freezes?open=true&paginate=true&limit=1",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (
+            paged["items"][0]["id"].as_i64(),
+            paged["next_cursor"].as_str()
+        ),
+        (Some(freeze_id), None),
+        "{paged}"
+    );
     let (s, _) = as_operator(
         &c,
         &finance1,

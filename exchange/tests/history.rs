@@ -187,6 +187,22 @@ async fn every_fill_once_newest_first_while_new_ones_arrive_and_cursors_stay_the
         "newest first: {created:?}"
     );
 
+    // Operators page too, newest first.
+    for name in ["ops-one", "ops-two", "ops-three"] {
+        c.admin(
+            Method::POST,
+            "/admin/v1/operators",
+            &json!({"name": name, "role": "viewer"}),
+        )
+        .await;
+    }
+    let operators = walk(&c, support::ADMIN_TOKEN, "/admin/v1/operators?limit=1").await;
+    let names: Vec<&str> = operators
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ops-three", "ops-two", "ops-one"]);
+
     // The audit log, newest first from the operators' side.
     let audit = walk(&c, support::ADMIN_TOKEN, "/admin/v1/audit?limit=1").await;
     let audit_ids = ids(&audit);

@@ -9,7 +9,7 @@ use axum::Extension;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
 use exchange_common::ApiError;
 use exchange_common::error::{Json, Path, Query};
@@ -281,17 +281,20 @@ pub async fn load_deposit_addresses(
         .into_response())
 }
 
-#[derive(Debug, Deserialize, Serialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct FreezeQuery {
-    /// `true`: only those still in force.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub open: Option<bool>,
+super::list_query! {
+    pub struct FreezeQuery {
+        /// `true`: only those still in force.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub open: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[param(schema_with = list_limit)]
+        pub limit: Option<i64>,
+    }
 }
 
 #[utoipa::path(get, path = "/admin/v1/custody/freezes", operation_id = "list_custody_freezes", params(FreezeQuery),
-    responses((status = 200, description = "custody freezes (a credited deposit left the chain), newest first")),
+    responses((status = 200, description = "custody freezes (a credited deposit left the chain), newest first: a bare array, or `{items, next_cursor}` with `cursor` or `paginate=true`"),
+              (status = 400, description = "INVALID_LIMIT, INVALID_CURSOR, INVALID_QUERY", body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn list_freezes(
     State(s): State<AppState>,

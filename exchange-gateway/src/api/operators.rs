@@ -153,19 +153,73 @@ pub async fn create_operator(
     ))
 }
 
-#[utoipa::path(get, path = "/admin/v1/operators",
-    responses((status = 200, description = "every operator, deleted ones included, by id", body = [OperatorView])),
+super::list_query! {
+    /// `GET /admin/v1/operators`'s query: the paging fields only.
+    pub struct OperatorListQuery {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[param(schema_with = audit_limit)]
+        pub limit: Option<i64>,
+    }
+}
+
+/// What `GET /admin/v1/operators` answers: every operator by id, or a page
+/// of them newest first.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum OperatorsAnswer {
+    All(Vec<OperatorView>),
+    Page {
+        items: Vec<OperatorView>,
+        next_cursor: Option<String>,
+    },
+}
+
+#[utoipa::path(get, path = "/admin/v1/operators", params(OperatorListQuery),
+    responses((status = 200, description = "every operator, deleted ones included, by id (at most 1,000); or, with `cursor` or `paginate=true`, `{items, next_cursor}` newest first", body = OperatorsAnswer),
+              (status = 400, description = "INVALID_LIMIT, INVALID_CURSOR, INVALID_QUERY", body = ErrorBody)),
     security(("admin" = [])))]
 pub async fn list_operators(
     State(s): State<AppState>,
-) -> Result<Json<Vec<OperatorView>>, ApiError> {
+    Query(q): Query<OperatorListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    const SCOPE: &str = "operators";
+    let page = PageQuery {
+        limit: q.limit,
+        start_time: q.start_time,
+        end_time: q.end_time,
+        cursor: q.cursor.clone(),
+        paginate: q.paginate,
+    }
+    .page(SCOPE, 0)?;
+    if !page.envelope {
+        let rows: Vec<OperatorView> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {OPERATOR_COLUMNS} FROM operators ORDER BY id LIMIT $1"
+        )))
+        .bind(OPERATOR_LIST_LEN_MAX)
+        .fetch_all(s.db())
+        .await?;
+        return Ok(Json(
+            serde_json::to_value(rows).map_err(ApiError::internal)?,
+        ));
+    }
     let rows: Vec<OperatorView> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {OPERATOR_COLUMNS} FROM operators ORDER BY id LIMIT $1"
+        "SELECT {OPERATOR_COLUMNS} FROM operators
+         WHERE ($1::int8 IS NULL OR id < $1)
+           AND ($2::int8 IS NULL OR created_at >= timestamptz 'epoch' + $2 * interval '1 millisecond')
+           AND ($3::int8 IS NULL OR created_at < timestamptz 'epoch' + $3 * interval '1 millisecond')
+         ORDER BY id DESC LIMIT $4"
     )))
-    .bind(OPERATOR_LIST_LEN_MAX)
+    .bind(page.before.map(|p| p.id))
+    .bind(page.start_ms)
+    .bind(page.end_ms)
+    .bind(page.limit + 1)
     .fetch_all(s.db())
     .await?;
-    Ok(Json(rows))
+    let (rows, next) = exchange_store::page::finish(rows, &page, SCOPE, 0, |o| Position {
+        key: o.id,
+        id: o.id,
+    });
+    Ok(Json(exchange_store::page::answer(rows, next, &page)))
 }
 
 /// Deletes an operator: its token stops working with the next request.
