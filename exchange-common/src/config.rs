@@ -103,15 +103,32 @@ pub struct GatewayConfig {
     pub consumer_name: String,
     pub auth_token_secret: Secret,
     pub auth_token_secret_previous: Option<Secret>,
-    /// Key for API-key secrets at rest; when unset it is derived from
-    /// `AUTH_TOKEN_SECRET` (see the gateway's `auth::keys` module).
+    /// `API_KEY_ENCRYPTION_KEY`: the key API-key (and TOTP) secrets are
+    /// encrypted with at rest. Required with `APP_ENV=prod`; never equal to
+    /// nor derived from `AUTH_TOKEN_SECRET` (so rotating that one leaves API
+    /// keys alone). Unset outside prod: a fixed development key (see the
+    /// gateway's `auth::keys` module).
     pub api_key_encryption_key: Option<Secret>,
+    /// `API_KEY_ENCRYPTION_KEY_PREVIOUS`: still accepted when decrypting
+    /// during a rotation, until `exchange admin rotate-api-key-encryption`
+    /// has re-encrypted every stored secret under the current key.
+    pub api_key_encryption_key_previous: Option<Secret>,
     pub access_token_ttl: Duration,
     /// The issuer shown in authenticator apps (`TOTP_ISSUER`).
     pub totp_issuer: String,
     pub admin_token: Secret,
     pub enable_docs: bool,
     pub rate_limit_login_per_minute: u32,
+    /// `LOGIN_FAILURES_PER_ACCOUNT`: wrong logins one email may collect in
+    /// [`Self::login_failure_window`] (from any address) before every login
+    /// of that email, right or wrong, is refused until the window passes.
+    pub login_failures_per_account: u32,
+    /// `LOGIN_FAILURE_WINDOW_SECONDS`.
+    pub login_failure_window: Duration,
+    /// `PASSWORD_HASH_QUEUE_MAX`: password hashes that may wait for a free
+    /// hashing slot; beyond that a login or registration is answered 503
+    /// `OVERLOADED` at once instead of queueing.
+    pub password_hash_queue_max: usize,
     pub rate_limit_orders_per_second: u32,
     pub rate_limit_ip_per_second: u32,
     pub trusted_proxies: Vec<String>,
@@ -184,6 +201,65 @@ pub const GATEWAY_PLACE_BATCH_MAX_LIMIT: usize = 256;
 /// Smallest accepted `EVENTS_STREAM_MAX_LEN`: a cap lower than a few reads
 /// of every consumer would cut entries live consumers still need.
 pub const EVENTS_STREAM_MAX_LEN_MIN: u64 = 10_000;
+
+/// The default `PASSWORD_HASH_QUEUE_MAX`: four waiting hashes per core
+/// (a hash takes a core for tens of milliseconds, so the last one waits
+/// a fraction of a second), at least 8.
+pub fn password_hash_queue_default() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, std::num::NonZeroUsize::get)
+        .saturating_mul(4)
+        .max(8)
+}
+
+/// Whether `candidate` is `secret` or made from it by adding or cutting
+/// characters (one contains the other), compared case-insensitively.
+fn derived_from(candidate: &str, secret: &str) -> bool {
+    let (a, b) = (
+        candidate.trim().to_ascii_lowercase(),
+        secret.trim().to_ascii_lowercase(),
+    );
+    if a.is_empty() || b.is_empty() {
+        return false;
+    }
+    // A short common piece (a prefix like `dev-`) proves nothing; a
+    // containment of 16 or more characters does.
+    let shorter = a.len().min(b.len());
+    a == b || (shorter >= 16 && (a.contains(&b) || b.contains(&a)))
+}
+
+/// `API_KEY_ENCRYPTION_KEY` (and its `_PREVIOUS`): required in prod, never
+/// equal to nor derived from `AUTH_TOKEN_SECRET` or its `_PREVIOUS`.
+fn check_api_key_encryption_key(r: &mut Reader<'_>, g: &GatewayConfig) {
+    if r.prod && g.api_key_encryption_key.is_none() {
+        r.errors.push(
+            "API_KEY_ENCRYPTION_KEY is required with APP_ENV=prod (a random secret of at least 32 characters, not AUTH_TOKEN_SECRET)"
+                .to_owned(),
+        );
+    }
+    let auth = std::iter::once(("AUTH_TOKEN_SECRET", &g.auth_token_secret)).chain(
+        g.auth_token_secret_previous
+            .as_ref()
+            .map(|p| ("AUTH_TOKEN_SECRET_PREVIOUS", p)),
+    );
+    let auth: Vec<(&str, &Secret)> = auth.collect();
+    for (key, value) in [
+        ("API_KEY_ENCRYPTION_KEY", g.api_key_encryption_key.as_ref()),
+        (
+            "API_KEY_ENCRYPTION_KEY_PREVIOUS",
+            g.api_key_encryption_key_previous.as_ref(),
+        ),
+    ] {
+        let Some(value) = value else { continue };
+        for (auth_key, auth_value) in &auth {
+            if derived_from(value.expose(), auth_value.expose()) {
+                r.errors.push(format!(
+                    "{key} must be its own random secret, not {auth_key} or derived from it (rotating {auth_key} must not touch API keys)"
+                ));
+            }
+        }
+    }
+}
 
 /// Every configuration problem found, one line each.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -443,6 +519,8 @@ impl Config {
                 auth_token_secret: r.secret("AUTH_TOKEN_SECRET"),
                 auth_token_secret_previous: r.optional_secret("AUTH_TOKEN_SECRET_PREVIOUS"),
                 api_key_encryption_key: r.optional_secret("API_KEY_ENCRYPTION_KEY"),
+                api_key_encryption_key_previous: r
+                    .optional_secret("API_KEY_ENCRYPTION_KEY_PREVIOUS"),
                 access_token_ttl: Duration::from_secs(access_token_ttl_seconds),
                 totp_issuer: r.or("TOTP_ISSUER", "exchange"),
                 admin_token: r.secret("ADMIN_TOKEN"),
@@ -458,6 +536,21 @@ impl Config {
                     "RATE_LIMIT_LOGIN_PER_MINUTE",
                     10,
                     "a positive integer",
+                ),
+                login_failures_per_account: r.parsed(
+                    "LOGIN_FAILURES_PER_ACCOUNT",
+                    10,
+                    "a positive integer",
+                ),
+                login_failure_window: Duration::from_secs(r.parsed(
+                    "LOGIN_FAILURE_WINDOW_SECONDS",
+                    900,
+                    "a number of seconds",
+                )),
+                password_hash_queue_max: r.parsed(
+                    "PASSWORD_HASH_QUEUE_MAX",
+                    password_hash_queue_default(),
+                    "a whole number of waiting hashes",
                 ),
                 rate_limit_orders_per_second: r.parsed(
                     "RATE_LIMIT_ORDERS_PER_SECOND",
@@ -529,6 +622,15 @@ impl Config {
                     "TRUSTED_PROXIES entry {proxy:?} is not an IP address or CIDR network"
                 ));
             }
+        }
+        check_api_key_encryption_key(&mut r, &config.gateway);
+        if config.gateway.login_failures_per_account == 0 {
+            r.errors
+                .push("LOGIN_FAILURES_PER_ACCOUNT must be at least 1".to_owned());
+        }
+        if config.gateway.login_failure_window.is_zero() {
+            r.errors
+                .push("LOGIN_FAILURE_WINDOW_SECONDS must be at least 1".to_owned());
         }
         if let Some(admin) = config.gateway.admin_http_addr
             && (admin == config.gateway.http_addr || admin == config.gateway.ws_addr)
@@ -796,6 +898,115 @@ mod tests {
             "GATEWAY_PLACE_BATCH_MAX must be between 1 and 256",
         ] {
             assert!(joined.contains(needle), "{needle} not in {joined}");
+        }
+    }
+
+    #[test]
+    fn api_key_encryption_key_is_required_in_prod_and_never_the_token_secret() {
+        let prod_base = [
+            ("APP_ENV", "prod"),
+            ("APP_VERSION", "1.0.0"),
+            ("MARKETDATA_WS_ALLOW_ORIGINS", "https://exchange.example"),
+            ("DB_URL", "postgres://postgres@127.0.0.1/postgres"),
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+            (
+                "INTERNAL_TOKEN",
+                "internal-token-0123456789abcdef0123456789",
+            ),
+            (
+                "AUTH_TOKEN_SECRET",
+                "auth-token-secret-0123456789abcdef012345",
+            ),
+            ("ADMIN_TOKEN", "admin-token-0123456789abcdef0123456789ab"),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut env = prod_base.to_vec();
+            env.extend_from_slice(extra);
+            load(&env)
+        };
+        let errors = with(&[]).unwrap_err().0.join("\n");
+        assert!(
+            errors.contains("API_KEY_ENCRYPTION_KEY is required with APP_ENV=prod"),
+            "{errors}"
+        );
+        let key = "api-key-encryption-key-9876543210fedcba98";
+        let c = with(&[("API_KEY_ENCRYPTION_KEY", key)]).unwrap();
+        assert_eq!(
+            c.gateway
+                .api_key_encryption_key
+                .as_ref()
+                .map(Secret::expose),
+            Some(key)
+        );
+        for (name, value) in [
+            (
+                "API_KEY_ENCRYPTION_KEY",
+                "auth-token-secret-0123456789abcdef012345",
+            ),
+            (
+                "API_KEY_ENCRYPTION_KEY",
+                "AUTH-token-secret-0123456789abcdef012345-v2",
+            ),
+            (
+                "API_KEY_ENCRYPTION_KEY",
+                "dev-api-key-encryption-key-0123456789abc",
+            ),
+            ("API_KEY_ENCRYPTION_KEY", "short"),
+        ] {
+            let errors = with(&[(name, value)]).unwrap_err().0.join("\n");
+            assert!(errors.contains(name), "{value}: {errors}");
+        }
+        // The previous token secret counts too, and the previous key is checked alike.
+        let errors = with(&[
+            (
+                "AUTH_TOKEN_SECRET_PREVIOUS",
+                "old-auth-token-secret-0123456789abcdef",
+            ),
+            ("API_KEY_ENCRYPTION_KEY", key),
+            (
+                "API_KEY_ENCRYPTION_KEY_PREVIOUS",
+                "old-auth-token-secret-0123456789abcdef",
+            ),
+        ])
+        .unwrap_err()
+        .0
+        .join("\n");
+        assert!(
+            errors.contains("API_KEY_ENCRYPTION_KEY_PREVIOUS must be its own random secret, not AUTH_TOKEN_SECRET_PREVIOUS"),
+            "{errors}"
+        );
+        let c = with(&[
+            ("API_KEY_ENCRYPTION_KEY", key),
+            (
+                "API_KEY_ENCRYPTION_KEY_PREVIOUS",
+                "previous-api-key-encryption-key-0123456789",
+            ),
+        ])
+        .unwrap();
+        assert!(c.gateway.api_key_encryption_key_previous.is_some());
+        // Outside prod it may be unset (a fixed development key is used).
+        assert!(load(DEV).unwrap().gateway.api_key_encryption_key.is_none());
+    }
+
+    #[test]
+    fn login_limits_have_defaults_and_are_checked() {
+        let c = load(DEV).unwrap();
+        assert_eq!(c.gateway.login_failures_per_account, 10);
+        assert_eq!(c.gateway.login_failure_window, Duration::from_secs(900));
+        assert!(c.gateway.password_hash_queue_max >= 8);
+        let mut env = DEV.to_vec();
+        env.extend([
+            ("LOGIN_FAILURES_PER_ACCOUNT", "0"),
+            ("LOGIN_FAILURE_WINDOW_SECONDS", "0"),
+            ("PASSWORD_HASH_QUEUE_MAX", "many"),
+        ]);
+        let errors = load(&env).unwrap_err().0.join("\n");
+        for needle in [
+            "LOGIN_FAILURES_PER_ACCOUNT must be at least 1",
+            "LOGIN_FAILURE_WINDOW_SECONDS must be at least 1",
+            "PASSWORD_HASH_QUEUE_MAX=\"many\" is not",
+        ] {
+            assert!(errors.contains(needle), "{needle} not in {errors}");
         }
     }
 
