@@ -8,7 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Exit code for a configuration error (`EX_USAGE` from sysexits.h).
@@ -86,6 +87,56 @@ pub struct DbConfig {
 pub struct RedisConfig {
     pub url: Secret,
     pub key_prefix: String,
+    /// `REDIS_CA_FILE`: the PEM certificate(s) a `rediss://` server's
+    /// certificate must chain to, instead of the system's trust store.
+    pub ca_file: Option<PathBuf>,
+    /// `REDIS_CLIENT_CERT_FILE` and `REDIS_CLIENT_KEY_FILE` (PEM): a client
+    /// certificate for servers that require one; both or neither.
+    pub client_cert: Option<ClientCertFiles>,
+}
+
+impl RedisConfig {
+    /// `url` without TLS files, under the default key prefix.
+    pub fn plain(url: &str) -> Self {
+        Self {
+            url: Secret::new(url),
+            key_prefix: "exchange".to_owned(),
+            ca_file: None,
+            client_cert: None,
+        }
+    }
+
+    /// Only the Redis settings from the process environment (`REDIS_URL`,
+    /// `REDIS_KEY_PREFIX`, the TLS files), checked as at a service's start:
+    /// for tools that need nothing else (`exchange admin dlq`).
+    pub fn from_env() -> Result<Self, ConfigErrors> {
+        let lookup = |key: &str| std::env::var(key).ok();
+        let mut r = Reader {
+            lookup: &lookup,
+            errors: Vec::new(),
+            prod: false,
+        };
+        let config = Self {
+            url: r.url("REDIS_URL", &["redis", "rediss"], "redis://host:6379"),
+            key_prefix: r.or("REDIS_KEY_PREFIX", "exchange"),
+            ca_file: r.readable_file("REDIS_CA_FILE", false),
+            client_cert: r.client_cert_files(),
+        };
+        if r.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(r.errors))
+        }
+    }
+}
+
+/// A client certificate and its private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertFiles {
+    pub cert_file: PathBuf,
+    /// Checked at start to be private to the service user (mode 0600 or
+    /// 0400, owned by it).
+    pub key_file: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -341,7 +392,7 @@ impl Reader<'_> {
         let text = self.or(key, default);
         text.parse().unwrap_or_else(|_| {
             self.errors.push(format!(
-                "{key}={text:?} is not a socket address like 0.0.0.0:8080"
+                "{key}={text:?} is not a socket address like 127.0.0.1:8080"
             ));
             fallback
         })
@@ -408,6 +459,38 @@ impl Reader<'_> {
             ));
         }
         Secret(v)
+    }
+
+    /// A file that must exist and be readable now; with `private`, also
+    /// only readable by the service user (see [`check_private_key_file`]).
+    fn readable_file(&mut self, key: &str, private: bool) -> Option<PathBuf> {
+        let path = PathBuf::from(self.get(key)?);
+        if let Err(e) = std::fs::File::open(&path) {
+            self.errors
+                .push(format!("{key}={} cannot be read: {e}", path.display()));
+        } else if private && let Err(why) = check_private_key_file(&path) {
+            self.errors.push(format!("{key}={}: {why}", path.display()));
+        }
+        Some(path)
+    }
+
+    fn client_cert_files(&mut self) -> Option<ClientCertFiles> {
+        let cert = self.readable_file("REDIS_CLIENT_CERT_FILE", false);
+        let key = self.readable_file("REDIS_CLIENT_KEY_FILE", true);
+        match (cert, key) {
+            (Some(cert_file), Some(key_file)) => Some(ClientCertFiles {
+                cert_file,
+                key_file,
+            }),
+            (None, None) => None,
+            _ => {
+                self.errors.push(
+                    "REDIS_CLIENT_CERT_FILE and REDIS_CLIENT_KEY_FILE go together: set both or neither"
+                        .to_owned(),
+                );
+                None
+            }
+        }
     }
 
     fn consumer(&mut self, service: &str, hostname: &str) -> ConsumerIdentity {
@@ -514,6 +597,8 @@ impl Config {
             redis: RedisConfig {
                 url: r.url("REDIS_URL", &["redis", "rediss"], "redis://host:6379"),
                 key_prefix: r.or("REDIS_KEY_PREFIX", "exchange"),
+                ca_file: r.readable_file("REDIS_CA_FILE", false),
+                client_cert: r.client_cert_files(),
             },
             gateway: GatewayConfig {
                 auth_token_secret: r.secret("AUTH_TOKEN_SECRET"),
@@ -525,8 +610,8 @@ impl Config {
                 totp_issuer: r.or("TOTP_ISSUER", "exchange"),
                 admin_token: r.secret("ADMIN_TOKEN"),
                 enable_docs,
-                http_addr: r.addr("GATEWAY_HTTP_ADDR", "0.0.0.0:8080"),
-                ws_addr: r.addr("GATEWAY_WS_ADDR", "0.0.0.0:8090"),
+                http_addr: r.addr("GATEWAY_HTTP_ADDR", "127.0.0.1:8080"),
+                ws_addr: r.addr("GATEWAY_WS_ADDR", "127.0.0.1:8090"),
                 admin_http_addr: r.optional_addr("ADMIN_HTTP_ADDR"),
                 order_service_url: r.or("ORDER_SERVICE_URL", "http://127.0.0.1:8091"),
                 marketdata_url: r.or("MARKETDATA_URL", "http://127.0.0.1:8094"),
@@ -570,7 +655,7 @@ impl Config {
                 ),
             },
             order: OrderConfig {
-                http_addr: r.addr("ORDER_HTTP_ADDR", "0.0.0.0:8091"),
+                http_addr: r.addr("ORDER_HTTP_ADDR", "127.0.0.1:8091"),
                 consumer: r.consumer("order", &hostname),
                 batch_linger: Duration::from_micros(r.parsed(
                     "ORDER_BATCH_LINGER_US",
@@ -579,7 +664,7 @@ impl Config {
                 )),
             },
             matching: MatchingConfig {
-                http_addr: r.addr("MATCHING_HTTP_ADDR", "0.0.0.0:8092"),
+                http_addr: r.addr("MATCHING_HTTP_ADDR", "127.0.0.1:8092"),
                 consumer: r.consumer("matching", &hostname),
                 markets: r.list("MATCHING_MARKETS", "*"),
                 events_stream_max_len: r.parsed(
@@ -594,7 +679,7 @@ impl Config {
                 )),
             },
             clearing: ClearingConfig {
-                http_addr: r.addr("CLEARING_HTTP_ADDR", "0.0.0.0:8093"),
+                http_addr: r.addr("CLEARING_HTTP_ADDR", "127.0.0.1:8093"),
                 consumer: r.consumer("clearing", &hostname),
                 read_linger: Duration::from_millis(r.parsed(
                     "CLEARING_READ_LINGER_MS",
@@ -604,11 +689,11 @@ impl Config {
             },
             marketdata: MarketdataConfig {
                 ws_allow_origins: origins,
-                http_addr: r.addr("MARKETDATA_HTTP_ADDR", "0.0.0.0:8094"),
+                http_addr: r.addr("MARKETDATA_HTTP_ADDR", "127.0.0.1:8094"),
                 consumer: r.consumer("marketdata", &hostname),
             },
             wallet: WalletConfig {
-                http_addr: r.addr("WALLET_HTTP_ADDR", "0.0.0.0:8095"),
+                http_addr: r.addr("WALLET_HTTP_ADDR", "127.0.0.1:8095"),
                 address_cooldown: Duration::from_secs(r.parsed(
                     "WITHDRAWAL_ADDRESS_COOLDOWN_SECS",
                     86_400,
@@ -672,6 +757,8 @@ impl Config {
             r.errors
                 .push("REDIS_KEY_PREFIX must not contain spaces or braces".to_owned());
         }
+        let allow_plaintext = r.bool("ALLOW_PLAINTEXT_BACKENDS", false);
+        check_backend_tls(&mut r, &config, allow_plaintext);
         if r.errors.is_empty() {
             Ok(config)
         } else {
@@ -722,6 +809,129 @@ impl Config {
         .collect();
         #[allow(clippy::expect_used)]
         Self::from_lookup(&|k| map.get(k).cloned()).expect("test configuration is valid")
+    }
+}
+
+/// Whether `host` (as a URL names it) is this machine: a loopback address
+/// (127.0.0.0/8, ::1), `localhost`, or a Unix socket path.
+pub fn is_local_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.starts_with('/')
+        || host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Refuses a private key file that others than the service user could read:
+/// its mode must be 0600 or 0400 (no group or other bits) and its owner the
+/// user the process runs as.
+pub fn check_private_key_file(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "key files are refused unless private to the service user: mode is {mode:04o}, \
+             expected 0600 or 0400 (chmod 600 it)"
+        ));
+    }
+    // The process's effective uid is the owner of /proc/self (Linux).
+    if let Ok(me) = std::fs::metadata("/proc/self").map(|m| m.uid())
+        && meta.uid() != me
+    {
+        return Err(format!(
+            "key files are refused unless private to the service user: owned by uid {}, \
+             the service runs as uid {me}",
+            meta.uid()
+        ));
+    }
+    Ok(())
+}
+
+/// `DB_URL`'s host, its TLS mode, and whether it is local, as sqlx (which
+/// connects with it) reads the URL. `None` when the URL does not parse.
+fn db_target(url: &str) -> Option<(String, sqlx::postgres::PgSslMode)> {
+    use std::str::FromStr as _;
+    let options = sqlx::postgres::PgConnectOptions::from_str(url).ok()?;
+    let host = match options.get_socket() {
+        Some(socket) => socket.display().to_string(),
+        None => options.get_host().to_owned(),
+    };
+    Some((host, options.get_ssl_mode()))
+}
+
+/// With `APP_ENV=prod`, a backend that is not on this machine must be
+/// reached over TLS (unless `ALLOW_PLAINTEXT_BACKENDS=true`); the Redis TLS
+/// files need a `rediss://` URL and must parse. Errors name the variable and
+/// the host, never the URL (it may carry a password).
+fn check_backend_tls(r: &mut Reader<'_>, config: &Config, allow_plaintext: bool) {
+    use sqlx::postgres::PgSslMode;
+    let refuse_plaintext = r.prod && !allow_plaintext;
+    let db_url = config.db.url.expose();
+    if !db_url.is_empty() {
+        match db_target(db_url) {
+            None => r
+                .errors
+                .push("DB_URL is not a valid postgres URL".to_owned()),
+            Some((host, mode)) => {
+                let tls = matches!(
+                    mode,
+                    PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
+                );
+                if refuse_plaintext && !tls && !is_local_host(&host) {
+                    r.errors.push(format!(
+                        "DB_URL (host {host}) has no sslmode=require, verify-ca or verify-full: \
+                         a database off this machine must be reached over TLS with APP_ENV=prod \
+                         (use sslmode=verify-full&sslrootcert=/path/to/ca.pem, or set \
+                         ALLOW_PLAINTEXT_BACKENDS=true if the network to it is private on purpose)"
+                    ));
+                }
+            }
+        }
+    }
+    let redis_url = config.redis.url.expose();
+    if redis_url.is_empty() {
+        return;
+    }
+    let info = match redis::IntoConnectionInfo::into_connection_info(redis_url) {
+        Ok(info) => info,
+        Err(e) => {
+            r.errors
+                .push(format!("REDIS_URL is not a valid Redis URL: {e}"));
+            return;
+        }
+    };
+    let tls_files = config.redis.ca_file.is_some() || config.redis.client_cert.is_some();
+    match info.addr() {
+        redis::ConnectionAddr::TcpTls { host, insecure, .. } => {
+            if *insecure {
+                r.errors.push(format!(
+                    "REDIS_URL (host {host}) ends in #insecure (no certificate check): refused; \
+                     give the server's CA in REDIS_CA_FILE instead"
+                ));
+            } else if tls_files {
+                // Reads and parses the PEM files as the services will.
+                if let Err(e) = crate::redis::client(redis_url, &config.redis) {
+                    r.errors
+                        .push(format!("REDIS_CA_FILE / REDIS_CLIENT_*: {e}"));
+                }
+            }
+        }
+        redis::ConnectionAddr::Tcp(host, _) => {
+            if tls_files {
+                r.errors.push(format!(
+                    "REDIS_CA_FILE or REDIS_CLIENT_CERT_FILE is set but REDIS_URL (host {host}) \
+                     is not rediss://"
+                ));
+            }
+            if refuse_plaintext && !is_local_host(host) {
+                r.errors.push(format!(
+                    "REDIS_URL (host {host}) is not rediss://: a Redis off this machine must be \
+                     reached over TLS with APP_ENV=prod (or set ALLOW_PLAINTEXT_BACKENDS=true if \
+                     the network to it is private on purpose)"
+                ));
+            }
+        }
+        _ => {}
     }
 }
 
@@ -804,7 +1014,7 @@ mod tests {
             errors[0].starts_with("ADMIN_HTTP_ADDR=\"localhost\" is not"),
             "{errors:?}"
         );
-        let errors = with("0.0.0.0:8080").unwrap_err().0;
+        let errors = with("127.0.0.1:8080").unwrap_err().0;
         assert!(
             errors[0].contains("must differ from GATEWAY_HTTP_ADDR"),
             "{errors:?}"

@@ -5,6 +5,10 @@
 //! transaction, recorded in `schema_migrations(version)` where `version` is
 //! the file name — the same bookkeeping (and advisory lock) as
 //! `exchange-common/scripts/migrate.sh`, so either tool may be used.
+//!
+//! TLS comes from the URL as libpq reads it: `sslmode=require` (encrypted,
+//! certificate not checked), `verify-ca` (chains to `sslrootcert=`, or the
+//! system's trust store), `verify-full` (and names the host).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -55,17 +59,46 @@ pub fn pool(config: &Config, application_name: &str) -> Result<PgPool, sqlx::Err
         .connect_lazy_with(options))
 }
 
+/// Where `options` connects, for messages: `host:port` or the socket path
+/// (never the user or password).
+pub fn target(options: &PgConnectOptions) -> String {
+    match options.get_socket() {
+        Some(socket) => socket.display().to_string(),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    }
+}
+
+/// `e` (from connecting or querying) as one line naming the server, e.g.
+/// `postgres at db.internal:5432: TLS: invalid peer certificate: UnknownIssuer`.
+pub fn describe_error(target: &str, e: &sqlx::Error) -> String {
+    let what = match e {
+        sqlx::Error::Tls(e) => format!("TLS: {e}"),
+        sqlx::Error::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            // rustls reports a failed handshake (e.g. an unknown CA) as I/O.
+            format!("TLS or I/O: {e}")
+        }
+        e => e.to_string(),
+    };
+    format!("postgres at {target}: {what}")
+}
+
 /// Applies the pending migrations; returns the names applied now.
 pub async fn migrate(url: &str) -> anyhow::Result<Vec<&'static str>> {
     use anyhow::Context as _;
     let options = PgConnectOptions::from_str(url).context("DB_URL is not a valid postgres URL")?;
+    let target = target(&options);
     let mut conn = tokio::time::timeout(
         Duration::from_secs(10),
         sqlx::PgConnection::connect_with(&options),
     )
     .await
-    .context("timed out connecting to the database")?
-    .context("cannot connect to the database")?;
+    .with_context(|| format!("timed out connecting to the database at {target}"))?
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to the database: {}",
+            describe_error(&target, &e)
+        )
+    })?;
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
             version text PRIMARY KEY,

@@ -66,11 +66,11 @@ async fn ready(State(s): State<SkeletonState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let word = if report.ok { "ok" } else { "degraded" };
-    (
-        status,
-        axum::Json(json!({"status": word, "dependencies": report.dependencies})),
-    )
-        .into_response()
+    let mut body = json!({"status": word, "dependencies": report.dependencies});
+    if !report.errors.is_empty() {
+        body["errors"] = json!(report.errors);
+    }
+    (status, axum::Json(body)).into_response()
 }
 
 async fn render_metrics(
@@ -215,8 +215,22 @@ pub async fn serve(
 /// Refreshes `exchange_ready{service}` every [`READY_REFRESH_INTERVAL`] until shutdown.
 pub fn spawn_ready_refresher(readiness: Readiness, shutdown: Shutdown) {
     tokio::spawn(async move {
+        // Each backend's error is logged when it appears or changes (a
+        // wrong CA, a refused password), not every round.
+        let mut logged: std::collections::BTreeMap<String, String> = Default::default();
         loop {
-            let _ = readiness.check().await;
+            let report = readiness.check().await;
+            for (backend, error) in &report.errors {
+                if logged.get(backend) != Some(error) {
+                    tracing::warn!(service = readiness.service, backend, error, "backend down");
+                }
+            }
+            for backend in logged.keys() {
+                if !report.errors.contains_key(backend) {
+                    tracing::info!(service = readiness.service, backend, "backend up again");
+                }
+            }
+            logged = report.errors;
             tokio::select! {
                 () = shutdown.wait() => break,
                 () = tokio::time::sleep(READY_REFRESH_INTERVAL) => {}

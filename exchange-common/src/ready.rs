@@ -116,6 +116,10 @@ pub struct Readiness {
 pub struct ReadyReport {
     pub ok: bool,
     pub dependencies: BTreeMap<String, &'static str>,
+    /// Why each down backend (`postgres`, `redis`) is down, naming its
+    /// host (e.g. a TLS certificate the configured CA does not sign);
+    /// never a password.
+    pub errors: BTreeMap<String, String>,
 }
 
 impl Readiness {
@@ -132,29 +136,37 @@ impl Readiness {
     /// `exchange_consumer_up`.
     pub async fn check(&self) -> ReadyReport {
         let db = async {
-            match &self.db {
-                None => None,
-                Some(pool) => Some(matches!(
-                    tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(pool))
-                        .await,
-                    Ok(Ok(_))
-                )),
-            }
+            let pool = self.db.as_ref()?;
+            let target = crate::db::target(&pool.connect_options());
+            Some(
+                match tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(pool))
+                    .await
+                {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(crate::db::describe_error(&target, &e)),
+                    Err(_) => Err(format!(
+                        "postgres at {target}: no answer within {PROBE_TIMEOUT:?}"
+                    )),
+                },
+            )
         };
         let redis = async {
             match &self.redis {
                 None => None,
-                Some(r) => Some(r.ping(PROBE_TIMEOUT).await),
+                Some(r) => Some(r.probe(PROBE_TIMEOUT).await),
             }
         };
         let (db, redis) = tokio::join!(db, redis);
         let mut deps = BTreeMap::new();
+        let mut errors = BTreeMap::new();
         let word = |up: bool| if up { "up" } else { "down" };
-        if let Some(up) = db {
-            deps.insert("postgres".to_owned(), word(up));
-        }
-        if let Some(up) = redis {
-            deps.insert("redis".to_owned(), word(up));
+        for (name, probe) in [("postgres", db), ("redis", redis)] {
+            if let Some(result) = probe {
+                deps.insert(name.to_owned(), word(result.is_ok()));
+                if let Err(e) = result {
+                    errors.insert(name.to_owned(), e);
+                }
+            }
         }
         for (name, up) in self.heartbeats.snapshot() {
             metrics::gauge!("exchange_consumer_up", "service" => self.service, "consumer" => name.clone())
@@ -170,6 +182,7 @@ impl Readiness {
         ReadyReport {
             ok,
             dependencies: deps,
+            errors,
         }
     }
 }

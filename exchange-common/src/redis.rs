@@ -2,14 +2,19 @@
 //! timeouts, reconnecting), and dedicated connections without a response
 //! timeout for blocking reads (`XREADGROUP BLOCK`): the client's default
 //! 500 ms response timeout would cut every blocking read short.
+//!
+//! `rediss://` URLs connect over TLS (rustls): the server's certificate is
+//! checked against `REDIS_CA_FILE` when set, else the system's trust store,
+//! and `REDIS_CLIENT_CERT_FILE` / `REDIS_CLIENT_KEY_FILE` add a client
+//! certificate. A user and password in the URL are sent with `AUTH`.
 
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::io::tcp::TcpSettings;
-use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo};
+use redis::{AsyncConnectionConfig, Client, ClientTlsConfig, IntoConnectionInfo, TlsCertificates};
 
-use crate::config::Config;
+use crate::config::{Config, RedisConfig};
 
 pub const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -33,17 +38,17 @@ impl Redis {
     /// Creates the client and a lazily connecting manager: services start
     /// while Redis is down, and `/ready` says so.
     pub fn new(config: &Config) -> redis::RedisResult<Self> {
-        Self::with_prefix(config.redis.url.expose(), &config.redis.key_prefix)
+        let client = client(config.redis.url.expose(), &config.redis)?;
+        Self::from_client(client, &config.redis.key_prefix)
     }
 
+    /// A URL without TLS files (a `rediss://` server's certificate is
+    /// checked against the system's trust store).
     pub fn with_prefix(url: &str, prefix: &str) -> redis::RedisResult<Self> {
-        // Commands from many tasks share one connection: with Nagle's
-        // algorithm each write behind an unanswered one would wait for
-        // the reply's ACK.
-        let info = url
-            .into_connection_info()?
-            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
-        let client = Client::open(info)?;
+        Self::from_client(client(url, &RedisConfig::plain(url))?, prefix)
+    }
+
+    fn from_client(client: Client, prefix: &str) -> redis::RedisResult<Self> {
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT))
             .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
@@ -108,13 +113,75 @@ impl Redis {
 
     /// `PING` with a timeout: the readiness probe.
     pub async fn ping(&self, timeout: Duration) -> bool {
-        let mut conn = self.conn();
-        matches!(
-            tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(&mut conn))
-                .await,
-            Ok(Ok(_))
-        )
+        self.probe(timeout).await.is_ok()
     }
+
+    /// `PING` with a timeout; the error names the server (`host:port`),
+    /// never the URL's credentials.
+    pub async fn probe(&self, timeout: Duration) -> Result<(), String> {
+        let mut conn = self.conn();
+        let target = self.client.get_connection_info().addr().to_string();
+        match tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(&mut conn))
+            .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(describe_error(&target, &e)),
+            Err(_) => Err(format!("redis at {target}: no answer within {timeout:?}")),
+        }
+    }
+}
+
+/// The client for `url` (TCP without Nagle's algorithm: commands from many
+/// tasks share one connection, and each write behind an unanswered one
+/// would wait for the reply's ACK). With `REDIS_CA_FILE` or a client
+/// certificate configured, the PEM files are read and parsed here.
+pub fn client(url: &str, tls: &RedisConfig) -> redis::RedisResult<Client> {
+    let info = url
+        .into_connection_info()?
+        .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+    if tls.ca_file.is_none() && tls.client_cert.is_none() {
+        return Client::open(info);
+    }
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            redis::RedisError::from(std::io::Error::new(
+                e.kind(),
+                format!("{what} {}: {e}", path.display()),
+            ))
+        })
+    };
+    let root_cert = match &tls.ca_file {
+        Some(path) => Some(read("REDIS_CA_FILE", path)?),
+        None => None,
+    };
+    let client_tls = match &tls.client_cert {
+        Some(files) => Some(ClientTlsConfig {
+            client_cert: read("REDIS_CLIENT_CERT_FILE", &files.cert_file)?,
+            client_key: read("REDIS_CLIENT_KEY_FILE", &files.key_file)?,
+        }),
+        None => None,
+    };
+    Client::build_with_tls(
+        info,
+        TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+}
+
+/// `e` as one line that names the server and says what failed, e.g.
+/// `redis at cache.internal:6380: TLS: invalid peer certificate: UnknownIssuer`.
+pub fn describe_error(target: &str, e: &redis::RedisError) -> String {
+    format!("redis at {target}: {e}")
+}
+
+/// `host:port` of a Redis URL (for messages; never the credentials).
+pub fn url_target(url: &str) -> String {
+    url.into_connection_info().map_or_else(
+        |_| "an unparsable REDIS_URL".to_owned(),
+        |i| i.addr().to_string(),
+    )
 }
 
 #[cfg(test)]
