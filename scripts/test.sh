@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or a developer's: provisions
-# PostgreSQL and Redis (see scripts/lib/local-services.sh), then runs every
+# PostgreSQL and Redis (see scripts/lib/local-services.sh) and a second pair
+# that speaks only TLS, with a CA made on the fly (scripts/lib/tls-services.sh,
+# for exchange/tests/tls.rs), then runs every
 # Rust test (unit, property, integration against the real databases, end-to-end
 # against the real binaries) and the operations checks in tests/ops/.
 #
 # Usage: scripts/test.sh [extra cargo test args]
-# Uses DB_URL / REDIS_URL when both are set; otherwise starts its own.
+# Uses DB_URL / REDIS_URL when both are set; otherwise starts its own. The
+# same for TLS_DB_URL / TLS_REDIS_URL / TLS_CA_FILE (the TLS servers).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 # shellcheck source=scripts/lib/local-services.sh
 . scripts/lib/local-services.sh
+# shellcheck source=scripts/lib/tls-services.sh
+. scripts/lib/tls-services.sh
 
 command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (rustup, Rust >= 1.95)"
 command -v cc >/dev/null 2>&1 || apt_install gcc libc6-dev
@@ -22,16 +27,26 @@ if [ -z "${DB_URL:-}" ] || [ -z "${REDIS_URL:-}" ]; then
     export EXCHANGE_PG_EXTRA_OPTS="${EXCHANGE_PG_EXTRA_OPTS:--c fsync=off -c synchronous_commit=off -c full_page_writes=off}"
 fi
 local_services_up "$root"
-if [ "$started_here" -eq 1 ] && [ "${EXCHANGE_KEEP_SERVICES:-0}" != 1 ]; then
-    trap 'local_services_down "$root"' EXIT
+tls_services_up "$root"
+stop_services() {
+    [ "$started_here" -eq 1 ] && local_services_down "$root"
+    tls_services_down "$root"
+}
+if [ "${EXCHANGE_KEEP_SERVICES:-0}" != 1 ]; then
+    trap stop_services EXIT
 fi
 log "DB_URL=$DB_URL REDIS_URL=$REDIS_URL"
+log "TLS servers: $(printf '%s' "$TLS_DB_URL" | sed 's#//\([^:@/]*\):[^@]*@#//\1:***@#') and $(printf '%s' "$TLS_REDIS_URL" | sed 's#//\([^:@/]*\):[^@]*@#//\1:***@#')"
 if [ "$started_here" -eq 1 ]; then
     # Each test creates its own database (test_*) and Redis key prefix; on
     # our own servers, clear what earlier runs left behind.
     psql "$DB_URL" -X -q -At -c "SELECT datname FROM pg_database WHERE datname LIKE 'test\_%'" |
         while read -r db; do psql "$DB_URL" -X -q -c "DROP DATABASE IF EXISTS \"$db\"" >/dev/null; done
     redis-cli -p "$EXCHANGE_REDIS_PORT" flushall >/dev/null
+fi
+if [ -n "${EXCHANGE_TLS_PG_DATA:-}" ]; then
+    psql "$TLS_DB_URL" -X -q -At -c "SELECT datname FROM pg_database WHERE datname LIKE 'test\_%'" |
+        while read -r db; do psql "$TLS_DB_URL" -X -q -c "DROP DATABASE IF EXISTS \"$db\"" >/dev/null; done
 fi
 
 # The Binance-compatibility test drives the unmodified Python ccxt client.
