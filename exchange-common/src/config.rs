@@ -1228,6 +1228,217 @@ mod tests {
         assert!(!text.contains("postgres://"), "{text}");
     }
 
+    /// A production environment with every secret long and random, and
+    /// the given backends.
+    fn prod_with(db: &str, redis: &str, extra: &[(&str, &str)]) -> Vec<String> {
+        let secret = "0123456789abcdef0123456789abcdef-prod";
+        let mut env = vec![
+            ("APP_ENV", "prod"),
+            ("APP_VERSION", "1.0.0"),
+            ("DB_URL", db),
+            ("REDIS_URL", redis),
+            ("INTERNAL_TOKEN", secret),
+            ("AUTH_TOKEN_SECRET", "fedcba9876543210fedcba9876543210-auth"),
+            ("ADMIN_TOKEN", "00112233445566778899aabbccddeeff-admin"),
+            ("MARKETDATA_WS_ALLOW_ORIGINS", "https://exchange.example"),
+        ];
+        env.extend_from_slice(extra);
+        // Only the backend checks matter here (other sections may require
+        // more in prod).
+        match load(&env) {
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                e.0.into_iter()
+                    .filter(|e| e.contains("DB_URL") || e.contains("REDIS"))
+                    .collect()
+            }
+        }
+    }
+
+    #[test]
+    fn prod_refuses_plaintext_to_a_backend_off_this_machine() {
+        let errors = prod_with(
+            "postgres://app:s3cret-db-pw@db.internal:5432/exchange",
+            "redis://app:s3cret-redis-pw@cache.internal:6379/0",
+            &[],
+        );
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].starts_with("DB_URL (host db.internal) has no sslmode="),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].starts_with("REDIS_URL (host cache.internal) is not rediss://"),
+            "{errors:?}"
+        );
+        let joined = errors.join("\n");
+        assert!(!joined.contains("s3cret"), "a password leaked: {joined}");
+        assert!(joined.contains("ALLOW_PLAINTEXT_BACKENDS=true"), "{joined}");
+        // sslmode=prefer or disable is no better.
+        let errors = prod_with(
+            "postgres://app:pw@10.0.0.5/exchange?sslmode=prefer",
+            "rediss://cache.internal:6380",
+            &[],
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("host 10.0.0.5"), "{errors:?}");
+
+        // TLS, loopback, a Unix socket, or the explicit opt-out are accepted.
+        for (db, redis, extra) in [
+            (
+                "postgres://app:pw@db.internal/exchange?sslmode=verify-full&sslrootcert=/etc/ssl/ca.pem",
+                "rediss://app:pw@cache.internal:6380/0",
+                &[][..],
+            ),
+            (
+                "postgres://app:pw@db.internal/x?sslmode=require",
+                "rediss://cache.internal",
+                &[],
+            ),
+            (
+                "postgres://app:pw@db.internal/x?sslmode=verify-ca",
+                "rediss://cache.internal",
+                &[],
+            ),
+            (
+                "postgres://app:pw@127.0.0.2:5432/x",
+                "redis://localhost:6379",
+                &[],
+            ),
+            ("postgres://app:pw@[::1]:5432/x", "redis://[::1]:6379", &[]),
+            (
+                "postgres:///exchange?host=/var/run/postgresql",
+                "redis://127.0.0.1",
+                &[],
+            ),
+            (
+                "postgres://app:pw@db.internal/x",
+                "redis://cache.internal",
+                &[("ALLOW_PLAINTEXT_BACKENDS", "true")],
+            ),
+        ] {
+            assert_eq!(
+                prod_with(db, redis, extra),
+                Vec::<String>::new(),
+                "{db} {redis}"
+            );
+        }
+        // Outside prod, plaintext is the developer's choice.
+        let mut env = DEV.to_vec();
+        env.extend([
+            ("DB_URL", "postgres://app:pw@db.internal/x"),
+            ("REDIS_URL", "redis://cache.internal"),
+        ]);
+        load(&env).unwrap();
+    }
+
+    #[test]
+    fn redis_tls_files_are_checked_at_start() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir =
+            std::env::temp_dir().join(format!("config-tls-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, "not a certificate").unwrap();
+        let key = dir.join("client.key");
+        std::fs::write(&key, "not a key").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (ca_s, key_s) = (ca.to_str().unwrap(), key.to_str().unwrap());
+        let with = |pairs: &[(&str, &str)]| {
+            let mut env = DEV.to_vec();
+            env.extend_from_slice(pairs);
+            load(&env)
+        };
+
+        let errors = with(&[
+            ("REDIS_URL", "rediss://u:s3cret@localhost:6380"),
+            ("REDIS_CA_FILE", "/nonexistent/ca.pem"),
+            ("REDIS_CLIENT_KEY_FILE", key_s),
+        ])
+        .unwrap_err()
+        .0;
+        let joined = errors.join("\n");
+        for needle in [
+            "REDIS_CA_FILE=/nonexistent/ca.pem cannot be read",
+            "key files are refused unless private to the service user: mode is 0644",
+            "REDIS_CLIENT_CERT_FILE and REDIS_CLIENT_KEY_FILE go together",
+        ] {
+            assert!(joined.contains(needle), "{needle} not in {joined}");
+        }
+        assert!(!joined.contains("s3cret"), "{joined}");
+
+        // A private key file passes the mode check; its content is parsed.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let joined = with(&[
+            ("REDIS_URL", "rediss://localhost:6380"),
+            ("REDIS_CA_FILE", ca_s),
+            ("REDIS_CLIENT_CERT_FILE", ca_s),
+            ("REDIS_CLIENT_KEY_FILE", key_s),
+        ])
+        .unwrap_err()
+        .0
+        .join("\n");
+        assert!(
+            joined.contains("REDIS_CA_FILE / REDIS_CLIENT_*: "),
+            "{joined}"
+        );
+        assert!(!joined.contains("mode is"), "{joined}");
+
+        // TLS files with a plaintext URL, and #insecure, are refused.
+        let joined = with(&[("REDIS_URL", "redis://localhost"), ("REDIS_CA_FILE", ca_s)])
+            .unwrap_err()
+            .0
+            .join("\n");
+        assert!(joined.contains("is not rediss://"), "{joined}");
+        let joined = with(&[("REDIS_URL", "rediss://localhost/#insecure")])
+            .unwrap_err()
+            .0
+            .join("\n");
+        assert!(joined.contains("#insecure"), "{joined}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn services_bind_to_loopback_by_default() {
+        let c = load(DEV).unwrap();
+        for addr in [
+            c.gateway.http_addr,
+            c.gateway.ws_addr,
+            c.order.http_addr,
+            c.matching.http_addr,
+            c.clearing.http_addr,
+            c.marketdata.http_addr,
+            c.wallet.http_addr,
+        ] {
+            assert!(addr.ip().is_loopback(), "{addr}");
+        }
+    }
+
+    #[test]
+    fn local_hosts() {
+        for host in [
+            "localhost",
+            "LOCALHOST",
+            "127.0.0.1",
+            "127.8.9.10",
+            "::1",
+            "[::1]",
+            "/run/pg",
+        ] {
+            assert!(is_local_host(host), "{host}");
+        }
+        for host in [
+            "db.internal",
+            "10.0.0.1",
+            "0.0.0.0",
+            "::",
+            "localhost.evil.example",
+            "[2001:db8::1]",
+        ] {
+            assert!(!is_local_host(host), "{host}");
+        }
+    }
+
     #[test]
     fn env_file_grammar() {
         let parsed = parse_env_file("# c\nexport A=1\nB=\"two words\"\n\nC='x=y'\n").unwrap();

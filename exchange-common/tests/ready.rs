@@ -52,12 +52,17 @@ async fn ready_reports_each_dependency_and_stale_consumers() {
     let started = std::time::Instant::now();
     let (status, body) = get_ready(Readiness::new("test", Some(db), Some(dead_redis))).await;
     assert_eq!(
-        (status, body),
+        (status, &body["status"], &body["dependencies"]),
         (
             503,
-            serde_json::json!({"status":"degraded","dependencies":{"postgres":"up","redis":"down"}})
+            &serde_json::json!("degraded"),
+            &serde_json::json!({"postgres":"up","redis":"down"})
         )
     );
+    // Why it is down, naming the server.
+    let why = body["errors"]["redis"].as_str().unwrap();
+    assert!(why.starts_with("redis at 127.0.0.1:1: "), "{body}");
+    assert!(body["errors"].get("postgres").is_none(), "{body}");
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "probes are bounded by a timeout"
@@ -73,4 +78,6 @@ async fn ready_reports_each_dependency_and_stale_consumers() {
         (status, &body["dependencies"]["postgres"]),
         (503, &serde_json::json!("down"))
     );
+    let why = body["errors"]["postgres"].as_str().unwrap();
+    assert!(why.starts_with("postgres at 127.0.0.1:1: "), "{body}");
 }
