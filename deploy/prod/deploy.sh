@@ -3,8 +3,12 @@
 # first failure with a message that says what to do:
 #
 #   1. preflight   exchange-common/scripts/prod-preflight.sh on the env file
-#   2. image       builds exchange:$APP_VERSION unless that image exists
-#                  (FORCE_BUILD=1 rebuilds; PULL=1 pulls it from EXCHANGE_IMAGE)
+#   2. image       uses $EXCHANGE_IMAGE:$APP_VERSION when this host has it;
+#                  PULL=1 pulls it from your registry; otherwise builds it, but
+#                  only when this checkout IS that version (a git tag v$APP_VERSION
+#                  or $APP_VERSION at HEAD, or `git describe --tags --always
+#                  --abbrev=12` of HEAD): a rollback never builds an old
+#                  version from newer code. FORCE_BUILD=1 rebuilds (same rule).
 #   3. local-db    with COMPOSE_PROFILES=local-db: starts postgres and redis, waits
 #   4. migrate     when DB_URL is set: `exchange migrate` in a one-shot container
 #                  (MIGRATE_WITH=psql runs exchange-common/scripts/migrate.sh here)
@@ -14,14 +18,17 @@
 # Usage (from anywhere):
 #   deploy/prod/deploy.sh                       deploy what prod.env says
 #   APP_VERSION=1.4.1 deploy/prod/deploy.sh     roll back / forward to a version
+#                                               (its image must be on this host,
+#                                               or PULL=1, or check out v1.4.1)
 #   DEPLOY_DRY_RUN=1 deploy/prod/deploy.sh      print the docker commands only
 #
 # Environment: PROD_ENV_FILE (default deploy/prod/prod.env), APP_VERSION
 # (overrides the file), READY_TIMEOUT (default 180), FORCE_BUILD, PULL,
-# MIGRATE_WITH (image|psql), DOCKER_COMPOSE (default: `docker compose`, else
-# `docker-compose`), DEPLOY_DRY_RUN.
+# MIGRATE_WITH (image|psql), DOCKER_COMPOSE (default: `docker compose`, or a
+# `docker-compose` that is Compose v2), DEPLOY_DRY_RUN.
 # The resolved settings are written to deploy/prod/.env (mode 600), so plain
-# `docker compose -p exchange -f deploy/prod/docker-compose.yml ps|logs` work.
+# `docker compose -f deploy/prod/docker-compose.yml ps|logs` work (the
+# project name, exchange, is fixed in that file).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -101,6 +108,28 @@ BACKUP_ENV_FILE="$(cd "$(dirname "$env_file")" && pwd)/backup.env"
 export APP_VERSION EXCHANGE_IMAGE PUBLISH_ADDR ADMIN_PUBLISH_ADDR COMPOSE_PROFILES LOCAL_DB_PASSWORD VCS_REF PROD_ENV_FILE \
     BACKUP_ENV_FILE
 image="$EXCHANGE_IMAGE:$APP_VERSION"
+local_db=0
+case ",$COMPOSE_PROFILES," in *,local-db,*) local_db=1 ;; esac
+
+# Each service's Redis URL (its own ACL user): REDIS_URL_<SERVICE> from the env
+# file; else, with local-db, the local Redis as that service's user (password
+# REDIS_PASSWORD_<SERVICE>, deploy/prod/redis/users-acl.sh); else REDIS_URL.
+redis_users=(gateway order matching clearing marketdata wallet admin)
+for user in "${redis_users[@]}"; do
+    upper="$(printf '%s' "$user" | tr '[:lower:]' '[:upper:]')"
+    url="$(env_value "REDIS_URL_$upper")"
+    password="$(env_value "REDIS_PASSWORD_$upper")"
+    if [ -z "$url" ] && [ "$local_db" = 1 ]; then
+        url="redis://$user:$password@redis:6379/0"
+    fi
+    [ -n "$url" ] || url="$(env_value REDIS_URL)"
+    printf -v "REDIS_URL_$upper" '%s' "$url"
+    printf -v "REDIS_PASSWORD_$upper" '%s' "$password"
+    export "REDIS_URL_$upper" "REDIS_PASSWORD_$upper"
+done
+REDIS_KEY_PREFIX="$(env_value REDIS_KEY_PREFIX)"
+REDIS_KEY_PREFIX="${REDIS_KEY_PREFIX:-exchange}"
+export REDIS_KEY_PREFIX
 
 compose_files=(-f "$here/docker-compose.yml")
 case "$(env_value EXPOSE_MARKETDATA | tr '[:upper:]' '[:lower:]')" in
@@ -116,24 +145,35 @@ case "$(env_value ADMIN_ON_PUBLIC_PORT | tr '[:upper:]' '[:lower:]')" in
         ;;
 esac
 
+# Compose v2: the files use `name:` (the fixed project name), which
+# docker-compose 1.x refuses.
 if [ -n "${DOCKER_COMPOSE:-}" ]; then
     read -r -a compose_cmd <<<"$DOCKER_COMPOSE"
 elif docker compose version >/dev/null 2>&1; then
     compose_cmd=(docker compose)
-elif command -v docker-compose >/dev/null 2>&1; then
+elif docker-compose version --short 2>/dev/null | grep -qE '^v?2\.'; then
     compose_cmd=(docker-compose)
 elif [ "$dry_run" = 1 ]; then
     compose_cmd=(docker compose)
 else
-    die "neither 'docker compose' nor 'docker-compose' is installed" \
-        "install Docker Engine with the compose plugin (docker-compose-plugin)"
+    die "Docker Compose v2 is not installed (docker-compose 1.x cannot read these files)" \
+        "install Docker Engine with the compose plugin (docker-compose-plugin): \`docker compose version\` must work"
 fi
-compose=("${compose_cmd[@]}" -p exchange "${compose_files[@]}")
+compose=("${compose_cmd[@]}" "${compose_files[@]}")
 
 run() {
     printf '    + %s\n' "$*"
     [ "$dry_run" = 1 ] && return 0
     "$@"
+}
+
+# A value for deploy/prod/.env, single-quoted so compose takes it literally
+# (no $ expansion).
+literal() {
+    case "$2" in
+        *"'"*) die "$1 contains a single quote, which deploy/prod/.env cannot hold; percent-encode it (%27) in a URL" ;;
+    esac
+    printf "%s='%s'" "$1" "$2"
 }
 
 # Records what is deployed; compose reads deploy/prod/.env for interpolation.
@@ -159,41 +199,87 @@ BACKUP_ENV_FILE=$BACKUP_ENV_FILE
 PUBLISH_ADDR=$PUBLISH_ADDR
 ADMIN_PUBLISH_ADDR=$ADMIN_PUBLISH_ADDR
 COMPOSE_PROFILES=$COMPOSE_PROFILES
-LOCAL_DB_PASSWORD=$LOCAL_DB_PASSWORD
+$(literal LOCAL_DB_PASSWORD "$LOCAL_DB_PASSWORD")
 VCS_REF=$VCS_REF
+REDIS_KEY_PREFIX=$REDIS_KEY_PREFIX
 EOF
+        for user in "${redis_users[@]}"; do
+            upper="$(printf '%s' "$user" | tr '[:lower:]' '[:upper:]')"
+            var="REDIS_URL_$upper"
+            literal "$var" "${!var}"
+            echo
+            var="REDIS_PASSWORD_$upper"
+            literal "$var" "${!var}"
+            echo
+        done >>"$here/.env"
     )
 }
 
 # ---- 2. image ------------------------------------------------------------------------
 current_step=image
 step "image $image"
+docker_ok=0
 if [ "$dry_run" != 1 ]; then
     command -v docker >/dev/null 2>&1 || die "docker is not installed"
     docker info >/dev/null 2>&1 || die "cannot talk to the Docker daemon" "is it running, and may this user use it (docker group)?"
+    docker_ok=1
+elif command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+    docker_ok=1 # a dry run still looks (read only) for the image
 fi
-have_image=0
-if [ "$dry_run" != 1 ] && docker image inspect "$image" >/dev/null 2>&1; then
-    have_image=1
+have_image=unknown
+if [ "$docker_ok" = 1 ]; then
+    if docker image inspect "$image" >/dev/null 2>&1; then have_image=1; else have_image=0; fi
 fi
+
+# Which versions this checkout is: the version tags at HEAD (without a
+# leading v) and `git describe --tags --always --abbrev=12` of HEAD. Empty
+# when it is no git checkout, or when tracked files that go into the image
+# (everything but deploy/, tests/ops/, .ci/) differ from HEAD.
+checkout_versions() {
+    git -C "$root" rev-parse -q --verify HEAD >/dev/null 2>&1 || return 0
+    if [ -n "$(git -C "$root" status --porcelain --untracked-files=no -- . \
+        ':(exclude)deploy' ':(exclude)tests/ops' ':(exclude).ci' 2>/dev/null)" ]; then
+        return 0
+    fi
+    { git -C "$root" tag --points-at HEAD; git -C "$root" describe --tags --always --abbrev=12 HEAD; } 2>/dev/null |
+        sed 's/^v\([0-9]\)/\1/'
+}
+build_refusal="" # why this checkout may not be built as $APP_VERSION (empty: it may)
+if ! checkout_versions | grep -qxF -- "$APP_VERSION"; then
+    described="$(git -C "$root" describe --tags --always --abbrev=12 HEAD 2>/dev/null || echo 'no git checkout')"
+    if [ -n "$(git -C "$root" status --porcelain --untracked-files=no -- . ':(exclude)deploy' ':(exclude)tests/ops' ':(exclude).ci' 2>/dev/null)" ]; then
+        described="$described with uncommitted changes"
+    fi
+    build_refusal="this checkout ($described) is not version $APP_VERSION: building it would label other code as $APP_VERSION"
+fi
+
 if [ "${PULL:-0}" = 1 ]; then
-    run "${compose[@]}" pull gateway \
+    run docker pull "$image" \
         || die "cannot pull $image" "is the tag pushed, and is this host logged in (docker login)?"
 elif [ "$have_image" = 1 ] && [ "${FORCE_BUILD:-0}" != 1 ]; then
-    info "$image exists: not rebuilding (FORCE_BUILD=1 rebuilds from this checkout)"
+    info "$image exists on this host: using it, nothing is built (FORCE_BUILD=1 rebuilds from this checkout, if it is $APP_VERSION)"
+elif [ "$have_image" = unknown ]; then
+    # Dry run without a Docker daemon: say what a real run would do.
+    if [ -n "$build_refusal" ]; then
+        info "(dry run) a real run uses $image if this host has it; else it refuses to build: $build_refusal"
+    else
+        info "(dry run) a real run uses $image if this host has it; else it builds it from this checkout:"
+        run docker build -f "$here/Dockerfile" --build-arg "APP_VERSION=$APP_VERSION" --build-arg "VCS_REF=$VCS_REF" -t "$image" "$root"
+    fi
 else
-    # A version label must describe its code: refuse to build a tagged version
-    # from a checkout that is not that tag (a rollback builds from the tag).
-    for tag in "v$APP_VERSION" "$APP_VERSION"; do
-        tag_commit="$(git -C "$root" rev-parse -q --verify "refs/tags/$tag^{commit}" 2>/dev/null || true)"
-        head_commit="$(git -C "$root" rev-parse -q --verify HEAD 2>/dev/null || true)"
-        if [ -n "$tag_commit" ] && [ "$tag_commit" != "$head_commit" ] && [ "${ALLOW_VERSION_MISMATCH:-0}" != 1 ]; then
-            die "git tag $tag exists but this checkout is not at it; building would label other code as $APP_VERSION" \
-                "git checkout $tag && deploy/prod/deploy.sh   (or PULL=1 to use a pushed image)"
+    if [ -n "$build_refusal" ]; then
+        if [ "$have_image" = 1 ]; then
+            die "FORCE_BUILD=1, but $build_refusal; nothing was changed" \
+                "deploy the existing image: unset FORCE_BUILD" \
+                "or rebuild from the release: git checkout v$APP_VERSION && FORCE_BUILD=1 deploy/prod/deploy.sh"
         fi
-    done
-    info "building from $root at $VCS_REF (a release build takes several minutes)"
-    run "${compose[@]}" build gateway \
+        die "$image is not on this host, and $build_refusal; nothing was changed" \
+            "PULL=1 APP_VERSION=$APP_VERSION deploy/prod/deploy.sh   (the image from your registry: EXCHANGE_IMAGE)" \
+            "or build it from its release: git checkout v$APP_VERSION && APP_VERSION=$APP_VERSION deploy/prod/deploy.sh" \
+            "(docker image ls ${EXCHANGE_IMAGE} lists the versions this host has)"
+    fi
+    info "building $image from $root at $VCS_REF (a release build takes several minutes)"
+    run docker build -f "$here/Dockerfile" --build-arg "APP_VERSION=$APP_VERSION" --build-arg "VCS_REF=$VCS_REF" -t "$image" "$root" \
         || die "docker build failed (output above)" \
             "fix the build, or deploy a version whose image exists: APP_VERSION=<previous> deploy/prod/deploy.sh"
 fi
@@ -218,7 +304,7 @@ case ",$COMPOSE_PROFILES," in
         run "${compose[@]}" up -d postgres redis || die "cannot start the local postgres/redis containers"
         for svc in postgres redis; do
             wait_healthy "$svc" || die "$svc is not healthy after ${ready_timeout}s" \
-                "docker compose -p exchange -f deploy/prod/docker-compose.yml logs --tail=50 $svc"
+                "docker compose -f deploy/prod/docker-compose.yml logs --tail=50 $svc"
         done
         ;;
 esac

@@ -112,8 +112,6 @@ MATCHING_CONSUMER_NAME unset|FAIL +MATCHING_CONSUMER_NAME is not set
 CLEARING_CONSUMER_NAME unset|FAIL +CLEARING_CONSUMER_NAME is not set
 MARKETDATA_CONSUMER_NAME unset|FAIL +MARKETDATA_CONSUMER_NAME is not set
 GATEWAY_CONSUMER_NAME unset|FAIL +GATEWAY_CONSUMER_NAME is not set
-warns DB_URL without TLS|WARN +DB_URL does not require TLS
-warns REDIS_URL without TLS|WARN +REDIS_URL is not TLS
 warns METRICS_TOKEN unset|WARN +METRICS_TOKEN is unset
 the problem count|has 11 problem\(s\)
 EOF
@@ -147,6 +145,44 @@ a quoted dev secret|s/^INTERNAL_TOKEN=.*/INTERNAL_TOKEN="dev-internal-token-chan
 local-db without a password|s/^COMPOSE_PROFILES=.*/COMPOSE_PROFILES=local-db/|LOCAL_DB_PASSWORD is missing
 withdrawal address cooldown not a number|s/^WITHDRAWAL_ADDRESS_COOLDOWN_SECS=.*/WITHDRAWAL_ADDRESS_COOLDOWN_SECS=1d/|WITHDRAWAL_ADDRESS_COOLDOWN_SECS must be a whole number
 local-db without a backup passphrase|s/^COMPOSE_PROFILES=.*/COMPOSE_PROFILES=local-db/; s/^LOCAL_DB_PASSWORD=.*/LOCAL_DB_PASSWORD=7d2c4e9f1a3b5c8d0e6f2a4b9c1d3e5f7a9b0c2d/|backup.env is missing
+local-db without Redis ACL passwords|s/^COMPOSE_PROFILES=.*/COMPOSE_PROFILES=local-db/|REDIS_PASSWORD_MARKETDATA is missing
+TRUSTED_PROXIES the example's placeholder|s/^TRUSTED_PROXIES=.*/TRUSTED_PROXIES=203.0.113.10/|TRUSTED_PROXIES holds the placeholder 203.0.113.10
+TRUSTED_PROXIES 10.0.0.0/8|s/^TRUSTED_PROXIES=.*/TRUSTED_PROXIES=10.20.30.40,10.0.0.0\/8/|FAIL +TRUSTED_PROXIES entry 10.0.0.0/8 trusts the whole private range 10.0.0.0/8
+TRUSTED_PROXIES 172.16.0.0/12|s/^TRUSTED_PROXIES=.*/TRUSTED_PROXIES=172.16.0.0\/12/|entry 172.16.0.0/12 trusts the whole private range
+TRUSTED_PROXIES 192.168.0.0/16|s/^TRUSTED_PROXIES=.*/TRUSTED_PROXIES=192.168.0.0\/16/|entry 192.168.0.0/16 trusts the whole private range
+TRUSTED_PROXIES fc00::/7|s/^TRUSTED_PROXIES=.*/TRUSTED_PROXIES=fc00::\/7/|entry fc00::/7 trusts the whole private range
+TRUSTED_PROXIES 0.0.0.0/0|s/^TRUSTED_PROXIES=.*/TRUSTED_PROXIES=0.0.0.0\/0/|entry 0.0.0.0/0 trusts every address
+TRUSTED_PROXIES ::/0|s/^TRUSTED_PROXIES=.*/TRUSTED_PROXIES=::\/0/|entry ::/0 trusts every address
+TRUSTED_PROXIES a /23|s/^TRUSTED_PROXIES=.*/TRUSTED_PROXIES=10.1.0.0\/23/|entry 10.1.0.0/23 trusts a range .*shorter than /24
+TRUSTED_PROXIES an IPv6 /56|s/^TRUSTED_PROXIES=.*/TRUSTED_PROXIES=2a01:4f8:1::\/56/|entry 2a01:4f8:1::/56 trusts a range .*shorter than /64
+TRUSTED_PROXIES not an address|s/^TRUSTED_PROXIES=.*/TRUSTED_PROXIES=lb.internal/|TRUSTED_PROXIES entry 'lb.internal' is not an IP address
+DB_URL without sslmode to another host|s/?sslmode=verify-full//|FAIL +DB_URL does not require TLS to a host that is not loopback
+DB_URL sslmode=prefer|s/sslmode=verify-full/sslmode=prefer/|FAIL +DB_URL does not require TLS
+REDIS_URL redis:// to another host|s/^REDIS_URL=rediss/REDIS_URL=redis/|FAIL +REDIS_URL is not TLS \(rediss://\) to a host that is not loopback
+REDIS_URL_ORDER redis:// to another host|$ a REDIS_URL_ORDER=redis://order:0123456789abcdef0123456789abcdef@redis.internal.test:6379/0|FAIL +REDIS_URL_ORDER is not TLS
+API_KEY_ENCRYPTION_KEY missing|/^API_KEY_ENCRYPTION_KEY=/d|FAIL +API_KEY_ENCRYPTION_KEY is missing
+API_KEY_ENCRYPTION_KEY equal to AUTH_TOKEN_SECRET|s/^API_KEY_ENCRYPTION_KEY=.*/API_KEY_ENCRYPTION_KEY=9e4a7c1f3d8b2e6a0c5f9d3b7e1a4c8f2d6b0e9a3c7f1d5b/|FAIL +API_KEY_ENCRYPTION_KEY equals AUTH_TOKEN_SECRET
+API_KEY_ENCRYPTION_KEY derived from AUTH_TOKEN_SECRET|s/^API_KEY_ENCRYPTION_KEY=.*/API_KEY_ENCRYPTION_KEY=9e4a7c1f3d8b2e6a0c5f9d3b7e1a4c8f2d6b0e9a3c7f1d5b-api/|FAIL +API_KEY_ENCRYPTION_KEY is derived from AUTH_TOKEN_SECRET
+API_KEY_ENCRYPTION_KEY a dev- default|s/^API_KEY_ENCRYPTION_KEY=.*/API_KEY_ENCRYPTION_KEY=dev-api-key-encryption-key-0123456789abcdef/|FAIL +API_KEY_ENCRYPTION_KEY is a development default
+API_KEY_ENCRYPTION_KEY 31 characters|s/^API_KEY_ENCRYPTION_KEY=.*/API_KEY_ENCRYPTION_KEY=0123456789abcdef0123456789abcde/|FAIL +API_KEY_ENCRYPTION_KEY is too short \(31
+API_KEY_ENCRYPTION_KEY_PREVIOUS equal to the key|s/^API_KEY_ENCRYPTION_KEY_PREVIOUS=.*/API_KEY_ENCRYPTION_KEY_PREVIOUS=e1c4a7f0b3d6e9a2c5f8b1d4e7a0c3f6b9d2e5a8c1f4b7d0/|API_KEY_ENCRYPTION_KEY_PREVIOUS equals API_KEY_ENCRYPTION_KEY
+an unquoted $ in DB_URL|s/db-password-for-tests/db-pa$word/|FAIL +DB_URL holds a '\$' outside single quotes
+EOF
+# Accepted on purpose: loopback without TLS, the two explicit opt-ins, a
+# quoted $ (each with the warning it must print, if any).
+while IFS='|' read -r label expr pattern; do
+    [ -n "$label" ] || continue
+    f="$(variant "ok_$(printf '%s' "$label" | tr -c 'a-zA-Z0-9' '_')" "$expr")"
+    out="$(bash "$preflight" "$f" 2>&1)"
+    rc=$?
+    if [ "$rc" -eq 0 ] && { [ -z "$pattern" ] || grep -qE -- "$pattern" <<<"$out"; }; then ok "preflight accepts: $label"; else not_ok "preflight accepts: $label (exit $rc)" "$out"; fi
+done <<'EOF'
+plaintext to loopback (127.0.0.1, localhost, ::1)|s/@db.internal.test:5432\/exchange?sslmode=verify-full/@127.0.0.1:5432\/exchange/; s/^REDIS_URL=.*/REDIS_URL=redis:\/\/:pw@localhost:6379\/0\nREDIS_URL_ORDER=redis:\/\/order:pw@[::1]:6379\/0/|
+plaintext with ALLOW_PLAINTEXT_BACKENDS=true (the local-db case)|s/?sslmode=verify-full//; s/^REDIS_URL=rediss/REDIS_URL=redis/; $ a ALLOW_PLAINTEXT_BACKENDS=true|WARN +REDIS_URL is not TLS .*allowed by ALLOW_PLAINTEXT_BACKENDS=true
+a whole range with TRUSTED_PROXIES_ALLOW_RANGES=true|s/^TRUSTED_PROXIES=.*/TRUSTED_PROXIES=10.0.0.0\/8\nTRUSTED_PROXIES_ALLOW_RANGES=true/|WARN +TRUSTED_PROXIES entry 10.0.0.0/8 .*allowed by TRUSTED_PROXIES_ALLOW_RANGES=true
+loopback proxies and a /24|s/^TRUSTED_PROXIES=.*/TRUSTED_PROXIES=127.0.0.0\/8,::1\/128,10.1.2.0\/24/|
+a $ in a single-quoted DB_URL|s/^DB_URL=\(.*\)db-password-for-tests\(.*\)/DB_URL='\1p%24ss$word\2'/|
+API_KEY_ENCRYPTION_KEY_PREVIOUS during a rotation|s/^API_KEY_ENCRYPTION_KEY_PREVIOUS=.*/API_KEY_ENCRYPTION_KEY_PREVIOUS=0b3e6a9d2c5f8b1e4a7d0c3f6b9e2a5d8c1f4b7e0a3d6c9f/|
 EOF
 out="$(bash "$preflight" deploy/prod/prod.env.example 2>&1)"
 check_contains "preflight refuses prod.env.example's placeholders" "$out" "INTERNAL_TOKEN still holds the REPLACE placeholder"
@@ -155,10 +191,26 @@ rc=$?
 if [ "$rc" -eq 66 ]; then ok "preflight exits 66 on a missing env file"; else not_ok "preflight exits 66 on a missing env file (got $rc)" "$out"; fi
 out="$(PROD_ENV_FILE="$fixtures/good.env" bash "$preflight" 2>&1)"
 check_contains "preflight reads PROD_ENV_FILE" "$out" "good.env ok"
-f="$(variant no-tls 's/?sslmode=verify-full//; s/^REDIS_URL=rediss/REDIS_URL=redis/; /^METRICS_TOKEN=/d')"
+f="$(variant no-tls 's/?sslmode=verify-full//; s/^REDIS_URL=rediss/REDIS_URL=redis/; /^METRICS_TOKEN=/d; $ a ALLOW_PLAINTEXT_BACKENDS=true')"
 out="$(bash "$preflight" "$f" 2>&1)"
 rc=$?
-if [ "$rc" -eq 0 ] && [ "$(grep -c WARN <<<"$out")" -eq 3 ]; then ok "preflight only warns on non-TLS URLs and unset METRICS_TOKEN"; else not_ok "preflight only warns on non-TLS URLs and unset METRICS_TOKEN (exit $rc)" "$out"; fi
+if [ "$rc" -eq 0 ] && [ "$(grep -c WARN <<<"$out")" -eq 3 ]; then ok "preflight only warns on non-TLS URLs with ALLOW_PLAINTEXT_BACKENDS=true, and on unset METRICS_TOKEN"; else not_ok "preflight only warns on non-TLS URLs with ALLOW_PLAINTEXT_BACKENDS=true, and on unset METRICS_TOKEN (exit $rc)" "$out"; fi
+mkdir -p "$work/localdb"
+{
+    grep -vE '^(DB_URL|REDIS_URL|COMPOSE_PROFILES|LOCAL_DB_PASSWORD)=' "$fixtures/good.env"
+    # What prod.env.example says for the local-db profile.
+    grep -E '^ALLOW_PLAINTEXT_BACKENDS=' deploy/prod/prod.env.example | sed 's/=.*/=true/'
+    echo "COMPOSE_PROFILES=local-db"
+    echo "LOCAL_DB_PASSWORD=7d2c4e9f1a3b5c8d0e6f2a4b9c1d3e5f7a9b0c2d"
+    echo "DB_URL=postgres://exchange:7d2c4e9f1a3b5c8d0e6f2a4b9c1d3e5f7a9b0c2d@postgres:5432/exchange"
+    echo "REDIS_URL=redis://redis:6379/0"
+    for u in GATEWAY ORDER MATCHING CLEARING MARKETDATA WALLET ADMIN; do echo "REDIS_PASSWORD_$u=$(printf '%s' "$u-0123456789abcdef0123456789abcdef" | tr '[:upper:]' '[:lower:]')"; done
+} >"$work/localdb/prod.env"
+printf 'PGBACKREST_REPO1_CIPHER_PASS=%s\n' 0123456789abcdef0123456789abcdef01234567 >"$work/localdb/backup.env"
+chmod 600 "$work/localdb/backup.env"
+out="$(bash "$preflight" "$work/localdb/prod.env" 2>&1)"
+rc=$?
+if [ "$rc" -eq 0 ] && grep -qE 'WARN +DB_URL .*allowed by ALLOW_PLAINTEXT_BACKENDS=true' <<<"$out"; then ok "preflight accepts the local-db setup prod.env.example describes (ALLOW_PLAINTEXT_BACKENDS=true, REDIS_PASSWORD_*)"; else not_ok "preflight accepts the documented local-db setup (exit $rc)" "$out"; fi
 f="$(variant short-cooldown 's/^WITHDRAWAL_ADDRESS_COOLDOWN_SECS=.*/WITHDRAWAL_ADDRESS_COOLDOWN_SECS=60/')"
 out="$(bash "$preflight" "$f" 2>&1)"
 rc=$?
@@ -171,10 +223,11 @@ rc=$?
 if [ "$rc" -eq 0 ]; then ok "deploy.sh dry run succeeds with a good env"; else not_ok "deploy.sh dry run succeeds with a good env (exit $rc)" "$out"; fi
 steps="$(grep -oE '^==> (preflight|image|migrate|start|waiting)' <<<"$out" | awk '{print $2}' | tr '\n' ' ')"
 if [ "$steps" = "preflight image migrate start waiting " ]; then ok "deploy.sh runs preflight, image, migrate, up, ready in order"; else not_ok "deploy.sh runs preflight, image, migrate, up, ready in order" "got: $steps"; fi
-check_contains "deploy.sh migrates with the image" "$out" '\+ docker-compose -p exchange -f .*docker-compose.yml run --rm --no-deps migrate'
+check_contains "deploy.sh migrates with the image" "$out" '\+ docker-compose -f .*docker-compose.yml run --rm --no-deps migrate'
 check_contains "deploy.sh starts the six services" "$out" '\+ docker-compose .* up -d gateway order matching clearing marketdata wallet( |$)'
 out="$(APP_VERSION=0.9.0 DEPLOY_DRY_RUN=1 DOCKER_COMPOSE=docker-compose PROD_ENV_FILE="$fixtures/good.env" bash deploy/prod/deploy.sh 2>&1)"
 check_contains "deploy.sh rollback: APP_VERSION from the environment wins" "$out" 'start exchange:0\.9\.0'
+check_contains "deploy.sh dry run of a rollback says it never builds 0.9.0 from this checkout" "$out" 'else it refuses to build: this checkout .* is not version 0\.9\.0'
 f="$(variant marketdata-public 's/^EXPOSE_MARKETDATA=.*/EXPOSE_MARKETDATA=true/')"
 out="$(DEPLOY_DRY_RUN=1 DOCKER_COMPOSE=docker-compose PROD_ENV_FILE="$f" bash deploy/prod/deploy.sh 2>&1)"
 check_contains "deploy.sh adds the public-marketdata file on EXPOSE_MARKETDATA=true" "$out" 'up -d .*|-f [^ ]*docker-compose.public-marketdata.yml'
@@ -193,24 +246,227 @@ else
     not_ok "deploy.sh stops at preflight on the dev env and runs nothing (exit $rc)" "$out"
 fi
 
+# Rollback never builds an old version from this checkout. A stub `docker`
+# on PATH (the Docker CLI is the one thing not here) records every call and
+# says whether the image exists; deploy.sh and preflight run from a scratch
+# git repository holding copies of them, tagged v1.0.0 (good.env's version).
+rb="$work/rollback"
+mkdir -p "$rb/deploy/prod" "$rb/exchange-common/scripts" "$rb/src" "$rb/bin"
+cp deploy/prod/deploy.sh deploy/prod/Dockerfile deploy/prod/docker-compose*.yml "$rb/deploy/prod/"
+cp exchange-common/scripts/prod-preflight.sh "$rb/exchange-common/scripts/"
+echo 'fn main() {}' >"$rb/src/main.rs"
+cat >"$rb/bin/docker" <<'STUB'
+#!/usr/bin/env bash
+# Stub of the Docker CLI for tests/ops/run.sh: logs each call to $STUB_LOG.
+printf '%s\n' "docker $*" >>"$STUB_LOG"
+case "$1" in
+    info | build | pull) exit 0 ;;
+    image) [ "$2" = inspect ] && [ "${STUB_HAVE_IMAGE:-0}" = 1 ]; exit $? ;;
+    inspect) echo healthy; exit 0 ;;
+    compose)
+        [ "$2" = version ] && { echo "Docker Compose version v2.29.7"; exit 0; }
+        for a in "$@"; do
+            case "$a" in
+                exec) echo '{"status":"ok"}'; exit 0 ;;
+                ps) echo stub-container-id; exit 0 ;;
+            esac
+        done
+        exit 0
+        ;;
+esac
+exit 0
+STUB
+chmod +x "$rb/bin/docker"
+git -C "$rb" init -q && git -C "$rb" add -A && git -C "$rb" -c user.name=ops -c user.email=ops@test commit -qm release && git -C "$rb" tag v1.0.0
+# deploy_stub HAVE_IMAGE VAR=VALUE...: runs the scratch deploy.sh (not a dry run)
+deploy_stub() {
+    local have="$1"
+    shift
+    : >"$work/docker.log"
+    env PATH="$rb/bin:$PATH" STUB_LOG="$work/docker.log" STUB_HAVE_IMAGE="$have" PROD_ENV_FILE="$fixtures/good.env" \
+        READY_TIMEOUT=5 "$@" bash "$rb/deploy/prod/deploy.sh" 2>&1
+}
+out="$(deploy_stub 0 APP_VERSION=0.9.0)"
+rc=$?
+if [ "$rc" -eq 1 ] && grep -q 'FAILED at step "image"' <<<"$out" && grep -q 'is not version 0.9.0' <<<"$out" \
+    && ! grep -qE '^docker (build|compose .*(up|run))' "$work/docker.log"; then
+    ok "rollback to a version whose image is not here: refused at step image, nothing built or started"
+else
+    not_ok "rollback to a version whose image is not here is refused (exit $rc)" "$out
+$(cat "$work/docker.log")"
+fi
+check_contains "the refusal says how: PULL=1 or check out the release" "$out" 'PULL=1 APP_VERSION=0\.9\.0 deploy/prod/deploy\.sh.*|git checkout v0\.9\.0'
+out="$(deploy_stub 1 APP_VERSION=0.9.0)"
+rc=$?
+if [ "$rc" -eq 0 ] && grep -q 'exchange:0.9.0 exists on this host: using it' <<<"$out" && ! grep -q '^docker build' "$work/docker.log" \
+    && grep -qE '^docker compose .* up -d gateway order matching clearing marketdata wallet$' "$work/docker.log"; then
+    ok "rollback to a version whose image is here: uses it, builds nothing, starts the services"
+else
+    not_ok "rollback to a version whose image is here (exit $rc)" "$out
+$(cat "$work/docker.log")"
+fi
+out="$(deploy_stub 1 APP_VERSION=0.9.0 FORCE_BUILD=1)"
+rc=$?
+if [ "$rc" -eq 1 ] && grep -q 'FORCE_BUILD=1, but this checkout' <<<"$out" && ! grep -q '^docker build' "$work/docker.log"; then
+    ok "FORCE_BUILD=1 of another version than this checkout: refused"
+else
+    not_ok "FORCE_BUILD=1 of another version than this checkout is refused (exit $rc)" "$out"
+fi
+out="$(deploy_stub 0)"
+rc=$?
+if [ "$rc" -eq 0 ] && grep -qE '^docker build .*--build-arg APP_VERSION=1\.0\.0 .*-t exchange:1\.0\.0 ' "$work/docker.log"; then
+    ok "the checkout at tag v1.0.0 builds exchange:1.0.0"
+else
+    not_ok "the checkout at tag v1.0.0 builds exchange:1.0.0 (exit $rc)" "$out
+$(cat "$work/docker.log")"
+fi
+if grep -q "^REDIS_URL_GATEWAY='rediss://:redis-password-for-tests@redis.internal.test:6380/0'$" "$rb/deploy/prod/.env" \
+    && [ "$(stat -c %a "$rb/deploy/prod/.env")" = 600 ]; then
+    ok "deploy.sh writes each service's Redis URL to deploy/prod/.env (mode 600, single-quoted)"
+else
+    not_ok "deploy.sh writes REDIS_URL_<SERVICE> to deploy/prod/.env" "$(stat -c %a "$rb/deploy/prod/.env") $(grep -c REDIS_URL_ "$rb/deploy/prod/.env")"
+fi
+echo '// a change after the release' >>"$rb/src/main.rs"
+out="$(deploy_stub 0)"
+rc=$?
+if [ "$rc" -eq 1 ] && grep -q 'v1.0.0 with uncommitted changes) is not version 1.0.0' <<<"$out" && ! grep -q '^docker build' "$work/docker.log"; then
+    ok "a checkout with changes to the code is not v1.0.0: refused"
+else
+    not_ok "a checkout with changes to the code is refused (exit $rc)" "$out"
+fi
+git -C "$rb" -c user.name=ops -c user.email=ops@test commit -qam 'after the release'
+out="$(deploy_stub 0)"
+rc=$?
+if [ "$rc" -eq 1 ] && grep -qE 'this checkout \(v1\.0\.0-1-g[0-9a-f]{12}\) is not version 1\.0\.0' <<<"$out"; then
+    ok "a commit after the tag is not v1.0.0: refused"
+else
+    not_ok "a commit after the tag is refused (exit $rc)" "$out"
+fi
+out="$(deploy_stub 0 APP_VERSION="$(git -C "$rb" describe --tags --always --abbrev=12 | sed 's/^v//')")"
+rc=$?
+if [ "$rc" -eq 0 ] && grep -qE '^docker build .*-t exchange:1\.0\.0-1-g[0-9a-f]{12} ' "$work/docker.log"; then
+    ok "an untagged checkout builds under its git describe version"
+else
+    not_ok "an untagged checkout builds under its git describe version (exit $rc)" "$out"
+fi
+
 # ---- compose -----------------------------------------------------------------------------
 section "docker compose files"
-export_compose_env() { APP_VERSION=1.0.0 PROD_ENV_FILE="$fixtures/good.env" BACKUP_ENV_FILE="$root/deploy/prod/backup.env.example" "$@"; }
-dc=(docker-compose -p exchange -f deploy/prod/docker-compose.yml)
+# Compose v2 reads the files as they are (`docker compose`, or a v2
+# `docker-compose`, or COMPOSE_V2=/path/to/docker-compose). Debian 12 ships
+# only docker-compose 1.29, which refuses two v2 keys the files use (`name:`,
+# deploy.resources.limits.pids): with it, `dcv` validates a copy without
+# them (--project-directory deploy/prod, -p the file's name) and the checks
+# below read those keys from the YAML itself.
+compose_v2=()
+if [ -n "${COMPOSE_V2:-}" ]; then
+    compose_v2=("$COMPOSE_V2")
+elif docker compose version >/dev/null 2>&1; then
+    compose_v2=(docker compose)
+elif docker-compose version --short 2>/dev/null | grep -qE '^v?2\.'; then
+    compose_v2=(docker-compose)
+fi
+if [ "${#compose_v2[@]}" -gt 0 ]; then
+    echo "compose: ${compose_v2[*]} ($("${compose_v2[@]}" version --short 2>/dev/null))"
+else
+    echo "compose: docker-compose 1.x only (no Compose v2 here): v2-only keys checked in the YAML"
+fi
+v1_copy() { # v1_copy FILE -> a copy for docker-compose 1.x, its path
+    local out
+    out="$work/compose-v1/$(basename "$1")"
+    mkdir -p "$work/compose-v1"
+    "$py" - "$1" "$out" <<'PYV1'
+import sys, yaml
+d = yaml.safe_load(open(sys.argv[1]))
+d.pop("name", None)
+for svc in (d.get("services") or {}).values():
+    lim = ((svc.get("deploy") or {}).get("resources") or {}).get("limits") or {}
+    if "pids" in lim:
+        svc["pids_limit"] = lim.pop("pids")
+yaml.safe_dump(d, open(sys.argv[2], "w"), sort_keys=False)
+PYV1
+    printf '%s' "$out"
+}
+dcv() { # dcv [-f FILE]... ARGS: docker compose with these files
+    if [ "${#compose_v2[@]}" -gt 0 ]; then
+        "${compose_v2[@]}" "$@"
+        return
+    fi
+    local args=() name=""
+    while [ "$#" -gt 0 ]; do
+        case "$1" in
+            -f)
+                [ -n "$name" ] || name="$("$py" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1])).get("name", ""))' "$2")"
+                args+=(-f "$(v1_copy "$2")")
+                shift 2
+                ;;
+            *) args+=("$1"); shift ;;
+        esac
+    done
+    docker-compose ${name:+-p "$name"} --project-directory "$root/deploy/prod" "${args[@]}"
+}
+redis_url_env=()
+for u in GATEWAY ORDER MATCHING CLEARING MARKETDATA WALLET ADMIN; do
+    redis_url_env+=("REDIS_URL_$u=redis://$(printf '%s' "$u" | tr '[:upper:]' '[:lower:]'):test-password@redis:6379/0")
+done
+# export_compose_env [VAR=VALUE]... CMD...: CMD (a function too) with the
+# variables deploy.sh would export.
+export_compose_env() {
+    (
+        export APP_VERSION=1.0.0 PROD_ENV_FILE="$fixtures/good.env" BACKUP_ENV_FILE="$root/deploy/prod/backup.env.example" "${redis_url_env[@]}"
+        while [[ "${1:-}" == *=* ]]; do export "${1?}"; shift; done
+        "$@"
+    )
+}
+dc=(dcv -f deploy/prod/docker-compose.yml)
 check "docker-compose.yml validates (config -q)" export_compose_env "${dc[@]}" config -q
 check "docker-compose.yml + public-marketdata validates" export_compose_env "${dc[@]}" -f deploy/prod/docker-compose.public-marketdata.yml config -q
 check "docker-compose.yml + admin-on-public-port validates" export_compose_env "${dc[@]}" -f deploy/prod/docker-compose.admin-on-public-port.yml config -q
-check "docker-compose.yml with the local-db profile validates" export_compose_env env COMPOSE_PROFILES=local-db LOCAL_DB_PASSWORD=x "${dc[@]}" config -q
+check "docker-compose.yml with the local-db profile validates" export_compose_env COMPOSE_PROFILES=local-db LOCAL_DB_PASSWORD=x "${dc[@]}" config -q
+check "docker-compose.yml with the tools profile (migrate, admin) validates" export_compose_env COMPOSE_PROFILES=tools "${dc[@]}" config -q
 out="$(PROD_ENV_FILE="$fixtures/good.env" "${dc[@]}" config -q 2>&1)"
 rc=$?
 if [ "$rc" -ne 0 ] && grep -q 'APP_VERSION' <<<"$out"; then ok "docker-compose.yml refuses to run without APP_VERSION"; else not_ok "docker-compose.yml refuses to run without APP_VERSION" "$out"; fi
+out="$(APP_VERSION=1.0.0 PROD_ENV_FILE="$fixtures/good.env" BACKUP_ENV_FILE="$root/deploy/prod/backup.env.example" "${dc[@]}" config -q 2>&1)"
+rc=$?
+if [ "$rc" -ne 0 ] && grep -q 'REDIS_URL_' <<<"$out"; then ok "docker-compose.yml refuses to run without each service's REDIS_URL_<SERVICE> (deploy.sh writes them)"; else not_ok "docker-compose.yml refuses to run without REDIS_URL_<SERVICE>" "$out"; fi
 printf 'GRAFANA_ADMIN_PASSWORD=ops-test-password\n' >"$work/monitoring.env"
-dm=(docker-compose -p exchange-monitoring --env-file "$work/monitoring.env" -f deploy/prod/docker-compose.monitoring.yml)
+dm=(dcv --env-file "$work/monitoring.env" -f deploy/prod/docker-compose.monitoring.yml)
 check "docker-compose.monitoring.yml validates (dummy monitoring.env)" "${dm[@]}" config -q
 check "docker-compose.monitoring.yml + ports file validates" "${dm[@]}" -f deploy/prod/docker-compose.monitoring.ports.yml config -q
 : >"$work/empty.env"
-out="$(docker-compose -p exchange-monitoring --env-file "$work/empty.env" -f deploy/prod/docker-compose.monitoring.yml config -q 2>&1)"
+out="$(dcv --env-file "$work/empty.env" -f deploy/prod/docker-compose.monitoring.yml config -q 2>&1)"
 check_contains "monitoring refuses to start without GRAFANA_ADMIN_PASSWORD" "$out" 'GRAFANA_ADMIN_PASSWORD'
+
+# The project names are fixed in the files, so `docker compose -f
+# deploy/prod/docker-compose.yml ps|logs` (no -p, from any directory) see
+# the stack deploy.sh started, and monitoring is a project of its own.
+out="$("$py" - deploy/prod/docker-compose.yml deploy/prod/docker-compose.monitoring.yml <<'PY' 2>&1
+import sys, yaml
+base, mon = (yaml.safe_load(open(p)) for p in sys.argv[1:3])
+problems = []
+if base.get("name") != "exchange": problems.append(f"docker-compose.yml name: {base.get('name')!r}, want 'exchange'")
+if mon.get("name") != "exchange-monitoring": problems.append(f"docker-compose.monitoring.yml name: {mon.get('name')!r}, want 'exchange-monitoring'")
+for n, svc in base["services"].items():
+    if "build" in svc and str(svc.get("image", "")).startswith("${EXCHANGE_IMAGE"):
+        problems.append(f"{n}: an exchange service with a build: section (compose could build an old tag from this checkout)")
+    if "pids_limit" in svc: problems.append(f"{n}: pids_limit (Compose v2 refuses it beside deploy.resources.limits: use limits.pids)")
+print("\n".join(problems))
+sys.exit(1 if problems else 0)
+PY
+)"
+rc=$?
+if [ "$rc" -eq 0 ]; then ok "compose files fix the project names (exchange, exchange-monitoring); no exchange service can be built by compose"; else not_ok "compose project names / build sections" "$out"; fi
+if [ "${#compose_v2[@]}" -gt 0 ]; then
+    # From another directory, without -p: the name comes from the file.
+    out="$(cd "$work" && export_compose_env "${compose_v2[@]}" -f "$root/deploy/prod/docker-compose.yml" config 2>&1 | head -n 1)"
+    check_contains "docker compose -f deploy/prod/docker-compose.yml config: project exchange (v2, no -p)" "$out" '^name: exchange$'
+    out="$(cd "$work" && "${compose_v2[@]}" --env-file "$work/monitoring.env" -f "$root/deploy/prod/docker-compose.monitoring.yml" config 2>&1 | head -n 1)"
+    check_contains "docker compose -f docker-compose.monitoring.yml config: project exchange-monitoring (v2, no -p)" "$out" '^name: exchange-monitoring$'
+fi
+check "RUNBOOK, README and compose comments pass no other project name (-p) and no docker-compose 1.x command" bash -c '
+    bad=$(grep -nE "docker[ -]compose [^|#]*-p |docker-compose (-f|--env-file|-p|run|up|ps|logs)" docs/RUNBOOK.md README.md deploy/prod/*.yml deploy/prod/*.sh deploy/prod/*.example deploy/systemd/README.md || true)
+    [ -z "$bad" ] || { echo "$bad"; exit 1; }'
 
 export_compose_env "${dc[@]}" config >"$work/compose.yml" 2>/dev/null
 export_compose_env "${dc[@]}" -f deploy/prod/docker-compose.public-marketdata.yml config >"$work/compose-md.yml" 2>/dev/null
@@ -232,6 +488,7 @@ for name, port in services.items():
     if svc.get("restart") != "unless-stopped": problems.append(f"{name}: restart policy {svc.get('restart')}")
     lim = svc.get("deploy", {}).get("resources", {}).get("limits", {})
     if not lim.get("memory") or not lim.get("cpus"): problems.append(f"{name}: no cpu/memory limits")
+    if not lim.get("pids") and not svc.get("pids_limit"): problems.append(f"{name}: no pids limit")
     log = svc.get("logging", {})
     if log.get("driver") != "json-file" or "max-size" not in log.get("options", {}) or "max-file" not in log.get("options", {}):
         problems.append(f"{name}: no json-file log rotation")
@@ -241,6 +498,9 @@ for name, port in services.items():
 published = sorted(n for n, v in s.items() if v.get("ports"))
 if published != ["gateway"]: problems.append(f"services publishing ports by default: {published} (only gateway may)")
 gw_ports = sorted(str(p.get("target") if isinstance(p, dict) else p) for p in s["gateway"].get("ports", []))
+for name in services:
+    if s.get(name, {}).get("environment", {}).get("REDIS_URL") != f"redis://{name}:test-password@redis:6379/0":
+        problems.append(f"{name}: REDIS_URL is not its own REDIS_URL_{name.upper()} ({s.get(name, {}).get('environment', {}).get('REDIS_URL')})")
 if not all(any(str(t) in str(p) for p in s["gateway"]["ports"]) for t in (8080, 8090)): problems.append(f"gateway ports {s['gateway'].get('ports')} lack 8080/8090")
 if s["gateway"]["environment"].get("ORDER_SERVICE_URL") != "http://order:8091": problems.append("gateway ORDER_SERVICE_URL is not http://order:8091")
 if s["gateway"]["environment"].get("WALLET_SERVICE_URL") != "http://wallet:8095": problems.append("gateway WALLET_SERVICE_URL is not http://wallet:8095")
@@ -249,8 +509,9 @@ if wallet.get("environment", {}).get("WALLET_HTTP_ADDR") != "0.0.0.0:8095": prob
 if "8095" not in [str(p) for p in wallet.get("expose", [])]: problems.append(f"wallet does not expose 8095: {wallet.get('expose')}")
 if s["gateway"]["environment"].get("ADMIN_HTTP_ADDR") != "0.0.0.0:8081": problems.append("gateway does not serve the admin API on its own listener (ADMIN_HTTP_ADDR)")
 if not any("127.0.0.1" in str(p) and "8081" in str(p) for p in s["gateway"]["ports"]): problems.append(f"gateway does not publish the admin port 8081 on loopback: {s['gateway']['ports']}")
-for extra, profile in (("postgres", "local-db"), ("redis", "local-db"), ("migrate", "tools")):
-    if s.get(extra, {}).get("profiles") != [profile]: problems.append(f"{extra} is not limited to profile {profile}")
+raw = yaml.safe_load(open("deploy/prod/docker-compose.yml"))["services"]  # v2 leaves inactive profiles out
+for extra, profile in (("postgres", "local-db"), ("redis", "local-db"), ("migrate", "tools"), ("admin", "tools")):
+    if raw.get(extra, {}).get("profiles") != [profile]: problems.append(f"{extra} is not limited to profile {profile}")
 if base.get("networks", {}).get("default", {}).get("name") != "exchange-prod-net": problems.append("network is not exchange-prod-net")
 md_published = sorted(n for n, v in md["services"].items() if v.get("ports"))
 if md_published != ["gateway", "marketdata"]: problems.append(f"with the opt-in file, publishing: {md_published}")
