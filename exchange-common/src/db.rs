@@ -79,7 +79,27 @@ pub fn describe_error(target: &str, e: &sqlx::Error) -> String {
         }
         e => e.to_string(),
     };
-    format!("postgres at {target}: {what}")
+    format!(
+        "postgres at {target}: {what}{}",
+        tls_hint(&what, "sslrootcert= in DB_URL")
+    )
+}
+
+/// What an operator should check after a TLS verification failure (as
+/// rustls words it), or nothing; `ca_setting` names where the CA is set.
+pub fn tls_hint(error: &str, ca_setting: &str) -> String {
+    if error.contains("UnknownIssuer") || error.contains("BadSignature") {
+        format!(
+            " (the server's certificate is not signed by a CA this service trusts: check {ca_setting})"
+        )
+    } else if error.contains("NotValidForName") {
+        " (the server's certificate does not name the host of the URL)".to_owned()
+    } else if error.contains("Expired") || error.contains("NotValidYet") {
+        " (the server's certificate is outside its validity period, or this clock is wrong)"
+            .to_owned()
+    } else {
+        String::new()
+    }
 }
 
 /// Applies the pending migrations; returns the names applied now.

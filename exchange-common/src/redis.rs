@@ -173,7 +173,11 @@ pub fn client(url: &str, tls: &RedisConfig) -> redis::RedisResult<Client> {
 /// `e` as one line that names the server and says what failed, e.g.
 /// `redis at cache.internal:6380: TLS: invalid peer certificate: UnknownIssuer`.
 pub fn describe_error(target: &str, e: &redis::RedisError) -> String {
-    format!("redis at {target}: {e}")
+    let what = e.to_string();
+    format!(
+        "redis at {target}: {what}{}",
+        crate::db::tls_hint(&what, "REDIS_CA_FILE")
+    )
 }
 
 /// `host:port` of a Redis URL (for messages; never the credentials).

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use exchange_common::config::RedisConfig;
 use exchange_common::streams::{DLQ_FIELD_ERROR, DLQ_FIELD_ID};
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamId, StreamRangeReply};
@@ -25,7 +26,8 @@ const USAGE: &str = "usage: exchange admin dlq <command>
   replay <stream> <entry-id>   put the entry back on <stream>, then remove it from <stream>:dlq
   drop <stream> <entry-id>     remove the entry from <stream>:dlq
 
-env: REDIS_URL, REDIS_KEY_PREFIX (default exchange); replay and drop also need DB_URL (audit)";
+env: REDIS_URL, REDIS_KEY_PREFIX (default exchange), REDIS_CA_FILE, REDIS_CLIENT_CERT_FILE,
+REDIS_CLIENT_KEY_FILE; replay and drop also need DB_URL (audit)";
 
 /// Entries `show` prints at most.
 const SHOW_ENTRIES_MAX: usize = 100;
@@ -91,9 +93,14 @@ async fn timed<T>(
 }
 
 async fn connect() -> anyhow::Result<MultiplexedConnection> {
-    let client = redis::Client::open(env("REDIS_URL")?).context("REDIS_URL")?;
+    // The services' own constructor: `rediss://` with REDIS_CA_FILE and a
+    // client certificate work here as they do there.
+    let config = RedisConfig::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let url = config.url.expose();
+    let client = exchange_common::redis::client(url, &config).context("REDIS_URL")?;
+    let target = exchange_common::redis::url_target(url);
     timed(
-        "connect to redis",
+        &format!("connect to redis at {target}"),
         client.get_multiplexed_async_connection(),
     )
     .await
