@@ -738,8 +738,131 @@ if [ -n "${DB_URL:-}" ] && command -v psql >/dev/null 2>&1; then
     rc=$?
     if [ "$rc" -ne 0 ] && grep -q 'cannot reach the database' <<<"$out"; then ok "migrate.sh fails clearly on an unreachable database"; else not_ok "migrate.sh on an unreachable database (exit $rc)" "$out"; fi
     psql "$DB_URL" -X -q -c "DROP DATABASE IF EXISTS $mig_db" >/dev/null
+    # The RUNBOOK's throwaway-container migration hands DB_URL over with
+    # `-e DB_URL` (no value: docker copies it from the caller's environment)
+    # and runs `sh -lc "... bash scripts/migrate.sh"`. Here the same `sh -lc`
+    # (without the container), with a URL whose role and database names hold
+    # `$` and `&` (raw and percent-encoded) and whose query has several `&`
+    # parameters: a shell expansion or word splitting anywhere would change
+    # the database, the owner or the schema the tables land in.
+    mq_role='ops$mq&'"$$"
+    mq_db='ops$mq&db'"$$"
+    mq_pass='p$ss&w0rd'
+    psql "$DB_URL" -X -q -v ON_ERROR_STOP=1 -v role="$mq_role" -v db="$mq_db" -v pass="$mq_pass" <<'SQL' >/dev/null 2>&1
+DROP DATABASE IF EXISTS :"db";
+DROP ROLE IF EXISTS :"role";
+CREATE ROLE :"role" LOGIN PASSWORD :'pass';
+CREATE DATABASE :"db" OWNER :"role";
+SQL
+    mq_admin_url="${DB_URL%/*}/$(printf '%s' "$mq_db" | sed 's/\$/%24/g; s/&/%26/g')"
+    psql "$mq_admin_url" -X -q -v role="$mq_role" -c 'SET ROLE NONE' -c "CREATE SCHEMA mq_schema AUTHORIZATION \"$mq_role\"" >/dev/null 2>&1
+    mq_hostport="${DB_URL#*://}"
+    mq_hostport="${mq_hostport#*@}"
+    mq_hostport="${mq_hostport%%/*}"
+    # As an operator exports it: single quotes, nothing expanded.
+    mq_url='postgres://ops%24mq%26'"$$"':p%24ss%26w0rd@'"$mq_hostport"'/ops$mq&db'"$$"'?sslmode=prefer&options=-csearch_path%3Dmq_schema&application_name=x'
+    out="$(cd exchange-common && env DB_URL="$mq_url" sh -lc "command -v bash >/dev/null && bash scripts/migrate.sh" 2>&1)"
+    check_contains "the RUNBOOK's migrate command (sh -lc, DB_URL with \$ and & in names, &options=...&application_name=x) applies every migration" "$out" "done, $n_files applied, 0 already present"
+    owner="$(psql "$mq_admin_url" -X -At -c "SELECT schemaname || ' ' || tableowner FROM pg_tables WHERE tablename = 'schema_migrations'" 2>&1)"
+    if [ "$owner" = "mq_schema $mq_role" ]; then
+        ok "... into that database and schema (&options reached psql), as that role (\$ and & intact)"
+    else
+        not_ok "migrate.sh got the DB_URL intact (schema and owner of schema_migrations)" "$owner"
+    fi
+    check "prod-preflight.sh accepts that URL single-quoted in an env file" bash -c '
+        { grep -v "^DB_URL=" "$1"; printf "DB_URL='"'"'%s'"'"'\n" "$2"; } >"$3"
+        bash exchange-common/scripts/prod-preflight.sh "$3" >/dev/null' _ "$fixtures/good.env" "$mq_url" "$work/mq.env"
+    psql "$DB_URL" -X -q -v role="$mq_role" -v db="$mq_db" <<'SQL' >/dev/null 2>&1
+DROP DATABASE IF EXISTS :"db";
+DROP ROLE IF EXISTS :"role";
+SQL
 else
     printf 'skip  migrations: DB_URL or psql not available\n'
+fi
+
+# ---- Redis ACL users -----------------------------------------------------------------------------------
+# The local-db Redis's users (deploy/prod/redis/users-acl.sh), loaded by a
+# throwaway redis-server: each service may run what it runs and nothing else.
+section "Redis ACL users (deploy/prod/redis/users-acl.sh)"
+acl_users=(gateway order matching clearing marketdata wallet admin)
+acl_env=()
+for u in "${acl_users[@]}"; do
+    acl_env+=("REDIS_PASSWORD_$(printf '%s' "$u" | tr '[:lower:]' '[:upper:]')=$(openssl rand -hex 32)")
+done
+check "users-acl.sh refuses a missing password, naming it" bash -c '! out=$(env -u REDIS_PASSWORD_WALLET "$@" sh deploy/prod/redis/users-acl.sh 2>&1) && grep -q "REDIS_PASSWORD_WALLET is not set" <<<"$out"' _ env "${acl_env[@]/REDIS_PASSWORD_WALLET=*/REDIS_PASSWORD_WALLET=}"
+env "${acl_env[@]}" sh deploy/prod/redis/users-acl.sh >"$work/users.acl" 2>"$work/users-acl.err"
+check "users-acl.sh prints no password (only SHA-256 hashes)" bash -c '
+    for kv in "${@:2}"; do grep -qF -- "${kv#*=}" "$1" && { echo "a password is in the ACL file"; exit 1; }; done
+    [ "$(grep -c "^user .* on #[0-9a-f]\{64\} " "$1")" -eq 7 ] && grep -qx "user default off resetpass resetkeys resetchannels -@all" "$1"' _ "$work/users.acl" "${acl_env[@]}"
+if command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; then
+    acl_port="$(free_port)"
+    redis-server --port "$acl_port" --bind 127.0.0.1 --save "" --appendonly no --aclfile "$work/users.acl" \
+        --dir "$work" --logfile "$work/redis-acl.log" >/dev/null 2>&1 &
+    bg_pids+=("$!")
+    for _ in $(seq 50); do redis-cli -p "$acl_port" PING 2>/dev/null | grep -q NOAUTH && break; sleep 0.1; done
+    # redis_as USER CMD...: redis-cli as that ACL user (password from the environment, never the command line)
+    redis_as() {
+        local user="$1" var kv
+        shift
+        var="REDIS_PASSWORD_$(printf '%s' "$user" | tr '[:lower:]' '[:upper:]')"
+        for kv in "${acl_env[@]}"; do [ "${kv%%=*}" = "$var" ] && break; done
+        REDISCLI_AUTH="${kv#*=}" redis-cli --no-auth-warning -p "$acl_port" --user "$user" "$@" 2>&1
+    }
+    check_contains "redis-server loads the ACL file; the default user is off" "$(redis-cli -p "$acl_port" PING 2>&1)" 'NOAUTH'
+    check_contains "every user authenticates and may PING" "$(for u in "${acl_users[@]}"; do redis_as "$u" PING; done | sort | uniq -c)" '^ +7 PONG$'
+    o='exchange:orders:{BTC-USDT}'
+    while IFS='|' read -r label want user cmd; do
+        [ -n "$label" ] || continue
+        read -r -a argv <<<"$cmd"
+        out="$(redis_as "$user" "${argv[@]}")"
+        if [ "$want" = allow ]; then
+            if grep -qE 'NOPERM|ERR|WRONGPASS' <<<"$out"; then not_ok "ACL: $label" "$out"; else ok "ACL: $label"; fi
+        else
+            check_contains "ACL: $label" "$out" 'NOPERM'
+        fi
+    done <<EOF
+order may XADD to an order stream|allow|order|XADD $o * command {}
+marketdata may not XADD to an order stream|deny|marketdata|XADD $o * command {}
+gateway may not XADD to an order stream|deny|gateway|XADD $o * command {}
+clearing may not XADD to an order stream|deny|clearing|XADD $o * command {}
+matching may create its group on an order stream|allow|matching|XGROUP CREATE $o matching 0 MKSTREAM
+matching may read the order stream as its group|allow|matching|XREADGROUP GROUP matching m1 COUNT 1 STREAMS $o >
+matching may not XADD to an order stream (only its dead letters)|deny|matching|XADD $o * command {}
+matching may XADD to the order stream's dead letters|allow|matching|XADD $o:dlq * error x
+matching may XADD an event batch|allow|matching|XADD exchange:events * batch {}
+order may not XADD an event batch|deny|order|XADD exchange:events * batch {}
+marketdata may not XADD an event batch|deny|marketdata|XADD exchange:events * batch {}
+clearing may not XADD an event batch|deny|clearing|XADD exchange:events * batch {}
+clearing may create its group on the events stream|allow|clearing|XGROUP CREATE exchange:events clearing 0 MKSTREAM
+clearing may read the events stream as its group|allow|clearing|XREADGROUP GROUP clearing c1 COUNT 1 STREAMS exchange:events >
+clearing may XADD to the events' dead letters|allow|clearing|XADD exchange:events:dlq * error x
+marketdata may create its group on the events stream|allow|marketdata|XGROUP CREATE exchange:events marketdata-h1 $ MKSTREAM
+marketdata may not trim the events stream|deny|marketdata|XTRIM exchange:events MAXLEN 0
+marketdata may not destroy a group|deny|marketdata|XGROUP DESTROY exchange:events clearing
+matching may trim the events stream|allow|matching|XTRIM exchange:events MINID 0
+matching may read the events groups|allow|matching|XINFO GROUPS exchange:events
+clearing may publish a private event|allow|clearing|PUBLISH exchange:private:7 []
+wallet may publish a private event|allow|wallet|PUBLISH exchange:private:7 []
+marketdata may not publish a private event|deny|marketdata|PUBLISH exchange:private:7 []
+order may not publish a private event|deny|order|PUBLISH exchange:private:7 []
+gateway may keep a listenKey|allow|gateway|SETEX exchange:bn:listenKey:k1 60 7
+gateway may not read the streams|deny|gateway|XRANGE exchange:events - +
+wallet may not touch any key|deny|wallet|GET exchange:bn:listenKey:k1
+admin may list the dead letters|allow|admin|XRANGE exchange:events:dlq - + COUNT 5
+admin may not publish|deny|admin|PUBLISH exchange:private:7 []
+no user may touch keys outside the prefix|deny|admin|XLEN other:events
+no user may FLUSHALL|deny|admin|FLUSHALL
+EOF
+    out="$(REDISCLI_AUTH="$(printf '%s\n' "${acl_env[@]}" | sed -n 's/^REDIS_PASSWORD_GATEWAY=//p')" timeout 2 redis-cli --no-auth-warning -p "$acl_port" --user gateway PSUBSCRIBE 'exchange:private:*' 2>&1)"
+    check_contains "ACL: gateway may PSUBSCRIBE exchange:private:* (its private-events consumer)" "$out" '^psubscribe$'
+    out="$(REDISCLI_AUTH="$(printf '%s\n' "${acl_env[@]}" | sed -n 's/^REDIS_PASSWORD_MARKETDATA=//p')" timeout 2 redis-cli --no-auth-warning -p "$acl_port" --user marketdata PSUBSCRIBE 'exchange:private:*' 2>&1)"
+    check_contains "ACL: marketdata may not subscribe to private events" "$out" 'NOPERM'
+    out="$(redis_as admin --scan --pattern 'exchange:*' | sort | tr '\n' ' ')"
+    check_contains "ACL: admin may SCAN the prefix (restore-check.sh --reset-redis, exchange admin dlq list)" "$out" 'exchange:events '
+    out="$(env "${acl_env[@]}" REDIS_KEY_PREFIX=exchange sh deploy/prod/redis/users-acl.sh --setuser 2>&1 | head -n 1)"
+    check_contains "users-acl.sh --setuser prints ACL SETUSER commands (for a Redis you run yourself)" "$out" '^ACL SETUSER gateway reset on #[0-9a-f]{64} '
+else
+    printf 'skip  Redis ACL users: redis-server or redis-cli not installed\n'
 fi
 
 # ---- live stage ---------------------------------------------------------------------------------------------
