@@ -68,6 +68,11 @@ pub fn target(options: &PgConnectOptions) -> String {
     }
 }
 
+/// [`target`] of a URL (`DB_URL` when it does not parse).
+pub fn url_target(url: &str) -> String {
+    PgConnectOptions::from_str(url).map_or_else(|_| "DB_URL".to_owned(), |o| target(&o))
+}
+
 /// `e` (from connecting or querying) as one line naming the server, e.g.
 /// `postgres at db.internal:5432: TLS: invalid peer certificate: UnknownIssuer`.
 pub fn describe_error(target: &str, e: &sqlx::Error) -> String {

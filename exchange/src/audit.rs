@@ -71,10 +71,16 @@ async fn connect() -> anyhow::Result<sqlx::PgPool> {
         Ok(v) if !v.is_empty() => v,
         _ => bail!("DB_URL is not set"),
     };
+    let target = exchange_common::db::url_target(&url);
     tokio::time::timeout(CONNECT_TIMEOUT, sqlx::PgPool::connect(&url))
         .await
-        .context("connect to postgres: timed out")?
-        .context("connect to postgres")
+        .with_context(|| format!("connect to postgres at {target}: timed out"))?
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "connect to postgres: {}",
+                exchange_common::db::describe_error(&target, &e)
+            )
+        })
 }
 
 async fn verify() -> ExitCode {

@@ -250,10 +250,16 @@ async fn resolve(action: Action, stream: &str, id: &str) -> anyhow::Result<()> {
         bail!("no entry {id} in {key}");
     };
 
+    let target = exchange_common::db::url_target(&db_url);
     let db = tokio::time::timeout(CALL_TIMEOUT, sqlx::PgPool::connect(&db_url))
         .await
-        .context("connect to postgres: timed out")?
-        .context("connect to postgres")?;
+        .with_context(|| format!("connect to postgres at {target}: timed out"))?
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "connect to postgres: {}",
+                exchange_common::db::describe_error(&target, &e)
+            )
+        })?;
     // Audit first: if anything after this fails, the record shows the attempt.
     let original_id = field(entry, DLQ_FIELD_ID);
     let audit_id = tokio::time::timeout(
