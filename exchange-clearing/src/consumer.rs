@@ -28,6 +28,7 @@ use sqlx::{PgPool, Row as _};
 use crate::plan::MarketAssets;
 use crate::private::{self, PrivateEvent};
 use crate::store::{self, SettleError, Settled};
+use exchange_store::transport::{Verdict, note_forgery};
 
 /// The stream field that carries the JSON batch.
 pub const BATCH_FIELD: &str = "batch";
@@ -316,6 +317,15 @@ impl Clearing {
                 }
             }
         }
+        let (batches, index) = match self.stored(entries, batches, index).await {
+            Ok(stored) => stored,
+            Err((e, index)) => {
+                for i in index {
+                    results[i] = Err(e.clone());
+                }
+                (Vec::new(), Vec::new())
+            }
+        };
         let mut settled = Settled::default();
         if !batches.is_empty() {
             match self.settle_batches(&batches).await {
@@ -353,6 +363,58 @@ impl Clearing {
         metrics::histogram!("exchange_clearing_settle_seconds")
             .record(started.elapsed().as_secs_f64());
         HandleOutcome { results, settled }
+    }
+
+    /// Replaces each claimed batch by the stored one it names (see
+    /// [`exchange_store::transport`]): a forged entry is dropped (and
+    /// acknowledged), an altered one settles the stored batch. Transient
+    /// database errors are retried like settlement's; `Err` (at shutdown)
+    /// leaves every entry pending.
+    async fn stored(
+        &self,
+        entries: &[StreamEntry],
+        claimed: Vec<EventBatch>,
+        index: Vec<usize>,
+    ) -> Result<(Vec<EventBatch>, Vec<usize>), (String, Vec<usize>)> {
+        if claimed.is_empty() {
+            return Ok((claimed, index));
+        }
+        let keys: Vec<_> = claimed.iter().map(|b| (b.market, b.seq)).collect();
+        let mut delay = RETRY_DELAY_MIN;
+        let stored = loop {
+            match exchange_store::transport::stored_batches(&self.db, &keys).await {
+                Ok(s) => break s,
+                Err(e) if !self.shutdown.is_triggered() => {
+                    tracing::warn!(error = %e, "cannot read the stored batches, retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.shutdown.wait() => {}
+                    }
+                    delay = (delay * 2).min(RETRY_DELAY_MAX);
+                }
+                Err(e) => return Err((format!("cannot read the stored batches: {e}"), index)),
+            }
+        };
+        let mut batches = Vec::with_capacity(claimed.len());
+        let mut kept = Vec::with_capacity(index.len());
+        for (b, i) in claimed.into_iter().zip(index) {
+            let verdict = Verdict::of(&b, stored.get(&(b.market, b.seq)).cloned());
+            if let Some(kind) = verdict.forgery() {
+                note_forgery(
+                    crate::SERVICE,
+                    &self.redis.events_stream(),
+                    &entries[i].id,
+                    kind,
+                    &b.market.to_string(),
+                    b.seq,
+                );
+            }
+            if let Some(real) = verdict.into_stored() {
+                batches.push(real);
+                kept.push(i);
+            }
+        }
+        Ok((batches, kept))
     }
 
     /// Settles batches that matching stored in `event_batches` more than

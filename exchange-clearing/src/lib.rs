@@ -84,7 +84,12 @@ impl Default for Options {
             claim_interval: Duration::from_secs(5),
             halts_refresh_interval: Duration::from_secs(5),
             reconcile_interval: Duration::from_secs(60),
-            reconcile: reconcile::Options::default(),
+            // The provenance checks read all history: an off-peak job's
+            // (`exchange admin reconcile`), not every minute's.
+            reconcile: reconcile::Options {
+                full: false,
+                ..reconcile::Options::default()
+            },
             catch_up_after: Duration::from_secs(10),
             catch_up_len_max: 1_000,
         }
@@ -124,6 +129,7 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     let base = ServiceBase::new(config, SERVICE)?;
     describe_metrics();
+    exchange_store::transport::describe_forgery_metric(SERVICE, &base.redis.events_stream());
     let clearing = Arc::new(Clearing::new(
         base.db.clone(),
         base.redis.clone(),

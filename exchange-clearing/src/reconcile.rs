@@ -32,6 +32,20 @@
 //!   `cleared_batches`;
 //! - `no_halted_market`: clearing has not halted any market.
 //!
+//! And, in the full check only (`exchange admin reconcile`; they read all
+//! history, so the periodic job leaves them to an off-peak run), that every
+//! booking of a trade came from matching ([`PROVENANCE_CHECKS`]) — not from a forged stream entry
+//! or a row written straight into the database:
+//! - `cleared_batches_stored`: every cleared batch is a stored one;
+//! - `trades_match_events`: the trades are exactly the `trade` events of
+//!   the cleared stored batches, field for field, and the reverse;
+//! - `fills_match_trades`: each trade has exactly its maker and taker fill,
+//!   with the trade's price, quantity, amount and fees, and every fill its
+//!   trade;
+//! - `ledger_matches_fills`: per account and asset, the `trade` journals'
+//!   postings are what the fills move (each side gets what it bought minus
+//!   its fee, pays what it sold; the fee account gets the fees).
+//!
 //! (A crossed book is the engine's to check.)
 
 use std::fmt;
@@ -120,17 +134,20 @@ impl fmt::Display for Report {
     }
 }
 
-/// How tolerant the check is of work in flight.
+/// How tolerant the check is of work in flight, and how deep it reads.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     /// Commands and batches younger than this may still be in the pipeline.
     pub lag: Duration,
+    /// Also run [`PROVENANCE_CHECKS`], which read all history.
+    pub full: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             lag: Duration::from_secs(30),
+            full: true,
         }
     }
 }
@@ -252,6 +269,131 @@ const CHECKS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The trade events of the cleared stored batches, in the units and
+/// columns of `trades` (each fee is in what its side receives).
+macro_rules! cleared_trade_events {
+    () => {
+        "
+    SELECT e.market, e.seq, (t->>'trade_id')::bigint AS id,
+           (t->>'price')::numeric / power(10::numeric, q.scale) AS price,
+           (t->>'quantity')::numeric / power(10::numeric, b.scale) AS quantity,
+           (t->>'quote_amount')::numeric / power(10::numeric, q.scale) AS quote_amount,
+           t->>'taker_side' AS taker_side,
+           (t->>'maker_order_id')::bigint AS maker_order_id,
+           (t->>'taker_order_id')::bigint AS taker_order_id,
+           (t->>'maker_user_id')::bigint AS maker_user_id,
+           (t->>'taker_user_id')::bigint AS taker_user_id,
+           (t->>'maker_fee')::numeric / power(10::numeric,
+               CASE t->>'taker_side' WHEN 'buy' THEN q.scale ELSE b.scale END) AS maker_fee,
+           (t->>'taker_fee')::numeric / power(10::numeric,
+               CASE t->>'taker_side' WHEN 'buy' THEN b.scale ELSE q.scale END) AS taker_fee,
+           e.time_ms
+    FROM cleared_batches c
+    JOIN event_batches e ON e.market = c.market AND e.seq = c.seq
+    JOIN markets m ON m.symbol = e.market
+    JOIN assets b ON b.symbol = m.base
+    JOIN assets q ON q.symbol = m.quote
+    CROSS JOIN LATERAL jsonb_array_elements(e.events) t
+    WHERE t->>'type' = 'trade'"
+    };
+}
+
+/// Checks that every trade booking came from matching; they read all
+/// history (see the module documentation).
+const PROVENANCE_CHECKS: &[(&str, &str)] = &[
+        (
+            "cleared_batches_stored",
+            "SELECT count(*) OVER (),
+                    format('market %s seq %s: cleared, but matching stored no such batch', c.market, c.seq)
+             FROM cleared_batches c
+             WHERE NOT EXISTS (SELECT 1 FROM event_batches e WHERE e.market = c.market AND e.seq = c.seq)
+             ORDER BY c.market, c.seq LIMIT $1",
+        ),
+        (
+            "trades_match_events",
+            concat!(
+                "WITH ev AS (",
+                cleared_trade_events!(),
+                ")
+                 SELECT count(*) OVER (),
+                        CASE WHEN ev.id IS NULL THEN
+                             format('market %s trade %s (seq %s): no trade event in the stored batches explains it',
+                                    t.market, t.id, t.seq)
+                             WHEN t.id IS NULL THEN
+                             format('market %s trade %s (seq %s): in a cleared stored batch but not booked',
+                                    ev.market, ev.id, ev.seq)
+                             ELSE format('market %s trade %s (seq %s): booked %s %s @ %s, the stored event says %s %s @ %s',
+                                    t.market, t.id, t.seq, t.taker_side, t.quantity, t.price,
+                                    ev.taker_side, ev.quantity, ev.price) END
+                 FROM ev FULL JOIN trades t ON t.market = ev.market AND t.id = ev.id
+                 WHERE ev.id IS NULL OR t.id IS NULL
+                    OR (t.seq, t.price, t.quantity, t.quote_amount, t.taker_side, t.maker_order_id,
+                        t.taker_order_id, t.maker_user_id, t.taker_user_id, t.maker_fee, t.taker_fee, t.time_ms)
+                       IS DISTINCT FROM
+                       (ev.seq, ev.price, ev.quantity, ev.quote_amount, ev.taker_side, ev.maker_order_id,
+                        ev.taker_order_id, ev.maker_user_id, ev.taker_user_id, ev.maker_fee, ev.taker_fee, ev.time_ms)
+                 ORDER BY coalesce(t.market, ev.market), coalesce(t.id, ev.id) LIMIT $1"
+            ),
+        ),
+        (
+            "fills_match_trades",
+            "WITH want AS (
+                 SELECT t.market, t.id AS trade_id, 'maker' AS liquidity, t.maker_user_id AS user_id,
+                        t.maker_order_id AS order_id,
+                        CASE t.taker_side WHEN 'buy' THEN 'sell' ELSE 'buy' END AS side,
+                        t.price, t.quantity, t.quote_amount, t.maker_fee AS fee,
+                        CASE t.taker_side WHEN 'buy' THEN m.quote ELSE m.base END AS fee_asset, t.time_ms
+                 FROM trades t JOIN markets m ON m.symbol = t.market
+                 UNION ALL
+                 SELECT t.market, t.id, 'taker', t.taker_user_id, t.taker_order_id, t.taker_side,
+                        t.price, t.quantity, t.quote_amount, t.taker_fee,
+                        CASE t.taker_side WHEN 'buy' THEN m.base ELSE m.quote END, t.time_ms
+                 FROM trades t JOIN markets m ON m.symbol = t.market)
+             SELECT count(*) OVER (),
+                    format('market %s trade %s %s fill: %s', coalesce(w.market, f.market),
+                           coalesce(w.trade_id, f.trade_id), coalesce(w.liquidity, f.liquidity),
+                           CASE WHEN f.id IS NULL THEN 'missing'
+                                WHEN w.trade_id IS NULL THEN format('fill %s has no trade', f.id)
+                                ELSE format('fill %s differs from its trade', f.id) END)
+             FROM want w FULL JOIN fills f
+               ON f.market = w.market AND f.trade_id = w.trade_id AND f.liquidity = w.liquidity
+             WHERE w.trade_id IS NULL OR f.id IS NULL
+                OR (f.user_id, f.order_id, f.side, f.price, f.quantity, f.quote_amount, f.fee,
+                    f.fee_asset, f.time_ms)
+                   IS DISTINCT FROM
+                   (w.user_id, w.order_id, w.side, w.price, w.quantity, w.quote_amount, w.fee,
+                    w.fee_asset, w.time_ms)
+             ORDER BY coalesce(w.market, f.market), coalesce(w.trade_id, f.trade_id) LIMIT $1",
+        ),
+        (
+            "ledger_matches_fills",
+            "WITH l AS (SELECT p.account_kind AS account, coalesce(p.user_id, 0) AS user_id, p.asset,
+                               sum(p.amount) AS total
+                        FROM ledger_postings p JOIN ledger_journal j ON j.id = p.journal_id
+                        WHERE j.kind = 'trade' GROUP BY 1, 2, 3),
+                  f AS (SELECT account, user_id, asset, sum(amount) AS total FROM (
+                            SELECT 'user' AS account, f.user_id, m.base AS asset,
+                                   CASE f.side WHEN 'buy' THEN f.quantity ELSE -f.quantity END AS amount
+                            FROM fills f JOIN markets m ON m.symbol = f.market
+                            UNION ALL
+                            SELECT 'user', f.user_id, m.quote,
+                                   CASE f.side WHEN 'buy' THEN -f.quote_amount ELSE f.quote_amount END
+                            FROM fills f JOIN markets m ON m.symbol = f.market
+                            UNION ALL
+                            SELECT 'user', f.user_id, f.fee_asset, -f.fee FROM fills f
+                            UNION ALL
+                            SELECT 'fees', 0, f.fee_asset, f.fee FROM fills f) x
+                        GROUP BY 1, 2, 3)
+             SELECT count(*) OVER (),
+                    format('%s %s %s: trade journals post %s, the fills move %s',
+                           coalesce(l.account, f.account), coalesce(l.user_id, f.user_id),
+                           coalesce(l.asset, f.asset), coalesce(l.total, 0), coalesce(f.total, 0))
+             FROM l FULL JOIN f ON f.account = l.account AND f.user_id = l.user_id AND f.asset = l.asset
+             WHERE coalesce(l.total, 0) <> coalesce(f.total, 0)
+             ORDER BY 2 LIMIT $1",
+    ),
+];
+
 /// Runs every check in one consistent snapshot.
 pub async fn reconcile(db: &PgPool, opts: Options) -> Result<Report, sqlx::Error> {
     let mut tx = db.begin().await?;
@@ -263,8 +405,9 @@ pub async fn reconcile(db: &PgPool, opts: Options) -> Result<Report, sqlx::Error
         .execute(&mut *tx)
         .await?;
     let lag = opts.lag.as_secs_f64();
-    let mut checks = Vec::with_capacity(CHECKS.len());
-    for (name, sql) in CHECKS {
+    let provenance = if opts.full { PROVENANCE_CHECKS } else { &[] };
+    let mut checks = Vec::with_capacity(CHECKS.len() + provenance.len());
+    for (name, sql) in CHECKS.iter().chain(provenance) {
         let mut query = sqlx::query(*sql).bind(DETAILS_LEN_MAX);
         if sql.contains("$2") {
             query = query.bind(lag);
@@ -319,7 +462,7 @@ pub async fn run_cli() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    match reconcile(&pool, Options { lag }).await {
+    match reconcile(&pool, Options { lag, full: true }).await {
         Ok(report) => {
             print!("{report}");
             if report.ok() {

@@ -48,6 +48,7 @@ struct Harness {
 fn no_lag() -> ReconcileOptions {
     ReconcileOptions {
         lag: Duration::ZERO,
+        full: true,
     }
 }
 
@@ -858,6 +859,7 @@ async fn reconcile_names_the_invariant_a_corruption_breaks() {
         &h.db,
         ReconcileOptions {
             lag: Duration::from_secs(600),
+            full: true,
         },
     )
     .await
@@ -1376,6 +1378,7 @@ async fn the_service_settles_and_reports_a_halted_market() {
         reconcile_interval: Duration::from_millis(300),
         reconcile: ReconcileOptions {
             lag: Duration::from_secs(60),
+            full: true,
         },
         ..exchange_clearing::Options::default()
     };

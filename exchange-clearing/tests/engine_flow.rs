@@ -360,6 +360,7 @@ async fn random_flow_through_the_engine_settles_and_reconciles() {
         &db,
         reconcile::Options {
             lag: Duration::ZERO,
+            full: true,
         },
     )
     .await

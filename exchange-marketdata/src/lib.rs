@@ -59,6 +59,7 @@ use tokio::net::TcpListener;
 use crate::registry::MarketRegistry;
 use crate::store::{Dirty, KLINE_WRITE_ROWS_MAX, restore_unwritten};
 use crate::ws::{App, Origins};
+use exchange_store::transport::{Verdict, note_forgery};
 
 pub const SERVICE: &str = "marketdata";
 /// The loop name `/ready` reports.
@@ -137,6 +138,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let base = ServiceBase::new(config.clone(), SERVICE)?;
     describe_metrics();
+    exchange_store::transport::describe_forgery_metric(SERVICE, &base.redis.events_stream());
     let markets = Arc::new(MarketRegistry::new(base.db.clone()));
     let app = App::new(
         markets.clone(),
@@ -208,6 +210,8 @@ async fn consume(base: ServiceBase, markets: Arc<MarketRegistry>, shutdown: Shut
     let handler = EventsHandler {
         markets: markets.clone(),
         dirty: dirty.clone(),
+        db: base.db.clone(),
+        stream: stream.clone(),
     };
     run_consumer(
         base.redis.clone(),
@@ -259,27 +263,67 @@ async fn write_dirty(markets: &MarketRegistry, dirty: &tokio::sync::Mutex<Dirty>
 
 /// Applies each batch (in stream order) and notes the candles it touched;
 /// a background task writes them every [`KLINE_WRITE_INTERVAL`], the
-/// handler itself once [`KLINE_WRITE_ROWS_MAX`] are waiting.
+/// handler itself once [`KLINE_WRITE_ROWS_MAX`] are waiting. What is applied
+/// is the stored batch each entry names, never the entry itself (see
+/// [`exchange_store::transport`]).
 pub struct EventsHandler {
     markets: Arc<MarketRegistry>,
     dirty: Arc<tokio::sync::Mutex<Dirty>>,
+    db: sqlx::PgPool,
+    stream: String,
 }
 
 impl Handler for EventsHandler {
     async fn handle(&self, entries: &[StreamEntry]) -> Vec<Result<(), String>> {
+        let claimed: Vec<Result<EventBatch, String>> = entries
+            .iter()
+            .map(|entry| match entry.field_str(BATCH_FIELD) {
+                None => Err(format!("entry has no {BATCH_FIELD:?} text field")),
+                Some(text) => serde_json::from_str::<EventBatch>(text)
+                    .map_err(|e| format!("unreadable event batch: {e}")),
+            })
+            .collect();
+        let keys: Vec<_> = claimed
+            .iter()
+            .flatten()
+            .map(|b| (b.market, b.seq))
+            .collect();
+        let stored = match exchange_store::transport::stored_batches(&self.db, &keys).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Redelivered later; a batch that never comes is a gap,
+                // filled from Postgres by the next one.
+                let e = format!("cannot read the stored batches: {e}");
+                return vec![Err(e); entries.len()];
+            }
+        };
         let mut dirty = self.dirty.lock().await;
         let mut out = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let result = match entry.field_str(BATCH_FIELD) {
-                None => Err(format!("entry has no {BATCH_FIELD:?} text field")),
-                Some(text) => match serde_json::from_str::<EventBatch>(text) {
-                    Err(e) => Err(format!("unreadable event batch: {e}")),
-                    Ok(batch) => self
-                        .markets
-                        .apply_live(&batch, &mut dirty)
-                        .await
-                        .map_err(|e| e.to_string()),
-                },
+        for (entry, claim) in entries.iter().zip(claimed) {
+            let result = match claim {
+                Err(e) => Err(e),
+                Ok(batch) => {
+                    let verdict =
+                        Verdict::of(&batch, stored.get(&(batch.market, batch.seq)).cloned());
+                    if let Some(kind) = verdict.forgery() {
+                        note_forgery(
+                            SERVICE,
+                            &self.stream,
+                            &entry.id,
+                            kind,
+                            &batch.market.to_string(),
+                            batch.seq,
+                        );
+                    }
+                    match verdict.into_stored() {
+                        None => Ok(()),
+                        Some(real) => self
+                            .markets
+                            .apply_live(&real, &mut dirty)
+                            .await
+                            .map_err(|e| e.to_string()),
+                    }
+                }
             };
             out.push(result);
         }

@@ -45,8 +45,10 @@ impl Svc {
         ws
     }
 
-    /// Adds `batches` to `<prefix>:events` in one pipeline.
-    async fn xadd_all(&self, batches: &[EventBatch]) {
+    /// As matching does: stores `batches`, then adds them to
+    /// `<prefix>:events` in one pipeline.
+    async fn publish_all(&self, batches: &[EventBatch]) {
+        store_batches(&self.db, batches).await;
         let texts: Vec<String> = batches
             .iter()
             .map(|b| serde_json::to_string(b).unwrap())
@@ -659,6 +661,7 @@ async fn a_client_that_never_reads_is_disconnected_and_does_not_delay_others() {
                 })
                 .collect();
             let b = batch(seq, now_ms(), events);
+            store_batch(&svc.db, &b).await;
             pipe.xadd(
                 &stream,
                 "*",
@@ -708,7 +711,7 @@ async fn a_client_that_never_reads_is_disconnected_and_does_not_delay_others() {
                 batch(s, now_ms(), events)
             })
             .collect();
-        svc.xadd_all(&chunk).await;
+        svc.publish_all(&chunk).await;
         seq += 50;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -792,7 +795,7 @@ async fn a_reader_that_pauses_gets_conflated_depth_and_rebuilds_the_rest_book_wi
     let paused_at = Instant::now();
     for chunk in (1..=BATCHES).collect::<Vec<_>>().chunks(50) {
         let batches: Vec<EventBatch> = chunk.iter().map(|s| batch_at(*s)).collect();
-        svc.xadd_all(&batches).await;
+        svc.publish_all(&batches).await;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     eprintln!("published after {:?}", paused_at.elapsed());

@@ -182,6 +182,10 @@ async fn supervise(base: ServiceBase, registry: Registry, shutdown: Shutdown) {
                         continue;
                     }
                     running.insert(symbol.clone());
+                    exchange_store::transport::describe_forgery_metric(
+                        SERVICE,
+                        &base.redis.orders_stream(&symbol.to_string()),
+                    );
                     let status = SharedStatus::default();
                     if let Ok(mut r) = registry.lock() {
                         r.insert(symbol.clone(), status.clone());

@@ -34,6 +34,8 @@ use exchange_engine::OrderBook;
 use sqlx::PgPool;
 
 use crate::store;
+use crate::SERVICE;
+use exchange_store::transport::note_forgery;
 
 /// What to do with a command, given the last sequence number applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -450,6 +452,20 @@ impl MarketBook {
             return fail_all("no book".to_owned());
         };
         let mut halt: Option<(u64, String)> = None;
+        // Redis is only a transport (see `exchange_store::transport`): an
+        // entry names a journaled command by seq, and what is applied is the
+        // journal's command. Read ahead once for the whole read.
+        let market = self.symbol.to_string();
+        let stream = redis.orders_stream(&market);
+        let mut ahead = JournalAhead::new(book.last_seq());
+        let claimed_top = entries
+            .iter()
+            .filter_map(|e| e.field_str("command"))
+            .filter_map(|t| serde_json::from_str::<SequencedCommand>(t).ok())
+            .filter(|c| c.market == self.symbol)
+            .map(|c| c.seq)
+            .max()
+            .unwrap_or(0);
         for entry in entries {
             if halt.is_some() {
                 results.push(Err("market halted".to_owned()));
@@ -464,7 +480,7 @@ impl MarketBook {
                 Ok(c) => c,
                 Err(e) => {
                     // Not a command we can read; the journal has the real one
-                    // and a later entry's gap fill will apply it.
+                    // and a later entry's read-ahead will apply it.
                     results.push(Err(e));
                     continue;
                 }
@@ -476,45 +492,51 @@ impl MarketBook {
                 )));
                 continue;
             }
-            let mut todo: Vec<SequencedCommand> = Vec::new();
-            match next(book.last_seq(), cmd.seq) {
-                Next::Skip => {
-                    metrics::counter!("exchange_matching_duplicates_total").increment(1);
+            if next(book.last_seq(), cmd.seq) == Next::Skip {
+                metrics::counter!("exchange_matching_duplicates_total").increment(1);
+                results.push(Ok(()));
+                continue;
+            }
+            let todo = match ahead.through(db, &market, cmd.seq, claimed_top).await {
+                Ok(Through::Commands(todo)) => todo,
+                Ok(Through::NotJournaled) => {
+                    note_forgery(SERVICE, &stream, &entry.id, "forged", &market, cmd.seq);
                     results.push(Ok(()));
                     continue;
                 }
-                Next::Apply => todo.push(cmd),
-                Next::Gap { from, to } => {
-                    match store::journal_range(db, &self.symbol.to_string(), from, to).await {
-                        Ok(filled) if filled.len() as u64 == to - from + 1 => {
-                            tracing::info!(market = %self.symbol, from, to, "sequence gap filled from the journal");
-                            metrics::counter!("exchange_matching_gap_filled_total")
-                                .increment(filled.len() as u64);
-                            todo.extend(filled);
-                            todo.push(cmd);
-                        }
-                        Ok(filled) => {
-                            results.push(Err(format!(
-                                "gap {from}..={to}: journal has only {} of them",
-                                filled.len()
-                            )));
-                            continue;
-                        }
-                        Err(e) => {
-                            results.push(Err(format!("gap fill failed: {e:#}")));
-                            continue;
+                Ok(Through::Behind(todo)) => {
+                    // Far behind: apply what was read, come back for the rest.
+                    for c in todo {
+                        match apply_guarded(book, &c) {
+                            Ok(events) => produced.push(batch_of(self.symbol, &c, events)),
+                            Err(reason) => {
+                                halt = Some((c.seq, reason));
+                                break;
+                            }
                         }
                     }
+                    results.push(Err(format!(
+                        "seq {} is more than {JOURNAL_READ_LEN_MAX} commands ahead; catching up",
+                        cmd.seq
+                    )));
+                    continue;
                 }
+                Err(e) => {
+                    results.push(Err(format!("reading the journal failed: {e:#}")));
+                    continue;
+                }
+            };
+            if todo.last() != Some(&cmd) {
+                note_forgery(SERVICE, &stream, &entry.id, "altered", &market, cmd.seq);
+            }
+            if todo.len() > 1 {
+                let filled = todo.len() as u64 - 1;
+                tracing::info!(market = %self.symbol, from = todo[0].seq, to = cmd.seq - 1, "sequence gap filled from the journal");
+                metrics::counter!("exchange_matching_gap_filled_total").increment(filled);
             }
             for c in todo {
                 match apply_guarded(book, &c) {
-                    Ok(events) => produced.push(EventBatch {
-                        market: self.symbol,
-                        seq: c.seq,
-                        time_ms: c.time_ms,
-                        events,
-                    }),
+                    Ok(events) => produced.push(batch_of(self.symbol, &c, events)),
                     Err(reason) => {
                         halt = Some((c.seq, reason));
                         break;
@@ -550,6 +572,84 @@ impl MarketBook {
             tracing::warn!(market = %self.symbol, error = format!("{e:#}"), "publishing events failed; will retry");
         }
         results
+    }
+}
+
+/// Journal commands one read may fetch ahead of the book, at most.
+pub const JOURNAL_READ_LEN_MAX: u64 = 10_000;
+
+/// What the journal holds from the book's next seq through a claimed seq.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Through {
+    /// Every command from the next seq through the claimed one, in order.
+    Commands(Vec<SequencedCommand>),
+    /// The journal ends before the claimed seq: no such command was ever
+    /// journaled, so the entry is forged.
+    NotJournaled,
+    /// More than [`JOURNAL_READ_LEN_MAX`] commands away: the first ones.
+    Behind(Vec<SequencedCommand>),
+}
+
+/// The journal read ahead of the book during one stream read: contiguous
+/// commands from the book's next seq, fetched in as few queries as the read
+/// needs (one, normally).
+#[derive(Debug)]
+pub struct JournalAhead {
+    next: u64,
+    rows: std::collections::VecDeque<SequencedCommand>,
+}
+
+impl JournalAhead {
+    pub fn new(last_applied: u64) -> Self {
+        Self {
+            next: last_applied + 1,
+            rows: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The commands from the next seq through `seq` (taken out), reading up
+    /// to `hint` (the highest seq this read claims) when it must query.
+    pub async fn through(
+        &mut self,
+        db: &PgPool,
+        market: &str,
+        seq: u64,
+        hint: u64,
+    ) -> anyhow::Result<Through> {
+        let have = self.next + self.rows.len() as u64; // the first seq not read
+        // The highest seq whose journal row, if it exists, has been read.
+        let mut read_through = have - 1;
+        if seq >= have {
+            let to = seq.max(hint).min(have + JOURNAL_READ_LEN_MAX - 1);
+            for c in store::journal_range(db, market, have, to).await? {
+                if c.seq != self.next + self.rows.len() as u64 {
+                    anyhow::bail!("journal gap before seq {}", c.seq);
+                }
+                self.rows.push_back(c);
+            }
+            read_through = to;
+        }
+        let count = usize::try_from(seq + 1 - self.next).unwrap_or(usize::MAX);
+        if self.rows.len() >= count {
+            self.next = seq + 1;
+            return Ok(Through::Commands(self.rows.drain(..count).collect()));
+        }
+        let journal_top = self.next + self.rows.len() as u64 - 1;
+        if read_through >= seq || journal_top < read_through {
+            // The journal ends before `seq`.
+            return Ok(Through::NotJournaled);
+        }
+        self.next = journal_top + 1;
+        Ok(Through::Behind(self.rows.drain(..).collect()))
+    }
+}
+
+fn batch_of(market: MarketSymbol, c: &SequencedCommand, events: Vec<Event>) -> EventBatch {
+    EventBatch {
+        market,
+        seq: c.seq,
+        time_ms: c.time_ms,
+        events,
     }
 }
 

@@ -18,6 +18,7 @@ pub mod numeric;
 pub mod orders;
 pub mod page;
 pub mod statement;
+pub mod transport;
 
 pub use balances::BalanceJson;
 pub use fills::{FILL_COLUMNS, FillJson, FillRow};

@@ -493,6 +493,7 @@ async fn the_wallet_agrees_with_a_naive_model_of_custody_step_by_step() {
         &db,
         exchange_clearing::reconcile::Options {
             lag: Duration::ZERO,
+            full: true,
         },
     )
     .await

@@ -191,6 +191,35 @@ pub async fn store_batch(db: &PgPool, batch: &EventBatch) {
     .unwrap();
 }
 
+/// Stores many batches in one statement (the service applies only stored
+/// batches: a stream entry is just a claim).
+pub async fn store_batches(db: &PgPool, batches: &[EventBatch]) {
+    let markets: Vec<String> = batches.iter().map(|b| b.market.to_string()).collect();
+    let seqs: Vec<i64> = batches
+        .iter()
+        .map(|b| i64::try_from(b.seq).unwrap())
+        .collect();
+    let times: Vec<i64> = batches
+        .iter()
+        .map(|b| i64::try_from(b.time_ms).unwrap())
+        .collect();
+    let events: Vec<String> = batches
+        .iter()
+        .map(|b| serde_json::to_string(&b.events).unwrap())
+        .collect();
+    sqlx::query(
+        "INSERT INTO event_batches (market, seq, time_ms, events)
+         SELECT m, s, t, e::jsonb FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[]) AS u(m, s, t, e)",
+    )
+    .bind(&markets)
+    .bind(&seqs)
+    .bind(&times)
+    .bind(&events)
+    .execute(db)
+    .await
+    .unwrap();
+}
+
 /// Adds `batch` to `<prefix>:events`, as matching does after storing it.
 pub async fn xadd_batch(redis: &Redis, batch: &EventBatch) {
     let _: String = redis
