@@ -50,8 +50,11 @@ fn tls_env() -> Option<TlsEnv> {
             "EXCHANGE_TLS_SERVICES is set (the test harness started TLS servers) but TLS_DB_URL \
              is not: scripts/lib/tls-services.sh did not export it"
         );
-        eprintln!(
-            "SKIPPED: TLS_DB_URL is not set. These tests need the TLS servers of \
+        // Straight to stderr: the test harness would swallow eprintln! of a passing test.
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED tls: TLS_DB_URL is not set. These tests need the TLS servers of \
              scripts/lib/tls-services.sh: run scripts/test.sh, or `. scripts/lib/local-services.sh; \
              . scripts/lib/tls-services.sh; tls_services_up $PWD` and export what it sets."
         );
