@@ -7,6 +7,7 @@
 mod audit;
 mod bench;
 mod dlq;
+mod rotate_keys;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ commands:
   admin reconcile            check every money invariant (DB_URL); non-zero exit on a violation
   admin dlq list|show|replay|drop   dead letters (exchange admin dlq --help)
   admin audit verify|export  the audit log's hash chain, and its entries as JSON lines (DB_URL)
+  admin rotate-api-key-encryption   re-encrypt stored API-key and TOTP secrets under API_KEY_ENCRYPTION_KEY
 
 configuration comes from the environment (and ENV_FILE when set); see docs/RUNBOOK.md";
 
@@ -66,6 +68,9 @@ fn main() -> ExitCode {
         }
         "admin" if args.get(1).map(String::as_str) == Some("audit") => {
             runtime.block_on(audit::run_cli(&args[2..]))
+        }
+        "admin" if args.get(1).map(String::as_str) == Some("rotate-api-key-encryption") => {
+            runtime.block_on(rotate_keys::run_cli(&args[2..]))
         }
         "admin" if args.get(1).map(String::as_str) == Some("reconcile") => {
             runtime.block_on(exchange_clearing::reconcile::run_cli())
