@@ -353,7 +353,7 @@ pub async fn run(
     let base = ServiceBase::new(config.clone(), SERVICE)?;
     describe_metrics();
     let state = AppState::new(state::StateInner {
-        passwords: password::Passwords::new().await?,
+        passwords: password::Passwords::new(config.gateway.password_hash_queue_max).await?,
         tokens: Arc::new(tokens::Tokens::new(&config)),
         keys: keys::KeyCipher::new(&config),
         trusted_proxies: config.trusted_proxy_nets().into(),
@@ -361,6 +361,7 @@ pub async fn run(
         marketdata: upstream::Upstream::marketdata(&config)?,
         wallet: upstream::Upstream::wallet(&config)?,
         limiter: ratelimit::RateLimiter::new(&config),
+        login_failures: ratelimit::LoginFailures::new(&config),
         hub: hub::Hub::new(),
         shutdown: shutdown.clone(),
         base: base.clone(),

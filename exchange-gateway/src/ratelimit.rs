@@ -216,6 +216,126 @@ impl RateLimiter {
     }
 }
 
+/// Accounts whose wrong logins are tracked at once ([`LoginFailures`]).
+pub const LOGIN_FAILURE_ACCOUNTS_MAX: usize = 200_000;
+
+/// The per-account login failure budget (`LOGIN_FAILURES_PER_ACCOUNT` per
+/// `LOGIN_FAILURE_WINDOW_SECONDS`), beside the per-IP login budget: many
+/// addresses guessing one account's password together are stopped too.
+///
+/// Keyed by the SHA-256 of the lowercased email as typed, whether or not
+/// an account has it, so the answers never tell whether one exists. Every
+/// attempt is counted *before* the password is checked (so parallel
+/// guesses cannot slip in under the limit); a right password forgets the
+/// count. Once `max` attempts are counted in the window, every login of
+/// that email — the right password too — is refused with 429
+/// `TOO_MANY_ATTEMPTS` until the window (which starts at the first
+/// counted attempt) has passed.
+///
+/// Memory is bounded by [`LOGIN_FAILURE_ACCOUNTS_MAX`]; when that many
+/// emails are tracked, a new one is not (its logins keep only the per-IP
+/// budget) rather than refusing everyone's logins. Per gateway process,
+/// like every limit here.
+type EmailHash = [u8; 32];
+
+#[derive(Debug, Clone)]
+pub struct LoginFailures {
+    /// Per email hash: when its window started, and the attempts in it.
+    inner: Arc<Mutex<HashMap<EmailHash, (Instant, u32)>>>,
+    max: u32,
+    window: Duration,
+    keys_max: usize,
+}
+
+impl LoginFailures {
+    pub fn new(config: &Config) -> Self {
+        Self::with_limits(
+            config.gateway.login_failures_per_account,
+            config.gateway.login_failure_window,
+            LOGIN_FAILURE_ACCOUNTS_MAX,
+        )
+    }
+
+    pub fn with_limits(max: u32, window: Duration, keys_max: usize) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(HashMap::new())),
+            max: max.max(1),
+            window,
+            keys_max,
+        }
+    }
+
+    fn key(email: &str) -> EmailHash {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(email.trim().to_lowercase().as_bytes()).into()
+    }
+
+    /// Counts one attempt for `email` at `now`; `Err` (how long until the
+    /// window passes) when its attempts are used up.
+    pub fn reserve_at(&self, email: &str, now: Instant) -> Result<(), Duration> {
+        let Ok(mut t) = self.inner.lock() else {
+            return Ok(());
+        };
+        let key = Self::key(email);
+        if !t.contains_key(&key) && t.len() >= self.keys_max {
+            let window = self.window;
+            t.retain(|_, (since, _)| now.duration_since(*since) < window);
+            if t.len() >= self.keys_max {
+                tracing::warn!("login failure table full, not tracking a new account");
+                return Ok(());
+            }
+        }
+        let entry = t.entry(key).or_insert((now, 0));
+        if now.duration_since(entry.0) >= self.window {
+            *entry = (now, 0);
+        }
+        if entry.1 >= self.max {
+            return Err(self.window.saturating_sub(now.duration_since(entry.0)));
+        }
+        entry.1 += 1;
+        Ok(())
+    }
+
+    pub fn reserve(&self, email: &str) -> Result<(), Limited> {
+        self.reserve_at(email, Instant::now()).map_err(|wait| {
+            metrics::counter!("exchange_rate_limited_total", "service" => "gateway", "kind" => "login_account")
+                .increment(1);
+            Limited(wait)
+        })
+    }
+
+    /// The right password: the count is forgotten.
+    pub fn succeeded(&self, email: &str) {
+        if let Ok(mut t) = self.inner.lock() {
+            t.remove(&Self::key(email));
+        }
+    }
+
+    /// An attempt that checked nothing (the server was overloaded): not counted.
+    pub fn release(&self, email: &str) {
+        if let Ok(mut t) = self.inner.lock()
+            && let Some(entry) = t.get_mut(&Self::key(email))
+        {
+            entry.1 = entry.1.saturating_sub(1);
+        }
+    }
+}
+
+/// A login refused by [`LoginFailures`]: 429 `TOO_MANY_ATTEMPTS` with
+/// `Retry-After`.
+pub fn login_locked(wait: Limited) -> Response {
+    let secs = wait.retry_after_secs();
+    let mut resp = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::TooManyAttempts,
+        format!("too many failed logins for this account; retry in {secs} s"),
+    )
+    .into_response();
+    resp.headers_mut()
+        .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
+    resp
+}
+
 /// A refused request: 429 `RATE_LIMITED` with `Retry-After` (whole
 /// seconds, at least 1) and the error body.
 #[derive(Debug, Clone, Copy)]
@@ -362,6 +482,32 @@ mod tests {
         let t2 = t0 + RATE_LIMIT_SWEEP_INTERVAL;
         assert!(rl.check_at(Kind::Ip, "e", t2).is_ok());
         assert_eq!(rl.tracked_keys(), 1);
+    }
+
+    #[test]
+    fn login_failures_lock_an_email_for_the_window_whatever_the_case() {
+        let f = LoginFailures::with_limits(3, Duration::from_secs(60), 10);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(f.reserve_at("Victim@Example.com", t0).is_ok());
+        }
+        assert_eq!(
+            f.reserve_at("victim@example.com ", t0 + Duration::from_secs(10)),
+            Err(Duration::from_secs(50))
+        );
+        // Others are not affected; the window passing frees it.
+        assert!(f.reserve_at("other@example.com", t0).is_ok());
+        assert!(
+            f.reserve_at("victim@example.com", t0 + Duration::from_secs(60))
+                .is_ok()
+        );
+        // Success forgets, an overloaded attempt is given back.
+        f.succeeded("victim@example.com");
+        for _ in 0..3 {
+            assert!(f.reserve_at("victim@example.com", t0).is_ok());
+            f.release("victim@example.com");
+        }
+        assert!(f.reserve_at("victim@example.com", t0).is_ok());
     }
 
     #[test]

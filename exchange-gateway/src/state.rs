@@ -10,7 +10,7 @@ use crate::auth::keys::KeyCipher;
 use crate::auth::password::Passwords;
 use crate::auth::tokens::Tokens;
 use crate::hub::Hub;
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{LoginFailures, RateLimiter};
 use crate::upstream::Upstream;
 
 /// The handlers' state, behind one `Arc`: axum's `State` extractor clones
@@ -33,6 +33,8 @@ pub struct StateInner {
     /// The marketdata service.
     pub marketdata: Upstream,
     pub limiter: RateLimiter,
+    /// The per-account login failure budget.
+    pub login_failures: LoginFailures,
     /// Open private WebSocket connections, by user.
     pub hub: Hub,
     /// Closes the private WebSocket sessions on shutdown.

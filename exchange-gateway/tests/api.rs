@@ -70,7 +70,7 @@ async fn wrong_password_and_unknown_email_look_the_same() {
     let app = spawn().await;
     app.register("carol@example.com").await;
     // The cost floor: one Argon2 verification on this machine, right now.
-    let passwords = exchange_gateway::auth::password::Passwords::new()
+    let passwords = exchange_gateway::auth::password::Passwords::new(8)
         .await
         .unwrap();
     let hash = passwords.hash("whatever-password").await.unwrap();

@@ -64,19 +64,17 @@ fn check_email(email: &str) -> Result<(), ApiError> {
 #[utoipa::path(post, path = "/api/v1/auth/register", request_body = Credentials,
     responses((status = 201, body = Registered),
               (status = 400, description = "INVALID_EMAIL, WEAK_PASSWORD, or malformed input", body = ErrorBody),
-              (status = 409, description = "EMAIL_TAKEN", body = ErrorBody)))]
+              (status = 409, description = "EMAIL_TAKEN", body = ErrorBody),
+              (status = 429, description = "RATE_LIMITED (per-IP registration budget)", body = ErrorBody),
+              (status = 503, description = "OVERLOADED: too many password hashes waiting; retry after Retry-After", body = ErrorBody)))]
 pub async fn register(
     State(s): State<AppState>,
     Json(req): Json<Credentials>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<impl IntoResponse, Refused> {
     check_email(&req.email)?;
     password::check_policy(&req.password)
         .map_err(|m| ApiError::bad_request(ErrorCode::WeakPassword, m))?;
-    let hash = s
-        .passwords
-        .hash(&req.password)
-        .await
-        .map_err(ApiError::internal)?;
+    let hash = s.passwords.hash(&req.password).await?;
     let inserted = sqlx::query_scalar::<_, i64>(
         "INSERT INTO users (email, password_hash) VALUES ($1, $2) RETURNING id",
     )
@@ -89,8 +87,37 @@ pub async fn register(
         Err(e) if super::is_unique_violation(&e) => Err(ApiError::conflict(
             ErrorCode::EmailTaken,
             "this email is already registered",
-        )),
-        Err(e) => Err(e.into()),
+        )
+        .into()),
+        Err(e) => Err(ApiError::from(e).into()),
+    }
+}
+
+/// An error answer of register and login: an [`ApiError`], or one that
+/// carries headers (`Retry-After` of a lockout or an overload).
+pub struct Refused(axum::response::Response);
+
+impl From<ApiError> for Refused {
+    fn from(e: ApiError) -> Self {
+        Self(e.into_response())
+    }
+}
+
+impl From<sqlx::Error> for Refused {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
+impl From<password::HashError> for Refused {
+    fn from(e: password::HashError) -> Self {
+        Self(e.into_response())
+    }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> axum::response::Response {
+        self.0
     }
 }
 
@@ -124,13 +151,19 @@ pub struct Login {
     responses((status = 200, body = LoggedIn),
               (status = 401, description = "INVALID_CREDENTIALS; TOTP_REQUIRED (2FA is on, no code); INVALID_TOTP (wrong, expired or reused code or recovery code)", body = ErrorBody),
               (status = 403, description = "ACCOUNT_FROZEN", body = ErrorBody),
-              (status = 429, description = "RATE_LIMITED; TOO_MANY_ATTEMPTS (too many wrong codes for this account)", body = ErrorBody)))]
+              (status = 429, description = "RATE_LIMITED (per-IP login budget); TOO_MANY_ATTEMPTS (too many failed logins for this email, from any address, or too many wrong codes for this account; every login of the email is refused until Retry-After)", body = ErrorBody),
+              (status = 503, description = "OVERLOADED: too many password checks waiting; retry after Retry-After", body = ErrorBody)))]
 pub async fn login(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Json(req): Json<Login>,
-) -> Result<Json<LoggedIn>, ApiError> {
+) -> Result<Json<LoggedIn>, Refused> {
+    // The per-account budget, before anything is looked up: an unknown
+    // email is counted and refused exactly like a known one.
+    s.login_failures
+        .reserve(&req.email)
+        .map_err(|l| Refused(crate::ratelimit::login_locked(l)))?;
     let row: Option<(i64, String, bool, i64)> = sqlx::query_as(
         "SELECT id, password_hash, frozen_at IS NOT NULL, session_epoch FROM users WHERE lower(email) = lower($1)",
     )
@@ -138,11 +171,18 @@ pub async fn login(
     .fetch_optional(s.db())
     .await?;
     // Same work whether or not the user exists (dummy hash), same answer.
-    let ok = s
+    let ok = match s
         .passwords
         .verify(&req.password, row.as_ref().map(|(_, h, _, _)| h.as_str()))
         .await
-        .map_err(ApiError::internal)?;
+    {
+        Ok(ok) => ok,
+        Err(e) => {
+            // Nothing was checked: the attempt does not count.
+            s.login_failures.release(&req.email);
+            return Err(e.into());
+        }
+    };
     let (user_id, frozen, epoch) = match row {
         Some((id, _, frozen, epoch)) if ok => (id, frozen, epoch),
         _ => {
@@ -150,11 +190,13 @@ pub async fn login(
                 StatusCode::UNAUTHORIZED,
                 ErrorCode::InvalidCredentials,
                 "email or password is wrong",
-            ));
+            )
+            .into());
         }
     };
+    s.login_failures.succeeded(&req.email);
     if frozen {
-        return Err(account_frozen());
+        return Err(account_frozen().into());
     }
     let offered = SecondFactor {
         totp: req.totp.as_deref(),

@@ -473,12 +473,26 @@ pub struct PasswordChange {
     pub totp: Option<String>,
 }
 
+/// A password hash that could not run: 503 `OVERLOADED` when its queue is
+/// full, else a 500.
+fn hash_error(e: password::HashError) -> ApiError {
+    match e {
+        password::HashError::Overloaded => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Overloaded,
+            "too many password checks are waiting; retry in a second",
+        ),
+        password::HashError::Failed(e) => ApiError::internal(e),
+    }
+}
+
 /// Changes the password; every other session ends (this one stays).
 #[utoipa::path(post, path = "/api/v1/account/password", request_body = PasswordChange,
     responses((status = 204, description = "changed"),
               (status = 400, description = "WEAK_PASSWORD, or malformed input", body = ErrorBody),
               (status = 401, description = "INVALID_CREDENTIALS: the current password is wrong; TOTP_REQUIRED, INVALID_TOTP", body = ErrorBody),
-              (status = 429, description = "TOO_MANY_ATTEMPTS", body = ErrorBody)),
+              (status = 429, description = "TOO_MANY_ATTEMPTS", body = ErrorBody),
+              (status = 503, description = "OVERLOADED: too many password checks waiting", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn change_password(
     State(s): State<AppState>,
@@ -496,7 +510,7 @@ pub async fn change_password(
         .passwords
         .verify(&req.current_password, Some(&hash))
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(hash_error)?;
     if !ok {
         return Err(unauthorized(
             ErrorCode::InvalidCredentials,
@@ -512,7 +526,7 @@ pub async fn change_password(
         .passwords
         .hash(&req.new_password)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(hash_error)?;
     let mut tx = s.db().begin().await?;
     sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
         .bind(user.user_id)
