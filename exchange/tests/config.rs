@@ -79,3 +79,40 @@ fn migrate_without_db_url_is_a_usage_error() {
     assert_eq!(code, Some(64));
     assert!(stderr.contains("DB_URL"), "{stderr}");
 }
+
+#[test]
+fn prod_refuses_plaintext_backends_off_this_machine_naming_the_host_not_the_password() {
+    let (code, stderr) = exchange(
+        &["all"],
+        &[
+            ("APP_ENV", "prod"),
+            ("APP_VERSION", "1.0.0"),
+            (
+                "DB_URL",
+                "postgres://app:pg-s3cret@db.internal.example:5432/exchange",
+            ),
+            (
+                "REDIS_URL",
+                "redis://app:redis-s3cret@cache.internal.example:6379/0",
+            ),
+            (
+                "INTERNAL_TOKEN",
+                "0123456789abcdef0123456789abcdef-internal",
+            ),
+            ("AUTH_TOKEN_SECRET", "fedcba9876543210fedcba9876543210-auth"),
+            ("ADMIN_TOKEN", "00112233445566778899aabbccddeeff-admin"),
+            ("MARKETDATA_WS_ALLOW_ORIGINS", "https://exchange.example"),
+            ("ORDER_HTTP_ADDR", "127.0.0.1:1"),
+        ],
+    );
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains("DB_URL (host db.internal.example) has no sslmode="),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("REDIS_URL (host cache.internal.example) is not rediss://"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "a password leaked: {stderr}");
+}
