@@ -347,6 +347,28 @@ async fn cancel_all(
 ) -> Result<Json<Accepted>, ApiError> {
     let user_id = check_user(body.user_id)?;
     let info = market(&state, &body.market).await?;
+    // Nothing open in that market: the same answer, and nothing journaled
+    // (a flood of empty cancel-alls must not grow the journal). `seq` is
+    // then the market's last journaled command, which the answer is
+    // ordered after. A placement still in flight is not yet an open order
+    // and its command would follow anyway, as with any cancel-all that
+    // races a placement.
+    let (open, last_seq): (bool, i64) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM orders WHERE user_id = $1 AND market = $2 AND status IN ('new', 'partially_filled')),
+                coalesce((SELECT last_seq FROM market_sequences WHERE market = $2), 0)",
+    )
+    .bind(user_id)
+    .bind(&body.market)
+    .fetch_one(&state.db)
+    .await
+    .map_err(db_error)?;
+    if !open {
+        return Ok(Json(Accepted {
+            market: body.market,
+            accepted: true,
+            seq: u64::try_from(last_seq).unwrap_or(0),
+        }));
+    }
     match state
         .batcher
         .submit(BatchRequest::CancelAll {

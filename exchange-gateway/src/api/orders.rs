@@ -95,7 +95,8 @@ struct WithUser<'a, T: Serialize> {
     inner: &'a T,
 }
 
-/// Order placement budgets: per user, and per API key when one signed.
+/// The order budgets, per user and per API key when one signed: every
+/// placement, amend, cancel and cancel-all takes one.
 fn charge_order_budgets(s: &AppState, user: &AuthUser) -> Result<(), Limited> {
     s.limiter
         .check(Kind::OrdersUser, &user.user_id.to_string())?;
@@ -211,14 +212,16 @@ pub async fn list_orders(
 #[utoipa::path(delete, path = "/api/v1/orders/{id}", params(("id" = i64, Path)),
     responses((status = 200, description = "the order as it is now; it becomes canceled once matching confirms"),
               (status = 403, description = "PERMISSION_DENIED: an API key without the trade permission", body = ErrorBody),
-              (status = 404, description = "ORDER_NOT_FOUND (also for another user's order)", body = ErrorBody)),
+              (status = 404, description = "ORDER_NOT_FOUND (also for another user's order)", body = ErrorBody),
+              (status = 429, description = "RATE_LIMITED: the order budget (placements, amends and cancels share it)", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn cancel(
     State(s): State<AppState>,
     Extension(user): Extension<AuthUser>,
     Path(id): Path<i64>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Rejection> {
     user.require_cancel()?;
+    charge_order_budgets(&s, &user)?;
     let q = UserOnly {
         user_id: user.user_id,
     };
@@ -235,16 +238,18 @@ pub struct CancelAllQuery {
 }
 
 #[utoipa::path(delete, path = "/api/v1/orders", params(CancelAllQuery),
-    responses((status = 200, description = "cancel-all accepted: {market, accepted, seq}"),
+    responses((status = 200, description = "cancel-all accepted: {market, accepted, seq} (with no open order in the market nothing is journaled and seq is the market's last command)"),
               (status = 403, description = "PERMISSION_DENIED: an API key without the trade permission", body = ErrorBody),
-              (status = 404, description = "MARKET_NOT_FOUND", body = ErrorBody)),
+              (status = 404, description = "MARKET_NOT_FOUND", body = ErrorBody),
+              (status = 429, description = "RATE_LIMITED: the order budget (placements, amends and cancels share it)", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn cancel_all(
     State(s): State<AppState>,
     Extension(user): Extension<AuthUser>,
     Query(q): Query<CancelAllQuery>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Rejection> {
     user.require_cancel()?;
+    charge_order_budgets(&s, &user)?;
     let body = WithUser {
         user_id: user.user_id,
         inner: &q,

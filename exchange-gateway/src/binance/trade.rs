@@ -471,6 +471,7 @@ fn cancel_json(r: &OrderRow) -> Value {
 
 pub async fn cancel_order(State(s): State<BnState>, req: Request) -> Result<Json<Value>, BnError> {
     let (user, p) = authenticate(&s, req, Need::Trade).await?;
+    charge_order_budgets(&s, &user)?;
     let m = market_of(&s.app, p.require("symbol")?).await?;
     let row = find_order(&s, user.user_id, &m, &p)
         .await?
@@ -520,6 +521,7 @@ pub async fn cancel_open_orders(
     req: Request,
 ) -> Result<Json<Value>, BnError> {
     let (user, p) = authenticate(&s, req, Need::Trade).await?;
+    charge_order_budgets(&s, &user)?;
     let m = market_of(&s.app, p.require("symbol")?).await?;
     let open = open_rows(&s, user.user_id, Some(&m.symbol)).await?;
     if open.is_empty() {
