@@ -468,6 +468,27 @@ check "RUNBOOK, README and compose comments pass no other project name (-p) and 
     bad=$(grep -nE "docker[ -]compose [^|#]*-p |docker-compose (-f|--env-file|-p|run|up|ps|logs)" docs/RUNBOOK.md README.md deploy/prod/*.yml deploy/prod/*.sh deploy/prod/*.example deploy/systemd/README.md || true)
     [ -z "$bad" ] || { echo "$bad"; exit 1; }'
 
+out="$("$py" - docs/RUNBOOK.md <<'PY' 2>&1
+import re, sys
+text = open(sys.argv[1], encoding="utf-8").read()
+problems = []
+mon = text[text.index("## Monitoring\n"):text.index("### Metrics token")]
+token, up = mon.find("> deploy/prod/metrics.token"), mon.find("docker-compose.monitoring.yml up -d")
+if token < 0 or up < 0 or token > up: problems.append("Monitoring: metrics.token is not created before the first monitoring `up`")
+if "chown 65534:65534 deploy/prod/metrics.token" not in mon or "chmod 0400 deploy/prod/metrics.token" not in mon:
+    problems.append("Monitoring: metrics.token is not given to uid 65534, mode 0400")
+for line in text.splitlines():
+    if re.search(r"curl .*?/metrics", line) and "Authorization: Bearer" not in line:
+        problems.append(f"a curl of /metrics without the bearer header: {line.strip()}")
+if "docker run --rm -v \"$(pwd)/exchange-common:/work\"" not in text or " -e DB_URL " not in text or "export DB_URL='" not in text:
+    problems.append("the throwaway-container migration (export DB_URL='...', docker run ... -e DB_URL) is missing")
+print("\n".join(problems))
+sys.exit(1 if problems else 0)
+PY
+)"
+rc=$?
+if [ "$rc" -eq 0 ]; then ok "RUNBOOK: metrics.token (uid 65534, 0400) before the first monitoring up; every curl of /metrics sends the bearer token; the migrate container's quoting"; else not_ok "RUNBOOK monitoring/metrics/migrate commands" "$out"; fi
+
 export_compose_env "${dc[@]}" config >"$work/compose.yml" 2>/dev/null
 export_compose_env "${dc[@]}" -f deploy/prod/docker-compose.public-marketdata.yml config >"$work/compose-md.yml" 2>/dev/null
 "${dm[@]}" config >"$work/monitoring.yml" 2>/dev/null
