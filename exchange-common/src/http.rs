@@ -58,7 +58,23 @@ async fn health() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
 
-async fn ready(State(s): State<SkeletonState>) -> Response {
+/// Whether `/ready` may say why a backend is down (its host and the
+/// error): to a caller on this machine (the container's health check, an
+/// operator's `curl`), or one presenting `METRICS_TOKEN`; never to the
+/// internet in front of a public port.
+fn may_see_errors(s: &SkeletonState, req: &Request) -> bool {
+    let local = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .is_none_or(|peer| peer.0.ip().is_loopback());
+    let token = s.metrics_token.as_ref().is_some_and(|expected| {
+        bearer_token(req.headers())
+            .is_some_and(|t| constant_time_eq(t.as_bytes(), expected.expose().as_bytes()))
+    });
+    local || token
+}
+
+async fn ready(State(s): State<SkeletonState>, req: Request) -> Response {
     let report = s.readiness.check().await;
     let status = if report.ok {
         StatusCode::OK
@@ -67,7 +83,7 @@ async fn ready(State(s): State<SkeletonState>) -> Response {
     };
     let word = if report.ok { "ok" } else { "degraded" };
     let mut body = json!({"status": word, "dependencies": report.dependencies});
-    if !report.errors.is_empty() {
+    if !report.errors.is_empty() && may_see_errors(&s, &req) {
         body["errors"] = json!(report.errors);
     }
     (status, axum::Json(body)).into_response()

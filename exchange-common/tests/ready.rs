@@ -81,3 +81,58 @@ async fn ready_reports_each_dependency_and_stale_consumers() {
     let why = body["errors"]["postgres"].as_str().unwrap();
     assert!(why.starts_with("postgres at 127.0.0.1:1: "), "{body}");
 }
+
+/// Why a backend is down (its host, the error) is told to callers on this
+/// machine or presenting `METRICS_TOKEN`, not to the internet.
+#[tokio::test]
+async fn ready_errors_only_for_local_callers_or_the_metrics_token() {
+    use axum::extract::ConnectInfo;
+    use exchange_common::config::Secret;
+    use std::net::SocketAddr;
+
+    let dead_redis = Redis::with_prefix("redis://127.0.0.1:1", "x").unwrap();
+    let token = "m".repeat(40);
+    let router = exchange_common::http::finish(
+        exchange_common::http::skeleton(
+            Readiness::new("test", None, Some(dead_redis)),
+            Some(Secret::new(token.clone())),
+        ),
+        "test",
+    );
+    let ask = |peer: [u8; 4], bearer: Option<&str>| {
+        let mut req =
+            Request::get("/ready").extension(ConnectInfo(SocketAddr::from((peer, 40000))));
+        if let Some(t) = bearer {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let router = router.clone();
+        async move {
+            let response = router
+                .oneshot(req.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 503);
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+        }
+    };
+    let public = ask([203, 0, 113, 9], None).await;
+    assert_eq!(public["dependencies"]["redis"], "down");
+    assert!(public.get("errors").is_none(), "{public}");
+    let wrong = ask([203, 0, 113, 9], Some("nope")).await;
+    assert!(wrong.get("errors").is_none(), "{wrong}");
+    for body in [
+        ask([127, 0, 0, 1], None).await,
+        ask([203, 0, 113, 9], Some(&token)).await,
+    ] {
+        assert!(
+            body["errors"]["redis"]
+                .as_str()
+                .unwrap()
+                .starts_with("redis at 127.0.0.1:1: "),
+            "{body}"
+        );
+    }
+}
