@@ -42,11 +42,13 @@ use crate::ratelimit::{Kind, ip_key, request_ip};
 use crate::state::{AppState, now_ms};
 use error::BnError;
 
-/// Tracked clients of the request-weight counter (the limiter itself is
-/// the gateway's per-IP budget; this only reports usage).
+/// Tracked clients of the request-weight counter.
 pub const WEIGHT_CLIENTS_MAX: usize = 100_000;
 /// The longest query string or form body accepted.
 pub const PARAMS_BYTES_MAX: usize = 8 * 1024;
+/// Distinct symbols one `symbols=[...]` may name (duplicates are dropped
+/// first); more: 400 `-1101`.
+pub const SYMBOLS_MAX: usize = 100;
 
 /// The Binance API's state: the gateway's, plus the weight counter.
 #[derive(Clone)]
@@ -56,64 +58,172 @@ pub struct BnState {
 }
 
 impl BnState {
-    /// Adds `weight` to `key`'s current minute; returns the minute's total.
-    fn add_weight(&self, key: &str, weight: u32, now_ms: u64) -> u32 {
+    /// Charges `weight` to `key`'s current minute unless that would pass
+    /// `limit`: `Ok(total)` charged, or `Err(total)` (what was used, the
+    /// request refused and not charged).
+    fn charge_weight(&self, key: &str, weight: u32, now_ms: u64, limit: u32) -> Result<u32, u32> {
         let minute = now_ms / 60_000;
         let Ok(mut w) = self.weights.lock() else {
-            return weight;
+            return Ok(weight);
         };
         if w.len() >= WEIGHT_CLIENTS_MAX && !w.contains_key(key) {
             w.retain(|_, (m, _)| *m == minute);
             if w.len() >= WEIGHT_CLIENTS_MAX {
-                return weight;
+                // Too many clients at once: the per-IP request budget still
+                // holds each of them.
+                tracing::warn!("request weight table full, not tracking a new client");
+                return Ok(weight);
             }
         }
         let e = w.entry(key.to_owned()).or_insert((minute, 0));
         if e.0 != minute {
             *e = (minute, 0);
         }
-        e.1 = e.1.saturating_add(weight);
-        e.1
+        let total = e.1.saturating_add(weight);
+        if total > limit {
+            return Err(e.1);
+        }
+        e.1 = total;
+        Ok(total)
     }
 }
 
-/// The request weight of an endpoint, as Binance counts it (approximately).
-fn weight_of(path: &str, query: &str) -> u32 {
+/// `symbols=[...]` as a list of distinct symbols in the order given: `None`
+/// when it is not a valid list, `Some(Err(n))` with more than
+/// [`SYMBOLS_MAX`] distinct symbols.
+pub fn distinct_symbols(text: &str) -> Option<Result<Vec<String>, usize>> {
+    let mut out: Vec<String> = Vec::new();
+    for s in format::parse_symbol_list(text)? {
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    if out.len() > SYMBOLS_MAX {
+        return Some(Err(out.len()));
+    }
+    Some(Ok(out))
+}
+
+/// How many symbols a request names: `Some(1)` for `symbol=`, the distinct
+/// count of a valid `symbols=[...]`, `None` for all (or a list that will
+/// be refused, charged as all).
+fn symbol_count(params: &[(String, String)]) -> Option<usize> {
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    };
+    if get("symbol").is_some() {
+        return Some(1);
+    }
+    match get("symbols").map(distinct_symbols) {
+        Some(Some(Ok(list))) => Some(list.len()),
+        _ => None,
+    }
+}
+
+/// The request weight of an endpoint, as Binance documents it (docs/BINANCE.md,
+/// "Request weights"), from the method, path and query string.
+pub fn weight_of(method: &axum::http::Method, path: &str, query: &str) -> u32 {
+    use axum::http::Method;
+    let params = format::form_pairs(query).unwrap_or_default();
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    };
     match path {
         "/api/v3/exchangeInfo" => 20,
-        "/api/v3/depth" => 5,
-        "/api/v3/ticker/24hr" | "/api/v3/ticker/price" | "/api/v3/ticker/bookTicker" => {
-            if query.contains("symbol=") { 2 } else { 80 }
+        "/api/v3/depth" => {
+            // As served: at most 1000 levels.
+            match param("limit")
+                .and_then(|l| l.parse::<u64>().ok())
+                .unwrap_or(100)
+            {
+                0..=100 => 5,
+                101..=500 => 25,
+                _ => 50,
+            }
         }
-        "/api/v3/account" | "/api/v3/allOrders" | "/api/v3/myTrades" => 20,
-        "/api/v3/openOrders" => {
-            if query.contains("symbol=") {
+        "/api/v3/trades" | "/api/v3/historicalTrades" => 25,
+        "/api/v3/aggTrades" | "/api/v3/klines" | "/api/v3/uiKlines" | "/api/v3/avgPrice" => 2,
+        "/api/v3/ticker/24hr" => match symbol_count(&params) {
+            Some(0..=20) => 2,
+            Some(21..=100) => 40,
+            _ => 80,
+        },
+        "/api/v3/ticker/price" | "/api/v3/ticker/bookTicker" => match symbol_count(&params) {
+            Some(1) if param("symbol").is_some() => 2,
+            _ => 4,
+        },
+        "/api/v3/order" if method == Method::GET => 4,
+        "/api/v3/order/test" if param("computeCommissionRates") == Some("true") => 20,
+        "/api/v3/openOrders" if method == Method::GET => {
+            if param("symbol").is_some() {
                 6
             } else {
                 80
             }
         }
-        "/api/v3/order" => 4,
+        "/api/v3/myTrades" if param("orderId").is_some() => 5,
+        "/api/v3/account" | "/api/v3/allOrders" | "/api/v3/myTrades" => 20,
+        "/api/v3/userDataStream" => 2,
         "/sapi/v1/capital/deposit/address" => 10,
         _ => 1,
     }
 }
 
-/// The per-IP budget (the gateway's own) with Binance's 429, and the
-/// `X-MBX-USED-WEIGHT-1M` header on every answer.
+/// The per-IP budgets (the gateway's requests per second, and Binance's
+/// request weight per minute: `RATE_LIMIT_IP_PER_SECOND` × 60, 6000 by
+/// default as on Binance) with Binance's 429 `-1003`, and
+/// `X-MBX-USED-WEIGHT-1M` (the weight this IP used this minute, after this
+/// request) on every answer.
 async fn weigh(State(s): State<BnState>, req: Request, next: Next) -> Response {
     let key = request_ip(&req, &s.app.trusted_proxies).map_or_else(|| "unknown".to_owned(), ip_key);
-    let weight = weight_of(req.uri().path(), req.uri().query().unwrap_or(""));
-    let used = s.add_weight(&key, weight, now_ms());
-    let mut resp = match s.app.limiter.check(Kind::Ip, &key) {
-        Ok(()) => next.run(req).await,
-        Err(l) => BnError::too_many(-1003, l.retry_after_secs()).into_response(),
+    let weight = weight_of(
+        req.method(),
+        req.uri().path(),
+        req.uri().query().unwrap_or(""),
+    );
+    let limit = weight_limit_per_minute(&s.app);
+    let now = now_ms();
+    let (mut resp, used) = match s.charge_weight(&key, weight, now, limit) {
+        Err(used) => {
+            metrics::counter!("exchange_rate_limited_total", "service" => "gateway", "kind" => "request_weight")
+                .increment(1);
+            let to_next_minute = 60 - (now / 1000) % 60;
+            (
+                BnError::too_many(-1003, to_next_minute).into_response(),
+                used,
+            )
+        }
+        Ok(used) => match s.app.limiter.check(Kind::Ip, &key) {
+            Ok(()) => (next.run(req).await, used),
+            Err(l) => (
+                BnError::too_many(-1003, l.retry_after_secs()).into_response(),
+                used,
+            ),
+        },
     };
     resp.headers_mut()
         .insert("x-mbx-used-weight-1m", HeaderValue::from(used));
     resp.headers_mut()
         .insert("x-mbx-used-weight", HeaderValue::from(used));
     resp
+}
+
+/// Binance's `REQUEST_WEIGHT` per minute, per client IP.
+pub fn weight_limit_per_minute(s: &AppState) -> u32 {
+    s.base
+        .config
+        .gateway
+        .rate_limit_ip_per_second
+        .saturating_mul(60)
+        .max(1)
 }
 
 /// Request parameters from the query string and a form-encoded body,
@@ -327,10 +437,63 @@ mod tests {
     }
 
     #[test]
-    fn weights() {
-        assert_eq!(weight_of("/api/v3/ticker/24hr", ""), 80);
-        assert_eq!(weight_of("/api/v3/ticker/24hr", "symbol=BTCUSDT"), 2);
-        assert_eq!(weight_of("/api/v3/ping", ""), 1);
-        assert_eq!(weight_of("/sapi/v1/capital/deposit/address", ""), 10);
+    fn weights_as_binance_documents_them() {
+        use axum::http::Method;
+        let get = |path: &str, query: &str| weight_of(&Method::GET, path, query);
+        let list = |n: usize| {
+            let names: Vec<String> = (0..n).map(|i| format!("\"S{i}USDT\"")).collect();
+            format!("symbols=[{}]", names.join(","))
+        };
+        assert_eq!(get("/api/v3/ping", ""), 1);
+        assert_eq!(get("/api/v3/exchangeInfo", ""), 20);
+        assert_eq!(get("/api/v3/depth", "symbol=BTCUSDT"), 5);
+        assert_eq!(get("/api/v3/depth", "symbol=BTCUSDT&limit=100"), 5);
+        assert_eq!(get("/api/v3/depth", "symbol=BTCUSDT&limit=101"), 25);
+        assert_eq!(get("/api/v3/depth", "symbol=BTCUSDT&limit=1000"), 50);
+        assert_eq!(get("/api/v3/depth", "symbol=BTCUSDT&limit=5000"), 50);
+        assert_eq!(get("/api/v3/trades", "symbol=BTCUSDT"), 25);
+        assert_eq!(get("/api/v3/klines", "symbol=BTCUSDT"), 2);
+        assert_eq!(get("/api/v3/ticker/24hr", ""), 80);
+        assert_eq!(get("/api/v3/ticker/24hr", "symbol=BTCUSDT"), 2);
+        assert_eq!(get("/api/v3/ticker/24hr", &list(20)), 2);
+        assert_eq!(get("/api/v3/ticker/24hr", &list(21)), 40);
+        assert_eq!(get("/api/v3/ticker/24hr", &list(100)), 40);
+        assert_eq!(
+            get("/api/v3/ticker/24hr", &list(101)),
+            80,
+            "refused, charged as all"
+        );
+        // Duplicates count once.
+        let dup = format!("symbols=[{}]", vec!["\"BTCUSDT\""; 50].join(","));
+        assert_eq!(get("/api/v3/ticker/24hr", &dup), 2);
+        assert_eq!(get("/api/v3/ticker/price", "symbol=BTCUSDT"), 2);
+        assert_eq!(get("/api/v3/ticker/price", ""), 4);
+        assert_eq!(get("/api/v3/ticker/bookTicker", &list(3)), 4);
+        assert_eq!(get("/api/v3/order", "symbol=BTCUSDT&orderId=1"), 4);
+        assert_eq!(weight_of(&Method::POST, "/api/v3/order", ""), 1);
+        assert_eq!(weight_of(&Method::DELETE, "/api/v3/order", ""), 1);
+        assert_eq!(get("/api/v3/openOrders", "symbol=BTCUSDT"), 6);
+        assert_eq!(get("/api/v3/openOrders", ""), 80);
+        assert_eq!(weight_of(&Method::DELETE, "/api/v3/openOrders", ""), 1);
+        assert_eq!(get("/api/v3/allOrders", "symbol=BTCUSDT"), 20);
+        assert_eq!(get("/api/v3/account", ""), 20);
+        assert_eq!(get("/api/v3/myTrades", "symbol=BTCUSDT"), 20);
+        assert_eq!(get("/api/v3/myTrades", "symbol=BTCUSDT&orderId=3"), 5);
+        assert_eq!(weight_of(&Method::POST, "/api/v3/userDataStream", ""), 2);
+        assert_eq!(get("/sapi/v1/capital/deposit/address", ""), 10);
+    }
+
+    #[test]
+    fn symbol_lists_are_deduplicated_and_capped() {
+        assert_eq!(
+            distinct_symbols("[\"BTCUSDT\",\"ETHUSDT\",\"BTCUSDT\"]"),
+            Some(Ok(vec!["BTCUSDT".to_owned(), "ETHUSDT".to_owned()]))
+        );
+        let many: Vec<String> = (0..101).map(|i| format!("\"S{i}USDT\"")).collect();
+        assert_eq!(
+            distinct_symbols(&format!("[{}]", many.join(","))),
+            Some(Err(101))
+        );
+        assert_eq!(distinct_symbols("BTCUSDT"), None);
     }
 }

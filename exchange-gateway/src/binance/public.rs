@@ -10,9 +10,7 @@ use serde_json::{Value, json};
 use crate::state::now_ms;
 
 use super::error::BnError;
-use super::format::{
-    Dec, ORDER_TYPES, decimals_of, market_status, mul8, pad8, parse_symbol_list, to_binance_symbol,
-};
+use super::format::{Dec, ORDER_TYPES, decimals_of, market_status, mul8, pad8, to_binance_symbol};
 use super::{BnState, MarketRow, Params, all_markets, market_of};
 
 /// Binance's documented maxima where our markets have none.
@@ -83,7 +81,22 @@ async fn selected_markets(s: &BnState, p: &Params) -> Result<Vec<MarketRow>, BnE
         return Ok(vec![market_of(&s.app, symbol).await?]);
     }
     if let Some(list) = p.get("symbols") {
-        let names = parse_symbol_list(list).ok_or_else(|| BnError::illegal("symbols"))?;
+        // Distinct symbols, at most SYMBOLS_MAX (the weight was charged
+        // for the distinct count).
+        let names = match super::distinct_symbols(list) {
+            None => return Err(BnError::illegal("symbols")),
+            Some(Err(n)) => {
+                return Err(BnError::new(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    -1101,
+                    format!(
+                        "Too many parameters; expected '{}' and received '{n}'.",
+                        super::SYMBOLS_MAX
+                    ),
+                ));
+            }
+            Some(Ok(names)) => names,
+        };
         let mut out = Vec::with_capacity(names.len());
         for n in names {
             out.push(market_of(&s.app, &n).await?);
@@ -101,7 +114,8 @@ pub async fn exchange_info(State(s): State<BnState>, req: Request) -> Result<Jso
         "timezone": "UTC",
         "serverTime": now_ms(),
         "rateLimits": [
-            {"rateLimitType": "REQUEST_WEIGHT", "interval": "SECOND", "intervalNum": 1, "limit": cfg.gateway.rate_limit_ip_per_second},
+            {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": super::weight_limit_per_minute(&s.app)},
+            {"rateLimitType": "RAW_REQUESTS", "interval": "SECOND", "intervalNum": 1, "limit": cfg.gateway.rate_limit_ip_per_second},
             {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 1, "limit": cfg.gateway.rate_limit_orders_per_second},
         ],
         "exchangeFilters": [],
