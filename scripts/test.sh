@@ -47,6 +47,7 @@ fi
 if [ -n "${EXCHANGE_TLS_PG_DATA:-}" ]; then
     psql "$TLS_DB_URL" -X -q -At -c "SELECT datname FROM pg_database WHERE datname LIKE 'test\_%'" |
         while read -r db; do psql "$TLS_DB_URL" -X -q -c "DROP DATABASE IF EXISTS \"$db\"" >/dev/null; done
+    tls_redis_cli "$EXCHANGE_TLS_DIR" flushall >/dev/null
 fi
 
 # The Binance-compatibility test drives the unmodified Python ccxt client.
