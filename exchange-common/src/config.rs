@@ -67,6 +67,9 @@ pub struct Config {
     pub metrics_token: Option<Secret>,
     pub db: DbConfig,
     pub redis: RedisConfig,
+    /// The abuse limits of the public HTTP listeners (the gateway's ports
+    /// and marketdata's): see [`HttpLimitsConfig`].
+    pub http: HttpLimitsConfig,
     pub gateway: GatewayConfig,
     pub order: OrderConfig,
     pub matching: MatchingConfig,
@@ -129,6 +132,38 @@ impl RedisConfig {
         }
     }
 }
+
+/// What a public listener (the gateway's :8080, :8090 and admin port,
+/// marketdata's :8094) allows one connection and one peer address; the
+/// internal services' listeners have none of these (their only client is
+/// the gateway). See `exchange_common::listen`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpLimitsConfig {
+    /// `HTTP_HEADER_READ_TIMEOUT_SECONDS`: time for a request's whole head
+    /// (request line and headers) to arrive, counted from the moment the
+    /// connection is ready for it (opened, or its previous response sent):
+    /// a client that sends headers byte by byte, or a keep-alive connection
+    /// with no next request, is closed after it.
+    pub header_read_timeout: Duration,
+    /// `HTTP_IDLE_TIMEOUT_SECONDS`: a connection on which no byte moves
+    /// either way for this long (a stalled request body, a response its
+    /// client does not read) is closed.
+    pub idle_timeout: Duration,
+    /// `HTTP_CONNECTIONS_PER_IP_MAX`: open connections (WebSockets included,
+    /// authenticated or not) from one TCP peer address (an IPv6 peer by its
+    /// /64); beyond it a new connection is closed at once. Peers in
+    /// `TRUSTED_PROXIES` (a load balancer carries many clients) are not
+    /// capped.
+    pub connections_per_ip_max: u32,
+}
+
+/// Smallest accepted `HTTP_CONNECTIONS_PER_IP_MAX`: the gateway keeps up to
+/// half of it open to marketdata, and a browser opens six at once.
+pub const HTTP_CONNECTIONS_PER_IP_MIN: u32 = 8;
+/// Largest accepted `HTTP_HEADER_READ_TIMEOUT_SECONDS`.
+pub const HTTP_HEADER_READ_TIMEOUT_SECONDS_MAX: u64 = 120;
+/// Largest accepted `HTTP_IDLE_TIMEOUT_SECONDS`.
+pub const HTTP_IDLE_TIMEOUT_SECONDS_MAX: u64 = 3_600;
 
 /// A client certificate and its private key, as PEM files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,6 +263,24 @@ pub struct MarketdataConfig {
     pub consumer: ConsumerIdentity,
     /// Origins whose browsers may open the public WebSocket.
     pub ws_allow_origins: Vec<String>,
+    /// `MARKETDATA_WS_CONNECTIONS_PER_IP_MAX`: public WebSockets open at
+    /// once per client IP (through `TRUSTED_PROXIES`); beyond it the
+    /// handshake is answered 429 `TOO_MANY_CONNECTIONS`.
+    pub ws_connections_per_ip_max: u32,
+    /// `MARKETDATA_WS_MESSAGES_PER_SECOND`: messages (text, binary, ping,
+    /// pong) a client may send per second on one WebSocket, that many at
+    /// once; beyond it the connection is closed (1008), as Binance does.
+    pub ws_messages_per_second: u32,
+    /// `MARKETDATA_WS_SNAPSHOTS_PER_10S`: depth snapshots one connection
+    /// may be sent per 10 s (each depth subscribe or re-subscribe renders
+    /// one), that many at once; beyond it the subscribe is refused with
+    /// `RATE_LIMITED`.
+    pub ws_snapshots_per_10s: u32,
+    /// `MARKETDATA_RATE_LIMIT_IP_PER_SECOND`: REST requests per client IP
+    /// per second (that many at once); beyond it 429 `RATE_LIMITED`. A call
+    /// presenting `INTERNAL_TOKEN` (the gateway's, which limits its own
+    /// clients) is not counted.
+    pub rate_limit_ip_per_second: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -308,6 +361,53 @@ fn check_api_key_encryption_key(r: &mut Reader<'_>, g: &GatewayConfig) {
                     "{key} must be its own random secret, not {auth_key} or derived from it (rotating {auth_key} must not touch API keys)"
                 ));
             }
+        }
+    }
+}
+
+/// The public listeners' limits and marketdata's: in range.
+fn check_abuse_limits(r: &mut Reader<'_>, config: &Config) {
+    let h = &config.http;
+    let seconds = |key: &str, d: Duration, max: u64, errors: &mut Vec<String>| {
+        if d.is_zero() || d.as_secs() > max {
+            errors.push(format!("{key} must be between 1 and {max}"));
+        }
+    };
+    seconds(
+        "HTTP_HEADER_READ_TIMEOUT_SECONDS",
+        h.header_read_timeout,
+        HTTP_HEADER_READ_TIMEOUT_SECONDS_MAX,
+        &mut r.errors,
+    );
+    seconds(
+        "HTTP_IDLE_TIMEOUT_SECONDS",
+        h.idle_timeout,
+        HTTP_IDLE_TIMEOUT_SECONDS_MAX,
+        &mut r.errors,
+    );
+    if h.connections_per_ip_max < HTTP_CONNECTIONS_PER_IP_MIN {
+        r.errors.push(format!(
+            "HTTP_CONNECTIONS_PER_IP_MAX must be at least {HTTP_CONNECTIONS_PER_IP_MIN}"
+        ));
+    }
+    let m = &config.marketdata;
+    for (key, value) in [
+        (
+            "MARKETDATA_WS_CONNECTIONS_PER_IP_MAX",
+            m.ws_connections_per_ip_max,
+        ),
+        (
+            "MARKETDATA_WS_MESSAGES_PER_SECOND",
+            m.ws_messages_per_second,
+        ),
+        ("MARKETDATA_WS_SNAPSHOTS_PER_10S", m.ws_snapshots_per_10s),
+        (
+            "MARKETDATA_RATE_LIMIT_IP_PER_SECOND",
+            m.rate_limit_ip_per_second,
+        ),
+    ] {
+        if value == 0 {
+            r.errors.push(format!("{key} must be at least 1"));
         }
     }
 }
@@ -600,6 +700,23 @@ impl Config {
                 ca_file: r.readable_file("REDIS_CA_FILE", false),
                 client_cert: r.client_cert_files(),
             },
+            http: HttpLimitsConfig {
+                header_read_timeout: Duration::from_secs(r.parsed(
+                    "HTTP_HEADER_READ_TIMEOUT_SECONDS",
+                    10,
+                    "a number of seconds",
+                )),
+                idle_timeout: Duration::from_secs(r.parsed(
+                    "HTTP_IDLE_TIMEOUT_SECONDS",
+                    60,
+                    "a number of seconds",
+                )),
+                connections_per_ip_max: r.parsed(
+                    "HTTP_CONNECTIONS_PER_IP_MAX",
+                    64,
+                    "a whole number of connections",
+                ),
+            },
             gateway: GatewayConfig {
                 auth_token_secret: r.secret("AUTH_TOKEN_SECRET"),
                 auth_token_secret_previous: r.optional_secret("AUTH_TOKEN_SECRET_PREVIOUS"),
@@ -691,6 +808,26 @@ impl Config {
                 ws_allow_origins: origins,
                 http_addr: r.addr("MARKETDATA_HTTP_ADDR", "127.0.0.1:8094"),
                 consumer: r.consumer("marketdata", &hostname),
+                ws_connections_per_ip_max: r.parsed(
+                    "MARKETDATA_WS_CONNECTIONS_PER_IP_MAX",
+                    32,
+                    "a whole number of connections",
+                ),
+                ws_messages_per_second: r.parsed(
+                    "MARKETDATA_WS_MESSAGES_PER_SECOND",
+                    5,
+                    "a whole number of messages",
+                ),
+                ws_snapshots_per_10s: r.parsed(
+                    "MARKETDATA_WS_SNAPSHOTS_PER_10S",
+                    32,
+                    "a whole number of snapshots",
+                ),
+                rate_limit_ip_per_second: r.parsed(
+                    "MARKETDATA_RATE_LIMIT_IP_PER_SECOND",
+                    50,
+                    "a whole number of requests",
+                ),
             },
             wallet: WalletConfig {
                 http_addr: r.addr("WALLET_HTTP_ADDR", "127.0.0.1:8095"),
@@ -709,6 +846,7 @@ impl Config {
             }
         }
         check_api_key_encryption_key(&mut r, &config.gateway);
+        check_abuse_limits(&mut r, &config);
         if config.gateway.login_failures_per_account == 0 {
             r.errors
                 .push("LOGIN_FAILURES_PER_ACCOUNT must be at least 1".to_owned());
@@ -1215,6 +1353,40 @@ mod tests {
             "LOGIN_FAILURES_PER_ACCOUNT must be at least 1",
             "LOGIN_FAILURE_WINDOW_SECONDS must be at least 1",
             "PASSWORD_HASH_QUEUE_MAX=\"many\" is not",
+        ] {
+            assert!(errors.contains(needle), "{needle} not in {errors}");
+        }
+    }
+
+    #[test]
+    fn abuse_limits_have_defaults_and_are_checked_all_at_once() {
+        let c = load(DEV).unwrap();
+        assert_eq!(c.http.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.http.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.http.connections_per_ip_max, 64);
+        assert_eq!(c.marketdata.ws_connections_per_ip_max, 32);
+        assert_eq!(c.marketdata.ws_messages_per_second, 5);
+        assert_eq!(c.marketdata.ws_snapshots_per_10s, 32);
+        assert_eq!(c.marketdata.rate_limit_ip_per_second, 50);
+        let mut env = DEV.to_vec();
+        env.extend([
+            ("HTTP_HEADER_READ_TIMEOUT_SECONDS", "0"),
+            ("HTTP_IDLE_TIMEOUT_SECONDS", "soon"),
+            ("HTTP_CONNECTIONS_PER_IP_MAX", "2"),
+            ("MARKETDATA_WS_CONNECTIONS_PER_IP_MAX", "0"),
+            ("MARKETDATA_WS_MESSAGES_PER_SECOND", "0"),
+            ("MARKETDATA_WS_SNAPSHOTS_PER_10S", "-1"),
+            ("MARKETDATA_RATE_LIMIT_IP_PER_SECOND", "0"),
+        ]);
+        let errors = load(&env).unwrap_err().0.join("\n");
+        for needle in [
+            "HTTP_HEADER_READ_TIMEOUT_SECONDS must be between 1 and 120",
+            "HTTP_IDLE_TIMEOUT_SECONDS=\"soon\" is not",
+            "HTTP_CONNECTIONS_PER_IP_MAX must be at least 8",
+            "MARKETDATA_WS_CONNECTIONS_PER_IP_MAX must be at least 1",
+            "MARKETDATA_WS_MESSAGES_PER_SECOND must be at least 1",
+            "MARKETDATA_WS_SNAPSHOTS_PER_10S=\"-1\" is not",
+            "MARKETDATA_RATE_LIMIT_IP_PER_SECOND must be at least 1",
         ] {
             assert!(errors.contains(needle), "{needle} not in {errors}");
         }
