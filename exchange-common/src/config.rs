@@ -306,14 +306,16 @@ pub const GATEWAY_PLACE_BATCH_MAX_LIMIT: usize = 256;
 /// of every consumer would cut entries live consumers still need.
 pub const EVENTS_STREAM_MAX_LEN_MIN: u64 = 10_000;
 
-/// The default `PASSWORD_HASH_QUEUE_MAX`: four waiting hashes per core
-/// (a hash takes a core for tens of milliseconds, so the last one waits
-/// a fraction of a second), at least 8.
+/// The default `PASSWORD_HASH_QUEUE_MAX`: 32 waiting hashes per core, at
+/// least 64. A hash takes a core for tens of milliseconds, so the last one
+/// waits about a second: a burst of sign-ups or logins (a launch, a
+/// reconnect storm) is served, a flood is refused at once instead of every
+/// login waiting behind it.
 pub fn password_hash_queue_default() -> usize {
     std::thread::available_parallelism()
         .map_or(2, std::num::NonZeroUsize::get)
-        .saturating_mul(4)
-        .max(8)
+        .saturating_mul(32)
+        .max(64)
 }
 
 /// Whether `candidate` is `secret` or made from it by adding or cutting
