@@ -503,10 +503,11 @@ pub async fn delete_api_key(
         return Err(ApiError::not_found("no such API key"));
     }
     // The key is gone; its holder must also lose the Binance user data
-    // stream it may have opened. If Redis is unreachable the listenKey
-    // still expires within its TTL (60 min) — logged, the delete stands.
-    if let Err(e) = crate::binance::user_stream::revoke_user_listen_key(&s, user.user_id).await {
-        tracing::warn!(user = user.user_id, error = ?e, "API key deleted but its user's listenKey could not be revoked");
+    // stream it opened (only that key's: the user's other keys keep
+    // theirs). If Redis is unreachable the streams still end at their next
+    // check, which finds the key gone — logged, the delete stands.
+    if let Err(e) = crate::binance::user_stream::revoke_api_key_listen_key(&s, id).await {
+        tracing::warn!(user = user.user_id, key_id = id, error = ?e, "API key deleted but its listenKey could not be revoked");
     }
     // Its private WebSocket sessions end now, on every gateway.
     sessions::announce(&s, user.user_id).await;

@@ -4,28 +4,35 @@
 //! delivers `executionReport` and `outboundAccountPosition` events
 //! translated from our private events.
 //!
-//! A listenKey lives in Redis under the gateway's key prefix
-//! (`<prefix>:bn:listenKey:<key>` → user id, and `<prefix>:bn:listenKeyOf:<user>`
-//! → key) with a [`LISTEN_KEY_TTL`] expiry that `PUT` renews; one key per
-//! user, so `POST` again returns (and renews) the same key, as Binance.
+//! A listenKey belongs to the API key that created it: it lives in Redis
+//! under the gateway's key prefix (`<prefix>:bn:listenKey:<key>` →
+//! `<user id>:<API key id>`, and `<prefix>:bn:listenKeyOfApiKey:<API key id>`
+//! → key) with a [`LISTEN_KEY_TTL`] expiry that `PUT` renews, never past the
+//! API key's own `expires_at`; one per API key, so `POST` again with the
+//! same API key returns (and renews) the same listenKey, as Binance. Only
+//! that API key may keep it alive or close it (another key, even of the
+//! same user, gets `-1125`), and only from an address its IP allow-list
+//! admits — the WebSocket too. Deleting the API key ends its listenKey and
+//! closes its streams at once; its expiry does the same at that moment.
 //! The WebSocket registers with the private push hub ([`crate::hub::Hub`]),
 //! so it gets exactly what `/ws/private` gets for that user, with the same
 //! bounded queue (a client that lets it fill is disconnected) and the same
 //! burst writes.
-//! While connected the key is checked every [`LISTEN_KEY_CHECK_INTERVAL`];
-//! once it is gone the client gets `listenKeyExpired` and is closed.
+//! While connected the listenKey and its API key are checked every
+//! [`LISTEN_KEY_CHECK_INTERVAL`] (and when the API key expires); once
+//! either is gone the client gets `listenKeyExpired` and is closed.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Request, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use exchange_common::net::IpNet;
+use exchange_common::net::{IpNet, client_ip};
 use redis::AsyncCommands as _;
 use serde_json::{Value, json};
 
@@ -66,8 +73,37 @@ fn key_of(s: &AppState, listen_key: &str) -> String {
     s.base.redis.key(&format!("bn:listenKey:{listen_key}"))
 }
 
-fn user_key(s: &AppState, user: i64) -> String {
+/// The listenKey of an API key.
+fn api_key_index(s: &AppState, api_key_id: i64) -> String {
+    s.base
+        .redis
+        .key(&format!("bn:listenKeyOfApiKey:{api_key_id}"))
+}
+
+/// Where older versions kept the one listenKey of a user (revoked with
+/// the user's sessions; their listenKeys no longer open streams).
+fn legacy_user_key(s: &AppState, user: i64) -> String {
     s.base.redis.key(&format!("bn:listenKeyOf:{user}"))
+}
+
+/// The value a listenKey maps to: its user and API key.
+fn owner_value(user: i64, api_key_id: i64) -> String {
+    format!("{user}:{api_key_id}")
+}
+
+fn parse_owner(value: &str) -> Option<(i64, i64)> {
+    let (user, key) = value.split_once(':')?;
+    Some((user.parse().ok()?, key.parse().ok()?))
+}
+
+fn ip_allowed(allowlist: &[String], ip: Option<IpAddr>) -> bool {
+    allowlist.is_empty()
+        || ip.is_some_and(|ip| {
+            allowlist
+                .iter()
+                .filter_map(|n| IpNet::parse(n))
+                .any(|n| n.contains(ip))
+        })
 }
 
 fn valid_listen_key(k: &str) -> bool {
@@ -108,20 +144,22 @@ fn credentials(s: &BnState, req: &Request) -> (Option<String>, Option<IpAddr>) {
     (api_key, request_ip(req, &s.app.trusted_proxies))
 }
 
-/// The user of an `X-MBX-APIKEY` (no signature: USER_STREAM); the key
-/// needs `read` and must allow the caller's IP.
-/// The user of an API key, and how long the listenKey it opens or renews
-/// may live: [`LISTEN_KEY_TTL`], or less when the key expires sooner (its
-/// streams then end when it does). An expired key, or one whose owner is
-/// frozen, gets none.
+/// user id, key id, `read`, allow-list, seconds until it expires.
+type KeyRow = (i64, i64, bool, Vec<String>, Option<i64>);
+
+/// The user and id of an `X-MBX-APIKEY` (no signature: USER_STREAM, as
+/// Binance; the key needs `read` and must allow the caller's IP), and how
+/// long the listenKey it opens or renews may live: [`LISTEN_KEY_TTL`], or
+/// less when the key expires sooner (its streams then end when it does).
+/// An expired key, or one whose owner is frozen, gets none.
 async fn key_user_of(
     s: &BnState,
     api_key: Option<String>,
     ip: Option<IpAddr>,
-) -> Result<(i64, u64), BnError> {
+) -> Result<(i64, i64, u64), BnError> {
     let api_key = api_key.ok_or_else(BnError::bad_api_key_format)?;
-    let row: Option<(i64, bool, Vec<String>, Option<i64>)> = sqlx::query_as(
-        "SELECT k.user_id, k.can_read, k.ip_allowlist,
+    let row: Option<KeyRow> = sqlx::query_as(
+        "SELECT k.user_id, k.id, k.can_read, k.ip_allowlist,
                 ceil(extract(epoch FROM k.expires_at - now()))::bigint
          FROM api_keys k JOIN users u ON u.id = k.user_id
          WHERE k.api_key = $1 AND (k.expires_at IS NULL OR k.expires_at > now()) AND u.frozen_at IS NULL",
@@ -129,7 +167,7 @@ async fn key_user_of(
     .bind(api_key)
     .fetch_optional(s.app.db())
     .await?;
-    let Some((user, can_read, allowlist, expires_in)) = row else {
+    let Some((user, key_id, can_read, allowlist, expires_in)) = row else {
         return Err(BnError::rejected_key());
     };
     let ttl = expires_in
@@ -137,89 +175,79 @@ async fn key_user_of(
         .map_or(LISTEN_KEY_TTL.as_secs(), |secs| {
             secs.clamp(1, LISTEN_KEY_TTL.as_secs())
         });
-    let ip_ok = allowlist.is_empty()
-        || ip.is_some_and(|ip| {
-            allowlist
-                .iter()
-                .filter_map(|n| IpNet::parse(n))
-                .any(|n| n.contains(ip))
-        });
-    if !can_read || !ip_ok {
+    if !can_read || !ip_allowed(&allowlist, ip) {
         return Err(BnError::rejected_key());
     }
-    Ok((user, ttl))
+    Ok((user, key_id, ttl))
 }
 
-/// `POST /api/v3/userDataStream` → `{"listenKey"}` (the user's current
-/// key, renewed, or a new one).
+/// `POST /api/v3/userDataStream` → `{"listenKey"}` (this API key's
+/// current listenKey, renewed, or a new one).
 pub async fn create(State(s): State<BnState>, req: Request) -> Result<Json<Value>, BnError> {
     let (api_key, ip) = credentials(&s, &req);
-    let (user, ttl) = key_user_of(&s, api_key, ip).await?;
+    let (user, key_id, ttl) = key_user_of(&s, api_key, ip).await?;
     let mut conn = s.app.base.redis.conn();
-    let existing: Option<String> = redis_call(conn.get(user_key(&s.app, user))).await?;
+    let index = api_key_index(&s.app, key_id);
+    let existing: Option<String> = redis_call(conn.get(&index)).await?;
     if let Some(k) = existing.filter(|k| valid_listen_key(k)) {
         let renewed: bool = redis_call(conn.expire(key_of(&s.app, &k), ttl.cast_signed())).await?;
         if renewed {
-            let _: bool =
-                redis_call(conn.expire(user_key(&s.app, user), ttl.cast_signed())).await?;
+            let _: bool = redis_call(conn.expire(&index, ttl.cast_signed())).await?;
             return Ok(Json(json!({"listenKey": k})));
         }
     }
     let k = new_listen_key();
-    let _: () = redis_call(conn.set_ex(key_of(&s.app, &k), user, ttl)).await?;
-    let _: () = redis_call(conn.set_ex(user_key(&s.app, user), &k, ttl)).await?;
+    let _: () = redis_call(conn.set_ex(key_of(&s.app, &k), owner_value(user, key_id), ttl)).await?;
+    let _: () = redis_call(conn.set_ex(&index, &k, ttl)).await?;
     Ok(Json(json!({"listenKey": k})))
 }
 
-/// The caller's listenKey parameter, which must be theirs and alive.
+/// The caller's listenKey parameter, which must be this API key's and alive.
 async fn own_key(s: &BnState, req: Request) -> Result<(i64, String, u64), BnError> {
     let (api_key, ip) = credentials(s, &req);
-    let (user, ttl) = key_user_of(s, api_key, ip).await?;
+    let (user, key_id, ttl) = key_user_of(s, api_key, ip).await?;
     let p = Params::from_request(req).await?;
     let k = p.require("listenKey")?.to_owned();
     if !valid_listen_key(&k) {
         return Err(no_such_key());
     }
-    let owner: Option<i64> = redis_call(s.app.base.redis.conn().get(key_of(&s.app, &k))).await?;
-    if owner != Some(user) {
+    let owner: Option<String> = redis_call(s.app.base.redis.conn().get(key_of(&s.app, &k))).await?;
+    if owner.as_deref().and_then(parse_owner) != Some((user, key_id)) {
         return Err(no_such_key());
     }
-    Ok((user, k, ttl))
+    Ok((key_id, k, ttl))
 }
 
 /// `PUT /api/v3/userDataStream?listenKey=` → `{}`: another 60 minutes.
 pub async fn keep_alive(State(s): State<BnState>, req: Request) -> Result<Json<Value>, BnError> {
-    let (user, k, ttl) = own_key(&s, req).await?;
+    let (key_id, k, ttl) = own_key(&s, req).await?;
     let ttl = ttl.cast_signed();
     let mut conn = s.app.base.redis.conn();
     let _: bool = redis_call(conn.expire(key_of(&s.app, &k), ttl)).await?;
-    let _: bool = redis_call(conn.expire(user_key(&s.app, user), ttl)).await?;
+    let _: bool = redis_call(conn.expire(api_key_index(&s.app, key_id), ttl)).await?;
     Ok(Json(json!({})))
 }
 
 /// `DELETE /api/v3/userDataStream?listenKey=` → `{}`: open streams get
 /// `listenKeyExpired` at their next check.
 pub async fn close(State(s): State<BnState>, req: Request) -> Result<Json<Value>, BnError> {
-    let (user, k, _) = own_key(&s, req).await?;
+    let (key_id, k, _) = own_key(&s, req).await?;
     let mut conn = s.app.base.redis.conn();
-    let _: i64 = redis_call(conn.del(&[key_of(&s.app, &k), user_key(&s.app, user)])).await?;
+    let _: i64 = redis_call(conn.del(&[key_of(&s.app, &k), api_key_index(&s.app, key_id)])).await?;
     Ok(Json(json!({})))
 }
 
-/// Ends the user's listenKey, if any: open streams get `listenKeyExpired`
-/// at their next check and the key can no longer be kept alive or opened.
-/// Called when one of the user's API keys is deleted: whoever held that key
-/// may also hold the listenKey it obtained, and deleting a key must cut them
-/// off. (One listenKey per user, as on Binance, so the user's other bots
-/// see `listenKeyExpired` too and create a new one, as clients do.)
-pub async fn revoke_user_listen_key(s: &AppState, user: i64) -> Result<(), BnError> {
+/// Ends the listenKey of one API key, if any (the key was deleted): the
+/// key can no longer be kept alive or opened, and open streams get
+/// `listenKeyExpired` at their next check (at once after
+/// [`crate::auth::sessions::announce`]).
+pub async fn revoke_api_key_listen_key(s: &AppState, api_key_id: i64) -> Result<(), BnError> {
     let mut conn = s.base.redis.conn();
     // GETDEL: a listenKey created concurrently either is the one read here
-    // (and deleted) or finds the user key gone and is not affected by the
-    // revocation that preceded it.
+    // (and deleted) or finds the index gone and is not affected.
     let current: Option<String> = redis_call(
         redis::cmd("GETDEL")
-            .arg(user_key(s, user))
+            .arg(api_key_index(s, api_key_id))
             .query_async(&mut conn),
     )
     .await?;
@@ -229,21 +257,80 @@ pub async fn revoke_user_listen_key(s: &AppState, user: i64) -> Result<(), BnErr
     Ok(())
 }
 
-/// `GET /ws/<listenKey>` on the WebSocket port.
+/// Ends the listenKeys of every API key of the user (every session of the
+/// user ended: logout-all, a password or 2FA change, a freeze).
+pub async fn revoke_user_listen_key(s: &AppState, user: i64) -> Result<(), BnError> {
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM api_keys WHERE user_id = $1")
+        .bind(user)
+        .fetch_all(s.db())
+        .await?;
+    for id in ids {
+        revoke_api_key_listen_key(s, id).await?;
+    }
+    let mut conn = s.base.redis.conn();
+    let legacy: Option<String> = redis_call(
+        redis::cmd("GETDEL")
+            .arg(legacy_user_key(s, user))
+            .query_async(&mut conn),
+    )
+    .await?;
+    if let Some(k) = legacy {
+        let _: i64 = redis_call(conn.del(key_of(s, &k))).await?;
+    }
+    Ok(())
+}
+
+/// The API key of a stream, as it is now: its allow-list and how long
+/// until it expires; `None` once deleted, expired or its owner frozen.
+async fn stream_key_state(
+    s: &AppState,
+    api_key_id: i64,
+) -> Result<Option<(Vec<String>, Option<i64>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT k.ip_allowlist, (extract(epoch FROM k.expires_at - now()) * 1000)::bigint
+         FROM api_keys k JOIN users u ON u.id = k.user_id
+         WHERE k.id = $1 AND (k.expires_at IS NULL OR k.expires_at > now()) AND u.frozen_at IS NULL",
+    )
+    .bind(api_key_id)
+    .fetch_optional(s.db())
+    .await
+}
+
+/// `GET /ws/<listenKey>` on the WebSocket port: the listenKey's API key
+/// must still be valid and allow the client's address.
 pub async fn connect(
     State(s): State<AppState>,
     Path(listen_key): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if !valid_listen_key(&listen_key) {
         return no_such_key().into_response();
     }
-    let owner: Result<Option<i64>, BnError> =
+    let owner: Result<Option<String>, BnError> =
         redis_call(s.base.redis.conn().get(key_of(&s, &listen_key))).await;
-    let user = match owner {
-        Ok(Some(u)) => u,
+    let (user, key_id) = match owner {
+        Ok(Some(v)) => match parse_owner(&v) {
+            Some(o) => o,
+            // Made by an older version (one per user): create a new one.
+            None => return no_such_key().into_response(),
+        },
         Ok(None) => return no_such_key().into_response(),
         Err(e) => return e.into_response(),
+    };
+    let expires_in = match stream_key_state(&s, key_id).await {
+        Ok(Some((allowlist, expires_in_ms))) => {
+            let ip = client_ip(peer.ip(), &headers, &s.trusted_proxies);
+            if !ip_allowed(&allowlist, Some(ip)) {
+                return BnError::rejected_key().into_response();
+            }
+            expires_in_ms
+                .and_then(|ms| u64::try_from(ms).ok())
+                .map(Duration::from_millis)
+        }
+        Ok(None) => return no_such_key().into_response(),
+        Err(e) => return BnError::from(e).into_response(),
     };
     let ws = match ws {
         Ok(ws) => ws,
@@ -255,7 +342,18 @@ pub async fn connect(
         .max_frame_size(4 * 1024)
         // Clients only ping here; see `crate::ws::WS_READ_BUFFER_BYTES`.
         .read_buffer_size(crate::ws::WS_READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| session(s, socket, user, listen_key))
+        .on_upgrade(move |socket| {
+            session(
+                s,
+                socket,
+                Stream {
+                    user,
+                    api_key_id: key_id,
+                    listen_key,
+                    expires_in,
+                },
+            )
+        })
 }
 
 async fn send(socket: &mut WebSocket, text: String) -> bool {
@@ -273,12 +371,25 @@ async fn close_socket(socket: &mut WebSocket, code: u16, reason: &str) {
     let _ = tokio::time::timeout(WS_SEND_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
 }
 
-/// False only when Redis says the key is gone (an unreachable Redis keeps
-/// the stream until the next check).
-async fn listen_key_alive(s: &AppState, listen_key: &str) -> bool {
+/// What a stream is for.
+struct Stream {
+    user: i64,
+    api_key_id: i64,
+    listen_key: String,
+    /// When the API key expires, from the connection's start.
+    expires_in: Option<Duration>,
+}
+
+/// False when Redis says the listenKey is gone, or PostgreSQL that its API
+/// key is (deleted, expired, its owner frozen); an unreachable Redis or
+/// database keeps the stream until the next check.
+async fn listen_key_alive(s: &AppState, stream: &Stream) -> bool {
     let alive: Result<bool, BnError> =
-        redis_call(s.base.redis.conn().exists(key_of(s, listen_key))).await;
-    !matches!(alive, Ok(false))
+        redis_call(s.base.redis.conn().exists(key_of(s, &stream.listen_key))).await;
+    if matches!(alive, Ok(false)) {
+        return false;
+    }
+    !matches!(stream_key_state(s, stream.api_key_id).await, Ok(None))
 }
 
 async fn end_expired(socket: &mut WebSocket, listen_key: &str) {
@@ -287,8 +398,9 @@ async fn end_expired(socket: &mut WebSocket, listen_key: &str) {
     close_socket(socket, 1000, "listenKey expired").await;
 }
 
-async fn session(s: AppState, mut socket: WebSocket, user: i64, listen_key: String) {
-    let mut reg = match s.hub.register(user) {
+async fn session(s: AppState, mut socket: WebSocket, stream: Stream) {
+    let listen_key = stream.listen_key.clone();
+    let mut reg = match s.hub.register(stream.user) {
         Ok(r) => r,
         Err(e) => {
             let text = json!({"error": {"code": -1015, "msg": e.message}}).to_string();
@@ -307,6 +419,14 @@ async fn session(s: AppState, mut socket: WebSocket, user: i64, listen_key: Stri
         tokio::time::Instant::now() + LISTEN_KEY_CHECK_INTERVAL,
         LISTEN_KEY_CHECK_INTERVAL,
     );
+    // The API key's expiry ends the stream then, not at the next check.
+    let key_expiry = tokio::time::sleep(
+        stream
+            .expires_in
+            .map_or(Duration::MAX / 4, |d| d + Duration::from_millis(50)),
+    );
+    tokio::pin!(key_expiry);
+    let mut expiry_armed = stream.expires_in.is_some();
     loop {
         tokio::select! {
             () = s.shutdown.wait() => {
@@ -337,13 +457,20 @@ async fn session(s: AppState, mut socket: WebSocket, user: i64, listen_key: Stri
             // changed (a key deleted, the account frozen: both revoke the
             // listenKey first).
             _ = check.tick() => {
-                if !listen_key_alive(&s, &listen_key).await {
+                if !listen_key_alive(&s, &stream).await {
+                    end_expired(&mut socket, &listen_key).await;
+                    break;
+                }
+            }
+            () = &mut key_expiry, if expiry_armed => {
+                expiry_armed = false;
+                if !listen_key_alive(&s, &stream).await {
                     end_expired(&mut socket, &listen_key).await;
                     break;
                 }
             }
             () = reg.recheck.notified() => {
-                if !listen_key_alive(&s, &listen_key).await {
+                if !listen_key_alive(&s, &stream).await {
                     end_expired(&mut socket, &listen_key).await;
                     break;
                 }
