@@ -13,6 +13,7 @@ pub mod db;
 pub mod error;
 pub mod error_code;
 pub mod http;
+pub mod listen;
 pub mod net;
 pub mod ready;
 pub mod redis;

@@ -65,4 +65,27 @@ impl ServiceBase {
         tracing::info!(service = self.name, "stopped");
         Ok(())
     }
+
+    /// As [`Self::serve`], for a port the internet reaches (the gateway's,
+    /// marketdata's): with the header-read and idle timeouts and the
+    /// per-peer connection cap of [`crate::listen`].
+    pub async fn serve_public(
+        &self,
+        listener: TcpListener,
+        routes: Router,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<()> {
+        http::spawn_ready_refresher(self.readiness.clone(), shutdown.clone());
+        crate::listen::serve_limited(
+            listener,
+            self.router(routes),
+            shutdown,
+            self.config.shutdown_drain,
+            crate::listen::Limits::public(&self.config),
+            self.name,
+        )
+        .await?;
+        tracing::info!(service = self.name, "stopped");
+        Ok(())
+    }
 }
