@@ -23,7 +23,11 @@ enum Auth {
 
 const SYMBOL: (&str, bool, &str) = ("symbol", true, "e.g. BTCUSDT (our BTC-USDT)");
 const SYMBOL_OPT: (&str, bool, &str) = ("symbol", false, "e.g. BTCUSDT");
-const SYMBOLS: (&str, bool, &str) = ("symbols", false, r#"JSON list, e.g. ["BTCUSDT","ETHUSDT"]"#);
+const SYMBOLS: (&str, bool, &str) = (
+    "symbols",
+    false,
+    r#"JSON list, e.g. ["BTCUSDT","ETHUSDT"]; duplicates are dropped; more than 100 distinct symbols: 400 -1101. The request weight depends on the count (docs/BINANCE.md)"#,
+);
 const LIMIT: (&str, bool, &str) = ("limit", false, "page size");
 const ORDER_REF: [(&str, bool, &str); 3] = [
     SYMBOL,
