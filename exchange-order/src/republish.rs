@@ -16,6 +16,7 @@ use exchange_domain::{Command, MarketSymbol, SequencedCommand};
 use sqlx::PgPool;
 
 use crate::batch::publish;
+use exchange_store::transport::{Verdict, note_forgery};
 
 pub const REPUBLISH_INTERVAL: Duration = Duration::from_secs(5);
 /// Commands younger than this are left to the batcher's own `XADD`.
@@ -23,11 +24,15 @@ pub const REPUBLISH_GRACE: Duration = Duration::from_secs(2);
 /// Commands republished per market per round.
 pub const REPUBLISH_BATCH_LEN_MAX: i64 = 10_000;
 
-/// The sequence number of the newest entry on a market's order stream (0 if none).
-pub async fn stream_last_seq(redis: &Redis, market: &str) -> anyhow::Result<u64> {
+/// The sequence number of the newest entry on a market's order stream (0 if
+/// none). Only a journaled command counts: a forged tail entry (anyone who
+/// can write to Redis can add one, see `exchange_store::transport`) with a
+/// high seq must not make the commands below it look published.
+pub async fn stream_last_seq(db: &PgPool, redis: &Redis, market: &str) -> anyhow::Result<u64> {
     let mut conn = redis.conn();
+    let stream = redis.orders_stream(market);
     let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-        .arg(redis.orders_stream(market))
+        .arg(&stream)
         .arg("+")
         .arg("-")
         .arg("COUNT")
@@ -38,8 +43,39 @@ pub async fn stream_last_seq(redis: &Redis, market: &str) -> anyhow::Result<u64>
         return Ok(0);
     };
     let body: Option<String> = entry.get("command");
-    let cmd: SequencedCommand = serde_json::from_str(body.as_deref().unwrap_or(""))?;
-    Ok(cmd.seq)
+    let Ok(claimed) = serde_json::from_str::<SequencedCommand>(body.as_deref().unwrap_or(""))
+    else {
+        return Ok(0);
+    };
+    let stored: Option<(i64, String)> = sqlx::query_as(
+        "SELECT time_ms, command::text FROM order_commands WHERE market = $1 AND seq = $2",
+    )
+    .bind(market)
+    .bind(i64::try_from(claimed.seq).unwrap_or(i64::MAX))
+    .fetch_optional(db)
+    .await?;
+    let journaled = stored.and_then(|(time_ms, body)| {
+        Some(SequencedCommand {
+            market: claimed.market,
+            seq: claimed.seq,
+            time_ms: u64::try_from(time_ms).ok()?,
+            command: serde_json::from_str::<Command>(&body).ok()?,
+        })
+    });
+    match Verdict::of(&claimed, journaled).forgery() {
+        None => Ok(claimed.seq),
+        Some(kind) => {
+            note_forgery(
+                crate::SERVICE,
+                &stream,
+                &entry.id,
+                kind,
+                market,
+                claimed.seq,
+            );
+            Ok(0)
+        }
+    }
 }
 
 /// One round over every market; returns how many commands were republished.
@@ -60,7 +96,7 @@ pub async fn republish_once(db: &PgPool, redis: &Redis) -> anyhow::Result<usize>
         if settled_max <= processed {
             continue;
         }
-        let in_stream = i64::try_from(stream_last_seq(redis, &market).await.unwrap_or(0))?;
+        let in_stream = i64::try_from(stream_last_seq(db, redis, &market).await.unwrap_or(0))?;
         let from = processed.max(in_stream);
         if from >= settled_max {
             continue;

@@ -561,6 +561,18 @@ async fn the_republisher_puts_missing_commands_back_on_the_stream() {
         exchange_order::republish::REPUBLISH_GRACE + std::time::Duration::from_millis(200),
     )
     .await;
+    // A forged tail entry with a high seq (anyone who can write to Redis can
+    // add one) does not make them look published...
+    let forged = serde_json::json!({"market": "BTC-USDT", "seq": 1000, "time_ms": 1,
+                                    "command": {"type": "cancel_all", "user_id": u}});
+    let _: String = redis::cmd("XADD")
+        .arg(app.redis.orders_stream("BTC-USDT"))
+        .arg("*")
+        .arg("command")
+        .arg(forged.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     // ...older ones come back, in order, once.
     assert_eq!(
         exchange_order::republish::republish_once(&db, &app.redis)
@@ -574,7 +586,7 @@ async fn the_republisher_puts_missing_commands_back_on_the_stream() {
         .iter()
         .map(|c| c["seq"].as_u64().unwrap())
         .collect();
-    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(seqs, [1000, 1, 2, 3]);
     assert_eq!(
         exchange_order::republish::republish_once(&db, &app.redis)
             .await
