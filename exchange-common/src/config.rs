@@ -268,8 +268,8 @@ pub struct MarketdataConfig {
     /// handshake is answered 429 `TOO_MANY_CONNECTIONS`.
     pub ws_connections_per_ip_max: u32,
     /// `MARKETDATA_WS_MESSAGES_PER_SECOND`: messages (text, binary, ping,
-    /// pong) a client may send per second on one WebSocket, that many at
-    /// once; beyond it the connection is closed (1008), as Binance does.
+    /// pong) a client may send per second on one WebSocket, four times that
+    /// at once; beyond it the connection is closed (1008), as Binance does.
     pub ws_messages_per_second: u32,
     /// `MARKETDATA_WS_SNAPSHOTS_PER_10S`: depth snapshots one connection
     /// may be sent per 10 s (each depth subscribe or re-subscribe renders

@@ -339,6 +339,10 @@ fn describe_metrics() {
         "Admin calls refused: missing or unknown token, or a role without the permission, by reason"
     );
     metrics::describe_counter!(
+        exchange_common::listen::REFUSED_METRIC,
+        "Connections refused or cut by an abuse limit, by service and reason (per_ip_cap, header_timeout, idle_timeout)"
+    );
+    metrics::describe_counter!(
         "exchange_ws_slow_disconnects_total",
         "WebSocket connections closed because their send queue was full"
     );
@@ -376,7 +380,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     let admin_separate = listeners.admin.is_some();
-    let http = base.serve(
+    let http = base.serve_public(
         listeners.http,
         routes(state.clone(), admin_separate),
         shutdown.clone(),
@@ -389,12 +393,12 @@ pub async fn run(
         );
         async move {
             match listeners.admin {
-                Some(l) => base.serve(l, routes, shutdown).await,
+                Some(l) => base.serve_public(l, routes, shutdown).await,
                 None => Ok(()),
             }
         }
     };
-    let ws = base.serve(listeners.ws, ws_routes(state), shutdown);
+    let ws = base.serve_public(listeners.ws, ws_routes(state), shutdown);
     tokio::try_join!(http, ws, admin)?;
     Ok(())
 }

@@ -93,6 +93,9 @@ pub struct Upstream {
     /// Placements per coalesced call; 1 sends each alone (the behaviour
     /// before coalescing, kept for A/B benchmarks).
     place_batch_len_max: usize,
+    /// Calls in flight at once, when bounded (marketdata: see
+    /// [`Upstream::marketdata`]); a call beyond it waits for one to end.
+    in_flight: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 struct PlaceJob {
@@ -126,12 +129,15 @@ impl std::fmt::Debug for Upstream {
 }
 
 fn client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
+    client_builder().build().map_err(Into::into)
+}
+
+fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
         .connect_timeout(UPSTREAM_CONNECT_TIMEOUT)
         .timeout(UPSTREAM_REQUEST_TIMEOUT)
         .pool_max_idle_per_host(UPSTREAM_IDLE_CONNECTIONS_PER_HOST_MAX)
         .redirect(reqwest::redirect::Policy::none())
-        .build()?)
 }
 
 impl Upstream {
@@ -148,6 +154,7 @@ impl Upstream {
             placer: Arc::default(),
             // `GATEWAY_PLACE_BATCH_MAX`, validated at start (1..=256).
             place_batch_len_max: config.gateway.place_batch_max,
+            in_flight: None,
         })
     }
 
@@ -163,9 +170,18 @@ impl Upstream {
             client: client()?,
             placer: Arc::default(),
             place_batch_len_max: 1,
+            in_flight: None,
         })
     }
 
+    /// Marketdata's port is public (`listen`'s limits): the gateway
+    /// presents `INTERNAL_TOKEN` so its calls (on behalf of clients it has
+    /// already rate-limited) are not counted against marketdata's per-IP
+    /// REST budget; it keeps at most half of `HTTP_CONNECTIONS_PER_IP_MAX`
+    /// calls in flight, so its connections stay under marketdata's
+    /// per-peer cap; and it drops an idle pooled connection before
+    /// marketdata's header-read timeout would (a request sent on a
+    /// connection the server is just closing fails).
     pub fn marketdata(config: &Config) -> anyhow::Result<Self> {
         Ok(Self {
             name: "marketdata",
@@ -174,11 +190,17 @@ impl Upstream {
                 .marketdata_url
                 .trim_end_matches('/')
                 .to_owned(),
-            // Public data: no reason to hand it the internal token.
-            token: None,
-            client: client()?,
+            token: Some(config.internal_token.clone()),
+            client: client_builder()
+                .pool_idle_timeout(config.http.header_read_timeout / 2)
+                .build()?,
             placer: Arc::default(),
             place_batch_len_max: 1,
+            in_flight: Some(Arc::new(tokio::sync::Semaphore::new(
+                usize::try_from(config.http.connections_per_ip_max / 2)
+                    .unwrap_or(1)
+                    .max(1),
+            ))),
         })
     }
 
@@ -213,6 +235,16 @@ impl Upstream {
         query: Option<&Q>,
         body: Option<&B>,
     ) -> Result<Relayed, ApiError> {
+        // Held until the answer is read (the connection is busy until then).
+        let _permit = match &self.in_flight {
+            Some(s) => Some(
+                s.clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| self.unavailable())?,
+            ),
+            None => None,
+        };
         let mut req = self
             .client
             .request(method.clone(), format!("{}{path}", self.base_url));
@@ -680,6 +712,7 @@ mod tests {
             client: client().unwrap(),
             placer: Arc::default(),
             place_batch_len_max: 1,
+            in_flight: None,
         }
     }
 

@@ -90,10 +90,14 @@ async fn main() {
     let addr = listener.local_addr().unwrap();
     let server_stop = shutdown.clone();
     tokio::spawn(async move {
-        axum::serve(listener, exchange_marketdata::routes(app))
-            .with_graceful_shutdown(async move { server_stop.wait().await })
-            .await
-            .unwrap();
+        axum::serve(
+            listener,
+            exchange_marketdata::routes(app)
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { server_stop.wait().await })
+        .await
+        .unwrap();
     });
 
     let origin = Instant::now();

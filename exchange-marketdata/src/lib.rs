@@ -37,6 +37,7 @@
 pub mod channel;
 pub mod fanout;
 pub mod kline;
+pub mod limits;
 pub mod outbox;
 pub mod registry;
 pub mod render;
@@ -59,7 +60,7 @@ use tokio::net::TcpListener;
 use crate::registry::MarketRegistry;
 use crate::store::{Dirty, KLINE_WRITE_ROWS_MAX, restore_unwritten};
 use crate::ws::{App, Origins};
-use exchange_store::transport::{Verdict, note_forgery};
+use exchange_store::transport::note_forgery;
 
 pub const SERVICE: &str = "marketdata";
 /// The loop name `/ready` reports.
@@ -92,11 +93,13 @@ impl Listeners {
 
 /// The market-data routes (REST and `/ws`), without the service skeleton.
 pub fn routes(app: App) -> Router {
+    let budget = axum::middleware::from_fn_with_state(app.limits.clone(), limits::rest_per_ip);
     Router::new()
         .route("/api/v1/markets/{symbol}/depth", get(rest::depth))
         .route("/api/v1/markets/{symbol}/trades", get(rest::trades))
         .route("/api/v1/markets/{symbol}/klines", get(rest::klines))
         .route("/api/v1/markets/{symbol}/ticker", get(rest::ticker))
+        .route_layer(budget)
         .route("/ws", get(ws::ws_handler))
         .route("/ws/{*streams}", get(ws::bn_raw_handler))
         .route("/stream", get(ws::bn_combined_handler))
@@ -125,6 +128,10 @@ fn describe_metrics() {
         "WebSocket handshakes refused for their Origin"
     );
     metrics::describe_counter!(
+        exchange_common::listen::REFUSED_METRIC,
+        "Connections refused or cut by an abuse limit, by service and reason (per_ip_cap, header_timeout, idle_timeout, ws_per_ip_cap, ws_message_rate)"
+    );
+    metrics::describe_counter!(
         "marketdata_gap_fills_total",
         "Gaps in the event stream filled from Postgres"
     );
@@ -144,9 +151,12 @@ pub async fn run(
         markets.clone(),
         Origins::new(&config.marketdata.ws_allow_origins),
         shutdown.clone(),
-    );
+    )
+    .with_limits(limits::Limits::from_config(&config));
     let consumer = tokio::spawn(consume(base.clone(), markets, shutdown.clone()));
-    let served = base.serve(listeners.http, routes(app), shutdown).await;
+    let served = base
+        .serve_public(listeners.http, routes(app), shutdown)
+        .await;
     // Let the consumer finish its read and the candle writer its final
     // write; bounded, since a start-up replay is not interrupted (whatever
     // is not written then is rewritten by the next start's replay).
@@ -300,11 +310,9 @@ impl Handler for EventsHandler {
         let mut dirty = self.dirty.lock().await;
         let mut out = Vec::with_capacity(entries.len());
         for (entry, claim) in entries.iter().zip(claimed) {
-            let result = match claim {
+            let result = match claim.and_then(|b| Ok((stored.verdict(&b)?, b))) {
                 Err(e) => Err(e),
-                Ok(batch) => {
-                    let verdict =
-                        Verdict::of(&batch, stored.get(&(batch.market, batch.seq)).cloned());
+                Ok((verdict, batch)) => {
                     if let Some(kind) = verdict.forgery() {
                         note_forgery(
                             SERVICE,

@@ -18,6 +18,18 @@
 //! Subscribing again to a depth channel sends a fresh snapshot (how a client
 //! resyncs after a gap).
 //!
+//! Abuse limits ([`crate::limits`]): at most
+//! `MARKETDATA_WS_CONNECTIONS_PER_IP_MAX` sockets per client IP (beyond it
+//! the handshake is 429 `TOO_MANY_CONNECTIONS`); at most
+//! `MARKETDATA_WS_MESSAGES_PER_SECOND` client messages per second (four
+//! times that at once; pings and pongs count), beyond which the connection is
+//! closed with code 1008 and reason `RATE_LIMITED`, as Binance disconnects
+//! a client over its 5 per second; and at most
+//! `MARKETDATA_WS_SNAPSHOTS_PER_10S` depth snapshots per connection per
+//! 10 s, beyond which a depth subscribe is refused with `RATE_LIMITED` (and
+//! changes nothing), so a client cannot make the server render snapshots
+//! in a loop.
+//!
 //! Binance-style streams share all of this: `/ws/<stream>[/<stream>..]`
 //! (raw events), `/stream?streams=a/b` (events wrapped as
 //! `{"stream","data"}`), and on either, live `{"method":"SUBSCRIBE"|
@@ -26,13 +38,14 @@
 //! work on every path. See [`crate::render::binance`].
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use exchange_common::{ApiError, ErrorCode, Shutdown};
@@ -43,11 +56,13 @@ use serde_json::{Value, json};
 
 use crate::channel::{Channel, ChannelKind};
 use crate::fanout::Subscriber;
+use crate::limits::{Bucket, Limits};
 pub use crate::outbox::WS_SEND_QUEUE_LEN_MAX;
 use crate::outbox::{DepthKey, Out, Outbox};
 use crate::registry::MarketRegistry;
 use crate::render::binance::split_stream;
 use crate::render::native;
+use exchange_common::listen::{Slot, count_refused};
 
 /// Messages fed to the socket before one flush.
 pub const WS_WRITE_BATCH_LEN_MAX: usize = 256;
@@ -108,6 +123,9 @@ pub struct App {
     pub markets: Arc<MarketRegistry>,
     pub origins: Arc<Origins>,
     pub shutdown: Shutdown,
+    /// The abuse limits ([`crate::limits`]); none unless set with
+    /// [`App::with_limits`].
+    pub limits: Limits,
     next_conn: Arc<AtomicU64>,
 }
 
@@ -117,17 +135,25 @@ impl App {
             markets,
             origins: Arc::new(origins),
             shutdown,
+            limits: Limits::unlimited(),
             next_conn: Arc::new(AtomicU64::new(1)),
         }
+    }
+
+    #[must_use]
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 }
 
 pub async fn ws_handler(
     State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    open(app, headers, upgrade, Vec::new(), false)
+    open(app, peer, headers, upgrade, Vec::new(), false)
 }
 
 /// `/ws/<stream>[/<stream>..]`: Binance raw streams. Purely numeric
@@ -135,6 +161,7 @@ pub async fn ws_handler(
 /// with `SUBSCRIBE`).
 pub async fn bn_raw_handler(
     State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(streams): Path<String>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -144,7 +171,7 @@ pub async fn bn_raw_handler(
         .filter(|s| !s.is_empty() && !s.bytes().all(|b| b.is_ascii_digit()))
         .collect();
     match resolve_streams(&app, &names).await {
-        Ok(channels) => open(app, headers, upgrade, channels, false),
+        Ok(channels) => open(app, peer, headers, upgrade, channels, false),
         Err(e) => e.into_response(),
     }
 }
@@ -157,6 +184,7 @@ pub struct CombinedParams {
 /// `/stream?streams=a/b`: Binance combined streams (`{"stream","data"}`).
 pub async fn bn_combined_handler(
     State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(p): Query<CombinedParams>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -164,7 +192,7 @@ pub async fn bn_combined_handler(
     let text = p.streams.unwrap_or_default();
     let names: Vec<&str> = text.split('/').filter(|s| !s.is_empty()).collect();
     match resolve_streams(&app, &names).await {
-        Ok(channels) => open(app, headers, upgrade, channels, true),
+        Ok(channels) => open(app, peer, headers, upgrade, channels, true),
         Err(e) => e.into_response(),
     }
 }
@@ -226,6 +254,7 @@ async fn resolve_streams(app: &App, names: &[&str]) -> Result<Vec<Channel>, ApiE
 
 fn open(
     app: App,
+    peer: SocketAddr,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     initial: Vec<Channel>,
@@ -250,11 +279,21 @@ fn open(
                 .into_response();
         }
     };
+    let ip = app.limits.client(peer, &headers);
+    let max = app.limits.ws_connections_per_ip_max;
+    let Some(slot) = app.limits.ws_open.try_take(ip, max) else {
+        count_refused(crate::SERVICE, "ws_per_ip_cap");
+        return crate::limits::too_many(
+            ErrorCode::TooManyConnections,
+            format!("at most {max} market data WebSockets per client"),
+            Duration::from_secs(1),
+        );
+    };
     upgrade
         .max_message_size(WS_CLIENT_MESSAGE_BYTES_MAX)
         .max_frame_size(WS_CLIENT_MESSAGE_BYTES_MAX)
         .read_buffer_size(WS_READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| connection(app, socket, initial, combined))
+        .on_upgrade(move |socket| connection(app, socket, initial, combined, slot))
 }
 
 /// What the reader needs to act for its connection.
@@ -262,6 +301,10 @@ struct Conn {
     id: u64,
     outbox: Arc<Outbox>,
     subs: BTreeSet<Channel>,
+    /// `MARKETDATA_WS_MESSAGES_PER_SECOND`.
+    messages: Bucket,
+    /// `MARKETDATA_WS_SNAPSHOTS_PER_10S`.
+    snapshots: Bucket,
 }
 
 impl Conn {
@@ -291,13 +334,24 @@ impl Conn {
     }
 }
 
-async fn connection(app: App, socket: WebSocket, initial: Vec<Channel>, combined: bool) {
+/// Why a reader stopped when the client sent too much.
+const CLOSED_FOR_RATE: &str = "message rate";
+
+async fn connection(
+    app: App,
+    socket: WebSocket,
+    initial: Vec<Channel>,
+    combined: bool,
+    _slot: Slot,
+) {
     let id = app.next_conn.fetch_add(1, Ordering::Relaxed);
     let outbox = Arc::new(Outbox::new(combined));
     let mut conn = Conn {
         id,
         outbox: outbox.clone(),
         subs: BTreeSet::new(),
+        messages: app.limits.message_bucket(),
+        snapshots: app.limits.snapshot_bucket(),
     };
     metrics::gauge!("exchange_ws_connections", "service" => "marketdata", "kind" => "public")
         .increment(1.0);
@@ -307,9 +361,9 @@ async fn connection(app: App, socket: WebSocket, initial: Vec<Channel>, combined
             "market data is not available, retry",
         );
     }
-    let (sink, mut stream) = socket.split();
+    let (mut sink, mut stream) = socket.split();
     let why = {
-        let writer = write_loop(sink, &outbox);
+        let writer = write_loop(&mut sink, &outbox);
         let reader = read_loop(&app, &mut stream, &mut conn);
         tokio::select! {
             r = writer => if r.is_err() { "write failed" } else { "closed" },
@@ -318,6 +372,18 @@ async fn connection(app: App, socket: WebSocket, initial: Vec<Channel>, combined
             () = app.shutdown.wait() => "shutdown",
         }
     };
+    if why == CLOSED_FOR_RATE {
+        count_refused(crate::SERVICE, "ws_message_rate");
+        let reason = format!(
+            "RATE_LIMITED: more than {} messages per second",
+            app.limits.ws_messages_per_second
+        );
+        let close = Message::Close(Some(CloseFrame {
+            code: 1008,
+            reason: Utf8Bytes::from(reason),
+        }));
+        let _ = tokio::time::timeout(WS_WRITE_TIMEOUT, sink.send(close)).await;
+    }
     tracing::debug!(conn = id, why, "websocket closed");
     outbox.close();
     for ch in &conn.subs {
@@ -329,7 +395,7 @@ async fn connection(app: App, socket: WebSocket, initial: Vec<Channel>, combined
         .decrement(1.0);
 }
 
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: &Outbox) -> Result<(), ()> {
+async fn write_loop(sink: &mut SplitSink<WebSocket, Message>, outbox: &Outbox) -> Result<(), ()> {
     // One timer for the connection's life, re-armed after each ping: an
     // idle wait only re-registers the waker (a new timer per wait would
     // cost a timer-wheel insert and remove per message on a busy market).
@@ -403,6 +469,9 @@ async fn read_loop(
             Ok(Some(Err(_))) => return "read failed",
             Ok(Some(Ok(m))) => m,
         };
+        if conn.messages.take(1, Instant::now()).is_err() {
+            return CLOSED_FOR_RATE;
+        }
         match msg {
             Message::Text(text) => handle_text(app, conn, text.as_str()).await,
             Message::Binary(_) => conn.error(ErrorCode::InvalidMessage, "send JSON text messages"),
@@ -496,6 +565,10 @@ async fn subscribe(app: &App, conn: &mut Conn, requested: &[String]) {
             format!("at most {WS_SUBSCRIPTIONS_MAX} channels per connection"),
         );
     }
+    let snapshots = channels
+        .iter()
+        .filter(|c| c.kind == ChannelKind::Depth)
+        .count();
     let mut markets = Vec::with_capacity(channels.len());
     for ch in &channels {
         match app.markets.market(ch.market).await {
@@ -513,6 +586,23 @@ async fn subscribe(app: &App, conn: &mut Conn, requested: &[String]) {
                     "market data is not available, retry",
                 );
             }
+        }
+    }
+    // Each depth channel renders a snapshot, a re-subscribe too: taken
+    // only when the subscribe goes ahead.
+    if snapshots > 0 {
+        let n = u32::try_from(snapshots).unwrap_or(u32::MAX);
+        if let Err(wait) = conn.snapshots.take(n, Instant::now()) {
+            metrics::counter!("exchange_rate_limited_total", "service" => "marketdata", "kind" => "ws_snapshot")
+                .increment(1);
+            return conn.error(
+                ErrorCode::RateLimited,
+                format!(
+                    "at most {} depth snapshots per 10 s per connection: retry in {} ms",
+                    app.limits.ws_snapshots_per_10s,
+                    wait.as_millis().max(1)
+                ),
+            );
         }
     }
     let reply = json!({"type": "subscribed", "channels": names(&channels)});

@@ -57,8 +57,20 @@ pub async fn seeded() -> (TestEnv, PgPool, Redis) {
 }
 
 pub async fn start(env: TestEnv, db: PgPool, redis: Redis, origins: &[&str]) -> Svc {
+    start_with(env, db, redis, origins, |_| {}).await
+}
+
+/// [`start`] with the configuration changed by `tweak` first.
+pub async fn start_with(
+    env: TestEnv,
+    db: PgPool,
+    redis: Redis,
+    origins: &[&str],
+    tweak: impl FnOnce(&mut exchange_common::Config),
+) -> Svc {
     let mut config = env.config.clone();
     config.marketdata.ws_allow_origins = origins.iter().map(|s| (*s).to_owned()).collect();
+    tweak(&mut config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = Shutdown::new();
