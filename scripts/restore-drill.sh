@@ -150,7 +150,7 @@ export DB_URL="postgres://postgres@127.0.0.1:$pg_port/exchange" REDIS_URL="redis
     AUTH_TOKEN_SECRET=dev-auth-token-secret-change-me-please-0 \
     ADMIN_TOKEN=dev-admin-token-change-me-please-00000 \
     RATE_LIMIT_IP_PER_SECOND=1000000 RATE_LIMIT_ORDERS_PER_SECOND=1000000 \
-    RATE_LIMIT_LOGIN_PER_MINUTE=100000 \
+    RATE_LIMIT_LOGIN_PER_MINUTE=100000 HTTP_CONNECTIONS_PER_IP_MAX=100000 \
     GATEWAY_HTTP_ADDR=127.0.0.1:$base GATEWAY_WS_ADDR=127.0.0.1:$((base + 1)) \
     ORDER_HTTP_ADDR=127.0.0.1:$((base + 2)) MATCHING_HTTP_ADDR=127.0.0.1:$((base + 3)) \
     CLEARING_HTTP_ADDR=127.0.0.1:$((base + 4)) MARKETDATA_HTTP_ADDR=127.0.0.1:$((base + 5)) \

@@ -13,7 +13,7 @@
 //! The gateway's rate limits apply to the bench as to anyone (every user
 //! comes from one IP): start the exchange with e.g.
 //! `RATE_LIMIT_IP_PER_SECOND=1000000 RATE_LIMIT_ORDERS_PER_SECOND=1000000
-//! RATE_LIMIT_LOGIN_PER_MINUTE=100000`.
+//! RATE_LIMIT_LOGIN_PER_MINUTE=100000 HTTP_CONNECTIONS_PER_IP_MAX=100000`.
 
 // Floats only for printed rates and percentile ranks: no money is computed here.
 #![allow(clippy::float_arithmetic)]
@@ -38,7 +38,8 @@ const USAGE: &str = "usage: exchange bench --gateway URL --admin-token TOKEN --u
   --ws             the gateway's private WebSocket base URL (default: the gateway host, port 8090)
 
 The gateway's rate limits apply: start the exchange with
-  RATE_LIMIT_IP_PER_SECOND=1000000 RATE_LIMIT_ORDERS_PER_SECOND=1000000 RATE_LIMIT_LOGIN_PER_MINUTE=100000";
+  RATE_LIMIT_IP_PER_SECOND=1000000 RATE_LIMIT_ORDERS_PER_SECOND=1000000 RATE_LIMIT_LOGIN_PER_MINUTE=100000
+  HTTP_CONNECTIONS_PER_IP_MAX=100000 (every user connects from this one address)";
 
 /// Registrations (Argon2 hashing) in flight at once during the setup.
 const SETUP_CONCURRENCY_MAX: usize = 8;

@@ -205,6 +205,9 @@ impl Cluster {
         set("RATE_LIMIT_IP_PER_SECOND", "100000".into());
         set("RATE_LIMIT_LOGIN_PER_MINUTE", "100000".into());
         set("RATE_LIMIT_ORDERS_PER_SECOND", "100000".into());
+        set("HTTP_CONNECTIONS_PER_IP_MAX", "100000".into());
+        set("MARKETDATA_WS_CONNECTIONS_PER_IP_MAX", "100000".into());
+        set("MARKETDATA_RATE_LIMIT_IP_PER_SECOND", "100000".into());
         set("SHUTDOWN_DRAIN_SECONDS", "1".into());
         for (k, v) in options.env {
             env.insert(k, v);
