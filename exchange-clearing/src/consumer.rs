@@ -28,7 +28,7 @@ use sqlx::{PgPool, Row as _};
 use crate::plan::MarketAssets;
 use crate::private::{self, PrivateEvent};
 use crate::store::{self, SettleError, Settled};
-use exchange_store::transport::{Verdict, note_forgery};
+use exchange_store::transport::note_forgery;
 
 /// The stream field that carries the JSON batch.
 pub const BATCH_FIELD: &str = "batch";
@@ -317,15 +317,7 @@ impl Clearing {
                 }
             }
         }
-        let (batches, index) = match self.stored(entries, batches, index).await {
-            Ok(stored) => stored,
-            Err((e, index)) => {
-                for i in index {
-                    results[i] = Err(e.clone());
-                }
-                (Vec::new(), Vec::new())
-            }
-        };
+        let (batches, index) = self.stored(entries, batches, index, &mut results).await;
         let mut settled = Settled::default();
         if !batches.is_empty() {
             match self.settle_batches(&batches).await {
@@ -367,17 +359,20 @@ impl Clearing {
 
     /// Replaces each claimed batch by the stored one it names (see
     /// [`exchange_store::transport`]): a forged entry is dropped (and
-    /// acknowledged), an altered one settles the stored batch. Transient
-    /// database errors are retried like settlement's; `Err` (at shutdown)
-    /// leaves every entry pending.
+    /// acknowledged), an altered one settles the stored batch, one whose
+    /// stored row cannot be read fails (its market halts on the last
+    /// delivery, as for a batch that cannot settle). Transient database
+    /// errors are retried like settlement's; at shutdown every entry stays
+    /// pending.
     async fn stored(
         &self,
         entries: &[StreamEntry],
         claimed: Vec<EventBatch>,
         index: Vec<usize>,
-    ) -> Result<(Vec<EventBatch>, Vec<usize>), (String, Vec<usize>)> {
+        results: &mut [Result<(), String>],
+    ) -> (Vec<EventBatch>, Vec<usize>) {
         if claimed.is_empty() {
-            return Ok((claimed, index));
+            return (claimed, index);
         }
         let keys: Vec<_> = claimed.iter().map(|b| (b.market, b.seq)).collect();
         let mut delay = RETRY_DELAY_MIN;
@@ -392,13 +387,27 @@ impl Clearing {
                     }
                     delay = (delay * 2).min(RETRY_DELAY_MAX);
                 }
-                Err(e) => return Err((format!("cannot read the stored batches: {e}"), index)),
+                Err(e) => {
+                    for i in index {
+                        results[i] = Err(format!("cannot read the stored batches: {e}"));
+                    }
+                    return (Vec::new(), Vec::new());
+                }
             }
         };
         let mut batches = Vec::with_capacity(claimed.len());
         let mut kept = Vec::with_capacity(index.len());
         for (b, i) in claimed.into_iter().zip(index) {
-            let verdict = Verdict::of(&b, stored.get(&(b.market, b.seq)).cloned());
+            let verdict = match stored.verdict(&b) {
+                Ok(v) => v,
+                Err(e) => {
+                    if self.final_delivery(&entries[i]) && !self.shutdown.is_triggered() {
+                        self.halt(&b.market.to_string(), b.seq, &e).await;
+                    }
+                    results[i] = Err(e);
+                    continue;
+                }
+            };
             if let Some(kind) = verdict.forgery() {
                 note_forgery(
                     crate::SERVICE,
@@ -414,7 +423,7 @@ impl Clearing {
                 kept.push(i);
             }
         }
-        Ok((batches, kept))
+        (batches, kept)
     }
 
     /// Settles batches that matching stored in `event_batches` more than

@@ -33,8 +33,8 @@ use exchange_domain::{Event, EventBatch, MarketSpec, MarketSymbol, SequencedComm
 use exchange_engine::OrderBook;
 use sqlx::PgPool;
 
-use crate::store;
 use crate::SERVICE;
+use crate::store;
 use exchange_store::transport::note_forgery;
 
 /// What to do with a command, given the last sequence number applied.
@@ -499,22 +499,17 @@ impl MarketBook {
             }
             let todo = match ahead.through(db, &market, cmd.seq, claimed_top).await {
                 Ok(Through::Commands(todo)) => todo,
-                Ok(Through::NotJournaled) => {
+                Ok(Through::NotJournaled(journaled)) => {
                     note_forgery(SERVICE, &stream, &entry.id, "forged", &market, cmd.seq);
+                    // The journal's next commands, read on the way, are
+                    // genuine: apply them rather than wait for their entries.
+                    halt = apply_all(self.symbol, book, journaled, &mut produced);
                     results.push(Ok(()));
                     continue;
                 }
                 Ok(Through::Behind(todo)) => {
                     // Far behind: apply what was read, come back for the rest.
-                    for c in todo {
-                        match apply_guarded(book, &c) {
-                            Ok(events) => produced.push(batch_of(self.symbol, &c, events)),
-                            Err(reason) => {
-                                halt = Some((c.seq, reason));
-                                break;
-                            }
-                        }
-                    }
+                    halt = apply_all(self.symbol, book, todo, &mut produced);
                     results.push(Err(format!(
                         "seq {} is more than {JOURNAL_READ_LEN_MAX} commands ahead; catching up",
                         cmd.seq
@@ -534,15 +529,7 @@ impl MarketBook {
                 tracing::info!(market = %self.symbol, from = todo[0].seq, to = cmd.seq - 1, "sequence gap filled from the journal");
                 metrics::counter!("exchange_matching_gap_filled_total").increment(filled);
             }
-            for c in todo {
-                match apply_guarded(book, &c) {
-                    Ok(events) => produced.push(batch_of(self.symbol, &c, events)),
-                    Err(reason) => {
-                        halt = Some((c.seq, reason));
-                        break;
-                    }
-                }
-            }
+            halt = apply_all(self.symbol, book, todo, &mut produced);
             results.push(if halt.is_some() {
                 Err("market halted".to_owned())
             } else {
@@ -584,8 +571,9 @@ pub enum Through {
     /// Every command from the next seq through the claimed one, in order.
     Commands(Vec<SequencedCommand>),
     /// The journal ends before the claimed seq: no such command was ever
-    /// journaled, so the entry is forged.
-    NotJournaled,
+    /// journaled, so the entry is forged. The journal's commands from the
+    /// next seq to its end, which were read on the way.
+    NotJournaled(Vec<SequencedCommand>),
     /// More than [`JOURNAL_READ_LEN_MAX`] commands away: the first ones.
     Behind(Vec<SequencedCommand>),
 }
@@ -616,6 +604,10 @@ impl JournalAhead {
         seq: u64,
         hint: u64,
     ) -> anyhow::Result<Through> {
+        if i64::try_from(seq).is_err() {
+            // Beyond any journal seq (a bigint); `seq + 1` could overflow.
+            return Ok(Through::NotJournaled(Vec::new()));
+        }
         let have = self.next + self.rows.len() as u64; // the first seq not read
         // The highest seq whose journal row, if it exists, has been read.
         let mut read_through = have - 1;
@@ -637,20 +629,34 @@ impl JournalAhead {
         let journal_top = self.next + self.rows.len() as u64 - 1;
         if read_through >= seq || journal_top < read_through {
             // The journal ends before `seq`.
-            return Ok(Through::NotJournaled);
+            self.next = journal_top + 1;
+            return Ok(Through::NotJournaled(self.rows.drain(..).collect()));
         }
         self.next = journal_top + 1;
         Ok(Through::Behind(self.rows.drain(..).collect()))
     }
 }
 
-fn batch_of(market: MarketSymbol, c: &SequencedCommand, events: Vec<Event>) -> EventBatch {
-    EventBatch {
-        market,
-        seq: c.seq,
-        time_ms: c.time_ms,
-        events,
+/// Applies `cmds` in order, adding their batches to `produced`; stops at the
+/// first the engine refuses or panics on and returns why (the market halts).
+fn apply_all(
+    market: MarketSymbol,
+    book: &mut OrderBook,
+    cmds: Vec<SequencedCommand>,
+    produced: &mut Vec<EventBatch>,
+) -> Option<(u64, String)> {
+    for c in cmds {
+        match apply_guarded(book, &c) {
+            Ok(events) => produced.push(EventBatch {
+                market,
+                seq: c.seq,
+                time_ms: c.time_ms,
+                events,
+            }),
+            Err(reason) => return Some((c.seq, reason)),
+        }
     }
+    None
 }
 
 /// The stream handler of one market: its book behind an async mutex

@@ -334,6 +334,55 @@ async fn a_gap_is_filled_from_the_journal() {
     svc.stop().await;
 }
 
+/// Redis is only a transport: what matching applies is the journal's
+/// command with an entry's seq, never the entry.
+#[tokio::test]
+async fn forged_and_altered_commands_apply_only_the_journal() {
+    let env = setup().await;
+    let svc = start(&env).await;
+    wait_for("market started", || async {
+        status(&svc, &env).await.get("BTC-USDT").is_some()
+    })
+    .await;
+    // An altered copy: the entry says seq 1 is a buy at 500; the journal
+    // says a sell at 100. The journal's is applied.
+    let first = journal(&env, 1, &limit(1, 10, Side::Sell, 100)).await;
+    let mut altered = first.clone();
+    altered.command = limit(1, 66, Side::Buy, 500);
+    xadd(&env, &altered).await;
+    wait_stored(&env, 1).await;
+    let accepted = stored(&env).await[0].1.iter().find_map(|e| match e {
+        Event::OrderAccepted { user_id, .. } => Some(*user_id),
+        _ => None,
+    });
+    assert_eq!(accepted, Some(UserId(10)));
+    // Seq 2 and 3 are journaled but their entries never come; a forged entry
+    // far ahead (not journaled) is refused, and the journaled commands read
+    // on the way are applied.
+    journal(&env, 2, &limit(2, 11, Side::Sell, 101)).await;
+    journal(&env, 3, &limit(3, 20, Side::Buy, 101)).await;
+    let mut forged = first.clone();
+    forged.seq = 1_000;
+    xadd(&env, &forged).await;
+    wait_stored(&env, 3).await;
+    // And a seq at the very end of the range: no overflow, no halt.
+    forged.seq = u64::MAX;
+    xadd(&env, &forged).await;
+    let fourth = journal(&env, 4, &limit(4, 21, Side::Buy, 99)).await;
+    xadd(&env, &fourth).await;
+    wait_stored(&env, 4).await;
+    let seqs: Vec<i64> = stored(&env).await.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    wait_for("every entry acknowledged", || async {
+        pending(&env).await == 0
+    })
+    .await;
+    let s = status(&svc, &env).await;
+    assert_eq!(s["BTC-USDT"]["last_seq"], 4, "{s}");
+    assert!(s["BTC-USDT"]["halted"].is_null(), "{s}");
+    svc.stop().await;
+}
+
 #[tokio::test]
 async fn restart_replays_to_the_same_state_and_a_mismatch_halts() {
     let env = setup().await;

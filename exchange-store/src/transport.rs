@@ -12,7 +12,7 @@
 //! altered entry's row is applied in its place, so the real batch is never
 //! lost to a forgery with its seq.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use exchange_domain::{EventBatch, MarketSymbol};
 use sqlx::{PgPool, Row as _};
@@ -91,12 +91,37 @@ pub fn describe_forgery_metric(service: &'static str, stream: &str) {
     }
 }
 
-/// The stored event batches with these keys (those that exist).
+/// The stored event batches some stream entries name.
+#[derive(Debug, Default)]
+pub struct StoredBatches {
+    batches: HashMap<(MarketSymbol, u64), EventBatch>,
+    /// Rows that exist but do not decode: matching wrote them, so this is a
+    /// bug or tampering in PostgreSQL itself; their entries are retried
+    /// (and dead-lettered, halting the market in clearing), never dropped.
+    unreadable: HashSet<(MarketSymbol, u64)>,
+}
+
+impl StoredBatches {
+    /// What `claimed` (a stream entry's batch) is; `Err` when its stored
+    /// row cannot be read.
+    pub fn verdict(&self, claimed: &EventBatch) -> Result<Verdict<EventBatch>, String> {
+        let key = (claimed.market, claimed.seq);
+        if self.unreadable.contains(&key) {
+            return Err(format!(
+                "the stored batch {} seq {} is unreadable",
+                claimed.market, claimed.seq
+            ));
+        }
+        Ok(Verdict::of(claimed, self.batches.get(&key).cloned()))
+    }
+}
+
+/// The stored event batches with these keys.
 pub async fn stored_batches(
     db: &PgPool,
     keys: &[(MarketSymbol, u64)],
-) -> Result<HashMap<(MarketSymbol, u64), EventBatch>, sqlx::Error> {
-    let mut out = HashMap::with_capacity(keys.len());
+) -> Result<StoredBatches, sqlx::Error> {
+    let mut out = StoredBatches::default();
     if keys.is_empty() {
         return Ok(out);
     }
@@ -119,26 +144,26 @@ pub async fn stored_batches(
         let seq: i64 = r.try_get(1)?;
         let time_ms: i64 = r.try_get(2)?;
         let events: String = r.try_get(3)?;
-        let (Ok(market), Ok(seq), Ok(time_ms), Ok(events)) = (
-            MarketSymbol::parse(&market),
-            u64::try_from(seq),
-            u64::try_from(time_ms),
-            serde_json::from_str(&events),
-        ) else {
-            // Matching wrote it; unreadable means a bug or tampering in
-            // PostgreSQL itself, which reconcile reports. Not applied here.
-            tracing::error!(market, seq, "stored event batch is unreadable");
-            continue;
+        let (Ok(market), Ok(seq)) = (MarketSymbol::parse(&market), u64::try_from(seq)) else {
+            continue; // not a key anyone asked for
         };
-        out.insert(
-            (market, seq),
-            EventBatch {
-                market,
-                seq,
-                time_ms,
-                events,
-            },
-        );
+        match (u64::try_from(time_ms), serde_json::from_str(&events)) {
+            (Ok(time_ms), Ok(events)) => {
+                out.batches.insert(
+                    (market, seq),
+                    EventBatch {
+                        market,
+                        seq,
+                        time_ms,
+                        events,
+                    },
+                );
+            }
+            _ => {
+                tracing::error!(%market, seq, "stored event batch is unreadable");
+                out.unreadable.insert((market, seq));
+            }
+        }
     }
     Ok(out)
 }

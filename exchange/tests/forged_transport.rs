@@ -2,17 +2,18 @@
 //! must not be able to move money. Against the real services, an attacker
 //! `XADD`s
 //! - a forged trade batch (valid shape, the market's next seq) that would
-//!   hand a victim's resting 1.5 BTC to the attacker at 0.01 USDT,
+//!   hand a victim's resting 1.5 BTC to the attacker's resting bid at 1 USDT,
 //! - a forged command (the next seq) cancelling the victim's order,
-//! - an altered copy of a real, settled trade batch;
+//! - an altered copy of a real trade batch, swapped in for the real entry
+//!   while clearing is down;
 //!
 //! and the real trade with that seq still settles, nobody's balance moves
 //! otherwise, public trades show only the real trade, the full reconcile
 //! passes, and `exchange_stream_forged_total` counts each forgery in the
 //! service that refused it.
 //!
-//! A second test books a trade that no stored batch explains — a trade, its
-//! fills and its ledger journal written straight into the database — and the
+//! A second test books a trade that no stored batch explains — a trade and
+//! its balanced ledger journal written straight into the database — and the
 //! full reconcile fails, naming it.
 
 mod support;
@@ -108,10 +109,23 @@ async fn funded(c: &Cluster) -> (User, User, User) {
     (victim, buyer, attacker)
 }
 
+/// Every refusal counter of the services that read streams.
+async fn all_forgeries(c: &Cluster) -> u64 {
+    let mut n = 0;
+    for service in ["matching", "clearing", "marketdata"] {
+        for kind in ["forged", "altered"] {
+            n += forged(c, service, kind).await;
+        }
+    }
+    n
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_altered_stream_entries_move_no_money() {
-    let c = Cluster::start().await;
+    let mut c = Cluster::start().await;
     let (victim, buyer, attacker) = funded(&c).await;
+    // Two real resting orders that do not cross: the victim sells 1.5 BTC at
+    // 30000, the attacker bids for 1.5 BTC at 1.
     let (status, sell) = c
         .place(
             &victim,
@@ -121,24 +135,36 @@ async fn forged_and_altered_stream_entries_move_no_money() {
         .await;
     assert_eq!(status, 201, "{sell}");
     let sell_id = sell["id"].as_i64().unwrap();
+    let (status, bid) = c
+        .place(
+            &attacker,
+            &json!({"market": MARKET, "side": "buy", "type": "limit",
+                    "price": "1", "quantity": "1.5"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{bid}");
+    let bid_id = bid["id"].as_i64().unwrap();
     c.wait_order(&victim, sell_id, &["new"], Duration::from_secs(10))
         .await;
+    c.wait_order(&attacker, bid_id, &["new"], Duration::from_secs(10))
+        .await;
+    assert_eq!(all_forgeries(&c).await, 0, "genuine entries were flagged");
     let next = last_seq(&c).await + 1;
-    let prefix = &c.redis_prefix;
+    let prefix = c.redis_prefix.clone();
 
-    // A forged batch with the next seq: the victim's 1.5 BTC to the
-    // attacker for 0.015 USDT (units of 10^-8).
+    // A forged batch with the next seq, well formed and between the two
+    // real orders: the victim's 1.5 BTC to the attacker for 1.5 USDT
+    // (units of 10^-8). Applied, it would settle.
     let forged_batch = json!({
         "market": MARKET, "seq": next, "time_ms": 1,
         "events": [
-            {"type": "order_accepted", "order_id": 999_999, "user_id": attacker.id},
             {"type": "trade", "trade_id": 1, "maker_order_id": sell_id, "maker_user_id": victim.id,
-             "taker_order_id": 999_999, "taker_user_id": attacker.id, "taker_side": "buy",
-             "price": "1000000", "quantity": "150000000", "quote_amount": "1500000",
+             "taker_order_id": bid_id, "taker_user_id": attacker.id, "taker_side": "buy",
+             "price": "100000000", "quantity": "150000000", "quote_amount": "150000000",
              "maker_fee": "0", "taker_fee": "0"},
             {"type": "order_done", "order_id": sell_id, "user_id": victim.id, "status": "filled",
              "filled_quantity": "150000000", "release_asset": "base", "release": "0"},
-            {"type": "order_done", "order_id": 999_999, "user_id": attacker.id, "status": "filled",
+            {"type": "order_done", "order_id": bid_id, "user_id": attacker.id, "status": "filled",
              "filled_quantity": "150000000", "release_asset": "quote", "release": "0"}
         ]
     });
@@ -164,16 +190,24 @@ async fn forged_and_altered_stream_entries_move_no_money() {
     wait_forged(&c, "clearing", "forged", 1).await;
     wait_forged(&c, "marketdata", "forged", 1).await;
     wait_forged(&c, "matching", "forged", 1).await;
-    // Nothing moved, and the victim's order still rests.
-    let order = c.order(&victim, sell_id).await;
-    assert_eq!(order["status"], "new", "{order}");
-    let attacker_balances = c.balances(&attacker).await;
+    // Nothing moved, and both orders still rest.
+    assert_eq!(c.order(&victim, sell_id).await["status"], "new");
+    assert_eq!(c.order(&attacker, bid_id).await["status"], "new");
+    let b = units("1");
+    assert_eq!(c.balances(&victim).await["BTC"], (b / 2, b * 3 / 2));
     assert_eq!(
-        attacker_balances.get("BTC").copied().unwrap_or((0, 0)),
+        c.balances(&attacker)
+            .await
+            .get("BTC")
+            .copied()
+            .unwrap_or((0, 0)),
         (0, 0)
     );
 
-    // The real trade takes seq `next` and settles.
+    // The real trade takes seq `next`. Clearing is down while it happens;
+    // its stream entry is swapped for an altered copy (the buyer gets the
+    // 1.5 BTC for 1.5 USDT) before clearing comes back.
+    c.kill("clearing");
     let (status, buy) = c
         .place(
             &buyer,
@@ -183,9 +217,71 @@ async fn forged_and_altered_stream_entries_move_no_money() {
         .await;
     assert_eq!(status, 201, "{buy}");
     let buy_id = buy["id"].as_i64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // The newest entry is the real batch (the forged one, also seq `next`,
+    // came earlier and has time 1).
+    let real_entry = loop {
+        let client = redis::Client::open(c.env()["REDIS_URL"].as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(format!("{prefix}:events"))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let newest = reply.ids.into_iter().next().and_then(|e| {
+            let body: String = e.get("batch")?;
+            let batch: Value = serde_json::from_str(&body).ok()?;
+            (batch["seq"].as_i64() == Some(next) && batch["time_ms"].as_i64() != Some(1))
+                .then_some((e.id, batch))
+        });
+        if let Some(found) = newest {
+            break found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "matching did not publish seq {next}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (real_id, mut altered) = real_entry;
+    let mut trades_altered = 0;
+    for e in altered["events"].as_array_mut().unwrap() {
+        if e["type"] == "trade" {
+            e["price"] = json!("100000000");
+            e["quote_amount"] = json!("150000000");
+            trades_altered += 1;
+        }
+    }
+    assert_eq!(trades_altered, 1, "the real batch has its trade: {altered}");
+    {
+        let client = redis::Client::open(c.env()["REDIS_URL"].as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let deleted: i64 = redis::cmd("XDEL")
+            .arg(format!("{prefix}:events"))
+            .arg(&real_id)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(deleted, 1);
+    }
+    xadd(
+        &c,
+        &format!("{prefix}:events"),
+        "batch",
+        &altered.to_string(),
+    )
+    .await;
+    c.restart("clearing").await;
+    wait_forged(&c, "clearing", "altered", 1).await;
+    wait_forged(&c, "marketdata", "altered", 1).await;
+
+    // The real trade settled at 30000; the attacker has nothing more.
     c.wait_order(&buyer, buy_id, &["filled"], Duration::from_secs(10))
         .await;
-    let b = units("1");
     c.wait_balances(
         &buyer,
         &[("BTC", b * 3 / 2, 0), ("USDT", b * 55_000, 0)],
@@ -198,60 +294,15 @@ async fn forged_and_altered_stream_entries_move_no_money() {
         Duration::from_secs(10),
     )
     .await;
-
-    // An altered copy of the real batch: the same seq at 0.01.
-    let mut conn = db(&c).await;
-    let events: String =
-        sqlx::query_scalar("SELECT events::text FROM event_batches WHERE market = $1 AND seq = $2")
-            .bind(MARKET)
-            .bind(next)
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-    let mut events: Value = serde_json::from_str(&events).unwrap();
-    let mut altered = 0;
-    for e in events.as_array_mut().unwrap() {
-        if e["type"] == "trade" {
-            e["price"] = json!("1000000");
-            e["quote_amount"] = json!("1500000");
-            e["taker_user_id"] = json!(attacker.id);
-            altered += 1;
-        }
-    }
-    assert_eq!(altered, 1, "the real batch has its trade: {events}");
-    let altered_batch = json!({"market": MARKET, "seq": next, "time_ms": 1, "events": events});
-    xadd(
-        &c,
-        &format!("{prefix}:events"),
-        "batch",
-        &altered_batch.to_string(),
-    )
-    .await;
-    wait_forged(&c, "clearing", "altered", 1).await;
-    wait_forged(&c, "marketdata", "altered", 1).await;
-
-    // Balances as the real trade left them; the attacker has nothing.
-    assert_eq!(
-        c.balances(&attacker).await.get("USDT").copied(),
-        Some((b * 100, 0))
-    );
-    assert_eq!(
-        c.balances(&attacker)
-            .await
-            .get("BTC")
-            .copied()
-            .unwrap_or((0, 0)),
-        (0, 0)
-    );
-    let victim_now = c.balances(&victim).await;
-    assert_eq!(victim_now["BTC"], (b / 2, 0));
-    assert_eq!(victim_now["USDT"], (b * 45_000, 0));
+    let attacker_now = c.balances(&attacker).await;
+    assert_eq!(attacker_now["USDT"], (b * 100 - b * 3 / 2, b * 3 / 2));
+    assert_eq!(attacker_now.get("BTC").copied().unwrap_or((0, 0)), (0, 0));
     // Public trades: the real one only.
     let trades = public_trades(&c).await;
     assert_eq!(trades.len(), 1, "{trades:?}");
     assert_eq!(units(trades[0]["price"].as_str().unwrap()), b * 30_000);
     let booked: i64 = sqlx::query_scalar("SELECT count(*) FROM trades")
-        .fetch_one(&mut conn)
+        .fetch_one(&mut db(&c).await)
         .await
         .unwrap();
     assert_eq!(booked, 1);
