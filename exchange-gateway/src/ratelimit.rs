@@ -232,10 +232,13 @@ pub const LOGIN_FAILURE_ACCOUNTS_MAX: usize = 200_000;
 /// `TOO_MANY_ATTEMPTS` until the window (which starts at the first
 /// counted attempt) has passed.
 ///
-/// Memory is bounded by [`LOGIN_FAILURE_ACCOUNTS_MAX`]; when that many
-/// emails are tracked, a new one is not (its logins keep only the per-IP
-/// budget) rather than refusing everyone's logins. Per gateway process,
-/// like every limit here.
+/// Memory is bounded by [`LOGIN_FAILURE_ACCOUNTS_MAX`]. When that many
+/// emails are tracked, expired entries go first, then every entry that is
+/// not locked: flooding the table with made-up emails costs that many
+/// requests (each within the per-IP budget) for a handful of extra guesses
+/// at one account. When every tracked email is locked, a new email is
+/// refused too (fail closed): an account takeover is worse than a login
+/// outage. Per gateway process, like every limit here.
 type EmailHash = [u8; 32];
 
 #[derive(Debug, Clone)]
@@ -265,24 +268,37 @@ impl LoginFailures {
         }
     }
 
+    /// Lowercased one character at a time (no context rules such as a
+    /// final sigma), so no spelling the database folds to the same email
+    /// gets a budget of its own.
     fn key(email: &str) -> EmailHash {
         use sha2::Digest as _;
-        sha2::Sha256::digest(email.trim().to_lowercase().as_bytes()).into()
+        let folded: String = email.trim().chars().flat_map(char::to_lowercase).collect();
+        sha2::Sha256::digest(folded.as_bytes()).into()
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<EmailHash, (Instant, u32)>> {
+        // A panic while counting leaves the counts as they were: keep them.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Counts one attempt for `email` at `now`; `Err` (how long until the
     /// window passes) when its attempts are used up.
     pub fn reserve_at(&self, email: &str, now: Instant) -> Result<(), Duration> {
-        let Ok(mut t) = self.inner.lock() else {
-            return Ok(());
-        };
+        let mut t = self.table();
         let key = Self::key(email);
         if !t.contains_key(&key) && t.len() >= self.keys_max {
-            let window = self.window;
+            let (window, max) = (self.window, self.max);
             t.retain(|_, (since, _)| now.duration_since(*since) < window);
             if t.len() >= self.keys_max {
-                tracing::warn!("login failure table full, not tracking a new account");
-                return Ok(());
+                tracing::warn!("login failure table full: forgetting every account not locked");
+                t.retain(|_, (_, attempts)| *attempts >= max);
+            }
+            if t.len() >= self.keys_max {
+                tracing::warn!("login failure table full of locked accounts: refusing a new one");
+                return Err(window);
             }
         }
         let entry = t.entry(key).or_insert((now, 0));
@@ -306,17 +322,19 @@ impl LoginFailures {
 
     /// The right password: the count is forgotten.
     pub fn succeeded(&self, email: &str) {
-        if let Ok(mut t) = self.inner.lock() {
-            t.remove(&Self::key(email));
-        }
+        self.table().remove(&Self::key(email));
     }
 
-    /// An attempt that checked nothing (the server was overloaded): not counted.
+    /// An attempt that checked nothing (the server was overloaded): not
+    /// counted, and an email left with no attempt is not kept.
     pub fn release(&self, email: &str) {
-        if let Ok(mut t) = self.inner.lock()
-            && let Some(entry) = t.get_mut(&Self::key(email))
-        {
+        let key = Self::key(email);
+        let mut t = self.table();
+        if let Some(entry) = t.get_mut(&key) {
             entry.1 = entry.1.saturating_sub(1);
+            if entry.1 == 0 {
+                t.remove(&key);
+            }
         }
     }
 }
@@ -508,6 +526,42 @@ mod tests {
             f.release("victim@example.com");
         }
         assert!(f.reserve_at("victim@example.com", t0).is_ok());
+    }
+
+    #[test]
+    fn a_table_flooded_with_made_up_emails_keeps_the_locks_and_fails_closed() {
+        let f = LoginFailures::with_limits(2, Duration::from_secs(60), 4);
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            assert!(f.reserve_at("victim@example.com", t0).is_ok());
+        }
+        // One attempt at the victim left; the attacker floods the table.
+        for i in 0..10 {
+            assert!(
+                f.reserve_at(&format!("made-up-{i}@example.com"), t0)
+                    .is_ok()
+            );
+        }
+        // The victim's lock survived the eviction of the unlocked entries.
+        assert!(f.reserve_at("victim@example.com", t0).is_err());
+        // A table of locked entries only refuses a new email.
+        for i in 0..3 {
+            let e = format!("locked-{i}@example.com");
+            for _ in 0..2 {
+                assert!(f.reserve_at(&e, t0).is_ok());
+            }
+        }
+        assert!(f.reserve_at("newcomer@example.com", t0).is_err());
+        // An overloaded attempt given back leaves nothing behind.
+        let g = LoginFailures::with_limits(2, Duration::from_secs(60), 4);
+        assert!(g.reserve_at("a@example.com", t0).is_ok());
+        g.release("a@example.com");
+        assert!(g.table().is_empty());
+        // A final capital sigma folds like any other.
+        assert_eq!(
+            LoginFailures::key("ABCΣ@example.com"),
+            LoginFailures::key("abcσ@example.com")
+        );
     }
 
     #[test]
