@@ -61,12 +61,18 @@ async fn health() -> impl IntoResponse {
 /// Whether `/ready` may say why a backend is down (its host and the
 /// error): to a caller on this machine (the container's health check, an
 /// operator's `curl`), or one presenting `METRICS_TOKEN`; never to the
-/// internet in front of a public port.
+/// internet in front of a public port. A request a proxy forwarded (it
+/// carries `Forwarded` or `X-Forwarded-For`) is not local even from
+/// loopback: a reverse proxy on the same host would otherwise make every
+/// internet client look local. Without a known peer, not local either.
 fn may_see_errors(s: &SkeletonState, req: &Request) -> bool {
-    let local = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        .is_none_or(|peer| peer.0.ip().is_loopback());
+    let forwarded =
+        req.headers().contains_key("forwarded") || req.headers().contains_key("x-forwarded-for");
+    let local = !forwarded
+        && req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .is_some_and(|peer| peer.0.ip().is_loopback());
     let token = s.metrics_token.as_ref().is_some_and(|expected| {
         bearer_token(req.headers())
             .is_some_and(|t| constant_time_eq(t.as_bytes(), expected.expose().as_bytes()))

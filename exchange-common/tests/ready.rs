@@ -13,8 +13,15 @@ use tower::ServiceExt as _;
 async fn get_ready(readiness: Readiness) -> (u16, serde_json::Value) {
     let router =
         exchange_common::http::finish(exchange_common::http::skeleton(readiness, None), "test");
+    // An operator's curl on this machine: the peer every server records.
+    let peer = axum::extract::ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 40000)));
     let response = router
-        .oneshot(Request::get("/ready").body(Body::empty()).unwrap())
+        .oneshot(
+            Request::get("/ready")
+                .extension(peer)
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     let status = response.status().as_u16();
@@ -83,7 +90,8 @@ async fn ready_reports_each_dependency_and_stale_consumers() {
 }
 
 /// Why a backend is down (its host, the error) is told to callers on this
-/// machine or presenting `METRICS_TOKEN`, not to the internet.
+/// machine or presenting `METRICS_TOKEN`, not to the internet (nor to the
+/// internet relayed by a proxy on this machine).
 #[tokio::test]
 async fn ready_errors_only_for_local_callers_or_the_metrics_token() {
     use axum::extract::ConnectInfo;
@@ -99,11 +107,15 @@ async fn ready_errors_only_for_local_callers_or_the_metrics_token() {
         ),
         "test",
     );
-    let ask = |peer: [u8; 4], bearer: Option<&str>| {
+    let ask = |peer: [u8; 4], bearer: Option<&str>, forwarded: bool| {
         let mut req =
             Request::get("/ready").extension(ConnectInfo(SocketAddr::from((peer, 40000))));
         if let Some(t) = bearer {
             req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if forwarded {
+            // A reverse proxy on this machine relaying an internet client.
+            req = req.header("x-forwarded-for", "203.0.113.9");
         }
         let router = router.clone();
         async move {
@@ -118,14 +130,17 @@ async fn ready_errors_only_for_local_callers_or_the_metrics_token() {
             serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
         }
     };
-    let public = ask([203, 0, 113, 9], None).await;
+    let public = ask([203, 0, 113, 9], None, false).await;
     assert_eq!(public["dependencies"]["redis"], "down");
     assert!(public.get("errors").is_none(), "{public}");
-    let wrong = ask([203, 0, 113, 9], Some("nope")).await;
+    let wrong = ask([203, 0, 113, 9], Some("nope"), false).await;
     assert!(wrong.get("errors").is_none(), "{wrong}");
+    let proxied = ask([127, 0, 0, 1], None, true).await;
+    assert!(proxied.get("errors").is_none(), "{proxied}");
     for body in [
-        ask([127, 0, 0, 1], None).await,
-        ask([203, 0, 113, 9], Some(&token)).await,
+        ask([127, 0, 0, 1], None, false).await,
+        ask([203, 0, 113, 9], Some(&token), false).await,
+        ask([127, 0, 0, 1], Some(&token), true).await,
     ] {
         assert!(
             body["errors"]["redis"]
