@@ -164,12 +164,21 @@ pub async fn login(
     s.login_failures
         .reserve(&req.email)
         .map_err(|l| Refused(crate::ratelimit::login_locked(l)))?;
-    let row: Option<(i64, String, bool, i64)> = sqlx::query_as(
+    let row: Option<(i64, String, bool, i64)> = match sqlx::query_as(
         "SELECT id, password_hash, frozen_at IS NOT NULL, session_epoch FROM users WHERE lower(email) = lower($1)",
     )
     .bind(&req.email)
     .fetch_optional(s.db())
-    .await?;
+    .await
+    {
+        Ok(row) => row,
+        Err(e) => {
+            // Nothing was checked (the database is out): not counted, so an
+            // outage does not use up everyone's attempts.
+            s.login_failures.release(&req.email);
+            return Err(e.into());
+        }
+    };
     // Same work whether or not the user exists (dummy hash), same answer.
     let ok = match s
         .passwords
