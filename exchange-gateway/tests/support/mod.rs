@@ -49,6 +49,10 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> App {
     config.gateway.order_service_url = order_url;
     // Nothing listens there unless a test says otherwise.
     config.gateway.marketdata_url = format!("http://{}", dead_addr().await);
+    // Every client of a test is 127.0.0.1: the per-address connection cap
+    // would otherwise refuse a test's concurrent requests (tests of the
+    // cap set their own).
+    config.http.connections_per_ip_max = 100_000;
     tweak(&mut config);
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ws = TcpListener::bind("127.0.0.1:0").await.unwrap();
