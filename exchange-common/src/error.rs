@@ -53,6 +53,15 @@ impl ApiError {
     pub fn conflict(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
     }
+    /// A step's error: a database error answered as such (503 when it may
+    /// be retried, 400 for text PostgreSQL cannot store), anything else 500.
+    pub fn from_anyhow(error: anyhow::Error) -> Self {
+        match error.downcast::<sqlx::Error>() {
+            Ok(db) => Self::from(db),
+            Err(other) => Self::internal(other),
+        }
+    }
+
     /// A 500 that logs the whole error chain and tells the client nothing internal.
     pub fn internal(error: impl Into<anyhow::Error>) -> Self {
         let error = error.into();

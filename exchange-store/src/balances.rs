@@ -16,3 +16,24 @@ pub struct BalanceJson {
     /// Reserved by open orders.
     pub locked: String,
 }
+
+/// A credit: `amount` (a decimal at the asset's scale) more available to
+/// `user_id`, the balance row created when it is the first. The caller
+/// books the ledger entry that explains it in the same transaction.
+pub async fn credit_available(
+    conn: &mut sqlx::PgConnection,
+    user_id: i64,
+    asset: &str,
+    amount: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO balances (user_id, asset, available) VALUES ($1, $2, $3::numeric)
+         ON CONFLICT (user_id, asset) DO UPDATE SET available = balances.available + EXCLUDED.available, updated_at = now()",
+    )
+    .bind(user_id)
+    .bind(asset)
+    .bind(amount)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

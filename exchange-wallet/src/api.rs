@@ -269,7 +269,7 @@ async fn add_address(
     let mut conn = w.db.acquire().await?;
     let asset = crate::store::asset(&mut conn, &req.asset, false)
         .await
-        .map_err(crate::store::api_error)?
+        .map_err(ApiError::from_anyhow)?
         .ok_or_else(|| {
             ApiError::bad_request(
                 ErrorCode::UnknownAsset,
@@ -539,7 +539,7 @@ async fn confirm(
             .ok_or_else(withdrawals::not_found)?;
         crate::store::asset(&mut conn, &row.asset, false)
             .await
-            .map_err(crate::store::api_error)?
+            .map_err(ApiError::from_anyhow)?
             .map_or(0, |a| a.scale)
     };
     let network_fee = withdrawals::parse_network_fee(req.network_fee.as_deref(), scale)?;

@@ -57,7 +57,7 @@ async fn assign(
     if let Some(address) = adapter
         .derive_address(index)
         .await
-        .map_err(store::api_error)?
+        .map_err(ApiError::from_anyhow)?
     {
         sqlx::query(
             "INSERT INTO deposit_addresses (network, address, user_id, derivation_index, assigned_at)
@@ -88,7 +88,7 @@ pub async fn address(w: &Wallet, user_id: i64, asset: &str) -> Result<DepositAdd
     let mut conn = w.db.acquire().await?;
     let custody = store::asset(&mut conn, asset, false)
         .await
-        .map_err(store::api_error)?
+        .map_err(ApiError::from_anyhow)?
         .ok_or_else(|| {
             ApiError::bad_request(
                 ErrorCode::UnknownAsset,
@@ -180,7 +180,7 @@ pub async fn observe(
     let mut tx = w.db.begin().await?;
     let asset = store::asset(&mut tx, &t.asset, false)
         .await
-        .map_err(store::api_error)?
+        .map_err(ApiError::from_anyhow)?
         .ok_or_else(|| {
             ApiError::bad_request(
                 ErrorCode::UnknownAsset,
@@ -272,8 +272,14 @@ pub async fn observe(
             &rules::credit_postings(row.user_id, amount),
         )
         .await
-        .map_err(store::api_error)?;
-        store::credit_available(&mut tx, row.user_id, &asset.symbol, &amount_text).await?;
+        .map_err(ApiError::from_anyhow)?;
+        exchange_store::balances::credit_available(
+            &mut tx,
+            row.user_id,
+            &asset.symbol,
+            &amount_text,
+        )
+        .await?;
         sqlx::query("UPDATE chain_deposits SET journal_id = $2, credited_at = now() WHERE id = $1")
             .bind(row.id)
             .bind(journal_id)

@@ -2,19 +2,8 @@
 //! the withdrawal row (when there is one) before the user's balance row,
 //! so two flows never wait on each other in a cycle.
 
-use exchange_common::ApiError;
 use exchange_store::db_units;
 use sqlx::PgConnection;
-
-/// A store error as the API answers it: a database error as every service
-/// maps it (bad text 400, unreachable 503), anything else (a stored value
-/// that does not fit its scale) 500.
-pub fn api_error(e: anyhow::Error) -> ApiError {
-    match e.downcast::<sqlx::Error>() {
-        Ok(db) => ApiError::from(db),
-        Err(other) => ApiError::internal(other),
-    }
-}
 
 use crate::rules::{AssetCustody, DepositState, DepositStatus};
 use crate::views::{DEPOSIT_COLUMNS, DepositRow, WITHDRAWAL_COLUMNS, WithdrawalRow};
@@ -161,25 +150,6 @@ pub async fn pay_out_locked(
 ) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE balances SET locked = locked - $3::numeric, updated_at = now() WHERE user_id = $1 AND asset = $2",
-    )
-    .bind(user_id)
-    .bind(asset)
-    .bind(amount)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// A credit: `amount` more available.
-pub async fn credit_available(
-    conn: &mut PgConnection,
-    user_id: i64,
-    asset: &str,
-    amount: &str,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO balances (user_id, asset, available) VALUES ($1, $2, $3::numeric)
-         ON CONFLICT (user_id, asset) DO UPDATE SET available = balances.available + EXCLUDED.available, updated_at = now()",
     )
     .bind(user_id)
     .bind(asset)

@@ -76,7 +76,7 @@ pub async fn request(w: &Wallet, r: Request) -> Result<(bool, WithdrawalRow), Ap
     let mut tx = w.db.begin().await?;
     let asset = store::asset(&mut tx, &r.asset, true)
         .await
-        .map_err(store::api_error)?
+        .map_err(ApiError::from_anyhow)?
         .ok_or_else(|| unknown_asset(&r.asset))?;
     let network = asset.network()?.to_owned();
     let amount = parse_positive_units(&r.amount, asset.scale)
@@ -88,7 +88,7 @@ pub async fn request(w: &Wallet, r: Request) -> Result<(bool, WithdrawalRow), Ap
     // requests are checked one after another against what the others held.
     let available = store::lock_available(&mut tx, r.user_id, &asset.symbol, asset.scale)
         .await
-        .map_err(store::api_error)?;
+        .map_err(ApiError::from_anyhow)?;
     if let Some(cid) = &r.client_withdrawal_id
         && let Some(done) = store::withdrawal_by_client_id(&mut tx, r.user_id, cid).await?
     {
@@ -112,7 +112,7 @@ pub async fn request(w: &Wallet, r: Request) -> Result<(bool, WithdrawalRow), Ap
         available,
         withdrawn_24h: store::withdrawn_24h(&mut tx, r.user_id, &asset.symbol, asset.scale)
             .await
-            .map_err(store::api_error)?,
+            .map_err(ApiError::from_anyhow)?,
         address_usable,
         user_frozen,
         custody_frozen: store::custody_frozen(&mut tx, r.user_id).await?,
@@ -128,7 +128,7 @@ pub async fn request(w: &Wallet, r: Request) -> Result<(bool, WithdrawalRow), Ap
         &rules::hold_postings(r.user_id, hold.total()),
     )
     .await
-    .map_err(store::api_error)?;
+    .map_err(ApiError::from_anyhow)?;
     let total = format_units(hold.total(), asset.scale);
     store::move_available_locked(&mut tx, r.user_id, &asset.symbol, &total, true).await?;
     let status = hold.status();
@@ -204,7 +204,7 @@ fn status_of(row: &WithdrawalRow) -> Result<WithdrawalStatus, ApiError> {
 async fn held(conn: &mut PgConnection, row: &WithdrawalRow) -> Result<(u8, u128, u128), ApiError> {
     let asset = store::asset(conn, &row.asset, false)
         .await
-        .map_err(store::api_error)?
+        .map_err(ApiError::from_anyhow)?
         .ok_or_else(|| unknown_asset(&row.asset))?;
     let units = |t: &str| exchange_store::db_units(t, asset.scale).map_err(ApiError::internal);
     Ok((asset.scale, units(&row.amount)?, units(&row.fee)?))
@@ -227,7 +227,7 @@ async fn release(
         &rules::release_postings(row.user_id, amount + fee),
     )
     .await
-    .map_err(store::api_error)?;
+    .map_err(ApiError::from_anyhow)?;
     let total = format_units(amount + fee, scale);
     store::move_available_locked(conn, row.user_id, &row.asset, &total, false).await?;
     store::set_status(
@@ -406,7 +406,7 @@ pub async fn report(
                 &rules::payout_postings(row.user_id, amount, fee, *network_fee),
             )
             .await
-            .map_err(store::api_error)?;
+            .map_err(ApiError::from_anyhow)?;
             store::pay_out_locked(
                 &mut tx,
                 row.user_id,

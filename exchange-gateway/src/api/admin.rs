@@ -726,42 +726,50 @@ fn repeated(
 struct Credit<'a> {
     user_id: i64,
     asset: AssetSymbol,
-    amount_text: String,
+    units: u128,
+    scale: u8,
     reference: &'a str,
 }
 
-/// Books the credit in `tx`: the ledger journal and its two postings, the
-/// balance, the deposit row. Returns `(deposit id, journal id)`, or the
-/// unique violation when a concurrent request took the reference first.
+impl Credit<'_> {
+    fn amount_text(&self) -> String {
+        format_units(self.units, self.scale)
+    }
+}
+
+/// Books the credit in `tx`: the ledger journal (`+amount` to the user,
+/// `-amount` to the `deposits` account), the balance, the deposit row.
+/// Returns `(deposit id, journal id)`, or the unique violation when a
+/// concurrent request took the reference first.
 async fn book_credit(
     tx: &mut sqlx::PgConnection,
     c: &Credit<'_>,
 ) -> Result<Result<(i64, i64), sqlx::Error>, ApiError> {
-    let journal_id: i64 = sqlx::query_scalar(
-        "INSERT INTO ledger_journal (kind, reference) VALUES ('deposit', $1) RETURNING id",
+    use exchange_store::ledger::{self, Account, JournalKind, Posting};
+    let units = i128::try_from(c.units)
+        .map_err(|_| ApiError::bad_request(ErrorCode::InvalidAmount, "amount is too large"))?;
+    let journal_id = ledger::book(
+        tx,
+        JournalKind::Deposit,
+        c.reference,
+        c.asset.as_str(),
+        c.scale,
+        &[
+            Posting {
+                account: Account::User(c.user_id),
+                units,
+            },
+            Posting {
+                account: Account::Deposits,
+                units: -units,
+            },
+        ],
     )
-    .bind(c.reference)
-    .fetch_one(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO ledger_postings (journal_id, account_kind, user_id, asset, amount)
-         VALUES ($1, 'user', $2, $3, $4::numeric), ($1, 'deposits', NULL, $3, -($4::numeric))",
-    )
-    .bind(journal_id)
-    .bind(c.user_id)
-    .bind(c.asset.as_str())
-    .bind(&c.amount_text)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO balances (user_id, asset, available) VALUES ($1, $2, $3::numeric)
-         ON CONFLICT (user_id, asset) DO UPDATE SET available = balances.available + EXCLUDED.available, updated_at = now()",
-    )
-    .bind(c.user_id)
-    .bind(c.asset.as_str())
-    .bind(&c.amount_text)
-    .execute(&mut *tx)
-    .await?;
+    .await
+    .map_err(ApiError::from_anyhow)?;
+    let amount_text = c.amount_text();
+    exchange_store::balances::credit_available(tx, c.user_id, c.asset.as_str(), &amount_text)
+        .await?;
     // The reference's UNIQUE index makes a concurrent duplicate wait here
     // for the first one's commit, then fail: credited once.
     let inserted = sqlx::query_scalar::<_, i64>(
@@ -769,7 +777,7 @@ async fn book_credit(
     )
     .bind(c.user_id)
     .bind(c.asset.as_str())
-    .bind(&c.amount_text)
+    .bind(&amount_text)
     .bind(c.reference)
     .bind(journal_id)
     .fetch_one(&mut *tx)
@@ -817,7 +825,8 @@ pub async fn deposit(
     let credit = Credit {
         user_id: req.user_id,
         asset,
-        amount_text: format_units(units, scale),
+        units,
+        scale,
         reference,
     };
     let mut tx = s.db().begin().await?;
@@ -840,18 +849,18 @@ pub async fn deposit(
             "deposit_id": id,
             "journal_id": journal_id,
             "asset": asset.as_str(),
-            "amount": credit.amount_text,
+            "amount": credit.amount_text(),
             "reference": reference,
         }),
     );
     audit::append(&mut tx, &entry).await?;
     tx.commit().await?;
-    tracing::info!(user_id = req.user_id, asset = %asset, amount = %credit.amount_text, journal_id, by = caller.actor(), "deposit credited");
+    tracing::info!(user_id = req.user_id, asset = %asset, amount = %credit.amount_text(), journal_id, by = caller.actor(), "deposit credited");
     let view = DepositView {
         id,
         user_id: req.user_id,
         asset: asset.to_string(),
-        amount: credit.amount_text,
+        amount: credit.amount_text(),
         reference: Some(reference.to_owned()),
         journal_id,
     };
