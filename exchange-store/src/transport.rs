@@ -116,6 +116,28 @@ impl StoredBatches {
     }
 }
 
+/// Two requested seqs of a market this close are read by one range scan
+/// (the rows between them come along and are dropped).
+const RANGE_GAP_MAX: u64 = 64;
+
+/// The keys as `(market, first seq, last seq)` ranges of nearby seqs: a
+/// read of the events stream names consecutive seqs of a few markets, so
+/// this is a few primary-key range scans. A far-away seq (a forged or old
+/// one) is a range of its own, so no range spans history.
+fn ranges(keys: &[(MarketSymbol, u64)]) -> Vec<(MarketSymbol, u64, u64)> {
+    let mut sorted: Vec<(MarketSymbol, u64)> = keys.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out: Vec<(MarketSymbol, u64, u64)> = Vec::new();
+    for (market, seq) in sorted {
+        match out.last_mut() {
+            Some((m, _, hi)) if *m == market && seq - *hi <= RANGE_GAP_MAX => *hi = seq,
+            _ => out.push((market, seq, seq)),
+        }
+    }
+    out
+}
+
 /// The stored event batches with these keys.
 pub async fn stored_batches(
     db: &PgPool,
@@ -125,20 +147,25 @@ pub async fn stored_batches(
     if keys.is_empty() {
         return Ok(out);
     }
-    let markets: Vec<String> = keys.iter().map(|(m, _)| m.to_string()).collect();
-    let seqs: Vec<i64> = keys
-        .iter()
-        .map(|(_, s)| i64::try_from(*s).unwrap_or(i64::MAX))
-        .collect();
-    let rows = sqlx::query(
-        "SELECT e.market, e.seq, e.time_ms, e.events::text
-         FROM unnest($1::text[], $2::bigint[]) AS k(market, seq)
-         JOIN event_batches e ON e.market = k.market AND e.seq = k.seq",
-    )
-    .bind(&markets)
-    .bind(&seqs)
-    .fetch_all(db)
-    .await?;
+    let wanted: HashSet<(MarketSymbol, u64)> = keys.iter().copied().collect();
+    let bigint = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let mut rows = Vec::new();
+    // One plain range query per range (a read names one or two): the shape
+    // the planner always answers with the primary key. Joined to a list of
+    // keys or ranges instead, it could pick a plan that scans the table.
+    for (market, lo, hi) in ranges(keys) {
+        rows.extend(
+            sqlx::query(
+                "SELECT market, seq, time_ms, events::text FROM event_batches
+                 WHERE market = $1 AND seq BETWEEN $2 AND $3",
+            )
+            .bind(market.to_string())
+            .bind(bigint(lo))
+            .bind(bigint(hi))
+            .fetch_all(db)
+            .await?,
+        );
+    }
     for r in rows {
         let market: String = r.try_get(0)?;
         let seq: i64 = r.try_get(1)?;
@@ -147,6 +174,9 @@ pub async fn stored_batches(
         let (Ok(market), Ok(seq)) = (MarketSymbol::parse(&market), u64::try_from(seq)) else {
             continue; // not a key anyone asked for
         };
+        if !wanted.contains(&(market, seq)) {
+            continue; // between two that were
+        }
         match (u64::try_from(time_ms), serde_json::from_str(&events)) {
             (Ok(time_ms), Ok(events)) => {
                 out.batches.insert(
@@ -171,6 +201,26 @@ pub async fn stored_batches(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nearby_seqs_are_one_range_far_ones_their_own() {
+        let a = MarketSymbol::parse("BTC-USDT").unwrap_or_else(|_| unreachable!());
+        let b = MarketSymbol::parse("ETH-USDT").unwrap_or_else(|_| unreachable!());
+        let keys = [
+            (a, 12),
+            (a, 10),
+            (b, 5),
+            (a, 11),
+            (a, 10),
+            (a, 1_000_000),
+            (a, 76),
+        ];
+        assert_eq!(
+            ranges(&keys),
+            vec![(a, 10, 76), (a, 1_000_000, 1_000_000), (b, 5, 5)]
+        );
+        assert_eq!(ranges(&[(a, 1), (a, 66)]), vec![(a, 1, 1), (a, 66, 66)]);
+    }
 
     #[test]
     fn verdicts() {
