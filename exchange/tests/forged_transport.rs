@@ -41,9 +41,13 @@ async fn last_seq(c: &Cluster) -> i64 {
         .unwrap()
 }
 
-async fn xadd(c: &Cluster, stream: &str, field: &str, value: &str) {
+async fn redis_conn(c: &Cluster) -> redis::aio::MultiplexedConnection {
     let client = redis::Client::open(c.env()["REDIS_URL"].as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
+}
+
+async fn xadd(c: &Cluster, stream: &str, field: &str, value: &str) {
+    let mut conn = redis_conn(c).await;
     let _: String = redis::cmd("XADD")
         .arg(stream)
         .arg("*")
@@ -100,6 +104,19 @@ async fn public_trades(c: &Cluster) -> Vec<Value> {
     v.as_array().expect("a list of trades").clone()
 }
 
+/// Places a limit order for 1.5 BTC; its id.
+async fn limit(c: &Cluster, user: &User, side: &str, price: &str) -> i64 {
+    let (status, order) = c
+        .place(
+            user,
+            &json!({"market": MARKET, "side": side, "type": "limit",
+                    "price": price, "quantity": "1.5"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{order}");
+    order["id"].as_i64().unwrap()
+}
+
 async fn funded(c: &Cluster) -> (User, User, User) {
     c.setup_btc_usdt("0", "0").await;
     let victim = c.user("victim@example.com").await;
@@ -128,24 +145,8 @@ async fn forged_and_altered_stream_entries_move_no_money() {
     let (victim, buyer, attacker) = funded(&c).await;
     // Two real resting orders that do not cross: the victim sells 1.5 BTC at
     // 30000, the attacker bids for 1.5 BTC at 1.
-    let (status, sell) = c
-        .place(
-            &victim,
-            &json!({"market": MARKET, "side": "sell", "type": "limit",
-                    "price": "30000", "quantity": "1.5"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{sell}");
-    let sell_id = sell["id"].as_i64().unwrap();
-    let (status, bid) = c
-        .place(
-            &attacker,
-            &json!({"market": MARKET, "side": "buy", "type": "limit",
-                    "price": "1", "quantity": "1.5"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{bid}");
-    let bid_id = bid["id"].as_i64().unwrap();
+    let sell_id = limit(&c, &victim, "sell", "30000").await;
+    let bid_id = limit(&c, &attacker, "buy", "1").await;
     c.wait_order(&victim, sell_id, &["new"], Duration::from_secs(10))
         .await;
     c.wait_order(&attacker, bid_id, &["new"], Duration::from_secs(10))
@@ -210,21 +211,12 @@ async fn forged_and_altered_stream_entries_move_no_money() {
     // its stream entry is swapped for an altered copy (the buyer gets the
     // 1.5 BTC for 1.5 USDT) before clearing comes back.
     c.kill("clearing");
-    let (status, buy) = c
-        .place(
-            &buyer,
-            &json!({"market": MARKET, "side": "buy", "type": "limit",
-                    "price": "30000", "quantity": "1.5"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{buy}");
-    let buy_id = buy["id"].as_i64().unwrap();
+    let buy_id = limit(&c, &buyer, "buy", "30000").await;
     let deadline = Instant::now() + Duration::from_secs(10);
     // The newest entry is the real batch (the forged one, also seq `next`,
     // came earlier and has time 1).
     let real_entry = loop {
-        let client = redis::Client::open(c.env()["REDIS_URL"].as_str()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut conn = redis_conn(&c).await;
         let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
             .arg(format!("{prefix}:events"))
             .arg("+")
@@ -260,8 +252,7 @@ async fn forged_and_altered_stream_entries_move_no_money() {
     }
     assert_eq!(trades_altered, 1, "the real batch has its trade: {altered}");
     {
-        let client = redis::Client::open(c.env()["REDIS_URL"].as_str()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut conn = redis_conn(&c).await;
         let deleted: i64 = redis::cmd("XDEL")
             .arg(format!("{prefix}:events"))
             .arg(&real_id)
