@@ -549,6 +549,52 @@ PY
 )"
 rc=$?
 if [ "$rc" -eq 0 ]; then ok "compose: six services from one image, /ready healthchecks, limits, log rotation, only gateway published, external network for monitoring"; else not_ok "compose structure" "$out"; fi
+# Each exchange container holds only its own Redis credential: prod.env
+# (env_file) has every service's REDIS_URL_<SERVICE> and REDIS_PASSWORD_<USER>;
+# the services' `environment:` blanks them. The env file and the interpolation
+# carry a distinct password per user; no service's resolved environment may
+# hold another user's.
+{
+    grep -vE '^(REDIS_URL|COMPOSE_PROFILES)' "$fixtures/good.env"
+    for u in GATEWAY ORDER MATCHING CLEARING MARKETDATA WALLET ADMIN; do
+        l="$(printf '%s' "$u" | tr '[:upper:]' '[:lower:]')"
+        echo "REDIS_PASSWORD_$u=pw-of-$l-0123456789abcdef0123456789abcdef"
+        echo "REDIS_URL_$u=rediss://$l:url-pw-of-$l-0123456789abcdef@redis.internal.test:6380/0"
+    done
+    echo "REDIS_URL=redis://redis:6379/0"
+} >"$work/isolation.env"
+iso_env=(PROD_ENV_FILE="$work/isolation.env" "COMPOSE_PROFILES=tools,local-db" LOCAL_DB_PASSWORD=x)
+for u in GATEWAY ORDER MATCHING CLEARING MARKETDATA WALLET ADMIN; do
+    iso_env+=("REDIS_URL_$u=$(sed -n "s/^REDIS_URL_$u=//p" "$work/isolation.env")" "REDIS_PASSWORD_$u=$(sed -n "s/^REDIS_PASSWORD_$u=//p" "$work/isolation.env")")
+done
+export_compose_env "${iso_env[@]}" "${dc[@]}" -f deploy/prod/docker-compose.public-marketdata.yml config >"$work/compose-iso.yml" 2>"$work/compose-iso.err"
+out="$("$py" - "$work/compose-iso.yml" <<'PY' 2>&1
+import sys, yaml
+s = yaml.safe_load(open(sys.argv[1]))["services"]
+users = ["gateway", "order", "matching", "clearing", "marketdata", "wallet", "admin"]
+secret = {u: (f"pw-of-{u}-", f"url-pw-of-{u}-") for u in users}
+problems = []
+for name in users + ["migrate"]:
+    if name not in s:
+        problems.append(f"service {name} missing from the config output"); continue
+    env = s[name].get("environment") or {}
+    if env.get("APP_ENV") != "prod": problems.append(f"{name}: env_file not applied")
+    for key, value in env.items():
+        for other in users:
+            if other != name and any(t in str(value) for t in secret[other]):
+                problems.append(f"{name}: {key} holds the Redis credential of {other}")
+    if name != "migrate" and f"url-pw-of-{name}-" not in str(env.get("REDIS_URL")):
+        problems.append(f"{name}: REDIS_URL is not its own ({env.get('REDIS_URL')})")
+redis_env = s.get("redis", {}).get("environment") or {}
+if any(f"pw-of-{u}-" not in str(redis_env.get(f"REDIS_PASSWORD_{u.upper()}")) for u in users):
+    problems.append("the redis container lacks a REDIS_PASSWORD_<USER> (it writes the ACL file from them)")
+print("\n".join(problems))
+sys.exit(1 if problems else 0)
+PY
+)"
+rc=$?
+if [ "$rc" -eq 0 ]; then ok "compose: each exchange container (marketdata on its public port too) holds only its own Redis credential, not another service's REDIS_URL_*/REDIS_PASSWORD_*"; else not_ok "compose: a container holds another service's Redis credential" "$out
+$(cat "$work/compose-iso.err")"; fi
 check "Dockerfile: multi-stage, non-root, APP_VERSION label" bash -c '
     f=deploy/prod/Dockerfile
     grep -q "^FROM rust:\${RUST_VERSION}-\${DEBIAN_RELEASE} AS builder" $f &&
