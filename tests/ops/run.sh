@@ -595,6 +595,23 @@ PY
 rc=$?
 if [ "$rc" -eq 0 ]; then ok "compose: each exchange container (marketdata on its public port too) holds only its own Redis credential, not another service's REDIS_URL_*/REDIS_PASSWORD_*"; else not_ok "compose: a container holds another service's Redis credential" "$out
 $(cat "$work/compose-iso.err")"; fi
+# A reverse proxy on the host reaches the published ports through Docker's
+# forwarding: the RUNBOOK's command for the address to trust names the
+# network the compose file really creates.
+out="$("$py" - deploy/prod/docker-compose.yml docs/RUNBOOK.md <<'PY' 2>&1
+import re, sys, yaml
+net = yaml.safe_load(open(sys.argv[1]))["networks"]["default"]["name"]
+text = open(sys.argv[2], encoding="utf-8").read()
+cmds = re.findall(r"docker network inspect (\S+) -f '\{\{\(index \.IPAM\.Config 0\)\.Gateway\}\}'", text)
+problems = []
+if not cmds: problems.append("RUNBOOK: no `docker network inspect <net> -f '{{(index .IPAM.Config 0).Gateway}}'` for TRUSTED_PROXIES behind a local proxy")
+problems += [f"RUNBOOK inspects network {c}, the compose file creates {net}" for c in cmds if c != net]
+print("\n".join(problems))
+sys.exit(1 if problems else 0)
+PY
+)"
+rc=$?
+if [ "$rc" -eq 0 ]; then ok "RUNBOOK: a local proxy in front of compose is trusted by the compose network's gateway address (the network docker-compose.yml names)"; else not_ok "RUNBOOK: TRUSTED_PROXIES for a local proxy in front of compose" "$out"; fi
 check "Dockerfile: multi-stage, non-root, APP_VERSION label" bash -c '
     f=deploy/prod/Dockerfile
     grep -q "^FROM rust:\${RUST_VERSION}-\${DEBIAN_RELEASE} AS builder" $f &&
