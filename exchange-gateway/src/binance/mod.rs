@@ -124,11 +124,22 @@ fn symbol_count(params: &[(String, String)]) -> Option<usize> {
     }
 }
 
+/// Whether a request's form body carries parameters: not on GET or HEAD,
+/// whose parameters Binance reads from the query string only.
+pub fn takes_body_params(method: &axum::http::Method) -> bool {
+    !matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD)
+}
+
 /// The request weight of an endpoint, as Binance documents it (docs/BINANCE.md,
-/// "Request weights"), from the method, path and query string.
-pub fn weight_of(method: &axum::http::Method, path: &str, query: &str) -> u32 {
+/// "Request weights"), from the method, path, query string and form body
+/// (the same parameters the handler reads: the body only where
+/// [`takes_body_params`]).
+pub fn weight_of(method: &axum::http::Method, path: &str, query: &str, body: &str) -> u32 {
     use axum::http::Method;
-    let params = format::form_pairs(query).unwrap_or_default();
+    let mut params = format::form_pairs(query).unwrap_or_default();
+    if takes_body_params(method) {
+        params.extend(format::form_pairs(body).unwrap_or_default());
+    }
     let param = |name: &str| {
         params
             .iter()
@@ -184,11 +195,27 @@ pub fn weight_of(method: &axum::http::Method, path: &str, query: &str) -> u32 {
 /// request) on every answer.
 async fn weigh(State(s): State<BnState>, req: Request, next: Next) -> Response {
     let key = request_ip(&req, &s.app.trusted_proxies).map_or_else(|| "unknown".to_owned(), ip_key);
+    // A form body's parameters count as the handler will read them: the
+    // body (size-limited) is buffered here and handed on.
+    let (parts, body) = req.into_parts();
+    let (body, body_text) = if takes_body_params(&parts.method) {
+        match axum::body::to_bytes(body, REQUEST_BODY_BYTES_MAX).await {
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                (Body::from(bytes), text)
+            }
+            Err(_) => (Body::empty(), String::new()),
+        }
+    } else {
+        (body, String::new())
+    };
     let weight = weight_of(
-        req.method(),
-        req.uri().path(),
-        req.uri().query().unwrap_or(""),
+        &parts.method,
+        parts.uri.path(),
+        parts.uri.query().unwrap_or(""),
+        &body_text,
     );
+    let req = Request::from_parts(parts, body);
     let limit = weight_limit_per_minute(&s.app);
     let now = now_ms();
     let (mut resp, used) = match s.charge_weight(&key, weight, now, limit) {
@@ -226,8 +253,9 @@ pub fn weight_limit_per_minute(s: &AppState) -> u32 {
         .max(1)
 }
 
-/// Request parameters from the query string and a form-encoded body,
-/// decoded. The first occurrence of a name wins.
+/// Request parameters from the query string and a form-encoded body (not
+/// on GET or HEAD: [`takes_body_params`]), decoded. The first occurrence
+/// of a name wins.
 #[derive(Debug, Default, Clone)]
 pub struct Params(pub Vec<(String, String)>);
 
@@ -246,8 +274,7 @@ impl Params {
     }
 
     pub async fn from_request(req: Request) -> Result<Self, BnError> {
-        let query = req.uri().query().unwrap_or("").to_owned();
-        let body = read_body(req.into_body()).await?;
+        let (query, body) = query_and_body(req).await?;
         Self::parse(&query, &body)
     }
 
@@ -283,6 +310,16 @@ impl Params {
             Some(n) => Ok(n.min(max)),
         }
     }
+}
+
+/// A request's query string and its form body; the body is empty on GET
+/// and HEAD (never read), as on Binance.
+pub async fn query_and_body(req: Request) -> Result<(String, String), BnError> {
+    let query = req.uri().query().unwrap_or("").to_owned();
+    if !takes_body_params(req.method()) {
+        return Ok((query, String::new()));
+    }
+    Ok((query, read_body(req.into_body()).await?))
 }
 
 pub async fn read_body(body: Body) -> Result<String, BnError> {
@@ -439,7 +476,7 @@ mod tests {
     #[test]
     fn weights_as_binance_documents_them() {
         use axum::http::Method;
-        let get = |path: &str, query: &str| weight_of(&Method::GET, path, query);
+        let get = |path: &str, query: &str| weight_of(&Method::GET, path, query, "");
         let list = |n: usize| {
             let names: Vec<String> = (0..n).map(|i| format!("\"S{i}USDT\"")).collect();
             format!("symbols=[{}]", names.join(","))
@@ -470,17 +507,59 @@ mod tests {
         assert_eq!(get("/api/v3/ticker/price", ""), 4);
         assert_eq!(get("/api/v3/ticker/bookTicker", &list(3)), 4);
         assert_eq!(get("/api/v3/order", "symbol=BTCUSDT&orderId=1"), 4);
-        assert_eq!(weight_of(&Method::POST, "/api/v3/order", ""), 1);
-        assert_eq!(weight_of(&Method::DELETE, "/api/v3/order", ""), 1);
+        assert_eq!(weight_of(&Method::POST, "/api/v3/order", "", ""), 1);
+        assert_eq!(weight_of(&Method::DELETE, "/api/v3/order", "", ""), 1);
         assert_eq!(get("/api/v3/openOrders", "symbol=BTCUSDT"), 6);
         assert_eq!(get("/api/v3/openOrders", ""), 80);
-        assert_eq!(weight_of(&Method::DELETE, "/api/v3/openOrders", ""), 1);
+        assert_eq!(weight_of(&Method::DELETE, "/api/v3/openOrders", "", ""), 1);
         assert_eq!(get("/api/v3/allOrders", "symbol=BTCUSDT"), 20);
         assert_eq!(get("/api/v3/account", ""), 20);
         assert_eq!(get("/api/v3/myTrades", "symbol=BTCUSDT"), 20);
         assert_eq!(get("/api/v3/myTrades", "symbol=BTCUSDT&orderId=3"), 5);
-        assert_eq!(weight_of(&Method::POST, "/api/v3/userDataStream", ""), 2);
+        assert_eq!(
+            weight_of(&Method::POST, "/api/v3/userDataStream", "", ""),
+            2
+        );
         assert_eq!(get("/sapi/v1/capital/deposit/address", ""), 10);
+    }
+
+    #[tokio::test]
+    async fn body_parameters_weigh_as_they_are_served() {
+        use axum::http::Method;
+        // A POST's form body counts as its query would.
+        let commission = "computeCommissionRates=true";
+        assert_eq!(
+            weight_of(&Method::POST, "/api/v3/order/test", "", commission),
+            20
+        );
+        assert_eq!(
+            weight_of(&Method::POST, "/api/v3/order/test", commission, ""),
+            20
+        );
+        // A GET's body is neither weighed nor read.
+        assert_eq!(
+            weight_of(
+                &Method::GET,
+                "/api/v3/depth",
+                "symbol=BTCUSDT",
+                "limit=1000"
+            ),
+            5
+        );
+        let get = Request::builder()
+            .method(Method::GET)
+            .uri("/depth?symbol=BTCUSDT")
+            .body(Body::from("limit=1000"))
+            .unwrap_or_default();
+        let p = Params::from_request(get).await.unwrap_or_default();
+        assert_eq!((p.get("symbol"), p.get("limit")), (Some("BTCUSDT"), None));
+        let post = Request::builder()
+            .method(Method::POST)
+            .uri("/order/test")
+            .body(Body::from(commission))
+            .unwrap_or_default();
+        let p = Params::from_request(post).await.unwrap_or_default();
+        assert_eq!(p.get("computeCommissionRates"), Some("true"));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::ratelimit::request_ip;
 use crate::state::now_ms;
 
 use super::error::BnError;
-use super::{BnState, Params, read_body};
+use super::{BnState, Params, query_and_body};
 
 /// What the endpoint needs the key to allow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,8 +92,7 @@ pub async fn authenticate(
         .map(str::to_owned)
         .filter(|k| !k.is_empty() && k.len() <= 128 && k.bytes().all(|b| b.is_ascii_alphanumeric()))
         .ok_or_else(BnError::bad_api_key_format)?;
-    let query = req.uri().query().unwrap_or("").to_owned();
-    let body = read_body(req.into_body()).await?;
+    let (query, body) = query_and_body(req).await?;
     let params = Params::parse(&query, &body)?;
     let (payload, signature) = signed_payload(&query, &body);
     let signature = signature
