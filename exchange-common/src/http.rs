@@ -31,8 +31,10 @@ use crate::telemetry::metrics_handle;
 /// The largest request body any endpoint accepts.
 pub const REQUEST_BODY_BYTES_MAX: usize = 64 * 1024;
 
-/// How often the background probe refreshes `exchange_ready`.
-pub const READY_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the background probe refreshes `exchange_ready` and the
+/// report `/ready` answers from (at most
+/// [`crate::ready::REPORT_MAX_AGE`] old).
+pub const READY_REFRESH_INTERVAL: Duration = Duration::from_millis(500);
 
 #[derive(Clone)]
 struct SkeletonState {
@@ -59,29 +61,29 @@ async fn health() -> impl IntoResponse {
 }
 
 /// Whether `/ready` may say why a backend is down (its host and the
-/// error): to a caller on this machine (the container's health check, an
-/// operator's `curl`), or one presenting `METRICS_TOKEN`; never to the
-/// internet in front of a public port. A request a proxy forwarded (it
-/// carries `Forwarded` or `X-Forwarded-For`) is not local even from
-/// loopback: a reverse proxy on the same host would otherwise make every
-/// internet client look local. Without a known peer, not local either.
+/// error). With `METRICS_TOKEN` configured, only to a caller presenting
+/// it: a proxy on the same host (a TCP-mode one adds no forwarding
+/// header) would otherwise make every internet client look local.
+/// Without it (dev), to a loopback peer whose request no proxy forwarded
+/// (no `Forwarded` or `X-Forwarded-For`); without a known peer, nobody.
 fn may_see_errors(s: &SkeletonState, req: &Request) -> bool {
+    if let Some(expected) = &s.metrics_token {
+        return bearer_token(req.headers())
+            .is_some_and(|t| constant_time_eq(t.as_bytes(), expected.expose().as_bytes()));
+    }
     let forwarded =
         req.headers().contains_key("forwarded") || req.headers().contains_key("x-forwarded-for");
-    let local = !forwarded
+    !forwarded
         && req
             .extensions()
             .get::<axum::extract::ConnectInfo<SocketAddr>>()
-            .is_some_and(|peer| peer.0.ip().is_loopback());
-    let token = s.metrics_token.as_ref().is_some_and(|expected| {
-        bearer_token(req.headers())
-            .is_some_and(|t| constant_time_eq(t.as_bytes(), expected.expose().as_bytes()))
-    });
-    local || token
+            .is_some_and(|peer| peer.0.ip().is_loopback())
 }
 
+/// Answers from the latest backend probe ([`Readiness::current`]): no
+/// database or Redis work per hit.
 async fn ready(State(s): State<SkeletonState>, req: Request) -> Response {
-    let report = s.readiness.check().await;
+    let report = s.readiness.current().await;
     let status = if report.ok {
         StatusCode::OK
     } else {

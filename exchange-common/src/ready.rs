@@ -2,6 +2,7 @@
 //! heartbeats of a service's consumer loops.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,10 @@ use crate::redis::Redis;
 
 /// How long one dependency probe may take before it counts as down.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The oldest backend probe `/ready` answers from ([`Readiness::current`]);
+/// an older one is refreshed first (one probe at a time).
+pub const REPORT_MAX_AGE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy)]
 struct Beat {
@@ -109,6 +114,18 @@ pub struct Readiness {
     pub db: Option<PgPool>,
     pub redis: Option<Redis>,
     pub heartbeats: Heartbeats,
+    /// The latest backend probe and when it finished.
+    latest: Arc<Mutex<Option<(Instant, Backends)>>>,
+    /// Held while probing: concurrent callers wait for one probe.
+    probing: Arc<tokio::sync::Mutex<()>>,
+    probes: Arc<AtomicU64>,
+}
+
+/// The backends' states and errors from one probe.
+#[derive(Debug, Clone, Default)]
+struct Backends {
+    dependencies: BTreeMap<String, &'static str>,
+    errors: BTreeMap<String, String>,
 }
 
 /// The outcome of one readiness check.
@@ -129,12 +146,53 @@ impl Readiness {
             db,
             redis,
             heartbeats: Heartbeats::default(),
+            latest: Arc::default(),
+            probing: Arc::default(),
+            probes: Arc::default(),
         }
     }
 
-    /// Probes every dependency concurrently; updates `exchange_ready` and
+    /// How many backend probes ran (each a `SELECT 1` and a Redis `PING`).
+    pub fn probes(&self) -> u64 {
+        self.probes.load(Ordering::Relaxed)
+    }
+
+    /// The report `/ready` answers: the latest backend probe (kept fresh by
+    /// [`crate::http::spawn_ready_refresher`]; probed here only when none
+    /// is younger than [`REPORT_MAX_AGE`], one caller at a time) with the
+    /// loops' heartbeats as of now. Hammering it costs no backend work.
+    pub async fn current(&self) -> ReadyReport {
+        if let Some(b) = self.fresh() {
+            return self.assemble(b);
+        }
+        let _one = self.probing.lock().await;
+        if let Some(b) = self.fresh() {
+            return self.assemble(b);
+        }
+        self.check().await
+    }
+
+    fn fresh(&self) -> Option<Backends> {
+        let latest = self.latest.lock().ok()?;
+        latest
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() <= REPORT_MAX_AGE)
+            .map(|(_, b)| b.clone())
+    }
+
+    /// Probes every dependency concurrently (the result is what
+    /// [`Readiness::current`] answers next); updates `exchange_ready` and
     /// `exchange_consumer_up`.
     pub async fn check(&self) -> ReadyReport {
+        let backends = self.probe().await;
+        if let Ok(mut latest) = self.latest.lock() {
+            *latest = Some((Instant::now(), backends.clone()));
+        }
+        self.assemble(backends)
+    }
+
+    async fn probe(&self) -> Backends {
+        self.probes.fetch_add(1, Ordering::Relaxed);
         let db = async {
             let pool = self.db.as_ref()?;
             let target = crate::db::target(&pool.connect_options());
@@ -157,17 +215,26 @@ impl Readiness {
             }
         };
         let (db, redis) = tokio::join!(db, redis);
-        let mut deps = BTreeMap::new();
-        let mut errors = BTreeMap::new();
-        let word = |up: bool| if up { "up" } else { "down" };
+        let mut b = Backends::default();
         for (name, probe) in [("postgres", db), ("redis", redis)] {
             if let Some(result) = probe {
-                deps.insert(name.to_owned(), word(result.is_ok()));
+                b.dependencies
+                    .insert(name.to_owned(), if result.is_ok() { "up" } else { "down" });
                 if let Err(e) = result {
-                    errors.insert(name.to_owned(), e);
+                    b.errors.insert(name.to_owned(), e);
                 }
             }
         }
+        b
+    }
+
+    /// A report from backend states and the loops' heartbeats as of now.
+    fn assemble(&self, backends: Backends) -> ReadyReport {
+        let Backends {
+            dependencies: mut deps,
+            errors,
+        } = backends;
+        let word = |up: bool| if up { "up" } else { "down" };
         for (name, up) in self.heartbeats.snapshot() {
             metrics::gauge!("exchange_consumer_up", "service" => self.service, "consumer" => name.clone())
                 .set(if up { 1.0 } else { 0.0 });
@@ -190,6 +257,27 @@ impl Readiness {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn ready_answers_from_the_latest_probe() {
+        let r = Readiness::new("test", None, None);
+        let beat = r
+            .heartbeats
+            .register("eventStreamConsumer", "s", Duration::from_secs(5));
+        let answers: Vec<ReadyReport> =
+            futures_util::future::join_all((0..50).map(|_| r.current())).await;
+        assert!(answers.iter().all(|a| !a.ok));
+        assert_eq!(r.probes(), 1, "one probe for every caller");
+        // Heartbeats are read as of now, the backends from the probe.
+        beat.beat();
+        assert!(r.current().await.ok);
+        assert_eq!(r.probes(), 1);
+        // A refresh (the refresher's) is what the next answers use.
+        r.check().await;
+        assert_eq!(r.probes(), 2);
+        r.current().await;
+        assert_eq!(r.probes(), 2);
+    }
 
     #[test]
     fn heartbeat_lifecycle() {

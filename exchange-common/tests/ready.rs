@@ -89,25 +89,28 @@ async fn ready_reports_each_dependency_and_stale_consumers() {
     assert!(why.starts_with("postgres at 127.0.0.1:1: "), "{body}");
 }
 
-/// Why a backend is down (its host, the error) is told to callers on this
-/// machine or presenting `METRICS_TOKEN`, not to the internet (nor to the
-/// internet relayed by a proxy on this machine).
+/// Why a backend is down (its host, the error) is told only to a caller
+/// presenting `METRICS_TOKEN` when one is configured (a TCP proxy on this
+/// machine makes internet clients look local); without one (dev), to a
+/// loopback caller no proxy forwarded.
 #[tokio::test]
-async fn ready_errors_only_for_local_callers_or_the_metrics_token() {
+async fn ready_errors_only_for_the_metrics_token_or_local_callers_in_dev() {
     use axum::extract::ConnectInfo;
     use exchange_common::config::Secret;
     use std::net::SocketAddr;
 
-    let dead_redis = Redis::with_prefix("redis://127.0.0.1:1", "x").unwrap();
     let token = "m".repeat(40);
-    let router = exchange_common::http::finish(
-        exchange_common::http::skeleton(
-            Readiness::new("test", None, Some(dead_redis)),
-            Some(Secret::new(token.clone())),
-        ),
-        "test",
-    );
-    let ask = |peer: [u8; 4], bearer: Option<&str>, forwarded: bool| {
+    let router = |metrics_token: Option<Secret>| {
+        let dead_redis = Redis::with_prefix("redis://127.0.0.1:1", "x").unwrap();
+        exchange_common::http::finish(
+            exchange_common::http::skeleton(
+                Readiness::new("test", None, Some(dead_redis)),
+                metrics_token,
+            ),
+            "test",
+        )
+    };
+    let ask = |router: axum::Router, peer: [u8; 4], bearer: Option<&str>, forwarded: bool| {
         let mut req =
             Request::get("/ready").extension(ConnectInfo(SocketAddr::from((peer, 40000))));
         if let Some(t) = bearer {
@@ -117,7 +120,6 @@ async fn ready_errors_only_for_local_callers_or_the_metrics_token() {
             // A reverse proxy on this machine relaying an internet client.
             req = req.header("x-forwarded-for", "203.0.113.9");
         }
-        let router = router.clone();
         async move {
             let response = router
                 .oneshot(req.body(Body::empty()).unwrap())
@@ -127,27 +129,58 @@ async fn ready_errors_only_for_local_callers_or_the_metrics_token() {
             let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
                 .await
                 .unwrap();
-            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+            let body = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap();
+            assert_eq!(body["dependencies"]["redis"], "down");
+            body.get("errors").map(|e| {
+                let why = e["redis"].as_str().unwrap();
+                assert!(why.starts_with("redis at 127.0.0.1:1: "), "{body}");
+            })
         }
     };
-    let public = ask([203, 0, 113, 9], None, false).await;
-    assert_eq!(public["dependencies"]["redis"], "down");
-    assert!(public.get("errors").is_none(), "{public}");
-    let wrong = ask([203, 0, 113, 9], Some("nope"), false).await;
-    assert!(wrong.get("errors").is_none(), "{wrong}");
-    let proxied = ask([127, 0, 0, 1], None, true).await;
-    assert!(proxied.get("errors").is_none(), "{proxied}");
-    for body in [
-        ask([127, 0, 0, 1], None, false).await,
-        ask([203, 0, 113, 9], Some(&token), false).await,
-        ask([127, 0, 0, 1], Some(&token), true).await,
+    let prod = router(Some(Secret::new(token.clone())));
+    for (peer, bearer, forwarded, shown) in [
+        ([203, 0, 113, 9], None, false, false),
+        ([203, 0, 113, 9], Some("nope"), false, false),
+        // Loopback alone is not enough: a TCP proxy sends no header.
+        ([127, 0, 0, 1], None, false, false),
+        ([127, 0, 0, 1], None, true, false),
+        ([203, 0, 113, 9], Some(token.as_str()), false, true),
+        ([127, 0, 0, 1], Some(token.as_str()), true, true),
     ] {
-        assert!(
-            body["errors"]["redis"]
-                .as_str()
-                .unwrap()
-                .starts_with("redis at 127.0.0.1:1: "),
-            "{body}"
+        let seen = ask(prod.clone(), peer, bearer, forwarded).await.is_some();
+        assert_eq!(
+            seen, shown,
+            "token configured: {peer:?} {bearer:?} {forwarded}"
         );
     }
+    let dev = router(None);
+    for (peer, forwarded, shown) in [
+        ([127, 0, 0, 1], false, true),
+        ([127, 0, 0, 1], true, false),
+        ([203, 0, 113, 9], false, false),
+    ] {
+        let seen = ask(dev.clone(), peer, None, forwarded).await.is_some();
+        assert_eq!(seen, shown, "no token: {peer:?} {forwarded}");
+    }
+}
+
+/// `/ready` answers from the latest probe: hammering it probes the
+/// backends at most once per [`exchange_common::ready::REPORT_MAX_AGE`].
+#[tokio::test]
+async fn hammering_ready_costs_no_backend_work() {
+    let dead_redis = Redis::with_prefix("redis://127.0.0.1:1", "x").unwrap();
+    let readiness = Readiness::new("test", None, Some(dead_redis));
+    let started = std::time::Instant::now();
+    for _ in 0..100 {
+        let (status, _) = get_ready(readiness.clone()).await;
+        assert_eq!(status, 503);
+    }
+    let most =
+        started.elapsed().as_millis() / exchange_common::ready::REPORT_MAX_AGE.as_millis() + 1;
+    assert!(
+        u128::from(readiness.probes()) <= most,
+        "{} probes in {:?}",
+        readiness.probes(),
+        started.elapsed()
+    );
 }
