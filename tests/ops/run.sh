@@ -612,6 +612,29 @@ PY
 )"
 rc=$?
 if [ "$rc" -eq 0 ]; then ok "RUNBOOK: a local proxy in front of compose is trusted by the compose network's gateway address (the network docker-compose.yml names)"; else not_ok "RUNBOOK: TRUSTED_PROXIES for a local proxy in front of compose" "$out"; fi
+# The services refuse a client key not mode 0600/0400 or not owned by their
+# uid: every RUNBOOK line that puts one in deploy/prod/certs gives it to the
+# image's user (the Dockerfile's USER), and installing it that way works.
+out="$("$py" - docs/RUNBOOK.md deploy/prod/Dockerfile <<'PY' 2>&1
+import re, sys
+text = open(sys.argv[1], encoding="utf-8").read()
+uid = re.search(r"^USER (\d+)", open(sys.argv[2]).read(), re.M).group(1)
+problems = []
+lines = [l for l in text.splitlines() if re.search(r"deploy/prod/certs/\S*\.key", l) and not l.lstrip().startswith(("|", "#"))]
+if not lines: problems.append("RUNBOOK: no command installs the Redis client key in deploy/prod/certs")
+for l in lines:
+    if not re.search(rf"install -m 0?[46]00 -o {uid} -g {uid} ", l): problems.append(f"not installed mode 0600/0400 owned by uid {uid}: {l.strip()}")
+print("\n".join(problems))
+sys.exit(1 if problems else 0)
+PY
+)"
+rc=$?
+if [ "$rc" -eq 0 ]; then ok "RUNBOOK: the Redis client key goes into deploy/prod/certs mode 0600, owned by the image's uid"; else not_ok "RUNBOOK: the Redis client key's install" "$out"; fi
+echo key >"$work/client.key"
+if [ "$(id -u)" -eq 0 ]; then
+    check "install -m 0600 -o 10001 -g 10001 (the RUNBOOK's) gives the key to uid 10001, mode 600" bash -c '
+        install -m 0600 -o 10001 -g 10001 "$1" "$1.installed" && [ "$(stat -c "%a %u" "$1.installed")" = "600 10001" ]' sh "$work/client.key"
+fi
 check "Dockerfile: multi-stage, non-root, APP_VERSION label" bash -c '
     f=deploy/prod/Dockerfile
     grep -q "^FROM rust:\${RUST_VERSION}-\${DEBIAN_RELEASE} AS builder" $f &&
