@@ -37,6 +37,9 @@ use exchange_common::{ApiError, Config, Secret};
 pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Time for a whole internal call (request, upstream work, response).
 pub const UPSTREAM_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a call waits for one of marketdata's in-flight slots before
+/// 503 `UNAVAILABLE`.
+pub const IN_FLIGHT_WAIT_MAX: Duration = Duration::from_millis(500);
 /// The largest upstream response body relayed to a client.
 pub const UPSTREAM_RESPONSE_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Idle keep-alive connections kept per internal host.
@@ -236,13 +239,20 @@ impl Upstream {
         body: Option<&B>,
     ) -> Result<Relayed, ApiError> {
         // Held until the answer is read (the connection is busy until then).
+        // The wait for one is bounded: past it, 503 `UNAVAILABLE` (nothing
+        // was sent), not a queue that grows with every client.
         let _permit = match &self.in_flight {
-            Some(s) => Some(
-                s.clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| self.unavailable())?,
-            ),
+            Some(s) => {
+                match tokio::time::timeout(IN_FLIGHT_WAIT_MAX, s.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => Some(p),
+                    Ok(Err(_)) => return Err(self.unavailable()),
+                    Err(_) => {
+                        metrics::counter!("exchange_gateway_upstream_busy_total", "upstream" => self.name)
+                            .increment(1);
+                        return Err(self.unavailable());
+                    }
+                }
+            }
             None => None,
         };
         let mut req = self
@@ -714,6 +724,24 @@ mod tests {
             place_batch_len_max: 1,
             in_flight: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_call_waits_a_bounded_time_for_a_free_slot() {
+        // Every slot busy: the call is refused, not queued.
+        let mut busy = upstream_at("127.0.0.1:1".parse().unwrap());
+        busy.in_flight = Some(Arc::new(tokio::sync::Semaphore::new(0)));
+        let e = tokio::time::timeout(
+            IN_FLIGHT_WAIT_MAX * 4,
+            busy.call::<(), ()>(Method::GET, "/api/v1/depth", None, None),
+        )
+        .await
+        .expect("the wait is bounded")
+        .unwrap_err();
+        assert_eq!(
+            (e.status, e.code.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+        );
     }
 
     #[tokio::test]
