@@ -335,6 +335,10 @@ fn describe_metrics() {
         "Calls to an internal service that failed (down, timeout), by upstream"
     );
     metrics::describe_counter!(
+        "exchange_gateway_upstream_busy_total",
+        "Calls refused with 503 because every in-flight slot to the upstream stayed busy"
+    );
+    metrics::describe_counter!(
         "exchange_admin_auth_failures_total",
         "Admin calls refused: missing or unknown token, or a role without the permission, by reason"
     );
