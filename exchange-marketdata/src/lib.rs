@@ -124,6 +124,10 @@ fn describe_metrics() {
         "Depth deltas merged into an earlier queued one for a slow WebSocket connection"
     );
     metrics::describe_counter!(
+        "exchange_rate_limit_table_full_total",
+        "Requests from a client served untracked because the per-IP budget table was full"
+    );
+    metrics::describe_counter!(
         "marketdata_ws_origin_refused_total",
         "WebSocket handshakes refused for their Origin"
     );

@@ -24,7 +24,10 @@ use exchange_common::net::{IpNet, client_ip};
 use exchange_common::{ApiError, Config, ErrorCode, Secret};
 
 /// REST clients tracked at once; a new one beyond it (after a sweep) is
-/// refused, so a flood of addresses cannot grow memory.
+/// served untracked (fail open, counted in
+/// `exchange_rate_limit_table_full_total`; the per-peer connection cap
+/// still holds it), so a flood of addresses cannot grow memory nor lock
+/// every new client out.
 pub const REST_KEYS_MAX: usize = 100_000;
 
 /// A WebSocket may send this many seconds' worth of messages at once.
@@ -46,8 +49,12 @@ pub struct Bucket {
 impl Bucket {
     /// `n` per `period`, `burst` of them at once.
     pub fn new(n: u32, period: Duration, burst: u32) -> Self {
+        Self::new_at(n, period, burst, Instant::now())
+    }
+
+    /// [`Bucket::new`], full as of `now`.
+    pub fn new_at(n: u32, period: Duration, burst: u32, now: Instant) -> Self {
         let interval = period / n.max(1);
-        let now = Instant::now();
         Self {
             interval,
             window: interval.saturating_mul(burst.max(1)),
@@ -86,6 +93,7 @@ pub struct Limits {
 struct RestTable {
     buckets: HashMap<IpAddr, Bucket>,
     last_sweep: Option<Instant>,
+    last_full_log: Option<Instant>,
 }
 
 impl Limits {
@@ -165,11 +173,21 @@ impl Limits {
         }
         let key = peer_key(ip);
         if !t.buckets.contains_key(&key) && t.buckets.len() >= REST_KEYS_MAX {
-            return Err(Duration::from_secs(1));
+            // As the gateway's weight table: too many clients at once, the
+            // new one is not tracked (its connections are still capped).
+            metrics::counter!("exchange_rate_limit_table_full_total", "service" => "marketdata", "table" => "rest_per_ip")
+                .increment(1);
+            if t.last_full_log
+                .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10))
+            {
+                tracing::warn!("marketdata per-IP budget table full, not tracking new clients");
+                t.last_full_log = Some(now);
+            }
+            return Ok(());
         }
         t.buckets
             .entry(key)
-            .or_insert_with(|| Bucket::new(n, Duration::from_secs(1), n))
+            .or_insert_with(|| Bucket::new_at(n, Duration::from_secs(1), n, now))
             .take(1, now)
     }
 
@@ -234,5 +252,22 @@ mod tests {
         let later = t0 + Duration::from_secs(3600);
         assert!(b.take(11, later).is_err());
         b.take(10, later).unwrap();
+    }
+
+    #[test]
+    fn a_full_rest_table_serves_new_clients_untracked() {
+        let mut limits = Limits::unlimited();
+        limits.rest_per_ip_per_second = 1;
+        let now = Instant::now();
+        for i in 0..u32::try_from(REST_KEYS_MAX).unwrap() {
+            limits
+                .take_rest(IpAddr::from((10_u32 << 24 | i).to_be_bytes()), now)
+                .unwrap();
+        }
+        // A tracked client keeps its budget; a new one is served.
+        assert!(limits.take_rest("10.0.0.0".parse().unwrap(), now).is_err());
+        let new: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(limits.take_rest(new, now).is_ok());
+        assert!(limits.take_rest(new, now).is_ok());
     }
 }
