@@ -167,18 +167,31 @@ run() {
     "$@"
 }
 
-# A value for deploy/prod/.env, single-quoted so compose takes it literally
-# (no $ expansion).
+# literal NAME VALUE: adds NAME='VALUE' to literal_lines (for deploy/prod/.env),
+# single-quoted so compose takes it literally (no $ expansion). Runs in this
+# shell, never in a $(...), so its die stops the deploy.
+literal_lines=()
 literal() {
     case "$2" in
         *"'"*) die "$1 contains a single quote, which deploy/prod/.env cannot hold; percent-encode it (%27) in a URL" ;;
     esac
-    printf "%s='%s'" "$1" "$2"
+    literal_lines+=("$1='$2'")
 }
 
 # Records what is deployed; compose reads deploy/prod/.env for interpolation.
+# Every value is checked before the file is touched; it is written whole
+# (a temporary file renamed over it) or not at all.
 write_state() {
-    local previous=""
+    local previous="" user upper var
+    literal_lines=()
+    literal LOCAL_DB_PASSWORD "$LOCAL_DB_PASSWORD"
+    for user in "${redis_users[@]}"; do
+        upper="$(printf '%s' "$user" | tr '[:lower:]' '[:upper:]')"
+        var="REDIS_URL_$upper"
+        literal "$var" "${!var}"
+        var="REDIS_PASSWORD_$upper"
+        literal "$var" "${!var}"
+    done
     if [ -f "$here/.env" ]; then
         previous="$(sed -n 's/^APP_VERSION=//p' "$here/.env" | tail -n 1)"
     fi
@@ -189,7 +202,7 @@ write_state() {
     fi
     (
         umask 077
-        cat >"$here/.env" <<EOF
+        cat >"$here/.new.env" <<EOF
 # Written by deploy/prod/deploy.sh at $(date -u +%Y-%m-%dT%H:%M:%SZ); do not edit.
 APP_VERSION=$APP_VERSION
 PREVIOUS_APP_VERSION=$previous
@@ -199,20 +212,12 @@ BACKUP_ENV_FILE=$BACKUP_ENV_FILE
 PUBLISH_ADDR=$PUBLISH_ADDR
 ADMIN_PUBLISH_ADDR=$ADMIN_PUBLISH_ADDR
 COMPOSE_PROFILES=$COMPOSE_PROFILES
-$(literal LOCAL_DB_PASSWORD "$LOCAL_DB_PASSWORD")
 VCS_REF=$VCS_REF
 REDIS_KEY_PREFIX=$REDIS_KEY_PREFIX
 EOF
-        for user in "${redis_users[@]}"; do
-            upper="$(printf '%s' "$user" | tr '[:lower:]' '[:upper:]')"
-            var="REDIS_URL_$upper"
-            literal "$var" "${!var}"
-            echo
-            var="REDIS_PASSWORD_$upper"
-            literal "$var" "${!var}"
-            echo
-        done >>"$here/.env"
-    )
+        printf '%s\n' "${literal_lines[@]}" >>"$here/.new.env"
+        mv -f "$here/.new.env" "$here/.env"
+    ) || die "cannot write $here/.env"
 }
 
 # ---- 2. image ------------------------------------------------------------------------
@@ -231,14 +236,21 @@ if [ "$docker_ok" = 1 ]; then
     if docker image inspect "$image" >/dev/null 2>&1; then have_image=1; else have_image=0; fi
 fi
 
+# The tracked files that go into the image and differ from HEAD: everything
+# but deploy/, tests/ops/ and .ci/ (.dockerignore keeps them out of the build
+# context), and deploy/prod/Dockerfile, which says how the image is built.
+image_changes() {
+    git -C "$root" status --porcelain --untracked-files=no -- . \
+        ':(exclude)deploy' ':(exclude)tests/ops' ':(exclude).ci' 2>/dev/null
+    git -C "$root" status --porcelain --untracked-files=no -- deploy/prod/Dockerfile 2>/dev/null
+}
+
 # Which versions this checkout is: the version tags at HEAD (without a
 # leading v) and `git describe --tags --always --abbrev=12` of HEAD. Empty
-# when it is no git checkout, or when tracked files that go into the image
-# (everything but deploy/, tests/ops/, .ci/) differ from HEAD.
+# when it is no git checkout, or when it has image_changes.
 checkout_versions() {
     git -C "$root" rev-parse -q --verify HEAD >/dev/null 2>&1 || return 0
-    if [ -n "$(git -C "$root" status --porcelain --untracked-files=no -- . \
-        ':(exclude)deploy' ':(exclude)tests/ops' ':(exclude).ci' 2>/dev/null)" ]; then
+    if [ -n "$(image_changes)" ]; then
         return 0
     fi
     { git -C "$root" tag --points-at HEAD; git -C "$root" describe --tags --always --abbrev=12 HEAD; } 2>/dev/null |
@@ -247,7 +259,7 @@ checkout_versions() {
 build_refusal="" # why this checkout may not be built as $APP_VERSION (empty: it may)
 if ! checkout_versions | grep -qxF -- "$APP_VERSION"; then
     described="$(git -C "$root" describe --tags --always --abbrev=12 HEAD 2>/dev/null || echo 'no git checkout')"
-    if [ -n "$(git -C "$root" status --porcelain --untracked-files=no -- . ':(exclude)deploy' ':(exclude)tests/ops' ':(exclude).ci' 2>/dev/null)" ]; then
+    if [ -n "$(image_changes)" ]; then
         described="$described with uncommitted changes"
     fi
     build_refusal="this checkout ($described) is not version $APP_VERSION: building it would label other code as $APP_VERSION"

@@ -326,6 +326,42 @@ if grep -q "^REDIS_URL_GATEWAY='rediss://:redis-password-for-tests@redis.interna
 else
     not_ok "deploy.sh writes REDIS_URL_<SERVICE> to deploy/prod/.env" "$(stat -c %a "$rb/deploy/prod/.env") $(grep -c REDIS_URL_ "$rb/deploy/prod/.env")"
 fi
+# A value deploy/prod/.env cannot hold stops the deploy before anything
+# starts, and leaves the file as it was.
+f="$(variant quote-in-db-password "s/^LOCAL_DB_PASSWORD=.*/LOCAL_DB_PASSWORD=0123456789abcdef'0123456789abcdef0123/")"
+before="$(cksum <"$rb/deploy/prod/.env")"
+out="$(deploy_stub 1 PROD_ENV_FILE="$f")"
+rc=$?
+if [ "$rc" -eq 1 ] && grep -q 'FAILED at step "image": LOCAL_DB_PASSWORD contains a single quote' <<<"$out" \
+    && ! grep -qE '^docker compose .*(up|run)' "$work/docker.log" && [ "$(cksum <"$rb/deploy/prod/.env")" = "$before" ] \
+    && [ ! -e "$rb/deploy/prod/.new.env" ]; then
+    ok "a single quote in LOCAL_DB_PASSWORD stops deploy.sh before migrate/up; deploy/prod/.env unchanged"
+else
+    not_ok "a single quote in LOCAL_DB_PASSWORD stops deploy.sh (exit $rc)" "$out
+$(cat "$work/docker.log")"
+fi
+# deploy/prod/Dockerfile makes the image: a change to it is a changed
+# checkout; other deploy/ files (compose, this script) are not in the image.
+echo '# a change after the release' >>"$rb/deploy/prod/Dockerfile"
+out="$(deploy_stub 0)"
+rc=$?
+if [ "$rc" -eq 1 ] && grep -q 'v1.0.0 with uncommitted changes) is not version 1.0.0' <<<"$out" && ! grep -q '^docker build' "$work/docker.log"; then
+    ok "a checkout with an uncommitted change to deploy/prod/Dockerfile is not v1.0.0: refused"
+else
+    not_ok "a checkout with a changed deploy/prod/Dockerfile is refused (exit $rc)" "$out
+$(cat "$work/docker.log")"
+fi
+git -C "$rb" checkout -q -- deploy/prod/Dockerfile
+echo '# an operator note' >>"$rb/deploy/prod/docker-compose.yml"
+out="$(deploy_stub 0)"
+rc=$?
+if [ "$rc" -eq 0 ] && grep -qE '^docker build .*-t exchange:1\.0\.0 ' "$work/docker.log"; then
+    ok "a change to deploy/prod/docker-compose.yml (not in the image) still builds v1.0.0"
+else
+    not_ok "a change to docker-compose.yml still builds v1.0.0 (exit $rc)" "$out
+$(cat "$work/docker.log")"
+fi
+git -C "$rb" checkout -q -- deploy/prod/docker-compose.yml
 echo '// a change after the release' >>"$rb/src/main.rs"
 out="$(deploy_stub 0)"
 rc=$?
