@@ -1,7 +1,7 @@
 //! What one client may ask of the public port (when marketdata is exposed
 //! on :8094): WebSockets open per client IP, messages per second on one
 //! WebSocket, depth snapshots per 10 s on one WebSocket, and REST requests
-//! per client IP. Connection-level limits (header read, idle, connections
+//! and WebSocket handshakes per client IP (one budget). Connection-level limits (header read, idle, connections
 //! per peer) are `exchange_common::listen`'s.
 //!
 //! The client IP is `exchange_common::net::client_ip` (`X-Forwarded-For`
@@ -146,8 +146,8 @@ impl Limits {
         Bucket::new(n, Duration::from_secs(10), n)
     }
 
-    fn is_internal(&self, req: &Request) -> bool {
-        bearer_token(req.headers()).is_some_and(|t| {
+    fn is_internal(&self, headers: &axum::http::HeaderMap) -> bool {
+        bearer_token(headers).is_some_and(|t| {
             self.internal_tokens
                 .iter()
                 .any(|s| constant_time_eq(t.as_bytes(), s.expose().as_bytes()))
@@ -191,6 +191,22 @@ impl Limits {
             .take(1, now)
     }
 
+    /// Takes one WebSocket handshake from `ip`'s REST budget (unless it
+    /// presents `INTERNAL_TOKEN`): a client opening, subscribing (a fresh
+    /// depth snapshot each time) and closing in a loop is throttled per
+    /// IP, not only per connection.
+    pub fn take_handshake(
+        &self,
+        ip: IpAddr,
+        headers: &axum::http::HeaderMap,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        if self.is_internal(headers) {
+            return Ok(());
+        }
+        self.take_rest(ip, now)
+    }
+
     /// The client IP of a request.
     pub fn client(&self, peer: SocketAddr, headers: &axum::http::HeaderMap) -> IpAddr {
         client_ip(peer.ip(), headers, &self.trusted_proxies)
@@ -214,7 +230,7 @@ pub async fn rest_per_ip(
     req: Request,
     next: Next,
 ) -> Response {
-    if !limits.is_internal(&req) {
+    if !limits.is_internal(req.headers()) {
         let ip = limits.client(peer, req.headers());
         if let Err(wait) = limits.take_rest(ip, Instant::now()) {
             metrics::counter!("exchange_rate_limited_total", "service" => "marketdata", "kind" => "ip")

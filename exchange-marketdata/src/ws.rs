@@ -28,7 +28,9 @@
 //! `MARKETDATA_WS_SNAPSHOTS_PER_10S` depth snapshots per connection per
 //! 10 s, beyond which a depth subscribe is refused with `RATE_LIMITED` (and
 //! changes nothing), so a client cannot make the server render snapshots
-//! in a loop.
+//! in a loop; and every handshake takes one request from the client IP's
+//! REST budget (`MARKETDATA_RATE_LIMIT_IP_PER_SECOND`; beyond it 429
+//! `RATE_LIMITED`), so reconnecting for fresh snapshots is throttled too.
 //!
 //! Binance-style streams share all of this: `/ws/<stream>[/<stream>..]`
 //! (raw events), `/stream?streams=a/b` (events wrapped as
@@ -280,6 +282,18 @@ fn open(
         }
     };
     let ip = app.limits.client(peer, &headers);
+    if let Err(wait) = app.limits.take_handshake(ip, &headers, Instant::now()) {
+        metrics::counter!("exchange_rate_limited_total", "service" => "marketdata", "kind" => "ws_handshake")
+            .increment(1);
+        return crate::limits::too_many(
+            ErrorCode::RateLimited,
+            format!(
+                "at most {} market data requests (WebSocket handshakes included) per second per client",
+                app.limits.rest_per_ip_per_second
+            ),
+            wait,
+        );
+    }
     let max = app.limits.ws_connections_per_ip_max;
     let Some(slot) = app.limits.ws_open.try_take(ip, max) else {
         count_refused(crate::SERVICE, "ws_per_ip_cap");

@@ -123,6 +123,42 @@ async fn depth_resubscribes_are_throttled_per_connection() {
 }
 
 #[tokio::test]
+async fn reconnecting_for_fresh_snapshots_is_throttled_per_client_ip() {
+    let s = svc(|c| c.marketdata.rate_limit_ip_per_second = 3).await;
+    let depth = json!({"op": "subscribe", "channels": ["depth:BTC-USDT"]});
+    let mut refusal = None;
+    for _ in 0..10 {
+        match s.ws("/ws", None).await {
+            Ok(mut ws) => {
+                send(&mut ws, depth.clone()).await;
+                assert_eq!(recv_json(&mut ws).await["type"], "subscribed");
+                assert_eq!(recv_json(&mut ws).await["type"], "snapshot");
+            }
+            Err(e) => {
+                refusal = Some(refused(&e));
+                break;
+            }
+        }
+    }
+    let (status, body) = refusal.expect("a loop of handshakes is refused");
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("RATE_LIMITED"), "{body}");
+    // Another client IP is served.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind((HOST_B.parse::<IpAddr>().unwrap(), 0).into())
+        .unwrap();
+    let tcp = sock.connect(s.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(
+        format!("ws://{}/ws", s.addr),
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+    )
+    .await
+    .unwrap();
+    send(&mut ws, depth).await;
+    assert_eq!(recv_json(&mut ws).await["type"], "subscribed");
+}
+
+#[tokio::test]
 async fn rest_requests_per_client_ip_are_budgeted_but_not_the_gateways() {
     let s = svc(|c| c.marketdata.rate_limit_ip_per_second = 3).await;
     let path = "/api/v1/markets/BTC-USDT/ticker";
