@@ -275,6 +275,7 @@ pub struct MarketdataConfig {
     /// may be sent per 10 s (each depth subscribe or re-subscribe renders
     /// one), that many at once; beyond it the subscribe is refused with
     /// `RATE_LIMITED`.
+    /// At least [`MARKETDATA_WS_CHANNELS_PER_MESSAGE_MAX`].
     pub ws_snapshots_per_10s: u32,
     /// `MARKETDATA_RATE_LIMIT_IP_PER_SECOND`: REST requests per client IP
     /// per second (that many at once); beyond it 429 `RATE_LIMITED`. A call
@@ -412,7 +413,23 @@ fn check_abuse_limits(r: &mut Reader<'_>, config: &Config) {
             r.errors.push(format!("{key} must be at least 1"));
         }
     }
+    // One subscribe may name this many depth channels, each a snapshot
+    // taken at once: a smaller budget would refuse it forever.
+    if m.ws_snapshots_per_10s != 0
+        && usize::try_from(m.ws_snapshots_per_10s)
+            .is_ok_and(|n| n < MARKETDATA_WS_CHANNELS_PER_MESSAGE_MAX)
+    {
+        r.errors.push(format!(
+            "MARKETDATA_WS_SNAPSHOTS_PER_10S must be at least {MARKETDATA_WS_CHANNELS_PER_MESSAGE_MAX} \
+             (the channels one WebSocket subscribe may name)"
+        ));
+    }
 }
+
+/// Channels one marketdata WebSocket subscribe may name (marketdata's
+/// `WS_CHANNELS_PER_MESSAGE_MAX`); `MARKETDATA_WS_SNAPSHOTS_PER_10S` may not
+/// be smaller.
+pub const MARKETDATA_WS_CHANNELS_PER_MESSAGE_MAX: usize = 32;
 
 /// Every configuration problem found, one line each.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1392,6 +1409,20 @@ mod tests {
         ] {
             assert!(errors.contains(needle), "{needle} not in {errors}");
         }
+    }
+
+    #[test]
+    fn the_snapshot_budget_fits_the_largest_subscribe() {
+        let mut env = DEV.to_vec();
+        env.push(("MARKETDATA_WS_SNAPSHOTS_PER_10S", "31"));
+        let errors = load(&env).unwrap_err().0.join("\n");
+        assert!(
+            errors.contains("MARKETDATA_WS_SNAPSHOTS_PER_10S must be at least 32"),
+            "{errors}"
+        );
+        env.pop();
+        env.push(("MARKETDATA_WS_SNAPSHOTS_PER_10S", "32"));
+        assert!(load(&env).is_ok());
     }
 
     #[test]

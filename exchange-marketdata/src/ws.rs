@@ -71,7 +71,8 @@ pub const WS_WRITE_BATCH_LEN_MAX: usize = 256;
 /// Channels one connection may hold.
 pub const WS_SUBSCRIPTIONS_MAX: usize = 64;
 /// Channels one subscribe/unsubscribe message may name.
-pub const WS_CHANNELS_PER_MESSAGE_MAX: usize = 32;
+pub const WS_CHANNELS_PER_MESSAGE_MAX: usize =
+    exchange_common::config::MARKETDATA_WS_CHANNELS_PER_MESSAGE_MAX;
 /// The largest message (and frame) a client may send.
 pub const WS_CLIENT_MESSAGE_BYTES_MAX: usize = 4 * 1024;
 /// The socket's read buffer. tungstenite zero-fills this much of it before
