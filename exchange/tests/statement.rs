@@ -370,6 +370,10 @@ async fn the_statement_explains_every_balance_to_the_unit_and_streams_as_csv() {
         .client
         .get(format!("{}/api/v1/account/statement.csv", c.url))
         .bearer_auth(&b.token)
+        // A long download by nature: the harness's 20 s bound on a whole
+        // request was cut short on a loaded machine (the server's own
+        // bound is on idling, STATEMENT_IDLE_TIMEOUT).
+        .timeout(Duration::from_secs(180))
         .send()
         .await
         .unwrap();
