@@ -10,10 +10,10 @@
 #     `localhost` and 127.0.0.1 signed by it, a client certificate signed by
 #     it, and a second, unrelated CA (the "wrong" one);
 #   - starts a private PostgreSQL cluster (port EXCHANGE_TLS_PG_PORT, default
-#     54339) with ssl=on that accepts TCP only over TLS (hostssl) and only
+#     54349) with ssl=on that accepts TCP only over TLS (hostssl) and only
 #     with a password (scram-sha-256);
 #   - starts a Redis that listens only on a TLS port (EXCHANGE_TLS_REDIS_PORT,
-#     default 63809, `--port 0`), requires a client certificate signed by
+#     default 63819, `--port 0`), requires a client certificate signed by
 #     the CA, and an ACL user with a password (the default user is off);
 # and exports
 #   TLS_DB_URL         postgres://postgres:PASSWORD@localhost:PORT/postgres?sslmode=verify-full&sslrootcert=CA
@@ -29,8 +29,8 @@
 # copy, exchange-tls.password), so a new .local/tls never meets an older
 # cluster with another password (the data may be outside .local: see tls_pg_up).
 
-EXCHANGE_TLS_PG_PORT="${EXCHANGE_TLS_PG_PORT:-54339}"
-EXCHANGE_TLS_REDIS_PORT="${EXCHANGE_TLS_REDIS_PORT:-63809}"
+EXCHANGE_TLS_PG_PORT="${EXCHANGE_TLS_PG_PORT:-54349}"
+EXCHANGE_TLS_REDIS_PORT="${EXCHANGE_TLS_REDIS_PORT:-63819}"
 # Set to 1 by tls_services_up for each server it starts (not exported: a
 # child shell's tls_services_down must not stop this shell's servers).
 EXCHANGE_TLS_PG_STARTED=0
