@@ -1011,6 +1011,11 @@ else
     printf 'skip  Redis ACL users: redis-server or redis-cli not installed\n'
 fi
 
+# ---- Kubernetes -------------------------------------------------------------------------------------------
+# shellcheck source=tests/ops/k8s.sh
+. "$here/k8s.sh"
+k8s_stage
+
 # ---- live stage ---------------------------------------------------------------------------------------------
 # shellcheck source=tests/ops/live.sh
 . "$here/live.sh"
