@@ -245,6 +245,10 @@ pub struct MatchingConfig {
     pub events_stream_max_len: u64,
     /// How often matching trims `<prefix>:events`.
     pub events_stream_trim_interval: Duration,
+    /// How long a replica's lease on a market lasts unrenewed
+    /// (`MATCHING_LEASE_MS`): a standby takes a dead owner's markets
+    /// after at most this long (exchange-matching's `lease` module).
+    pub lease: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -306,6 +310,11 @@ pub const GATEWAY_PLACE_BATCH_MAX_LIMIT: usize = 256;
 /// Smallest accepted `EVENTS_STREAM_MAX_LEN`: a cap lower than a few reads
 /// of every consumer would cut entries live consumers still need.
 pub const EVENTS_STREAM_MAX_LEN_MIN: u64 = 10_000;
+/// Bounds of `MATCHING_LEASE_MS`: shorter than half a second, a database
+/// hiccup would move markets between replicas; longer than a minute, a
+/// dead owner stops its markets too long.
+pub const MATCHING_LEASE_MS_MIN: u64 = 500;
+pub const MATCHING_LEASE_MS_MAX: u64 = 60_000;
 
 /// The default `PASSWORD_HASH_QUEUE_MAX`: 32 waiting hashes per core, at
 /// least 64. A hash takes a core for tens of milliseconds, so the last one
@@ -813,6 +822,11 @@ impl Config {
                     10,
                     "a number of seconds",
                 )),
+                lease: Duration::from_millis(r.parsed(
+                    "MATCHING_LEASE_MS",
+                    3_000,
+                    "a number of milliseconds",
+                )),
             },
             clearing: ClearingConfig {
                 http_addr: r.addr("CLEARING_HTTP_ADDR", "127.0.0.1:8093"),
@@ -889,6 +903,13 @@ impl Config {
         if config.matching.events_stream_max_len < EVENTS_STREAM_MAX_LEN_MIN {
             r.errors.push(format!(
                 "EVENTS_STREAM_MAX_LEN must be at least {EVENTS_STREAM_MAX_LEN_MIN}"
+            ));
+        }
+        if !(MATCHING_LEASE_MS_MIN..=MATCHING_LEASE_MS_MAX)
+            .contains(&u64::try_from(config.matching.lease.as_millis()).unwrap_or(u64::MAX))
+        {
+            r.errors.push(format!(
+                "MATCHING_LEASE_MS must be between {MATCHING_LEASE_MS_MIN} and {MATCHING_LEASE_MS_MAX}"
             ));
         }
         if config.matching.events_stream_trim_interval.is_zero() {

@@ -53,6 +53,19 @@ impl Heartbeats {
         }
     }
 
+    /// Forgets a loop instance (e.g. a market this replica handed over);
+    /// the loop goes with its last instance.
+    pub fn remove(&self, name: &str, instance: &str) {
+        if let Ok(mut map) = self.inner.lock()
+            && let Some(instances) = map.get_mut(name)
+        {
+            instances.remove(instance);
+            if instances.is_empty() {
+                map.remove(name);
+            }
+        }
+    }
+
     /// Loop name → up, for every registered loop (up when all its instances are fresh).
     pub fn snapshot(&self) -> BTreeMap<String, bool> {
         let now = Instant::now();

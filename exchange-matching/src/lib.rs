@@ -39,10 +39,11 @@
 //!   `GET /internal/v1/markets`.
 
 pub mod events_trim;
+pub mod lease;
 pub mod market;
 pub mod store;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,6 +58,7 @@ use exchange_common::{Config, Shutdown};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use crate::lease::{Lease, Leases};
 use crate::market::{MarketBook, MarketHandler, SharedStatus};
 
 pub const SERVICE: &str = "matching";
@@ -171,49 +173,305 @@ async fn markets_status(State(state): State<AppState>) -> Json<BTreeMap<String, 
     Json(out)
 }
 
+/// The markets this replica holds, and the task matching each.
+struct Held {
+    lease: Arc<Lease>,
+    task: tokio::task::JoinHandle<()>,
+    /// `/ready`'s `owns <MARKET>` entry: up while the lease is valid.
+    owns: exchange_common::ready::Heartbeat,
+    /// Taken because nobody else did (see [`take_free`]): never handed
+    /// over to spread markets, since nobody else may want it.
+    orphan: bool,
+}
+
+/// The lease loop: renews the held leases, takes free ones up to this
+/// replica's fair share, hands the excess over, and starts and stops the
+/// markets accordingly. Wakes every [`Leases::tick`], at once when a market
+/// is created or changed or another replica releases one, and stops on
+/// `shutdown` after handing every lease over.
 async fn supervise(base: ServiceBase, registry: Registry, shutdown: Shutdown) {
-    let mut running: BTreeSet<String> = BTreeSet::new();
-    let mut tasks = Vec::new();
+    let config = &base.config.matching;
+    let leases = Leases::new(base.db.clone(), &config.consumer.name, config.lease);
+    tracing::info!(owner = %leases.owner, lease_ms = config.lease.as_millis(), "matching replica started");
+    let woken = exchange_store::markets::spawn_listener(
+        base.db.clone(),
+        &[
+            exchange_store::markets::MARKETS_CHANGED_CHANNEL,
+            lease::RELEASED_CHANNEL,
+        ],
+        shutdown.clone(),
+    );
+    let beat = base
+        .heartbeats()
+        .register("leaseLoop", "matching_leases", config.lease);
+    let mut held: BTreeMap<String, Held> = BTreeMap::new();
+    let mut markets: BTreeMap<String, exchange_store::markets::MarketInfo> = BTreeMap::new();
+    let mut markets_loaded: Option<std::time::Instant> = None;
+    let mut replicas = 1u64;
     while !shutdown.is_triggered() {
-        match exchange_store::markets::load_all(&base.db).await {
-            Ok(markets) => {
-                for (symbol, info) in markets {
-                    if running.contains(&symbol) || !owns(&base.config.matching.markets, &symbol) {
-                        continue;
+        // Renew first: nothing else in a turn may delay it.
+        let current: Vec<&Lease> = held.values().map(|h| h.lease.as_ref()).collect();
+        match leases.renew(&current).await {
+            Ok(renewed) => {
+                for (market, h) in &held {
+                    if !renewed.contains(market) && !h.lease.stop.is_triggered() {
+                        tracing::warn!(
+                            market,
+                            epoch = h.lease.epoch,
+                            "lease taken over by another replica: stopping the market here"
+                        );
+                        metrics::counter!("exchange_matching_leases_lost_total", "market" => market.clone())
+                            .increment(1);
+                        h.lease.stop.trigger();
                     }
-                    running.insert(symbol.clone());
-                    exchange_store::transport::describe_forgery_metric(
-                        SERVICE,
-                        &base.redis.orders_stream(&symbol.to_string()),
-                    );
-                    let status = SharedStatus::default();
-                    if let Ok(mut r) = registry.lock() {
-                        r.insert(symbol.clone(), status.clone());
-                    }
-                    tasks.push(tokio::spawn(run_market(
-                        base.clone(),
-                        MarketBook::new(info.spec, status),
-                        shutdown.clone(),
-                    )));
                 }
+                beat.beat();
             }
-            Err(e) => tracing::warn!(error = %e, "cannot load markets"),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "renewing leases failed"),
         }
+        // A lease not renewed in time is as good as lost: stop applying.
+        for h in held.values() {
+            if !h.lease.is_valid() {
+                h.lease.stop.trigger();
+            }
+        }
+        reap(&base, &leases, &registry, &mut held).await;
+        let reload_due = markets_loaded.is_none_or(|t| t.elapsed() >= MARKETS_REFRESH_INTERVAL);
+        if reload_due {
+            match exchange_store::markets::load_all(&base.db).await {
+                Ok(all) => {
+                    markets = all
+                        .into_iter()
+                        .filter(|(m, _)| owns(&config.markets, m))
+                        .collect();
+                    markets_loaded = Some(std::time::Instant::now());
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot load markets"),
+            }
+        }
+        match leases.replicas_alive().await {
+            Ok(n) => replicas = n,
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "replica heartbeat failed"),
+        }
+        let share = lease::fair_share(markets.len(), replicas);
+        let running = held
+            .values()
+            .filter(|h| !h.lease.stop.is_triggered())
+            .count();
+        if running > share {
+            // Hand one over per turn (the newest-named): it snapshots,
+            // stops, and its lease is released when the task has ended.
+            if let Some((market, h)) = held
+                .iter()
+                .rev()
+                .find(|(_, h)| !h.orphan && !h.lease.stop.is_triggered() && !h.task.is_finished())
+            {
+                tracing::info!(
+                    market,
+                    replicas,
+                    share,
+                    "handing a market over to spread markets across replicas"
+                );
+                h.lease.stop.trigger();
+            }
+        }
+        take_free(
+            &base,
+            &leases,
+            &registry,
+            &markets,
+            share.saturating_sub(running),
+            &mut held,
+            &shutdown,
+        )
+        .await;
+        publish_ownership(&held, markets.len(), replicas);
         tokio::select! {
-            () = tokio::time::sleep(MARKETS_REFRESH_INTERVAL) => {}
+            () = tokio::time::sleep(leases.tick()) => {}
+            () = woken.notified() => {
+                // A market was created or changed, or a lease released.
+                markets_loaded = None;
+            }
             () = shutdown.wait() => {}
         }
     }
-    for t in tasks {
-        let _ = t.await;
+    // Shutdown: every market stops (snapshot included), then its lease is
+    // released so that a standby takes it at once.
+    for h in held.values() {
+        h.lease.stop.trigger();
+    }
+    for (market, h) in std::mem::take(&mut held) {
+        let _ = h.task.await;
+        if let Err(e) = leases.release(&h.lease).await {
+            tracing::warn!(
+                market,
+                error = format!("{e:#}"),
+                "releasing the lease failed; it expires on its own"
+            );
+        }
+    }
+    if let Err(e) = leases.leave().await {
+        tracing::warn!(error = format!("{e:#}"), "leaving the replica list failed");
     }
 }
 
-async fn run_market(base: ServiceBase, mut market: MarketBook, shutdown: Shutdown) {
+/// Takes up to `room` markets whose leases are free or expired, and any
+/// market left free for longer than a lease whatever the room (no other
+/// replica wants it: e.g. replicas with different `MATCHING_MARKETS`).
+async fn take_free(
+    base: &ServiceBase,
+    leases: &Leases,
+    registry: &Registry,
+    markets: &BTreeMap<String, exchange_store::markets::MarketInfo>,
+    room: usize,
+    held: &mut BTreeMap<String, Held>,
+    shutdown: &Shutdown,
+) {
+    let holders = match leases.holders().await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = format!("{e:#}"), "cannot list leases");
+            return;
+        }
+    };
+    let mut taken = 0;
+    for (symbol, info) in markets {
+        let holder = holders.get(symbol);
+        if held.contains_key(symbol) || holder.is_some_and(|h| h.live) {
+            continue;
+        }
+        let orphan = holder.is_some_and(|h| h.free_for >= leases.duration);
+        if taken >= room && !orphan {
+            continue;
+        }
+        let lease = match leases.acquire(symbol).await {
+            Ok(Some(l)) => Arc::new(l),
+            Ok(None) => continue, // another replica was faster
+            Err(e) => {
+                tracing::warn!(market = %symbol, error = format!("{e:#}"), "acquiring the lease failed");
+                continue;
+            }
+        };
+        let from = holders.get(symbol).map(|h| h.owner.as_str());
+        tracing::info!(market = %symbol, epoch = lease.epoch, previous_owner = from, "lease acquired: starting the market");
+        if from.is_some() {
+            metrics::counter!("exchange_matching_takeovers_total", "market" => symbol.clone())
+                .increment(1);
+        }
+        taken += 1;
+        exchange_store::transport::describe_forgery_metric(
+            SERVICE,
+            &base.redis.orders_stream(symbol),
+        );
+        let status = SharedStatus::default();
+        if let Ok(mut r) = registry.lock() {
+            r.insert(symbol.clone(), status.clone());
+        }
+        // The market stops with the service, or alone when its lease goes.
+        {
+            let (global, local) = (shutdown.clone(), lease.stop.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = global.wait() => local.trigger(),
+                    () = local.wait() => {}
+                }
+            });
+        }
+        let task = tokio::spawn(run_market(
+            base.clone(),
+            MarketBook::new(info.spec, status, lease.clone()),
+        ));
+        let owns =
+            base.heartbeats()
+                .register(&owns_loop(symbol), "matching_leases", leases.duration);
+        owns.beat();
+        held.insert(
+            symbol.clone(),
+            Held {
+                lease,
+                task,
+                owns,
+                orphan,
+            },
+        );
+    }
+}
+
+/// Forgets markets whose task has ended: a halted market keeps its lease
+/// (another replica would only halt on the same journal), any other
+/// releases it unless it was taken over.
+async fn reap(
+    base: &ServiceBase,
+    leases: &Leases,
+    registry: &Registry,
+    held: &mut BTreeMap<String, Held>,
+) {
+    let ended: Vec<String> = held
+        .iter()
+        .filter(|(_, h)| h.task.is_finished())
+        .map(|(m, _)| m.clone())
+        .collect();
+    for market in ended {
+        let halted = registry
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&market).cloned())
+            .is_some_and(|s| s.lock().is_ok_and(|s| s.halted.is_some()));
+        if halted {
+            continue;
+        }
+        let Some(h) = held.remove(&market) else {
+            continue;
+        };
+        // Handed over or stopping: release at once (a no-op when the
+        // lease was taken over meanwhile).
+        if let Err(e) = leases.release(&h.lease).await {
+            tracing::warn!(
+                market,
+                error = format!("{e:#}"),
+                "releasing the lease failed; it expires on its own"
+            );
+        }
+        if let Ok(mut r) = registry.lock() {
+            r.remove(&market);
+        }
+        base.heartbeats()
+            .remove(&owns_loop(&market), "matching_leases");
+        metrics::gauge!("exchange_matching_market_owned", "market" => market.clone()).set(0.0);
+        tracing::info!(market, epoch = h.lease.epoch, "market stopped here");
+    }
+}
+
+fn owns_loop(market: &str) -> String {
+    format!("owns {market}")
+}
+
+/// Who owns what, for `/ready` (an `owns <MARKET>` entry per held market,
+/// up while its lease is valid) and `/metrics`.
+fn publish_ownership(held: &BTreeMap<String, Held>, markets: usize, replicas: u64) {
+    for (market, h) in held {
+        if h.lease.is_valid() {
+            h.owns.beat();
+        }
+        metrics::gauge!("exchange_matching_market_owned", "market" => market.clone()).set(1.0);
+        #[allow(clippy::cast_precision_loss)]
+        metrics::gauge!("exchange_matching_lease_epoch", "market" => market.clone())
+            .set(h.lease.epoch as f64);
+    }
+    #[allow(clippy::cast_precision_loss)]
+    {
+        metrics::gauge!("exchange_matching_replicas_alive").set(replicas as f64);
+        metrics::gauge!("exchange_matching_markets_held").set(held.len() as f64);
+        metrics::gauge!("exchange_matching_markets").set(markets as f64);
+    }
+}
+
+async fn run_market(base: ServiceBase, mut market: MarketBook) {
     let symbol = market.symbol.to_string();
+    let stop = market.lease.stop.clone();
     // Recover before consuming; retry while a dependency is down.
     loop {
-        if shutdown.is_triggered() {
+        if stop.is_triggered() {
             return;
         }
         match market.recover(&base.db, &base.redis).await {
@@ -222,16 +480,16 @@ async fn run_market(base: ServiceBase, mut market: MarketBook, shutdown: Shutdow
                 tracing::warn!(market = %symbol, error = format!("{e:#}"), "recovery failed, retrying");
                 tokio::select! {
                     () = tokio::time::sleep(RECOVERY_RETRY_DELAY) => {}
-                    () = shutdown.wait() => return,
+                    () = stop.wait() => return,
                 }
             }
         }
     }
     let market_shutdown = Shutdown::new();
     {
-        let (global, local) = (shutdown.clone(), market_shutdown.clone());
+        let (stop, local) = (stop.clone(), market_shutdown.clone());
         tokio::spawn(async move {
-            global.wait().await;
+            stop.wait().await;
             local.trigger();
         });
     }
@@ -249,14 +507,14 @@ async fn run_market(base: ServiceBase, mut market: MarketBook, shutdown: Shutdow
         opts.claim_idle = CLAIM_IDLE;
         opts.claim_interval = Duration::from_secs(1);
         let market = Arc::new(tokio::sync::Mutex::new(market));
-        // On the service's shutdown, not the market's: a market that halts
-        // may still hold batches of commands applied before the halt, and
-        // they must still be stored and published.
-        tokio::spawn(flush_unpublished(
+        // On the lease's stop, not the market's: a market that halts may
+        // still hold batches of commands applied before the halt, and they
+        // must still be stored and published.
+        let flusher = tokio::spawn(flush_unpublished(
             market.clone(),
             base.db.clone(),
             base.redis.clone(),
-            shutdown.clone(),
+            stop.clone(),
         ));
         let final_market = market.clone();
         let handler = MarketHandler {
@@ -273,14 +531,17 @@ async fn run_market(base: ServiceBase, mut market: MarketBook, shutdown: Shutdow
             market_shutdown,
         )
         .await;
-        // A last snapshot, so the next start replays little.
-        if let Err(e) = final_market
-            .lock()
-            .await
-            .maybe_snapshot(&base.db, &base.redis, true)
-            .await
-        {
-            tracing::warn!(market = %symbol, error = format!("{e:#}"), "snapshot at shutdown failed");
+        let mut final_market = final_market.lock().await;
+        if final_market.halted().is_none() {
+            flusher.abort();
+            // A last snapshot, so the next owner replays little (refused,
+            // harmlessly, when the lease was taken over).
+            if let Err(e) = final_market
+                .maybe_snapshot(&base.db, &base.redis, true)
+                .await
+            {
+                tracing::warn!(market = %symbol, error = format!("{e:#}"), "snapshot at stop failed");
+            }
         }
     }
     let halted = status.lock().ok().and_then(|s| s.halted.clone());

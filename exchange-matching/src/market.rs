@@ -34,6 +34,7 @@ use exchange_engine::OrderBook;
 use sqlx::PgPool;
 
 use crate::SERVICE;
+use crate::lease::{Lease, LeaseLost};
 use crate::store;
 use exchange_store::transport::note_forgery;
 
@@ -95,6 +96,9 @@ pub struct MarketBook {
     /// read, oldest first: what the order stream may be trimmed below.
     consumed: std::collections::VecDeque<(u64, String)>,
     pub status: SharedStatus,
+    /// This replica's lease on the market: every store names its epoch,
+    /// and nothing is published once it is no longer valid.
+    pub lease: Arc<Lease>,
 }
 
 /// Consumed-position marks kept for trimming (one per stream read).
@@ -128,7 +132,7 @@ pub fn apply_guarded(book: &mut OrderBook, cmd: &SequencedCommand) -> Result<Vec
 }
 
 impl MarketBook {
-    pub fn new(spec: MarketSpec, status: SharedStatus) -> Self {
+    pub fn new(spec: MarketSpec, status: SharedStatus, lease: Arc<Lease>) -> Self {
         metrics::gauge!("exchange_market_halted", "market" => spec.symbol().to_string()).set(0.0);
         Self {
             symbol: spec.symbol(),
@@ -140,6 +144,7 @@ impl MarketBook {
             snapshot_at: Instant::now(),
             consumed: std::collections::VecDeque::new(),
             status,
+            lease,
         }
     }
 
@@ -244,11 +249,13 @@ impl MarketBook {
                 }
             }
             if missing.len() >= store::STORE_CHUNK_LEN {
-                store::insert_batches(db, &missing).await?;
+                let stored = store::insert_batches(db, &self.lease.fence(), &missing).await;
+                self.stop_if_lease_lost(stored)?;
                 self.unpublished.append(&mut missing);
             }
         }
-        store::insert_batches(db, &missing).await?;
+        let stored = store::insert_batches(db, &self.lease.fence(), &missing).await;
+        self.stop_if_lease_lost(stored)?;
         self.unpublished.append(&mut missing);
         // Stored earlier but maybe never published (a crash between store and XADD).
         let uncleared =
@@ -382,7 +389,8 @@ impl MarketBook {
             state_hash: book.state_hash(),
             bytes: book.snapshot(),
         };
-        store::insert_snapshot(db, &self.symbol.to_string(), &snap).await?;
+        let stored = store::insert_snapshot(db, &self.lease.fence(), &snap).await;
+        self.stop_if_lease_lost(stored)?;
         self.snapshot_seq = seq;
         self.snapshot_at = Instant::now();
         if let Err(e) = self.trim_orders_stream(redis).await {
@@ -391,6 +399,20 @@ impl MarketBook {
         tracing::info!(market = %self.symbol, seq, bytes = snap.bytes.len(),
             elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "snapshot stored");
         Ok(Some(seq))
+    }
+
+    /// Stops the market here when a fenced write found the lease taken
+    /// over (another replica owns the market now).
+    fn stop_if_lease_lost<T>(&self, r: anyhow::Result<T>) -> anyhow::Result<T> {
+        if let Err(e) = &r
+            && e.is::<LeaseLost>()
+        {
+            tracing::warn!(market = %self.symbol, epoch = self.lease.epoch, "lease taken over: stopping this market here");
+            metrics::counter!("exchange_matching_leases_lost_total", "market" => self.symbol.to_string())
+                .increment(1);
+            self.lease.stop.trigger();
+        }
+        r
     }
 
     /// Nothing waits to be stored or published.
@@ -402,11 +424,17 @@ impl MarketBook {
     /// not yet on the events stream.
     pub async fn flush(&mut self, db: &PgPool, redis: &Redis) -> anyhow::Result<()> {
         if !self.unstored.is_empty() {
-            store::insert_batches(db, &self.unstored).await?;
+            let stored = store::insert_batches(db, &self.lease.fence(), &self.unstored).await;
+            self.stop_if_lease_lost(stored)?;
             self.unpublished.append(&mut self.unstored);
         }
         if self.unpublished.is_empty() {
             return Ok(());
+        }
+        if !self.lease.is_valid() {
+            // The batches are stored: the next owner republishes what
+            // clearing has not cleared when it recovers.
+            anyhow::bail!("the lease is no longer valid: not publishing");
         }
         for chunk in self.unpublished.chunks(store::STORE_CHUNK_LEN) {
             store::publish_batches(redis, chunk).await?;
@@ -425,6 +453,11 @@ impl MarketBook {
         entries: &[StreamEntry],
     ) -> Vec<Result<(), String>> {
         let fail_all = |e: String| vec![Err(e); entries.len()];
+        if !self.lease.is_valid() {
+            // Renewal is late or the lease is gone: apply nothing a new
+            // owner may be applying too (the entries stay pending).
+            return fail_all("this replica's lease on the market is not valid now".to_owned());
+        }
         if let Some(h) = self.halted() {
             return fail_all(format!("market halted: {}", h.reason));
         }
@@ -538,7 +571,8 @@ impl MarketBook {
         }
         // Store what was produced (even before a halt: those were applied
         // correctly), then publish.
-        if let Err(e) = store::insert_batches(db, &produced).await {
+        let stored = store::insert_batches(db, &self.lease.fence(), &produced).await;
+        if let Err(e) = self.stop_if_lease_lost(stored) {
             tracing::warn!(market = %self.symbol, error = format!("{e:#}"), "storing event batches failed; will retry before new work");
             self.unstored.append(&mut produced);
             if let Some((seq, reason)) = halt {

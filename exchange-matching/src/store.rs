@@ -5,6 +5,8 @@ use exchange_common::redis::Redis;
 use exchange_domain::{Command, Event, EventBatch, MarketSymbol, SequencedCommand};
 use sqlx::PgPool;
 
+use crate::lease::{Fence, LeaseLost};
+
 /// Journal rows read per query while replaying.
 pub const REPLAY_PAGE_LEN: i64 = 10_000;
 /// Event batches per `INSERT` and per `XADD` pipeline during recovery.
@@ -75,8 +77,14 @@ pub async fn journal_range(
 }
 
 /// Stores batches (one `INSERT` per chunk); a batch already stored is kept
-/// as it is (`ON CONFLICT DO NOTHING`).
-pub async fn insert_batches(db: &PgPool, batches: &[EventBatch]) -> anyhow::Result<()> {
+/// as it is (`ON CONFLICT DO NOTHING`). Fenced: the statement share-locks
+/// the lease row and stores nothing unless it still has `fence`'s epoch
+/// ([`LeaseLost`] then).
+pub async fn insert_batches(
+    db: &PgPool,
+    fence: &Fence,
+    batches: &[EventBatch],
+) -> anyhow::Result<()> {
     for chunk in batches.chunks(STORE_CHUNK_LEN) {
         let mut markets = Vec::with_capacity(chunk.len());
         let mut seqs = Vec::with_capacity(chunk.len());
@@ -88,20 +96,38 @@ pub async fn insert_batches(db: &PgPool, batches: &[EventBatch]) -> anyhow::Resu
             times.push(i64::try_from(b.time_ms)?);
             bodies.push(serde_json::to_string(&b.events)?);
         }
-        sqlx::query(
-            "INSERT INTO event_batches (market, seq, time_ms, events)
-             SELECT market, seq, time_ms, events::jsonb
-             FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[]) AS u(market, seq, time_ms, events)
-             ON CONFLICT (market, seq) DO NOTHING",
+        let held: bool = sqlx::query_scalar(
+            "WITH lease AS (
+                SELECT 1 FROM matching_leases WHERE market = $5 AND epoch = $6 FOR SHARE),
+             stored AS (
+                INSERT INTO event_batches (market, seq, time_ms, events)
+                SELECT market, seq, time_ms, events::jsonb
+                FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[]) AS u(market, seq, time_ms, events)
+                WHERE EXISTS (SELECT 1 FROM lease)
+                ON CONFLICT (market, seq) DO NOTHING)
+             SELECT EXISTS (SELECT 1 FROM lease)",
         )
         .bind(&markets)
         .bind(&seqs)
         .bind(&times)
         .bind(&bodies)
-        .execute(db)
+        .bind(&fence.market)
+        .bind(fence.epoch)
+        .fetch_one(db)
         .await?;
+        if !held {
+            return Err(lease_lost(fence));
+        }
     }
     Ok(())
+}
+
+fn lease_lost(fence: &Fence) -> anyhow::Error {
+    LeaseLost {
+        market: fence.market.clone(),
+        epoch: fence.epoch,
+    }
+    .into()
 }
 
 /// The newest `limit` stored batches of `market` that clearing has not
@@ -195,9 +221,21 @@ pub async fn latest_snapshots(db: &PgPool, market: &str) -> anyhow::Result<Vec<S
         .collect()
 }
 
-/// Stores a snapshot and deletes all but the newest [`SNAPSHOTS_KEPT`].
-pub async fn insert_snapshot(db: &PgPool, market: &str, snap: &Snapshot) -> anyhow::Result<()> {
+/// Stores a snapshot and deletes all but the newest [`SNAPSHOTS_KEPT`];
+/// fenced like [`insert_batches`].
+pub async fn insert_snapshot(db: &PgPool, fence: &Fence, snap: &Snapshot) -> anyhow::Result<()> {
+    let market = fence.market.as_str();
     let mut tx = db.begin().await?;
+    let held: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM matching_leases WHERE market = $1 AND epoch = $2 FOR SHARE",
+    )
+    .bind(market)
+    .bind(fence.epoch)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if held.is_none() {
+        return Err(lease_lost(fence));
+    }
     sqlx::query(
         "INSERT INTO matching_snapshots (market, seq, state_hash, bytes) VALUES ($1, $2, $3, $4)
          ON CONFLICT (market, seq) DO NOTHING",

@@ -263,6 +263,60 @@ impl Markets {
     }
 }
 
+/// The channel the `markets_notify` trigger (migration 0018) announces a
+/// created or changed market on, at the commit that made the change.
+pub const MARKETS_CHANGED_CHANNEL: &str = "exchange_markets";
+
+/// How long the listener waits before reconnecting after an error.
+const LISTEN_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Listens on `channels` with a dedicated connection of `db` and wakes the
+/// returned [`tokio::sync::Notify`] on every notification, and after every
+/// (re)connection: a notification sent while the listener was away is
+/// lost, so the woken side reloads as if one had arrived. The woken side
+/// keeps its periodic reload as well. Runs until `shutdown`.
+pub fn spawn_listener(
+    db: PgPool,
+    channels: &[&'static str],
+    shutdown: exchange_common::Shutdown,
+) -> Arc<tokio::sync::Notify> {
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let woken = notify.clone();
+    let channels = channels.to_vec();
+    tokio::spawn(async move {
+        while !shutdown.is_triggered() {
+            let listened = async {
+                let mut listener = sqlx::postgres::PgListener::connect_with(&db).await?;
+                listener.listen_all(channels.iter().copied()).await?;
+                woken.notify_one();
+                loop {
+                    // `None`: the connection dropped (and is re-made by the
+                    // next call); something may have been missed.
+                    let got = listener.try_recv().await?;
+                    if got.is_none() {
+                        tracing::warn!("database notifications: connection lost, reconnecting");
+                    }
+                    woken.notify_one();
+                }
+            };
+            tokio::select! {
+                r = listened => {
+                    let r: Result<(), sqlx::Error> = r;
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "database notifications unavailable; retrying");
+                    }
+                }
+                () = shutdown.wait() => return,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(LISTEN_RETRY_DELAY) => {}
+                () = shutdown.wait() => return,
+            }
+        }
+    });
+    notify
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

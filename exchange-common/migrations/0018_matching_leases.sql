@@ -1,0 +1,40 @@
+-- Matching ownership by lease (docs/ARCHITECTURE.md, "Matching replicas").
+--
+-- Any number of matching replicas may run on every market; each market is
+-- owned by the one holding its lease. A lease lasts until `expires_at`
+-- (the database's clock: replicas never compare their own clocks) and is
+-- renewed by its owner well before. A replica takes a market whose lease
+-- has expired by bumping `epoch`; the owner's every write of event batches
+-- and snapshots names its epoch in the same statement (FOR SHARE on this
+-- row), so a former owner that wakes up after losing the lease (a paused
+-- process, a cut network) stores nothing.
+CREATE TABLE matching_leases (
+    market     text PRIMARY KEY REFERENCES markets (symbol),
+    -- `<MATCHING_CONSUMER_NAME>/<process instance id>`: a restarted process
+    -- is a new owner, so two processes misconfigured with one name still
+    -- cannot share a market.
+    owner      text NOT NULL,
+    epoch      bigint NOT NULL CHECK (epoch > 0),
+    expires_at timestamptz NOT NULL
+);
+
+-- Replicas alive (each renews its row with its leases): how many share
+-- the markets, so that none takes them all while others are up.
+CREATE TABLE matching_replicas (
+    owner   text PRIMARY KEY,
+    seen_at timestamptz NOT NULL
+);
+
+-- New markets and status changes reach every service at once: the
+-- notification is sent when the transaction that made the change commits,
+-- whatever code path made it (the services' periodic reloads remain the
+-- fallback for a missed notification).
+CREATE FUNCTION notify_market_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('exchange_markets', NEW.symbol);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER markets_notify AFTER INSERT OR UPDATE ON markets
+    FOR EACH ROW EXECUTE FUNCTION notify_market_change();
