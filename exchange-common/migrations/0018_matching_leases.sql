@@ -38,3 +38,8 @@ $$;
 
 CREATE TRIGGER markets_notify AFTER INSERT OR UPDATE ON markets
     FOR EACH ROW EXECUTE FUNCTION notify_market_change();
+
+-- The lease epoch that stored each batch (NULL: stored before leases):
+-- what shows, in the database, that a fenced former owner stored nothing
+-- after a takeover. Adding a nullable column is instant on a large table.
+ALTER TABLE event_batches ADD COLUMN epoch bigint;

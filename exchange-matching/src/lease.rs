@@ -151,7 +151,9 @@ impl Leases {
     }
 
     /// Renews this replica's liveness row and returns how many replicas
-    /// are alive (this one included).
+    /// are alive (this one included): seen within two ticks, so that a
+    /// dead replica stops counting (and its markets find room elsewhere)
+    /// by the time its leases expire.
     pub async fn replicas_alive(&self) -> anyhow::Result<u64> {
         let alive: i64 = self
             .timed(
@@ -164,7 +166,7 @@ impl Leases {
                      WHERE owner <> $1 AND seen_at > now() - make_interval(secs => $2 / 1000.0)",
                 )
                 .bind(&self.owner)
-                .bind(self.millis())
+                .bind(self.millis() / 2)
                 .fetch_one(&self.db),
             )
             .await?;

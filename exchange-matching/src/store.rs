@@ -100,8 +100,8 @@ pub async fn insert_batches(
             "WITH lease AS (
                 SELECT 1 FROM matching_leases WHERE market = $5 AND epoch = $6 FOR SHARE),
              stored AS (
-                INSERT INTO event_batches (market, seq, time_ms, events)
-                SELECT market, seq, time_ms, events::jsonb
+                INSERT INTO event_batches (market, seq, time_ms, events, epoch)
+                SELECT market, seq, time_ms, events::jsonb, $6
                 FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[]) AS u(market, seq, time_ms, events)
                 WHERE EXISTS (SELECT 1 FROM lease)
                 ON CONFLICT (market, seq) DO NOTHING)

@@ -751,3 +751,81 @@ async fn a_journal_gap_at_recovery_halts_after_storing_what_precedes_it() {
     assert_eq!(published, [1, 2]);
     svc.stop().await;
 }
+
+/// Fencing at the store (issue 19): once another replica has taken the
+/// lease over, the former owner's writes are refused by the statement that
+/// would store them, and its renewal finds the lease gone.
+#[tokio::test]
+async fn a_write_under_a_lease_taken_over_is_refused_by_the_storing_statement() {
+    use exchange_matching::lease::{LeaseLost, Leases};
+    use exchange_matching::store;
+    let env = setup().await;
+    let lease_ms = Duration::from_millis(500);
+    let (a, b) = (
+        Leases::new(env.db.clone(), "replica-a", lease_ms),
+        Leases::new(env.db.clone(), "replica-b", lease_ms),
+    );
+    let held = a.acquire("BTC-USDT").await.unwrap().expect("a free lease");
+    assert!(
+        b.acquire("BTC-USDT").await.unwrap().is_none(),
+        "a live lease is not taken"
+    );
+    let batch = |seq: u64| EventBatch {
+        market: MarketSymbol::parse("BTC-USDT").unwrap(),
+        seq,
+        time_ms: 1,
+        events: Vec::new(),
+    };
+    store::insert_batches(&env.db, &held.fence(), &[batch(1)])
+        .await
+        .unwrap();
+    assert_eq!(a.renew(&[&held]).await.unwrap().len(), 1, "renewed");
+
+    // The owner stalls past its lease; the other replica takes over.
+    tokio::time::sleep(lease_ms + Duration::from_millis(100)).await;
+    assert!(!held.is_valid(), "expired by the owner's own clock too");
+    let taken = b
+        .acquire("BTC-USDT")
+        .await
+        .unwrap()
+        .expect("an expired lease");
+    assert_eq!(taken.epoch, held.epoch + 1);
+
+    let refused = store::insert_batches(&env.db, &held.fence(), &[batch(2), batch(3)])
+        .await
+        .unwrap_err();
+    assert!(refused.is::<LeaseLost>(), "{refused:#}");
+    let snapshot = store::Snapshot {
+        seq: 1,
+        state_hash: 7,
+        bytes: vec![1, 2, 3],
+    };
+    let refused = store::insert_snapshot(&env.db, &held.fence(), &snapshot)
+        .await
+        .unwrap_err();
+    assert!(refused.is::<LeaseLost>(), "{refused:#}");
+    assert!(
+        a.renew(&[&held]).await.unwrap().is_empty(),
+        "the former owner cannot renew"
+    );
+    let seqs: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT seq, epoch FROM event_batches WHERE market = 'BTC-USDT' ORDER BY seq",
+    )
+    .fetch_all(&env.db)
+    .await
+    .unwrap();
+    assert_eq!(seqs, [(1, held.epoch)], "nothing stored after the takeover");
+    assert!(snapshot_seqs(&env).await.is_empty());
+
+    // The new owner stores; a release frees the market at once.
+    store::insert_batches(&env.db, &taken.fence(), &[batch(2)])
+        .await
+        .unwrap();
+    b.release(&taken).await.unwrap();
+    let again = a
+        .acquire("BTC-USDT")
+        .await
+        .unwrap()
+        .expect("a released lease");
+    assert_eq!(again.epoch, taken.epoch + 1);
+}

@@ -45,6 +45,10 @@ pub const SERVICES: [&str; 6] = [
 ];
 
 struct Proc {
+    /// The `exchange` subcommand.
+    service: &'static str,
+    /// Variables of this process only (a replica's ports and name).
+    env: Vec<(String, String)>,
     child: Child,
     log: PathBuf,
     /// Incarnation count (restarts get their own log file).
@@ -61,9 +65,9 @@ pub struct Cluster {
     pub redis_prefix: String,
     pub client: reqwest::Client,
     env: BTreeMap<String, String>,
-    /// `/ready` URL of each service.
-    ready: BTreeMap<&'static str, String>,
-    procs: BTreeMap<&'static str, Proc>,
+    /// `/ready` URL of each process (a service, or a replica by its name).
+    ready: BTreeMap<String, String>,
+    procs: BTreeMap<String, Proc>,
     log_dir: PathBuf,
 }
 
@@ -213,26 +217,10 @@ impl Cluster {
             env.insert(k, v);
         }
 
-        let ready = BTreeMap::from([
-            (
-                "gateway",
-                format!("http://{}/ready", addr(ports["gateway"])),
-            ),
-            ("order", format!("http://{}/ready", addr(ports["order"]))),
-            (
-                "matching",
-                format!("http://{}/ready", addr(ports["matching"])),
-            ),
-            (
-                "clearing",
-                format!("http://{}/ready", addr(ports["clearing"])),
-            ),
-            (
-                "marketdata",
-                format!("http://{}/ready", addr(ports["marketdata"])),
-            ),
-            ("wallet", format!("http://{}/ready", addr(ports["wallet"]))),
-        ]);
+        let ready: BTreeMap<String, String> = SERVICES
+            .into_iter()
+            .map(|s| (s.to_owned(), format!("http://{}/ready", addr(ports[s]))))
+            .collect();
         let client = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .build()
@@ -258,7 +246,7 @@ impl Cluster {
             })
             .collect();
         for svc in &services {
-            cluster.spawn(svc);
+            cluster.spawn(svc, svc, Vec::new());
         }
         for svc in services {
             cluster.wait_ready(svc).await;
@@ -266,25 +254,101 @@ impl Cluster {
         cluster
     }
 
-    fn spawn(&mut self, service: &'static str) {
-        let runs = self.procs.get(service).map_or(0, |p| p.runs) + 1;
-        let log = self.log_dir.join(format!("{service}.{runs}.log"));
+    fn spawn(&mut self, name: &str, service: &'static str, env: Vec<(String, String)>) {
+        let runs = self.procs.get(name).map_or(0, |p| p.runs) + 1;
+        let log = self.log_dir.join(format!("{name}.{runs}.log"));
         let out = File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
         let child = Command::new(BIN)
             .arg(service)
             .env_remove("ENV_FILE")
             .envs(&self.env)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start `exchange {service}`: {e}"));
-        self.procs.insert(service, Proc { child, log, runs });
+        self.procs.insert(
+            name.to_owned(),
+            Proc {
+                service,
+                env,
+                child,
+                log,
+                runs,
+            },
+        );
+    }
+
+    /// Starts another replica of `service` as process `name`, on ports of
+    /// its own and with its own `*_CONSUMER_NAME`, and waits for `/ready`.
+    pub async fn add_replica(&mut self, service: &'static str, name: &str) {
+        self.start_replica(service, name, Vec::new());
+        self.wait_ready(name).await;
+    }
+
+    /// As [`Cluster::add_replica`] with extra variables, without waiting.
+    pub fn start_replica(
+        &mut self,
+        service: &'static str,
+        name: &str,
+        extra: Vec<(String, String)>,
+    ) {
+        let upper = service.to_ascii_uppercase();
+        let http = format!("127.0.0.1:{}", free_port());
+        let mut env = vec![
+            (format!("{upper}_HTTP_ADDR"), http.clone()),
+            (format!("{upper}_CONSUMER_NAME"), format!("{name}-e2e")),
+        ];
+        if service == "gateway" {
+            env.push((
+                "GATEWAY_WS_ADDR".into(),
+                format!("127.0.0.1:{}", free_port()),
+            ));
+            env.push((
+                "ADMIN_HTTP_ADDR".into(),
+                format!("127.0.0.1:{}", free_port()),
+            ));
+        }
+        env.extend(extra);
+        self.ready
+            .insert(name.to_owned(), format!("http://{http}/ready"));
+        self.spawn(name, service, env);
+    }
+
+    /// The base URL (`http://host:port`) of process `name`'s HTTP port.
+    pub fn http_url(&self, name: &str) -> String {
+        self.ready[name].trim_end_matches("/ready").to_owned()
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, `TERM`, ...) to process `name`.
+    pub fn signal(&self, name: &str, signal: &str) {
+        let pid = self.pid(name);
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} {pid}");
+    }
+
+    /// Waits (bounded) until process `name` has exited.
+    pub async fn wait_exit(&mut self, name: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let p = self.procs.get_mut(name).expect("a started process");
+        while p.child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not exit within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits (bounded) until `service` answers 200 on `/ready`.
-    pub async fn wait_ready(&mut self, service: &'static str) {
+    pub async fn wait_ready(&mut self, service: &str) {
         let url = self.ready[service].clone();
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -318,7 +382,7 @@ impl Cluster {
     }
 
     /// The process id of a running service (to read its memory in /proc).
-    pub fn pid(&self, service: &'static str) -> u32 {
+    pub fn pid(&self, service: &str) -> u32 {
         self.procs
             .get(service)
             .expect("a started service")
@@ -327,17 +391,19 @@ impl Cluster {
     }
 
     /// `kill -9` of one service.
-    pub fn kill(&mut self, service: &'static str) {
+    pub fn kill(&mut self, service: &str) {
         let p = self.procs.get_mut(service).expect("a started service");
         let _ = p.child.kill();
         let _ = p.child.wait();
     }
 
     /// Starts `service` again on its ports (after [`Cluster::kill`]) and waits for `/ready`.
-    pub async fn restart(&mut self, service: &'static str) {
-        self.kill(service);
-        self.spawn(service);
-        self.wait_ready(service).await;
+    pub async fn restart(&mut self, name: &str) {
+        self.kill(name);
+        let p = &self.procs[name];
+        let (service, env) = (p.service, p.env.clone());
+        self.spawn(name, service, env);
+        self.wait_ready(name).await;
     }
 
     /// `service`'s `/ready` URL.
