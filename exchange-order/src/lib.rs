@@ -77,6 +77,7 @@ pub async fn run_with(
     if let Err(e) = markets.reload().await {
         tracing::warn!(error = %e, "markets not loaded at start; loading on first use");
     }
+    markets.follow_changes(shutdown.clone());
     let batcher = batch::Batcher::start(
         base.db.clone(),
         base.redis.clone(),

@@ -169,6 +169,29 @@ impl Markets {
         Ok(())
     }
 
+    /// Reloads whenever a market is created or changed (the
+    /// `exchange_markets` notification), so a new market or a status
+    /// change is seen at its commit, not at the next periodic reload.
+    pub fn follow_changes(&self, shutdown: exchange_common::Shutdown) {
+        let woken = spawn_listener(
+            self.db.clone(),
+            &[MARKETS_CHANGED_CHANNEL],
+            shutdown.clone(),
+        );
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = woken.notified() => {}
+                    () = shutdown.wait() => return,
+                }
+                if let Err(e) = this.reload().await {
+                    tracing::warn!(error = %e, "reloading markets after a change failed");
+                }
+            }
+        });
+    }
+
     /// The cached market and whether the cache must be reloaded for it.
     fn cached(&self, symbol: &str) -> (Option<MarketInfo>, bool) {
         match self.inner.read() {
