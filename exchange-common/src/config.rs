@@ -1610,6 +1610,58 @@ mod tests {
     }
 
     #[test]
+    fn redis_cluster_nodes_are_checked_at_start() {
+        let dev = |url: &str, nodes: &str| {
+            let mut env = vec![("REDIS_CLUSTER_NODES", nodes)];
+            env.extend(DEV.iter().copied().filter(|(k, _)| *k != "REDIS_URL"));
+            env.push(("REDIS_URL", url));
+            load(&env)
+        };
+        let c = dev("redis://127.0.0.1:7000", "127.0.0.1:7001, [::1]:7002").unwrap();
+        assert_eq!(c.redis.cluster_nodes, ["127.0.0.1:7001", "[::1]:7002"]);
+        assert!(
+            load(DEV).unwrap().redis.cluster_nodes.is_empty(),
+            "unset: one Redis"
+        );
+        for (url, nodes, says) in [
+            (
+                "redis://127.0.0.1:7000",
+                "127.0.0.1",
+                "REDIS_CLUSTER_NODES must be host:port",
+            ),
+            (
+                "redis://127.0.0.1:7000",
+                "h:0",
+                "REDIS_CLUSTER_NODES must be host:port",
+            ),
+            ("redis://127.0.0.1:7000/3", "h:7001", "only database 0"),
+        ] {
+            let e = dev(url, nodes).unwrap_err().to_string();
+            assert!(e.contains(says), "{url} {nodes}: {e}");
+        }
+        // APP_ENV=prod: every node off this machine needs TLS too.
+        let errors = prod_with(
+            "postgres://u:p@localhost/x",
+            "redis://127.0.0.1:7000",
+            &[("REDIS_CLUSTER_NODES", "cache-2.internal:7001")],
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("REDIS_CLUSTER_NODES (host cache-2.internal)")),
+            "{errors:?}"
+        );
+        assert!(
+            prod_with(
+                "postgres://u:p@localhost/x",
+                "rediss://cache-1.internal:7000",
+                &[("REDIS_CLUSTER_NODES", "cache-2.internal:7001")],
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
     fn redis_tls_files_are_checked_at_start() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir =

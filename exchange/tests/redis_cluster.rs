@@ -329,7 +329,7 @@ async fn trading_private_push_and_dlq_tools_on_a_redis_cluster() {
             .unwrap();
     }
     let admin = |args: &[&str]| {
-        let out = Command::new(BIN)
+        let out = Command::new(&*BIN)
             .arg("admin")
             .arg("dlq")
             .args(args)
