@@ -2,13 +2,15 @@
 # The whole test suite, on a fresh machine or a developer's: provisions
 # PostgreSQL and Redis (see scripts/lib/local-services.sh) and a second pair
 # that speaks only TLS, with a CA made on the fly (scripts/lib/tls-services.sh,
-# for exchange/tests/tls.rs), then runs every
+# for exchange/tests/tls.rs), and a 3-master Redis Cluster
+# (scripts/lib/cluster-services.sh, for exchange/tests/redis_cluster.rs), then runs every
 # Rust test (unit, property, integration against the real databases, end-to-end
 # against the real binaries) and the operations checks in tests/ops/.
 #
 # Usage: scripts/test.sh [extra cargo test args]
 # Uses DB_URL / REDIS_URL when both are set; otherwise starts its own. The
-# same for TLS_DB_URL / TLS_REDIS_URL / TLS_CA_FILE (the TLS servers).
+# same for TLS_DB_URL / TLS_REDIS_URL / TLS_CA_FILE (the TLS servers) and
+# CLUSTER_REDIS_URL / CLUSTER_REDIS_NODES (the Redis Cluster).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -16,6 +18,8 @@ cd "$root"
 . scripts/lib/local-services.sh
 # shellcheck source=scripts/lib/tls-services.sh
 . scripts/lib/tls-services.sh
+# shellcheck source=scripts/lib/cluster-services.sh
+. scripts/lib/cluster-services.sh
 
 command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (rustup, Rust >= 1.95)"
 command -v cc >/dev/null 2>&1 || apt_install gcc libc6-dev
@@ -28,15 +32,18 @@ if [ -z "${DB_URL:-}" ] || [ -z "${REDIS_URL:-}" ]; then
 fi
 local_services_up "$root"
 tls_services_up "$root"
+cluster_services_up "$root"
 stop_services() {
     [ "$started_here" -eq 1 ] && local_services_down "$root"
     tls_services_down "$root"
+    cluster_services_down "$root"
 }
 if [ "${EXCHANGE_KEEP_SERVICES:-0}" != 1 ]; then
     trap stop_services EXIT
 fi
 log "DB_URL=$DB_URL REDIS_URL=$REDIS_URL"
 log "TLS servers: $(printf '%s' "$TLS_DB_URL" | sed 's#//\([^:@/]*\):[^@]*@#//\1:***@#') and $(printf '%s' "$TLS_REDIS_URL" | sed 's#//\([^:@/]*\):[^@]*@#//\1:***@#')"
+log "Redis Cluster: $(printf '%s' "$CLUSTER_REDIS_URL" | sed 's#//\([^:@/]*\):[^@]*@#//\1:***@#') + $CLUSTER_REDIS_NODES"
 if [ "$started_here" -eq 1 ]; then
     # Each test creates its own database (test_*) and Redis key prefix; on
     # our own servers, clear what earlier runs left behind.

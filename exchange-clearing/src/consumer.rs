@@ -658,7 +658,9 @@ impl Clearing {
                     .arg(payload)
                     .ignore();
             }
-            if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            // One node of a Redis Cluster takes the whole pipeline (classic
+            // Pub/Sub reaches every node), see `RedisConn::publish_pipeline`.
+            if let Err(e) = conn.publish_pipeline(&pipe).await {
                 metrics::counter!("exchange_clearing_publish_failures_total").increment(1);
                 tracing::warn!(error = %e, count = chunk.len(), "private events not published");
                 return;

@@ -96,6 +96,10 @@ pub struct RedisConfig {
     /// `REDIS_CLIENT_CERT_FILE` and `REDIS_CLIENT_KEY_FILE` (PEM): a client
     /// certificate for servers that require one; both or neither.
     pub client_cert: Option<ClientCertFiles>,
+    /// `REDIS_CLUSTER_NODES` (`host:port,…`): when set, Redis is a Redis
+    /// Cluster whose seed nodes are `REDIS_URL`'s host and these, each
+    /// reached with `REDIS_URL`'s scheme and credentials.
+    pub cluster_nodes: Vec<String>,
 }
 
 impl RedisConfig {
@@ -106,6 +110,7 @@ impl RedisConfig {
             key_prefix: "exchange".to_owned(),
             ca_file: None,
             client_cert: None,
+            cluster_nodes: Vec::new(),
         }
     }
 
@@ -124,6 +129,7 @@ impl RedisConfig {
             key_prefix: r.or("REDIS_KEY_PREFIX", "exchange"),
             ca_file: r.readable_file("REDIS_CA_FILE", false),
             client_cert: r.client_cert_files(),
+            cluster_nodes: r.redis_cluster_nodes(),
         };
         if r.errors.is_empty() {
             Ok(config)
@@ -621,6 +627,31 @@ impl Reader<'_> {
         }
     }
 
+    /// `REDIS_CLUSTER_NODES` as `host:port` entries (empty when unset).
+    fn redis_cluster_nodes(&mut self) -> Vec<String> {
+        let Some(list) = self.get("REDIS_CLUSTER_NODES") else {
+            return Vec::new();
+        };
+        match crate::redis::parse_cluster_nodes(&list) {
+            Ok(nodes) => nodes
+                .into_iter()
+                .map(|(host, port)| {
+                    if host.contains(':') {
+                        format!("[{host}]:{port}")
+                    } else {
+                        format!("{host}:{port}")
+                    }
+                })
+                .collect(),
+            Err(e) => {
+                self.errors.push(format!(
+                    "REDIS_CLUSTER_NODES must be host:port[,host:port…]: {e}"
+                ));
+                Vec::new()
+            }
+        }
+    }
+
     fn consumer(&mut self, service: &str, hostname: &str) -> ConsumerIdentity {
         let upper = service.to_ascii_uppercase();
         ConsumerIdentity {
@@ -727,6 +758,7 @@ impl Config {
                 key_prefix: r.or("REDIS_KEY_PREFIX", "exchange"),
                 ca_file: r.readable_file("REDIS_CA_FILE", false),
                 client_cert: r.client_cert_files(),
+                cluster_nodes: r.redis_cluster_nodes(),
             },
             http: HttpLimitsConfig {
                 header_read_timeout: Duration::from_secs(r.parsed(
@@ -1108,8 +1140,27 @@ fn check_backend_tls(r: &mut Reader<'_>, config: &Config, allow_plaintext: bool)
                      the network to it is private on purpose)"
                 ));
             }
+            // The cluster's other seeds are reached the same way.
+            if refuse_plaintext && is_local_host(host) {
+                for node in &config.redis.cluster_nodes {
+                    let node_host = node.rsplit_once(':').map_or(node.as_str(), |(h, _)| h);
+                    if !is_local_host(node_host) {
+                        r.errors.push(format!(
+                            "REDIS_CLUSTER_NODES (host {node_host}) is reached with REDIS_URL's \
+                             redis://: a Redis off this machine must be reached over TLS with \
+                             APP_ENV=prod (or set ALLOW_PLAINTEXT_BACKENDS=true)"
+                        ));
+                    }
+                }
+            }
         }
         _ => {}
+    }
+    if !config.redis.cluster_nodes.is_empty()
+        && let Err(e) = crate::redis::cluster_node_infos(redis_url, &config.redis.cluster_nodes)
+    {
+        r.errors
+            .push(format!("REDIS_URL with REDIS_CLUSTER_NODES: {e}"));
     }
 }
 
@@ -1556,6 +1607,58 @@ mod tests {
             ("REDIS_URL", "redis://cache.internal"),
         ]);
         load(&env).unwrap();
+    }
+
+    #[test]
+    fn redis_cluster_nodes_are_checked_at_start() {
+        let dev = |url: &str, nodes: &str| {
+            let mut env = vec![("REDIS_CLUSTER_NODES", nodes)];
+            env.extend(DEV.iter().copied().filter(|(k, _)| *k != "REDIS_URL"));
+            env.push(("REDIS_URL", url));
+            load(&env)
+        };
+        let c = dev("redis://127.0.0.1:7000", "127.0.0.1:7001, [::1]:7002").unwrap();
+        assert_eq!(c.redis.cluster_nodes, ["127.0.0.1:7001", "[::1]:7002"]);
+        assert!(
+            load(DEV).unwrap().redis.cluster_nodes.is_empty(),
+            "unset: one Redis"
+        );
+        for (url, nodes, says) in [
+            (
+                "redis://127.0.0.1:7000",
+                "127.0.0.1",
+                "REDIS_CLUSTER_NODES must be host:port",
+            ),
+            (
+                "redis://127.0.0.1:7000",
+                "h:0",
+                "REDIS_CLUSTER_NODES must be host:port",
+            ),
+            ("redis://127.0.0.1:7000/3", "h:7001", "only database 0"),
+        ] {
+            let e = dev(url, nodes).unwrap_err().to_string();
+            assert!(e.contains(says), "{url} {nodes}: {e}");
+        }
+        // APP_ENV=prod: every node off this machine needs TLS too.
+        let errors = prod_with(
+            "postgres://u:p@localhost/x",
+            "redis://127.0.0.1:7000",
+            &[("REDIS_CLUSTER_NODES", "cache-2.internal:7001")],
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("REDIS_CLUSTER_NODES (host cache-2.internal)")),
+            "{errors:?}"
+        );
+        assert!(
+            prod_with(
+                "postgres://u:p@localhost/x",
+                "rediss://cache-1.internal:7000",
+                &[("REDIS_CLUSTER_NODES", "cache-2.internal:7001")],
+            )
+            .is_empty()
+        );
     }
 
     #[test]

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use exchange_common::config::RedisConfig;
+use exchange_common::redis::{Redis, RedisConn};
 use exchange_common::streams::{DLQ_FIELD_ERROR, DLQ_FIELD_ID};
-use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamId, StreamRangeReply};
 
 const USAGE: &str = "usage: exchange admin dlq <command>
@@ -27,7 +27,7 @@ const USAGE: &str = "usage: exchange admin dlq <command>
   drop <stream> <entry-id>     remove the entry from <stream>:dlq
 
 env: REDIS_URL, REDIS_KEY_PREFIX (default exchange), REDIS_CA_FILE, REDIS_CLIENT_CERT_FILE,
-REDIS_CLIENT_KEY_FILE; replay and drop also need DB_URL (audit)";
+REDIS_CLIENT_KEY_FILE, REDIS_CLUSTER_NODES; replay and drop also need DB_URL (audit)";
 
 /// Entries `show` prints at most.
 const SHOW_ENTRIES_MAX: usize = 100;
@@ -92,18 +92,19 @@ async fn timed<T>(
         .with_context(|| what.to_owned())
 }
 
-async fn connect() -> anyhow::Result<MultiplexedConnection> {
-    // The services' own constructor: `rediss://` with REDIS_CA_FILE and a
-    // client certificate work here as they do there.
+/// The services' own Redis (`exchange_common::redis::Redis`): `rediss://`
+/// with REDIS_CA_FILE and a client certificate, and a Redis Cluster
+/// (REDIS_CLUSTER_NODES), work here as they do there. Checked with a
+/// `PING` first, so an unreachable server is one clear error.
+async fn connect() -> anyhow::Result<(Redis, RedisConn)> {
     let config = RedisConfig::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let url = config.url.expose();
-    let client = exchange_common::redis::client(url, &config).context("REDIS_URL")?;
-    let target = exchange_common::redis::url_target(url);
-    timed(
-        &format!("connect to redis at {target}"),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
+    let redis = Redis::from_config(&config).context("REDIS_URL")?;
+    redis
+        .probe(CALL_TIMEOUT)
+        .await
+        .map_err(|e| anyhow::anyhow!("connect: {e}"))?;
+    let conn = redis.conn();
+    Ok((redis, conn))
 }
 
 fn dlq_key(stream: &str) -> String {
@@ -111,33 +112,13 @@ fn dlq_key(stream: &str) -> String {
 }
 
 async fn list() -> anyhow::Result<()> {
-    let prefix = std::env::var("REDIS_KEY_PREFIX").unwrap_or_else(|_| "exchange".to_owned());
-    let mut conn = connect().await?;
-    let pattern = format!("{prefix}:*:dlq");
-    let mut cursor: u64 = 0;
-    let mut keys: Vec<String> = Vec::new();
-    loop {
-        let (next, batch): (u64, Vec<String>) = timed(
-            "SCAN",
-            redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("TYPE")
-                .arg("stream")
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn),
-        )
-        .await?;
-        keys.extend(batch);
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
-    keys.sort();
-    keys.dedup();
+    let (redis, mut conn) = connect().await?;
+    let prefix = redis.prefix().to_owned();
+    // On a cluster, every master's keys (SCAN alone sees one node's).
+    let keys = redis
+        .scan_keys(&format!("{prefix}:*:dlq"), "stream", CALL_TIMEOUT)
+        .await
+        .context("SCAN")?;
     if keys.is_empty() {
         println!("no dead-letter streams under {prefix}:");
     }
@@ -165,7 +146,7 @@ fn print_entry(entry: &StreamId) {
 }
 
 async fn show(stream: &str, id: Option<&str>) -> anyhow::Result<()> {
-    let mut conn = connect().await?;
+    let (_redis, mut conn) = connect().await?;
     let key = dlq_key(stream);
     let (start, end) = id.map_or(("-", "+"), |id| (id, id));
     let reply: StreamRangeReply = timed(
@@ -235,7 +216,7 @@ async fn resolve(action: Action, stream: &str, id: &str) -> anyhow::Result<()> {
     let operator = std::env::var("EXCHANGE_OPERATOR")
         .or_else(|_| std::env::var("USER"))
         .unwrap_or_else(|_| "unknown".to_owned());
-    let mut conn = connect().await?;
+    let (_redis, mut conn) = connect().await?;
     let key = dlq_key(stream);
     let reply: StreamRangeReply = timed(
         "XRANGE",

@@ -14,7 +14,7 @@ async fn bench_places_orders_and_sees_them_settle() {
     let out = tokio::task::spawn_blocking({
         let (url, ws) = (c.url.clone(), c.ws_url.clone());
         move || {
-            Command::new(BIN)
+            Command::new(&*BIN)
                 .args([
                     "bench",
                     "--gateway",
@@ -71,7 +71,7 @@ async fn bench_without_a_private_websocket_polls_a_sample() {
         let url = c.url.clone();
         move || {
             // Nothing listens on port 9 (discard): the bench falls back to polling.
-            Command::new(BIN)
+            Command::new(&*BIN)
                 .args(["bench", "--gateway", &url, "--ws", "ws://127.0.0.1:9"])
                 .args([
                     "--admin-token",

@@ -181,7 +181,7 @@ async fn migrate_and_all_run_over_tls_and_a_wrong_ca_is_refused() {
     let log = log_dir.join("all.log");
     let out = std::fs::File::create(&log).unwrap();
     let mut all = Proc(
-        Command::new(BIN)
+        Command::new(&*BIN)
             .arg("all")
             .env_remove("ENV_FILE")
             .envs(c.env())
@@ -258,7 +258,7 @@ async fn migrate_and_all_run_over_tls_and_a_wrong_ca_is_refused() {
     // A CA that did not sign the server's certificate: `exchange migrate`
     // refuses, naming the host, not the password.
     let wrong_db_url = with_root_cert(&db_url, &tls.wrong_ca_file);
-    let migrate = Command::new(BIN)
+    let migrate = Command::new(&*BIN)
         .arg("migrate")
         .env_remove("ENV_FILE")
         .env("DB_URL", &wrong_db_url)
@@ -282,7 +282,7 @@ async fn migrate_and_all_run_over_tls_and_a_wrong_ca_is_refused() {
     let log = log_dir.join("order-wrong-ca.log");
     let out = std::fs::File::create(&log).unwrap();
     let _order = Proc(
-        Command::new(BIN)
+        Command::new(&*BIN)
             .arg("order")
             .env_remove("ENV_FILE")
             .envs(c.env())

@@ -463,21 +463,35 @@ pub(super) async fn commit(tx: Transaction<'_, Postgres>) -> anyhow::Result<()> 
 }
 
 /// `XADD` every command to its market's stream, pipelined, in seq order.
+/// One pipeline per market: on a Redis Cluster each market's stream sits on
+/// its own slot (`{MARKET}` hash tag) and a pipeline must stay on one slot;
+/// on a single Redis they still go out as one (`Redis::query_pipelines`).
 pub async fn publish(redis: &Redis, commands: &[SequencedCommand]) -> anyhow::Result<()> {
     if commands.is_empty() {
         return Ok(());
     }
-    let mut pipe = redis::pipe();
+    let mut per_market: Vec<(String, redis::Pipeline)> = Vec::new();
     for c in commands {
+        let market = c.market.to_string();
+        let at = match per_market.iter().position(|(m, _)| *m == market) {
+            Some(at) => at,
+            None => {
+                per_market.push((market.clone(), redis::pipe()));
+                per_market.len() - 1
+            }
+        };
         let body = serde_json::to_string(c)?;
-        pipe.cmd("XADD")
-            .arg(redis.orders_stream(&c.market.to_string()))
+        per_market[at]
+            .1
+            .cmd("XADD")
+            .arg(redis.orders_stream(&market))
             .arg("*")
             .arg("command")
             .arg(body)
             .ignore();
     }
-    let mut conn = redis.conn();
-    pipe.query_async::<()>(&mut conn).await?;
+    redis
+        .query_pipelines(per_market.into_iter().map(|(_, p)| p).collect())
+        .await?;
     Ok(())
 }

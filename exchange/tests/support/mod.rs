@@ -22,7 +22,15 @@ pub mod ccxt;
 pub mod private;
 pub mod workload;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_exchange");
+/// The `exchange` binary: Cargo's, or `EXCHANGE_BIN` when set (a target
+/// directory shared by several checkouts may hold another checkout's build
+/// at `target/debug/exchange`; point this at `target/debug/deps/exchange-<hash>`).
+pub static BIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::env::var("EXCHANGE_BIN")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_exchange").to_owned())
+});
 /// The development secrets of scripts/dev.sh (APP_ENV=dev accepts them).
 pub const INTERNAL_TOKEN: &str = "dev-internal-token-change-me-please-000";
 pub const AUTH_TOKEN_SECRET: &str = "dev-auth-token-secret-change-me-please-0";
@@ -132,7 +140,7 @@ impl Cluster {
         let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(log_name);
         std::fs::create_dir_all(&log_dir).unwrap();
 
-        let migrate = Command::new(BIN)
+        let migrate = Command::new(&*BIN)
             .arg("migrate")
             .env("DB_URL", &db_url)
             .env("LOG_LEVEL", "warn")
@@ -259,7 +267,7 @@ impl Cluster {
         let log = self.log_dir.join(format!("{name}.{runs}.log"));
         let out = File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
-        let child = Command::new(BIN)
+        let child = Command::new(&*BIN)
             .arg(service)
             .env_remove("ENV_FILE")
             .envs(&self.env)
@@ -418,7 +426,7 @@ impl Cluster {
 
     /// Runs `exchange admin reconcile` against this cluster's database.
     pub fn reconcile(&self) -> std::process::Output {
-        Command::new(BIN)
+        Command::new(&*BIN)
             .args(["admin", "reconcile"])
             .env_remove("ENV_FILE")
             .env("DB_URL", &self.db_url)
