@@ -309,6 +309,11 @@ impl Cluster {
             (format!("{upper}_HTTP_ADDR"), http.clone()),
             (format!("{upper}_CONSUMER_NAME"), format!("{name}-e2e")),
         ];
+        if service == "marketdata" {
+            // Each marketdata replica keeps every market's state: it reads
+            // the whole events stream in a group of its own.
+            env.push(("MARKETDATA_CONSUMER_GROUP".into(), name.to_owned()));
+        }
         if service == "gateway" {
             env.push((
                 "GATEWAY_WS_ADDR".into(),

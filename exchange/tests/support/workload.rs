@@ -159,9 +159,11 @@ fn dec(v: i128) -> String {
 }
 
 /// Submits the workload serially, retrying each request until answered.
+/// With several order services, requests go to each in turn (and a retry
+/// to the next one): still one at a time, so the journal keeps the order.
 pub async fn drive(
     client: reqwest::Client,
-    order_url: String,
+    order_urls: Vec<String>,
     user_ids: Vec<i64>,
     orders: Vec<Order>,
     done: Arc<AtomicUsize>,
@@ -184,6 +186,7 @@ pub async fn drive(
         })).collect::<Vec<_>>()});
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
+            let order_url = &order_urls[requests % order_urls.len()];
             requests += 1;
             let r = client
                 .post(format!("{order_url}/internal/v1/orders/batch"))
@@ -590,6 +593,24 @@ pub struct Run {
 /// Sets up BTC-USDT, funds `users` users, computes the fault-free model of
 /// `n` seeded orders, prints it, and starts the driver.
 pub async fn start_run(c: &Cluster, seed: u64, n: usize, users: usize) -> Run {
+    start_run_on(
+        c,
+        seed,
+        n,
+        users,
+        vec![c.env()["ORDER_SERVICE_URL"].clone()],
+    )
+    .await
+}
+
+/// [`start_run`], placing through each of `order_urls` in turn.
+pub async fn start_run_on(
+    c: &Cluster,
+    seed: u64,
+    n: usize,
+    users: usize,
+    order_urls: Vec<String>,
+) -> Run {
     c.setup_btc_usdt("0.001", "0.002").await;
     let users_ = funded_users(c, users).await;
     let orders = workload(seed, n, users);
@@ -602,7 +623,7 @@ pub async fn start_run(c: &Cluster, seed: u64, n: usize, users: usize) -> Run {
     let done = Arc::new(AtomicUsize::new(0));
     let driver = tokio::spawn(drive(
         c.client.clone(),
-        c.env()["ORDER_SERVICE_URL"].clone(),
+        order_urls,
         users_.iter().map(|u| u.id).collect(),
         orders.clone(),
         done.clone(),
