@@ -856,7 +856,7 @@ impl Config {
                 )),
                 lease: Duration::from_millis(r.parsed(
                     "MATCHING_LEASE_MS",
-                    3_000,
+                    2_500,
                     "a number of milliseconds",
                 )),
             },

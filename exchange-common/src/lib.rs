@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod consumer_name;
 pub mod db;
 pub mod error;
 pub mod error_code;

@@ -118,6 +118,11 @@ impl Heartbeat {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Removes this loop instance from `/ready` (it ended on purpose).
+    pub fn forget(&self) {
+        self.owner.remove(&self.name, &self.instance);
+    }
 }
 
 /// What `/ready` checks for one service.

@@ -121,6 +121,11 @@ pub struct ConsumerOptions {
     /// read more than per entry, at up to this much added latency. Zero
     /// (the default) reads again at once.
     pub linger: Duration,
+    /// When the loop stops: `false` (the default) shows it down in
+    /// `/ready` (the service is stopping); `true` removes it, for a loop
+    /// that ends while its service goes on (a matching market handed over
+    /// to another replica must not leave this one unready).
+    pub forget_on_stop: bool,
 }
 
 impl ConsumerOptions {
@@ -140,6 +145,7 @@ impl ConsumerOptions {
             metrics_interval: Duration::from_secs(5),
             retry_delay: Duration::from_millis(500),
             linger: Duration::ZERO,
+            forget_on_stop: false,
         }
     }
 
@@ -495,6 +501,17 @@ pub async fn run_consumer<H: Handler>(
     shutdown: Shutdown,
 ) {
     let heartbeat = heartbeats.register(&opts.loop_name, &opts.stream, opts.stale_after);
+    // Ends with this loop (a matching market handed over ends its loop
+    // while the service goes on).
+    let claim = Shutdown::new();
+    crate::consumer_name::spawn_claim(
+        redis.clone(),
+        &heartbeats,
+        &opts.stream,
+        &opts.group,
+        &opts.consumer,
+        claim.clone(),
+    );
     let runner = Runner {
         dlq: opts.dlq_stream(),
         redis,
@@ -618,6 +635,11 @@ pub async fn run_consumer<H: Handler>(
             }
         }
     }
-    heartbeat.down("stopped");
+    if opts.forget_on_stop {
+        heartbeat.forget();
+    } else {
+        heartbeat.down("stopped");
+    }
+    claim.trigger();
     tracing::info!(stream = %opts.stream, group = %opts.group, "consumer stopped");
 }

@@ -506,6 +506,8 @@ async fn run_market(base: ServiceBase, mut market: MarketBook) {
         opts.deliveries_max = None;
         opts.claim_idle = CLAIM_IDLE;
         opts.claim_interval = Duration::from_secs(1);
+        // The market may move to another replica while this one goes on.
+        opts.forget_on_stop = true;
         let market = Arc::new(tokio::sync::Mutex::new(market));
         // On the lease's stop, not the market's: a market that halts may
         // still hold batches of commands applied before the halt, and they

@@ -100,3 +100,55 @@ async fn kills_of_any_replica_lose_and_double_nothing() {
         started.elapsed()
     );
 }
+
+/// Two processes under one consumer name (a misconfigured replica) share
+/// one pending list and take each other's entries: both report it within
+/// seconds (`/ready` down with `consumerName`, the conflicts counter), and
+/// the survivor is ready again once the other is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_under_the_same_consumer_name_is_reported() {
+    let mut c = Cluster::start_with(Options {
+        services: Some(vec!["clearing"]),
+        ..Options::default()
+    })
+    .await;
+    c.start_replica(
+        "clearing",
+        "clearing-twin",
+        vec![("CLEARING_CONSUMER_NAME".into(), "clearing-e2e-1".into())],
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for name in ["clearing", "clearing-twin"] {
+        loop {
+            let r = c.client.get(c.ready_url(name)).send().await;
+            if let Ok(r) = r
+                && r.status() == 503
+            {
+                let body = r.text().await.unwrap();
+                if body.contains("\"consumerName\":\"down\"") {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never reported the shared consumer name"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let metrics = c
+            .client
+            .get(format!("{}/metrics", c.http_url(name)))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("exchange_consumer_name_conflicts_total{"),
+            "{name}: {metrics}"
+        );
+    }
+    c.kill("clearing-twin");
+    c.wait_ready("clearing").await;
+}

@@ -1,6 +1,6 @@
 //! Matching failover by lease (issue 19), with real processes: two
 //! matching replicas on every market (`MATCHING_MARKETS=*`, the default
-//! 3 s lease) while a seeded workload of limit orders is placed serially
+//! 2.5 s lease) while a seeded workload of limit orders is placed serially
 //! on BTC-USDT (support/workload.rs, as the chaos test does).
 //!
 //! 1. Spread: with two markets and two replicas, each owns one; each
@@ -228,6 +228,9 @@ async fn a_standby_takes_over_a_dead_or_paused_owner_and_a_fenced_owner_stores_n
         newer > 0,
         "the new owner stored the batches since the takeover"
     );
+    // The woken replica stays up as a standby: no stale loop of the market
+    // it lost keeps it unready.
+    c.wait_ready(owner.process).await;
     let still = lease(&db, MARKET).await.unwrap();
     assert_eq!(
         still.owner, successor.owner,
