@@ -5,17 +5,28 @@
 -- (the database's clock: replicas never compare their own clocks) and is
 -- renewed by its owner well before. A replica takes a market whose lease
 -- has expired by bumping `epoch`; the owner's every write of event batches
--- and snapshots names its epoch in the same statement (FOR SHARE on this
--- row), so a former owner that wakes up after losing the lease (a paused
--- process, a cut network) stores nothing.
+-- and snapshots names its epoch in the same statement (FOR SHARE on the
+-- market's `matching_fences` row), so a former owner that wakes up after
+-- losing the lease (a paused process, a cut network) stores nothing.
 CREATE TABLE matching_leases (
     market     text PRIMARY KEY REFERENCES markets (symbol),
-    -- `<MATCHING_CONSUMER_NAME>/<process instance id>`: a restarted process
-    -- is a new owner, so two processes misconfigured with one name still
-    -- cannot share a market.
+    -- `<MATCHING_CONSUMER_NAME>/<process instance id>`: each start is a new
+    -- owner; a process restarted under its name takes its predecessor's
+    -- leases back at start (exchange-matching's lease.rs).
     owner      text NOT NULL,
     epoch      bigint NOT NULL CHECK (epoch > 0),
     expires_at timestamptz NOT NULL
+);
+
+-- The epoch writers are fenced by: every statement that stores event
+-- batches or snapshots share-locks the market's row here and writes only
+-- if it still has the writer's epoch; a takeover sets it (in the statement
+-- that takes the lease), so it waits for a write in flight and fails every
+-- later one. A row apart from the lease's, so that renewals (which touch
+-- only `matching_leases`) never wait behind a write.
+CREATE TABLE matching_fences (
+    market text PRIMARY KEY REFERENCES markets (symbol),
+    epoch  bigint NOT NULL CHECK (epoch > 0)
 );
 
 -- Replicas alive (each renews its row with its leases): how many share

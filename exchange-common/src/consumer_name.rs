@@ -1,8 +1,8 @@
 //! One process per consumer name (issue 19): two processes reading a
 //! stream in the same group under the same `*_CONSUMER_NAME` silently
 //! share one pending list and take each other's entries. Each consumer
-//! loop therefore claims `(stream, group, name)` in Redis under an id of
-//! its own and re-claims it every [`CLAIM_INTERVAL`] with `SET ... GET`:
+//! loop therefore claims `(stream, group, name)` in Redis under its
+//! process's id and re-claims it every [`CLAIM_INTERVAL`] with `SET ... GET`:
 //! finding another id there means another live process wrote it since,
 //! so both sides see the conflict within one interval of the second
 //! start, log it as an error, count it in
@@ -13,7 +13,10 @@
 //! The first claim of a loop overwrites without looking: a process
 //! restarted under its own name (`kill -9` and restart, a StatefulSet pod)
 //! finds its dead predecessor's id there, which is no conflict. A dead
-//! claim expires after [`CLAIM_TTL`].
+//! claim expires after [`CLAIM_TTL`]. A Redis user not allowed the claim's
+//! `SET` (an ACL from before it: deploy/prod/redis/users-acl.sh grants it)
+//! is logged once as an error and the check is skipped, rather than keeping
+//! the service unready.
 
 use std::time::Duration;
 
@@ -27,7 +30,16 @@ pub const CLAIM_TTL: Duration = Duration::from_secs(30);
 pub const LOOP_NAME: &str = "consumerName";
 pub const CONFLICTS_METRIC: &str = "exchange_consumer_name_conflicts_total";
 
-/// The claim's key: next to the stream (the same hash slot on a cluster).
+/// This process's id in every claim it makes.
+static PROCESS_ID: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("{}/{}", std::process::id(), uuid::Uuid::new_v4().simple())
+});
+/// Claims made by this process (their `/ready` instance names).
+static CLAIMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The claim's key, beside the stream's (in its hash slot on a cluster
+/// when the stream's name has a hash tag, as the order streams do; a single
+/// key either way).
 pub fn claim_key(stream: &str, group: &str, consumer: &str) -> String {
     format!("{stream}:consumer:{group}:{consumer}")
 }
@@ -59,8 +71,17 @@ pub fn spawn_claim(
     shutdown: Shutdown,
 ) {
     let key = claim_key(stream, group, consumer);
-    let id = format!("{}/{}", std::process::id(), uuid::Uuid::new_v4().simple());
-    let beat = heartbeats.register(LOOP_NAME, stream, CLAIM_INTERVAL * 3);
+    // The process's id, not the loop's: a loop that ends and starts again in
+    // one process (a matching market handed back) is no conflict, even if
+    // the old loop's last claim lands after the new one's first.
+    let id = PROCESS_ID.clone();
+    // Each loop its own `/ready` instance, so that an ending loop's
+    // `forget` cannot remove a newer loop's entry on the same stream.
+    let instance = format!(
+        "{stream}#{}",
+        CLAIMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let beat = heartbeats.register(LOOP_NAME, &instance, CLAIM_INTERVAL * 3);
     let (stream, group, consumer) = (stream.to_owned(), group.to_owned(), consumer.to_owned());
     tokio::spawn(async move {
         let ttl_ms = u64::try_from(CLAIM_TTL.as_millis()).unwrap_or(u64::MAX);
@@ -94,6 +115,13 @@ pub fn spawn_claim(
                         beat.down("consumer name used by another process");
                     }
                 },
+                Err(e) if e.to_string().contains("NOPERM") => {
+                    if first {
+                        tracing::error!(stream, error = %e, "the Redis user may not claim the consumer name: duplicate names go undetected (grant SET and DEL on the claim key: deploy/prod/redis/users-acl.sh)");
+                        first = false;
+                    }
+                    beat.beat();
+                }
                 Err(e) => tracing::warn!(stream, error = %e, "claiming the consumer name failed"),
             }
             tokio::select! {

@@ -8,10 +8,13 @@
 //!   database) by bumping the lease's `epoch`, then recovers the book from
 //!   snapshot and journal as at any start.
 //! - Fencing: every statement that stores event batches or snapshots
-//!   names the epoch and share-locks the lease row ([`Fence`]), so once a
-//!   takeover has committed a former owner stores nothing, and the new
-//!   owner's recovery, which starts after that commit, sees everything the
-//!   former owner stored. Publishing needs the lease to be valid by this
+//!   names the epoch and share-locks the market's `matching_fences` row
+//!   ([`Fence`]). The takeover sets that row in the statement that takes
+//!   the lease, so once it has committed a former owner stores nothing,
+//!   and the new owner's recovery, which starts after that commit, sees
+//!   everything the former owner stored. Renewals touch only
+//!   `matching_leases`, so they never wait behind a write, and run in a
+//!   task of their own, so nothing else the replica does delays them. Publishing needs the lease to be valid by this
 //!   process's own monotonic clock ([`Lease::is_valid`]: counted from when
 //!   the renewal was sent, so never later than the database's expiry);
 //!   a paused process that wakes up finds it expired. Only stored batches
@@ -103,6 +106,7 @@ pub struct Leases {
     /// `<MATCHING_CONSUMER_NAME>/<instance id>`.
     pub owner: String,
     pub duration: Duration,
+    started: Instant,
 }
 
 /// Who holds a market's lease now.
@@ -110,8 +114,6 @@ pub struct Leases {
 pub struct Holder {
     pub owner: String,
     pub live: bool,
-    /// How long the lease has been expired (zero while live).
-    pub free_for: Duration,
 }
 
 impl Leases {
@@ -121,7 +123,25 @@ impl Leases {
             db,
             owner: format!("{name}/{}", &instance[..12]),
             duration,
+            started: Instant::now(),
         }
+    }
+
+    /// This replica's name: the owner without the instance id.
+    pub fn name(&self) -> &str {
+        name_of(&self.owner)
+    }
+
+    /// Within its first lease duration a replica takes back, without
+    /// waiting for their expiry, the live leases of an earlier process
+    /// under its own name: a restart (`kill -9` and restart, a pod of a
+    /// StatefulSet) resumes its markets at once. Safe even if that earlier
+    /// process still lives (a misconfigured twin): the takeover bumps the
+    /// epoch, which fences it, and the twin is reported
+    /// (`ExchangeConsumerNameConflict`); limited to the start, so twins
+    /// cannot take markets from each other forever.
+    pub fn reclaims(&self) -> bool {
+        self.started.elapsed() < self.duration
     }
 
     /// How often held leases are renewed (and free ones looked for).
@@ -129,9 +149,9 @@ impl Leases {
         self.duration / 4
     }
 
-    /// Every database call of the lease loop gets this long: a renewal
+    /// Every database call of the lease loops gets this long: a renewal
     /// that takes longer is worth nothing anyway.
-    fn call_timeout(&self) -> Duration {
+    pub fn call_timeout(&self) -> Duration {
         self.duration / 2
     }
 
@@ -162,11 +182,13 @@ impl Leases {
                     "WITH me AS (
                         INSERT INTO matching_replicas (owner, seen_at) VALUES ($1, now())
                         ON CONFLICT (owner) DO UPDATE SET seen_at = now())
-                     SELECT 1 + count(*) FROM matching_replicas
-                     WHERE owner <> $1 AND seen_at > now() - make_interval(secs => $2 / 1000.0)",
+                     SELECT 1 + count(DISTINCT regexp_replace(owner, '/[^/]*$', '')) FROM matching_replicas
+                     WHERE regexp_replace(owner, '/[^/]*$', '') <> $3
+                       AND seen_at > now() - make_interval(secs => $2 / 1000.0)",
                 )
                 .bind(&self.owner)
                 .bind(self.millis() / 2)
+                .bind(self.name())
                 .fetch_one(&self.db),
             )
             .await?;
@@ -175,53 +197,52 @@ impl Leases {
 
     /// Every market's current holder.
     pub async fn holders(&self) -> anyhow::Result<BTreeMap<String, Holder>> {
-        let rows: Vec<(String, String, bool, i64)> = self
+        let rows: Vec<(String, String, bool)> = self
             .timed(
                 "listing leases",
-                sqlx::query_as(
-                    "SELECT market, owner, expires_at > now(),
-                            greatest(0, (extract(epoch FROM now() - expires_at) * 1000)::bigint)
-                     FROM matching_leases",
-                )
-                .fetch_all(&self.db),
+                sqlx::query_as("SELECT market, owner, expires_at > now() FROM matching_leases")
+                    .fetch_all(&self.db),
             )
             .await?;
         Ok(rows
             .into_iter()
-            .map(|(m, owner, live, free_ms)| {
-                let free_for = Duration::from_millis(u64::try_from(free_ms).unwrap_or(0));
-                (
-                    m,
-                    Holder {
-                        owner,
-                        live,
-                        free_for,
-                    },
-                )
-            })
+            .map(|(m, owner, live)| (m, Holder { owner, live }))
             .collect())
     }
 
-    /// Takes `market` when its lease is free or expired; returns the new
-    /// lease. The takeover waits for a former owner's fenced write in
-    /// flight (its share lock) and makes every later one fail.
+    /// Takes `market` when its lease is free or expired, or held under this
+    /// replica's name while it [`Leases::reclaims`]; returns the new lease.
+    /// The takeover waits for a former owner's fenced write in flight (its
+    /// share lock) and makes every later one fail.
     pub async fn acquire(&self, market: &str) -> anyhow::Result<Option<Lease>> {
         let sent = Instant::now();
         let epoch: Option<i64> = self
             .timed(
                 "acquiring a lease",
+                // The fence is set in the same statement: it waits for a
+                // former owner's write in flight and fails every later one.
                 sqlx::query_scalar(
-                    "INSERT INTO matching_leases (market, owner, epoch, expires_at)
-                     VALUES ($1, $2, 1, now() + make_interval(secs => $3 / 1000.0))
-                     ON CONFLICT (market) DO UPDATE
-                        SET owner = EXCLUDED.owner, epoch = matching_leases.epoch + 1,
-                            expires_at = EXCLUDED.expires_at
-                        WHERE matching_leases.expires_at <= now()
-                     RETURNING epoch",
+                    "WITH taken AS (
+                        INSERT INTO matching_leases (market, owner, epoch, expires_at)
+                        VALUES ($1, $2, 1, now() + make_interval(secs => $3 / 1000.0))
+                        ON CONFLICT (market) DO UPDATE
+                           SET owner = EXCLUDED.owner, epoch = matching_leases.epoch + 1,
+                               expires_at = EXCLUDED.expires_at
+                           WHERE matching_leases.expires_at <= now()
+                              OR ($4 AND regexp_replace(matching_leases.owner, '/[^/]*$', '') = $5
+                                  AND matching_leases.owner <> EXCLUDED.owner)
+                        RETURNING market, epoch),
+                     fenced AS (
+                        INSERT INTO matching_fences (market, epoch) SELECT market, epoch FROM taken
+                        ON CONFLICT (market) DO UPDATE SET epoch = EXCLUDED.epoch
+                        RETURNING epoch)
+                     SELECT epoch FROM fenced",
                 )
                 .bind(market)
                 .bind(&self.owner)
                 .bind(self.millis())
+                .bind(self.reclaims())
+                .bind(self.name())
                 .fetch_optional(&self.db),
             )
             .await?;
@@ -295,6 +316,11 @@ impl Leases {
         .await?;
         Ok(())
     }
+}
+
+/// The replica name of an owner (`<name>/<instance id>`).
+pub fn name_of(owner: &str) -> &str {
+    owner.rsplit_once('/').map_or(owner, |(name, _)| name)
 }
 
 /// How many markets one of `replicas` live replicas should hold at most.

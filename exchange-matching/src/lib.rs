@@ -201,58 +201,43 @@ async fn supervise(base: ServiceBase, registry: Registry, shutdown: Shutdown) {
         ],
         shutdown.clone(),
     );
-    let beat = base
-        .heartbeats()
-        .register("leaseLoop", "matching_leases", config.lease);
+    let renewing: LeaseSet = Arc::default();
+    let replicas = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let renewer = tokio::spawn(renew_leases(
+        leases.clone(),
+        renewing.clone(),
+        replicas.clone(),
+        base.heartbeats()
+            .register("leaseLoop", "matching_leases", config.lease),
+        shutdown.clone(),
+    ));
     let mut held: BTreeMap<String, Held> = BTreeMap::new();
     let mut markets: BTreeMap<String, exchange_store::markets::MarketInfo> = BTreeMap::new();
     let mut markets_loaded: Option<std::time::Instant> = None;
-    let mut replicas = 1u64;
+    // Since when each wanted market has been seen without a live lease.
+    let mut free_since: BTreeMap<String, std::time::Instant> = BTreeMap::new();
     while !shutdown.is_triggered() {
-        // Renew first: nothing else in a turn may delay it.
-        let current: Vec<&Lease> = held.values().map(|h| h.lease.as_ref()).collect();
-        match leases.renew(&current).await {
-            Ok(renewed) => {
-                for (market, h) in &held {
-                    if !renewed.contains(market) && !h.lease.stop.is_triggered() {
-                        tracing::warn!(
-                            market,
-                            epoch = h.lease.epoch,
-                            "lease taken over by another replica: stopping the market here"
-                        );
-                        metrics::counter!("exchange_matching_leases_lost_total", "market" => market.clone())
-                            .increment(1);
-                        h.lease.stop.trigger();
-                    }
-                }
-                beat.beat();
-            }
-            Err(e) => tracing::warn!(error = format!("{e:#}"), "renewing leases failed"),
-        }
-        // A lease not renewed in time is as good as lost: stop applying.
-        for h in held.values() {
-            if !h.lease.is_valid() {
-                h.lease.stop.trigger();
-            }
-        }
-        reap(&base, &leases, &registry, &mut held).await;
+        reap(&base, &leases, &registry, &renewing, &mut held).await;
         let reload_due = markets_loaded.is_none_or(|t| t.elapsed() >= MARKETS_REFRESH_INTERVAL);
         if reload_due {
-            match exchange_store::markets::load_all(&base.db).await {
-                Ok(all) => {
+            let loaded = tokio::time::timeout(
+                leases.call_timeout(),
+                exchange_store::markets::load_all(&base.db),
+            )
+            .await;
+            match loaded {
+                Ok(Ok(all)) => {
                     markets = all
                         .into_iter()
                         .filter(|(m, _)| owns(&config.markets, m))
                         .collect();
                     markets_loaded = Some(std::time::Instant::now());
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot load markets"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot load markets"),
+                Err(_) => tracing::warn!("loading markets timed out"),
             }
         }
-        match leases.replicas_alive().await {
-            Ok(n) => replicas = n,
-            Err(e) => tracing::warn!(error = format!("{e:#}"), "replica heartbeat failed"),
-        }
+        let replicas = replicas.load(std::sync::atomic::Ordering::Relaxed);
         let share = lease::fair_share(markets.len(), replicas);
         let running = held
             .values()
@@ -281,7 +266,11 @@ async fn supervise(base: ServiceBase, registry: Registry, shutdown: Shutdown) {
             &registry,
             &markets,
             share.saturating_sub(running),
-            &mut held,
+            Holdings {
+                held: &mut held,
+                renewing: &renewing,
+                free_since: &mut free_since,
+            },
             &shutdown,
         )
         .await;
@@ -302,6 +291,9 @@ async fn supervise(base: ServiceBase, registry: Registry, shutdown: Shutdown) {
     }
     for (market, h) in std::mem::take(&mut held) {
         let _ = h.task.await;
+        if let Ok(mut r) = renewing.lock() {
+            r.remove(&market);
+        }
         if let Err(e) = leases.release(&h.lease).await {
             tracing::warn!(
                 market,
@@ -310,8 +302,74 @@ async fn supervise(base: ServiceBase, registry: Registry, shutdown: Shutdown) {
             );
         }
     }
+    let _ = renewer.await;
     if let Err(e) = leases.leave().await {
         tracing::warn!(error = format!("{e:#}"), "leaving the replica list failed");
+    }
+}
+
+/// What the lease loop keeps of this replica's markets.
+struct Holdings<'a> {
+    held: &'a mut BTreeMap<String, Held>,
+    /// The held leases, for the renewal task.
+    renewing: &'a LeaseSet,
+    /// Since when each wanted market has been seen without a live lease.
+    free_since: &'a mut BTreeMap<String, std::time::Instant>,
+}
+
+/// The leases the renewal task keeps alive (every held one, stopping ones
+/// included, until released).
+type LeaseSet = Arc<Mutex<BTreeMap<String, Arc<Lease>>>>;
+
+/// Renews every held lease and this replica's liveness each tick, in a
+/// task of its own so that nothing the lease loop does (loading markets,
+/// acquiring, releasing) delays a renewal. A lease that was taken over, or
+/// not renewed in time, stops its market.
+async fn renew_leases(
+    leases: Leases,
+    renewing: LeaseSet,
+    replicas: Arc<std::sync::atomic::AtomicU64>,
+    beat: exchange_common::ready::Heartbeat,
+    shutdown: Shutdown,
+) {
+    while !shutdown.is_triggered() {
+        let current: Vec<Arc<Lease>> = renewing
+            .lock()
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default();
+        let refs: Vec<&Lease> = current.iter().map(AsRef::as_ref).collect();
+        match leases.renew(&refs).await {
+            Ok(renewed) => {
+                for lease in &current {
+                    if !renewed.contains(&lease.market) && !lease.stop.is_triggered() {
+                        tracing::warn!(
+                            market = %lease.market,
+                            epoch = lease.epoch,
+                            "lease taken over by another replica: stopping the market here"
+                        );
+                        metrics::counter!("exchange_matching_leases_lost_total", "market" => lease.market.clone())
+                            .increment(1);
+                        lease.stop.trigger();
+                    }
+                }
+                beat.beat();
+            }
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "renewing leases failed"),
+        }
+        // A lease not renewed in time is as good as lost: stop applying.
+        for lease in &current {
+            if !lease.is_valid() {
+                lease.stop.trigger();
+            }
+        }
+        match leases.replicas_alive().await {
+            Ok(n) => replicas.store(n, std::sync::atomic::Ordering::Relaxed),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "replica heartbeat failed"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(leases.tick()) => {}
+            () = shutdown.wait() => {}
+        }
     }
 }
 
@@ -324,9 +382,14 @@ async fn take_free(
     registry: &Registry,
     markets: &BTreeMap<String, exchange_store::markets::MarketInfo>,
     room: usize,
-    held: &mut BTreeMap<String, Held>,
+    holdings: Holdings<'_>,
     shutdown: &Shutdown,
 ) {
+    let Holdings {
+        held,
+        renewing,
+        free_since,
+    } = holdings;
     let holders = match leases.holders().await {
         Ok(h) => h,
         Err(e) => {
@@ -335,12 +398,23 @@ async fn take_free(
         }
     };
     let mut taken = 0;
+    free_since.retain(|m, _| markets.contains_key(m));
     for (symbol, info) in markets {
         let holder = holders.get(symbol);
-        if held.contains_key(symbol) || holder.is_some_and(|h| h.live) {
+        if holder.is_some_and(|h| h.live) {
+            free_since.remove(symbol);
+        }
+        let ours_before =
+            |h: &lease::Holder| leases.reclaims() && lease::name_of(&h.owner) == leases.name();
+        if held.contains_key(symbol) || holder.is_some_and(|h| h.live && !ours_before(h)) {
             continue;
         }
-        let orphan = holder.is_some_and(|h| h.free_for >= leases.duration);
+        // Free (no lease yet, or expired) for a whole lease by this
+        // replica's clock: nobody with room wants it.
+        let since = *free_since
+            .entry(symbol.clone())
+            .or_insert_with(std::time::Instant::now);
+        let orphan = since.elapsed() >= leases.duration;
         if taken >= room && !orphan {
             continue;
         }
@@ -381,6 +455,10 @@ async fn take_free(
             base.clone(),
             MarketBook::new(info.spec, status, lease.clone()),
         ));
+        free_since.remove(symbol);
+        if let Ok(mut r) = renewing.lock() {
+            r.insert(symbol.clone(), lease.clone());
+        }
         let owns =
             base.heartbeats()
                 .register(&owns_loop(symbol), "matching_leases", leases.duration);
@@ -404,6 +482,7 @@ async fn reap(
     base: &ServiceBase,
     leases: &Leases,
     registry: &Registry,
+    renewing: &LeaseSet,
     held: &mut BTreeMap<String, Held>,
 ) {
     let ended: Vec<String> = held
@@ -417,12 +496,20 @@ async fn reap(
             .ok()
             .and_then(|r| r.get(&market).cloned())
             .is_some_and(|s| s.lock().is_ok_and(|s| s.halted.is_some()));
-        if halted {
+        // A halted market stays here while its lease does.
+        if halted
+            && held
+                .get(&market)
+                .is_some_and(|h| !h.lease.stop.is_triggered())
+        {
             continue;
         }
         let Some(h) = held.remove(&market) else {
             continue;
         };
+        if let Ok(mut r) = renewing.lock() {
+            r.remove(&market);
+        }
         // Handed over or stopping: release at once (a no-op when the
         // lease was taken over meanwhile).
         if let Err(e) = leases.release(&h.lease).await {

@@ -575,7 +575,11 @@ impl MarketBook {
         if let Err(e) = self.stop_if_lease_lost(stored) {
             tracing::warn!(market = %self.symbol, error = format!("{e:#}"), "storing event batches failed; will retry before new work");
             self.unstored.append(&mut produced);
-            if let Some((seq, reason)) = halt {
+            // Not halted here when the lease is gone: the new owner replays
+            // the same journal and halts there if it must.
+            if let Some((seq, reason)) = halt
+                && !e.is::<LeaseLost>()
+            {
                 self.halt(seq, reason);
             }
             self.set_last();

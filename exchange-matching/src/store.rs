@@ -78,8 +78,8 @@ pub async fn journal_range(
 
 /// Stores batches (one `INSERT` per chunk); a batch already stored is kept
 /// as it is (`ON CONFLICT DO NOTHING`). Fenced: the statement share-locks
-/// the lease row and stores nothing unless it still has `fence`'s epoch
-/// ([`LeaseLost`] then).
+/// the market's `matching_fences` row and stores nothing unless it still
+/// has `fence`'s epoch ([`LeaseLost`] then).
 pub async fn insert_batches(
     db: &PgPool,
     fence: &Fence,
@@ -98,7 +98,7 @@ pub async fn insert_batches(
         }
         let held: bool = sqlx::query_scalar(
             "WITH lease AS (
-                SELECT 1 FROM matching_leases WHERE market = $5 AND epoch = $6 FOR SHARE),
+                SELECT 1 FROM matching_fences WHERE market = $5 AND epoch = $6 FOR SHARE),
              stored AS (
                 INSERT INTO event_batches (market, seq, time_ms, events, epoch)
                 SELECT market, seq, time_ms, events::jsonb, $6
@@ -227,7 +227,7 @@ pub async fn insert_snapshot(db: &PgPool, fence: &Fence, snap: &Snapshot) -> any
     let market = fence.market.as_str();
     let mut tx = db.begin().await?;
     let held: Option<i32> = sqlx::query_scalar(
-        "SELECT 1 FROM matching_leases WHERE market = $1 AND epoch = $2 FOR SHARE",
+        "SELECT 1 FROM matching_fences WHERE market = $1 AND epoch = $2 FOR SHARE",
     )
     .bind(market)
     .bind(fence.epoch)

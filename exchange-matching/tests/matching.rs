@@ -828,4 +828,30 @@ async fn a_write_under_a_lease_taken_over_is_refused_by_the_storing_statement() 
         .unwrap()
         .expect("a released lease");
     assert_eq!(again.epoch, taken.epoch + 1);
+
+    // A process restarted under the owner's name takes the live lease back
+    // at once (and so fences its predecessor); another name, or the same
+    // name past its start, waits for the expiry.
+    assert!(
+        Leases::new(env.db.clone(), "replica-c", lease_ms)
+            .acquire("BTC-USDT")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let restarted = Leases::new(env.db.clone(), "replica-a", lease_ms);
+    let back = restarted
+        .acquire("BTC-USDT")
+        .await
+        .unwrap()
+        .expect("reclaimed at start");
+    assert_eq!(back.epoch, again.epoch + 1);
+    assert!(
+        a.acquire("BTC-USDT").await.unwrap().is_none(),
+        "past its start"
+    );
+    let refused = store::insert_batches(&env.db, &again.fence(), &[batch(3)])
+        .await
+        .unwrap_err();
+    assert!(refused.is::<LeaseLost>());
 }

@@ -994,6 +994,12 @@ order may not publish a private event|deny|order|PUBLISH exchange:private:7 []
 gateway may keep a listenKey|allow|gateway|SETEX exchange:bn:listenKey:k1 60 7
 gateway may not read the streams|deny|gateway|XRANGE exchange:events - +
 wallet may not touch any key|deny|wallet|GET exchange:bn:listenKey:k1
+matching may claim its consumer name on an order stream|allow|matching|SET $o:consumer:matching:m1 id1 PX 30000 GET
+matching may drop its claim|allow|matching|DEL $o:consumer:matching:m1
+clearing may claim its consumer name on the events stream|allow|clearing|SET exchange:events:consumer:clearing:c1 id1 PX 30000 GET
+marketdata may claim its consumer name on the events stream|allow|marketdata|SET exchange:events:consumer:marketdata-h1:d1 id1 PX 30000 GET
+marketdata may not SET other keys|deny|marketdata|SET exchange:events x
+clearing may not DEL the events stream|deny|clearing|DEL exchange:events
 admin may list the dead letters|allow|admin|XRANGE exchange:events:dlq - + COUNT 5
 admin may not publish|deny|admin|PUBLISH exchange:private:7 []
 no user may touch keys outside the prefix|deny|admin|XLEN other:events

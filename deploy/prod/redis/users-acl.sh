@@ -18,6 +18,8 @@
 #   <prefix>:events               the event stream: matching XADDs and trims,
 #                                 clearing and marketdata consume
 #   <prefix>:<stream>:dlq         dead letters (XADD by the stream's consumer)
+#   <prefix>:<stream>:consumer:<group>:<name>
+#                                 a consumer loop's claim on its name (SET, DEL)
 #   <prefix>:bn:*                 the gateway's Binance listenKeys
 #   <prefix>:private:<user>       Pub/Sub: clearing, wallet and gateway publish,
 #                                 every gateway PSUBSCRIBEs <prefix>:private:*
@@ -64,6 +66,9 @@ hash_of() { # hash_of USER -> #<sha256 of REDIS_PASSWORD_<USER>>
 # Stream consumer commands (exchange-common/src/streams.rs): read as a group
 # member, acknowledge, reclaim, count deliveries, export lag, create the group.
 consume='+xreadgroup +xack +xautoclaim +xpending +xinfo|groups +xlen +xgroup|create'
+# A consumer loop's claim on its name (exchange-common/src/consumer_name.rs:
+# SET ... GET every 2 s, DEL at stop), a key beside the stream.
+claim='+set +del'
 
 rules() { # rules USER -> the ACL rules of USER (without the password)
     case "$1" in
@@ -81,16 +86,16 @@ rules() { # rules USER -> the ACL rules of USER (without the password)
             # Consumes the order streams (group matching) and trims them below
             # its snapshot; publishes event batches; trims the event stream
             # below every group (EXISTS, XINFO GROUPS, XPENDING, XTRIM, XLEN, XRANGE).
-            echo "-@all +ping $consume +xtrim ~$p:orders:* (+exists +xinfo|groups +xpending +xtrim +xlen +xrange ~$p:events) (+xadd ~$p:events ~$p:orders:*:dlq)"
+            echo "-@all +ping $consume +xtrim ~$p:orders:* (+exists +xinfo|groups +xpending +xtrim +xlen +xrange ~$p:events) (+xadd ~$p:events ~$p:orders:*:dlq) ($claim ~$p:orders:*:consumer:*)"
             ;;
         clearing)
             # Consumes the event stream (group clearing); private events after
             # each settlement.
-            echo "-@all +ping $consume +publish ~$p:events ~$p:events:dlq &$p:private:* (+xadd ~$p:events:dlq)"
+            echo "-@all +ping $consume +publish ~$p:events ~$p:events:dlq &$p:private:* (+xadd ~$p:events:dlq) ($claim ~$p:events:consumer:*)"
             ;;
         marketdata)
             # Consumes the event stream (one group per replica); publishes nothing to Redis.
-            echo "-@all +ping $consume ~$p:events ~$p:events:dlq (+xadd ~$p:events:dlq)"
+            echo "-@all +ping $consume ~$p:events ~$p:events:dlq (+xadd ~$p:events:dlq) ($claim ~$p:events:consumer:*)"
             ;;
         wallet)
             # Deposit and withdrawal events to the user's private channel.
