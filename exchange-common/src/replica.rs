@@ -13,12 +13,12 @@
 //! They are the lists of what already happened, where an answer a few
 //! seconds old is still a true answer and nobody acts on its freshness:
 //!
-//! | path | why it may lag |
+//! | path (service) | why it may lag |
 //! |---|---|
-//! | `GET /api/v1/orders` (all, or `status=closed`), Binance `allOrders` | order history: closed orders do not change |
-//! | `GET /api/v1/account/trades`, Binance `myTrades` | fills are final once written |
-//! | klines (marketdata REST, Binance `klines`) | closed candles are final; the open one is a moving estimate anyway |
-//! | admin lists: `/admin/v1/audit`, `/admin/v1/users` | an operator's overview, refreshed by hand |
+//! | `GET /api/v1/orders` without `status=open` (order), Binance `allOrders` (gateway) | order history: a closed order does not change |
+//! | `GET /api/v1/account/trades` (order), Binance `myTrades` (gateway) | fills are final once written |
+//! | klines: `GET /api/v1/markets/{symbol}/klines` and Binance `klines` (marketdata) | closed candles are final; the open one is an estimate anyway |
+//! | `GET /admin/v1/audit` (gateway) | an operator's overview of the past |
 //!
 //! Everything else stays on the primary, because a client acts on it
 //! right after its own write and a stale answer would be a wrong one:

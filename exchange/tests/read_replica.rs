@@ -124,9 +124,15 @@ async fn listed(c: &Cluster, u: &User) -> Vec<i64> {
         .collect()
 }
 
-/// One sample of the order service's metrics, by exact series name.
-async fn metric(c: &Cluster, series: &str) -> f64 {
-    let url = c.ready_url("order").replace("/ready", "/metrics");
+/// One sample of the order service's metrics, by exact series name, as
+/// rendered ("0" when absent).
+async fn metric(c: &Cluster, series: &str) -> String {
+    metric_of(c, "order", series).await
+}
+
+/// [`metric`] of another service.
+async fn metric_of(c: &Cluster, service: &str, series: &str) -> String {
+    let url = c.ready_url(service).replace("/ready", "/metrics");
     let text = c
         .client
         .get(url)
@@ -138,7 +144,12 @@ async fn metric(c: &Cluster, series: &str) -> f64 {
         .unwrap();
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+        .map_or_else(|| "0".to_owned(), |v| v.trim().to_owned())
+}
+
+/// A counter's value.
+async fn count(c: &Cluster, series: &str) -> u64 {
+    metric(c, series).await.parse().unwrap()
 }
 
 const IN_USE: &str = r#"exchange_db_read_replica_in_use{service="order"}"#;
@@ -147,11 +158,12 @@ const LAG: &str = r#"exchange_db_read_replica_lag_seconds{service="order"}"#;
 const FROM_REPLICA: &str = r#"exchange_db_reads_total{service="order",target="replica"}"#;
 const FROM_PRIMARY: &str = r#"exchange_db_reads_total{service="order",target="primary"}"#;
 
-async fn wait_metric(c: &Cluster, series: &str, want: f64) {
+/// Waits until a 0/1 gauge reads `want` (bounded).
+async fn wait_metric(c: &Cluster, series: &str, want: &str) {
     let deadline = Instant::now() + SETTLE;
     loop {
         let got = metric(c, series).await;
-        if (got - want).abs() < f64::EPSILON {
+        if got == want {
             return;
         }
         assert!(
@@ -194,7 +206,7 @@ async fn history_is_served_by_the_replica_and_falls_back_when_it_lags() {
     let c = start(&replica).await;
     let u = trader(&c).await;
     let a = place(&c, &u, "100").await;
-    wait_metric(&c, IN_USE, 1.0).await;
+    wait_metric(&c, IN_USE, "1").await;
     wait_listed(&c, &u, a).await;
     let (s, r) = ready(&c).await;
     assert_eq!(
@@ -206,7 +218,7 @@ async fn history_is_served_by_the_replica_and_falls_back_when_it_lags() {
     // The replica stops replaying: B is on the primary only.
     replica_sql(&replica, "SELECT pg_wal_replay_pause()").await;
     let paused_at = Instant::now();
-    let from_replica = metric(&c, FROM_REPLICA).await;
+    let from_replica = count(&c, FROM_REPLICA).await;
     let b = place(&c, &u, "101").await;
     // The order just placed is read from the primary at once.
     assert_eq!(c.order(&u, b).await["id"], json!(b));
@@ -221,21 +233,22 @@ async fn history_is_served_by_the_replica_and_falls_back_when_it_lags() {
         "the replica's view: {first:?}"
     );
     assert!(
-        metric(&c, FROM_REPLICA).await > from_replica,
+        count(&c, FROM_REPLICA).await > from_replica,
         "served by the replica"
     );
 
     // Past the bound, the primary serves it, B included.
-    let from_primary = metric(&c, FROM_PRIMARY).await;
+    let from_primary = count(&c, FROM_PRIMARY).await;
     wait_listed(&c, &u, b).await;
     assert!(
         paused_at.elapsed() >= MAX_LAG / 2,
         "B listed before the replica could lag"
     );
-    assert_eq!(metric(&c, IN_USE).await, 0.0);
-    assert!(metric(&c, LAG).await * 1000.0 > MAX_LAG.as_millis() as f64 / 2.0);
+    assert_eq!(metric(&c, IN_USE).await, "0");
+    let lag: f64 = metric(&c, LAG).await.parse().unwrap();
+    assert!(lag > 1.0, "lag {lag} s: more than half of MAX_LAG");
     assert!(
-        metric(&c, FROM_PRIMARY).await > from_primary,
+        count(&c, FROM_PRIMARY).await > from_primary,
         "served by the primary"
     );
     let (s, r) = ready(&c).await;
@@ -259,10 +272,34 @@ async fn history_is_served_by_the_replica_and_falls_back_when_it_lags() {
 
     // Replay resumes: the replica catches up and is used again.
     replica_sql(&replica, "SELECT pg_wal_replay_resume()").await;
-    wait_metric(&c, IN_USE, 1.0).await;
-    let from_replica = metric(&c, FROM_REPLICA).await;
+    wait_metric(&c, IN_USE, "1").await;
+    let from_replica = count(&c, FROM_REPLICA).await;
     assert!(listed(&c, &u).await.contains(&b));
-    assert!(metric(&c, FROM_REPLICA).await > from_replica);
+    assert!(count(&c, FROM_REPLICA).await > from_replica);
+
+    // Klines (marketdata) and the audit log (gateway) are history too.
+    for (service, path, token) in [
+        (
+            "marketdata",
+            "/api/v1/markets/BTC-USDT/klines?interval=1m",
+            u.token.as_str(),
+        ),
+        ("gateway", "/admin/v1/audit", support::ADMIN_TOKEN),
+    ] {
+        let in_use = format!(r#"exchange_db_read_replica_in_use{{service="{service}"}}"#);
+        let deadline = Instant::now() + SETTLE;
+        while metric_of(&c, service, &in_use).await != "1" {
+            assert!(
+                Instant::now() < deadline,
+                "{service} never used the replica"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (s, v) = c.call(Method::GET, path, Some(token), None).await;
+        assert_eq!(s, 200, "{path}: {v}");
+        let served = format!(r#"exchange_db_reads_total{{service="{service}",target="replica"}}"#);
+        assert_eq!(metric_of(&c, service, &served).await, "1", "{path}");
+    }
 }
 
 /// Starts the replica again when dropped (also while unwinding).
@@ -310,19 +347,19 @@ async fn history_falls_back_to_the_primary_while_the_replica_is_stopped() {
     let c = start(&replica).await;
     let u = trader(&c).await;
     let a = place(&c, &u, "100").await;
-    wait_metric(&c, IN_USE, 1.0).await;
+    wait_metric(&c, IN_USE, "1").await;
     wait_listed(&c, &u, a).await;
 
     replica_script("replica_pg_stop");
     let restart = Restart;
     // Every list answers, from the primary, the new order included.
-    let from_primary = metric(&c, FROM_PRIMARY).await;
+    let from_primary = count(&c, FROM_PRIMARY).await;
     let b = place(&c, &u, "101").await;
     let ids = listed(&c, &u).await;
     assert!(ids.contains(&a) && ids.contains(&b), "{ids:?}");
-    assert!(metric(&c, FROM_PRIMARY).await > from_primary);
-    wait_metric(&c, IN_USE, 0.0).await;
-    wait_metric(&c, UP, 0.0).await;
+    assert!(count(&c, FROM_PRIMARY).await > from_primary);
+    wait_metric(&c, IN_USE, "0").await;
+    wait_metric(&c, UP, "0").await;
     let (s, r) = ready(&c).await;
     assert_eq!(
         (s, &r["dependencies"]["postgres_replica"]),
@@ -330,18 +367,18 @@ async fn history_falls_back_to_the_primary_while_the_replica_is_stopped() {
         "{r}"
     );
     assert_eq!(r["dependencies"]["postgres"], json!("up"), "{r}");
-    let from_replica = metric(&c, FROM_REPLICA).await;
+    let from_replica = count(&c, FROM_REPLICA).await;
     assert_eq!(listed(&c, &u).await.len(), 2);
     assert_eq!(
-        metric(&c, FROM_REPLICA).await,
+        count(&c, FROM_REPLICA).await,
         from_replica,
         "no read tried the replica"
     );
 
     // Started again, it catches up and serves again.
     drop(restart);
-    wait_metric(&c, IN_USE, 1.0).await;
-    let from_replica = metric(&c, FROM_REPLICA).await;
+    wait_metric(&c, IN_USE, "1").await;
+    let from_replica = count(&c, FROM_REPLICA).await;
     assert!(listed(&c, &u).await.contains(&b));
-    assert!(metric(&c, FROM_REPLICA).await > from_replica);
+    assert!(count(&c, FROM_REPLICA).await > from_replica);
 }
