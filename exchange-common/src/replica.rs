@@ -113,6 +113,8 @@ struct Monitor {
     /// Primary positions (bytes since 0/0) and when they were read, oldest
     /// first, not yet replayed by the replica.
     samples: VecDeque<(Instant, i64)>,
+    /// The primary's position at the last check (to notice it going back).
+    primary_lsn: Option<i64>,
     /// Why the last check could not use the replica; `None` when it
     /// reached both servers and the replica is a standby.
     error: Option<String>,
@@ -134,7 +136,7 @@ impl Monitor {
 
     /// Records the primary's position `lsn` read at `at`.
     fn sample_primary(&mut self, at: Instant, lsn: i64) {
-        if self.samples.back().is_some_and(|(_, last)| lsn < *last) {
+        if self.primary_lsn.is_some_and(|last| lsn < last) {
             // The primary went back in WAL (a restore, a new cluster): what
             // the replica replayed before proves nothing about it.
             self.samples.clear();
@@ -144,6 +146,7 @@ impl Monitor {
             self.samples.pop_back();
         }
         self.samples.push_back((at, lsn));
+        self.primary_lsn = Some(lsn);
     }
 
     /// Drops the samples the replica has replayed (`replay_lsn`), moving
