@@ -2,15 +2,19 @@
 # The whole test suite, on a fresh machine or a developer's: provisions
 # PostgreSQL and Redis (see scripts/lib/local-services.sh) and a second pair
 # that speaks only TLS, with a CA made on the fly (scripts/lib/tls-services.sh,
-# for exchange/tests/tls.rs), and a 3-master Redis Cluster
-# (scripts/lib/cluster-services.sh, for exchange/tests/redis_cluster.rs), then runs every
+# for exchange/tests/tls.rs), a 3-master Redis Cluster
+# (scripts/lib/cluster-services.sh, for exchange/tests/redis_cluster.rs) and
+# a streaming read replica of its PostgreSQL (scripts/lib/replica-services.sh,
+# for exchange/tests/read_replica.rs), then runs every
 # Rust test (unit, property, integration against the real databases, end-to-end
 # against the real binaries) and the operations checks in tests/ops/.
 #
 # Usage: scripts/test.sh [extra cargo test args]
 # Uses DB_URL / REDIS_URL when both are set; otherwise starts its own. The
-# same for TLS_DB_URL / TLS_REDIS_URL / TLS_CA_FILE (the TLS servers) and
-# CLUSTER_REDIS_URL / CLUSTER_REDIS_NODES (the Redis Cluster).
+# same for TLS_DB_URL / TLS_REDIS_URL / TLS_CA_FILE (the TLS servers),
+# CLUSTER_REDIS_URL / CLUSTER_REDIS_NODES (the Redis Cluster) and
+# REPLICA_DB_URL (a streaming replica of DB_URL; with an external DB_URL and
+# no REPLICA_DB_URL the read-replica tests are skipped, saying so).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -20,6 +24,8 @@ cd "$root"
 . scripts/lib/tls-services.sh
 # shellcheck source=scripts/lib/cluster-services.sh
 . scripts/lib/cluster-services.sh
+# shellcheck source=scripts/lib/replica-services.sh
+. scripts/lib/replica-services.sh
 
 command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (rustup, Rust >= 1.95)"
 command -v cc >/dev/null 2>&1 || apt_install gcc libc6-dev
@@ -34,6 +40,8 @@ local_services_up "$root"
 tls_services_up "$root"
 cluster_services_up "$root"
 stop_services() {
+    # The replica first: stopped after its primary, it would wait for it.
+    replica_services_down "$root"
     [ "$started_here" -eq 1 ] && local_services_down "$root"
     tls_services_down "$root"
     cluster_services_down "$root"
@@ -51,6 +59,9 @@ if [ "$started_here" -eq 1 ]; then
         while read -r db; do psql "$DB_URL" -X -q -c "DROP DATABASE IF EXISTS \"$db\"" >/dev/null; done
     redis-cli -p "$EXCHANGE_REDIS_PORT" flushall >/dev/null
 fi
+# After the clean-up above: the copy it makes is then small.
+replica_services_up "$root"
+if [ -n "${REPLICA_DB_URL:-}" ]; then log "read replica: $REPLICA_DB_URL"; fi
 if [ -n "${EXCHANGE_TLS_PG_DATA:-}" ]; then
     psql "$TLS_DB_URL" -X -q -At -c "SELECT datname FROM pg_database WHERE datname LIKE 'test\_%'" |
         while read -r db; do psql "$TLS_DB_URL" -X -q -c "DROP DATABASE IF EXISTS \"$db\"" >/dev/null; done

@@ -251,6 +251,17 @@ if [ -z "$db_url" ]; then
 elif [[ ! "$db_url" =~ [?\&]sslmode=(require|verify-ca|verify-full)(\&|$) ]] && ! all_hosts_local "$db_url"; then
     plaintext DB_URL "does not require TLS to a host that is not loopback (add sslmode=verify-full&sslrootcert=/path/ca.pem)"
 fi
+# The read replica holds the same data as the primary: the same TLS rule.
+db_read_url="$(get DB_READ_URL)"
+if [ -n "$db_read_url" ]; then
+    if [[ "$db_read_url" != postgres://* && "$db_read_url" != postgresql://* ]]; then
+        fail "DB_READ_URL must start with postgres:// (a streaming replica of DB_URL)"
+    elif [ "$db_read_url" = "$db_url" ]; then
+        fail "DB_READ_URL is DB_URL: it must name a streaming replica of it (or be unset)"
+    elif [[ ! "$db_read_url" =~ [?\&]sslmode=(require|verify-ca|verify-full)(\&|$) ]] && ! all_hosts_local "$db_read_url"; then
+        plaintext DB_READ_URL "does not require TLS to a host that is not loopback (add sslmode=verify-full&sslrootcert=/path/ca.pem)"
+    fi
+fi
 redis_url="$(get REDIS_URL)"
 [ -n "$redis_url" ] || fail "REDIS_URL is missing (rediss://user:password@host:6380/0)"
 for name in REDIS_URL REDIS_URL_GATEWAY REDIS_URL_ORDER REDIS_URL_MATCHING REDIS_URL_CLEARING REDIS_URL_MARKETDATA \

@@ -84,7 +84,25 @@ pub struct DbConfig {
     pub url: Secret,
     pub pool_max: u32,
     pub statement_timeout: Duration,
+    /// `DB_READ_URL`: a streaming replica of `DB_URL` that serves the
+    /// reads that may lag (see `exchange_common::replica` for which);
+    /// `None`: every read goes to the primary.
+    pub read_url: Option<Secret>,
+    /// `DB_READ_MAX_LAG_MS`: the replica is not used while it is further
+    /// behind the primary than this (reads go to the primary instead).
+    pub read_max_lag: Duration,
 }
+
+/// The default `DB_READ_MAX_LAG_MS`: history a few seconds old is still
+/// history, an order filled a minute ago and missing is a support ticket.
+pub const DB_READ_MAX_LAG_MS_DEFAULT: u64 = 5_000;
+/// Smallest accepted `DB_READ_MAX_LAG_MS`: the lag is measured every
+/// quarter of the bound but at most every 100 ms, and under steady writes
+/// reads up to two measurement intervals; a smaller bound would never
+/// let the replica serve.
+pub const DB_READ_MAX_LAG_MS_MIN: u64 = 500;
+/// Largest accepted `DB_READ_MAX_LAG_MS` (ten minutes).
+pub const DB_READ_MAX_LAG_MS_MAX: u64 = 600_000;
 
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
@@ -586,13 +604,23 @@ impl Reader<'_> {
 
     fn url(&mut self, key: &str, schemes: &[&str], hint: &str) -> Secret {
         let v = self.required(key, hint);
+        self.check_scheme(key, &v, schemes);
+        Secret(v)
+    }
+
+    fn optional_url(&mut self, key: &str, schemes: &[&str]) -> Option<Secret> {
+        let v = self.get(key)?;
+        self.check_scheme(key, &v, schemes);
+        Some(Secret(v))
+    }
+
+    fn check_scheme(&mut self, key: &str, v: &str, schemes: &[&str]) {
         if !v.is_empty() && !schemes.iter().any(|s| v.starts_with(&format!("{s}://"))) {
             self.errors.push(format!(
                 "{key} must start with {}://",
                 schemes.join("://, ")
             ));
         }
-        Secret(v)
     }
 
     /// A file that must exist and be readable now; with `private`, also
@@ -752,6 +780,12 @@ impl Config {
                 ),
                 pool_max: r.parsed("DB_POOL_MAX", 10, "a positive integer"),
                 statement_timeout: Duration::from_millis(db_statement_timeout_ms),
+                read_url: r.optional_url("DB_READ_URL", &["postgres", "postgresql"]),
+                read_max_lag: Duration::from_millis(r.parsed(
+                    "DB_READ_MAX_LAG_MS",
+                    DB_READ_MAX_LAG_MS_DEFAULT,
+                    "a number of milliseconds",
+                )),
             },
             redis: RedisConfig {
                 url: r.url("REDIS_URL", &["redis", "rediss"], "redis://host:6379"),
@@ -961,6 +995,7 @@ impl Config {
         if config.db.pool_max == 0 {
             r.errors.push("DB_POOL_MAX must be at least 1".to_owned());
         }
+        check_read_replica(&mut r, &config.db);
         if config.redis.key_prefix.contains(char::is_whitespace)
             || config.redis.key_prefix.contains(['{', '}'])
         {
@@ -1069,34 +1104,65 @@ fn db_target(url: &str) -> Option<(String, sqlx::postgres::PgSslMode)> {
     Some((host, options.get_ssl_mode()))
 }
 
+/// `DB_READ_MAX_LAG_MS` in range; `DB_READ_URL` not the primary itself
+/// (a "replica" that is the primary would never be behind, and never be
+/// used: the replica monitor refuses a server that is not in recovery).
+fn check_read_replica(r: &mut Reader<'_>, db: &DbConfig) {
+    let lag_ms = db.read_max_lag.as_millis();
+    if !(u128::from(DB_READ_MAX_LAG_MS_MIN)..=u128::from(DB_READ_MAX_LAG_MS_MAX)).contains(&lag_ms)
+    {
+        r.errors.push(format!(
+            "DB_READ_MAX_LAG_MS must be between {DB_READ_MAX_LAG_MS_MIN} and {DB_READ_MAX_LAG_MS_MAX}"
+        ));
+    }
+    if db
+        .read_url
+        .as_ref()
+        .is_some_and(|u| u.expose() == db.url.expose())
+    {
+        r.errors.push(
+            "DB_READ_URL is DB_URL: it must name a streaming replica of it (or be unset)"
+                .to_owned(),
+        );
+    }
+}
+
+/// One PostgreSQL URL (`key` names it in errors): it parses, and with
+/// `refuse_plaintext` a server off this machine is reached over TLS.
+fn check_db_tls(r: &mut Reader<'_>, key: &str, url: &str, refuse_plaintext: bool) {
+    use sqlx::postgres::PgSslMode;
+    if url.is_empty() {
+        return;
+    }
+    match db_target(url) {
+        None => r.errors.push(format!("{key} is not a valid postgres URL")),
+        Some((host, mode)) => {
+            let tls = matches!(
+                mode,
+                PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
+            );
+            if refuse_plaintext && !tls && !is_local_host(&host) {
+                r.errors.push(format!(
+                    "{key} (host {host}) has no sslmode=require, verify-ca or verify-full: \
+                     a database off this machine must be reached over TLS with APP_ENV=prod \
+                     (use sslmode=verify-full&sslrootcert=/path/to/ca.pem, or set \
+                     ALLOW_PLAINTEXT_BACKENDS=true if the network to it is private on purpose)"
+                ));
+            }
+        }
+    }
+}
+
 /// With `APP_ENV=prod`, a backend that is not on this machine must be
 /// reached over TLS (unless `ALLOW_PLAINTEXT_BACKENDS=true`); the Redis TLS
 /// files need a `rediss://` URL and must parse. Errors name the variable and
 /// the host, never the URL (it may carry a password).
 fn check_backend_tls(r: &mut Reader<'_>, config: &Config, allow_plaintext: bool) {
-    use sqlx::postgres::PgSslMode;
     let refuse_plaintext = r.prod && !allow_plaintext;
-    let db_url = config.db.url.expose();
-    if !db_url.is_empty() {
-        match db_target(db_url) {
-            None => r
-                .errors
-                .push("DB_URL is not a valid postgres URL".to_owned()),
-            Some((host, mode)) => {
-                let tls = matches!(
-                    mode,
-                    PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
-                );
-                if refuse_plaintext && !tls && !is_local_host(&host) {
-                    r.errors.push(format!(
-                        "DB_URL (host {host}) has no sslmode=require, verify-ca or verify-full: \
-                         a database off this machine must be reached over TLS with APP_ENV=prod \
-                         (use sslmode=verify-full&sslrootcert=/path/to/ca.pem, or set \
-                         ALLOW_PLAINTEXT_BACKENDS=true if the network to it is private on purpose)"
-                    ));
-                }
-            }
-        }
+    check_db_tls(r, "DB_URL", config.db.url.expose(), refuse_plaintext);
+    if let Some(read_url) = &config.db.read_url {
+        // The replica holds the same data as the primary: the same rule.
+        check_db_tls(r, "DB_READ_URL", read_url.expose(), refuse_plaintext);
     }
     let redis_url = config.redis.url.expose();
     if redis_url.is_empty() {
@@ -1526,7 +1592,9 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(e) => {
                 e.0.into_iter()
-                    .filter(|e| e.contains("DB_URL") || e.contains("REDIS"))
+                    .filter(|e| {
+                        e.contains("DB_URL") || e.contains("DB_READ_URL") || e.contains("REDIS")
+                    })
                     .collect()
             }
         }
@@ -1659,6 +1727,83 @@ mod tests {
             )
             .is_empty()
         );
+    }
+
+    #[test]
+    fn read_replica_is_optional_and_checked_like_db_url() {
+        let c = load(DEV).unwrap();
+        assert!(c.db.read_url.is_none());
+        assert_eq!(
+            c.db.read_max_lag,
+            Duration::from_millis(DB_READ_MAX_LAG_MS_DEFAULT)
+        );
+        let mut env = DEV.to_vec();
+        env.extend([
+            ("DB_READ_URL", "postgres://app:pw@127.0.0.1:54359/exchange"),
+            ("DB_READ_MAX_LAG_MS", "1500"),
+        ]);
+        let c = load(&env).unwrap();
+        assert_eq!(c.db.read_max_lag, Duration::from_millis(1500));
+        assert!(c.db.read_url.is_some());
+
+        // Every problem at once: scheme, bound, and the primary itself.
+        let mut env = DEV.to_vec();
+        env.extend([("DB_READ_URL", "mysql://x"), ("DB_READ_MAX_LAG_MS", "0")]);
+        let errors = load(&env).unwrap_err().0;
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("DB_READ_URL must start with postgres://")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("DB_READ_MAX_LAG_MS must be between 500 and")),
+            "{errors:?}"
+        );
+        let primary = DEV.iter().find(|(k, _)| *k == "DB_URL").unwrap().1;
+        let mut env = DEV.to_vec();
+        env.extend([("DB_READ_URL", primary), ("DB_READ_MAX_LAG_MS", "soon")]);
+        let errors = load(&env).unwrap_err().0;
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("DB_READ_URL is DB_URL")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("DB_READ_MAX_LAG_MS=\"soon\" is not")),
+            "{errors:?}"
+        );
+
+        // APP_ENV=prod: a replica off this machine needs TLS, as DB_URL does.
+        let errors = prod_with(
+            "postgres://app:pw@db.internal/x?sslmode=verify-full",
+            "rediss://cache.internal",
+            &[(
+                "DB_READ_URL",
+                "postgres://app:pw@replica.internal/x?sslmode=verify-full",
+            )],
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let errors = prod_with(
+            "postgres://app:pw@db.internal/x?sslmode=verify-full",
+            "rediss://cache.internal",
+            &[(
+                "DB_READ_URL",
+                "postgres://app:s3cret@replica.internal/x?sslmode=prefer",
+            )],
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let replica = &errors[0];
+        assert!(
+            replica.starts_with("DB_READ_URL (host replica.internal) has no sslmode="),
+            "{replica}"
+        );
+        assert!(!replica.contains("s3cret"), "a password leaked: {replica}");
     }
 
     #[test]

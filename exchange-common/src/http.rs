@@ -91,6 +91,9 @@ async fn ready(State(s): State<SkeletonState>, req: Request) -> Response {
     };
     let word = if report.ok { "ok" } else { "degraded" };
     let mut body = json!({"status": word, "dependencies": report.dependencies});
+    if !report.non_critical.is_empty() {
+        body["non_critical"] = json!(report.non_critical);
+    }
     if !report.errors.is_empty() && may_see_errors(&s, &req) {
         body["errors"] = json!(report.errors);
     }

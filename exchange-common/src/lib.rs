@@ -18,6 +18,7 @@ pub mod listen;
 pub mod net;
 pub mod ready;
 pub mod redis;
+pub mod replica;
 pub mod service;
 pub mod shutdown;
 pub mod streams;

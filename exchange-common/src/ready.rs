@@ -132,6 +132,10 @@ pub struct Readiness {
     pub db: Option<PgPool>,
     pub redis: Option<Redis>,
     pub heartbeats: Heartbeats,
+    /// The read replica (`DB_READ_URL`) of a service that reads history
+    /// from it: shown as `postgres_replica`, never counted in the status
+    /// (without it the primary serves every read).
+    pub reads: Option<crate::replica::Reads>,
     /// The latest backend probe and when it finished.
     latest: Arc<Mutex<Option<(Instant, Backends)>>>,
     /// Held while probing: concurrent callers wait for one probe.
@@ -155,7 +159,13 @@ pub struct ReadyReport {
     /// host (e.g. a TLS certificate the configured CA does not sign);
     /// never a password.
     pub errors: BTreeMap<String, String>,
+    /// The dependencies listed in `dependencies` that do not count in
+    /// `ok` (the read replica): the service works without them.
+    pub non_critical: Vec<&'static str>,
 }
+
+/// `/ready`'s name for the read replica.
+pub const REPLICA_DEPENDENCY: &str = "postgres_replica";
 
 impl Readiness {
     pub fn new(service: &'static str, db: Option<PgPool>, redis: Option<Redis>) -> Self {
@@ -164,6 +174,7 @@ impl Readiness {
             db,
             redis,
             heartbeats: Heartbeats::default(),
+            reads: None,
             latest: Arc::default(),
             probing: Arc::default(),
             probes: Arc::default(),
@@ -250,7 +261,7 @@ impl Readiness {
     fn assemble(&self, backends: Backends) -> ReadyReport {
         let Backends {
             dependencies: mut deps,
-            errors,
+            mut errors,
         } = backends;
         let word = |up: bool| if up { "up" } else { "down" };
         for (name, up) in self.heartbeats.snapshot() {
@@ -264,10 +275,21 @@ impl Readiness {
         } else {
             0.0
         });
+        // After `ok`: a replica that is down or behind sends reads to the
+        // primary, it does not make the service unready.
+        let mut non_critical = Vec::new();
+        if let Some(replica) = self.reads.as_ref().and_then(|r| r.replica_report()) {
+            deps.insert(REPLICA_DEPENDENCY.to_owned(), replica.state);
+            if let Some(e) = replica.error {
+                errors.insert(REPLICA_DEPENDENCY.to_owned(), e);
+            }
+            non_critical.push(REPLICA_DEPENDENCY);
+        }
         ReadyReport {
             ok,
             dependencies: deps,
             errors,
+            non_critical,
         }
     }
 }

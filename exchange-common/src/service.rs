@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::http;
 use crate::ready::{Heartbeats, Readiness};
 use crate::redis::Redis;
+use crate::replica::Reads;
 use crate::shutdown::Shutdown;
 
 /// A service's shared dependencies. Cheap to clone.
@@ -20,6 +21,9 @@ pub struct ServiceBase {
     pub db: PgPool,
     pub redis: Redis,
     pub readiness: Readiness,
+    /// The primary, and the read replica for history reads once
+    /// [`Self::with_read_replica`] is called (otherwise the primary only).
+    pub reads: Reads,
 }
 
 impl ServiceBase {
@@ -28,13 +32,28 @@ impl ServiceBase {
         let db = crate::db::pool(&config, &format!("exchange-{name}"))?;
         let redis = Redis::new(&config)?;
         let readiness = Readiness::new(name, Some(db.clone()), Some(redis.clone()));
+        let reads = Reads::primary_only(db.clone(), name);
         Ok(Self {
             name,
             config,
             db,
             redis,
             readiness,
+            reads,
         })
+    }
+
+    /// For a service that serves history reads: `DB_READ_URL`'s replica
+    /// (when set) in [`Self::reads`], its lag loop started until
+    /// `shutdown`, and its state in `/ready` (not critical). Services
+    /// without history reads do not call this and never connect to it.
+    pub fn with_read_replica(mut self, shutdown: &Shutdown) -> anyhow::Result<Self> {
+        self.reads = Reads::new(&self.config, self.db.clone(), self.name)?;
+        if self.reads.has_replica() {
+            self.reads.spawn_monitor(shutdown.clone());
+            self.readiness.reads = Some(self.reads.clone());
+        }
+        Ok(self)
     }
 
     pub fn heartbeats(&self) -> &Heartbeats {

@@ -87,6 +87,23 @@ fn describe_metrics() {
         "Open WebSocket connections, by service and kind"
     );
     describe_gauge!("exchange_market_halted", "1 when the market is halted");
+    describe_counter!(
+        "exchange_db_reads_total",
+        "History reads (exchange_common::replica), by the database that served them: replica or primary"
+    );
+    describe_gauge!(
+        "exchange_db_read_replica_lag_seconds",
+        Unit::Seconds,
+        "How far the read replica (DB_READ_URL) is behind the primary, at most (WAL positions compared)"
+    );
+    describe_gauge!(
+        "exchange_db_read_replica_up",
+        "1 when the read replica answered the last lag check as a standby"
+    );
+    describe_gauge!(
+        "exchange_db_read_replica_in_use",
+        "1 while history reads go to the read replica (up and within DB_READ_MAX_LAG_MS)"
+    );
     describe_gauge!(
         "exchange_reconcile_ok",
         "1 when the last reconciliation found the invariant to hold"

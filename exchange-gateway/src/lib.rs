@@ -358,7 +358,9 @@ pub async fn run(
     listeners: Listeners,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let base = ServiceBase::new(config.clone(), SERVICE)?;
+    // Order and fill history (Binance API) and the audit log may come from
+    // DB_READ_URL's replica.
+    let base = ServiceBase::new(config.clone(), SERVICE)?.with_read_replica(&shutdown)?;
     describe_metrics();
     let state = AppState::new(state::StateInner {
         passwords: password::Passwords::new(config.gateway.password_hash_queue_max).await?,

@@ -49,6 +49,12 @@ impl AppState {
     pub fn db(&self) -> &sqlx::PgPool {
         &self.base.db
     }
+
+    /// History reads: the read replica when in use (see
+    /// `exchange_common::replica` for which reads may go there).
+    pub fn reads(&self) -> &exchange_common::replica::Reads {
+        &self.base.reads
+    }
 }
 
 impl std::ops::Deref for AppState {

@@ -147,7 +147,8 @@ pub async fn run(
     listeners: Listeners,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let base = ServiceBase::new(config.clone(), SERVICE)?;
+    // Klines may come from DB_READ_URL's replica.
+    let base = ServiceBase::new(config.clone(), SERVICE)?.with_read_replica(&shutdown)?;
     describe_metrics();
     exchange_store::transport::describe_forgery_metric(SERVICE, &base.redis.events_stream());
     let markets = Arc::new(MarketRegistry::new(base.db.clone()));
@@ -156,7 +157,8 @@ pub async fn run(
         Origins::new(&config.marketdata.ws_allow_origins),
         shutdown.clone(),
     )
-    .with_limits(limits::Limits::from_config(&config));
+    .with_limits(limits::Limits::from_config(&config))
+    .with_reads(base.reads.clone());
     let consumer = tokio::spawn(consume(base.clone(), markets, shutdown.clone()));
     let served = base
         .serve_public(listeners.http, routes(app), shutdown)

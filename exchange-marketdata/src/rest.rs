@@ -119,13 +119,16 @@ pub async fn klines(
     })?;
     let n = limit(p.limit.as_deref(), KLINES_LIMIT_DEFAULT, KLINES_LIMIT_MAX)?;
     let m = market(&app, &symbol).await?;
-    let rows = load_klines(
-        &app.markets.db,
-        m.symbol,
-        interval,
-        i64::try_from(n).unwrap_or(1),
-    )
-    .await?;
+    let (symbol, n) = (m.symbol, i64::try_from(n).unwrap_or(1));
+    // Candles are history: the read replica may serve them.
+    let rows = match &app.reads {
+        Some(reads) => {
+            reads
+                .history(|db| async move { load_klines(&db, symbol, interval, n).await })
+                .await?
+        }
+        None => load_klines(&app.markets.db, symbol, interval, n).await?,
+    };
     Ok(axum::Json(rows).into_response())
 }
 

@@ -129,6 +129,9 @@ pub struct App {
     /// The abuse limits ([`crate::limits`]); none unless set with
     /// [`App::with_limits`].
     pub limits: Limits,
+    /// Where klines are read: the read replica when in use
+    /// (`exchange_common::replica`); the registry's pool when `None`.
+    pub reads: Option<exchange_common::replica::Reads>,
     next_conn: Arc<AtomicU64>,
 }
 
@@ -139,6 +142,7 @@ impl App {
             origins: Arc::new(origins),
             shutdown,
             limits: Limits::unlimited(),
+            reads: None,
             next_conn: Arc::new(AtomicU64::new(1)),
         }
     }
@@ -146,6 +150,12 @@ impl App {
     #[must_use]
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    #[must_use]
+    pub fn with_reads(mut self, reads: exchange_common::replica::Reads) -> Self {
+        self.reads = Some(reads);
         self
     }
 }

@@ -37,6 +37,7 @@ use axum::routing::{get, patch, post};
 use exchange_common::ErrorCode;
 use exchange_common::auth::require_internal_token;
 use exchange_common::error::{Json, Path, Query};
+use exchange_common::replica::Reads;
 use exchange_common::{ApiError, Config};
 use exchange_domain::{MarketStatus, OrderType, SelfTradePrevention, Side, TimeInForce};
 use serde::{Deserialize, Serialize};
@@ -63,6 +64,9 @@ pub struct AppState(Arc<StateInner>);
 pub struct StateInner {
     pub config: Arc<Config>,
     pub db: PgPool,
+    /// History reads (closed orders, fills): the read replica when in use
+    /// (`exchange_common::replica` says which reads may lag, and why).
+    pub reads: Reads,
     pub markets: Markets,
     pub batcher: Batcher,
 }
@@ -510,6 +514,7 @@ async fn list_orders(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let user_id = check_user(q.user_id)?;
     let page = page_query!(q).page(ORDERS_SCOPE, user_id)?;
+    let open_only = q.status.as_deref() == Some("open");
     let status_filter = match q.status.as_deref() {
         None => "",
         Some("open") => "AND status IN ('new', 'partially_filled')",
@@ -529,17 +534,27 @@ async fn list_orders(
            AND ($5::int8 IS NULL OR (created_at, id) < (timestamptz 'epoch' + $5 * interval '1 microsecond', $6))
          ORDER BY created_at DESC, id DESC LIMIT $7"
     );
-    let rows: Vec<Keyed<OrderRow>> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(user_id)
-        .bind(q.market.as_deref())
-        .bind(page.start_ms)
-        .bind(page.end_ms)
-        .bind(page.before.map(|p| p.key))
-        .bind(page.before.map(|p| p.id))
-        .bind(page.limit + 1)
-        .fetch_all(&state.db)
-        .await
-        .map_err(db_error)?;
+    let (sql, market) = (&sql, q.market.as_deref());
+    let fetch = |db: PgPool| async move {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(user_id)
+            .bind(market)
+            .bind(page.start_ms)
+            .bind(page.end_ms)
+            .bind(page.before.map(|p| p.key))
+            .bind(page.before.map(|p| p.id))
+            .bind(page.limit + 1)
+            .fetch_all(&db)
+            .await
+    };
+    // Open orders are what a client cancels or amends next, right after
+    // placing them: from the primary. The rest is history.
+    let rows: Vec<Keyed<OrderRow>> = if open_only {
+        fetch(state.db.clone()).await
+    } else {
+        state.reads.history(fetch).await
+    }
+    .map_err(db_error)?;
     let (rows, next) = page::finish(rows, &page, ORDERS_SCOPE, user_id, |r| Position {
         key: r.page_key,
         id: r.row.id,
@@ -578,15 +593,21 @@ async fn list_fills(
            AND ($5::int8 IS NULL OR (time_ms, id) < ($5, $6))
          ORDER BY time_ms DESC, id DESC LIMIT $7"
     );
-    let rows: Vec<FillRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(user_id)
-        .bind(q.market.as_deref())
-        .bind(page.start_ms)
-        .bind(page.end_ms)
-        .bind(page.before.map(|p| p.key))
-        .bind(page.before.map(|p| p.id))
-        .bind(page.limit + 1)
-        .fetch_all(&state.db)
+    let (sql, market) = (&sql, q.market.as_deref());
+    let rows: Vec<FillRow> = state
+        .reads
+        .history(|db: PgPool| async move {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(user_id)
+                .bind(market)
+                .bind(page.start_ms)
+                .bind(page.end_ms)
+                .bind(page.before.map(|p| p.key))
+                .bind(page.before.map(|p| p.id))
+                .bind(page.limit + 1)
+                .fetch_all(&db)
+                .await
+        })
         .await
         .map_err(db_error)?;
     let (rows, next) = page::finish(rows, &page, FILLS_SCOPE, user_id, |r| Position {

@@ -71,7 +71,8 @@ pub async fn run_with(
     shutdown: Shutdown,
     options: batch::BatchOptions,
 ) -> anyhow::Result<()> {
-    let base = ServiceBase::new(config.clone(), SERVICE)?;
+    // Order and fill history may come from DB_READ_URL's replica.
+    let base = ServiceBase::new(config.clone(), SERVICE)?.with_read_replica(&shutdown)?;
     describe_metrics();
     let markets = exchange_store::Markets::new(base.db.clone());
     if let Err(e) = markets.reload().await {
@@ -92,6 +93,7 @@ pub async fn run_with(
     let state = api::AppState::new(api::StateInner {
         config,
         db: base.db.clone(),
+        reads: base.reads.clone(),
         markets,
         batcher,
     });

@@ -67,6 +67,39 @@ fn prod_refuses_dev_defaults_and_invalid_values_without_leaking_secrets() {
 }
 
 #[test]
+fn a_bad_read_replica_is_reported_with_the_rest_before_any_port_is_bound() {
+    let (code, stderr) = exchange(
+        &["order"],
+        &[
+            ("APP_ENV", "prod"),
+            ("APP_VERSION", "1.0.0"),
+            (
+                "DB_URL",
+                "postgres://app:pw@db.internal/x?sslmode=verify-full",
+            ),
+            (
+                "DB_READ_URL",
+                "postgres://ro:s3cret-replica@replica.internal/x",
+            ),
+            ("DB_READ_MAX_LAG_MS", "10"),
+            ("REDIS_URL", "rediss://cache.internal"),
+            ("INTERNAL_TOKEN", "dev-internal-token-change-me-please-000"),
+            ("ORDER_HTTP_ADDR", "127.0.0.1:1"),
+        ],
+    );
+    assert_eq!(code, Some(64), "{stderr}");
+    for needle in [
+        "DB_READ_URL (host replica.internal) has no sslmode=",
+        "DB_READ_MAX_LAG_MS must be between 500 and",
+        "INTERNAL_TOKEN is a development default",
+        "AUTH_TOKEN_SECRET is required",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} not reported: {stderr}");
+    }
+    assert!(!stderr.contains("s3cret"), "a password leaked: {stderr}");
+}
+
+#[test]
 fn unknown_command_is_a_usage_error() {
     let (code, stderr) = exchange(&["frobnicate"], &[]);
     assert_eq!(code, Some(64));

@@ -74,8 +74,12 @@ local_pg_up() {
     fi
     if ! as_pg "$bindir/pg_ctl" -D "$data" status >/dev/null 2>&1; then
         log "starting PostgreSQL on 127.0.0.1:$EXCHANGE_PG_PORT ($data)"
+        # wal_level and max_wal_senders (PostgreSQL's defaults, said here so
+        # that no EXCHANGE_PG_EXTRA_OPTS lowers them): the read replica of
+        # scripts/lib/replica-services.sh streams from this server, over
+        # initdb's `host replication all 127.0.0.1/32 trust` line.
         as_pg "$bindir/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
-            -o "-p $EXCHANGE_PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=400 -c shared_buffers=256MB ${EXCHANGE_PG_EXTRA_OPTS:-}" \
+            -o "-p $EXCHANGE_PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=400 -c shared_buffers=256MB ${EXCHANGE_PG_EXTRA_OPTS:-} -c wal_level=replica -c max_wal_senders=4" \
             start >/dev/null || { tail -n 20 "$data/server.log" >&2; die "PostgreSQL did not start"; }
     fi
     export EXCHANGE_PG_DATA="$data" EXCHANGE_PG_BINDIR="$bindir"

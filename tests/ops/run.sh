@@ -160,6 +160,7 @@ DB_URL without sslmode to another host|s/?sslmode=verify-full//|FAIL +DB_URL doe
 DB_URL sslmode=prefer|s/sslmode=verify-full/sslmode=prefer/|FAIL +DB_URL does not require TLS
 REDIS_URL redis:// to another host|s/^REDIS_URL=rediss/REDIS_URL=redis/|FAIL +REDIS_URL is not TLS \(rediss://\) to a host that is not loopback
 REDIS_URL_ORDER redis:// to another host|$ a REDIS_URL_ORDER=redis://order:0123456789abcdef0123456789abcdef@redis.internal.test:6379/0|FAIL +REDIS_URL_ORDER is not TLS
+DB_READ_URL without sslmode to another host|$ a DB_READ_URL=postgres://ro:pw@replica.internal.test:5432/exchange|FAIL +DB_READ_URL does not require TLS to a host that is not loopback
 API_KEY_ENCRYPTION_KEY missing|/^API_KEY_ENCRYPTION_KEY=/d|FAIL +API_KEY_ENCRYPTION_KEY is missing
 API_KEY_ENCRYPTION_KEY equal to AUTH_TOKEN_SECRET|s/^API_KEY_ENCRYPTION_KEY=.*/API_KEY_ENCRYPTION_KEY=9e4a7c1f3d8b2e6a0c5f9d3b7e1a4c8f2d6b0e9a3c7f1d5b/|FAIL +API_KEY_ENCRYPTION_KEY equals AUTH_TOKEN_SECRET
 API_KEY_ENCRYPTION_KEY derived from AUTH_TOKEN_SECRET|s/^API_KEY_ENCRYPTION_KEY=.*/API_KEY_ENCRYPTION_KEY=9e4a7c1f3d8b2e6a0c5f9d3b7e1a4c8f2d6b0e9a3c7f1d5b-api/|FAIL +API_KEY_ENCRYPTION_KEY is derived from AUTH_TOKEN_SECRET

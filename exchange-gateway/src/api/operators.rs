@@ -353,14 +353,20 @@ pub async fn list_audit(
                 "after_id walks the log oldest first; the paginated form walks it with cursor",
             ));
         }
-        let rows = audit::list_newest(
-            s.db(),
-            page.before.map(|p| p.id),
-            page.start_ms,
-            page.end_ms,
-            page.limit + 1,
-        )
-        .await?;
+        // The audit list is history (an operator's overview).
+        let rows = s
+            .reads()
+            .history(|db| async move {
+                audit::list_newest(
+                    &db,
+                    page.before.map(|p| p.id),
+                    page.start_ms,
+                    page.end_ms,
+                    page.limit + 1,
+                )
+                .await
+            })
+            .await?;
         let (rows, next) =
             exchange_store::page::finish(rows, &page, AUDIT_SCOPE, 0, |e| Position {
                 key: e.id,
@@ -381,7 +387,11 @@ pub async fn list_audit(
             "after_id must be 0 or more",
         ));
     }
-    let entries = audit::list(s.db(), after_id, page.limit).await?;
+    let limit = page.limit;
+    let entries = s
+        .reads()
+        .history(|db| async move { audit::list(&db, after_id, limit).await })
+        .await?;
     Ok(Json(
         serde_json::to_value(entries).map_err(ApiError::internal)?,
     ))

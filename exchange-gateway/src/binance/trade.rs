@@ -566,14 +566,23 @@ pub async fn all_orders(State(s): State<BnState>, req: Request) -> Result<Json<V
          ORDER BY id {} LIMIT $6) o ORDER BY id",
         if ascending { "ASC" } else { "DESC" }
     );
-    let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(user.user_id)
-        .bind(&m.symbol)
-        .bind(from_id)
-        .bind(start)
-        .bind(end)
-        .bind(limit)
-        .fetch_all(s.app.db())
+    // Order history: the read replica may serve it (the order just placed
+    // is read by id, from the primary, as GET /api/v3/order).
+    let (sql, symbol, user_id) = (&sql, m.symbol.as_str(), user.user_id);
+    let rows: Vec<OrderRow> = s
+        .app
+        .reads()
+        .history(|db| async move {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(user_id)
+                .bind(symbol)
+                .bind(from_id)
+                .bind(start)
+                .bind(end)
+                .bind(limit)
+                .fetch_all(&db)
+                .await
+        })
         .await?;
     Ok(Json(Value::Array(rows.iter().map(order_json).collect())))
 }
@@ -594,15 +603,23 @@ pub async fn my_trades(State(s): State<BnState>, req: Request) -> Result<Json<Va
          AND ($6::bigint IS NULL OR time_ms <= $6) ORDER BY id {} LIMIT $7) f ORDER BY id",
         if ascending { "ASC" } else { "DESC" }
     );
-    let rows: Vec<FillRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(user.user_id)
-        .bind(&m.symbol)
-        .bind(order_id)
-        .bind(from_id)
-        .bind(start)
-        .bind(end)
-        .bind(limit)
-        .fetch_all(s.app.db())
+    // Fills are final once written: history, which the replica may serve.
+    let (sql, symbol, user_id) = (&sql, m.symbol.as_str(), user.user_id);
+    let rows: Vec<FillRow> = s
+        .app
+        .reads()
+        .history(|db| async move {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(user_id)
+                .bind(symbol)
+                .bind(order_id)
+                .bind(from_id)
+                .bind(start)
+                .bind(end)
+                .bind(limit)
+                .fetch_all(&db)
+                .await
+        })
         .await?;
     let symbol = to_binance_symbol(&m.symbol);
     Ok(Json(Value::Array(
