@@ -184,11 +184,11 @@ struct Held {
     orphan: bool,
 }
 
-/// The lease loop: renews the held leases, takes free ones up to this
-/// replica's fair share, hands the excess over, and starts and stops the
-/// markets accordingly. Wakes every [`Leases::tick`], at once when a market
-/// is created or changed or another replica releases one, and stops on
-/// `shutdown` after handing every lease over.
+/// The lease loop: takes free leases up to this replica's fair share,
+/// hands the excess over, and starts and stops the markets accordingly,
+/// while [`renew_leases`] keeps the held ones. Wakes every [`Leases::tick`],
+/// at once when a market is created or changed or another replica releases
+/// one, and stops on `shutdown` after handing every lease over.
 async fn supervise(base: ServiceBase, registry: Registry, shutdown: Shutdown) {
     let config = &base.config.matching;
     let leases = Leases::new(base.db.clone(), &config.consumer.name, config.lease);
@@ -202,7 +202,10 @@ async fn supervise(base: ServiceBase, registry: Registry, shutdown: Shutdown) {
         shutdown.clone(),
     );
     let renewing: LeaseSet = Arc::default();
-    let replicas = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    // Counted once before the first turn, so that a replica starting beside
+    // others takes only its share.
+    let alive = leases.replicas_alive().await.unwrap_or(1);
+    let replicas = Arc::new(std::sync::atomic::AtomicU64::new(alive));
     let renewer = tokio::spawn(renew_leases(
         leases.clone(),
         renewing.clone(),

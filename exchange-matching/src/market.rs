@@ -406,6 +406,7 @@ impl MarketBook {
     fn stop_if_lease_lost<T>(&self, r: anyhow::Result<T>) -> anyhow::Result<T> {
         if let Err(e) = &r
             && e.is::<LeaseLost>()
+            && !self.lease.stop.is_triggered()
         {
             tracing::warn!(market = %self.symbol, epoch = self.lease.epoch, "lease taken over: stopping this market here");
             metrics::counter!("exchange_matching_leases_lost_total", "market" => self.symbol.to_string())
