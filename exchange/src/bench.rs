@@ -10,6 +10,10 @@
 //! request to settled. Without a working private WebSocket it falls back to
 //! polling a sample of orders and says so.
 //!
+//! With several gateways (`--gateway URL,URL,...`, and `--ws` likewise)
+//! user i places through gateway i mod N and watches its fills on that
+//! gateway's private WebSocket, as a load balancer spreading users would.
+//!
 //! The gateway's rate limits apply to the bench as to anyone (every user
 //! comes from one IP): start the exchange with e.g.
 //! `RATE_LIMIT_IP_PER_SECOND=1000000 RATE_LIMIT_ORDERS_PER_SECOND=1000000
@@ -29,13 +33,15 @@ use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-const USAGE: &str = "usage: exchange bench --gateway URL --admin-token TOKEN --users N --duration SECONDS
-                      [--market BTC-USDT] [--setup] [--ws ws://HOST:8090] [--price 20000]
+const USAGE: &str = "usage: exchange bench --gateway URL[,URL...] --admin-token TOKEN --users N --duration SECONDS
+                      [--market BTC-USDT] [--setup] [--ws ws://HOST:8090[,...]] [--price 20000]
                       [--quantity 0.001] [--settle-timeout SECONDS]
 
   --setup          create the base and quote assets and the market first (existing ones are kept)
   --admin-token    defaults to $ADMIN_TOKEN
   --ws             the gateway's private WebSocket base URL (default: the gateway host, port 8090)
+  --gateway, --ws  several gateways, comma-separated (as many --ws as --gateway): user i places
+                   through the (i mod N)th gateway and watches its fills on the (i mod N)th --ws
 
 The gateway's rate limits apply: start the exchange with
   RATE_LIMIT_IP_PER_SECOND=1000000 RATE_LIMIT_ORDERS_PER_SECOND=1000000 RATE_LIMIT_LOGIN_PER_MINUTE=100000
@@ -53,8 +59,10 @@ const PASSWORD: &str = "bench-password-1";
 
 #[derive(Debug, Clone)]
 struct Args {
-    gateway: String,
-    ws: String,
+    /// One or more gateway base URLs; user i uses `gateways[i % len]`.
+    gateways: Vec<String>,
+    /// The private WebSocket base URL of each gateway, in the same order.
+    ws: Vec<String>,
     admin_token: String,
     users: usize,
     duration: Duration,
@@ -80,22 +88,40 @@ fn parse_args(args: &[String]) -> anyhow::Result<Args> {
             other => bail!("unknown argument {other:?}"),
         }
     }
-    let gateway = map
-        .remove("--gateway")
-        .unwrap_or_else(|| "http://127.0.0.1:8080".into())
-        .trim_end_matches('/')
-        .to_owned();
-    let ws = match map.remove("--ws") {
-        Some(w) => w.trim_end_matches('/').to_owned(),
-        None => {
-            let host = gateway
-                .strip_prefix("http://")
-                .context("--gateway must start with http://")?;
-            let host = host.split('/').next().unwrap_or(host);
-            let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-            format!("ws://{host}:8090")
-        }
+    let list = |v: String| -> Vec<String> {
+        v.split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_owned())
+            .filter(|u| !u.is_empty())
+            .collect()
     };
+    let gateways = list(
+        map.remove("--gateway")
+            .unwrap_or_else(|| "http://127.0.0.1:8080".into()),
+    );
+    if gateways.is_empty() {
+        bail!("--gateway needs at least one URL");
+    }
+    let ws = match map.remove("--ws") {
+        Some(w) => list(w),
+        None => gateways
+            .iter()
+            .map(|gateway| {
+                let host = gateway
+                    .strip_prefix("http://")
+                    .context("--gateway must start with http://")?;
+                let host = host.split('/').next().unwrap_or(host);
+                let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+                Ok(format!("ws://{host}:8090"))
+            })
+            .collect::<anyhow::Result<_>>()?,
+    };
+    if ws.len() != gateways.len() {
+        bail!(
+            "--ws names {} URLs for {} gateways: give one per gateway, in the same order",
+            ws.len(),
+            gateways.len()
+        );
+    }
     let admin_token = map
         .remove("--admin-token")
         .or_else(|| std::env::var("ADMIN_TOKEN").ok())
@@ -111,7 +137,7 @@ fn parse_args(args: &[String]) -> anyhow::Result<Args> {
         bail!("--users must be at least 1");
     }
     Ok(Args {
-        gateway,
+        gateways,
         ws,
         admin_token,
         users,
@@ -526,10 +552,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .pool_max_idle_per_host(args.users + SETUP_CONCURRENCY_MAX)
         .tcp_nodelay(true)
         .build()?;
-    let api = Arc::new(Api {
-        http,
-        base: args.gateway.clone(),
-    });
+    // One client (one connection pool) for every gateway.
+    let apis: Vec<Arc<Api>> = args
+        .gateways
+        .iter()
+        .map(|base| {
+            Arc::new(Api {
+                http: http.clone(),
+                base: base.clone(),
+            })
+        })
+        .collect();
+    // Setup, warm-up, polling and the final cancels go through the first.
+    let api = apis[0].clone();
     let (base, quote) = args
         .market
         .split_once('-')
@@ -582,8 +617,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let settled_count = Arc::new(AtomicU64::new(0));
     let mut watchers = Vec::with_capacity(users.len());
     let mut mode = Mode::WebSocket;
-    for u in &users {
-        let url = format!("{}/ws/private?token={}", args.ws, u.token);
+    for (i, u) in users.iter().enumerate() {
+        let ws_base = &args.ws[i % args.ws.len()];
+        let url = format!("{ws_base}/ws/private?token={}", u.token);
         let probe = tokio_tungstenite::connect_async(url.as_str()).await;
         match probe {
             Ok((ws, _)) => {
@@ -596,8 +632,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
             Err(e) => {
                 eprintln!(
-                    "bench: private WebSocket {} unavailable ({e}); settlement measured by polling 1 in {POLL_SAMPLE_EVERY} orders",
-                    args.ws
+                    "bench: private WebSocket {ws_base} unavailable ({e}); settlement measured by polling 1 in {POLL_SAMPLE_EVERY} orders"
                 );
                 mode = Mode::Polling;
                 break;
@@ -637,7 +672,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.quantity,
         args.market,
         args.duration,
-        args.gateway
+        args.gateways.join(",")
     );
     let warmup_started = Instant::now();
     warm_up(&api, &users, &args, &buy_price, &sell_price).await?;
@@ -652,7 +687,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .enumerate()
         .map(|(i, u)| {
             tokio::spawn(place_loop(
-                api.clone(),
+                apis[i % apis.len()].clone(),
                 u.token.clone(),
                 args.market.clone(),
                 buy_price.clone(),
@@ -731,7 +766,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let settle_window = last_settled.saturating_duration_since(started);
     println!(
         "exchange bench: gateway {}, market {}, {} users, {:?}; settled observed via {}",
-        args.gateway,
+        args.gateways.join(","),
         args.market,
         users.len(),
         args.duration,
@@ -792,8 +827,43 @@ mod tests {
             .map(|s| (*s).to_owned())
             .collect();
         let a = parse_args(&args).expect("valid arguments");
-        assert_eq!(a.ws, "ws://10.0.0.5:8090");
+        assert_eq!(a.ws, ["ws://10.0.0.5:8090"]);
         assert_eq!(a.users, 50);
         assert!(parse_args(&["--bogus".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn several_gateways_each_with_its_websocket() {
+        let parse = |v: &[&str]| parse_args(&v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        let a = parse(&[
+            "--gateway",
+            "http://10.0.0.5:8080/, http://10.0.0.6:8080",
+            "--admin-token",
+            "t",
+        ])
+        .expect("valid arguments");
+        assert_eq!(a.gateways, ["http://10.0.0.5:8080", "http://10.0.0.6:8080"]);
+        assert_eq!(a.ws, ["ws://10.0.0.5:8090", "ws://10.0.0.6:8090"]);
+        let a = parse(&[
+            "--gateway",
+            "http://h:1,http://h:2",
+            "--ws",
+            "ws://h:3,ws://h:4",
+            "--admin-token",
+            "t",
+        ])
+        .expect("valid arguments");
+        assert_eq!(a.ws, ["ws://h:3", "ws://h:4"]);
+        assert!(
+            parse(&[
+                "--gateway",
+                "http://h:1,http://h:2",
+                "--ws",
+                "ws://h:3",
+                "--admin-token",
+                "t"
+            ])
+            .is_err()
+        );
     }
 }
