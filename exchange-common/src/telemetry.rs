@@ -65,6 +65,10 @@ fn describe_metrics() {
         "exchange_consumer_up",
         "1 while a stream consumer loop's heartbeat is fresh"
     );
+    describe_counter!(
+        crate::consumer_name::CONFLICTS_METRIC,
+        "Claims of a consumer name that found another live process's claim (two processes under one *_CONSUMER_NAME)"
+    );
     describe_gauge!(
         "exchange_stream_lag",
         "Entries in the stream not yet delivered to the group"

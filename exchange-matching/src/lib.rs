@@ -688,6 +688,34 @@ pub fn describe_metrics() {
         "exchange_matching_last_seq",
         "Last command sequence number applied per market"
     );
+    describe_gauge!(
+        "exchange_matching_market_owned",
+        "1 while this replica holds the market's lease (it matches the market), 0 after it gave it up"
+    );
+    describe_gauge!(
+        "exchange_matching_lease_epoch",
+        "Epoch of this replica's lease on the market (bumped at every takeover)"
+    );
+    describe_counter!(
+        "exchange_matching_leases_lost_total",
+        "Leases this replica lost to another (not renewed in time, or taken over)"
+    );
+    describe_counter!(
+        "exchange_matching_takeovers_total",
+        "Markets this replica took from another replica's expired or reclaimed lease"
+    );
+    describe_gauge!(
+        "exchange_matching_replicas_alive",
+        "Matching replicas seen alive (distinct names), this one included"
+    );
+    describe_gauge!(
+        "exchange_matching_markets_held",
+        "Markets whose lease this replica holds"
+    );
+    describe_gauge!(
+        "exchange_matching_markets",
+        "Markets this replica may match (MATCHING_MARKETS among the markets in the database)"
+    );
     describe_counter!(
         "exchange_matching_commands_total",
         "Commands applied and their event batches stored"
