@@ -288,9 +288,16 @@ pub fn unique_reference(what: &str) -> String {
 }
 
 /// A loopback address where nothing listens.
+/// An address that refuses connections: a socket bound without `listen`,
+/// kept open for the rest of the test process. (A listener bound and
+/// dropped freed its port, and a parallel test's server could get it and
+/// answer 404 where this address must be dead.)
 pub async fn dead_addr() -> std::net::SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::mem::forget(socket);
+    addr
 }
 
 pub async fn read(r: reqwest::Response) -> (u16, Value) {
