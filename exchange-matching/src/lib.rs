@@ -292,18 +292,9 @@ async fn supervise(base: ServiceBase, registry: Registry, shutdown: Shutdown) {
     for h in held.values() {
         h.lease.stop.trigger();
     }
-    for (market, h) in std::mem::take(&mut held) {
+    for h in std::mem::take(&mut held).into_values() {
         let _ = h.task.await;
-        if let Ok(mut r) = renewing.lock() {
-            r.remove(&market);
-        }
-        if let Err(e) = leases.release(&h.lease).await {
-            tracing::warn!(
-                market,
-                error = format!("{e:#}"),
-                "releasing the lease failed; it expires on its own"
-            );
-        }
+        let_go(&leases, &renewing, &h.lease).await;
     }
     let _ = renewer.await;
     if let Err(e) = leases.leave().await {
@@ -510,18 +501,9 @@ async fn reap(
         let Some(h) = held.remove(&market) else {
             continue;
         };
-        if let Ok(mut r) = renewing.lock() {
-            r.remove(&market);
-        }
         // Handed over or stopping: release at once (a no-op when the
         // lease was taken over meanwhile).
-        if let Err(e) = leases.release(&h.lease).await {
-            tracing::warn!(
-                market,
-                error = format!("{e:#}"),
-                "releasing the lease failed; it expires on its own"
-            );
-        }
+        let_go(leases, renewing, &h.lease).await;
         if let Ok(mut r) = registry.lock() {
             r.remove(&market);
         }
@@ -529,6 +511,21 @@ async fn reap(
             .remove(&owns_loop(&market), "matching_leases");
         metrics::gauge!("exchange_matching_market_owned", "market" => market.clone()).set(0.0);
         tracing::info!(market, epoch = h.lease.epoch, "market stopped here");
+    }
+}
+
+/// Stops renewing `lease` and releases it, so that a standby takes the
+/// market at once; a failed release only means the lease expires on its own.
+async fn let_go(leases: &Leases, renewing: &LeaseSet, lease: &Lease) {
+    if let Ok(mut r) = renewing.lock() {
+        r.remove(&lease.market);
+    }
+    if let Err(e) = leases.release(lease).await {
+        tracing::warn!(
+            market = %lease.market,
+            error = format!("{e:#}"),
+            "releasing the lease failed; it expires on its own"
+        );
     }
 }
 
